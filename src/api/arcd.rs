@@ -1,0 +1,42 @@
+//! arcd's own additions, kept apart from the official surface: IoT SIM import and the OpenAPI file.
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+
+use super::extract::JsonBody;
+use super::{json, request_coverage, views, ApiError, Operator, SharedState};
+use crate::store::subscriptions::{self, IotSimImport};
+
+/// Most IoT SIMs one import call may register (the body limit allows about this many anyway).
+pub const MAX_IMPORT_ITEMS: usize = 10_000;
+
+pub async fn import_iot_sims(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    headers: HeaderMap,
+    body: JsonBody<Vec<IotSimImport>>,
+) -> Result<Response, ApiError> {
+    let items =
+        body.required(r#"[{"iccid":"...","imsi":"...","msisdn":"...","subscription":"plan-D"}]"#)?;
+    if items.is_empty() || items.len() > MAX_IMPORT_ITEMS {
+        return Err(ApiError::bad_request(format!(
+            "send between 1 and {MAX_IMPORT_ITEMS} IoT SIMs"
+        )));
+    }
+    let coverage = request_coverage(&state.config, &headers);
+    let sims = state
+        .db(move |store| {
+            store.write(|tx| subscriptions::import_iot_sims(tx, &operator, coverage, &items))
+        })
+        .await?;
+    let body: Vec<views::Sim> = sims.iter().map(|s| views::sim(s, None)).collect();
+    Ok(json(StatusCode::CREATED, &body))
+}
+
+const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+pub async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
+}

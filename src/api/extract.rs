@@ -1,0 +1,129 @@
+//! Request parsing that answers bad input in the API's error shape: JSON bodies (content type,
+//! 64 KiB limit, types) and query strings.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads the body as JSON. An empty body is `None` (for operations whose body is optional).
+pub struct JsonBody<T>(pub Option<T>);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
+        let content_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "COM0013",
+                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                )
+            })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(None));
+        }
+        match content_type.as_deref() {
+            Some("application/json") => {}
+            Some(other) if other.ends_with("+json") => {}
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "COM0015",
+                    "request body must be JSON with Content-Type: application/json",
+                ))
+            }
+        }
+        parse_json(&bytes).map(|value| JsonBody(Some(value)))
+    }
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
+}
+
+impl<T> JsonBody<T> {
+    /// The body, or a 400 naming what was expected when there was none.
+    pub fn required(self, what: &str) -> Result<T, ApiError> {
+        self.0
+            .ok_or_else(|| ApiError::bad_request(format!("request body is required: {what}")))
+    }
+}
+
+/// The query string as repeated `name=value` pairs, kept in order.
+pub struct QueryParams(pub Vec<(String, String)>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        Ok(QueryParams(
+            form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        ))
+    }
+}
+
+impl QueryParams {
+    pub fn first(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// Every value of `name`, repeated keys and comma-separated lists alike.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .flat_map(|(_, v)| v.split(','))
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
+        self.first(name)
+            .map(|v| {
+                v.parse::<i64>().map_err(|_| {
+                    ApiError::bad_request(format!("query parameter `{name}` must be an integer"))
+                })
+            })
+            .transpose()
+    }
+
+    /// `limit` within `1..=max`, `default` when absent.
+    pub fn limit(&self, default: u32, max: u32) -> Result<u32, ApiError> {
+        match self.integer("limit")? {
+            None => Ok(default),
+            Some(n) if n >= 1 && n <= i64::from(max) => Ok(n as u32),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "`limit` must be between 1 and {max}"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! Groups and their configuration namespaces.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Extension;
+use serde::Deserialize;
+
+use super::extract::{JsonBody, QueryParams};
+use super::{json, views, with_next_key, ApiError, Operator, SharedState};
+use crate::store::groups::{self, Configuration};
+use crate::store::sims;
+
+/// Namespaces of `putConfigurationParameters` in the official API.
+const NAMESPACES: &[&str] = &[
+    "SoracomAir",
+    "SoracomBeam",
+    "SoracomEndorse",
+    "SoracomFlux",
+    "SoracomFunk",
+    "SoracomFunnel",
+    "SoracomHarvest",
+    "SoracomHarvestFiles",
+    "SoracomKrypton",
+    "SoracomOrbit",
+    "UnifiedEndpoint",
+];
+
+fn check_namespace(namespace: &str) -> Result<(), ApiError> {
+    if NAMESPACES.contains(&namespace) {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "unknown configuration namespace `{namespace}`; use one of {}",
+            NAMESPACES.join(", ")
+        )))
+    }
+}
+
+#[derive(Deserialize, Default)]
+pub struct CreateGroupRequest {
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    #[serde(default)]
+    configuration: Configuration,
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    body: JsonBody<CreateGroupRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.0.unwrap_or_default();
+    for namespace in request.configuration.keys() {
+        check_namespace(namespace)?;
+    }
+    let group = state
+        .db(move |store| {
+            store.write(|tx| groups::create(tx, &operator, &request.tags, &request.configuration))
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &views::group(&group)))
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(100, 1000)?;
+    let after = query.first("last_evaluated_key").map(str::to_string);
+    let mut page = state
+        .db(move |store| {
+            store.read(|conn| groups::list(conn, &operator, after.as_deref(), limit + 1))
+        })
+        .await?;
+    let next_key = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|g| g.group_id.clone())
+    } else {
+        None
+    };
+    let body: Vec<views::Group> = page.iter().map(views::group).collect();
+    Ok(with_next_key(
+        json(StatusCode::OK, &body),
+        "/v1/groups",
+        next_key,
+    ))
+}
+
+pub async fn get(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(group_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let group = state
+        .db(move |store| store.read(|conn| groups::get(conn, &operator, &group_id)))
+        .await?;
+    Ok(json(StatusCode::OK, &views::group(&group)))
+}
+
+pub async fn delete(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(group_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .db(move |store| store.write(|tx| groups::delete(tx, &operator, &group_id)))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+pub struct ConfigurationUpdate {
+    key: String,
+    value: serde_json::Value,
+}
+
+pub async fn put_configuration(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path((group_id, namespace)): Path<(String, String)>,
+    body: JsonBody<Vec<ConfigurationUpdate>>,
+) -> Result<Response, ApiError> {
+    check_namespace(&namespace)?;
+    let updates = body.required(r#"[{"key":"...","value":...}]"#)?;
+    if updates.iter().any(|u| u.key.is_empty()) {
+        return Err(ApiError::bad_request("key must not be empty"));
+    }
+    let values: Vec<(String, serde_json::Value)> =
+        updates.into_iter().map(|u| (u.key, u.value)).collect();
+    let group = state
+        .db(move |store| {
+            store.write(|tx| {
+                groups::put_configuration(tx, &operator, &group_id, &namespace, &values)
+            })
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &views::group(&group)))
+}
+
+pub async fn delete_configuration(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path((group_id, namespace, name)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .db(move |store| {
+            store.write(|tx| {
+                groups::delete_configuration(tx, &operator, &group_id, &namespace, &name)
+            })
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_subscribers(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(group_id): Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(100, 1000)?;
+    let after = query.first("last_evaluated_key").map(str::to_string);
+    let path = format!("/v1/groups/{group_id}/subscribers");
+    let mut page = state
+        .db(move |store| {
+            store.read(|conn| {
+                sims::list_in_group(conn, &operator, &group_id, after.as_deref(), limit + 1)
+            })
+        })
+        .await?;
+    let next_key = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|s| s.sim_id.clone())
+    } else {
+        None
+    };
+    let body: Vec<views::Sim> = page.iter().map(|s| views::sim(s, None)).collect();
+    Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
+}

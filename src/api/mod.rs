@@ -1,0 +1,210 @@
+//! The SORACOM-compatible `/v1` API (plus arcd's marked extensions) on axum over hyper 1.
+
+mod arcd;
+mod auth;
+mod error;
+mod extract;
+mod groups;
+mod sims;
+pub mod views;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::Router;
+
+pub use error::ApiError;
+
+use crate::config::{Config, Coverage};
+use crate::dataplane::PeerChanges;
+use crate::store::sessions::SessionPolicy;
+use crate::store::{self, Store};
+
+pub struct AppState {
+    pub store: Arc<Store>,
+    pub config: Arc<Config>,
+    pub policy: SessionPolicy,
+    pub peers: PeerChanges,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// Runs blocking store work off the async threads.
+    pub async fn db<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store) -> store::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(&store))
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "store task failed");
+                ApiError::internal()
+            })?
+            .map_err(ApiError::from)
+    }
+}
+
+/// The caller's operator, set by the auth middleware on every `/v1` call except `POST /v1/auth`.
+#[derive(Clone, Debug)]
+pub struct Operator(pub String);
+
+/// Coverage (`jp` or `g`) of the request, chosen by its Host header.
+pub fn request_coverage(config: &Config, headers: &HeaderMap) -> Coverage {
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    config.coverage_for_host(host)
+}
+
+pub fn router(state: SharedState) -> Router {
+    let authenticated = Router::new()
+        .route(
+            "/operators/{operator_id}/auth_keys",
+            post(auth::generate_auth_key).get(auth::list_auth_keys),
+        )
+        .route(
+            "/operators/{operator_id}/auth_keys/{auth_key_id}",
+            delete(auth::delete_auth_key),
+        )
+        .route("/sims", post(sims::create_sim).get(sims::list_sims))
+        .route("/query/sims", get(sims::search_sims))
+        .route("/sims/{sim_id}", get(sims::get_sim))
+        .route(
+            "/sims/{sim_id}/sessions/arc",
+            post(sims::create_arc_session),
+        )
+        .route(
+            "/sims/{sim_id}/credentials/arc",
+            put(sims::renew_credentials)
+                .post(sims::attach_credentials)
+                .delete(sims::remove_credentials),
+        )
+        .route("/sims/{sim_id}/delete_session", post(sims::delete_session))
+        .route("/sims/{sim_id}/terminate", post(sims::terminate))
+        .route(
+            "/sims/{sim_id}/enable_termination",
+            post(sims::enable_termination),
+        )
+        .route(
+            "/sims/{sim_id}/disable_termination",
+            post(sims::disable_termination),
+        )
+        .route("/sims/{sim_id}/activate", post(sims::activate))
+        .route("/sims/{sim_id}/deactivate", post(sims::deactivate))
+        .route("/sims/{sim_id}/suspend", post(sims::suspend))
+        .route("/sims/{sim_id}/set_group", post(sims::set_group))
+        .route("/sims/{sim_id}/unset_group", post(sims::unset_group))
+        .route("/sims/{sim_id}/tags", put(sims::put_tags))
+        .route("/sims/{sim_id}/tags/{tag_name}", delete(sims::delete_tag))
+        .route(
+            "/sims/{sim_id}/events/sessions",
+            get(sims::list_session_events),
+        )
+        .route(
+            "/sims/{sim_id}/profiles/{iccid}/add_subscription",
+            post(sims::add_subscription),
+        )
+        .route(
+            "/sims/{sim_id}/profiles/{iccid}/subscribers/{imsi}/terminate",
+            post(sims::terminate_subscription),
+        )
+        .route("/groups", post(groups::create).get(groups::list))
+        .route(
+            "/groups/{group_id}",
+            get(groups::get).delete(groups::delete),
+        )
+        .route(
+            "/groups/{group_id}/configuration/{namespace}",
+            put(groups::put_configuration),
+        )
+        .route(
+            "/groups/{group_id}/configuration/{namespace}/{name}",
+            delete(groups::delete_configuration),
+        )
+        .route(
+            "/groups/{group_id}/subscribers",
+            get(groups::list_subscribers),
+        )
+        .route("/arcd/iot_sims", post(arcd::import_iot_sims))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+
+    let v1 = Router::new()
+        .route("/auth", post(auth::auth))
+        .merge(authenticated)
+        .method_not_allowed_fallback(method_not_allowed);
+
+    Router::new()
+        .nest("/v1", v1)
+        .route("/openapi.yaml", get(arcd::openapi))
+        .fallback(not_found)
+        .layer(middleware::from_fn(log_request))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such API path")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "COM0005",
+        "method not allowed on this path",
+    )
+}
+
+/// One log line per request: method, route (never the query, which may hold keys), status, time.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| request.uri().path().to_string());
+    let response = next.run(request).await;
+    let operator = response
+        .extensions()
+        .get::<Operator>()
+        .map(|o| o.0.as_str())
+        .unwrap_or("-");
+    tracing::info!(
+        %method,
+        route = %route,
+        status = response.status().as_u16(),
+        operator,
+        elapsed_us = started.elapsed().as_micros() as u64,
+        "request"
+    );
+    response
+}
+
+/// Adds the pagination headers of the official API when a page was full.
+pub fn with_next_key(mut response: Response, path: &str, next_key: Option<String>) -> Response {
+    if let Some(key) = next_key {
+        let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
+        if let Ok(value) = HeaderValue::from_str(&key) {
+            response.headers_mut().insert("x-soracom-next-key", value);
+        }
+        if let Ok(value) =
+            HeaderValue::from_str(&format!("<{path}?last_evaluated_key={encoded}>; rel=next"))
+        {
+            response.headers_mut().insert("link", value);
+        }
+    }
+    response
+}
+
+pub(crate) fn json<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
+    (status, axum::Json(body)).into_response()
+}

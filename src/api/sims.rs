@@ -1,0 +1,532 @@
+//! SIM operations: create, read, list/search, Arc sessions and credentials, lifecycle, groups,
+//! tags, session events and secondary virtual subscribers.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use serde::Deserialize;
+
+use super::extract::{JsonBody, QueryParams};
+use super::{json, request_coverage, views, with_next_key, ApiError, Operator, SharedState};
+use crate::store::sims::{self, SimQuery, StatusAction};
+use crate::store::{sessions, subscriptions, SimRecord};
+use crate::wgkey;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSimRequest {
+    #[serde(rename = "type")]
+    sim_type: String,
+    subscription: String,
+}
+
+pub async fn create_sim(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    headers: HeaderMap,
+    body: JsonBody<CreateSimRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.required(r#"{"type":"virtual","subscription":"planArc01"}"#)?;
+    if request.sim_type != "virtual" || request.subscription != "planArc01" {
+        return Err(ApiError::bad_request(
+            "only {\"type\":\"virtual\",\"subscription\":\"planArc01\"} can be created",
+        ));
+    }
+    let coverage = request_coverage(&state.config, &headers);
+    let prefix = state.config.sims.iccid_prefix.clone();
+    let policy = state.policy.clone();
+    let created = state
+        .db(move |store| {
+            store.write(|tx| sims::create_virtual(tx, &operator, coverage, &prefix, &policy))
+        })
+        .await?;
+    state
+        .peers
+        .send(crate::store::PeerChange::Upsert(created.session));
+    let view = views::sim(
+        &created.sim,
+        Some(views::OneTimeKey {
+            iccid: &created.sim.sim_id,
+            private_key: &created.private_key,
+        }),
+    );
+    tracing::info!(sim_id = %created.sim.sim_id, "virtual SIM created");
+    Ok(json(StatusCode::CREATED, &view))
+}
+
+pub async fn get_sim(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let sim = state
+        .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
+        .await?;
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+/// Responds with one page, fetched with one extra row to know whether another page follows.
+fn sim_page(path: &str, mut page: Vec<SimRecord>, limit: u32) -> Response {
+    let next_key = if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(|s| s.sim_id.clone())
+    } else {
+        None
+    };
+    let body: Vec<views::Sim> = page.iter().map(|s| views::sim(s, None)).collect();
+    with_next_key(json(StatusCode::OK, &body), path, next_key)
+}
+
+pub async fn list_sims(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(100, 1000)?;
+    let after = query.first("last_evaluated_key").map(str::to_string);
+    let page = state
+        .db(move |store| {
+            store.read(|conn| sims::list(conn, &operator, after.as_deref(), limit + 1))
+        })
+        .await?;
+    Ok(sim_page("/v1/sims", page, limit))
+}
+
+pub async fn search_sims(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(10, 100)?;
+    let after = query.first("last_evaluated_key").map(str::to_string);
+    let session_online = match query.first("session_status") {
+        None | Some("NA") => None,
+        Some("ONLINE") => Some(true),
+        Some("OFFLINE") => Some(false),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "session_status `{other}` is not NA, ONLINE or OFFLINE"
+            )))
+        }
+    };
+    let match_all = match query.first("search_type") {
+        None | Some("and") => true,
+        Some("or") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "search_type `{other}` is not and or or"
+            )))
+        }
+    };
+    let filter = SimQuery {
+        name: query.all("name"),
+        sim_id: query.all("sim_id"),
+        imsi: query.all("imsi"),
+        msisdn: query.all("msisdn"),
+        status: query.all("status"),
+        tag: query.all("tag"),
+        group_id: query.all("group_id"),
+        subscription: query.all("subscription"),
+        module_type: query.all("module_type"),
+        session_online,
+        match_all,
+    };
+    let partial = [
+        &filter.name,
+        &filter.sim_id,
+        &filter.imsi,
+        &filter.msisdn,
+        &filter.tag,
+    ];
+    if partial
+        .iter()
+        .any(|values| values.iter().any(|v| v.chars().count() < 2))
+    {
+        return Err(ApiError::bad_request(
+            "search values of name, sim_id, imsi, msisdn and tag need at least 2 characters",
+        ));
+    }
+    let page = state
+        .db(move |store| {
+            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
+        })
+        .await?;
+    Ok(sim_page("/v1/query/sims", page, limit))
+}
+
+/// `createArcSession` takes `{}` or no body at all; the spec forbids any property.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmptyObject {}
+
+pub async fn create_arc_session(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    _body: JsonBody<EmptyObject>,
+) -> Result<Response, ApiError> {
+    let policy = state.policy.clone();
+    let (session, sim) = state
+        .db(move |store| {
+            store.write(|tx| {
+                let session = sessions::recreate(tx, &operator, &sim_id, &policy, false)?;
+                Ok((session, sims::get(tx, &operator, &sim_id)?))
+            })
+        })
+        .await?;
+    state.peers.send(crate::store::PeerChange::Upsert(session));
+    let status = views::arc_session_status(&sim).ok_or_else(ApiError::internal)?;
+    Ok(json(
+        StatusCode::OK,
+        &views::ArcSessionCreateResponse::from(status),
+    ))
+}
+
+pub async fn delete_session(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let policy = state.policy.clone();
+    let (session, sim) = state
+        .db(move |store| {
+            store.write(|tx| {
+                let session = sessions::recreate(tx, &operator, &sim_id, &policy, true)?;
+                Ok((session, sims::get(tx, &operator, &sim_id)?))
+            })
+        })
+        .await?;
+    state.peers.send(crate::store::PeerChange::Upsert(session));
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialsRequest {
+    arc_client_peer_public_key: Option<String>,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct CredentialsResponse {
+    arc_client_peer_public_key: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arc_client_peer_private_key: Option<String>,
+}
+
+async fn attach_or_renew(
+    state: SharedState,
+    operator: String,
+    sim_id: String,
+    body: JsonBody<CredentialsRequest>,
+) -> Result<Response, ApiError> {
+    let client_key = match body.0.and_then(|b| b.arc_client_peer_public_key) {
+        Some(key) if !key.trim().is_empty() => {
+            let parsed = wgkey::parse_key(&key).ok_or_else(|| {
+                ApiError::bad_request(
+                    "arcClientPeerPublicKey must be a base64 WireGuard key (32 bytes)",
+                )
+            })?;
+            Some(wgkey::encode(&parsed))
+        }
+        _ => None,
+    };
+    let policy = state.policy.clone();
+    let renewed = state
+        .db(move |store| {
+            store.write(|tx| {
+                sessions::renew_credentials(tx, &operator, &sim_id, client_key, &policy)
+            })
+        })
+        .await?;
+    state
+        .peers
+        .send(crate::store::PeerChange::Upsert(renewed.session));
+    Ok(json(
+        StatusCode::OK,
+        &CredentialsResponse {
+            arc_client_peer_public_key: renewed.public_key,
+            arc_client_peer_private_key: renewed.private_key,
+        },
+    ))
+}
+
+pub async fn renew_credentials(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    body: JsonBody<CredentialsRequest>,
+) -> Result<Response, ApiError> {
+    attach_or_renew(state, operator, sim_id, body).await
+}
+
+/// Deprecated in the official API; behaves as renew so an old key never keeps working.
+pub async fn attach_credentials(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    body: JsonBody<CredentialsRequest>,
+) -> Result<Response, ApiError> {
+    attach_or_renew(state, operator, sim_id, body).await
+}
+
+pub async fn remove_credentials(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let change = state
+        .db(move |store| store.write(|tx| sessions::remove_credentials(tx, &operator, &sim_id)))
+        .await?;
+    state.peers.send_all(change);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn terminate(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let (sim, changes) = state
+        .db(move |store| store.write(|tx| sims::terminate(tx, &operator, &sim_id)))
+        .await?;
+    state.peers.send_all(changes);
+    tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+async fn termination(
+    state: SharedState,
+    operator: String,
+    sim_id: String,
+    enabled: bool,
+) -> Result<Response, ApiError> {
+    let sim = state
+        .db(move |store| {
+            store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+pub async fn enable_termination(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    termination(state, operator, sim_id, true).await
+}
+
+pub async fn disable_termination(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    termination(state, operator, sim_id, false).await
+}
+
+async fn change_status(
+    state: SharedState,
+    operator: String,
+    sim_id: String,
+    action: StatusAction,
+) -> Result<Response, ApiError> {
+    let sim = state
+        .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
+        .await?;
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+pub async fn activate(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    change_status(state, operator, sim_id, StatusAction::Activate).await
+}
+
+pub async fn deactivate(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    change_status(state, operator, sim_id, StatusAction::Deactivate).await
+}
+
+pub async fn suspend(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    change_status(state, operator, sim_id, StatusAction::Suspend).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SetGroupRequest {
+    group_id: String,
+}
+
+async fn move_to_group(
+    state: SharedState,
+    operator: String,
+    sim_id: String,
+    group_id: Option<String>,
+) -> Result<Response, ApiError> {
+    let (sim, change) = state
+        .db(move |store| {
+            store.write(|tx| sims::set_group(tx, &operator, &sim_id, group_id.as_deref()))
+        })
+        .await?;
+    state.peers.send_all(change);
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+pub async fn set_group(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    body: JsonBody<SetGroupRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.required(r#"{"groupId":"..."}"#)?;
+    move_to_group(state, operator, sim_id, Some(request.group_id)).await
+}
+
+pub async fn unset_group(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+) -> Result<Response, ApiError> {
+    move_to_group(state, operator, sim_id, None).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TagUpdate {
+    tag_name: String,
+    tag_value: String,
+}
+
+pub async fn put_tags(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    body: JsonBody<Vec<TagUpdate>>,
+) -> Result<Response, ApiError> {
+    let updates = body.required(r#"[{"tagName":"...","tagValue":"..."}]"#)?;
+    if updates.iter().any(|t| t.tag_name.is_empty()) {
+        return Err(ApiError::bad_request("tagName must not be empty"));
+    }
+    let tags: Vec<(String, String)> = updates
+        .into_iter()
+        .map(|t| (t.tag_name, t.tag_value))
+        .collect();
+    let sim = state
+        .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
+        .await?;
+    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+}
+
+pub async fn delete_tag(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path((sim_id, tag_name)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    state
+        .db(move |store| store.write(|tx| sims::delete_tag(tx, &operator, &sim_id, &tag_name)))
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn list_session_events(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(sim_id): Path<String>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(100, 1000)?;
+    let from = query.integer("from")?;
+    let to = query.integer("to")?;
+    let before = query
+        .first("last_evaluated_key")
+        .map(|k| {
+            k.parse::<i64>()
+                .map_err(|_| ApiError::bad_request("last_evaluated_key is not from this listing"))
+        })
+        .transpose()?;
+    let path = format!("/v1/sims/{sim_id}/events/sessions");
+    let mut events = state
+        .db(move |store| {
+            store.read(|conn| {
+                sessions::list_events(conn, &operator, &sim_id, from, to, before, limit + 1)
+            })
+        })
+        .await?;
+    let next_key = if events.len() > limit as usize {
+        events.truncate(limit as usize);
+        events.last().map(|e| e.event_id.to_string())
+    } else {
+        None
+    };
+    let body: Vec<views::SessionEvent> = events.iter().map(views::session_event).collect();
+    Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AddSubscriptionRequest {
+    subscription: String,
+    #[serde(rename = "type")]
+    subscription_type: Option<String>,
+    #[allow(dead_code)] // accepted as in the official API; ignored for virtual subscribers
+    enable: Option<bool>,
+    #[allow(dead_code)]
+    tag: Option<String>,
+}
+
+pub async fn add_subscription(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path((sim_id, iccid)): Path<(String, String)>,
+    body: JsonBody<AddSubscriptionRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.required(r#"{"subscription":"planArc01","type":"virtual"}"#)?;
+    let is_virtual = request.subscription_type.as_deref().unwrap_or("virtual") == "virtual";
+    if request.subscription != "planArc01" || !is_virtual {
+        return Err(
+            crate::store::StoreError::from(crate::store::Rule::UnsupportedSubscription).into(),
+        );
+    }
+    let policy = state.policy.clone();
+    let added = state
+        .db(move |store| {
+            store.write(|tx| {
+                subscriptions::add_virtual_subscriber(tx, &operator, &sim_id, &iccid, &policy)
+            })
+        })
+        .await?;
+    state
+        .peers
+        .send(crate::store::PeerChange::Upsert(added.session.clone()));
+    tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
+    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key)
+        .ok_or_else(ApiError::internal)?;
+    Ok(json(StatusCode::OK, &profile))
+}
+
+pub async fn terminate_subscription(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path((sim_id, iccid, imsi)): Path<(String, String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let change = state
+        .db(move |store| {
+            store.write(|tx| {
+                subscriptions::terminate_virtual_subscriber(tx, &operator, &sim_id, &iccid, &imsi)
+            })
+        })
+        .await?;
+    state.peers.send_all(change);
+    Ok(StatusCode::NO_CONTENT)
+}

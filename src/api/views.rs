@@ -1,0 +1,341 @@
+//! JSON shapes of the official API (field names as in soracom-api-arc-subset.yaml), built from
+//! store records. Only this module decides how a record looks on the wire.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::services;
+use crate::store::groups::GroupRecord;
+use crate::store::operators::AuthKeyInfo;
+use crate::store::sessions::SessionEventRecord;
+use crate::store::{SessionRecord, SimRecord, SubscriberRecord};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sim {
+    pub sim_id: String,
+    pub operator_id: String,
+    #[serde(rename = "type")]
+    pub sim_type: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub module_type: Option<String>,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speed_class: Option<&'static str>,
+    pub active_profile_id: String,
+    pub profiles: BTreeMap<String, SimProfile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc_session_status: Option<ArcSessionStatus>,
+    pub session_status: SessionStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub capabilities: Capabilities,
+    pub termination_enabled: bool,
+    pub created_time: i64,
+    pub last_modified_time: i64,
+}
+
+#[derive(Serialize, Clone, Copy)]
+pub struct Capabilities {
+    pub data: bool,
+    pub sms: bool,
+}
+
+const DATA_ONLY: Capabilities = Capabilities {
+    data: true,
+    sms: false,
+};
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimProfile {
+    pub iccid: String,
+    pub primary_imsi: String,
+    pub ota_supported: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc_client_peer_private_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arc_client_peer_public_key: Option<String>,
+    pub subscribers: BTreeMap<String, SimplifiedSubscriber>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SimplifiedSubscriber {
+    pub imsi: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msisdn: Option<String>,
+    pub subscription: String,
+    pub status: String,
+    pub bundles: Vec<String>,
+    pub capabilities: Capabilities,
+}
+
+#[derive(Serialize, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct Placement {
+    pub infrastructure_provider: &'static str,
+    pub region: String,
+}
+
+fn placement(region: &str) -> Placement {
+    Placement {
+        infrastructure_provider: "aws",
+        region: region.to_string(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArcSessionStatus {
+    pub arc_server_endpoint: String,
+    pub arc_server_peer_public_key: String,
+    pub arc_client_peer_public_key: String,
+    pub arc_client_peer_ip_address: String,
+    #[serde(rename = "arcAllowedIPs")]
+    pub arc_allowed_ips: Vec<String>,
+    pub last_updated_at: i64,
+    pub placement: Placement,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpg_id: Option<String>,
+}
+
+/// `createArcSession` answer: the five session fields, never a private key.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArcSessionCreateResponse {
+    pub arc_server_endpoint: String,
+    pub arc_server_peer_public_key: String,
+    pub arc_client_peer_public_key: String,
+    pub arc_client_peer_ip_address: String,
+    #[serde(rename = "arcAllowedIPs")]
+    pub arc_allowed_ips: Vec<String>,
+}
+
+impl From<ArcSessionStatus> for ArcSessionCreateResponse {
+    fn from(s: ArcSessionStatus) -> Self {
+        ArcSessionCreateResponse {
+            arc_server_endpoint: s.arc_server_endpoint,
+            arc_server_peer_public_key: s.arc_server_peer_public_key,
+            arc_client_peer_public_key: s.arc_client_peer_public_key,
+            arc_client_peer_ip_address: s.arc_client_peer_ip_address,
+            arc_allowed_ips: s.arc_allowed_ips,
+        }
+    }
+}
+
+#[derive(Serialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionStatus {
+    pub online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub imsi: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subscription: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ue_ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dns_servers: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpg_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_updated_at: Option<i64>,
+}
+
+/// Which private key to show: only the response that created the key pair carries it.
+pub struct OneTimeKey<'a> {
+    pub iccid: &'a str,
+    pub private_key: &'a str,
+}
+
+pub fn arc_session_status(sim: &SimRecord) -> Option<ArcSessionStatus> {
+    let session = sim.session.as_ref()?;
+    let subscriber = sim.subscribers.iter().find(|s| s.imsi == session.imsi)?;
+    Some(arc_status_of(session, subscriber))
+}
+
+fn arc_status_of(session: &SessionRecord, subscriber: &SubscriberRecord) -> ArcSessionStatus {
+    ArcSessionStatus {
+        arc_server_endpoint: session.server_endpoint.clone(),
+        arc_server_peer_public_key: session.server_public_key.clone(),
+        arc_client_peer_public_key: subscriber.arc_public_key.clone().unwrap_or_default(),
+        arc_client_peer_ip_address: session.client_ip.clone(),
+        arc_allowed_ips: session.allowed_ips.clone(),
+        last_updated_at: session.last_updated_at,
+        placement: placement(&session.rp_id),
+        vpg_id: session.vpg_id.clone(),
+    }
+}
+
+pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>) -> Sim {
+    let primary_imsi = record.primary_imsi().unwrap_or_default().to_string();
+    let mut profiles: BTreeMap<String, SimProfile> = BTreeMap::new();
+    for sub in &record.subscribers {
+        let profile = profiles
+            .entry(sub.iccid.clone())
+            .or_insert_with(|| SimProfile {
+                iccid: sub.iccid.clone(),
+                primary_imsi: primary_imsi.clone(),
+                ota_supported: false,
+                arc_client_peer_private_key: None,
+                arc_client_peer_public_key: None,
+                subscribers: BTreeMap::new(),
+            });
+        if sub.is_virtual && sub.status == "active" {
+            profile.arc_client_peer_public_key = sub.arc_public_key.clone();
+        }
+        profile
+            .subscribers
+            .insert(sub.imsi.clone(), simplified(sub));
+    }
+    if let Some(key) = one_time_key {
+        if let Some(profile) = profiles.get_mut(key.iccid) {
+            profile.arc_client_peer_private_key = Some(key.private_key.to_string());
+        }
+    }
+    let is_virtual = record.sim_type == "virtual";
+    let tags = record
+        .tags
+        .iter()
+        .cloned()
+        .chain(std::iter::once(("name".to_string(), String::new())))
+        .fold(BTreeMap::new(), |mut map, (k, v)| {
+            map.entry(k).or_insert(v);
+            map
+        });
+    Sim {
+        sim_id: record.sim_id.clone(),
+        operator_id: record.operator_id.clone(),
+        sim_type: record.sim_type.clone(),
+        module_type: record.module_type.clone(),
+        status: record.status.clone(),
+        speed_class: is_virtual.then_some("arc.standard"),
+        active_profile_id: record.sim_id.clone(),
+        profiles,
+        arc_session_status: arc_session_status(record),
+        session_status: session_status(record, &primary_imsi),
+        group_id: record.group_id.clone(),
+        tags,
+        capabilities: DATA_ONLY,
+        termination_enabled: record.termination_enabled,
+        created_time: record.created_at,
+        last_modified_time: record.last_modified_at,
+    }
+}
+
+fn simplified(sub: &SubscriberRecord) -> SimplifiedSubscriber {
+    SimplifiedSubscriber {
+        imsi: sub.imsi.clone(),
+        msisdn: sub.msisdn.clone(),
+        subscription: sub.subscription.clone(),
+        status: sub.status.clone(),
+        bundles: Vec::new(),
+        capabilities: DATA_ONLY,
+    }
+}
+
+/// The platform side of an Arc session is online from creation (DESIGN.md section 3); whether the
+/// device has handshaken is live data plane state, reported separately.
+fn session_status(record: &SimRecord, primary_imsi: &str) -> SessionStatus {
+    let Some(session) = record.session.as_ref() else {
+        return SessionStatus::default();
+    };
+    SessionStatus {
+        online: true,
+        imsi: Some(primary_imsi.to_string()),
+        session_id: Some(session.session_id.clone()),
+        subscription: Some("planArc01".into()),
+        ue_ip_address: Some(session.client_ip.clone()),
+        dns_servers: Some(vec![services::DNS.to_string()]),
+        placement: Some(placement(&session.rp_id)),
+        vpg_id: session.vpg_id.clone(),
+        last_updated_at: Some(session.last_updated_at),
+    }
+}
+
+/// `addSubscription` answer: the profile holding the new subscriber and its one-time private key.
+pub fn profile_of(record: &SimRecord, iccid: &str, private_key: &str) -> Option<SimProfile> {
+    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }));
+    view.profiles.remove(iccid)
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEvent {
+    pub time: i64,
+    pub created_time: String,
+    pub event: String,
+    pub imsi: String,
+    pub sim_id: String,
+    pub operator_id: String,
+    pub session_id: String,
+    pub subscription: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ue_ip_address: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vpg_id: Option<String>,
+}
+
+pub fn session_event(e: &SessionEventRecord) -> SessionEvent {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.time.max(0) as u64);
+    SessionEvent {
+        time: e.time,
+        created_time: humantime::format_rfc3339_millis(at).to_string(),
+        event: e.event.clone(),
+        imsi: e.imsi.clone(),
+        sim_id: e.sim_id.clone(),
+        operator_id: e.operator_id.clone(),
+        session_id: e.session_id.clone(),
+        subscription: e.subscription.clone(),
+        ue_ip_address: e.ue_ip.clone(),
+        vpg_id: e.vpg_id.clone(),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Group {
+    pub group_id: String,
+    pub operator_id: String,
+    pub tags: BTreeMap<String, String>,
+    pub configuration: crate::store::groups::Configuration,
+    pub created_time: i64,
+    pub last_modified_time: i64,
+}
+
+pub fn group(g: &GroupRecord) -> Group {
+    let mut tags = g.tags.clone();
+    tags.entry("name".into()).or_default();
+    Group {
+        group_id: g.group_id.clone(),
+        operator_id: g.operator_id.clone(),
+        tags,
+        configuration: g.configuration.clone(),
+        created_time: g.created_at,
+        last_modified_time: g.last_modified_at,
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthKey {
+    pub auth_key_id: String,
+    /// UNIX seconds, unlike every other time in the API.
+    pub create_date_time: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_used_date_time: Option<i64>,
+}
+
+pub fn auth_key(k: &AuthKeyInfo) -> AuthKey {
+    AuthKey {
+        auth_key_id: k.auth_key_id.clone(),
+        create_date_time: k.created_at_ms / 1000,
+        last_used_date_time: k.last_used_at_ms.map(|ms| ms / 1000),
+    }
+}

@@ -1,0 +1,76 @@
+//! Command line: `arcd serve` (default) and the administrative commands, all taking `--config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "arcd",
+    version,
+    about = "Self-hosted rendezvous point for virtual SIMs: SORACOM-compatible API, WireGuard data plane",
+    long_about = "arcd serves a SORACOM-compatible API for Arc virtual SIM/Subscribers and the WireGuard \
+                  rendezvous point devices connect to. Every command reads the same configuration: built-in \
+                  defaults, then --config FILE (TOML), then ARCD_* environment variables (nested keys with __, \
+                  e.g. ARCD_API__LISTEN). Administrative commands work while `arcd serve` is running."
+)]
+pub struct Cli {
+    /// Configuration file (TOML); see config/arcd.toml for every key and its default.
+    #[arg(
+        long,
+        short = 'c',
+        global = true,
+        env = "ARCD_CONFIG",
+        value_name = "FILE"
+    )]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the API and the rendezvous points (the default when no command is given).
+    Serve,
+    /// Manage operators (tenants).
+    #[command(subcommand)]
+    Operator(OperatorCommand),
+    /// Manage auth keys (the authKeyId/authKey pairs POST /v1/auth takes).
+    #[command(subcommand)]
+    Authkey(AuthkeyCommand),
+    /// Register existing IoT SIMs so virtual subscribers can be added to them.
+    #[command(subcommand)]
+    Iotsim(IotsimCommand),
+    /// Print the version.
+    Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OperatorCommand {
+    /// Create an operator and its first auth key; prints them as JSON (the secret only this once).
+    Create,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum AuthkeyCommand {
+    /// Create an auth key for an operator; prints it as JSON (the secret only this once).
+    Create {
+        /// Operator id, e.g. OP0012345678.
+        #[arg(long)]
+        operator: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum IotsimCommand {
+    /// Import IoT SIMs from a CSV file with the header `iccid,imsi,msisdn,subscription`.
+    /// All rows are imported or none: the first bad row is reported with its line number.
+    Import {
+        /// CSV file to read.
+        file: PathBuf,
+        /// Operator that owns the SIMs.
+        #[arg(long)]
+        operator: String,
+    },
+}

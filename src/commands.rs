@@ -1,0 +1,193 @@
+//! The CLI commands' bodies: each opens the same store `serve` uses (WAL lets them run side by side).
+
+use std::path::Path;
+
+use crate::bootstrap::{self, BootstrapError};
+use crate::config::Config;
+use crate::server::{self, ServeError};
+use crate::store::operators;
+use crate::store::subscriptions::{self, IotSimImport};
+use crate::store::{Rule, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Serve(#[from] ServeError),
+    #[error(transparent)]
+    Bootstrap(#[from] BootstrapError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("{file}: {message}")]
+    Csv { file: String, message: String },
+}
+
+pub fn serve(config: Config) -> Result<(), CommandError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CommandError::Runtime)?;
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let running = server::start(config).await?;
+        if let Some(root) = &running.new_root_credentials {
+            // Shown once; the same values are in root-credentials.json (mode 0600).
+            println!("arcd first start: root operator {}", root.operator_id);
+            println!("  authKeyId: {}", root.auth_key_id);
+            println!("  authKey:   {}", root.auth_key);
+            println!(
+                "  saved to {}",
+                data_dir.join(bootstrap::ROOT_CREDENTIALS_FILE).display()
+            );
+        }
+        tokio::select! {
+            _ = shutdown_signal() => {
+                tracing::info!("shutting down");
+                running.shutdown().await;
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct NewCredentials<'a> {
+    operator_id: &'a str,
+    auth_key_id: &'a str,
+    auth_key: &'a str,
+}
+
+fn print_json<T: serde::Serialize>(value: &T) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(e) => eprintln!("arcd: cannot print result: {e}"),
+    }
+}
+
+pub fn create_operator(config: &Config) -> Result<(), CommandError> {
+    let store = bootstrap::open_store(config)?;
+    let (operator_id, key) = store.write(|tx| {
+        let operator_id = operators::create_operator(tx)?;
+        let key = operators::create_auth_key(tx, &operator_id)?;
+        Ok((operator_id, key))
+    })?;
+    print_json(&NewCredentials {
+        operator_id: &operator_id,
+        auth_key_id: &key.auth_key_id,
+        auth_key: &key.secret,
+    });
+    Ok(())
+}
+
+pub fn create_auth_key(config: &Config, operator_id: &str) -> Result<(), CommandError> {
+    let store = bootstrap::open_store(config)?;
+    let key = store.write(|tx| operators::create_auth_key(tx, operator_id))?;
+    print_json(&NewCredentials {
+        operator_id,
+        auth_key_id: &key.auth_key_id,
+        auth_key: &key.secret,
+    });
+    Ok(())
+}
+
+pub const CSV_HEADER: [&str; 4] = ["iccid", "imsi", "msisdn", "subscription"];
+
+/// Reads the CSV; each item comes with the line it started on, for error messages.
+pub fn read_iot_sim_csv(file: &Path) -> Result<Vec<(u64, IotSimImport)>, CommandError> {
+    let name = file.display().to_string();
+    let csv_error = |message: String| CommandError::Csv {
+        file: name.clone(),
+        message,
+    };
+    let mut reader = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(file)
+        .map_err(|e| csv_error(e.to_string()))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| csv_error(format!("line 1: {e}")))?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if header != CSV_HEADER {
+        return Err(csv_error(format!(
+            "line 1: header must be `{}`, found `{}`",
+            CSV_HEADER.join(","),
+            header.join(",")
+        )));
+    }
+    let mut items = Vec::new();
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            csv_error(format!("line {line}: {e}"))
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        let field = |i: usize| record.get(i).unwrap_or("").to_string();
+        let item = IotSimImport {
+            iccid: field(0),
+            imsi: field(1),
+            msisdn: Some(field(2)).filter(|m| !m.is_empty()),
+            subscription: field(3),
+        };
+        item.check()
+            .map_err(|m| csv_error(format!("line {line}: {m}")))?;
+        items.push((line, item));
+    }
+    if items.is_empty() {
+        return Err(csv_error("no rows after the header".into()));
+    }
+    Ok(items)
+}
+
+pub fn import_iot_sims(
+    config: &Config,
+    file: &Path,
+    operator_id: &str,
+) -> Result<(), CommandError> {
+    let rows = read_iot_sim_csv(file)?;
+    let store = bootstrap::open_store(config)?;
+    let lines: Vec<u64> = rows.iter().map(|(line, _)| *line).collect();
+    let items: Vec<IotSimImport> = rows.into_iter().map(|(_, item)| item).collect();
+    if !store.read(|conn| operators::operator_exists(conn, operator_id))? {
+        return Err(StoreError::NotFound(crate::store::Entity::Operator).into());
+    }
+    let coverage = config.coverage.default;
+    let imported = store
+        .write(|tx| subscriptions::import_iot_sims(tx, operator_id, coverage, &items))
+        .map_err(|e| match e {
+            StoreError::Rule(Rule::ImportItem { index, message }) => CommandError::Csv {
+                file: file.display().to_string(),
+                message: format!(
+                    "line {}: {message}; nothing was imported",
+                    lines.get(index).copied().unwrap_or(0)
+                ),
+            },
+            other => other.into(),
+        })?;
+    println!("imported {} IoT SIMs for {operator_id}", imported.len());
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! Configuration: built-in defaults < `--config FILE` (TOML) < `ARCD_*` environment variables.
+//!
+//! The keys of DESIGN.md section 7 are a contract with outside scripts; add keys, never rename.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Figment(Box<figment::Error>),
+    #[error("invalid configuration: key `{key}`: {message}")]
+    Invalid { key: String, message: String },
+    #[error("configuration file {0} does not exist")]
+    MissingFile(PathBuf),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// SQLite file, TLS certificate and key, root-credentials.json.
+    pub data_dir: PathBuf,
+    pub api: ApiConfig,
+    pub tun: TunConfig,
+    pub rendezvous_points: Vec<RendezvousPointConfig>,
+    pub coverage: CoverageConfig,
+    pub sims: SimsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub listen: SocketAddr,
+    pub tls: bool,
+    /// Subject alternative names of the generated certificate (`localhost` and 127.0.0.1 are always added).
+    pub hostnames: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_file: Option<PathBuf>,
+    /// Default lifetime of tokens from POST /v1/auth when the request names none.
+    pub token_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunConfig {
+    pub name: String,
+    pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RendezvousPointConfig {
+    /// Placement region id, e.g. `ap-northeast-1`.
+    pub id: String,
+    /// UDP address the WireGuard listener binds.
+    pub listen: SocketAddr,
+    /// `host:port` devices are told (`arcServerEndpoint`).
+    pub endpoint: String,
+    /// Client /32s outside a VPG come from here.
+    pub pool: Ipv4Net,
+    pub allowed_ips: Vec<Ipv4Net>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoverageConfig {
+    /// Coverage of a request whose Host header matches no glob in `global_hosts`.
+    pub default: Coverage,
+    pub global_hosts: Vec<String>,
+    pub jp_rendezvous_point: String,
+    pub global_rendezvous_point: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Coverage {
+    Jp,
+    G,
+}
+
+impl Coverage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Coverage::Jp => "jp",
+            Coverage::G => "g",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimsConfig {
+    /// Leading digits of every ICCID arcd issues (issuer identification number).
+    pub iccid_prefix: String,
+    /// How long a terminated SIM's client address stays out of the pool.
+    pub address_quarantine_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// tracing-subscriber filter, e.g. `info` or `arcd=debug`; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./arcd-data"),
+            api: ApiConfig {
+                listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+                tls: true,
+                hostnames: vec!["localhost".into()],
+                cert_file: None,
+                key_file: None,
+                token_timeout_seconds: 86_400,
+            },
+            tun: TunConfig {
+                name: "arc0".into(),
+                mtu: 1420,
+            },
+            rendezvous_points: vec![RendezvousPointConfig {
+                id: "ap-northeast-1".into(),
+                listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
+                endpoint: "127.0.0.1:11010".into(),
+                pool: "10.64.0.0/16".parse().expect("literal network"),
+                allowed_ips: vec!["100.127.0.0/16".parse().expect("literal network")],
+            }],
+            coverage: CoverageConfig {
+                default: Coverage::Jp,
+                global_hosts: vec!["g.api.*".into()],
+                jp_rendezvous_point: "ap-northeast-1".into(),
+                global_rendezvous_point: "eu-central-1".into(),
+            },
+            sims: SimsConfig {
+                iccid_prefix: "8942".into(),
+                address_quarantine_seconds: 7 * 86_400,
+            },
+            log: LogConfig {
+                level: "info".into(),
+            },
+        }
+    }
+}
+
+/// Largest token lifetime the official API allows.
+pub const MAX_TOKEN_TIMEOUT_SECONDS: u64 = 172_800;
+
+/// Placement regions the official API knows (`Placement.region`).
+pub const KNOWN_REGIONS: &[&str] = &[
+    "ap-northeast-1",
+    "eu-central-1",
+    "us-west-2",
+    "ap-southeast-2",
+];
+
+impl Config {
+    /// Loads defaults, then `file` (if given), then `ARCD_*` variables from the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        // `ARCD_CONFIG` names the file itself (a CLI flag), not a key.
+        Self::load_with_env(file, Env::prefixed("ARCD_").ignore(&["config"]).split("__"))
+    }
+
+    fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError::Figment(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, message: String| ConfigError::Invalid {
+            key: key.to_string(),
+            message,
+        };
+        if self.rendezvous_points.is_empty() {
+            return Err(invalid(
+                "rendezvous_points",
+                "at least one rendezvous point is required".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, rp) in self.rendezvous_points.iter().enumerate() {
+            let key = |field: &str| format!("rendezvous_points[{i}].{field}");
+            if !KNOWN_REGIONS.contains(&rp.id.as_str()) {
+                return Err(invalid(
+                    &key("id"),
+                    format!(
+                        "`{}` is not a placement region; use one of {KNOWN_REGIONS:?}",
+                        rp.id
+                    ),
+                ));
+            }
+            if !seen.insert(rp.id.clone()) {
+                return Err(invalid(&key("id"), format!("`{}` appears twice", rp.id)));
+            }
+            if !endpoint_is_host_port(&rp.endpoint) {
+                return Err(invalid(
+                    &key("endpoint"),
+                    format!("`{}` is not host:port", rp.endpoint),
+                ));
+            }
+            if rp.pool.prefix_len() > 30 {
+                return Err(invalid(
+                    &key("pool"),
+                    format!("{} holds no usable client address", rp.pool),
+                ));
+            }
+        }
+        if self.api.token_timeout_seconds == 0
+            || self.api.token_timeout_seconds > MAX_TOKEN_TIMEOUT_SECONDS
+        {
+            return Err(invalid(
+                "api.token_timeout_seconds",
+                format!("must be between 1 and {MAX_TOKEN_TIMEOUT_SECONDS}"),
+            ));
+        }
+        if self.api.cert_file.is_some() != self.api.key_file.is_some() {
+            return Err(invalid(
+                "api.cert_file",
+                "cert_file and key_file must be given together".into(),
+            ));
+        }
+        let prefix = &self.sims.iccid_prefix;
+        if prefix.is_empty() || prefix.len() > 8 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid("sims.iccid_prefix", "must be 1 to 8 digits".into()));
+        }
+        if self.tun.mtu < 1280 {
+            return Err(invalid("tun.mtu", "must be at least 1280".into()));
+        }
+        Ok(())
+    }
+
+    pub fn rendezvous_point(&self, id: &str) -> Option<&RendezvousPointConfig> {
+        self.rendezvous_points.iter().find(|rp| rp.id == id)
+    }
+
+    /// The rendezvous point that serves new sessions of `coverage` outside a VPG. A configured id
+    /// that names no rendezvous point falls back to the first one (warned about at start).
+    pub fn rendezvous_point_for(&self, coverage: Coverage) -> &RendezvousPointConfig {
+        let wanted = match coverage {
+            Coverage::Jp => &self.coverage.jp_rendezvous_point,
+            Coverage::G => &self.coverage.global_rendezvous_point,
+        };
+        self.rendezvous_point(wanted)
+            .unwrap_or(&self.rendezvous_points[0])
+    }
+
+    /// Coverage of an API request, chosen by its Host header (port ignored).
+    pub fn coverage_for_host(&self, host: Option<&str>) -> Coverage {
+        let Some(host) = host else {
+            return self.coverage.default;
+        };
+        let name = host.rsplit_once(':').map_or(host, |(name, port)| {
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                name
+            } else {
+                host
+            }
+        });
+        let name = name.to_ascii_lowercase();
+        if self
+            .coverage
+            .global_hosts
+            .iter()
+            .any(|glob| glob_matches(&glob.to_ascii_lowercase(), &name))
+        {
+            Coverage::G
+        } else {
+            self.coverage.default
+        }
+    }
+}
+
+fn endpoint_is_host_port(endpoint: &str) -> bool {
+    match endpoint.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok(),
+        None => false,
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else matches itself.
+fn glob_matches(glob: &str, text: &str) -> bool {
+    let parts: Vec<&str> = glob.split('*').collect();
+    if parts.len() == 1 {
+        return glob == text;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !text.starts_with(first) || text.len() < first.len() + last.len() || !text.ends_with(last) {
+        return false;
+    }
+    let mut rest = &text[first.len()..text.len() - last.len()];
+    for middle in &parts[1..parts.len() - 1] {
+        match rest.find(middle) {
+            Some(at) => rest = &rest[at + middle.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_from(pairs: &[(&str, &str)]) -> Env {
+        // figment's Env reads the real environment; a unique prefix per test keeps tests apart.
+        let prefix = format!("ARCDTEST{}_", rand::random::<u32>());
+        for (k, v) in pairs {
+            std::env::set_var(format!("{prefix}{k}"), v);
+        }
+        Env::prefixed(&prefix).split("__")
+    }
+
+    #[test]
+    fn defaults_validate() {
+        let c = Config::load_with_env(None, env_from(&[])).expect("defaults are valid");
+        assert_eq!(c.api.listen.port(), 8443);
+        assert_eq!(c.rendezvous_points[0].id, "ap-northeast-1");
+        assert!(c.api.tls);
+    }
+
+    #[test]
+    fn file_then_env_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("arcd.toml");
+        std::fs::write(
+            &file,
+            "data_dir = \"/x\"\n[api]\nlisten = \"127.0.0.1:9000\"\ntls = false\n",
+        )
+        .expect("write");
+        let c = Config::load_with_env(Some(&file), env_from(&[("API__LISTEN", "127.0.0.1:9001")]))
+            .expect("valid");
+        assert_eq!(c.data_dir, PathBuf::from("/x"));
+        assert!(!c.api.tls);
+        assert_eq!(c.api.listen.port(), 9001);
+    }
+
+    #[test]
+    fn invalid_value_names_the_key() {
+        let err = Config::load_with_env(None, env_from(&[("API__LISTEN", "not-an-address")]))
+            .expect_err("must fail");
+        assert!(err.to_string().contains("api.listen"), "{err}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("arcd.toml");
+        std::fs::write(
+            &file,
+            "[[rendezvous_points]]\nid = \"mars-1\"\nlisten = \"0.0.0.0:1\"\nendpoint = \"h:1\"\npool = \"10.0.0.0/24\"\nallowed_ips = []\n",
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(&file), env_from(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("rendezvous_points[0].id"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_is_rejected() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("arcd.toml");
+        std::fs::write(&file, "[api]\nlsiten = \"127.0.0.1:1\"\n").expect("write");
+        let err = Config::load_with_env(Some(&file), env_from(&[])).expect_err("must fail");
+        assert!(err.to_string().contains("lsiten"), "{err}");
+    }
+
+    #[test]
+    fn coverage_by_host() {
+        let c = Config::default();
+        assert_eq!(
+            c.coverage_for_host(Some("g.api.example.net:8443")),
+            Coverage::G
+        );
+        assert_eq!(c.coverage_for_host(Some("api.example.net")), Coverage::Jp);
+        assert_eq!(c.coverage_for_host(None), Coverage::Jp);
+        // Global RP `eu-central-1` is not configured by default: falls back to the first one.
+        assert_eq!(c.rendezvous_point_for(Coverage::G).id, "ap-northeast-1");
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_matches("g.api.*", "g.api.soracom.io"));
+        assert!(!glob_matches("g.api.*", "api.soracom.io"));
+        assert!(glob_matches("*.global.*", "x.global.y"));
+        assert!(glob_matches("exact", "exact"));
+        assert!(!glob_matches("a*b*c", "acb"));
+    }
+}

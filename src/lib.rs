@@ -1,0 +1,15 @@
+//! arcd: a self-hosted rendezvous point for virtual SIMs (see DESIGN.md).
+
+pub mod api;
+pub mod bootstrap;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod dataplane;
+mod fsutil;
+pub mod ids;
+pub mod server;
+pub mod services;
+pub mod store;
+pub mod tls;
+pub mod wgkey;

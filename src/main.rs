@@ -1,0 +1,52 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand};
+use arcd::config::Config;
+
+/// Exit status for configuration errors, as scripts expect.
+const EXIT_CONFIG: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("arcd: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    init_logging(&config);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => arcd::commands::serve(config),
+        Command::Operator(OperatorCommand::Create) => arcd::commands::create_operator(&config),
+        Command::Authkey(AuthkeyCommand::Create { operator }) => {
+            arcd::commands::create_auth_key(&config, &operator)
+        }
+        Command::Iotsim(IotsimCommand::Import { file, operator }) => {
+            arcd::commands::import_iot_sims(&config, &file, &operator)
+        }
+        Command::Version => {
+            println!("arcd {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("arcd: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

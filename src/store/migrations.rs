@@ -1,0 +1,140 @@
+//! Numbered schema migrations kept in SQLite's `user_version`: migration N brings the schema from
+//! version N-1 to N. Never edit a migration that has shipped; append a new one.
+
+use rusqlite::Connection;
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the virtual SIM lifecycle.
+    r#"
+    CREATE TABLE operators (
+        operator_id  TEXT PRIMARY KEY,
+        created_at   INTEGER NOT NULL
+    );
+    CREATE TABLE auth_keys (
+        auth_key_id   TEXT PRIMARY KEY,
+        operator_id   TEXT NOT NULL REFERENCES operators(operator_id),
+        secret_hash   TEXT NOT NULL,
+        created_at    INTEGER NOT NULL,
+        last_used_at  INTEGER
+    );
+    CREATE INDEX auth_keys_by_operator ON auth_keys(operator_id, created_at);
+    CREATE TABLE api_tokens (
+        api_key      TEXT PRIMARY KEY,
+        token_hash   TEXT NOT NULL,
+        operator_id  TEXT NOT NULL REFERENCES operators(operator_id),
+        expires_at   INTEGER NOT NULL
+    );
+    CREATE INDEX api_tokens_by_expiry ON api_tokens(expires_at);
+    CREATE TABLE rendezvous_points (
+        rp_id        TEXT PRIMARY KEY,
+        private_key  TEXT NOT NULL,
+        public_key   TEXT NOT NULL,
+        endpoint     TEXT NOT NULL,
+        pool         TEXT NOT NULL,
+        allowed_ips  TEXT NOT NULL,
+        created_at   INTEGER NOT NULL
+    );
+    CREATE TABLE counters (
+        name   TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    );
+    CREATE TABLE groups (
+        group_id          TEXT PRIMARY KEY,
+        operator_id       TEXT NOT NULL REFERENCES operators(operator_id),
+        tags              TEXT NOT NULL,
+        created_at        INTEGER NOT NULL,
+        last_modified_at  INTEGER NOT NULL
+    );
+    CREATE INDEX groups_by_operator ON groups(operator_id, group_id);
+    CREATE TABLE group_configuration (
+        group_id   TEXT NOT NULL REFERENCES groups(group_id) ON DELETE CASCADE,
+        namespace  TEXT NOT NULL,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        PRIMARY KEY (group_id, namespace, key)
+    );
+    CREATE TABLE sims (
+        sim_id               TEXT PRIMARY KEY,
+        operator_id          TEXT NOT NULL REFERENCES operators(operator_id),
+        sim_type             TEXT NOT NULL,
+        module_type          TEXT,
+        status               TEXT NOT NULL,
+        coverage             TEXT NOT NULL,
+        group_id             TEXT REFERENCES groups(group_id),
+        termination_enabled  INTEGER NOT NULL DEFAULT 0,
+        created_at           INTEGER NOT NULL,
+        last_modified_at     INTEGER NOT NULL
+    );
+    CREATE INDEX sims_by_operator ON sims(operator_id, sim_id);
+    CREATE INDEX sims_by_group ON sims(group_id, sim_id) WHERE group_id IS NOT NULL;
+    CREATE TABLE sim_tags (
+        sim_id  TEXT NOT NULL REFERENCES sims(sim_id),
+        name    TEXT NOT NULL,
+        value   TEXT NOT NULL,
+        PRIMARY KEY (sim_id, name)
+    );
+    CREATE TABLE subscribers (
+        imsi              TEXT PRIMARY KEY,
+        sim_id            TEXT NOT NULL REFERENCES sims(sim_id),
+        iccid             TEXT NOT NULL,
+        msisdn            TEXT,
+        subscription      TEXT NOT NULL,
+        is_primary        INTEGER NOT NULL,
+        is_virtual        INTEGER NOT NULL,
+        status            TEXT NOT NULL,
+        arc_public_key    TEXT,
+        created_at        INTEGER NOT NULL,
+        last_modified_at  INTEGER NOT NULL
+    );
+    CREATE INDEX subscribers_by_sim ON subscribers(sim_id);
+    CREATE TABLE arc_sessions (
+        imsi             TEXT PRIMARY KEY REFERENCES subscribers(imsi),
+        sim_id           TEXT NOT NULL REFERENCES sims(sim_id),
+        session_id       TEXT NOT NULL,
+        rp_id            TEXT NOT NULL REFERENCES rendezvous_points(rp_id),
+        client_ip        TEXT NOT NULL,
+        vpg_id           TEXT,
+        created_at       INTEGER NOT NULL,
+        last_updated_at  INTEGER NOT NULL
+    );
+    CREATE UNIQUE INDEX arc_sessions_by_sim ON arc_sessions(sim_id);
+    CREATE TABLE session_events (
+        event_id     INTEGER PRIMARY KEY AUTOINCREMENT,
+        sim_id       TEXT NOT NULL REFERENCES sims(sim_id),
+        imsi         TEXT NOT NULL,
+        operator_id  TEXT NOT NULL,
+        session_id   TEXT NOT NULL,
+        event        TEXT NOT NULL,
+        subscription TEXT NOT NULL,
+        ue_ip        TEXT,
+        vpg_id       TEXT,
+        time         INTEGER NOT NULL
+    );
+    CREATE INDEX session_events_by_sim ON session_events(sim_id, event_id);
+    -- A client address belongs to one subscriber from allocation until its SIM is terminated and
+    -- the quarantine after `released_at` has passed; the row stays so the address can be reused.
+    CREATE TABLE address_leases (
+        scope        TEXT NOT NULL,
+        ip           INTEGER NOT NULL,
+        imsi         TEXT,
+        released_at  INTEGER,
+        PRIMARY KEY (scope, ip)
+    );
+    CREATE UNIQUE INDEX address_leases_by_imsi ON address_leases(imsi) WHERE imsi IS NOT NULL;
+    CREATE INDEX address_leases_free ON address_leases(scope, released_at) WHERE imsi IS NULL;
+    "#,
+];
+
+pub const LATEST: i64 = MIGRATIONS.len() as i64;
+
+/// Applies every migration above the file's `user_version`, each in its own transaction.
+pub fn migrate(conn: &mut Connection) -> rusqlite::Result<i64> {
+    let current: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(current.max(0) as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", index as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(current)
+}

@@ -1,0 +1,259 @@
+//! The store is the truth: one SQLite file, WAL, foreign keys on, every mutation in one transaction.
+//! Reads use a small pool of connections so they never wait behind the single writer.
+
+pub mod groups;
+mod migrations;
+pub mod operators;
+pub mod rendezvous;
+pub mod sessions;
+pub mod sims;
+pub mod subscriptions;
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use sessions::{ActiveSession, PeerChange};
+pub use sims::{SessionRecord, SimRecord, SubscriberRecord};
+
+/// Things a request can name that may not exist (or belong to another operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Sim,
+    Group,
+    AuthKey,
+    Operator,
+    Subscriber,
+    Tag,
+    Profile,
+}
+
+impl Entity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Sim => "SIM",
+            Entity::Group => "group",
+            Entity::AuthKey => "auth key",
+            Entity::Operator => "operator",
+            Entity::Subscriber => "subscriber",
+            Entity::Tag => "tag",
+            Entity::Profile => "profile",
+        }
+    }
+}
+
+/// A request that is well-formed but breaks a rule of the SIM lifecycle; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error("termination protection is on: call enable_termination first")]
+    TerminationProtected,
+    #[error("the SIM is terminated")]
+    SimTerminated,
+    #[error("a virtual SIM/Subscriber is only active or terminated; {0} is not allowed")]
+    VirtualStatusChange(&'static str),
+    #[error("The specified subscriber is offline")]
+    NoSession,
+    #[error("Arc credentials missing: attach a key with PUT /v1/sims/{{sim_id}}/credentials/arc")]
+    NoArcCredentials,
+    #[error("a virtual subscriber cannot be added to an IoT SIM whose primary subscription is {0}; supported: plan01s, plan01s-LDV, plan-D, plan-K, plan-KM1, plan-DU")]
+    UnsupportedPrimarySubscription(String),
+    #[error("only subscription planArc01 with type virtual can be added")]
+    UnsupportedSubscription,
+    #[error("the SIM already has a virtual subscriber ({0})")]
+    AlreadyHasVirtualSubscriber(String),
+    #[error("the SIM is a virtual SIM; subscriptions are added to IoT SIMs")]
+    NotAnIotSim,
+    #[error("only a secondary virtual subscriber can be terminated this way")]
+    NotSecondaryVirtual,
+    #[error("the group still has {0} SIM(s); move them out first")]
+    GroupInUse(u64),
+    #[error("the client address pool {0} of rendezvous point {1} is exhausted")]
+    PoolExhausted(String, String),
+    #[error("{0} identifiers are exhausted")]
+    IdentifiersExhausted(&'static str),
+    #[error("rendezvous point {0} is not configured")]
+    UnknownRendezvousPoint(String),
+    #[error("item {index}: {message}")]
+    ImportItem { index: usize, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{} not found", .0.name())]
+    NotFound(Entity),
+    #[error(transparent)]
+    Rule(#[from] Rule),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this arcd ({supported}); upgrade arcd")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    path: std::path::PathBuf,
+}
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Store {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let mut writer = open_connection(path, true)?;
+        let found: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if found > migrations::LATEST {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: migrations::LATEST,
+            });
+        }
+        migrations::migrate(&mut writer)?;
+        Ok(Store {
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Runs `f` in one IMMEDIATE transaction and commits it; any error rolls everything back.
+    pub fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        let mut conn = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let value = f(&tx)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` on a read connection (a consistent snapshot for the duration of a statement).
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let pooled = self
+            .readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
+        let conn = match pooled {
+            Some(conn) => conn,
+            None => open_connection(&self.path, false)?,
+        };
+        let value = f(&conn);
+        self.readers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(conn);
+        value
+    }
+}
+
+fn open_connection(path: &Path, writable: bool) -> Result<Connection> {
+    let flags = if writable {
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    } else {
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    if writable {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+    }
+    // NORMAL in WAL mode: a commit survives a crash of this process (kill -9); only a power loss
+    // can take back the last transactions, which is the usual trade for an appliance.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", true)?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Current time in UNIX milliseconds, the unit of every time in the API.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Takes the next value of a named counter. Counters only grow, so identifiers are never reused.
+pub(crate) fn next_counter(tx: &Transaction, name: &str) -> Result<u64> {
+    let value: i64 = tx.query_row(
+        "INSERT INTO counters(name, value) VALUES (?1, 1)
+         ON CONFLICT(name) DO UPDATE SET value = value + 1
+         RETURNING value",
+        [name],
+        |row| row.get(0),
+    )?;
+    Ok(value as u64)
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub fn temp_store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("arcd.sqlite")).expect("open store");
+        (dir, store)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::temp_store;
+    use super::*;
+
+    #[test]
+    fn open_sets_pragmas_and_version() {
+        let (_dir, store) = temp_store();
+        store
+            .read(|conn| {
+                let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                let fk: i64 = conn.query_row("PRAGMA foreign_keys", [], |r| r.get(0))?;
+                let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+                assert_eq!(mode, "wal");
+                assert_eq!(fk, 1);
+                assert_eq!(version, migrations::LATEST);
+                Ok(())
+            })
+            .expect("read");
+    }
+
+    #[test]
+    fn reopen_is_idempotent_and_newer_schema_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("arcd.sqlite");
+        drop(Store::open(&path).expect("first open"));
+        let store = Store::open(&path).expect("second open");
+        store
+            .write(|tx| {
+                tx.pragma_update(None, "user_version", migrations::LATEST + 1)?;
+                Ok(())
+            })
+            .expect("bump");
+        drop(store);
+        assert!(matches!(
+            Store::open(&path),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
+    }
+
+    #[test]
+    fn failed_write_rolls_back() {
+        let (_dir, store) = temp_store();
+        let result: Result<()> = store.write(|tx| {
+            next_counter(tx, "x")?;
+            Err(StoreError::NotFound(Entity::Sim))
+        });
+        assert!(result.is_err());
+        let value = store.write(|tx| next_counter(tx, "x")).expect("write");
+        assert_eq!(value, 1);
+    }
+}

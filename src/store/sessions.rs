@@ -1,0 +1,489 @@
+//! Arc sessions, their events, client address leases, and the peer changes the data plane applies.
+
+use std::net::Ipv4Addr;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use super::{now_ms, rendezvous, Result, Rule, StoreError};
+use crate::config::Coverage;
+use crate::ids::new_session_id as ids_next_session;
+
+/// What the data plane needs to serve one device: everything is keyed by the virtual subscriber's
+/// IMSI, while services attribute traffic to `primary_imsi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    pub imsi: String,
+    pub primary_imsi: String,
+    pub sim_id: String,
+    pub operator_id: String,
+    /// Changes whenever the session is (re-)created: the data plane then drops the peer's
+    /// WireGuard state so the device must handshake again.
+    pub session_id: String,
+    pub rp_id: String,
+    pub client_public_key: String,
+    pub client_ip: Ipv4Addr,
+    pub group_id: Option<String>,
+    pub vpg_id: Option<String>,
+}
+
+/// Emitted only after the transaction that caused it has committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Install this peer, or replace the one with the same IMSI. A different `session_id` than the
+    /// installed one means a new session; the same one means only attributes (group) changed.
+    Upsert(ActiveSession),
+    /// The subscriber has no session any more: forget its peer.
+    Remove { imsi: String, rp_id: String },
+}
+
+/// Where new sessions go and how long a released address rests before reuse.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    pub jp_rendezvous_point: String,
+    pub global_rendezvous_point: String,
+    pub address_quarantine_ms: i64,
+}
+
+impl SessionPolicy {
+    pub fn rendezvous_point_for(&self, coverage: Coverage) -> &str {
+        match coverage {
+            Coverage::Jp => &self.jp_rendezvous_point,
+            Coverage::G => &self.global_rendezvous_point,
+        }
+    }
+}
+
+/// The subscriber a session belongs to, as the session functions need it.
+pub(crate) struct ArcSubscriber {
+    pub sim_id: String,
+    pub operator_id: String,
+    pub imsi: String,
+    pub primary_imsi: String,
+    pub subscription: String,
+    pub public_key: Option<String>,
+    pub coverage: Coverage,
+    pub group_id: Option<String>,
+}
+
+/// The active (not terminated) virtual subscriber of a SIM of `operator_id`.
+pub(crate) fn arc_subscriber(
+    conn: &Connection,
+    operator_id: &str,
+    sim_id: &str,
+) -> Result<Option<ArcSubscriber>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT s.sim_id, s.operator_id, v.imsi, v.subscription, v.arc_public_key, s.coverage, s.group_id,
+                    (SELECT p.imsi FROM subscribers p WHERE p.sim_id = s.sim_id AND p.is_primary = 1)
+             FROM sims s JOIN subscribers v ON v.sim_id = s.sim_id
+             WHERE s.sim_id = ?1 AND s.operator_id = ?2 AND v.is_virtual = 1 AND v.status = 'active'",
+        )?
+        .query_row(params![sim_id, operator_id], |row| {
+            Ok(ArcSubscriber {
+                sim_id: row.get(0)?,
+                operator_id: row.get(1)?,
+                imsi: row.get(2)?,
+                subscription: row.get(3)?,
+                public_key: row.get(4)?,
+                coverage: coverage_from_column(&row.get::<_, String>(5)?),
+                group_id: row.get(6)?,
+                primary_imsi: row.get(7)?,
+            })
+        })
+        .optional()?)
+}
+
+pub(crate) fn coverage_from_column(text: &str) -> Coverage {
+    if text == "g" {
+        Coverage::G
+    } else {
+        Coverage::Jp
+    }
+}
+
+/// Creates the subscriber's session, or replaces the existing one with a new session id
+/// (`Deleted` then `Created` events). The client address is kept unless the rendezvous point changed.
+pub(crate) fn open_session(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    policy: &SessionPolicy,
+) -> Result<ActiveSession> {
+    let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
+    let now = now_ms();
+    let rp_id = policy.rendezvous_point_for(sub.coverage).to_string();
+    let rp = rendezvous::get(tx, &rp_id)?;
+    let existing: Option<String> = tx
+        .query_row(
+            "SELECT session_id FROM arc_sessions WHERE imsi = ?1",
+            [&sub.imsi],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(old_session) = existing {
+        record_event(tx, sub, &old_session, "Deleted", None, now)?;
+        tx.execute("DELETE FROM arc_sessions WHERE imsi = ?1", [&sub.imsi])?;
+    }
+    let scope = format!("rp:{rp_id}");
+    let client_ip = lease_address(tx, &scope, rp.pool, &sub.imsi, now, policy)?;
+    let session_id = ids_next_session();
+    tx.execute(
+        "INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)",
+        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), now],
+    )?;
+    record_event(tx, sub, &session_id, "Created", Some(client_ip), now)?;
+    Ok(ActiveSession {
+        imsi: sub.imsi.clone(),
+        primary_imsi: sub.primary_imsi.clone(),
+        sim_id: sub.sim_id.clone(),
+        operator_id: sub.operator_id.clone(),
+        session_id,
+        rp_id,
+        client_public_key: public_key,
+        client_ip,
+        group_id: sub.group_id.clone(),
+        vpg_id: None,
+    })
+}
+
+/// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless
+/// `release_address` (termination), which starts its quarantine.
+pub(crate) fn close_session(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    release_address: bool,
+) -> Result<Option<PeerChange>> {
+    let now = now_ms();
+    let existing: Option<(String, String)> = tx
+        .query_row(
+            "SELECT session_id, rp_id FROM arc_sessions WHERE imsi = ?1",
+            [&sub.imsi],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if release_address {
+        tx.execute(
+            "UPDATE address_leases SET imsi = NULL, released_at = ?2 WHERE imsi = ?1",
+            params![sub.imsi, now],
+        )?;
+    }
+    let Some((session_id, rp_id)) = existing else {
+        return Ok(None);
+    };
+    record_event(tx, sub, &session_id, "Deleted", None, now)?;
+    tx.execute("DELETE FROM arc_sessions WHERE imsi = ?1", [&sub.imsi])?;
+    Ok(Some(PeerChange::Remove {
+        imsi: sub.imsi.clone(),
+        rp_id,
+    }))
+}
+
+fn record_event(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    session_id: &str,
+    event: &str,
+    ue_ip: Option<Ipv4Addr>,
+    now: i64,
+) -> Result<()> {
+    // Events are listed under the primary IMSI: a secondary subscriber's traffic is the IoT SIM's.
+    tx.prepare_cached(
+        "INSERT INTO session_events(sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+    )?
+    .execute(params![
+        sub.sim_id,
+        sub.primary_imsi,
+        sub.operator_id,
+        session_id,
+        event,
+        sub.subscription,
+        ue_ip.map(|ip| ip.to_string()),
+        now
+    ])?;
+    Ok(())
+}
+
+/// Gives `imsi` an address of `pool` in `scope`: its current lease if it has one there, else the
+/// longest-released address past quarantine, else the next never-used one.
+fn lease_address(
+    tx: &Transaction,
+    scope: &str,
+    pool: ipnet::Ipv4Net,
+    imsi: &str,
+    now: i64,
+    policy: &SessionPolicy,
+) -> Result<Ipv4Addr> {
+    // The network address, the first host (kept for the server side) and the broadcast address
+    // are never handed out.
+    let low = u32::from(pool.network()) + 2;
+    let high = u32::from(pool.broadcast()) - 1;
+    let current: Option<(String, u32)> = tx
+        .query_row(
+            "SELECT scope, ip FROM address_leases WHERE imsi = ?1",
+            [imsi],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .optional()?;
+    if let Some((current_scope, ip)) = current {
+        if current_scope == scope && (low..=high).contains(&ip) {
+            return Ok(Ipv4Addr::from(ip));
+        }
+        tx.execute(
+            "UPDATE address_leases SET imsi = NULL, released_at = ?2 WHERE imsi = ?1",
+            params![imsi, now],
+        )?;
+    }
+    let reusable: Option<u32> = tx
+        .query_row(
+            "SELECT ip FROM address_leases
+             WHERE scope = ?1 AND imsi IS NULL AND released_at <= ?2 AND ip BETWEEN ?3 AND ?4
+             ORDER BY released_at LIMIT 1",
+            params![scope, now - policy.address_quarantine_ms, low, high],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(ip) = reusable {
+        tx.execute(
+            "UPDATE address_leases SET imsi = ?3, released_at = NULL WHERE scope = ?1 AND ip = ?2",
+            params![scope, ip, imsi],
+        )?;
+        return Ok(Ipv4Addr::from(ip));
+    }
+    let highest: Option<u32> = tx.query_row(
+        "SELECT MAX(ip) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
+        params![scope, low, high],
+        |row| row.get(0),
+    )?;
+    let next = highest.map_or(Some(low), |ip| ip.checked_add(1));
+    match next {
+        Some(ip) if ip <= high => {
+            tx.execute(
+                "INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES (?1, ?2, ?3, NULL)",
+                params![scope, ip, imsi],
+            )?;
+            Ok(Ipv4Addr::from(ip))
+        }
+        _ => Err(Rule::PoolExhausted(
+            pool.to_string(),
+            scope.trim_start_matches("rp:").to_string(),
+        )
+        .into()),
+    }
+}
+
+/// Every session the data plane must serve, in one query (used at start).
+pub fn list_active_sessions(conn: &Connection) -> Result<Vec<ActiveSession>> {
+    let mut stmt = conn.prepare(
+        "SELECT a.imsi, a.sim_id, s.operator_id, a.session_id, a.rp_id, v.arc_public_key, a.client_ip,
+                s.group_id, a.vpg_id,
+                (SELECT p.imsi FROM subscribers p WHERE p.sim_id = a.sim_id AND p.is_primary = 1)
+         FROM arc_sessions a
+         JOIN subscribers v ON v.imsi = a.imsi
+         JOIN sims s ON s.sim_id = a.sim_id
+         ORDER BY a.imsi",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        Ok((
+            ActiveSession {
+                imsi: row.get(0)?,
+                sim_id: row.get(1)?,
+                operator_id: row.get(2)?,
+                session_id: row.get(3)?,
+                rp_id: row.get(4)?,
+                client_public_key: row.get::<_, Option<String>>(5)?.unwrap_or_default(),
+                client_ip: Ipv4Addr::UNSPECIFIED,
+                group_id: row.get(7)?,
+                vpg_id: row.get(8)?,
+                primary_imsi: row.get(9)?,
+            },
+            row.get::<_, String>(6)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (mut session, ip) = row?;
+        session.client_ip = ip
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("client address of {}", session.imsi)))?;
+        Ok(session)
+    })
+    .collect()
+}
+
+/// The active session of a SIM, as the data plane sees it.
+pub(crate) fn active_session_of(
+    tx: &Connection,
+    operator_id: &str,
+    sim_id: &str,
+) -> Result<Option<ActiveSession>> {
+    // Few rows per SIM: reuse the full listing query shape through a filter.
+    let Some(sub) = arc_subscriber(tx, operator_id, sim_id)? else {
+        return Ok(None);
+    };
+    let row: Option<(String, String, String, Option<String>)> = tx
+        .query_row(
+            "SELECT session_id, rp_id, client_ip, vpg_id FROM arc_sessions WHERE imsi = ?1",
+            [&sub.imsi],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
+        )
+        .optional()?;
+    let Some((session_id, rp_id, ip, vpg_id)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(ActiveSession {
+        client_ip: ip
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("client address of {}", sub.imsi)))?,
+        imsi: sub.imsi,
+        primary_imsi: sub.primary_imsi,
+        sim_id: sub.sim_id,
+        operator_id: sub.operator_id,
+        session_id,
+        rp_id,
+        client_public_key: sub.public_key.unwrap_or_default(),
+        group_id: sub.group_id,
+        vpg_id,
+    }))
+}
+
+/// `createArcSession` / `delete_session`: a new session for the SIM's virtual subscriber.
+/// With `require_existing`, a SIM without a session is an error (`delete_session` on an offline SIM).
+pub fn recreate(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+    policy: &SessionPolicy,
+    require_existing: bool,
+) -> Result<ActiveSession> {
+    super::sims::require_live_sim(tx, operator_id, sim_id)?;
+    let Some(sub) = arc_subscriber(tx, operator_id, sim_id)? else {
+        return Err(if require_existing {
+            Rule::NoSession
+        } else {
+            Rule::NoArcCredentials
+        }
+        .into());
+    };
+    if require_existing {
+        let has_session = tx
+            .prepare_cached("SELECT 1 FROM arc_sessions WHERE imsi = ?1")?
+            .exists([&sub.imsi])?;
+        if !has_session {
+            return Err(Rule::NoSession.into());
+        }
+    }
+    open_session(tx, &sub, policy)
+}
+
+/// Result of attaching a client key: the private key only when the server made the pair.
+pub struct RenewedCredentials {
+    pub public_key: String,
+    pub private_key: Option<String>,
+    pub session: ActiveSession,
+}
+
+/// `PUT /credentials/arc`: attach `client_public_key` (or a server-made pair) and start a new session
+/// at once, so the old key stops working.
+pub fn renew_credentials(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+    client_public_key: Option<String>,
+    policy: &SessionPolicy,
+) -> Result<RenewedCredentials> {
+    super::sims::require_live_sim(tx, operator_id, sim_id)?;
+    let mut sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
+    let (public_key, private_key) = match client_public_key {
+        Some(key) => (key, None),
+        None => {
+            let pair = crate::wgkey::generate();
+            (pair.public_key.clone(), Some(pair.private_key.clone()))
+        }
+    };
+    tx.execute(
+        "UPDATE subscribers SET arc_public_key = ?2, last_modified_at = ?3 WHERE imsi = ?1",
+        params![sub.imsi, public_key, now_ms()],
+    )?;
+    super::sims::touch(tx, sim_id)?;
+    sub.public_key = Some(public_key.clone());
+    let session = open_session(tx, &sub, policy)?;
+    Ok(RenewedCredentials {
+        public_key,
+        private_key,
+        session,
+    })
+}
+
+/// Deprecated `DELETE /credentials/arc`: the key is gone and so is the session.
+pub fn remove_credentials(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+) -> Result<Option<PeerChange>> {
+    super::sims::require_live_sim(tx, operator_id, sim_id)?;
+    let sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
+    tx.execute(
+        "UPDATE subscribers SET arc_public_key = NULL, last_modified_at = ?2 WHERE imsi = ?1",
+        params![sub.imsi, now_ms()],
+    )?;
+    super::sims::touch(tx, sim_id)?;
+    close_session(tx, &sub, false)
+}
+
+#[derive(Debug, Clone)]
+pub struct SessionEventRecord {
+    pub event_id: i64,
+    pub sim_id: String,
+    pub imsi: String,
+    pub operator_id: String,
+    pub session_id: String,
+    pub event: String,
+    pub subscription: String,
+    pub ue_ip: Option<String>,
+    pub vpg_id: Option<String>,
+    pub time: i64,
+}
+
+/// Newest first; `before_event_id` continues a previous page.
+pub fn list_events(
+    conn: &Connection,
+    operator_id: &str,
+    sim_id: &str,
+    from_ms: Option<i64>,
+    to_ms: Option<i64>,
+    before_event_id: Option<i64>,
+    limit: u32,
+) -> Result<Vec<SessionEventRecord>> {
+    super::sims::require_sim(conn, operator_id, sim_id)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT event_id, sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time
+         FROM session_events
+         WHERE sim_id = ?1 AND operator_id = ?2 AND time >= ?3 AND time <= ?4 AND event_id < ?5
+         ORDER BY event_id DESC LIMIT ?6",
+    )?;
+    let rows = stmt.query_map(
+        params![
+            sim_id,
+            operator_id,
+            from_ms.unwrap_or(0),
+            to_ms.unwrap_or(i64::MAX),
+            before_event_id.unwrap_or(i64::MAX),
+            limit
+        ],
+        |row| {
+            Ok(SessionEventRecord {
+                event_id: row.get(0)?,
+                sim_id: row.get(1)?,
+                imsi: row.get(2)?,
+                operator_id: row.get(3)?,
+                session_id: row.get(4)?,
+                event: row.get(5)?,
+                subscription: row.get(6)?,
+                ue_ip: row.get(7)?,
+                vpg_id: row.get(8)?,
+                time: row.get(9)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}

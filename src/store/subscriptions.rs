@@ -1,0 +1,220 @@
+//! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
+
+use rusqlite::{params, Transaction};
+
+use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
+use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
+use super::{now_ms, Entity, Result, Rule, StoreError};
+use crate::config::Coverage;
+use crate::wgkey;
+
+/// Primary subscriptions that accept a virtual subscriber (the seed's list).
+pub const ARC_CAPABLE_PRIMARY: &[&str] = &[
+    "plan01s",
+    "plan01s-LDV",
+    "plan-D",
+    "plan-K",
+    "plan-KM1",
+    "plan-DU",
+];
+
+/// One IoT SIM to register, as in the import CSV (`iccid,imsi,msisdn,subscription`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IotSimImport {
+    pub iccid: String,
+    pub imsi: String,
+    #[serde(default)]
+    pub msisdn: Option<String>,
+    pub subscription: String,
+}
+
+fn all_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+impl IotSimImport {
+    /// Shape checks that need no database.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if !all_digits(&self.iccid) || !(18..=22).contains(&self.iccid.len()) {
+            return Err(format!("iccid `{}` must be 18 to 22 digits", self.iccid));
+        }
+        if !all_digits(&self.imsi) || !(14..=15).contains(&self.imsi.len()) {
+            return Err(format!("imsi `{}` must be 14 or 15 digits", self.imsi));
+        }
+        if self.imsi.starts_with(crate::ids::VIRTUAL_IMSI_PREFIX) {
+            return Err(format!(
+                "imsi `{}` is in the virtual range 99999…, which arcd issues itself",
+                self.imsi
+            ));
+        }
+        if let Some(msisdn) = self.msisdn.as_deref().filter(|m| !m.is_empty()) {
+            if !all_digits(msisdn) || msisdn.len() > 15 {
+                return Err(format!("msisdn `{msisdn}` must be up to 15 digits"));
+            }
+        }
+        let plan = &self.subscription;
+        if plan.is_empty()
+            || plan.len() > 32
+            || !plan.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!("subscription `{plan}` is not a subscription name"));
+        }
+        if plan == "planArc01" {
+            return Err("subscription planArc01 is virtual; create it with POST /v1/sims".into());
+        }
+        Ok(())
+    }
+}
+
+/// Registers all SIMs or none: the first bad item aborts the transaction with its index.
+pub fn import_iot_sims(
+    tx: &Transaction,
+    operator_id: &str,
+    coverage: Coverage,
+    items: &[IotSimImport],
+) -> Result<Vec<SimRecord>> {
+    let now = now_ms();
+    let item_error =
+        |index: usize, message: String| StoreError::Rule(Rule::ImportItem { index, message });
+    for (index, item) in items.iter().enumerate() {
+        item.check().map_err(|m| item_error(index, m))?;
+        let inserted = tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+                                            termination_enabled, created_at, last_modified_at)
+                 VALUES (?1, ?2, 'uicc', NULL, 'active', ?3, NULL, 0, ?4, ?4)",
+            )?
+            .execute(params![item.iccid, operator_id, coverage.as_str(), now])?;
+        if inserted == 0 {
+            return Err(item_error(
+                index,
+                format!("iccid {} is already registered", item.iccid),
+            ));
+        }
+        let imsi_taken = tx
+            .prepare_cached("SELECT 1 FROM subscribers WHERE imsi = ?1")?
+            .exists([&item.imsi])?;
+        if imsi_taken {
+            return Err(item_error(
+                index,
+                format!("imsi {} is already registered", item.imsi),
+            ));
+        }
+        insert_subscriber(
+            tx,
+            &NewSubscriber {
+                imsi: &item.imsi,
+                sim_id: &item.iccid,
+                iccid: &item.iccid,
+                msisdn: item.msisdn.as_deref().filter(|m| !m.is_empty()),
+                subscription: &item.subscription,
+                is_primary: true,
+                is_virtual: false,
+                arc_public_key: None,
+            },
+            now,
+        )?;
+    }
+    items
+        .iter()
+        .map(|item| sims::get(tx, operator_id, &item.iccid))
+        .collect()
+}
+
+pub struct AddedSubscriber {
+    pub sim: SimRecord,
+    pub iccid: String,
+    pub imsi: String,
+    pub private_key: String,
+    pub session: ActiveSession,
+}
+
+/// `addSubscription` with planArc01: a virtual subscriber whose traffic counts as the IoT SIM's.
+pub fn add_virtual_subscriber(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+    iccid: &str,
+    policy: &SessionPolicy,
+) -> Result<AddedSubscriber> {
+    let sim = sims::get(tx, operator_id, sim_id)?;
+    let primary = sim
+        .subscribers
+        .iter()
+        .find(|s| s.is_primary)
+        .ok_or_else(|| StoreError::Corrupt(format!("SIM {sim_id} has no primary subscriber")))?;
+    if primary.iccid != iccid {
+        return Err(StoreError::NotFound(Entity::Profile));
+    }
+    if sim.status == "terminated" {
+        return Err(Rule::SimTerminated.into());
+    }
+    if sim.sim_type == "virtual" {
+        return Err(Rule::NotAnIotSim.into());
+    }
+    if let Some(existing) = sim.arc_subscriber() {
+        return Err(Rule::AlreadyHasVirtualSubscriber(existing.imsi.clone()).into());
+    }
+    if !ARC_CAPABLE_PRIMARY.contains(&primary.subscription.as_str()) {
+        return Err(Rule::UnsupportedPrimarySubscription(primary.subscription.clone()).into());
+    }
+    let imsi = next_virtual_imsi(tx)?;
+    let pair = wgkey::generate();
+    insert_subscriber(
+        tx,
+        &NewSubscriber {
+            imsi: &imsi,
+            sim_id,
+            iccid,
+            msisdn: None,
+            subscription: "planArc01",
+            is_primary: false,
+            is_virtual: true,
+            arc_public_key: Some(&pair.public_key),
+        },
+        now_ms(),
+    )?;
+    sims::touch(tx, sim_id)?;
+    let sub = sessions::arc_subscriber(tx, operator_id, sim_id)?
+        .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
+    let session = sessions::open_session(tx, &sub, policy)?;
+    Ok(AddedSubscriber {
+        sim: sims::get(tx, operator_id, sim_id)?,
+        iccid: iccid.to_string(),
+        imsi,
+        private_key: pair.private_key.clone(),
+        session,
+    })
+}
+
+/// `terminateSubscriptionContainer`: ends a secondary virtual subscriber; the IoT SIM stays.
+pub fn terminate_virtual_subscriber(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+    iccid: &str,
+    imsi: &str,
+) -> Result<Option<PeerChange>> {
+    let sim = sims::get(tx, operator_id, sim_id)?;
+    let sub = sim
+        .subscribers
+        .iter()
+        .find(|s| s.imsi == imsi && s.iccid == iccid)
+        .ok_or(StoreError::NotFound(Entity::Subscriber))?;
+    if sub.is_primary || !sub.is_virtual {
+        return Err(Rule::NotSecondaryVirtual.into());
+    }
+    if sub.status == "terminated" {
+        return Err(StoreError::NotFound(Entity::Subscriber));
+    }
+    let arc = sessions::arc_subscriber(tx, operator_id, sim_id)?
+        .ok_or(StoreError::NotFound(Entity::Subscriber))?;
+    let change = sessions::close_session(tx, &arc, true)?;
+    tx.execute(
+        "UPDATE subscribers SET status = 'terminated', last_modified_at = ?2 WHERE imsi = ?1",
+        params![imsi, now_ms()],
+    )?;
+    sims::touch(tx, sim_id)?;
+    Ok(change)
+}

@@ -1,0 +1,3 @@
+//! Shared helpers for integration tests. Use with `mod support;`.
+
+pub mod conformance;
