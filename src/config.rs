@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration: {}", describe_figment(.0))]
     Figment(Box<figment::Error>),
     #[error("invalid configuration: key `{key}`: {message}")]
     Invalid { key: String, message: String },
@@ -287,6 +287,28 @@ impl Config {
             self.coverage.default
         }
     }
+}
+
+/// One line per failing key, named as in the TOML file (`api.listen`), with where the value came from.
+fn describe_figment(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".").to_ascii_lowercase();
+            let source = e
+                .metadata
+                .as_ref()
+                .map(|m| format!(" (from {})", m.name))
+                .unwrap_or_default();
+            if key.is_empty() {
+                format!("{}{source}", e.kind)
+            } else {
+                format!("key `{key}`: {}{source}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn endpoint_is_host_port(endpoint: &str) -> bool {

@@ -10,6 +10,10 @@ const EXIT_CONFIG: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Some(Command::Version)) {
+        println!("arcd {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -27,10 +31,7 @@ fn main() -> ExitCode {
         Command::Iotsim(IotsimCommand::Import { file, operator }) => {
             arcd::commands::import_iot_sims(&config, &file, &operator)
         }
-        Command::Version => {
-            println!("arcd {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
+        Command::Version => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -97,6 +97,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         config: config.clone(),
         policy,
         peers: changes,
+        tokens: Default::default(),
     });
     let app = api::router(state);
     let (stop, stopped) = watch::channel(false);

@@ -87,9 +87,15 @@ pub async fn require_token(
             "X-Soracom-API-Key and X-Soracom-Token headers are required; get them from POST /v1/auth",
         ));
     };
-    let check = state
-        .db(move |store| store.read(|conn| operators::check_token(conn, &api_key, &token)))
-        .await?;
+    let check = match state.tokens.check(&api_key, &token) {
+        Some(check) => check,
+        None => {
+            let cache_state = state.clone();
+            state
+                .db(move |store| cache_state.tokens.check_in_store(store, &api_key, &token))
+                .await?
+        }
+    };
     let operator = match check {
         TokenCheck::Valid { operator_id } => Operator(operator_id),
         TokenCheck::Expired => {

@@ -6,6 +6,7 @@ mod error;
 mod extract;
 mod groups;
 mod sims;
+mod tokens;
 pub mod views;
 
 use std::sync::Arc;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub policy: SessionPolicy,
     pub peers: PeerChanges,
+    pub tokens: tokens::TokenCache,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -2,6 +2,8 @@
 //! Reads use a small pool of connections so they never wait behind the single writer.
 
 pub mod groups;
+#[cfg(test)]
+mod lifecycle_tests;
 mod migrations;
 pub mod operators;
 pub mod rendezvous;

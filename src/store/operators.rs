@@ -160,23 +160,41 @@ pub enum TokenCheck {
     Invalid,
 }
 
-pub fn check_token(conn: &Connection, api_key: &str, token: &str) -> Result<TokenCheck> {
-    let found: Option<(String, String, i64)> = conn
+/// A stored token: only its hash is kept.
+pub struct TokenRecord {
+    pub token_hash: String,
+    pub operator_id: String,
+    pub expires_at_ms: i64,
+}
+
+pub fn token_record(conn: &Connection, api_key: &str) -> Result<Option<TokenRecord>> {
+    Ok(conn
         .prepare_cached(
             "SELECT token_hash, operator_id, expires_at FROM api_tokens WHERE api_key = ?1",
         )?
-        .query_row([api_key], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
-        .optional()?;
-    let Some((token_hash, operator_id, expires_at)) = found else {
+        .query_row([api_key], |row| {
+            Ok(TokenRecord {
+                token_hash: row.get(0)?,
+                operator_id: row.get(1)?,
+                expires_at_ms: row.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+pub fn check_token(conn: &Connection, api_key: &str, token: &str) -> Result<TokenCheck> {
+    let Some(record) = token_record(conn, api_key)? else {
         return Ok(TokenCheck::Invalid);
     };
-    if !ids::constant_time_eq(&token_hash, &ids::secret_hash(token)) {
+    if !ids::constant_time_eq(&record.token_hash, &ids::secret_hash(token)) {
         return Ok(TokenCheck::Invalid);
     }
-    if expires_at <= now_ms() {
+    if record.expires_at_ms <= now_ms() {
         return Ok(TokenCheck::Expired);
     }
-    Ok(TokenCheck::Valid { operator_id })
+    Ok(TokenCheck::Valid {
+        operator_id: record.operator_id,
+    })
 }
 
 #[cfg(test)]

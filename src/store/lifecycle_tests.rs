@@ -1,0 +1,234 @@
+//! Store-level tests of the SIM lifecycle: identities, sessions, addresses, atomicity.
+
+use super::sessions::{self, PeerChange, SessionPolicy};
+use super::subscriptions::{self, IotSimImport};
+use super::testing::temp_store;
+use super::{operators, rendezvous, sims, Rule, Store, StoreError};
+use crate::config::{Config, Coverage};
+
+fn policy(quarantine_ms: i64) -> SessionPolicy {
+    SessionPolicy {
+        jp_rendezvous_point: "ap-northeast-1".into(),
+        global_rendezvous_point: "ap-northeast-1".into(),
+        address_quarantine_ms: quarantine_ms,
+    }
+}
+
+fn setup_with_pool(pool: &str) -> (tempfile::TempDir, Store, String) {
+    let (dir, store) = temp_store();
+    let mut rps = Config::default().rendezvous_points;
+    rps[0].pool = pool.parse().expect("pool");
+    let operator = store
+        .write(|tx| {
+            rendezvous::sync(tx, &rps)?;
+            operators::create_operator(tx)
+        })
+        .expect("setup");
+    (dir, store, operator)
+}
+
+fn setup() -> (tempfile::TempDir, Store, String) {
+    setup_with_pool("10.64.0.0/16")
+}
+
+fn create(
+    store: &Store,
+    operator: &str,
+    policy: &SessionPolicy,
+) -> super::Result<sims::CreatedSim> {
+    store.write(|tx| sims::create_virtual(tx, operator, Coverage::Jp, "8942", policy))
+}
+
+fn count(store: &Store, table: &str) -> i64 {
+    store
+        .read(|c| Ok(c.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?))
+        .expect("count")
+}
+
+#[test]
+fn created_sims_have_unique_valid_identities() {
+    let (_dir, store, op) = setup();
+    let p = policy(0);
+    let mut iccids = std::collections::HashSet::new();
+    let mut imsis = std::collections::HashSet::new();
+    let mut ips = std::collections::HashSet::new();
+    for _ in 0..50 {
+        let created = create(&store, &op, &p).expect("create");
+        assert!(crate::ids::luhn_valid(&created.sim.sim_id));
+        assert_eq!(created.sim.sim_id.len(), 19);
+        let imsi = created.sim.primary_imsi().expect("imsi").to_string();
+        assert!(imsi.starts_with("99999") && imsi.len() == 15);
+        assert!(iccids.insert(created.sim.sim_id.clone()));
+        assert!(imsis.insert(imsi));
+        assert!(ips.insert(created.session.client_ip));
+        assert_eq!(created.session.rp_id, "ap-northeast-1");
+    }
+}
+
+#[test]
+fn recreate_keeps_address_and_records_events() {
+    let (_dir, store, op) = setup();
+    let p = policy(0);
+    let created = create(&store, &op, &p).expect("create");
+    let sim_id = created.sim.sim_id.clone();
+    let again = store
+        .write(|tx| sessions::recreate(tx, &op, &sim_id, &p, true))
+        .expect("recreate");
+    assert_ne!(again.session_id, created.session.session_id);
+    assert_eq!(again.client_ip, created.session.client_ip);
+    let events = store
+        .read(|c| sessions::list_events(c, &op, &sim_id, None, None, None, 10))
+        .expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds, ["Created", "Deleted", "Created"]);
+}
+
+#[test]
+fn terminated_address_waits_for_quarantine() {
+    let (_dir, store, op) = setup_with_pool("10.64.0.0/29"); // hosts .2 to .6
+    let short = policy(0);
+    let first = create(&store, &op, &short).expect("create");
+    let sim_id = first.sim.sim_id.clone();
+    store
+        .write(|tx| sims::set_termination_enabled(tx, &op, &sim_id, true))
+        .expect("enable");
+    let (_, changes) = store
+        .write(|tx| sims::terminate(tx, &op, &sim_id))
+        .expect("terminate");
+    assert!(matches!(changes.as_slice(), [PeerChange::Remove { .. }]));
+
+    // With a long quarantine the released address is skipped.
+    let long = policy(3_600_000);
+    let second = create(&store, &op, &long).expect("create");
+    assert_ne!(second.session.client_ip, first.session.client_ip);
+    // With no quarantine it is reused.
+    let third = create(&store, &op, &short).expect("create");
+    assert_eq!(third.session.client_ip, first.session.client_ip);
+}
+
+#[test]
+fn exhausted_pool_is_a_clear_error_and_writes_nothing() {
+    let (_dir, store, op) = setup_with_pool("10.64.0.0/29");
+    let p = policy(0);
+    for _ in 0..5 {
+        create(&store, &op, &p).expect("fits");
+    }
+    let before = (
+        count(&store, "sims"),
+        count(&store, "subscribers"),
+        count(&store, "session_events"),
+    );
+    let err = create(&store, &op, &p).err().expect("pool is full");
+    assert!(
+        matches!(err, StoreError::Rule(Rule::PoolExhausted(..))),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("10.64.0.0/29"));
+    let after = (
+        count(&store, "sims"),
+        count(&store, "subscribers"),
+        count(&store, "session_events"),
+    );
+    assert_eq!(before, after);
+}
+
+#[test]
+fn terminated_identities_are_never_reissued() {
+    let (_dir, store, op) = setup();
+    let p = policy(0);
+    let first = create(&store, &op, &p).expect("create");
+    let sim_id = first.sim.sim_id.clone();
+    store
+        .write(|tx| {
+            sims::set_termination_enabled(tx, &op, &sim_id, true)?;
+            sims::terminate(tx, &op, &sim_id)
+        })
+        .expect("terminate");
+    let next = create(&store, &op, &p).expect("create");
+    assert_ne!(next.sim.sim_id, first.sim.sim_id);
+    assert_ne!(next.sim.primary_imsi(), first.sim.primary_imsi());
+    let kept = store
+        .read(|c| sims::get(c, &op, &sim_id))
+        .expect("record stays");
+    assert_eq!(kept.status, "terminated");
+    assert!(kept.session.is_none());
+}
+
+#[test]
+fn secondary_subscriber_reports_primary_imsi() {
+    let (_dir, store, op) = setup();
+    let p = policy(0);
+    let item = IotSimImport {
+        iccid: "8981100000000000001".into(),
+        imsi: "440101234567890".into(),
+        msisdn: Some("819012345678".into()),
+        subscription: "plan-D".into(),
+    };
+    store
+        .write(|tx| {
+            subscriptions::import_iot_sims(tx, &op, Coverage::Jp, std::slice::from_ref(&item))
+        })
+        .expect("import");
+    let added = store
+        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.iccid, &item.iccid, &p))
+        .expect("add");
+    assert_eq!(added.session.primary_imsi, item.imsi);
+    assert!(added.session.imsi.starts_with("99999"));
+    let all = store.read(sessions::list_active_sessions).expect("list");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0], added.session);
+    let twice = store
+        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.iccid, &item.iccid, &p));
+    assert!(matches!(
+        twice,
+        Err(StoreError::Rule(Rule::AlreadyHasVirtualSubscriber(_)))
+    ));
+}
+
+#[test]
+fn import_is_all_or_nothing() {
+    let (_dir, store, op) = setup();
+    let good = |n: u8| IotSimImport {
+        iccid: format!("898110000000000000{n}"),
+        imsi: format!("44010123456789{n}"),
+        msisdn: None,
+        subscription: "plan-D".into(),
+    };
+    let mut duplicate = good(3);
+    duplicate.imsi = good(1).imsi;
+    let err = store
+        .write(|tx| {
+            subscriptions::import_iot_sims(
+                tx,
+                &op,
+                Coverage::Jp,
+                &[good(1), good(2), duplicate.clone()],
+            )
+        })
+        .err()
+        .expect("duplicate IMSI");
+    assert!(
+        matches!(err, StoreError::Rule(Rule::ImportItem { index: 2, .. })),
+        "{err:?}"
+    );
+    assert_eq!(count(&store, "sims"), 0);
+    assert_eq!(count(&store, "subscribers"), 0);
+}
+
+#[test]
+fn active_sessions_listing_matches_changes() {
+    let (_dir, store, op) = setup();
+    let p = policy(0);
+    let mut expected = Vec::new();
+    for _ in 0..5 {
+        expected.push(create(&store, &op, &p).expect("create").session);
+    }
+    let removed = expected.remove(0);
+    store
+        .write(|tx| sessions::remove_credentials(tx, &op, &removed.sim_id))
+        .expect("remove");
+    let mut listed = store.read(sessions::list_active_sessions).expect("list");
+    listed.sort_by(|a, b| a.imsi.cmp(&b.imsi));
+    expected.sort_by(|a, b| a.imsi.cmp(&b.imsi));
+    assert_eq!(listed, expected);
+}
