@@ -62,13 +62,13 @@ pub fn open_store(config: &Config) -> Result<Store, BootstrapError> {
     Ok(store)
 }
 
-/// On the very first start (no operator yet) makes the root operator and auth key, writes them to
+/// On the very first start (no root operator yet) makes the root operator and auth key, writes them to
 /// `root-credentials.json` and returns them so the caller can print them once.
 pub fn ensure_root_operator(
     store: &Store,
     data_dir: &Path,
 ) -> Result<Option<RootCredentials>, BootstrapError> {
-    let existing = store.read(operators::first_operator)?;
+    let existing = store.read(operators::root_operator)?;
     if existing.is_some() {
         return Ok(None);
     }
@@ -77,6 +77,7 @@ pub fn ensure_root_operator(
     // whose secret nobody knows.
     let credentials = store.write(|tx| {
         let operator_id = operators::create_operator(tx)?;
+        operators::set_root_operator(tx, &operator_id)?;
         let key = operators::create_auth_key(tx, &operator_id)?;
         let credentials = RootCredentials {
             operator_id,
@@ -134,6 +135,24 @@ pub fn session_policy(config: &Config) -> store::sessions::SessionPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_made_by_the_cli_before_first_start_is_not_root() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config {
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let store = open_store(&config).expect("open");
+        let cli_operator = store
+            .write(operators::create_operator)
+            .expect("cli operator");
+        let root = ensure_root_operator(&store, &config.data_dir)
+            .expect("bootstrap")
+            .expect("serve still makes the root operator");
+        assert_ne!(root.operator_id, cli_operator);
+        assert!(read_root_credentials(&config.data_dir).is_some());
+    }
 
     #[test]
     fn first_start_writes_credentials_once() {

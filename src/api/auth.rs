@@ -1,13 +1,13 @@
 //! `POST /v1/auth`, the token check every other call passes, and operator auth keys.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use axum::Extension;
 use serde::{Deserialize, Serialize};
 
-use super::extract::JsonBody;
+use super::extract::{JsonBody, Path};
 use super::{json, views, ApiError, Operator, SharedState};
 use crate::config::MAX_TOKEN_TIMEOUT_SECONDS;
 use crate::store::operators::{self, TokenCheck};

@@ -69,6 +69,27 @@ impl<T> JsonBody<T> {
     }
 }
 
+/// `axum::extract::Path` whose rejections (e.g. a segment that is not UTF-8 once decoded) are
+/// answered in the API's error shape instead of axum's plain text.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) if rejection.status().is_client_error() => {
+                Err(ApiError::bad_request(rejection.body_text()))
+            }
+            Err(rejection) => {
+                tracing::error!(error = %rejection.body_text(), "path extraction failed");
+                Err(ApiError::internal())
+            }
+        }
+    }
+}
+
 /// The query string as repeated `name=value` pairs, kept in order.
 pub struct QueryParams(pub Vec<(String, String)>);
 

@@ -2,14 +2,14 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 
-use super::extract::{JsonBody, QueryParams};
-use super::{json, views, with_next_key, ApiError, Operator, SharedState};
+use super::extract::{JsonBody, Path, QueryParams};
+use super::{json, page_url, views, with_next_key, ApiError, Operator, SharedState};
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
 
@@ -85,7 +85,7 @@ pub async fn list(
     let body: Vec<views::Group> = page.iter().map(views::group).collect();
     Ok(with_next_key(
         json(StatusCode::OK, &body),
-        "/v1/groups",
+        &page_url("/v1/groups", &query),
         next_key,
     ))
 }
@@ -164,7 +164,7 @@ pub async fn list_subscribers(
 ) -> Result<Response, ApiError> {
     let limit = query.limit(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
-    let path = format!("/v1/groups/{group_id}/subscribers");
+    let path = page_url(&format!("/v1/groups/{group_id}/subscribers"), &query);
     let mut page = state
         .db(move |store| {
             store.read(|conn| {

@@ -24,7 +24,8 @@ pub use error::ApiError;
 use crate::config::{Config, Coverage};
 use crate::dataplane::PeerChanges;
 use crate::store::sessions::SessionPolicy;
-use crate::store::{self, Store};
+use crate::store::{self, PeerChange, Store};
+use rusqlite::Transaction;
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -50,6 +51,20 @@ impl AppState {
                 ApiError::internal()
             })?
             .map_err(ApiError::from)
+    }
+}
+
+impl AppState {
+    /// One write transaction whose peer changes (picked out of its result by `changes_of`) are
+    /// sent to the data plane right after commit, in commit order.
+    pub async fn write_notifying<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Transaction) -> store::Result<T> + Send + 'static,
+        changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let peers = self.peers.clone();
+        self.db(move |store| store.write_then(work, |value| peers.send_all(changes_of(value))))
+            .await
     }
 }
 
@@ -191,16 +206,31 @@ async fn log_request(request: Request, next: Next) -> Response {
     response
 }
 
-/// Adds the pagination headers of the official API when a page was full.
-pub fn with_next_key(mut response: Response, path: &str, next_key: Option<String>) -> Response {
+/// `path` with the request's query minus `last_evaluated_key`: the next page's URL keeps the
+/// filters and `limit` of the page it follows.
+pub fn page_url(path: &str, query: &extract::QueryParams) -> String {
+    let rest = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(query.0.iter().filter(|(k, _)| k != "last_evaluated_key"))
+        .finish();
+    if rest.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{rest}")
+    }
+}
+
+/// Adds the pagination headers of the official API when a page was full. `url` is the listing's
+/// path, with its query when it has one (see `page_url`).
+pub fn with_next_key(mut response: Response, url: &str, next_key: Option<String>) -> Response {
     if let Some(key) = next_key {
         let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
         if let Ok(value) = HeaderValue::from_str(&key) {
             response.headers_mut().insert("x-soracom-next-key", value);
         }
-        if let Ok(value) =
-            HeaderValue::from_str(&format!("<{path}?last_evaluated_key={encoded}>; rel=next"))
-        {
+        let separator = if url.contains('?') { '&' } else { '?' };
+        if let Ok(value) = HeaderValue::from_str(&format!(
+            "<{url}{separator}last_evaluated_key={encoded}>; rel=next"
+        )) {
             response.headers_mut().insert("link", value);
         }
     }

@@ -1,16 +1,18 @@
 //! SIM operations: create, read, list/search, Arc sessions and credentials, lifecycle, groups,
 //! tags, session events and secondary virtual subscribers.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 
-use super::extract::{JsonBody, QueryParams};
-use super::{json, request_coverage, views, with_next_key, ApiError, Operator, SharedState};
+use super::extract::{JsonBody, Path, QueryParams};
+use super::{
+    json, page_url, request_coverage, views, with_next_key, ApiError, Operator, SharedState,
+};
 use crate::store::sims::{self, SimQuery, StatusAction};
-use crate::store::{sessions, subscriptions, SimRecord};
+use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;
 
 #[derive(Deserialize)]
@@ -37,13 +39,11 @@ pub async fn create_sim(
     let prefix = state.config.sims.iccid_prefix.clone();
     let policy = state.policy.clone();
     let created = state
-        .db(move |store| {
-            store.write(|tx| sims::create_virtual(tx, &operator, coverage, &prefix, &policy))
-        })
+        .write_notifying(
+            move |tx| sims::create_virtual(tx, &operator, coverage, &prefix, &policy),
+            |created| vec![PeerChange::Upsert(created.session.clone())],
+        )
         .await?;
-    state
-        .peers
-        .send(crate::store::PeerChange::Upsert(created.session));
     let view = views::sim(
         &created.sim,
         Some(views::OneTimeKey {
@@ -90,7 +90,7 @@ pub async fn list_sims(
             store.read(|conn| sims::list(conn, &operator, after.as_deref(), limit + 1))
         })
         .await?;
-    Ok(sim_page("/v1/sims", page, limit))
+    Ok(sim_page(&page_url("/v1/sims", &query), page, limit))
 }
 
 pub async fn search_sims(
@@ -129,6 +129,9 @@ pub async fn search_sims(
         group_id: query.all("group_id"),
         subscription: query.all("subscription"),
         module_type: query.all("module_type"),
+        iccid: query.all("iccid"),
+        group: query.all("group"),
+        absent_fields: !query.all("serial_number").is_empty() || !query.all("bundles").is_empty(),
         session_online,
         match_all,
     };
@@ -138,13 +141,15 @@ pub async fn search_sims(
         &filter.imsi,
         &filter.msisdn,
         &filter.tag,
+        &filter.iccid,
+        &filter.group,
     ];
     if partial
         .iter()
         .any(|values| values.iter().any(|v| v.chars().count() < 2))
     {
         return Err(ApiError::bad_request(
-            "search values of name, sim_id, imsi, msisdn and tag need at least 2 characters",
+            "search values of name, sim_id, imsi, msisdn, tag, iccid and group need at least 2 characters",
         ));
     }
     let page = state
@@ -152,7 +157,7 @@ pub async fn search_sims(
             store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
         })
         .await?;
-    Ok(sim_page("/v1/query/sims", page, limit))
+    Ok(sim_page(&page_url("/v1/query/sims", &query), page, limit))
 }
 
 /// `createArcSession` takes `{}` or no body at all; the spec forbids any property.
@@ -167,15 +172,15 @@ pub async fn create_arc_session(
     _body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
     let policy = state.policy.clone();
-    let (session, sim) = state
-        .db(move |store| {
-            store.write(|tx| {
+    let (_, sim) = state
+        .write_notifying(
+            move |tx| {
                 let session = sessions::recreate(tx, &operator, &sim_id, &policy, false)?;
                 Ok((session, sims::get(tx, &operator, &sim_id)?))
-            })
-        })
+            },
+            |(session, _)| vec![PeerChange::Upsert(session.clone())],
+        )
         .await?;
-    state.peers.send(crate::store::PeerChange::Upsert(session));
     let status = views::arc_session_status(&sim).ok_or_else(ApiError::internal)?;
     Ok(json(
         StatusCode::OK,
@@ -189,15 +194,15 @@ pub async fn delete_session(
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let policy = state.policy.clone();
-    let (session, sim) = state
-        .db(move |store| {
-            store.write(|tx| {
+    let (_, sim) = state
+        .write_notifying(
+            move |tx| {
                 let session = sessions::recreate(tx, &operator, &sim_id, &policy, true)?;
                 Ok((session, sims::get(tx, &operator, &sim_id)?))
-            })
-        })
+            },
+            |(session, _)| vec![PeerChange::Upsert(session.clone())],
+        )
         .await?;
-    state.peers.send(crate::store::PeerChange::Upsert(session));
     Ok(json(StatusCode::OK, &views::sim(&sim, None)))
 }
 
@@ -234,15 +239,11 @@ async fn attach_or_renew(
     };
     let policy = state.policy.clone();
     let renewed = state
-        .db(move |store| {
-            store.write(|tx| {
-                sessions::renew_credentials(tx, &operator, &sim_id, client_key, &policy)
-            })
-        })
+        .write_notifying(
+            move |tx| sessions::renew_credentials(tx, &operator, &sim_id, client_key, &policy),
+            |renewed| vec![PeerChange::Upsert(renewed.session.clone())],
+        )
         .await?;
-    state
-        .peers
-        .send(crate::store::PeerChange::Upsert(renewed.session));
     Ok(json(
         StatusCode::OK,
         &CredentialsResponse {
@@ -276,10 +277,12 @@ pub async fn remove_credentials(
     Extension(Operator(operator)): Extension<Operator>,
     Path(sim_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let change = state
-        .db(move |store| store.write(|tx| sessions::remove_credentials(tx, &operator, &sim_id)))
+    state
+        .write_notifying(
+            move |tx| sessions::remove_credentials(tx, &operator, &sim_id),
+            |change| change.iter().cloned().collect(),
+        )
         .await?;
-    state.peers.send_all(change);
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -288,10 +291,12 @@ pub async fn terminate(
     Extension(Operator(operator)): Extension<Operator>,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let (sim, changes) = state
-        .db(move |store| store.write(|tx| sims::terminate(tx, &operator, &sim_id)))
+    let (sim, _) = state
+        .write_notifying(
+            move |tx| sims::terminate(tx, &operator, &sim_id),
+            |(_, changes)| changes.clone(),
+        )
         .await?;
-    state.peers.send_all(changes);
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
     Ok(json(StatusCode::OK, &views::sim(&sim, None)))
 }
@@ -374,12 +379,12 @@ async fn move_to_group(
     sim_id: String,
     group_id: Option<String>,
 ) -> Result<Response, ApiError> {
-    let (sim, change) = state
-        .db(move |store| {
-            store.write(|tx| sims::set_group(tx, &operator, &sim_id, group_id.as_deref()))
-        })
+    let (sim, _) = state
+        .write_notifying(
+            move |tx| sims::set_group(tx, &operator, &sim_id, group_id.as_deref()),
+            |(_, change)| change.iter().cloned().collect(),
+        )
         .await?;
-    state.peers.send_all(change);
     Ok(json(StatusCode::OK, &views::sim(&sim, None)))
 }
 
@@ -455,7 +460,7 @@ pub async fn list_session_events(
                 .map_err(|_| ApiError::bad_request("last_evaluated_key is not from this listing"))
         })
         .transpose()?;
-    let path = format!("/v1/sims/{sim_id}/events/sessions");
+    let path = page_url(&format!("/v1/sims/{sim_id}/events/sessions"), &query);
     let mut events = state
         .db(move |store| {
             store.read(|conn| {
@@ -500,15 +505,13 @@ pub async fn add_subscription(
     }
     let policy = state.policy.clone();
     let added = state
-        .db(move |store| {
-            store.write(|tx| {
+        .write_notifying(
+            move |tx| {
                 subscriptions::add_virtual_subscriber(tx, &operator, &sim_id, &iccid, &policy)
-            })
-        })
+            },
+            |added| vec![PeerChange::Upsert(added.session.clone())],
+        )
         .await?;
-    state
-        .peers
-        .send(crate::store::PeerChange::Upsert(added.session.clone()));
     tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
     let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key)
         .ok_or_else(ApiError::internal)?;
@@ -520,13 +523,13 @@ pub async fn terminate_subscription(
     Extension(Operator(operator)): Extension<Operator>,
     Path((sim_id, iccid, imsi)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let change = state
-        .db(move |store| {
-            store.write(|tx| {
+    state
+        .write_notifying(
+            move |tx| {
                 subscriptions::terminate_virtual_subscriber(tx, &operator, &sim_id, &iccid, &imsi)
-            })
-        })
+            },
+            |change| change.iter().cloned().collect(),
+        )
         .await?;
-    state.peers.send_all(change);
     Ok(StatusCode::NO_CONTENT)
 }

@@ -169,7 +169,7 @@ pub fn delete_configuration(
         params![group_id, namespace, key],
     )?;
     if deleted == 0 {
-        return Err(StoreError::NotFound(Entity::Group));
+        return Err(StoreError::NotFound(Entity::ConfigurationParameter));
     }
     touch(tx, group_id)
 }

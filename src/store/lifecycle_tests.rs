@@ -205,8 +205,7 @@ fn import_is_all_or_nothing() {
                 &[good(1), good(2), duplicate.clone()],
             )
         })
-        .err()
-        .expect("duplicate IMSI");
+        .expect_err("duplicate IMSI");
     assert!(
         matches!(err, StoreError::Rule(Rule::ImportItem { index: 2, .. })),
         "{err:?}"

@@ -123,6 +123,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX address_leases_by_imsi ON address_leases(imsi) WHERE imsi IS NOT NULL;
     CREATE INDEX address_leases_free ON address_leases(scope, released_at) WHERE imsi IS NULL;
     "#,
+    // 2: remember which operator the first start made, so `arcd operator create` before the first
+    // `arcd serve` cannot make serve skip writing root-credentials.json.
+    r#"
+    CREATE TABLE settings (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );
+    INSERT INTO settings(key, value)
+        SELECT 'root_operator_id', operator_id FROM operators ORDER BY created_at, operator_id LIMIT 1;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

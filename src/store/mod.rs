@@ -30,6 +30,7 @@ pub enum Entity {
     Subscriber,
     Tag,
     Profile,
+    ConfigurationParameter,
 }
 
 impl Entity {
@@ -42,6 +43,7 @@ impl Entity {
             Entity::Subscriber => "subscriber",
             Entity::Tag => "tag",
             Entity::Profile => "profile",
+            Entity::ConfigurationParameter => "configuration parameter",
         }
     }
 }
@@ -126,6 +128,16 @@ impl Store {
 
     /// Runs `f` in one IMMEDIATE transaction and commits it; any error rolls everything back.
     pub fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
+        self.write_then(f, |_| {})
+    }
+
+    /// Like `write`, then runs `after_commit` while still holding the writer lock, so whatever it
+    /// publishes (peer changes) is seen in commit order.
+    pub fn write_then<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T>,
+        after_commit: impl FnOnce(&T),
+    ) -> Result<T> {
         let mut conn = self
             .writer
             .lock()
@@ -133,6 +145,7 @@ impl Store {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
+        after_commit(&value);
         Ok(value)
     }
 
@@ -245,6 +258,33 @@ mod tests {
             Store::open(&path),
             Err(StoreError::SchemaTooNew { .. })
         ));
+    }
+
+    #[test]
+    fn after_commit_hooks_run_in_commit_order() {
+        let (_dir, store) = temp_store();
+        let store = std::sync::Arc::new(store);
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (store, seen) = (store.clone(), seen.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        store
+                            .write_then(
+                                |tx| next_counter(tx, "order"),
+                                |value| seen.lock().expect("lock").push(*value),
+                            )
+                            .expect("write");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().expect("thread");
+        }
+        let seen = seen.lock().expect("lock").clone();
+        assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
     }
 
     #[test]

@@ -51,15 +51,23 @@ pub fn operator_exists(conn: &Connection, operator_id: &str) -> Result<bool> {
         .exists([operator_id])?)
 }
 
-/// The oldest operator, the one a first start created.
-pub fn first_operator(conn: &Connection) -> Result<Option<String>> {
+/// The operator the first `arcd serve` made (whose key is in root-credentials.json), if any.
+pub fn root_operator(conn: &Connection) -> Result<Option<String>> {
     Ok(conn
         .query_row(
-            "SELECT operator_id FROM operators ORDER BY created_at, operator_id LIMIT 1",
+            "SELECT value FROM settings WHERE key = 'root_operator_id'",
             [],
             |row| row.get(0),
         )
         .optional()?)
+}
+
+pub fn set_root_operator(tx: &Transaction, operator_id: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO settings(key, value) VALUES ('root_operator_id', ?1)",
+        [operator_id],
+    )?;
+    Ok(())
 }
 
 pub fn create_auth_key(tx: &Transaction, operator_id: &str) -> Result<NewAuthKey> {

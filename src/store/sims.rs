@@ -331,6 +331,11 @@ pub struct SimQuery {
     pub group_id: Vec<String>,
     pub subscription: Vec<String>,
     pub module_type: Vec<String>,
+    pub iccid: Vec<String>,
+    /// Group names (the group's `name` tag).
+    pub group: Vec<String>,
+    /// Filters on fields no arcd SIM has (serial number, bundles): given, they match nothing.
+    pub absent_fields: bool,
     pub session_online: Option<bool>,
     /// `search_type=and` (default) or `or`.
     pub match_all: bool,
@@ -399,6 +404,21 @@ pub fn search(
         false,
     );
     add("s.module_type = ?", &query.module_type, false);
+    add(
+        &format!(
+            "EXISTS (SELECT 1 FROM subscribers u WHERE u.sim_id = s.sim_id AND u.iccid{LIKE})"
+        ),
+        &query.iccid,
+        true,
+    );
+    add(
+        &format!("EXISTS (SELECT 1 FROM groups g WHERE g.group_id = s.group_id AND lower(json_extract(g.tags, '$.name')){LIKE})"),
+        &query.group,
+        true,
+    );
+    if query.absent_fields {
+        clauses.push("0".into());
+    }
     match query.session_online {
         Some(true) => {
             clauses.push("EXISTS (SELECT 1 FROM arc_sessions a WHERE a.sim_id = s.sim_id)".into())

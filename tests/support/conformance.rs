@@ -19,6 +19,8 @@
 //! * `nullable: true` allows `null` (type and enum);
 //! * an enum containing the literal `"(null value)"` (Sim.expiryAction) also allows `null`;
 //! * siblings of `$ref` are ignored, as OpenAPI 3.0 mandates;
+//! * `oneOf` is checked as `anyOf` (the spec's only `oneOf`, FunnelConfiguration.destination,
+//!   has overlapping branches, so a concrete destination would always match two of them);
 //! * annotation-only keys (`example`, `description`, `default`, `x-*`, ...) are dropped;
 //! * format assertions are disabled (`int64`, `SimId`, `IMSI`, ... are annotations only;
 //!   `type: integer` still rejects strings and fractions).
@@ -344,7 +346,15 @@ fn convert_schema(schema: &Value, strict: bool) -> Value {
             },
             _ => value.clone(),
         };
-        out.insert(key.clone(), converted);
+        // The spec's only `oneOf` (FunnelConfiguration.destination) lists the generic
+        // FunnelDestination next to its specialisations, so every concrete destination matches
+        // two branches and `oneOf` could never pass. Validate it as `anyOf`.
+        let key = if key == "oneOf" {
+            "anyOf"
+        } else {
+            key.as_str()
+        };
+        out.insert(key.to_owned(), converted);
     }
 
     let null_literal_in_enum = obj
@@ -374,10 +384,8 @@ fn allow_null(schema: &mut Map<String, Value>) {
             let t = t.clone();
             schema.insert("type".to_owned(), json!([t, "null"]));
         }
-        Some(Value::Array(types)) => {
-            if !types.iter().any(|t| t == "null") {
-                types.push(json!("null"));
-            }
+        Some(Value::Array(types)) if !types.iter().any(|t| t == "null") => {
+            types.push(json!("null"));
         }
         _ => {} // no type constraint: null is already allowed by it
     }

@@ -1,3 +1,5 @@
 //! Shared helpers for integration tests. Use with `mod support;`.
+#![allow(dead_code)]
 
 pub mod conformance;
+pub mod server;
