@@ -27,6 +27,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api: ApiConfig,
     pub tun: TunConfig,
+    pub egress: EgressConfig,
     pub rendezvous_points: Vec<RendezvousPointConfig>,
     pub coverage: CoverageConfig,
     pub sims: SimsConfig,
@@ -51,8 +52,18 @@ pub struct ApiConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunConfig {
+    /// false: no TUN device (no root needed); devices then reach only each other, not the
+    /// platform addresses or other networks.
+    pub enabled: bool,
     pub name: String,
     pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Masquerade device traffic leaving for other networks (nftables table `ip arcd`).
+    pub masquerade: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -124,9 +135,11 @@ impl Default for Config {
                 token_timeout_seconds: 86_400,
             },
             tun: TunConfig {
+                enabled: true,
                 name: "arc0".into(),
                 mtu: 1420,
             },
+            egress: EgressConfig { masquerade: false },
             rendezvous_points: vec![RendezvousPointConfig {
                 id: "ap-northeast-1".into(),
                 listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
@@ -241,6 +254,9 @@ impl Config {
         let prefix = &self.sims.iccid_prefix;
         if prefix.is_empty() || prefix.len() > 8 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("sims.iccid_prefix", "must be 1 to 8 digits".into()));
+        }
+        if self.tun.name.is_empty() || self.tun.name.len() > 15 {
+            return Err(invalid("tun.name", "must be 1 to 15 characters".into()));
         }
         if self.tun.mtu < 1280 {
             return Err(invalid("tun.mtu", "must be at least 1280".into()));

@@ -14,12 +14,29 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, RootCredentials};
 use crate::config::Config;
-use crate::dataplane::{self, PeerChanges, PeerTable};
-use crate::store::{sessions, Store, StoreError};
+use crate::dataplane::egress::{self, Egress, EgressError};
+use crate::dataplane::stats::ListenerSnapshot;
+use crate::dataplane::tun_device::{self, TunDevice, TunError};
+use crate::dataplane::uapi::{self, UapiServer};
+use crate::dataplane::{
+    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, TunIo,
+};
+use crate::services;
+use crate::store::{rendezvous, sessions, Store, StoreError};
 use crate::tls::{self, TlsError};
+use crate::wgkey;
+use ipnet::Ipv4Net;
+use std::net::Ipv4Addr;
+use std::path::Path;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error(transparent)]
+    Tun(#[from] TunError),
+    #[error("data plane: {0}")]
+    Dataplane(std::io::Error),
+    #[error(transparent)]
+    Egress(#[from] EgressError),
     #[error(transparent)]
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
@@ -39,6 +56,11 @@ pub struct Running {
     pub tls: bool,
     pub store: Arc<Store>,
     pub peers: Arc<Mutex<PeerTable>>,
+    pub dataplane: Dataplane,
+    /// The test side of the in-memory TUN when `tun.enabled` is false.
+    pub tun_peer: Option<MemoryTunPeer>,
+    _egress: Option<Egress>,
+    _control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
     pub new_root_credentials: Option<RootCredentials>,
     stop: watch::Sender<bool>,
@@ -69,7 +91,33 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tracing::info!(sessions = sessions.len(), "active sessions loaded");
     let peers = Arc::new(Mutex::new(PeerTable::from_sessions(sessions)));
     let (changes, rx) = PeerChanges::channel();
-    tokio::spawn(dataplane::apply_changes(peers.clone(), rx));
+    let mut listeners = Vec::new();
+    for rp in &config.rendezvous_points {
+        let private_key = store.read(|conn| rendezvous::private_key(conn, &rp.id))?;
+        let private_key = wgkey::parse_key(&private_key)
+            .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
+        listeners.push(ListenerConfig {
+            rp_id: rp.id.clone(),
+            bind: rp.listen,
+            private_key,
+        });
+    }
+    let (tun, tun_peer) = open_tun(&config)?;
+    let dataplane =
+        Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
+    let control_sockets = if config.tun.enabled {
+        open_control_sockets(&dataplane)
+            .await
+            .map_err(ServeError::Dataplane)?
+    } else {
+        Vec::new()
+    };
+    let egress = if config.egress.masquerade && config.tun.enabled {
+        let pools: Vec<_> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
+        Some(egress::enable(&pools, &config.tun.name)?)
+    } else {
+        None
+    };
 
     let tls = if config.api.tls {
         Some(TlsAcceptor::from(tls::server_config(
@@ -97,6 +145,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         config: config.clone(),
         policy,
         peers: changes,
+        live: dataplane.engine.clone(),
         tokens: Default::default(),
     });
     let app = api::router(state);
@@ -108,10 +157,77 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         tls: tls_on,
         store,
         peers,
+        dataplane,
+        tun_peer,
+        _egress: egress,
+        _control_sockets: control_sockets,
         new_root_credentials,
         stop,
         accept_task,
     })
+}
+
+/// The real TUN device with the platform addresses and a gateway address in each client pool
+/// (which routes the pool to the device), or an in-memory stand-in when disabled.
+fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeError> {
+    if !config.tun.enabled {
+        let (tun, peer) = MemoryTun::pair();
+        return Ok((AnyTun::Memory(tun), Some(peer)));
+    }
+    let mut addresses: Vec<Ipv4Net> = services::PLATFORM_ADDRESSES
+        .iter()
+        .map(|ip| Ipv4Net::from(*ip))
+        .collect();
+    for rp in &config.rendezvous_points {
+        let gateway = Ipv4Addr::from(u32::from(rp.pool.network()) + 1);
+        let net = Ipv4Net::new(gateway, rp.pool.prefix_len())
+            .map_err(|_| StoreError::Corrupt(format!("pool of {}", rp.id)))?;
+        if !addresses.contains(&net) {
+            addresses.push(net);
+        }
+    }
+    let device = tun_device::open(&config.tun.name, config.tun.mtu, &addresses)?;
+    Ok((AnyTun::Device(device), None))
+}
+
+/// One read-only WireGuard control socket per rendezvous point, so `wg show` works.
+async fn open_control_sockets(dataplane: &Dataplane) -> std::io::Result<Vec<UapiServer>> {
+    let mut sockets = Vec::new();
+    for (rp_id, addr) in &dataplane.udp_addrs {
+        let engine = dataplane.engine.clone();
+        let (rp_id, port) = (rp_id.clone(), addr.port());
+        let name = uapi::socket_name(&rp_id);
+        let snapshot_name = name.clone();
+        let snapshot: uapi::SnapshotFn = Arc::new(move || ListenerSnapshot {
+            rp_id: rp_id.clone(),
+            name: snapshot_name.clone(),
+            listen_port: port,
+            peers: engine.snapshots(&rp_id),
+        });
+        sockets.push(UapiServer::bind(Path::new(uapi::DEFAULT_DIR), &name, snapshot).await?);
+    }
+    Ok(sockets)
+}
+
+enum AnyTun {
+    Device(TunDevice),
+    Memory(MemoryTun),
+}
+
+impl TunIo for AnyTun {
+    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            AnyTun::Device(d) => d.recv(buf).await,
+            AnyTun::Memory(m) => m.recv(buf).await,
+        }
+    }
+
+    async fn send(&self, packet: &[u8]) -> std::io::Result<usize> {
+        match self {
+            AnyTun::Device(d) => d.send(packet).await,
+            AnyTun::Memory(m) => m.send(packet).await,
+        }
+    }
 }
 
 async fn accept_loop(

@@ -14,6 +14,9 @@ use serde_json::{json, Value};
 const CSV_HEADER: &str = "iccid,imsi,msisdn,subscription";
 
 /// `arcd` with a clean environment: no configuration from the machine running the tests.
+/// The default rendezvous point, on an ephemeral UDP port.
+const EPHEMERAL_RENDEZVOUS_POINT: &str = r#"[{id="ap-northeast-1",listen="127.0.0.1:0",endpoint="127.0.0.1:11010",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}]"#;
+
 fn arcd(cwd: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_arcd"));
     command.current_dir(cwd).env("RUST_LOG", "warn");
@@ -439,7 +442,10 @@ async fn iotsim_import_and_commands_next_to_a_running_server() {
     let mut serve = command(&["serve"]);
     serve
         .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
-        .env("ARCD_API__TLS", "false");
+        .env("ARCD_API__TLS", "false")
+        // No TUN device and an ephemeral WireGuard port: this server may run beside others.
+        .env("ARCD_TUN__ENABLED", "false")
+        .env("ARCD_RENDEZVOUS_POINTS", EPHEMERAL_RENDEZVOUS_POINT);
     let mut server = Guard::spawn(serve, dir.path(), "serve");
     let http = client(false);
     wait_ready(&mut server, &http, &base).await;

@@ -226,6 +226,12 @@ fn extra_fields_are_lenient_by_default_but_rejected_in_strict_mode() {
         &["/arcSessionStatus", "arcServerEndPoint"],
     );
     eprintln!("{e}");
+    // arcd's marked extensions pass strict mode; an unmarked or misspelled name does not.
+    let mut sim = sample_sim();
+    sim["arcdSessionStats"] = json!({"deviceOnline": false, "rxBytes": 0, "txBytes": 0});
+    validate_schema_strict("Sim", &sim).unwrap();
+    sim["arcdsessionStats"] = json!({});
+    expect_err(validate_schema_strict("Sim", &sim), &["arcdsessionStats"]);
     // Strictness goes through additionalProperties maps (profiles -> SimProfile) too.
     let mut sim = sample_sim();
     sim["profiles"]["8900001234567890123"]["primaryIMSI"] = json!("x");

@@ -34,6 +34,12 @@ impl Arcd {
             .env("ARCD_DATA_DIR", data_dir)
             .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
             .env("ARCD_API__TLS", "false")
+            // No TUN device and an ephemeral WireGuard port: this server may run beside others.
+            .env("ARCD_TUN__ENABLED", "false")
+            .env(
+                "ARCD_RENDEZVOUS_POINTS",
+                r#"[{id="ap-northeast-1",listen="127.0.0.1:0",endpoint="127.0.0.1:11010",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}]"#,
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(stdout)

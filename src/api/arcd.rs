@@ -31,7 +31,10 @@ pub async fn import_iot_sims(
             store.write(|tx| subscriptions::import_iot_sims(tx, &operator, coverage, &items))
         })
         .await?;
-    let body: Vec<views::Sim> = sims.iter().map(|s| views::sim(s, None)).collect();
+    let body: Vec<views::Sim> = sims
+        .iter()
+        .map(|s| views::sim(s, None, &state.live))
+        .collect();
     Ok(json(StatusCode::CREATED, &body))
 }
 

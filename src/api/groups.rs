@@ -178,6 +178,9 @@ pub async fn list_subscribers(
     } else {
         None
     };
-    let body: Vec<views::Sim> = page.iter().map(|s| views::sim(s, None)).collect();
+    let body: Vec<views::Sim> = page
+        .iter()
+        .map(|s| views::sim(s, None, &state.live))
+        .collect();
     Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
 }

@@ -33,6 +33,8 @@ pub struct AppState {
     pub policy: SessionPolicy,
     pub peers: PeerChanges,
     pub tokens: tokens::TokenCache,
+    /// Live per-session state from the data plane (handshakes, endpoints, bytes).
+    pub live: Arc<crate::dataplane::engine::Engine>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -9,7 +9,8 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{
-    json, page_url, request_coverage, views, with_next_key, ApiError, Operator, SharedState,
+    json, page_url, request_coverage, views, with_next_key, ApiError, AppState, Operator,
+    SharedState,
 };
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
@@ -50,6 +51,7 @@ pub async fn create_sim(
             iccid: &created.sim.sim_id,
             private_key: &created.private_key,
         }),
+        &state.live,
     );
     tracing::info!(sim_id = %created.sim.sim_id, "virtual SIM created");
     Ok(json(StatusCode::CREATED, &view))
@@ -63,18 +65,21 @@ pub async fn get_sim(
     let sim = state
         .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
-fn sim_page(path: &str, mut page: Vec<SimRecord>, limit: u32) -> Response {
+fn sim_page(state: &AppState, path: &str, mut page: Vec<SimRecord>, limit: u32) -> Response {
     let next_key = if page.len() > limit as usize {
         page.truncate(limit as usize);
         page.last().map(|s| s.sim_id.clone())
     } else {
         None
     };
-    let body: Vec<views::Sim> = page.iter().map(|s| views::sim(s, None)).collect();
+    let body: Vec<views::Sim> = page
+        .iter()
+        .map(|s| views::sim(s, None, &state.live))
+        .collect();
     with_next_key(json(StatusCode::OK, &body), path, next_key)
 }
 
@@ -90,7 +95,7 @@ pub async fn list_sims(
             store.read(|conn| sims::list(conn, &operator, after.as_deref(), limit + 1))
         })
         .await?;
-    Ok(sim_page(&page_url("/v1/sims", &query), page, limit))
+    Ok(sim_page(&state, &page_url("/v1/sims", &query), page, limit))
 }
 
 pub async fn search_sims(
@@ -157,7 +162,12 @@ pub async fn search_sims(
             store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
         })
         .await?;
-    Ok(sim_page(&page_url("/v1/query/sims", &query), page, limit))
+    Ok(sim_page(
+        &state,
+        &page_url("/v1/query/sims", &query),
+        page,
+        limit,
+    ))
 }
 
 /// `createArcSession` takes `{}` or no body at all; the spec forbids any property.
@@ -203,7 +213,7 @@ pub async fn delete_session(
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 #[derive(Deserialize)]
@@ -298,7 +308,7 @@ pub async fn terminate(
         )
         .await?;
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 async fn termination(
@@ -312,7 +322,7 @@ async fn termination(
             store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
         })
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 pub async fn enable_termination(
@@ -340,7 +350,7 @@ async fn change_status(
     let sim = state
         .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 pub async fn activate(
@@ -385,7 +395,7 @@ async fn move_to_group(
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 pub async fn set_group(
@@ -430,7 +440,7 @@ pub async fn put_tags(
     let sim = state
         .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
 }
 
 pub async fn delete_tag(
@@ -513,7 +523,7 @@ pub async fn add_subscription(
         )
         .await?;
     tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
-    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key)
+    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.live)
         .ok_or_else(ApiError::internal)?;
     Ok(json(StatusCode::OK, &profile))
 }

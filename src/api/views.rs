@@ -5,11 +5,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::dataplane::engine::{Engine, ONLINE_WINDOW};
+use crate::dataplane::stats::PeerSnapshot;
 use crate::services;
 use crate::store::groups::GroupRecord;
 use crate::store::operators::AuthKeyInfo;
 use crate::store::sessions::SessionEventRecord;
 use crate::store::{SessionRecord, SimRecord, SubscriberRecord};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -32,6 +35,8 @@ pub struct Sim {
     pub group_id: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub capabilities: Capabilities,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub arcd_session_stats: Option<ArcdSessionStats>,
     pub termination_enabled: bool,
     pub created_time: i64,
     pub last_modified_time: i64,
@@ -173,7 +178,38 @@ fn arc_status_of(session: &SessionRecord, subscriber: &SubscriberRecord) -> ArcS
     }
 }
 
-pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>) -> Sim {
+/// arcd extension on `Sim`: what the data plane sees of the device right now. The official
+/// `sessionStatus.online` is the platform side (online from creation); this is the device side.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ArcdSessionStats {
+    /// The device completed a handshake within the last 180 s.
+    pub device_online: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_handshake_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device_endpoint: Option<String>,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+fn session_stats(live: &PeerSnapshot) -> ArcdSessionStats {
+    let since = live
+        .last_handshake
+        .and_then(|at| SystemTime::now().duration_since(at).ok());
+    ArcdSessionStats {
+        device_online: since.is_some_and(|d| d < ONLINE_WINDOW),
+        last_handshake_at: live
+            .last_handshake
+            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as i64),
+        device_endpoint: live.endpoint.map(|e| e.to_string()),
+        rx_bytes: live.rx_bytes,
+        tx_bytes: live.tx_bytes,
+    }
+}
+
+pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Engine) -> Sim {
     let primary_imsi = record.primary_imsi().unwrap_or_default().to_string();
     let mut profiles: BTreeMap<String, SimProfile> = BTreeMap::new();
     for sub in &record.subscribers {
@@ -223,6 +259,11 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>) -> Sim {
         group_id: record.group_id.clone(),
         tags,
         capabilities: DATA_ONLY,
+        arcd_session_stats: record
+            .session
+            .as_ref()
+            .and_then(|session| live.snapshot(&session.imsi))
+            .map(|snapshot| session_stats(&snapshot)),
         termination_enabled: record.termination_enabled,
         created_time: record.created_at,
         last_modified_time: record.last_modified_at,
@@ -260,8 +301,13 @@ fn session_status(record: &SimRecord, primary_imsi: &str) -> SessionStatus {
 }
 
 /// `addSubscription` answer: the profile holding the new subscriber and its one-time private key.
-pub fn profile_of(record: &SimRecord, iccid: &str, private_key: &str) -> Option<SimProfile> {
-    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }));
+pub fn profile_of(
+    record: &SimRecord,
+    iccid: &str,
+    private_key: &str,
+    live: &Engine,
+) -> Option<SimProfile> {
+    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }), live);
     view.profiles.remove(iccid)
 }
 

@@ -1,12 +1,20 @@
-//! The data plane's view of the store: the set of peers it must serve, rebuilt from SQLite at start
-//! and changed by `PeerChange`s sent after each committed write. The WireGuard engine (boringtun
-//! `Tunn` per peer, UDP and TUN I/O) plugs in behind this table.
+//! The userspace WireGuard data plane. The peer table is the store's set of active sessions,
+//! rebuilt from SQLite at start and changed by `PeerChange`s sent after each committed write; the
+//! engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous point and the
+//! TUN device.
 
+pub mod egress;
+pub mod engine;
+mod io;
 mod peer_table;
+pub mod runtime;
+pub mod stats;
+pub mod tun_device;
+pub mod uapi;
 
+pub use io::{MemoryTun, MemoryTunPeer, TunIo};
 pub use peer_table::{Applied, PeerTable};
-
-use std::sync::{Arc, Mutex};
+pub use runtime::{Dataplane, ListenerConfig};
 
 use tokio::sync::mpsc;
 
@@ -39,28 +47,18 @@ impl PeerChanges {
     }
 }
 
-/// Applies changes to the shared table until the API side is dropped.
-pub async fn apply_changes(
-    table: Arc<Mutex<PeerTable>>,
-    mut rx: mpsc::UnboundedReceiver<PeerChange>,
-) {
-    while let Some(change) = rx.recv().await {
-        let applied = table
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .apply(change);
-        match applied {
-            Applied::Added(peer) => {
-                tracing::info!(imsi = %peer.imsi, rp = %peer.rp_id, ip = %peer.client_ip, "peer added")
-            }
-            Applied::NewSession(peer) => {
-                tracing::info!(imsi = %peer.imsi, rp = %peer.rp_id, ip = %peer.client_ip, "peer session replaced")
-            }
-            Applied::Updated(peer) => tracing::debug!(imsi = %peer.imsi, "peer attributes updated"),
-            Applied::Removed(imsi) => tracing::info!(imsi = %imsi, "peer removed"),
-            Applied::Unknown(imsi) => {
-                tracing::debug!(imsi = %imsi, "removal of an unknown peer ignored")
-            }
+pub(crate) fn log_applied(applied: &Applied) {
+    match applied {
+        Applied::Added(peer) => {
+            tracing::info!(imsi = %peer.imsi, rp = %peer.rp_id, ip = %peer.client_ip, "peer added")
+        }
+        Applied::NewSession(peer) => {
+            tracing::info!(imsi = %peer.imsi, rp = %peer.rp_id, ip = %peer.client_ip, "peer session replaced")
+        }
+        Applied::Updated(peer) => tracing::debug!(imsi = %peer.imsi, "peer attributes updated"),
+        Applied::Removed(imsi) => tracing::info!(imsi = %imsi, "peer removed"),
+        Applied::Unknown(imsi) => {
+            tracing::debug!(imsi = %imsi, "removal of an unknown peer ignored")
         }
     }
 }

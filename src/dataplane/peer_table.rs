@@ -91,6 +91,10 @@ impl PeerTable {
             .and_then(|imsi| self.by_imsi.get(imsi))
     }
 
+    pub fn sessions(&self) -> impl Iterator<Item = &ActiveSession> {
+        self.by_imsi.values()
+    }
+
     pub fn len(&self) -> usize {
         self.by_imsi.len()
     }

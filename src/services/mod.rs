@@ -11,6 +11,9 @@ pub const HARVEST: Ipv4Addr = Ipv4Addr::new(100, 127, 111, 111);
 pub const BEAM: Ipv4Addr = Ipv4Addr::new(100, 127, 127, 100);
 pub const UNIFIED: Ipv4Addr = Ipv4Addr::new(100, 127, 69, 42);
 
+/// Carried by the TUN device as local addresses so the kernel (and later arcd's services) answer.
+pub const PLATFORM_ADDRESSES: [Ipv4Addr; 5] = [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED];
+
 /// Who is calling a service: traffic of a secondary virtual subscriber counts as its IoT SIM's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {

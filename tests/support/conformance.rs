@@ -373,6 +373,12 @@ fn convert_schema(schema: &Value, strict: bool) -> Value {
             .any(|k| out.contains_key(*k))
     {
         out.insert("additionalProperties".to_owned(), Value::Bool(false));
+        // arcd's own additions are marked by an `arcd` prefix (e.g. `Sim.arcdSessionStats`, see
+        // openapi.yaml); everything else undeclared is still rejected.
+        out.insert(
+            "patternProperties".to_owned(),
+            serde_json::json!({ ARCD_EXTENSION_PATTERN: {} }),
+        );
     }
 
     Value::Object(out)
@@ -455,6 +461,9 @@ fn compiled(
     guard.insert(key, Arc::clone(&validator));
     Ok(validator)
 }
+
+/// Property names of arcd extensions, allowed by strict validation.
+pub const ARCD_EXTENSION_PATTERN: &str = "^arcd[A-Z]";
 
 fn run(validator: &jsonschema::Validator, body: &Value, label: &str) -> Result<(), String> {
     let errors: Vec<String> = validator

@@ -25,6 +25,9 @@ pub fn test_config(dir: &std::path::Path) -> Config {
         ..Config::default()
     };
     config.api.listen = "127.0.0.1:0".parse().expect("literal address");
+    // In-memory TUN (no root, no clash between parallel tests) and an ephemeral WireGuard port.
+    config.tun.enabled = false;
+    config.rendezvous_points[0].listen = "127.0.0.1:0".parse().expect("literal address");
     config
 }
 

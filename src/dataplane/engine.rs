@@ -1,0 +1,602 @@
+//! The WireGuard packet path, free of I/O: datagrams, TUN packets and timer ticks go in, packets to
+//! send come out (`Outbox`). One `Tunn` (boringtun's noise state machine) per peer; peers are found
+//! in O(1) by receiver index, by static public key and by client address.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use boringtun::noise::errors::WireGuardError;
+use boringtun::noise::handshake::parse_handshake_anon;
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::{Packet, Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::peer_table::Applied;
+use super::stats::PeerSnapshot;
+use crate::store::ActiveSession;
+
+/// Largest datagram or packet handled, plus WireGuard's overhead.
+pub const BUFFER_SIZE: usize = 65_536 + 64;
+
+/// Handshakes per second per rendezvous point before cookies are required (boringtun's default).
+const HANDSHAKE_RATE_LIMIT: u64 = 100;
+
+/// How often an active peer's WireGuard timers run (keepalive, rekey, expiry).
+const TIMER_PERIOD: Duration = Duration::from_millis(250);
+
+/// A peer with no traffic for this long stops being ticked until its next packet.
+const IDLE_AFTER: Duration = Duration::from_secs(600);
+
+/// A device counts as online while its last handshake is younger than this (WireGuard's
+/// REJECT_AFTER_TIME: no session outlives it without a new handshake).
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(180);
+
+/// Why packets were dropped, for operators (`/v1/arcd/...` later) and tests.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub malformed: AtomicU64,
+    pub unknown_peer: AtomicU64,
+    pub cookie_replies: AtomicU64,
+    pub wireguard_errors: AtomicU64,
+    pub spoofed_source: AtomicU64,
+    pub peer_to_peer_denied: AtomicU64,
+    pub no_route: AtomicU64,
+    pub no_endpoint: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One rendezvous point's WireGuard identity.
+pub struct Listener {
+    pub rp_id: String,
+    static_private: StaticSecret,
+    static_public: PublicKey,
+    rate_limiter: Arc<RateLimiter>,
+}
+
+impl Listener {
+    pub fn new(rp_id: &str, private_key: [u8; 32]) -> Listener {
+        let static_private = StaticSecret::from(private_key);
+        let static_public = PublicKey::from(&static_private);
+        Listener {
+            rp_id: rp_id.to_string(),
+            rate_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT)),
+            static_private,
+            static_public,
+        }
+    }
+}
+
+struct Peer {
+    imsi: String,
+    client_ip: Ipv4Addr,
+    /// The only attribute that changes without a new session (a group change can move the SIM
+    /// into or out of a VPG's policy at re-creation, but the VPG id is read per forwarded packet).
+    vpg_id: RwLock<Option<String>>,
+    public_key: [u8; 32],
+    listener: usize,
+    /// Local receiver index (24 bits; boringtun puts the session number in the low 8).
+    index: u32,
+    state: Mutex<PeerState>,
+}
+
+struct PeerState {
+    /// Made on first use: a loaded session that never handshakes costs no noise state.
+    tunn: Option<Tunn>,
+    endpoint: Option<SocketAddr>,
+    last_activity: Instant,
+    timer_scheduled: bool,
+}
+
+#[derive(Default)]
+struct Peers {
+    by_index: HashMap<u32, Arc<Peer>>,
+    by_key: HashMap<[u8; 32], Arc<Peer>>,
+    by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
+    by_imsi: HashMap<String, Arc<Peer>>,
+}
+
+/// Where a packet goes: out of a rendezvous point's UDP socket, or into the TUN device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    Udp {
+        listener: usize,
+        to: SocketAddr,
+        data: Vec<u8>,
+    },
+    Tun(Vec<u8>),
+}
+
+pub type Outbox = Vec<Outgoing>;
+
+pub struct Engine {
+    listeners: Vec<Listener>,
+    peers: RwLock<Peers>,
+    /// Peers due for a timer tick, by receiver index; entries of replaced peers are skipped.
+    timers: Mutex<BinaryHeap<Reverse<(Instant, u32)>>>,
+    /// VPGs whose devices may reach each other; everyone else is isolated from other devices.
+    device_to_device: RwLock<HashSet<String>>,
+    pub counters: Counters,
+}
+
+impl Engine {
+    pub fn new(listeners: Vec<Listener>) -> Engine {
+        Engine {
+            listeners,
+            peers: RwLock::new(Peers::default()),
+            timers: Mutex::new(BinaryHeap::new()),
+            device_to_device: RwLock::new(HashSet::new()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
+        self.listeners.iter()
+    }
+
+    /// Turns device-to-device traffic inside one VPG on or off.
+    pub fn set_device_to_device(&self, vpg_id: &str, enabled: bool) {
+        let mut vpgs = write(&self.device_to_device);
+        if enabled {
+            vpgs.insert(vpg_id.to_string());
+        } else {
+            vpgs.remove(vpg_id);
+        }
+    }
+
+    /// Devices reach each other only inside the same VPG, and only when that VPG allows it.
+    fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
+        let from_vpg = read(&from.vpg_id).clone();
+        let to_vpg = read(&to.vpg_id).clone();
+        match (from_vpg, to_vpg) {
+            (Some(a), Some(b)) => a == b && read(&self.device_to_device).contains(&a),
+            _ => false,
+        }
+    }
+
+    fn listener_of(&self, rp_id: &str) -> Option<usize> {
+        self.listeners.iter().position(|l| l.rp_id == rp_id)
+    }
+
+    /// Applies a committed change. A new session replaces the peer's WireGuard state; when the
+    /// device's key is unchanged and its endpoint known, the server starts the new handshake
+    /// itself so traffic resumes without waiting for the device's rekey timeout.
+    pub fn apply(&self, applied: &Applied, now: Instant, out: &mut Outbox) {
+        match applied {
+            Applied::Added(session) | Applied::NewSession(session) => {
+                let previous = self.remove(&session.imsi);
+                let Some(peer) = self.insert(session, previous.as_deref(), now) else {
+                    return;
+                };
+                let carried_endpoint = previous
+                    .as_ref()
+                    .filter(|old| old.public_key == peer.public_key)
+                    .and_then(|old| lock(&old.state).endpoint);
+                if let Some(endpoint) = carried_endpoint {
+                    let mut state = lock(&peer.state);
+                    state.endpoint = Some(endpoint);
+                    let mut buf = vec![0u8; 256];
+                    if let TunnResult::WriteToNetwork(packet) = self
+                        .tunn(&peer, &mut state)
+                        .format_handshake_initiation(&mut buf, false)
+                    {
+                        out.push(Outgoing::Udp {
+                            listener: peer.listener,
+                            to: endpoint,
+                            data: packet.to_vec(),
+                        });
+                    }
+                    drop(state);
+                    self.schedule(&peer, now);
+                }
+            }
+            Applied::Updated(session) => {
+                // Attributes only: the WireGuard state stays.
+                if let Some(peer) = read(&self.peers).by_imsi.get(&session.imsi) {
+                    *write(&peer.vpg_id) = session.vpg_id.clone();
+                }
+            }
+            Applied::Removed(imsi) => {
+                self.remove(imsi);
+            }
+            Applied::Unknown(_) => {}
+        }
+    }
+
+    fn insert(
+        &self,
+        session: &ActiveSession,
+        previous: Option<&Peer>,
+        now: Instant,
+    ) -> Option<Arc<Peer>> {
+        let Some(listener_index) = self.listener_of(&session.rp_id) else {
+            tracing::warn!(imsi = %session.imsi, rp = %session.rp_id, "session on an unknown rendezvous point; not served");
+            return None;
+        };
+        let Some(public_key) = crate::wgkey::parse_key(&session.client_public_key) else {
+            tracing::warn!(imsi = %session.imsi, "session has no valid client key; not served");
+            return None;
+        };
+        let mut peers = write(&self.peers);
+        let index = loop {
+            // 24-bit indexes; a fresh one per session so packets of the old session find nothing.
+            let candidate = rand::random::<u32>() & 0x00ff_ffff;
+            if !peers.by_index.contains_key(&candidate)
+                && previous.is_none_or(|p| p.index != candidate)
+            {
+                break candidate;
+            }
+        };
+        let peer = Arc::new(Peer {
+            imsi: session.imsi.clone(),
+            client_ip: session.client_ip,
+            vpg_id: RwLock::new(session.vpg_id.clone()),
+            public_key,
+            listener: listener_index,
+            index,
+            state: Mutex::new(PeerState {
+                tunn: None,
+                endpoint: None,
+                last_activity: now,
+                timer_scheduled: false,
+            }),
+        });
+        index_peer(&mut peers, &peer);
+        Some(peer)
+    }
+
+    fn tunn<'s>(&self, peer: &Peer, state: &'s mut PeerState) -> &'s mut Tunn {
+        state.tunn.get_or_insert_with(|| {
+            let listener = &self.listeners[peer.listener];
+            Tunn::new(
+                listener.static_private.clone(),
+                PublicKey::from(peer.public_key),
+                None,
+                None,
+                peer.index,
+                Some(listener.rate_limiter.clone()),
+            )
+        })
+    }
+
+    fn remove(&self, imsi: &str) -> Option<Arc<Peer>> {
+        let mut peers = write(&self.peers);
+        let old = peers.by_imsi.remove(imsi)?;
+        peers.by_index.remove(&old.index);
+        if peers
+            .by_key
+            .get(&old.public_key)
+            .is_some_and(|p| p.index == old.index)
+        {
+            peers.by_key.remove(&old.public_key);
+        }
+        if peers
+            .by_ip
+            .get(&old.client_ip)
+            .is_some_and(|p| p.index == old.index)
+        {
+            peers.by_ip.remove(&old.client_ip);
+        }
+        Some(old)
+    }
+
+    pub fn peer_count(&self) -> usize {
+        read(&self.peers).by_imsi.len()
+    }
+
+    /// A datagram that arrived on `listener` from `from`.
+    pub fn handle_datagram(
+        &self,
+        listener: usize,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        buf: &mut [u8],
+        out: &mut Outbox,
+    ) {
+        let Some(rp) = self.listeners.get(listener) else {
+            return;
+        };
+        let packet = match rp
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, buf)
+        {
+            Ok(packet) => packet,
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                Counters::bump(&self.counters.cookie_replies);
+                out.push(Outgoing::Udp {
+                    listener,
+                    to: from,
+                    data: cookie.to_vec(),
+                });
+                return;
+            }
+            Err(_) => {
+                Counters::bump(&self.counters.malformed);
+                return;
+            }
+        };
+        let peer = {
+            let peers = read(&self.peers);
+            match packet {
+                Packet::HandshakeInit(init) => {
+                    match parse_handshake_anon(&rp.static_private, &rp.static_public, &init) {
+                        Ok(half) => peers.by_key.get(&half.peer_static_public).cloned(),
+                        Err(_) => None,
+                    }
+                }
+                Packet::HandshakeResponse(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+                Packet::PacketCookieReply(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+                Packet::PacketData(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
+            }
+        };
+        let Some(peer) = peer.filter(|p| p.listener == listener) else {
+            Counters::bump(&self.counters.unknown_peer);
+            return;
+        };
+        let mut state = lock(&peer.state);
+        let mut result = self
+            .tunn(&peer, &mut state)
+            .decapsulate(Some(from.ip()), datagram, buf);
+        let mut authenticated = false;
+        loop {
+            match result {
+                TunnResult::Done => {
+                    authenticated = true;
+                    break;
+                }
+                TunnResult::Err(e) => {
+                    if !matches!(e, WireGuardError::DuplicateCounter) {
+                        Counters::bump(&self.counters.wireguard_errors);
+                    }
+                    break;
+                }
+                TunnResult::WriteToNetwork(packet) => {
+                    authenticated = true;
+                    out.push(Outgoing::Udp {
+                        listener,
+                        to: from,
+                        data: packet.to_vec(),
+                    });
+                    // Queued packets (sent before the session existed) go out next.
+                    result = self.tunn(&peer, &mut state).decapsulate(None, &[], buf);
+                }
+                TunnResult::WriteToTunnelV4(packet, source) => {
+                    authenticated = true;
+                    if source == peer.client_ip {
+                        let packet = packet.to_vec();
+                        state.endpoint = Some(from);
+                        state.last_activity = now;
+                        drop(state);
+                        self.route_from_device(&peer, packet, now, buf, out);
+                        self.schedule(&peer, now);
+                        return;
+                    }
+                    Counters::bump(&self.counters.spoofed_source);
+                    break;
+                }
+                TunnResult::WriteToTunnelV6(..) => {
+                    authenticated = true;
+                    Counters::bump(&self.counters.no_route);
+                    break;
+                }
+            }
+        }
+        if authenticated {
+            // Roaming: the endpoint follows the latest authenticated packet.
+            state.endpoint = Some(from);
+            state.last_activity = now;
+        }
+        drop(state);
+        if authenticated {
+            self.schedule(&peer, now);
+        }
+    }
+
+    /// A decrypted packet from a device: to another device when policy allows, else to the TUN.
+    fn route_from_device(
+        &self,
+        from: &Peer,
+        packet: Vec<u8>,
+        now: Instant,
+        buf: &mut [u8],
+        out: &mut Outbox,
+    ) {
+        let Some(destination) = ipv4_destination(&packet) else {
+            Counters::bump(&self.counters.malformed);
+            return;
+        };
+        let target = read(&self.peers).by_ip.get(&destination).cloned();
+        match target {
+            Some(target) if self.peer_to_peer_allowed(from, &target) => {
+                self.send_to_peer(&target, &packet, now, buf, out);
+            }
+            Some(_) => Counters::bump(&self.counters.peer_to_peer_denied),
+            None => out.push(Outgoing::Tun(packet)),
+        }
+    }
+
+    /// A packet read from the TUN device: encrypted to the peer owning its destination.
+    pub fn handle_tun_packet(&self, packet: &[u8], now: Instant, buf: &mut [u8], out: &mut Outbox) {
+        let Some(destination) = ipv4_destination(packet) else {
+            Counters::bump(&self.counters.malformed);
+            return;
+        };
+        let target = read(&self.peers).by_ip.get(&destination).cloned();
+        match target {
+            Some(target) => self.send_to_peer(&target, packet, now, buf, out),
+            None => Counters::bump(&self.counters.no_route),
+        }
+    }
+
+    fn send_to_peer(
+        &self,
+        peer: &Arc<Peer>,
+        packet: &[u8],
+        now: Instant,
+        buf: &mut [u8],
+        out: &mut Outbox,
+    ) {
+        let mut state = lock(&peer.state);
+        let Some(endpoint) = state.endpoint else {
+            Counters::bump(&self.counters.no_endpoint);
+            return;
+        };
+        match self.tunn(peer, &mut state).encapsulate(packet, buf) {
+            TunnResult::WriteToNetwork(data) => {
+                out.push(Outgoing::Udp {
+                    listener: peer.listener,
+                    to: endpoint,
+                    data: data.to_vec(),
+                });
+                state.last_activity = now;
+            }
+            TunnResult::Err(_) => Counters::bump(&self.counters.wireguard_errors),
+            _ => {}
+        }
+        drop(state);
+        self.schedule(peer, now);
+    }
+
+    fn schedule(&self, peer: &Peer, now: Instant) {
+        let mut state = lock(&peer.state);
+        if state.timer_scheduled {
+            return;
+        }
+        state.timer_scheduled = true;
+        drop(state);
+        lock(&self.timers).push(Reverse((now + TIMER_PERIOD, peer.index)));
+    }
+
+    /// When the next timer is due, if any peer is active.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        lock(&self.timers).peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Runs WireGuard timers of the peers that are due. Only active peers are ever scheduled, so
+    /// the cost follows traffic, not the number of sessions.
+    pub fn run_timers(&self, now: Instant, buf: &mut [u8], out: &mut Outbox) {
+        loop {
+            let due = {
+                let mut timers = lock(&self.timers);
+                match timers.peek() {
+                    Some(Reverse((at, index))) if *at <= now => {
+                        let index = *index;
+                        timers.pop();
+                        index
+                    }
+                    _ => break,
+                }
+            };
+            let Some(peer) = read(&self.peers).by_index.get(&due).cloned() else {
+                continue;
+            };
+            let mut state = lock(&peer.state);
+            state.timer_scheduled = false;
+            let endpoint = state.endpoint;
+            let Some(tunn) = state.tunn.as_mut() else {
+                continue;
+            };
+            match tunn.update_timers(buf) {
+                TunnResult::WriteToNetwork(packet) => match endpoint {
+                    Some(to) => out.push(Outgoing::Udp {
+                        listener: peer.listener,
+                        to,
+                        data: packet.to_vec(),
+                    }),
+                    None => Counters::bump(&self.counters.no_endpoint),
+                },
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                _ => {}
+            }
+            let active = now.duration_since(state.last_activity) < IDLE_AFTER;
+            drop(state);
+            if active {
+                self.schedule(&peer, now);
+            }
+        }
+    }
+
+    /// Starts a new rate-limiter window; call once a second.
+    pub fn reset_rate_limits(&self) {
+        for listener in &self.listeners {
+            listener.rate_limiter.reset_count();
+        }
+    }
+
+    /// Live state of one session's peer.
+    pub fn snapshot(&self, imsi: &str) -> Option<PeerSnapshot> {
+        let peer = read(&self.peers).by_imsi.get(imsi).cloned()?;
+        Some(self.snapshot_of(&peer))
+    }
+
+    /// Live state of every peer of one rendezvous point.
+    pub fn snapshots(&self, rp_id: &str) -> Vec<PeerSnapshot> {
+        let peers: Vec<Arc<Peer>> = read(&self.peers)
+            .by_imsi
+            .values()
+            .filter(|p| self.listeners[p.listener].rp_id == rp_id)
+            .cloned()
+            .collect();
+        peers.iter().map(|p| self.snapshot_of(p)).collect()
+    }
+
+    fn snapshot_of(&self, peer: &Peer) -> PeerSnapshot {
+        let state = lock(&peer.state);
+        let (since_handshake, tx_bytes, rx_bytes) = state
+            .tunn
+            .as_ref()
+            .map(|t| {
+                let (since, tx, rx, _, _) = t.stats();
+                (since, tx, rx)
+            })
+            .unwrap_or((None, 0, 0));
+        PeerSnapshot {
+            imsi: peer.imsi.clone(),
+            rp_id: self.listeners[peer.listener].rp_id.clone(),
+            public_key: peer.public_key,
+            client_ip: peer.client_ip,
+            endpoint: state.endpoint,
+            last_handshake: since_handshake.and_then(|d| SystemTime::now().checked_sub(d)),
+            rx_bytes: rx_bytes as u64,
+            tx_bytes: tx_bytes as u64,
+        }
+    }
+}
+
+fn index_peer(peers: &mut Peers, peer: &Arc<Peer>) {
+    peers.by_index.insert(peer.index, peer.clone());
+    peers.by_key.insert(peer.public_key, peer.clone());
+    peers.by_ip.insert(peer.client_ip, peer.clone());
+    peers.by_imsi.insert(peer.imsi.clone(), peer.clone());
+}
+
+fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
+    if packet.len() < 20 || packet[0] >> 4 != 4 {
+        return None;
+    }
+    match Tunn::dst_address(packet)? {
+        IpAddr::V4(v4) => Some(v4),
+        IpAddr::V6(_) => None,
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,224 @@
+//! Runs the engine: one task per rendezvous point socket, one for the TUN device, one for timers
+//! and one applying peer changes. Tasks only move bytes; decisions are the engine's.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use super::engine::{Engine, Listener, Outbox, Outgoing, BUFFER_SIZE};
+use super::peer_table::{Applied, PeerTable};
+use super::TunIo;
+use crate::store::PeerChange;
+
+/// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
+/// retransmits measured in dataplane-baseline.md).
+const SOCKET_BUFFER_BYTES: usize = 7 * 1024 * 1024;
+
+/// A rendezvous point to listen for.
+pub struct ListenerConfig {
+    pub rp_id: String,
+    pub bind: SocketAddr,
+    pub private_key: [u8; 32],
+}
+
+pub struct Dataplane {
+    pub engine: Arc<Engine>,
+    /// Bound UDP address of each rendezvous point (useful when configured with port 0).
+    pub udp_addrs: Vec<(String, SocketAddr)>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Best effort: without CAP_NET_ADMIN the kernel caps these at net.core.*mem_max.
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+impl Dataplane {
+    /// Binds every listener, installs the sessions already in `table`, and starts the tasks.
+    pub fn start<T: TunIo>(
+        listeners: Vec<ListenerConfig>,
+        tun: T,
+        table: Arc<Mutex<PeerTable>>,
+        changes: mpsc::UnboundedReceiver<PeerChange>,
+    ) -> io::Result<Dataplane> {
+        let mut sockets = Vec::new();
+        let mut udp_addrs = Vec::new();
+        for listener in &listeners {
+            let socket = bind_udp(listener.bind).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "rendezvous point {} cannot listen on UDP {}: {e}",
+                        listener.rp_id, listener.bind
+                    ),
+                )
+            })?;
+            udp_addrs.push((listener.rp_id.clone(), socket.local_addr()?));
+            sockets.push(socket);
+        }
+        let engine = Arc::new(Engine::new(
+            listeners
+                .iter()
+                .map(|l| Listener::new(&l.rp_id, l.private_key))
+                .collect(),
+        ));
+        let now = Instant::now();
+        let mut startup = Outbox::new();
+        let initial: Vec<_> = table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sessions()
+            .cloned()
+            .collect();
+        for session in initial {
+            engine.apply(&Applied::Added(session), now, &mut startup);
+        }
+        tracing::info!(peers = engine.peer_count(), "data plane peers loaded");
+
+        let io = Arc::new(Io { sockets, tun });
+        let mut tasks = Vec::new();
+        for index in 0..io.sockets.len() {
+            tasks.push(tokio::spawn(udp_loop(engine.clone(), io.clone(), index)));
+        }
+        tasks.push(tokio::spawn(tun_loop(engine.clone(), io.clone())));
+        tasks.push(tokio::spawn(timer_loop(engine.clone(), io.clone())));
+        tasks.push(tokio::spawn(change_loop(
+            engine.clone(),
+            io.clone(),
+            table,
+            changes,
+        )));
+        for (rp, addr) in &udp_addrs {
+            tracing::info!(rendezvous_point = %rp, %addr, "WireGuard listening");
+        }
+        Ok(Dataplane {
+            engine,
+            udp_addrs,
+            tasks,
+        })
+    }
+}
+
+struct Io<T> {
+    sockets: Vec<UdpSocket>,
+    tun: T,
+}
+
+impl<T: TunIo> Io<T> {
+    async fn flush(&self, out: &mut Outbox) {
+        for outgoing in out.drain(..) {
+            match outgoing {
+                Outgoing::Udp { listener, to, data } => {
+                    if let Some(socket) = self.sockets.get(listener) {
+                        if let Err(e) = socket.send_to(&data, to).await {
+                            tracing::debug!(%to, error = %e, "UDP send failed");
+                        }
+                    }
+                }
+                Outgoing::Tun(packet) => {
+                    if let Err(e) = self.tun.send(&packet).await {
+                        tracing::debug!(error = %e, "TUN write failed");
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
+    let mut datagram = vec![0u8; BUFFER_SIZE];
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    loop {
+        let (len, from) = match io.sockets[index].recv_from(&mut datagram).await {
+            Ok(received) => received,
+            Err(e) => {
+                // ICMP errors surface here (ECONNREFUSED); they are not fatal for a server socket.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        engine.handle_datagram(
+            index,
+            from,
+            &datagram[..len],
+            Instant::now(),
+            &mut scratch,
+            &mut out,
+        );
+        io.flush(&mut out).await;
+    }
+}
+
+async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
+    let mut packet = vec![0u8; BUFFER_SIZE];
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    loop {
+        let len = match io.tun.recv(&mut packet).await {
+            Ok(len) => len,
+            Err(e) => {
+                tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
+                return;
+            }
+        };
+        engine.handle_tun_packet(&packet[..len], Instant::now(), &mut scratch, &mut out);
+        io.flush(&mut out).await;
+    }
+}
+
+async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let mut next_rate_reset = Instant::now() + Duration::from_secs(1);
+    loop {
+        let wake = engine
+            .next_deadline()
+            .map_or(next_rate_reset, |at| at.min(next_rate_reset));
+        tokio::time::sleep_until(wake.into()).await;
+        let now = Instant::now();
+        if now >= next_rate_reset {
+            engine.reset_rate_limits();
+            next_rate_reset = now + Duration::from_secs(1);
+        }
+        engine.run_timers(now, &mut scratch, &mut out);
+        io.flush(&mut out).await;
+    }
+}
+
+async fn change_loop<T: TunIo>(
+    engine: Arc<Engine>,
+    io: Arc<Io<T>>,
+    table: Arc<Mutex<PeerTable>>,
+    mut changes: mpsc::UnboundedReceiver<PeerChange>,
+) {
+    let mut out = Outbox::new();
+    while let Some(change) = changes.recv().await {
+        let applied = table
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(change);
+        super::log_applied(&applied);
+        engine.apply(&applied, Instant::now(), &mut out);
+        io.flush(&mut out).await;
+    }
+}

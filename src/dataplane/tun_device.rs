@@ -1,0 +1,530 @@
+//! The real layer-3 TUN device (`arc0` by default) on the `tun-rs` crate: created, addressed and
+//! brought up by arcd itself, gone again when the [`TunDevice`] is dropped.
+//!
+//! Addresses go on through tun-rs's own address management (`add_address_v4`, an `RTM_NEWADDR`
+//! netlink request). That request is sent without waiting for the kernel's answer, so `open`
+//! reads the interface's addresses back afterwards and fails if one is missing instead of
+//! running with half a configuration.
+//!
+//! Packets are whole IP packets: no packet-information header and (for now) no virtio-net offload
+//! header. tun-rs can do both offloads (TSO/GSO on read, GRO on write via `recv_multiple` /
+//! `send_multiple`) and multiple queues (`try_clone`) once the packet path is ready for them; see
+//! [`TunDevice::device`].
+
+use std::collections::HashSet;
+use std::io;
+use std::net::IpAddr;
+use std::path::Path;
+
+use ipnet::Ipv4Net;
+
+use crate::dataplane::TunIo;
+
+/// Longest interface name Linux accepts (IFNAMSIZ 16 including the terminating NUL).
+const MAX_NAME_LEN: usize = 15;
+
+// errno values on Linux (libc is not a direct dependency of arcd).
+const EPERM: i32 = 1;
+const ENOENT: i32 = 2;
+const ENXIO: i32 = 6;
+const EACCES: i32 = 13;
+const EBUSY: i32 = 16;
+const ENODEV: i32 = 19;
+
+/// Why the TUN device could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunError {
+    /// The kernel refused: creating or configuring a network device needs CAP_NET_ADMIN.
+    #[error(
+        "creating TUN device `{name}` needs root or CAP_NET_ADMIN: run arcd as root, or `setcap cap_net_admin+ep {exe}`"
+    )]
+    PermissionDenied {
+        name: String,
+        /// The arcd executable, for the `setcap` command (`<path to arcd>` when unknown).
+        exe: String,
+        #[source]
+        source: io::Error,
+    },
+    /// No TUN driver: `/dev/net/tun` is absent or the `tun` module is not loaded.
+    #[error(
+        "cannot create TUN device `{name}`: /dev/net/tun is missing or has no driver behind it: load the tun module (`modprobe tun`), or in a container pass the device through (e.g. `--device /dev/net/tun`)"
+    )]
+    NoTunDriver {
+        name: String,
+        #[source]
+        source: io::Error,
+    },
+    /// An interface of that name exists already (another arcd, or a leftover persistent device).
+    #[error(
+        "cannot create TUN device `{name}`: a network interface of that name already exists (another arcd running? otherwise remove it with `ip link del {name}` or choose another `tun.name`)"
+    )]
+    AlreadyExists { name: String },
+    /// Anything else, with the step that failed.
+    #[error("TUN device `{name}`: {action}: {source}")]
+    Io {
+        name: String,
+        action: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The data plane's TUN device. Dropping it closes the only file descriptor of the
+/// non-persistent device, and the kernel removes the interface with its addresses and routes.
+pub struct TunDevice {
+    device: tun_rs::AsyncDevice,
+    name: String,
+    mtu: u16,
+    addresses: Vec<Ipv4Net>,
+}
+
+impl std::fmt::Debug for TunDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunDevice")
+            .field("name", &self.name)
+            .field("mtu", &self.mtu)
+            .field("addresses", &self.addresses)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates the layer-3 TUN device `name`, sets its MTU, assigns every address in `addresses`
+/// (each with its prefix, so `10.64.0.1/16` also makes the kernel route 10.64.0.0/16 to the
+/// device) and brings it up.
+///
+/// Must be called from within a Tokio runtime (the device is registered with its reactor).
+pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, TunError> {
+    let io_err = |action: &str, source: io::Error| classify(name, action, source);
+    validate_name(name).map_err(|source| io_err("invalid device name", source))?;
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(io_err(
+            "opening the device",
+            io::Error::other("must be called from within a Tokio runtime"),
+        ));
+    }
+    // TUNSETIFF on an existing persistent TUN would attach to it instead of creating a device
+    // that vanishes with arcd, and on any other existing interface it fails obscurely.
+    if Path::new("/sys/class/net").join(name).exists() {
+        return Err(TunError::AlreadyExists {
+            name: name.to_owned(),
+        });
+    }
+
+    let mut unique = HashSet::new();
+    let addresses: Vec<Ipv4Net> = addresses
+        .iter()
+        .copied()
+        .filter(|net| unique.insert(*net))
+        .collect();
+
+    let device = tun_rs::DeviceBuilder::new()
+        .name(name)
+        .layer(tun_rs::Layer::L3)
+        .packet_information(false)
+        .offload(false)
+        .multi_queue(false)
+        // Configured below, step by step, so a failure names the step.
+        .enable(false)
+        .build_async()
+        .map_err(|source| classify_create(name, source))?;
+
+    device
+        .set_mtu(mtu)
+        .map_err(|source| io_err(&format!("setting MTU {mtu}"), source))?;
+    for net in &addresses {
+        device
+            .add_address_v4(net.addr(), net.prefix_len())
+            .map_err(|source| io_err(&format!("adding address {net}"), source))?;
+    }
+    // The netlink request above is not acknowledged: check that the kernel took every address.
+    let assigned = device
+        .addresses()
+        .map_err(|source| io_err("reading back the addresses", source))?;
+    if let Some(missing) = addresses
+        .iter()
+        .find(|net| !assigned.contains(&IpAddr::V4(net.addr())))
+    {
+        return Err(io_err(
+            &format!("adding address {missing}"),
+            io::Error::other("the kernel did not assign it (conflicting address on another interface, or no permission)"),
+        ));
+    }
+    device
+        .enabled(true)
+        .map_err(|source| io_err("bringing the link up", source))?;
+
+    let listed = addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    tracing::info!(device = %name, mtu, addresses = %listed, "TUN device up");
+    Ok(TunDevice {
+        device,
+        name: name.to_owned(),
+        mtu,
+        addresses,
+    })
+}
+
+impl TunDevice {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
+    /// The addresses assigned at `open` (deduplicated, in the order given).
+    pub fn addresses(&self) -> &[Ipv4Net] {
+        &self.addresses
+    }
+
+    /// The tun-rs device, for batched or offloaded I/O later (`recv_multiple`, `send_multiple`,
+    /// `try_clone` for multiple queues need a device opened with those options).
+    pub fn device(&self) -> &tun_rs::AsyncDevice {
+        &self.device
+    }
+}
+
+impl TunIo for TunDevice {
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.device.recv(buf).await
+    }
+
+    async fn send(&self, packet: &[u8]) -> io::Result<usize> {
+        self.device.send(packet).await
+    }
+}
+
+impl Drop for TunDevice {
+    fn drop(&mut self) {
+        tracing::info!(device = %self.name, "TUN device closed");
+    }
+}
+
+fn validate_name(name: &str) -> io::Result<()> {
+    let valid = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "an interface name is 1 to {MAX_NAME_LEN} characters of letters, digits, `-`, `_` and `.`"
+            ),
+        ))
+    }
+}
+
+/// Maps a failure of creating the device (opening /dev/net/tun, TUNSETIFF).
+fn classify_create(name: &str, source: io::Error) -> TunError {
+    match source.raw_os_error() {
+        Some(ENOENT | ENODEV | ENXIO) => TunError::NoTunDriver {
+            name: name.to_owned(),
+            source,
+        },
+        Some(EBUSY) => TunError::AlreadyExists {
+            name: name.to_owned(),
+        },
+        _ => classify(name, "creating the device", source),
+    }
+}
+
+/// Maps a failure of any step: a permission error becomes the message that says what to do.
+fn classify(name: &str, action: &str, source: io::Error) -> TunError {
+    let permission = source.kind() == io::ErrorKind::PermissionDenied
+        || matches!(source.raw_os_error(), Some(EPERM | EACCES));
+    if permission {
+        TunError::PermissionDenied {
+            name: name.to_owned(),
+            exe: arcd_exe(),
+            source,
+        }
+    } else {
+        TunError::Io {
+            name: name.to_owned(),
+            action: action.to_owned(),
+            source,
+        }
+    }
+}
+
+fn arcd_exe() -> String {
+    std::env::current_exe()
+        .ok()
+        .map(|path| path.display().to_string())
+        .filter(|path| !path.contains(char::is_whitespace))
+        .unwrap_or_else(|| "<path to arcd>".to_owned())
+}
+
+/// Test support shared by the data plane's privileged tests.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// True when the test process runs as root. When it does not, the test must fail rather
+    /// than pass silently, unless `ARCD_TESTS_UNPRIVILEGED=1` says skipping is intended; then
+    /// this returns false after printing why, and the caller returns early.
+    pub(crate) fn require_root(test: &str) -> bool {
+        let status = std::fs::read_to_string("/proc/self/status")
+            .expect("read /proc/self/status to find the effective uid");
+        let euid: u32 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("Uid:"))
+            .and_then(|uids| uids.split_whitespace().nth(1))
+            .and_then(|euid| euid.parse().ok())
+            .expect("a `Uid:` line with the effective uid in /proc/self/status");
+        if euid == 0 {
+            return true;
+        }
+        if std::env::var("ARCD_TESTS_UNPRIVILEGED").as_deref() == Ok("1") {
+            eprintln!(
+                "{test}: skipped: needs root (effective uid {euid}) and ARCD_TESTS_UNPRIVILEGED=1 is set"
+            );
+            return false;
+        }
+        panic!(
+            "{test} needs root (effective uid is {euid}): run the tests as root, or set ARCD_TESTS_UNPRIVILEGED=1 to skip the privileged ones"
+        );
+    }
+
+    /// `prefix` + 6 random hex digits: a name no other test run uses.
+    pub(crate) fn unique_name(prefix: &str) -> String {
+        format!("{prefix}{:06x}", rand::random::<u32>() & 0x00ff_ffff)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::{require_root, unique_name};
+    use super::*;
+    use std::net::Ipv4Addr;
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    fn ip_json(args: &[&str]) -> serde_json::Value {
+        let out = Command::new("ip")
+            .arg("-j")
+            .args(args)
+            .output()
+            .expect("run `ip`");
+        assert!(
+            out.status.success(),
+            "ip -j {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
+    }
+
+    fn interface_exists(name: &str) -> bool {
+        Path::new("/sys/class/net").join(name).exists()
+    }
+
+    fn checksum(bytes: &[u8]) -> u16 {
+        let mut sum = 0u32;
+        for chunk in bytes.chunks(2) {
+            let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+            sum += u32::from(word);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// An IPv4 ICMP echo request from `src` to `dst`.
+    fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
+        let payload = b"arcd tun test";
+        let icmp_len = 8 + payload.len();
+        let total = 20 + icmp_len;
+        let mut packet = vec![0u8; total];
+        packet[0] = 0x45;
+        packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        packet[8] = 64; // TTL
+        packet[9] = 1; // ICMP
+        packet[12..16].copy_from_slice(&src.octets());
+        packet[16..20].copy_from_slice(&dst.octets());
+        let ip_sum = checksum(&packet[..20]);
+        packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        let icmp = &mut packet[20..];
+        icmp[0] = 8; // echo request
+        icmp[4..6].copy_from_slice(&id.to_be_bytes());
+        icmp[6..8].copy_from_slice(&seq.to_be_bytes());
+        icmp[8..].copy_from_slice(payload);
+        let icmp_sum = checksum(icmp);
+        icmp[2..4].copy_from_slice(&icmp_sum.to_be_bytes());
+        packet
+    }
+
+    #[tokio::test]
+    async fn creates_addresses_answers_and_vanishes() {
+        if !require_root("creates_addresses_answers_and_vanishes") {
+            return;
+        }
+        let name = unique_name("arct");
+        let octet = (rand::random::<u8>() % 200) + 20;
+        let pool_host: Ipv4Net = format!("10.{octet}.0.1/16").parse().unwrap();
+        let service: Ipv4Net = "100.127.100.127/32".parse().unwrap();
+        let device = open(&name, 1380, &[pool_host, service]).expect("open the TUN device");
+        assert_eq!(device.name(), name);
+        assert_eq!(device.mtu(), 1380);
+        assert_eq!(device.addresses(), &[pool_host, service]);
+
+        // Addresses, MTU and link state as the kernel reports them.
+        let shown = ip_json(&["addr", "show", "dev", &name]);
+        let link = &shown[0];
+        assert_eq!(link["ifname"], name.as_str(), "{shown}");
+        assert_eq!(link["mtu"], 1380, "{shown}");
+        let flags: Vec<&str> = link["flags"]
+            .as_array()
+            .expect("flags")
+            .iter()
+            .filter_map(|f| f.as_str())
+            .collect();
+        assert!(flags.contains(&"UP"), "link not up: {shown}");
+        assert!(flags.contains(&"LOWER_UP"), "no carrier: {shown}");
+        let inet: Vec<(String, u64)> = link["addr_info"]
+            .as_array()
+            .expect("addr_info")
+            .iter()
+            .filter(|a| a["family"] == "inet")
+            .map(|a| {
+                (
+                    a["local"].as_str().unwrap().to_owned(),
+                    a["prefixlen"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+        for net in [pool_host, service] {
+            assert!(
+                inet.contains(&(net.addr().to_string(), u64::from(net.prefix_len()))),
+                "{net} missing from {inet:?}"
+            );
+        }
+        // The pool address makes the kernel route the whole pool to the device.
+        let routes = ip_json(&["route", "show", "dev", &name]);
+        let pool = pool_host.trunc().to_string();
+        assert!(
+            routes
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["dst"] == pool.as_str()),
+            "no route for {pool}: {routes}"
+        );
+
+        // ICMP echo through the device: a "device" in the pool pings the service address; the
+        // kernel answers back into the TUN.
+        let device_ip = Ipv4Addr::from(u32::from(pool_host.network()) + 2);
+        let id = rand::random::<u16>();
+        let request = echo_request(device_ip, service.addr(), id, 1);
+        assert_eq!(device.send(&request).await.unwrap(), request.len());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let n = tokio::time::timeout(left, device.recv(&mut buf))
+                .await
+                .expect("echo reply within 5 s")
+                .unwrap();
+            let packet = &buf[..n];
+            let is_reply = n >= 28
+                && packet[0] >> 4 == 4
+                && packet[9] == 1
+                && packet[20] == 0
+                && packet[24..26] == id.to_be_bytes();
+            if is_reply {
+                assert_eq!(&packet[12..16], &service.addr().octets());
+                assert_eq!(&packet[16..20], &device_ip.octets());
+                break;
+            }
+        }
+
+        drop(device);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while interface_exists(&name) && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!interface_exists(&name), "{name} still exists after drop");
+    }
+
+    #[tokio::test]
+    async fn refuses_an_existing_interface() {
+        if !require_root("refuses_an_existing_interface") {
+            return;
+        }
+        let name = unique_name("arct");
+        let first = open(&name, 1420, &[]).expect("open the TUN device");
+        let err = open(&name, 1420, &[]).expect_err("a second device of the same name");
+        assert!(
+            matches!(err, TunError::AlreadyExists { .. }),
+            "unexpected error: {err}"
+        );
+        drop(first);
+    }
+
+    #[test]
+    fn permission_errors_say_what_to_do() {
+        let expected_start = "creating TUN device `arc0` needs root or CAP_NET_ADMIN: run arcd as root, or `setcap cap_net_admin+ep ";
+        for source in [
+            io::Error::from_raw_os_error(EPERM),
+            io::Error::from_raw_os_error(EACCES),
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        ] {
+            for err in [
+                classify_create("arc0", io::Error::new(source.kind(), source.to_string())),
+                classify("arc0", "setting MTU 1420", source),
+            ] {
+                let message = err.to_string();
+                assert!(
+                    matches!(err, TunError::PermissionDenied { .. }),
+                    "{message}"
+                );
+                assert!(message.starts_with(expected_start), "{message}");
+                assert!(message.ends_with('`'), "{message}");
+            }
+        }
+        // The raw errno path, exactly as TUNSETIFF reports it.
+        let err = classify_create("arc0", io::Error::from_raw_os_error(EPERM));
+        let TunError::PermissionDenied { exe, .. } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(
+            err.to_string(),
+            format!("creating TUN device `arc0` needs root or CAP_NET_ADMIN: run arcd as root, or `setcap cap_net_admin+ep {exe}`")
+        );
+    }
+
+    #[test]
+    fn other_creation_errors() {
+        let err = classify_create("arc0", io::Error::from_raw_os_error(ENOENT));
+        assert!(matches!(err, TunError::NoTunDriver { .. }), "{err}");
+        assert!(err.to_string().contains("/dev/net/tun"), "{err}");
+        let err = classify_create("arc0", io::Error::from_raw_os_error(ENODEV));
+        assert!(matches!(err, TunError::NoTunDriver { .. }), "{err}");
+        let err = classify_create("arc0", io::Error::from_raw_os_error(EBUSY));
+        assert!(matches!(err, TunError::AlreadyExists { .. }), "{err}");
+        let err = classify("arc0", "setting MTU 99999", io::Error::other("boom"));
+        assert_eq!(
+            err.to_string(),
+            "TUN device `arc0`: setting MTU 99999: boom"
+        );
+    }
+
+    #[tokio::test]
+    async fn rejects_bad_names_before_touching_the_kernel() {
+        for name in ["", "a-name-that-is-too-long", "arc 0", "arc/0", ".."] {
+            let err = open(name, 1420, &[]).expect_err(name);
+            assert!(
+                matches!(&err, TunError::Io { action, .. } if action == "invalid device name"),
+                "{name:?}: {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The data plane end to end inside the test process: sessions made through the HTTPS API, an
+//! in-process boringtun client talking to arcd over loopback UDP, the TUN replaced by memory.
+
+mod support;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::server::{Api, TestServer};
+use support::wgclient::{destination_of, payload_of, source_of, udp_packet, WgClient};
+
+const METADATA: Ipv4Addr = Ipv4Addr::new(100, 127, 100, 127);
+const WAIT: Duration = Duration::from_secs(3);
+
+struct Device {
+    sim_id: String,
+    ip: Ipv4Addr,
+    client: WgClient,
+}
+
+fn server_udp(server: &TestServer) -> SocketAddr {
+    server.running.dataplane.udp_addrs[0].1
+}
+
+async fn new_device(server: &TestServer, api: &Api) -> Device {
+    let sim = api.create_sim().await;
+    let sim_id = sim["simId"].as_str().expect("simId").to_string();
+    let private = sim["profiles"][&sim_id]["arcClientPeerPrivateKey"]
+        .as_str()
+        .expect("private key")
+        .to_string();
+    device_with_key(server, &sim, &private).await
+}
+
+async fn device_with_key(server: &TestServer, sim: &Value, private_key: &str) -> Device {
+    let status = &sim["arcSessionStatus"];
+    let ip: Ipv4Addr = status["arcClientPeerIpAddress"]
+        .as_str()
+        .expect("client ip")
+        .parse()
+        .expect("ipv4");
+    let client = WgClient::new(
+        private_key,
+        status["arcServerPeerPublicKey"]
+            .as_str()
+            .expect("server key"),
+        server_udp(server),
+    )
+    .await;
+    Device {
+        sim_id: sim["simId"].as_str().expect("simId").to_string(),
+        ip,
+        client,
+    }
+}
+
+/// Takes the next packet the data plane wrote to the (memory) TUN.
+async fn from_tun(server: &mut TestServer) -> Option<Vec<u8>> {
+    let peer = server.running.tun_peer.as_mut().expect("memory TUN");
+    tokio::time::timeout(WAIT, peer.from_dataplane.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+async fn to_tun(server: &TestServer, packet: Vec<u8>) {
+    let peer = server.running.tun_peer.as_ref().expect("memory TUN");
+    peer.to_dataplane.send(packet).await.expect("push packet");
+}
+
+#[tokio::test]
+async fn handshake_and_traffic_both_ways_right_after_create() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let started = std::time::Instant::now();
+    let mut device = new_device(&server, &api).await;
+    let hello = udp_packet(device.ip, METADATA, 40000, 80, b"hello arcd");
+    assert!(
+        device.client.connect(&hello, WAIT).await,
+        "handshake completes"
+    );
+    let handshake_took = started.elapsed();
+    let inbound = from_tun(&mut server).await.expect("packet reaches the TUN");
+    assert_eq!(source_of(&inbound), device.ip);
+    assert_eq!(destination_of(&inbound), METADATA);
+    assert_eq!(payload_of(&inbound), b"hello arcd");
+    eprintln!("createSim 201 to first packet through: {handshake_took:?}");
+
+    // Reply from the platform side, routed by destination to the device.
+    to_tun(
+        &server,
+        udp_packet(METADATA, device.ip, 80, 40000, b"hello device"),
+    )
+    .await;
+    let reply = device
+        .client
+        .recv(WAIT)
+        .await
+        .expect("reply reaches the device");
+    assert_eq!(payload_of(&reply), b"hello device");
+
+    // Live stats appear on getSim as the arcd extension.
+    let (_, sim) = api.get(&format!("/v1/sims/{}", device.sim_id)).await;
+    let stats = &sim["arcdSessionStats"];
+    assert_eq!(stats["deviceOnline"], Value::Bool(true), "{sim}");
+    assert!(stats["lastHandshakeAt"].as_i64().is_some_and(|t| t > 0));
+    assert_eq!(
+        stats["deviceEndpoint"].as_str(),
+        Some(
+            device
+                .client
+                .socket
+                .local_addr()
+                .expect("addr")
+                .to_string()
+                .as_str()
+        )
+    );
+    assert!(stats["rxBytes"].as_u64().is_some_and(|n| n > 0));
+    assert!(stats["txBytes"].as_u64().is_some_and(|n| n > 0));
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn spoofed_inner_source_is_dropped_and_counted() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut device = new_device(&server, &api).await;
+    let other = new_device(&server, &api).await;
+    let hello = udp_packet(device.ip, METADATA, 1, 2, b"ok");
+    assert!(device.client.connect(&hello, WAIT).await);
+    assert!(from_tun(&mut server).await.is_some());
+    let spoofed = udp_packet(other.ip, METADATA, 1, 2, b"spoof");
+    device.client.send(&spoofed).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let counters = &server.running.dataplane.engine.counters;
+    assert_eq!(counters.spoofed_source.load(Ordering::Relaxed), 1);
+    let peer = server.running.tun_peer.as_mut().expect("memory TUN");
+    assert!(
+        peer.from_dataplane.try_recv().is_err(),
+        "nothing spoofed reaches the TUN"
+    );
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn devices_outside_a_vpg_cannot_reach_each_other() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut a = new_device(&server, &api).await;
+    let mut b = new_device(&server, &api).await;
+    assert!(
+        b.client
+            .connect(&udp_packet(b.ip, METADATA, 1, 2, b"b"), WAIT)
+            .await
+    );
+    assert!(from_tun(&mut server).await.is_some());
+    assert!(
+        a.client
+            .connect(&udp_packet(a.ip, b.ip, 1, 2, b"to b"), WAIT)
+            .await
+    );
+    assert!(b.client.recv(Duration::from_millis(500)).await.is_none());
+    let counters = &server.running.dataplane.engine.counters;
+    assert_eq!(counters.peer_to_peer_denied.load(Ordering::Relaxed), 1);
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_session_forces_a_new_handshake_and_traffic_resumes() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut device = new_device(&server, &api).await;
+    assert!(
+        device
+            .client
+            .connect(&udp_packet(device.ip, METADATA, 1, 2, b"one"), WAIT)
+            .await
+    );
+    assert!(from_tun(&mut server).await.is_some());
+    let (_, sim) = api.get(&format!("/v1/sims/{}", device.sim_id)).await;
+    let before_ms = sim["arcdSessionStats"]["lastHandshakeAt"]
+        .as_i64()
+        .expect("handshake");
+    // lastHandshakeAt has millisecond resolution; make "after" distinguishable from "before".
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let started = std::time::Instant::now();
+    let reset_at = std::time::SystemTime::now();
+    let (status, _) = api
+        .post_empty(&format!("/v1/sims/{}/delete_session", device.sim_id))
+        .await;
+    assert_eq!(status, 200);
+    // The server starts the new handshake itself; the device answers it while receiving.
+    to_tun(
+        &server,
+        udp_packet(METADATA, device.ip, 2, 1, b"after reset"),
+    )
+    .await;
+    let mut resumed = false;
+    for _ in 0..10 {
+        if let Some(packet) = device.client.recv(Duration::from_millis(300)).await {
+            resumed = payload_of(&packet) == b"after reset";
+            if resumed {
+                break;
+            }
+        }
+        to_tun(
+            &server,
+            udp_packet(METADATA, device.ip, 2, 1, b"after reset"),
+        )
+        .await;
+    }
+    assert!(resumed, "traffic resumes over a new session");
+    let reset_at_ms = reset_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as i64;
+    let (_, sim) = api.get(&format!("/v1/sims/{}", device.sim_id)).await;
+    let handshake_at = sim["arcdSessionStats"]["lastHandshakeAt"]
+        .as_i64()
+        .expect("handshake");
+    assert!(
+        handshake_at >= reset_at_ms - 1000 && handshake_at >= before_ms,
+        "a new handshake happened after the reset ({before_ms} -> {handshake_at}, reset {reset_at_ms})"
+    );
+    eprintln!("delete_session to traffic resumed: {:?}", started.elapsed());
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn renewed_key_replaces_the_old_one_at_once() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut device = new_device(&server, &api).await;
+    assert!(
+        device
+            .client
+            .connect(&udp_packet(device.ip, METADATA, 1, 2, b"old"), WAIT)
+            .await
+    );
+    assert!(from_tun(&mut server).await.is_some());
+
+    let (status, renewed) = api
+        .put(
+            &format!("/v1/sims/{}/credentials/arc", device.sim_id),
+            serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{renewed}");
+    // The old key can neither use its session nor make a new one.
+    device
+        .client
+        .send(&udp_packet(device.ip, METADATA, 1, 2, b"stale"))
+        .await;
+    let (_, sim) = api.get(&format!("/v1/sims/{}", device.sim_id)).await;
+    let mut old_key_again = device_with_key(&server, &sim, &device.client.private_key).await;
+    assert!(
+        !old_key_again
+            .client
+            .connect(
+                &udp_packet(device.ip, METADATA, 1, 2, b"old again"),
+                Duration::from_millis(700)
+            )
+            .await,
+        "the old key gets no handshake"
+    );
+    let peer = server.running.tun_peer.as_mut().expect("memory TUN");
+    assert!(
+        peer.from_dataplane.try_recv().is_err(),
+        "nothing from the old key reaches the TUN"
+    );
+
+    let new_private = renewed["arcClientPeerPrivateKey"]
+        .as_str()
+        .expect("server-made pair");
+    let mut renewed_device = device_with_key(&server, &sim, new_private).await;
+    assert!(
+        renewed_device
+            .client
+            .connect(&udp_packet(device.ip, METADATA, 1, 2, b"new"), WAIT)
+            .await
+    );
+    let inbound = from_tun(&mut server).await.expect("new key works");
+    assert_eq!(payload_of(&inbound), b"new");
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn terminated_sim_gets_no_handshake() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let sim = api.create_sim().await;
+    let sim_id = sim["simId"].as_str().expect("simId").to_string();
+    let private = sim["profiles"][&sim_id]["arcClientPeerPrivateKey"]
+        .as_str()
+        .expect("key")
+        .to_string();
+    for path in ["enable_termination", "terminate"] {
+        let (status, body) = api.post_empty(&format!("/v1/sims/{sim_id}/{path}")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut device = device_with_key(&server, &sim, &private).await;
+    assert!(
+        !device
+            .client
+            .connect(
+                &udp_packet(device.ip, METADATA, 1, 2, b"x"),
+                Duration::from_millis(700)
+            )
+            .await
+    );
+    assert!(server
+        .running
+        .tun_peer
+        .as_mut()
+        .expect("tun")
+        .from_dataplane
+        .try_recv()
+        .is_err());
+    server.running.shutdown().await;
+}
+
+#[tokio::test]
+async fn random_and_truncated_datagrams_never_break_the_listener() {
+    use rand::{Rng, SeedableRng};
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut device = new_device(&server, &api).await;
+    assert!(
+        device
+            .client
+            .connect(&udp_packet(device.ip, METADATA, 1, 2, b"pre"), WAIT)
+            .await
+    );
+    assert!(from_tun(&mut server).await.is_some());
+
+    // Capture real messages to mutate: a handshake initiation and a data packet.
+    let mut valid = Vec::new();
+    let mut buf = vec![0u8; 2048];
+    if let boringtun::noise::TunnResult::WriteToNetwork(d) = device
+        .client
+        .tunn
+        .format_handshake_initiation(&mut buf, true)
+    {
+        valid.push(d.to_vec());
+    }
+    if let boringtun::noise::TunnResult::WriteToNetwork(d) = device
+        .client
+        .tunn
+        .encapsulate(&udp_packet(device.ip, METADATA, 1, 2, b"data"), &mut buf)
+    {
+        valid.push(d.to_vec());
+    }
+    assert_eq!(valid.len(), 2);
+    let attacker = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for case in 0..5000 {
+        let datagram: Vec<u8> = match case % 4 {
+            0 => (0..rng.gen_range(0..200)).map(|_| rng.gen()).collect(),
+            1 => {
+                let base = &valid[rng.gen_range(0..valid.len())];
+                base[..rng.gen_range(0..base.len())].to_vec()
+            }
+            2 => {
+                let mut m = valid[rng.gen_range(0..valid.len())].clone();
+                let at = rng.gen_range(0..m.len());
+                m[at] ^= 1 << rng.gen_range(0..8);
+                m
+            }
+            _ => {
+                // Valid type byte, random rest: reaches the peer lookup paths.
+                let mut m: Vec<u8> = (0..rng.gen_range(4..300)).map(|_| rng.gen()).collect();
+                m[0] = rng.gen_range(1..=4);
+                m[1..4].fill(0);
+                m
+            }
+        };
+        attacker
+            .send_to(&datagram, server_udp(&server))
+            .await
+            .expect("send");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The established session still carries traffic, and a fresh handshake still works.
+    device
+        .client
+        .send(&udp_packet(device.ip, METADATA, 1, 2, b"after fuzz"))
+        .await;
+    let inbound = from_tun(&mut server).await.expect("session survives");
+    assert_eq!(payload_of(&inbound), b"after fuzz");
+    // Under the flood the rate limiter demanded cookies; a new device still gets through.
+    let mut second = new_device(&server, &api).await;
+    assert!(
+        second
+            .client
+            .connect(&udp_packet(second.ip, METADATA, 1, 2, b"new"), WAIT)
+            .await
+    );
+    let counters = &server.running.dataplane.engine.counters;
+    assert!(
+        counters.cookie_replies.load(Ordering::Relaxed) > 0,
+        "{counters:?}"
+    );
+    let rejected = counters.malformed.load(Ordering::Relaxed)
+        + counters.unknown_peer.load(Ordering::Relaxed)
+        + counters.wireguard_errors.load(Ordering::Relaxed);
+    assert!(
+        rejected > 1000,
+        "garbage was seen and rejected: {counters:?}"
+    );
+    server.running.shutdown().await;
+}
