@@ -415,3 +415,66 @@ async fn random_and_truncated_datagrams_never_break_the_listener() {
     );
     server.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
+    use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges, PeerTable};
+    use arcd::store::ActiveSession;
+    use std::sync::{Arc, Mutex};
+
+    let server_pair = arcd::wgkey::generate();
+    let devices: Vec<(arcd::wgkey::KeyPair, ActiveSession)> = (2..=3u8)
+        .map(|n| {
+            let pair = arcd::wgkey::generate();
+            let session = ActiveSession {
+                imsi: format!("99999000000000{n}"),
+                primary_imsi: format!("99999000000000{n}"),
+                sim_id: format!("sim{n}"),
+                operator_id: "OP0000000001".into(),
+                session_id: format!("s{n}"),
+                rp_id: "ap-northeast-1".into(),
+                client_public_key: pair.public_key.clone(),
+                client_ip: Ipv4Addr::new(10, 128, 0, n),
+                group_id: None,
+                vpg_id: Some("vpg-lab".into()),
+            };
+            (pair, session)
+        })
+        .collect();
+    let table = Arc::new(Mutex::new(PeerTable::from_sessions(
+        devices.iter().map(|(_, s)| s.clone()),
+    )));
+    let (_changes, rx) = PeerChanges::channel();
+    let (tun, _tun_peer) = MemoryTun::pair();
+    let dataplane = Dataplane::start(
+        vec![ListenerConfig {
+            rp_id: "ap-northeast-1".into(),
+            bind: "127.0.0.1:0".parse().expect("addr"),
+            private_key: arcd::wgkey::parse_key(&server_pair.private_key).expect("key"),
+        }],
+        tun,
+        table,
+        rx,
+    )
+    .expect("data plane starts");
+    dataplane.engine.set_device_to_device("vpg-lab", true);
+    let udp = dataplane.udp_addrs[0].1;
+    let (a_ip, b_ip) = (devices[0].1.client_ip, devices[1].1.client_ip);
+    let mut a = WgClient::new(&devices[0].0.private_key, &server_pair.public_key, udp).await;
+    let mut b = WgClient::new(&devices[1].0.private_key, &server_pair.public_key, udp).await;
+    assert!(
+        b.connect(&udp_packet(b_ip, a_ip, 1, 2, b"b is here"), WAIT)
+            .await
+    );
+    // a's first packet rides behind its handshake and is forwarded to b inside the data plane.
+    assert!(
+        a.connect(&udp_packet(a_ip, b_ip, 7, 9, b"hello b"), WAIT)
+            .await
+    );
+    let at_b = b.recv(WAIT).await.expect("b receives a's packet");
+    assert_eq!(source_of(&at_b), a_ip);
+    assert_eq!(payload_of(&at_b), b"hello b");
+    b.send(&udp_packet(b_ip, a_ip, 9, 7, b"hello a")).await;
+    let at_a = a.recv(WAIT).await.expect("a receives b's answer");
+    assert_eq!(payload_of(&at_a), b"hello a");
+}

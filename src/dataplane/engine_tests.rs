@@ -1,0 +1,369 @@
+//! The engine driven directly, without sockets: devices are boringtun `Tunn`s whose datagrams are
+//! handed to the engine and whose answers are read from the outbox.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use boringtun::noise::{Tunn, TunnResult};
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::*;
+use crate::dataplane::peer_table::Applied;
+use crate::store::ActiveSession;
+
+const SERVER_KEY: [u8; 32] = [7u8; 32];
+
+struct Device {
+    tunn: Tunn,
+    addr: SocketAddr,
+    ip: Ipv4Addr,
+    session: ActiveSession,
+}
+
+fn device(n: u8, vpg: Option<&str>) -> Device {
+    let secret = StaticSecret::from([n; 32]);
+    let public = PublicKey::from(&secret);
+    let server_public = PublicKey::from(&StaticSecret::from(SERVER_KEY));
+    let ip = Ipv4Addr::new(10, 64, 0, n);
+    Device {
+        tunn: Tunn::new(secret, server_public, None, None, u32::from(n), None),
+        addr: SocketAddr::from(([192, 0, 2, n], 50_000)),
+        ip,
+        session: ActiveSession {
+            imsi: format!("99999000000000{n}"),
+            primary_imsi: format!("99999000000000{n}"),
+            sim_id: format!("sim{n}"),
+            operator_id: "OP0000000001".into(),
+            session_id: format!("session-{n}"),
+            rp_id: "ap-northeast-1".into(),
+            client_public_key: crate::wgkey::encode(public.as_bytes()),
+            client_ip: ip,
+            group_id: None,
+            vpg_id: vpg.map(str::to_string),
+        },
+    }
+}
+
+fn engine_with(devices: &[&Device]) -> Engine {
+    let engine = Engine::new(vec![Listener::new("ap-northeast-1", SERVER_KEY)]);
+    let mut out = Outbox::new();
+    for d in devices {
+        engine.apply(&Applied::Added(d.session.clone()), Instant::now(), &mut out);
+    }
+    assert!(out.is_empty(), "loading sessions sends nothing");
+    engine
+}
+
+fn udp_payloads(out: &mut Outbox, to: SocketAddr) -> Vec<Vec<u8>> {
+    let mut taken = Vec::new();
+    out.retain(|o| match o {
+        Outgoing::Udp { to: t, data, .. } if *t == to => {
+            taken.push(data.clone());
+            false
+        }
+        _ => true,
+    });
+    taken
+}
+
+/// Feeds every datagram for `d` back into its Tunn; returns decrypted packets and answers to send.
+fn deliver(d: &mut Device, datagrams: Vec<Vec<u8>>) -> (Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let (mut packets, mut replies) = (Vec::new(), Vec::new());
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    for datagram in datagrams {
+        let mut result = d.tunn.decapsulate(None, &datagram, &mut buf);
+        loop {
+            match result {
+                TunnResult::WriteToNetwork(p) => {
+                    replies.push(p.to_vec());
+                    result = d.tunn.decapsulate(None, &[], &mut buf);
+                }
+                TunnResult::WriteToTunnelV4(p, _) => {
+                    packets.push(p.to_vec());
+                    break;
+                }
+                _ => break,
+            }
+        }
+    }
+    (packets, replies)
+}
+
+/// Handshake `d` with the engine; returns with the session established on both sides.
+fn connect(engine: &Engine, d: &mut Device, now: Instant) {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let init = match d.tunn.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no initiation: {other:?}"),
+    };
+    engine.handle_datagram(0, d.addr, &init, now, &mut buf, &mut out);
+    let responses = udp_payloads(&mut out, d.addr);
+    assert_eq!(responses.len(), 1, "one handshake response");
+    let (_, replies) = deliver(d, responses);
+    // boringtun's initiator confirms with a keepalive once it has data to send; send one.
+    for reply in replies {
+        engine.handle_datagram(0, d.addr, &reply, now, &mut buf, &mut out);
+    }
+    let keepalive = match d.tunn.encapsulate(&[], &mut buf) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no keepalive: {other:?}"),
+    };
+    engine.handle_datagram(0, d.addr, &keepalive, now, &mut buf, &mut out);
+}
+
+fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut p = vec![0u8; 20 + payload.len()];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&((20 + payload.len()) as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 253; // experimental protocol: the engine must not care
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    p[20..].copy_from_slice(payload);
+    p
+}
+
+fn send(engine: &Engine, from: &mut Device, dst: Ipv4Addr, payload: &[u8], out: &mut Outbox) {
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let datagram = match from
+        .tunn
+        .encapsulate(&packet(from.ip, dst, payload), &mut buf)
+    {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("no session: {other:?}"),
+    };
+    engine.handle_datagram(0, from.addr, &datagram, Instant::now(), &mut buf, out);
+}
+
+#[test]
+fn device_to_device_only_inside_an_allowing_vpg() {
+    let mut a = device(2, Some("vpg-1"));
+    let mut b = device(3, Some("vpg-1"));
+    let mut c = device(4, Some("vpg-2"));
+    let engine = engine_with(&[&a, &b, &c]);
+    let now = Instant::now();
+    for d in [&mut a, &mut b, &mut c] {
+        connect(&engine, d, now);
+    }
+
+    let mut out = Outbox::new();
+    send(&engine, &mut a, b.ip, b"off", &mut out);
+    assert!(out.is_empty(), "VPG without device-to-device: dropped");
+    assert_eq!(
+        engine.counters.peer_to_peer_denied.load(Ordering::Relaxed),
+        1
+    );
+
+    engine.set_device_to_device("vpg-1", true);
+    send(&engine, &mut a, b.ip, b"on", &mut out);
+    let to_b = udp_payloads(&mut out, b.addr);
+    let (packets, _) = deliver(&mut b, to_b);
+    assert_eq!(
+        packets.len(),
+        1,
+        "forwarded inside the data plane, never via the TUN"
+    );
+    assert_eq!(&packets[0][20..], b"on");
+    assert!(out.is_empty());
+
+    send(&engine, &mut a, c.ip, b"other vpg", &mut out);
+    assert!(out.is_empty(), "another VPG stays unreachable");
+    engine.set_device_to_device("vpg-1", false);
+    send(&engine, &mut a, b.ip, b"off again", &mut out);
+    assert!(out.is_empty());
+    assert_eq!(
+        engine.counters.peer_to_peer_denied.load(Ordering::Relaxed),
+        3
+    );
+}
+
+#[test]
+fn platform_traffic_goes_to_the_tun_and_back_by_destination() {
+    let mut a = device(2, None);
+    let mut b = device(3, None);
+    let engine = engine_with(&[&a, &b]);
+    connect(&engine, &mut a, Instant::now());
+    connect(&engine, &mut b, Instant::now());
+    let platform = Ipv4Addr::new(100, 127, 100, 127);
+    let mut out = Outbox::new();
+    send(&engine, &mut a, platform, b"ping", &mut out);
+    assert_eq!(out, vec![Outgoing::Tun(packet(a.ip, platform, b"ping"))]);
+
+    let mut out = Outbox::new();
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    engine.handle_tun_packet(
+        &packet(platform, b.ip, b"pong"),
+        Instant::now(),
+        &mut buf,
+        &mut out,
+    );
+    let to_b = udp_payloads(&mut out, b.addr);
+    let (packets, _) = deliver(&mut b, to_b);
+    assert_eq!(packets, vec![packet(platform, b.ip, b"pong")]);
+    engine.handle_tun_packet(
+        &packet(platform, Ipv4Addr::new(10, 64, 9, 9), b"x"),
+        Instant::now(),
+        &mut buf,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert_eq!(engine.counters.no_route.load(Ordering::Relaxed), 1);
+}
+
+#[test]
+fn roaming_follows_the_latest_authenticated_packet() {
+    let mut a = device(2, None);
+    let engine = engine_with(&[&a]);
+    connect(&engine, &mut a, Instant::now());
+    let mut out = Outbox::new();
+    a.addr = SocketAddr::from(([198, 51, 100, 1], 40_000));
+    send(
+        &engine,
+        &mut a,
+        Ipv4Addr::new(100, 127, 0, 53),
+        b"moved",
+        &mut out,
+    );
+    assert_eq!(
+        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
+        Some(a.addr)
+    );
+    // An unauthenticated packet from elsewhere does not move it.
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut forged = vec![4u8, 0, 0, 0];
+    forged.extend_from_slice(&[0u8; 60]);
+    engine.handle_datagram(
+        0,
+        SocketAddr::from(([203, 0, 113, 9], 1)),
+        &forged,
+        Instant::now(),
+        &mut buf,
+        &mut out,
+    );
+    assert_eq!(
+        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
+        Some(a.addr)
+    );
+}
+
+#[test]
+fn idle_sessions_cost_no_timers_and_active_ones_stop_after_idling() {
+    let devices: Vec<Device> = (2..=250).map(|n| device(n, None)).collect();
+    let refs: Vec<&Device> = devices.iter().collect();
+    let engine = engine_with(&refs);
+    assert_eq!(engine.peer_count(), 249);
+    assert_eq!(
+        engine.next_deadline(),
+        None,
+        "loaded, never-seen sessions schedule nothing"
+    );
+
+    let mut a = device(2, None);
+    let start = Instant::now();
+    connect(&engine, &mut a, start);
+    let due = engine.next_deadline().expect("active peer scheduled");
+    assert!(due > start && due <= start + TIMER_PERIOD);
+    assert_eq!(
+        lock(&engine.timers).len(),
+        1,
+        "one entry per active peer, not per event"
+    );
+
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    engine.run_timers(due, &mut buf, &mut out);
+    assert!(
+        engine.next_deadline().is_some(),
+        "still active: rescheduled"
+    );
+    engine.run_timers(
+        start + IDLE_AFTER + Duration::from_secs(1),
+        &mut buf,
+        &mut out,
+    );
+    assert_eq!(
+        engine.next_deadline(),
+        None,
+        "idle: no more ticks until the next packet"
+    );
+}
+
+#[test]
+fn new_session_invalidates_the_old_receiver_index() {
+    let mut a = device(2, None);
+    let engine = engine_with(&[&a]);
+    connect(&engine, &mut a, Instant::now());
+    let mut reset = a.session.clone();
+    reset.session_id = "session-2".into();
+    let mut out = Outbox::new();
+    engine.apply(&Applied::NewSession(reset), Instant::now(), &mut out);
+    // The server re-initiates to the known endpoint.
+    let initiations = udp_payloads(&mut out, a.addr);
+    assert_eq!(initiations.len(), 1);
+    assert_eq!(initiations[0][0], 1, "a handshake initiation");
+    // Data on the old session no longer decrypts.
+    let before = engine.counters.unknown_peer.load(Ordering::Relaxed);
+    send(
+        &engine,
+        &mut a,
+        Ipv4Addr::new(100, 127, 0, 53),
+        b"old",
+        &mut out,
+    );
+    assert!(out.iter().all(|o| !matches!(o, Outgoing::Tun(_))));
+    assert_eq!(
+        engine.counters.unknown_peer.load(Ordering::Relaxed),
+        before + 1
+    );
+    // Answering the server's initiation restores traffic.
+    let (_, replies) = deliver(&mut a, initiations);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    for reply in replies {
+        engine.handle_datagram(0, a.addr, &reply, Instant::now(), &mut buf, &mut out);
+    }
+    // The server (initiator now) confirms with a keepalive, which moves the device over.
+    let confirmations = udp_payloads(&mut out, a.addr);
+    assert!(!confirmations.is_empty());
+    deliver(&mut a, confirmations);
+    let mut out = Outbox::new();
+    send(
+        &engine,
+        &mut a,
+        Ipv4Addr::new(100, 127, 0, 53),
+        b"new",
+        &mut out,
+    );
+    assert_eq!(out.len(), 1);
+    assert!(matches!(&out[0], Outgoing::Tun(p) if &p[20..] == b"new"));
+}
+
+#[test]
+fn removed_peer_is_unknown_on_every_index() {
+    let mut a = device(2, None);
+    let engine = engine_with(&[&a]);
+    connect(&engine, &mut a, Instant::now());
+    let mut out = Outbox::new();
+    engine.apply(
+        &Applied::Removed(a.session.imsi.clone()),
+        Instant::now(),
+        &mut out,
+    );
+    assert_eq!(engine.peer_count(), 0);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let init = match a.tunn.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    engine.handle_datagram(0, a.addr, &init, Instant::now(), &mut buf, &mut out);
+    assert!(out.is_empty(), "no handshake for a removed key");
+    engine.handle_tun_packet(
+        &packet(Ipv4Addr::new(100, 127, 0, 53), a.ip, b"x"),
+        Instant::now(),
+        &mut buf,
+        &mut out,
+    );
+    assert!(out.is_empty());
+    assert!(engine.snapshot(&a.session.imsi).is_none());
+}
