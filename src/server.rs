@@ -84,6 +84,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let store = Arc::new(bootstrap::open_store(&config)?);
+    store.disable_auto_checkpoint()?;
+    tokio::spawn(checkpoint_loop(store.clone()));
     let new_root_credentials = bootstrap::ensure_root_operator(&store, &config.data_dir)?;
     let policy = bootstrap::session_policy(&config);
 
@@ -165,6 +167,20 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         stop,
         accept_task,
     })
+}
+
+/// Checkpoints the WAL off the request path (commits no longer do it inline).
+async fn checkpoint_loop(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
+        }
+    }
 }
 
 /// The real TUN device with the platform addresses and a gateway address in each client pool
