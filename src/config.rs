@@ -164,6 +164,18 @@ impl Default for Config {
     }
 }
 
+/// Top-level sections and keys; `ARCD_<KEY>` variables outside these are ignored.
+const TOP_LEVEL_KEYS: &[&str] = &[
+    "data_dir",
+    "api",
+    "tun",
+    "egress",
+    "rendezvous_points",
+    "coverage",
+    "sims",
+    "log",
+];
+
 /// Largest token lifetime the official API allows.
 pub const MAX_TOKEN_TIMEOUT_SECONDS: u64 = 172_800;
 
@@ -179,7 +191,14 @@ impl Config {
     /// Loads defaults, then `file` (if given), then `ARCD_*` variables from the process environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
         // `ARCD_CONFIG` names the file itself (a CLI flag), not a key.
-        Self::load_with_env(file, Env::prefixed("ARCD_").ignore(&["config"]).split("__"))
+        // Other ARCD_* variables (test switches, wrappers' own settings) are not configuration.
+        let env = Env::prefixed("ARCD_")
+            .filter(|key| {
+                let top = key.as_str().split("__").next().unwrap_or("");
+                TOP_LEVEL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(top))
+            })
+            .split("__");
+        Self::load_with_env(file, env)
     }
 
     fn load_with_env(file: Option<&Path>, env: Env) -> Result<Config, ConfigError> {
@@ -405,6 +424,17 @@ mod tests {
         .expect("write");
         let err = Config::load_with_env(Some(&file), env_from(&[])).expect_err("must fail");
         assert!(err.to_string().contains("rendezvous_points[0].id"), "{err}");
+    }
+
+    #[test]
+    fn unrelated_arcd_variables_are_not_configuration() {
+        std::env::set_var("ARCD_REQUIRE_E2E", "1");
+        std::env::set_var("ARCD_TUN__MTU", "1400");
+        let loaded = Config::load(None);
+        std::env::remove_var("ARCD_REQUIRE_E2E");
+        std::env::remove_var("ARCD_TUN__MTU");
+        let config = loaded.expect("an unrelated ARCD_ variable is ignored");
+        assert_eq!(config.tun.mtu, 1400, "real keys still apply");
     }
 
     #[test]

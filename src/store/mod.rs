@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
 pub use sessions::{ActiveSession, PeerChange};
@@ -223,6 +224,10 @@ fn open_connection(path: &Path, writable: bool) -> Result<Connection> {
     // can take back the last transactions, which is the usual trade for an appliance.
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", true)?;
+    // Without the query planner stability guarantee, SQLite re-prepares a cached statement
+    // after its bindings are cleared (as rusqlite's cache does) whenever a `column = ?` term could
+    // change the plan: that re-parse was most of the cost of listing SIMs.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
 }
