@@ -108,9 +108,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let dataplane =
         Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
     let control_sockets = if config.tun.enabled {
-        open_control_sockets(&dataplane)
-            .await
-            .map_err(ServeError::Dataplane)?
+        open_control_sockets(&dataplane).await
     } else {
         Vec::new()
     };
@@ -207,7 +205,7 @@ fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeErr
 }
 
 /// One read-only WireGuard control socket per rendezvous point, so `wg show` works.
-async fn open_control_sockets(dataplane: &Dataplane) -> std::io::Result<Vec<UapiServer>> {
+async fn open_control_sockets(dataplane: &Dataplane) -> Vec<UapiServer> {
     let mut sockets = Vec::new();
     for (rp_id, addr) in &dataplane.udp_addrs {
         let engine = dataplane.engine.clone();
@@ -220,9 +218,16 @@ async fn open_control_sockets(dataplane: &Dataplane) -> std::io::Result<Vec<Uapi
             listen_port: port,
             peers: engine.snapshots(&rp_id),
         });
-        sockets.push(UapiServer::bind(Path::new(uapi::DEFAULT_DIR), &name, snapshot).await?);
+        // `wg show` is a convenience: a socket taken by another arcd (same rendezvous point id in
+        // another network namespace) must not stop this one from serving devices.
+        match UapiServer::bind(Path::new(uapi::DEFAULT_DIR), &name, snapshot).await {
+            Ok(socket) => sockets.push(socket),
+            Err(e) => {
+                tracing::warn!(socket = %name, error = %e, "no WireGuard control socket; `wg show` will not list this rendezvous point")
+            }
+        }
     }
-    Ok(sockets)
+    sockets
 }
 
 enum AnyTun {

@@ -1,0 +1,789 @@
+#!/usr/bin/env bash
+# netns.sh — end-to-end proof of arcd's WireGuard data plane with real clients, entirely inside
+# private network namespaces (run as root; scripts/test.sh runs it in CI).
+#
+#   ┌──────────────── netns <p>rv (rendezvous) ─────────────────┐
+#   │ arcd serve: API http://10.99.0.1:8443, UDP 0.0.0.0:11010  │
+#   │   TUN arc0 (100.127.100.127 ..., route 10.64.0.0/16)      │
+#   │   UAPI /var/run/wireguard/arc-apne1.sock (`wg show`)      │
+#   │ iperf3 -s; lo: 10.99.0.1/32 = arcServerEndpoint address   │
+#   │ v-d1 10.99.1.1/30            v-d2 10.99.2.1/30            │
+#   └──────┬─────────────────────────────┬──────────────────────┘
+#      veth│                         veth│
+#   ┌──────┴──── netns <p>d1 ───┐  ┌─────┴───── netns <p>d2 ───┐
+#   │ v-rv 10.99.1.2/30          │  │ v-rv 10.99.2.2/30          │
+#   │ wireguard-go wgd1 (TUN)    │  │ wireguard-go wgd2 (TUN)    │
+#   │   10.64.x.y/32 from the API│  │   10.64.x.y/32 from the API│
+#   └────────────────────────────┘  └────────────────────────────┘
+#   <p> = arce2e-<pid>-  (unique per run: runs never collide)
+#
+# No namespace has a default route or a link to the host: no packet leaves them. WireGuard
+# control sockets (/var/run/wireguard, not separated by network namespaces) sit on a private
+# tmpfs in a mount namespace of this run, so an arcd or wireguard-go on the host cannot clash.
+#
+# Stages: build arcd → namespaces + veths → arcd + iperf3 server in rv → one virtual SIM per
+# device through the API, each device configured with Debian's wireguard-go + wg from a
+# wg-quick style config rendered from the API answer (render-wg-conf.sh) → asserts:
+#   ping 100.127.100.127 (both devices) · iperf3 from d1 (>= 50 MB received) · getSim live stats
+#   (arcdSessionStats) · `wg show` on arcd's control socket lists both peers with handshakes ·
+#   devices outside a VPG cannot reach each other · delete_session → traffic resumes without
+#   touching the device (time printed) · renew credentials → old session and old key fail, new key
+#   works · terminate d2 → traffic stops and no handshake any more, d1 unaffected
+# → cleanup (trap): processes by recorded PID (checked against /proc), namespaces, temp files.
+#
+# Every assert prints "PASS name" or "FAIL name: why"; the first FAIL ends the run (exit 1, after
+# printing the tail of arcd's log and cleaning up). A table of the measured figures is printed at
+# the end either way.
+#
+# Environment:
+#   ARCD_BIN=PATH     use this arcd binary instead of `cargo build --release --locked`
+#                     (read and then removed from the environment: arcd itself reads ARCD_*)
+#   E2E_KEEP_WORK=1   keep the temp directory (config, logs, JSON) instead of deleting it
+#   E2E_LOG_LEVEL=F   arcd log filter (default "info")
+#   E2E_IPERF_BYTES=N iperf3 -n amount (default 64M; at least 50,000,000 bytes must arrive)
+# Needs: root, /dev/net/tun, iproute2, wireguard-go, wireguard-tools (wg), iperf3, jq, curl, ping.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
+RENDER=$SCRIPT_DIR/render-wg-conf.sh
+
+# ---------------------------------------------------------------- constants --
+RUN_ID=$$
+NS_PREFIX="arce2e-${RUN_ID}-"
+NS_RV=${NS_PREFIX}rv
+NS_D1=${NS_PREFIX}d1
+NS_D2=${NS_PREFIX}d2
+IF_D1=wgd1
+IF_D2=wgd2
+# WireGuard control sockets (arcd's and wireguard-go's) live in /var/run/wireguard, which network
+# namespaces do not separate. Everything here runs in a mount namespace of our own (held by a
+# `sleep` process) with a private tmpfs on that directory: no clash with an arcd or WireGuard
+# interface on the host or in a concurrent run, and nothing left behind.
+UAPI_DIR=/var/run/wireguard
+MNT_HOLDER=""
+
+RV_ADDR=10.99.0.1            # on rv's loopback: API address and arcServerEndpoint host
+RV_D1=10.99.1.1 D1_RV=10.99.1.2
+RV_D2=10.99.2.1 D2_RV=10.99.2.2
+API_PORT=8443
+WG_PORT=11010
+API_URL="http://${RV_ADDR}:${API_PORT}"
+RP_ID=ap-northeast-1
+ARCD_UAPI_NAME=arc-apne1     # control socket name arcd derives from the id ap-northeast-1
+POOL=10.64.0.0/16
+PLATFORM_ADDR=100.127.100.127
+MTU=1420
+IPERF_PORT=5201
+# iperf3 -n stops counting at the receiver when the sender's "test end" arrives on the control
+# connection, so data still in socket buffers and in flight is not counted (esnet/iperf#382; up
+# to ~10 MB with Linux's default TCP buffer limits). Sending 64 MiB makes sure >= 50 MB are
+# counted as received.
+IPERF_BYTES=${E2E_IPERF_BYTES:-64M}
+IPERF_MIN_BYTES=50000000
+
+T_START=$(date +%s)
+WORK=""
+PIDS=()      # "pid:comm" of every background process we started
+FIG_KEYS=()  # measured figures, in order
+declare -A FIG=()
+CURRENT_STAGE="start"
+
+# ------------------------------------------------------------------ output --
+log() { printf '[netns.sh] %s\n' "$*"; }
+stage() {
+    CURRENT_STAGE=$*
+    printf '\n---- %s ----\n' "$*"
+}
+figure() { # figure NAME VALUE
+    [[ -v "FIG[$1]" ]] || FIG_KEYS+=("$1")
+    FIG[$1]=$2
+}
+pass() { printf 'PASS  %s%s\n' "$1" "${2:+  ($2)}"; }
+fail() {
+    printf 'FAIL  %s: %s\n' "$1" "${2:-}"
+    show_logs
+    exit 1
+}
+die() { fail "$CURRENT_STAGE" "$*"; }
+
+show_logs() {
+    [[ -n $WORK && -d $WORK ]] || return 0
+    if [[ -s $WORK/arcd.log ]]; then
+        echo "==== tail of arcd's log ($WORK/arcd.log) ===="
+        tail -n 60 "$WORK/arcd.log" | sed 's/\x1b\[[0-9;]*m//g' || true
+    fi
+    local f
+    for f in "$WORK"/wireguard-go-*.log "$WORK"/iperf3-server.log; do
+        [[ -s $f ]] || continue
+        echo "==== tail of ${f##*/} ===="
+        tail -n 15 "$f" || true
+    done
+    echo "==== end of logs ===="
+}
+
+now_ms() {
+    local t=${EPOCHREALTIME/[.,]/}
+    echo $((10#$t / 1000))
+}
+
+# ----------------------------------------------------------------- cleanup --
+# Kills only the processes this run started (by recorded PID, and only while /proc/PID/comm still
+# names the program we started or the process is still our own child), then deletes our
+# namespaces (which removes the veths and TUN devices inside) and temp files.
+proc_is_ours() { # proc_is_ours PID COMM
+    local pid=$1 comm=$2 cur ppid stat
+    cur=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
+    [[ $cur == "$comm" ]] && return 0
+    # Between fork and exec the child is still bash, ip or env: ours if we are its parent.
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    stat=${stat##*) }
+    ppid=$(cut -d' ' -f2 <<<"$stat")
+    [[ $ppid == "$$" ]]
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    # A signal trap can run inside a command whose output is redirected to a file (run_ping):
+    # back to the script's own stdout/stderr, saved at start as fds 3 and 4.
+    exec 1>&3 2>&4
+    local entry pid comm live=() i any
+    for entry in "${PIDS[@]}"; do
+        pid=${entry%%:*}
+        comm=${entry#*:}
+        if proc_is_ours "$pid" "$comm"; then
+            kill -TERM "$pid" 2>/dev/null
+            live+=("$entry")
+        fi
+    done
+    for ((i = 0; i < 50; i++)); do # up to 5 s for clean exits
+        any=0
+        for entry in "${live[@]}"; do
+            proc_is_ours "${entry%%:*}" "${entry#*:}" && any=1
+        done
+        ((any)) || break
+        sleep 0.1
+    done
+    for entry in "${live[@]}"; do
+        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
+            log "pid ${entry%%:*} (${entry#*:}) ignored SIGTERM; sending SIGKILL"
+            kill -KILL "${entry%%:*}" 2>/dev/null
+        fi
+    done
+    wait 2>/dev/null
+    local ns left
+    for ns in "$NS_D1" "$NS_D2" "$NS_RV"; do
+        if [[ -e /run/netns/$ns ]]; then
+            left=""
+            for pid in $(ip netns pids "$ns" 2>/dev/null); do
+                [[ -r /proc/$pid/comm ]] && left+="$pid($(cat "/proc/$pid/comm" 2>/dev/null)) "
+            done
+            [[ -n $left ]] && log "warning: processes not started by this script still in namespace $ns: $left"
+            ip netns del "$ns" 2>/dev/null || log "warning: could not delete namespace $ns"
+        fi
+    done
+    # The control sockets lived on the tmpfs of our mount namespace, gone with its last process.
+    if [[ -n $WORK && -d $WORK ]]; then
+        if [[ ${E2E_KEEP_WORK:-0} == 1 ]]; then
+            log "kept $WORK"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    print_summary "$rc"
+    exit "$rc"
+}
+
+print_summary() {
+    local rc=$1 k
+    echo
+    echo "==== netns.sh summary ===="
+    if ((${#FIG_KEYS[@]})); then
+        printf '%-44s %s\n' "figure" "value"
+        printf '%-44s %s\n' "--------------------------------------------" "--------------------"
+        for k in "${FIG_KEYS[@]}"; do
+            printf '%-44s %s\n' "$k" "${FIG[$k]}"
+        done
+    fi
+    printf '%-44s %s\n' "total runtime" "$(($(date +%s) - T_START)) s"
+    if ((rc == 0)); then
+        echo "RESULT: all checks passed"
+    elif ((rc == 130 || rc == 143)); then
+        echo "RESULT: INTERRUPTED (exit $rc) in stage: $CURRENT_STAGE"
+    else
+        echo "RESULT: FAILED (exit $rc) in stage: $CURRENT_STAGE"
+    fi
+}
+
+# ---------------------------------------------------------------- helpers --
+# spawn NS LOGFILE COMM cmd args...: start a long-running program in a namespace and record its
+# PID with COMM (the name /proc/PID/comm shows once it runs). The background subshell exec()s
+# nsenter, which exec()s `ip netns exec`, which exec()s the program (through `env` for some): $! ends
+# up being the program itself. (A function run with & would stay a bash process in between.)
+spawn() {
+    local ns=$1 logf=$2 comm=$3
+    shift 3
+    (exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@" >"$logf" 2>&1 </dev/null 3>&- 4>&-) &
+    SPAWNED_PID=$!
+    PIDS+=("$SPAWNED_PID:${comm:0:15}")
+}
+
+wait_for() { # wait_for SECONDS cmd...: poll every 0.1 s
+    local t=$(($1 * 10))
+    shift
+    while ((t-- > 0)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# in_mnt cmd...: run cmd in our mount namespace (host network namespace).
+in_mnt() { nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" "$@"; }
+
+# nsx NS cmd...: run cmd in network namespace NS, inside our mount namespace (private
+# /var/run/wireguard). Both nsenter (no PID namespace: no fork) and `ip netns exec` exec().
+nsx() {
+    local ns=$1
+    shift
+    nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@"
+}
+
+# A mount namespace of our own with a tmpfs on /var/run/wireguard. Made after the network
+# namespaces, so it sees their /run/netns mounts.
+holder_ready() {
+    local theirs
+    theirs=$(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) || return 1
+    [[ -n $theirs && $theirs != "$(readlink /proc/$$/ns/mnt)" && $(cat "/proc/$MNT_HOLDER/comm" 2>/dev/null) == sleep ]]
+}
+make_mount_namespace() {
+    unshare --mount --propagation private sleep 100000 </dev/null >/dev/null 2>&1 3>&- 4>&- &
+    MNT_HOLDER=$!
+    PIDS+=("$MNT_HOLDER:sleep")
+    wait_for 5 holder_ready || die "unshare --mount did not give a new mount namespace"
+    in_mnt sh -c \
+        "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arce2e-wireguard '$UAPI_DIR'" ||
+        die "cannot mount a private tmpfs on $UAPI_DIR"
+}
+
+# api METHOD PATH [BODY]: the API from inside rv; body on stdout; status 1 on a non-2xx answer.
+API_KEY="" API_TOKEN=""
+api() {
+    local method=$1 path=$2 body=${3-} out code
+    out=$(mktemp -p "$WORK" api.XXXXXX)
+    local args=(-sS -m 10 -X "$method" -o "$out" -w '%{http_code}' -H 'Accept: application/json')
+    [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
+    [[ -n $API_KEY ]] && args+=(-H "X-Soracom-API-Key: $API_KEY" -H "X-Soracom-Token: $API_TOKEN")
+    code=$(nsx "$NS_RV" timeout 15 curl "${args[@]}" "$API_URL$path" 2>"$out.err") || code=${code:-000}
+    if [[ $code != 2?? ]]; then
+        echo "API $method $path -> HTTP $code: $(head -c 400 "$out") $(head -c 200 "$out.err")" >&2
+        rm -f "$out" "$out.err"
+        return 1
+    fi
+    cat "$out"
+    rm -f "$out" "$out.err"
+}
+
+# run_ping NS DST COUNT INTERVAL DEADLINE [extra ping args]: sets PING_TX PING_RX PING_AVG
+# (ms, "" when no reply) and PING_OUT (file with ping's output). Never fails.
+run_ping() {
+    local ns=$1 dst=$2 count=$3 interval=$4 deadline=$5
+    shift 5
+    PING_OUT=$WORK/ping-$ns.out
+    nsx "$ns" timeout $((deadline + 5)) \
+        ping -n -c "$count" -i "$interval" -W 1 -w "$deadline" "$@" "$dst" >"$PING_OUT" 2>&1 || true
+    PING_TX=$(sed -n 's/^\([0-9][0-9]*\) packets transmitted.*/\1/p' "$PING_OUT")
+    PING_RX=$(sed -n 's/.* transmitted, \([0-9][0-9]*\) received.*/\1/p' "$PING_OUT")
+    PING_AVG=$(sed -n 's#^rtt [^=]*= [0-9.]*/\([0-9.]*\)/.*#\1#p' "$PING_OUT")
+    PING_TX=${PING_TX:-0}
+    PING_RX=${PING_RX:-0}
+}
+
+# UNIX ms of the first echo reply in PING_OUT (ping -D); now when there is none.
+first_reply_ms() {
+    local sec usec
+    read -r sec usec < <(sed -n 's/^\[\([0-9]*\)\.\([0-9]*\)\] .*bytes from.*/\1 \2/p' "$PING_OUT" | head -n 1) || true
+    if [[ -n ${sec:-} && -n ${usec:-} ]]; then
+        echo $((10#$sec * 1000 + 10#$usec / 1000)) # -D prints microseconds
+    else
+        now_ms
+    fi
+}
+
+dev_ns() { [[ $1 == d1 ]] && echo "$NS_D1" || echo "$NS_D2"; }
+dev_if() { [[ $1 == d1 ]] && echo "$IF_D1" || echo "$IF_D2"; }
+
+# Latest handshake (UNIX seconds, 0 = never) of the device's peer with the server key.
+dev_handshake() { # dev_handshake DEV
+    local ns if_ srv
+    ns=$(dev_ns "$1")
+    if_=$(dev_if "$1")
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1.sim.json")
+    nsx "$ns" timeout 5 wg show "$if_" latest-handshakes 2>/dev/null |
+        awk -v k="$srv" '$1 == k { print $2; found = 1 } END { if (!found) print 0 }'
+}
+
+# Bytes the device sent to the server peer (its wg transfer counter).
+dev_tx_bytes() { # dev_tx_bytes DEV
+    local srv
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1.sim.json")
+    nsx "$(dev_ns "$1")" timeout 5 wg show "$(dev_if "$1")" transfer 2>/dev/null |
+        awk -v k="$srv" '$1 == k { print $3; found = 1 } END { if (!found) print 0 }'
+}
+
+# Counter from /proc/net/snmp of a namespace, e.g. snmp NS Icmp InEchos.
+snmp() {
+    # shellcheck disable=SC2016 # an awk program
+    nsx "$1" awk -v p="$2:" -v f="$3" '$1 == p { if (!h) { for (i = 2; i <= NF; i++) c[$i] = i; h = 1 } else { print $c[f]; exit } }' /proc/net/snmp
+}
+
+# --------------------------------------------------------- device handling --
+start_device() { # start_device DEV
+    local dev=$1 ns if_
+    ns=$(dev_ns "$dev")
+    if_=$(dev_if "$dev")
+    spawn "$ns" "$WORK/wireguard-go-$dev.log" wireguard-go env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=verbose wireguard-go -f "$if_"
+    wait_for 10 in_mnt test -S "$UAPI_DIR/$if_.sock" ||
+        fail "$dev: wireguard-go started" "no control socket $UAPI_DIR/$if_.sock"
+    wait_for 5 ip -n "$ns" link show "$if_" ||
+        fail "$dev: wireguard-go started" "interface $if_ did not appear in $ns"
+}
+
+# configure_device DEV SIM_JSON_FILE KEY_FILE: (re)configure the device from the Sim JSON and a
+# private key with `wg setconf` (peers replaced: a fresh handshake follows), address and routes.
+configure_device() {
+    local dev=$1 sim=$2 key=$3 ns if_ addr cidr
+    ns=$(dev_ns "$dev")
+    if_=$(dev_if "$dev")
+    (umask 077 && "$RENDER" "$sim" "$key" >"$WORK/$dev.conf") ||
+        fail "$dev: render WireGuard config" "render-wg-conf.sh failed on $sim"
+    addr=$("$RENDER" --print-address "$sim" "$key")
+    nsx "$ns" timeout 10 wg setconf "$if_" "$WORK/$dev.conf" ||
+        fail "$dev: wg setconf" "wg setconf $if_ failed"
+    ip -n "$ns" addr flush dev "$if_"
+    ip -n "$ns" addr add "$addr/32" dev "$if_"
+    ip -n "$ns" link set "$if_" mtu "$MTU" up
+    while read -r cidr; do
+        ip -n "$ns" route replace "$cidr" dev "$if_" src "$addr"
+    done < <("$RENDER" --print-allowed-ips "$sim" "$key")
+}
+
+# Drop the device's peer and add it again with the same config: forces a new handshake with the
+# key the device holds, without changing anything on the server side.
+force_rehandshake() { # force_rehandshake DEV
+    local dev=$1 ns if_ srv
+    ns=$(dev_ns "$dev")
+    if_=$(dev_if "$dev")
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$dev.sim.json")
+    nsx "$ns" timeout 10 wg set "$if_" peer "$srv" remove
+    nsx "$ns" timeout 10 wg setconf "$if_" "$WORK/$dev.conf"
+}
+
+sim_field() { jq -r "$2" "$WORK/$1.sim.json"; }
+
+# ==================================================================== main ==
+[[ $EUID -eq 0 ]] || {
+    echo "netns.sh: needs root (network namespaces, TUN devices, WireGuard)" >&2
+    exit 1
+}
+for tool in ip wg wireguard-go iperf3 jq curl ping timeout awk unshare nsenter ss; do
+    command -v "$tool" >/dev/null || {
+        echo "netns.sh: missing $tool (apt-get install --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping)" >&2
+        exit 1
+    }
+done
+[[ -c /dev/net/tun ]] || {
+    echo "netns.sh: /dev/net/tun is missing" >&2
+    exit 1
+}
+
+exec 3>&1 4>&2
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# A relative ARCD_BIN is relative to the caller's directory; arcd must not see ARCD_BIN.
+ARCD=${ARCD_BIN:-}
+[[ -z $ARCD ]] || ARCD=$(realpath -m -- "$ARCD")
+unset ARCD_BIN
+
+WORK=$(mktemp -d /tmp/arce2e.XXXXXX)
+chmod 700 "$WORK"
+cd "$REPO_DIR"
+
+# --------------------------------------------------------------- 1. build --
+stage "1. arcd binary"
+if [[ -z $ARCD ]]; then
+    log "cargo build --release --locked"
+    timeout 1800 cargo build --release --locked || die "cargo build --release --locked failed"
+    ARCD=$REPO_DIR/target/release/arcd
+fi
+[[ -x $ARCD ]] || die "no executable arcd at $ARCD"
+log "arcd: $ARCD"
+# arcd reads every ARCD_* variable as configuration: start it with none of ours.
+ARCD_ENV_UNSET=()
+while read -r v; do
+    ARCD_ENV_UNSET+=(-u "$v")
+done < <(compgen -e | grep '^ARCD_' || true)
+
+# -------------------------------------------------------- 2. namespaces ----
+stage "2. namespaces and links"
+for ns in "$NS_RV" "$NS_D1" "$NS_D2"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+done
+make_mount_namespace
+ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
+ip -n "$NS_RV" link add v-d1 type veth peer name v-rv netns "$NS_D1"
+ip -n "$NS_RV" link add v-d2 type veth peer name v-rv netns "$NS_D2"
+ip -n "$NS_RV" addr add "$RV_D1/30" dev v-d1
+ip -n "$NS_RV" addr add "$RV_D2/30" dev v-d2
+ip -n "$NS_D1" addr add "$D1_RV/30" dev v-rv
+ip -n "$NS_D2" addr add "$D2_RV/30" dev v-rv
+ip -n "$NS_RV" link set v-d1 up
+ip -n "$NS_RV" link set v-d2 up
+ip -n "$NS_D1" link set v-rv up
+ip -n "$NS_D2" link set v-rv up
+ip -n "$NS_D1" route add "$RV_ADDR/32" via "$RV_D1"
+ip -n "$NS_D2" route add "$RV_ADDR/32" via "$RV_D2"
+for dev in d1 d2; do
+    ns=$(dev_ns "$dev")
+    nsx "$ns" timeout 5 ping -n -c 1 -W 2 "$RV_ADDR" >/dev/null ||
+        fail "underlay $dev -> rv" "no reply from $RV_ADDR over the veth"
+done
+pass "namespaces $NS_RV, $NS_D1, $NS_D2 with veth links"
+
+# ------------------------------------------------------------- 3. arcd ------
+stage "3. arcd and iperf3 server in $NS_RV"
+mkdir -p "$WORK/data"
+cat >"$WORK/arcd.toml" <<EOF
+data_dir = "$WORK/data"
+
+[api]
+listen = "$RV_ADDR:$API_PORT"
+tls = false
+
+[tun]
+enabled = true
+name = "arc0"
+mtu = $MTU
+
+[[rendezvous_points]]
+id = "$RP_ID"
+listen = "0.0.0.0:$WG_PORT"
+endpoint = "$RV_ADDR:$WG_PORT"
+pool = "$POOL"
+allowed_ips = ["100.127.0.0/16"]
+
+[log]
+level = "${E2E_LOG_LEVEL:-info}"
+EOF
+t0=$(now_ms)
+spawn "$NS_RV" "$WORK/arcd.log" "$(basename "$ARCD")" env "${ARCD_ENV_UNSET[@]}" "$ARCD" --config "$WORK/arcd.toml" serve
+ARCD_PID=$SPAWNED_PID
+arcd_up() {
+    alive "$ARCD_PID" || return 2
+    [[ -s $WORK/data/root-credentials.json ]] || return 1
+    nsx "$NS_RV" timeout 3 curl -s -o /dev/null -m 2 "$API_URL/openapi.yaml" || return 1
+}
+ready=0
+for ((i = 0; i < 300; i++)); do
+    if arcd_up; then
+        ready=1
+        break
+    elif ! alive "$ARCD_PID"; then
+        fail "arcd starts" "arcd exited during start"
+    fi
+    sleep 0.1
+done
+((ready)) || fail "arcd starts" "no API on $API_URL and/or no root-credentials.json after 30 s"
+wait_for 10 ip -n "$NS_RV" link show arc0 || fail "arcd starts" "no TUN device arc0 in $NS_RV"
+wait_for 10 in_mnt test -S "$UAPI_DIR/$ARCD_UAPI_NAME.sock" ||
+    fail "arcd starts" "no control socket $UAPI_DIR/$ARCD_UAPI_NAME.sock"
+nsx "$NS_RV" timeout 5 ss -Hlun "sport = :$WG_PORT" | grep -q . ||
+    fail "arcd starts" "nothing listens on UDP port $WG_PORT in $NS_RV"
+figure "arcd start (API, TUN, UDP ready)" "$(($(now_ms) - t0)) ms"
+ip -n "$NS_RV" -br addr show dev arc0 | sed 's/^/    /'
+pass "arcd serve with [tun] enabled" "pid $ARCD_PID"
+
+spawn "$NS_RV" "$WORK/iperf3-server.log" iperf3 iperf3 -s -B 0.0.0.0 -p "$IPERF_PORT"
+IPERF_PID=$SPAWNED_PID
+iperf_listening() { nsx "$NS_RV" timeout 5 ss -Hltn "sport = :$IPERF_PORT" | grep -q LISTEN; }
+wait_for 5 iperf_listening ||
+    fail "iperf3 server starts" "nothing listens on TCP $IPERF_PORT"
+
+# ---------------------------------------------------------- 4. API, SIMs ----
+stage "4. API: auth and one virtual SIM per device"
+creds=$WORK/data/root-credentials.json
+auth_body=$(jq -c '{authKeyId, authKey}' "$creds") || die "unreadable $creds"
+auth=$(api POST /v1/auth "$auth_body") || fail "POST /v1/auth" "see above"
+API_KEY=$(jq -r '.apiKey // empty' <<<"$auth")
+API_TOKEN=$(jq -r '.token // empty' <<<"$auth")
+[[ -n $API_KEY && -n $API_TOKEN ]] || fail "POST /v1/auth" "no apiKey/token in the answer"
+pass "POST /v1/auth with the root credentials"
+
+# The device daemons first, so the time from createSim to the first reply is config + handshake.
+for dev in d1 d2; do
+    start_device "$dev"
+done
+pass "wireguard-go $IF_D1 in $NS_D1 and $IF_D2 in $NS_D2"
+
+declare -A SIM_ID=() DEV_ADDR=() DEV_PUB=()
+for dev in d1 d2; do
+    (
+        umask 077
+        api POST /v1/sims '{"type":"virtual","subscription":"planArc01"}' >"$WORK/$dev.created.json"
+    ) || fail "$dev: createSim" "see above"
+    created_at=$(now_ms)
+    SIM_ID[$dev]=$(jq -r '.simId // empty' "$WORK/$dev.created.json")
+    [[ -n ${SIM_ID[$dev]} ]] || fail "$dev: createSim" "no simId in the answer"
+    # Private key into its own file; the Sim JSON without it.
+    (umask 077 && jq -r --arg id "${SIM_ID[$dev]}" '.profiles[$id].arcClientPeerPrivateKey // empty' \
+        "$WORK/$dev.created.json" >"$WORK/$dev.key")
+    [[ -s $WORK/$dev.key ]] || fail "$dev: createSim" "no profiles[simId].arcClientPeerPrivateKey in the 201 answer"
+    jq --arg id "${SIM_ID[$dev]}" 'del(.profiles[$id].arcClientPeerPrivateKey)' "$WORK/$dev.created.json" >"$WORK/$dev.sim.json"
+    for f in arcServerEndpoint arcServerPeerPublicKey arcClientPeerIpAddress arcAllowedIPs; do
+        jq -e --arg f "$f" '.arcSessionStatus[$f] | . != null and . != "" and . != []' "$WORK/$dev.sim.json" >/dev/null ||
+            fail "$dev: createSim" "arcSessionStatus.$f missing"
+    done
+    DEV_ADDR[$dev]=$("$RENDER" --print-address "$WORK/$dev.sim.json" "$WORK/$dev.key")
+    DEV_PUB[$dev]=$(wg pubkey <"$WORK/$dev.key")
+    api_pub=$(sim_field "$dev" '.arcSessionStatus.arcClientPeerPublicKey // empty')
+    [[ -z $api_pub || $api_pub == "${DEV_PUB[$dev]}" ]] ||
+        fail "$dev: createSim" "arcClientPeerPublicKey $api_pub does not match the private key's public key ${DEV_PUB[$dev]}"
+    pass "$dev: createSim" "simId ${SIM_ID[$dev]}, client ${DEV_ADDR[$dev]}, endpoint $(sim_field "$dev" .arcSessionStatus.arcServerEndpoint)"
+
+    configure_device "$dev" "$WORK/$dev.sim.json" "$WORK/$dev.key"
+    if [[ $dev == d1 ]]; then
+        echo "    $WORK/d1.conf (wg setconf; address ${DEV_ADDR[d1]}/32 and routes set with ip):"
+        sed -e 's/^\(PrivateKey = \).*/\1(hidden)/' -e 's/^/      /' "$WORK/d1.conf"
+    fi
+    configured_at=$(now_ms)
+    # The config (keepalive) and the first probe start the handshake; -D stamps the reply.
+    run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 1 0.05 10 -D
+    ((PING_RX >= 1)) || fail "$dev: first reply through the tunnel" "no reply from $PLATFORM_ADDR in 10 s: $(tail -n 3 "$PING_OUT" | tr '\n' ' ')"
+    reply_at=$(first_reply_ms)
+    pass "$dev: first reply through the tunnel" "$((reply_at - configured_at)) ms after wg setconf"
+    figure "$dev: device configured -> first reply" "$((reply_at - configured_at)) ms (handshake + 1 RTT; $((reply_at - created_at)) ms after the createSim 201, script work included)"
+done
+
+# ------------------------------------------------------------ 5. asserts ----
+stage "5a. ping $PLATFORM_ADDR"
+for dev in d1 d2; do
+    run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 3 0.5 10
+    if ((PING_RX == 3)); then
+        pass "$dev: ping -c 3 $PLATFORM_ADDR" "3/3 replies, avg rtt ${PING_AVG} ms"
+        figure "$dev: ping rtt avg through the tunnel" "${PING_AVG} ms"
+    else
+        fail "$dev: ping -c 3 $PLATFORM_ADDR" "$PING_RX/$PING_TX replies: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+    fi
+done
+
+stage "5b. iperf3: >= 50 MB from d1 to $PLATFORM_ADDR (iperf3 -n $IPERF_BYTES)"
+iperf_json=$WORK/iperf3-d1.json
+nsx "$NS_D1" timeout 90 iperf3 -c "$PLATFORM_ADDR" -p "$IPERF_PORT" -n "$IPERF_BYTES" -J \
+    --connect-timeout 5000 >"$iperf_json" 2>"$iperf_json.err" || true
+if ! jq -e '.end.sum_received.bytes' "$iperf_json" >/dev/null 2>&1; then
+    alive "$IPERF_PID" || log "the iperf3 server (pid $IPERF_PID) is gone"
+    fail "iperf3 transfer" "$(jq -r '.error // empty' "$iperf_json" 2>/dev/null) $(head -c 300 "$iperf_json.err")"
+fi
+rx_bytes=$(jq -r '.end.sum_received.bytes' "$iperf_json")
+tx_bytes=$(jq -r '.end.sum_sent.bytes // 0' "$iperf_json")
+gbps=$(jq -r '.end.sum_received.bits_per_second / 1e9 * 1000 | round / 1000' "$iperf_json")
+retr=$(jq -r '.end.sum_sent.retransmits // "-"' "$iperf_json")
+secs=$(jq -r '.end.sum_received.seconds * 100 | round / 100' "$iperf_json")
+if ((rx_bytes >= IPERF_MIN_BYTES)); then
+    pass "iperf3 transfer d1 -> $PLATFORM_ADDR" "$rx_bytes bytes received (>= $IPERF_MIN_BYTES) of $tx_bytes sent, in $secs s: $gbps Gbit/s, $retr retransmits"
+    figure "iperf3 TCP d1 -> rv (receiver rate)" "$gbps Gbit/s ($rx_bytes bytes in $secs s, $retr retransmits)"
+else
+    fail "iperf3 transfer" "only $rx_bytes bytes received (need >= $IPERF_MIN_BYTES)"
+fi
+
+stage "5c. getSim live session stats (arcdSessionStats)"
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.get.json" || fail "getSim d1" "see above"
+d1_port=$(nsx "$NS_D1" timeout 5 wg show "$IF_D1" listen-port)
+jq '.arcdSessionStats' "$WORK/d1.get.json" | sed 's/^/    /'
+online=$(jq -r '.arcdSessionStats.deviceOnline // empty' "$WORK/d1.get.json")
+lha=$(jq -r '.arcdSessionStats.lastHandshakeAt // empty' "$WORK/d1.get.json")
+ep=$(jq -r '.arcdSessionStats.deviceEndpoint // empty' "$WORK/d1.get.json")
+srx=$(jq -r '.arcdSessionStats.rxBytes // 0' "$WORK/d1.get.json")
+stx=$(jq -r '.arcdSessionStats.txBytes // 0' "$WORK/d1.get.json")
+[[ $online == true ]] || fail "getSim d1: deviceOnline" "arcdSessionStats.deviceOnline is '${online}', want true"
+[[ $lha =~ ^[0-9]+$ ]] || fail "getSim d1: lastHandshakeAt" "arcdSessionStats.lastHandshakeAt is '${lha}'"
+age=$(($(now_ms) - lha))
+((age >= -2000 && age < 300000)) || fail "getSim d1: lastHandshakeAt" "$lha is ${age} ms from now: not a recent UNIX-ms time"
+[[ $ep == "$D1_RV:$d1_port" ]] || fail "getSim d1: deviceEndpoint" "'$ep', want $D1_RV:$d1_port (d1's veth address and wireguard-go port)"
+((srx >= IPERF_MIN_BYTES || stx >= IPERF_MIN_BYTES)) ||
+    fail "getSim d1: rx/tx bytes" "rxBytes $srx, txBytes $stx: neither counts the $IPERF_BYTES iperf3 transfer"
+pass "getSim d1: arcdSessionStats" "deviceOnline true, lastHandshakeAt ${age} ms ago, deviceEndpoint $ep, rxBytes $srx, txBytes $stx"
+figure "d1 server-side counters after iperf3" "rxBytes $srx, txBytes $stx"
+
+stage "5d. wg show on arcd's control socket"
+wgshow=$WORK/wg-show.txt
+nsx "$NS_RV" timeout 10 wg show "$ARCD_UAPI_NAME" >"$wgshow" 2>&1 ||
+    fail "wg show $ARCD_UAPI_NAME" "$(head -c 300 "$wgshow")"
+sed 's/^/    /' "$wgshow"
+nsx "$NS_RV" timeout 10 wg show interfaces | grep -qw "$ARCD_UAPI_NAME" ||
+    fail "wg show interfaces" "$ARCD_UAPI_NAME not listed"
+nsx "$NS_RV" timeout 10 wg show "$ARCD_UAPI_NAME" latest-handshakes >"$WORK/wg-hs.txt" 2>&1 ||
+    fail "wg show $ARCD_UAPI_NAME latest-handshakes" "$(head -c 300 "$WORK/wg-hs.txt")"
+for dev in d1 d2; do
+    awk -v k="${DEV_PUB[$dev]}" '/^peer: / { in_peer = ($2 == k) } in_peer && /latest handshake:/ { found = 1 } END { exit !found }' "$wgshow" ||
+        fail "wg show lists $dev with a handshake" "no 'peer: ${DEV_PUB[$dev]}' block with a 'latest handshake:' line"
+    hs=$(awk -v k="${DEV_PUB[$dev]}" '$1 == k { print $2 }' "$WORK/wg-hs.txt")
+    if ! [[ ${hs:-0} =~ ^[0-9]+$ ]] || ((${hs:-0} == 0)); then
+        fail "wg show lists $dev with a handshake" "latest-handshakes for ${DEV_PUB[$dev]} is '${hs}'"
+    fi
+done
+pass "wg show $ARCD_UAPI_NAME lists both device peers with latest handshakes"
+
+stage "5e. devices outside a VPG cannot reach each other"
+# Both devices route the other's address into the tunnel and accept it from the server, so only
+# arcd's policy stands between them.
+nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.arcServerPeerPublicKey)" \
+    allowed-ips "$(sim_field d1 '.arcSessionStatus.arcAllowedIPs | join(",")'),${DEV_ADDR[d2]}/32"
+nsx "$NS_D2" timeout 10 wg set "$IF_D2" peer "$(sim_field d2 .arcSessionStatus.arcServerPeerPublicKey)" \
+    allowed-ips "$(sim_field d2 '.arcSessionStatus.arcAllowedIPs | join(",")'),${DEV_ADDR[d1]}/32"
+ip -n "$NS_D1" route replace "${DEV_ADDR[d2]}/32" dev "$IF_D1" src "${DEV_ADDR[d1]}"
+ip -n "$NS_D2" route replace "${DEV_ADDR[d1]}/32" dev "$IF_D2" src "${DEV_ADDR[d2]}"
+for pair in "d1 d2" "d2 d1"; do
+    read -r src dst <<<"$pair"
+    echos_before=$(snmp "$(dev_ns "$dst")" Icmp InEchos)
+    sent_before=$(dev_tx_bytes "$src")
+    run_ping "$(dev_ns "$src")" "${DEV_ADDR[$dst]}" 10 0.2 3
+    sent=$(($(dev_tx_bytes "$src") - sent_before))
+    echos=$(($(snmp "$(dev_ns "$dst")" Icmp InEchos) - echos_before))
+    if ((PING_TX == 0)); then
+        fail "$src -> $dst isolated" "ping did not send anything: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+    elif ((sent < PING_TX * 84)); then
+        fail "$src -> $dst isolated" "only $sent bytes went into $src's tunnel for $PING_TX probes: the check proves nothing"
+    elif ((PING_RX != 0)); then
+        fail "$src -> $dst isolated" "$PING_RX/$PING_TX echo replies from $dst (${DEV_ADDR[$dst]}): devices outside a VPG reach each other"
+    elif ((echos != 0)); then
+        fail "$src -> $dst isolated" "$dst received $echos echo requests from $src (arcd forwarded them)"
+    fi
+    pass "$src -> $dst (${DEV_ADDR[$dst]}) isolated" "$PING_TX probes sent into the tunnel, 0 replies (100% loss), $dst received 0 echo requests"
+done
+for dev in d1 d2; do
+    run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 2 0.2 5
+    ((PING_RX >= 1)) || fail "$dev still reaches $PLATFORM_ADDR" "$PING_RX/$PING_TX replies"
+done
+pass "both devices still reach $PLATFORM_ADDR"
+# Back to the configuration from the API.
+ip -n "$NS_D1" route del "${DEV_ADDR[d2]}/32" dev "$IF_D1"
+ip -n "$NS_D2" route del "${DEV_ADDR[d1]}/32" dev "$IF_D2"
+nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.arcServerPeerPublicKey)" \
+    allowed-ips "$(sim_field d1 '.arcSessionStatus.arcAllowedIPs | join(",")')"
+nsx "$NS_D2" timeout 10 wg set "$IF_D2" peer "$(sim_field d2 .arcSessionStatus.arcServerPeerPublicKey)" \
+    allowed-ips "$(sim_field d2 '.arcSessionStatus.arcAllowedIPs | join(",")')"
+
+stage "5f. delete_session: traffic resumes without touching the device"
+# wg reports handshake times in whole seconds: make sure a new one is distinguishable.
+hs_before=$(dev_handshake d1)
+while (($(date +%s) <= hs_before)); do sleep 0.2; done
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.get.json" || fail "getSim d1" "see above"
+srv_lha_before=$(jq -r '.arcdSessionStats.lastHandshakeAt // 0' "$WORK/d1.get.json")
+t_req=$(now_ms)
+api POST "/v1/sims/${SIM_ID[d1]}/delete_session" >"$WORK/d1.delete_session.json" || fail "delete_session d1" "see above"
+t_reset=$(now_ms)
+# One probe every 200 ms until the first reply (at most 30 s); -D stamps each reply.
+run_ping "$NS_D1" "$PLATFORM_ADDR" 1 0.2 30 -D
+if ((PING_RX < 1)); then
+    fail "delete_session: traffic resumes" "no reply within 30 s after delete_session ($PING_TX probes)"
+fi
+reply_ms=$(first_reply_ms)
+resume=$((reply_ms - t_reset))
+((resume < 0)) && resume=0
+lost=$((PING_TX - PING_RX))
+echo "delete_session: traffic resumed after ${resume} ms (API call took $((t_reset - t_req)) ms; $lost probe(s) of 200 ms lost)"
+hs_after=$(dev_handshake d1)
+((hs_after > hs_before)) ||
+    fail "delete_session: new handshake" "d1's latest handshake did not advance ($hs_before -> $hs_after): the session was not reset"
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.get.json" || fail "getSim d1" "see above"
+srv_lha_after=$(jq -r '.arcdSessionStats.lastHandshakeAt // 0' "$WORK/d1.get.json")
+((srv_lha_after > srv_lha_before)) ||
+    fail "delete_session: new handshake" "getSim lastHandshakeAt did not advance ($srv_lha_before -> $srv_lha_after)"
+pass "delete_session: traffic resumed by itself" "${resume} ms, new handshake at device and server"
+figure "delete_session -> first reply" "${resume} ms ($lost probe(s) lost, API call $((t_reset - t_req)) ms)"
+
+stage "5g. renew credentials: the old key fails at once, the new one works"
+old_pub=${DEV_PUB[d1]}
+(umask 077 && api PUT "/v1/sims/${SIM_ID[d1]}/credentials/arc" '{}' >"$WORK/d1.renew.json") ||
+    fail "PUT credentials/arc d1" "see above"
+new_pub=$(jq -r '.arcClientPeerPublicKey // empty' "$WORK/d1.renew.json")
+(umask 077 && jq -r '.arcClientPeerPrivateKey // empty' "$WORK/d1.renew.json" >"$WORK/d1.newkey")
+[[ -s $WORK/d1.newkey && -n $new_pub ]] || fail "PUT credentials/arc d1" "no arcClientPeerPublicKey/arcClientPeerPrivateKey in the answer"
+[[ $(wg pubkey <"$WORK/d1.newkey") == "$new_pub" ]] || fail "PUT credentials/arc d1" "returned public key does not match the returned private key"
+[[ $new_pub != "$old_pub" ]] || fail "PUT credentials/arc d1" "the new key equals the old one"
+pass "PUT credentials/arc d1" "new key pair from the server"
+# (1) The device still runs the old session: it must stop at once.
+run_ping "$NS_D1" "$PLATFORM_ADDR" 10 0.2 3
+((PING_RX == 0)) || fail "renew: old session stops at once" "$PING_RX/$PING_TX replies on the old session after the renewal"
+pass "renew: old session stops at once" "0/$PING_TX replies"
+# (2) A new handshake with the old key must fail.
+force_rehandshake d1
+run_ping "$NS_D1" "$PLATFORM_ADDR" 6 1 6
+hs=$(dev_handshake d1)
+((PING_RX == 0)) || fail "renew: old key gets no handshake" "$PING_RX/$PING_TX replies with the old key"
+((hs == 0)) || fail "renew: old key gets no handshake" "d1 completed a handshake with the old key (latest handshake $hs)"
+pass "renew: old key gets no handshake" "0/$PING_TX replies in 6 s, no handshake"
+# (3) The device takes the new key (session fields from getSim) and works again.
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.sim.json" || fail "getSim d1 after renewal" "see above"
+sim_pub=$(sim_field d1 '.arcSessionStatus.arcClientPeerPublicKey // empty')
+[[ -z $sim_pub || $sim_pub == "$new_pub" ]] ||
+    fail "getSim d1 after renewal" "arcClientPeerPublicKey is $sim_pub, want the new $new_pub"
+cp "$WORK/d1.newkey" "$WORK/d1.key"
+DEV_PUB[d1]=$new_pub
+DEV_ADDR[d1]=$("$RENDER" --print-address "$WORK/d1.sim.json" "$WORK/d1.key")
+configure_device d1 "$WORK/d1.sim.json" "$WORK/d1.key"
+t0=$(now_ms)
+run_ping "$NS_D1" "$PLATFORM_ADDR" 1 0.05 10 -D
+((PING_RX >= 1)) || fail "renew: new key works" "no reply with the new key in 10 s: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+first=$(($(first_reply_ms) - t0))
+run_ping "$NS_D1" "$PLATFORM_ADDR" 3 0.2 5
+((PING_RX == 3)) || fail "renew: new key works" "$PING_RX/$PING_TX replies with the new key: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+pass "renew: new key works" "first reply $first ms after the new config, then 3/3 replies, client ${DEV_ADDR[d1]}"
+figure "renew: new key configured -> first reply" "$first ms"
+
+stage "5h. terminate d2: no handshake any more"
+run_ping "$NS_D2" "$PLATFORM_ADDR" 2 0.2 5
+((PING_RX >= 1)) || fail "d2 works before terminate" "$PING_RX/$PING_TX replies"
+api POST "/v1/sims/${SIM_ID[d2]}/enable_termination" >/dev/null || fail "enable_termination d2" "see above"
+api POST "/v1/sims/${SIM_ID[d2]}/terminate" >"$WORK/d2.terminated.json" || fail "terminate d2" "see above"
+status=$(jq -r '.status // empty' "$WORK/d2.terminated.json")
+if [[ $status != terminated ]]; then
+    api GET "/v1/sims/${SIM_ID[d2]}" >"$WORK/d2.get.json" || fail "getSim d2" "see above"
+    status=$(jq -r '.status // empty' "$WORK/d2.get.json")
+fi
+[[ $status == terminated ]] || fail "terminate d2" "status is '$status', want terminated"
+pass "terminate d2" "status terminated"
+run_ping "$NS_D2" "$PLATFORM_ADDR" 10 0.2 3
+((PING_RX == 0)) || fail "terminate: d2 traffic stops at once" "$PING_RX/$PING_TX replies after terminate"
+pass "terminate: d2 traffic stops at once" "0/$PING_TX replies"
+force_rehandshake d2
+run_ping "$NS_D2" "$PLATFORM_ADDR" 6 1 6
+hs=$(dev_handshake d2)
+((PING_RX == 0)) || fail "terminate: no handshake afterwards" "$PING_RX/$PING_TX replies"
+((hs == 0)) || fail "terminate: no handshake afterwards" "d2 completed a handshake after terminate (latest handshake $hs)"
+pass "terminate: no handshake afterwards" "0/$PING_TX replies in 6 s, no handshake"
+run_ping "$NS_D1" "$PLATFORM_ADDR" 3 0.2 5
+((PING_RX == 3)) || fail "d1 unaffected by d2's termination" "$PING_RX/$PING_TX replies"
+pass "d1 unaffected by d2's termination" "$PING_RX/$PING_TX replies"
+if ! nsx "$NS_RV" timeout 10 wg show "$ARCD_UAPI_NAME" peers | grep -qxF "${DEV_PUB[d1]}"; then
+    fail "wg show after terminate" "d1's new key is not listed"
+fi
+if nsx "$NS_RV" timeout 10 wg show "$ARCD_UAPI_NAME" peers | grep -qxF "${DEV_PUB[d2]}"; then
+    fail "wg show after terminate" "terminated d2's key is still a peer"
+fi
+pass "wg show after terminate" "d1 (new key) listed, d2 gone"
+
+stage "done"
+alive "$ARCD_PID" || fail "arcd still running" "arcd exited during the test"
+if grep -q 'panicked' "$WORK/arcd.log"; then
+    fail "arcd log clean" "a panic in arcd's log: $(grep -m1 'panicked' "$WORK/arcd.log")"
+fi
+pass "arcd still running, no panic in its log"
