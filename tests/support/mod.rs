@@ -1,6 +1,7 @@
 //! Shared helpers for integration tests. Use with `mod support;`.
 #![allow(dead_code)]
 
+pub mod checked;
 pub mod conformance;
 pub mod server;
 pub mod wgclient;
