@@ -113,22 +113,20 @@ pub(crate) fn open_session(
     let rp_id = policy.rendezvous_point_for(sub.coverage).to_string();
     let rp = rendezvous::get(tx, &rp_id)?;
     let existing: Option<String> = tx
-        .query_row(
-            "SELECT session_id FROM arc_sessions WHERE imsi = ?1",
-            [&sub.imsi],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT session_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| row.get(0))
         .optional()?;
     if let Some(old_session) = existing {
         record_event(tx, sub, &old_session, "Deleted", None, now)?;
-        tx.execute("DELETE FROM arc_sessions WHERE imsi = ?1", [&sub.imsi])?;
+        tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
+            .execute([&sub.imsi])?;
     }
     let scope = format!("rp:{rp_id}");
     let client_ip = lease_address(tx, &scope, rp.pool, &sub.imsi, now, policy)?;
     let session_id = ids_next_session();
-    tx.execute(
-        "INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)",
+    tx.prepare_cached("INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)")?
+        .execute(
         params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), now],
     )?;
     record_event(tx, sub, &session_id, "Created", Some(client_ip), now)?;
@@ -155,23 +153,21 @@ pub(crate) fn close_session(
 ) -> Result<Option<PeerChange>> {
     let now = now_ms();
     let existing: Option<(String, String)> = tx
-        .query_row(
-            "SELECT session_id, rp_id FROM arc_sessions WHERE imsi = ?1",
-            [&sub.imsi],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT session_id, rp_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     if release_address {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE address_leases SET imsi = NULL, released_at = ?2 WHERE imsi = ?1",
-            params![sub.imsi, now],
-        )?;
+        )?
+        .execute(params![sub.imsi, now])?;
     }
     let Some((session_id, rp_id)) = existing else {
         return Ok(None);
     };
     record_event(tx, sub, &session_id, "Deleted", None, now)?;
-    tx.execute("DELETE FROM arc_sessions WHERE imsi = ?1", [&sub.imsi])?;
+    tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
+        .execute([&sub.imsi])?;
     Ok(Some(PeerChange::Remove {
         imsi: sub.imsi.clone(),
         rp_id,
@@ -219,47 +215,46 @@ fn lease_address(
     let low = u32::from(pool.network()) + 2;
     let high = u32::from(pool.broadcast()) - 1;
     let current: Option<(String, u32)> = tx
-        .query_row(
-            "SELECT scope, ip FROM address_leases WHERE imsi = ?1",
-            [imsi],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+        .prepare_cached("SELECT scope, ip FROM address_leases WHERE imsi = ?1")?
+        .query_row([imsi], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     if let Some((current_scope, ip)) = current {
         if current_scope == scope && (low..=high).contains(&ip) {
             return Ok(Ipv4Addr::from(ip));
         }
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE address_leases SET imsi = NULL, released_at = ?2 WHERE imsi = ?1",
-            params![imsi, now],
-        )?;
+        )?
+        .execute(params![imsi, now])?;
     }
     let reusable: Option<u32> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT ip FROM address_leases
              WHERE scope = ?1 AND imsi IS NULL AND released_at <= ?2 AND ip BETWEEN ?3 AND ?4
              ORDER BY released_at LIMIT 1",
+        )?
+        .query_row(
             params![scope, now - policy.address_quarantine_ms, low, high],
             |row| row.get(0),
         )
         .optional()?;
     if let Some(ip) = reusable {
-        tx.execute(
+        tx.prepare_cached(
             "UPDATE address_leases SET imsi = ?3, released_at = NULL WHERE scope = ?1 AND ip = ?2",
-            params![scope, ip, imsi],
-        )?;
+        )?
+        .execute(params![scope, ip, imsi])?;
         return Ok(Ipv4Addr::from(ip));
     }
-    let highest: Option<u32> = tx.query_row(
-        "SELECT MAX(ip) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
-        params![scope, low, high],
-        |row| row.get(0),
-    )?;
+    let highest: Option<u32> = tx
+        .prepare_cached(
+            "SELECT MAX(ip) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
+        )?
+        .query_row(params![scope, low, high], |row| row.get(0))?;
     let next = highest.map_or(Some(low), |ip| ip.checked_add(1));
     match next {
         Some(ip) if ip <= high => {
-            tx.execute(
-                "INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES (?1, ?2, ?3, NULL)",
+            tx.prepare_cached("INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES (?1, ?2, ?3, NULL)")?
+        .execute(
                 params![scope, ip, imsi],
             )?;
             Ok(Ipv4Addr::from(ip))
@@ -321,11 +316,12 @@ pub(crate) fn active_session_of(
         return Ok(None);
     };
     let row: Option<(String, String, String, Option<String>)> = tx
-        .query_row(
+        .prepare_cached(
             "SELECT session_id, rp_id, client_ip, vpg_id FROM arc_sessions WHERE imsi = ?1",
-            [&sub.imsi],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
-        )
+        )?
+        .query_row([&sub.imsi], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+        })
         .optional()?;
     let Some((session_id, rp_id, ip, vpg_id)) = row else {
         return Ok(None);
@@ -400,10 +396,10 @@ pub fn renew_credentials(
             (pair.public_key.clone(), Some(pair.private_key.clone()))
         }
     };
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE subscribers SET arc_public_key = ?2, last_modified_at = ?3 WHERE imsi = ?1",
-        params![sub.imsi, public_key, now_ms()],
-    )?;
+    )?
+    .execute(params![sub.imsi, public_key, now_ms()])?;
     super::sims::touch(tx, sim_id)?;
     sub.public_key = Some(public_key.clone());
     let session = open_session(tx, &sub, policy)?;
@@ -422,10 +418,10 @@ pub fn remove_credentials(
 ) -> Result<Option<PeerChange>> {
     super::sims::require_live_sim(tx, operator_id, sim_id)?;
     let sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE subscribers SET arc_public_key = NULL, last_modified_at = ?2 WHERE imsi = ?1",
-        params![sub.imsi, now_ms()],
-    )?;
+    )?
+    .execute(params![sub.imsi, now_ms()])?;
     super::sims::touch(tx, sim_id)?;
     close_session(tx, &sub, false)
 }

@@ -180,10 +180,8 @@ pub(crate) fn require_live_sim(conn: &Connection, operator_id: &str, sim_id: &st
 }
 
 pub(crate) fn touch(tx: &Transaction, sim_id: &str) -> Result<()> {
-    tx.execute(
-        "UPDATE sims SET last_modified_at = ?2 WHERE sim_id = ?1",
-        params![sim_id, now_ms()],
-    )?;
+    tx.prepare_cached("UPDATE sims SET last_modified_at = ?2 WHERE sim_id = ?1")?
+        .execute(params![sim_id, now_ms()])?;
     Ok(())
 }
 
@@ -491,10 +489,8 @@ pub fn change_status(
     if sim.status == "terminated" {
         return Err(Rule::SimTerminated.into());
     }
-    tx.execute(
-        "UPDATE sims SET status = ?2, last_modified_at = ?3 WHERE sim_id = ?1",
-        params![sim_id, action.target(), now_ms()],
-    )?;
+    tx.prepare_cached("UPDATE sims SET status = ?2, last_modified_at = ?3 WHERE sim_id = ?1")?
+        .execute(params![sim_id, action.target(), now_ms()])?;
     get(tx, operator_id, sim_id)
 }
 
@@ -506,10 +502,10 @@ pub fn set_termination_enabled(
     enabled: bool,
 ) -> Result<SimRecord> {
     require_sim(tx, operator_id, sim_id)?;
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE sims SET termination_enabled = ?2, last_modified_at = ?3 WHERE sim_id = ?1",
-        params![sim_id, enabled, now_ms()],
-    )?;
+    )?
+    .execute(params![sim_id, enabled, now_ms()])?;
     get(tx, operator_id, sim_id)
 }
 
@@ -532,14 +528,14 @@ pub fn terminate(
         changes.extend(sessions::close_session(tx, &sub, true)?);
     }
     let now = now_ms();
-    tx.execute(
+    tx.prepare_cached(
         "UPDATE subscribers SET status = 'terminated', last_modified_at = ?2 WHERE sim_id = ?1",
-        params![sim_id, now],
-    )?;
-    tx.execute(
+    )?
+    .execute(params![sim_id, now])?;
+    tx.prepare_cached(
         "UPDATE sims SET status = 'terminated', last_modified_at = ?2 WHERE sim_id = ?1",
-        params![sim_id, now],
-    )?;
+    )?
+    .execute(params![sim_id, now])?;
     Ok((get(tx, operator_id, sim_id)?, changes))
 }
 
@@ -555,10 +551,8 @@ pub fn set_group(
     if let Some(group_id) = group_id {
         super::groups::require_group(tx, operator_id, group_id)?;
     }
-    tx.execute(
-        "UPDATE sims SET group_id = ?2, last_modified_at = ?3 WHERE sim_id = ?1",
-        params![sim_id, group_id, now_ms()],
-    )?;
+    tx.prepare_cached("UPDATE sims SET group_id = ?2, last_modified_at = ?3 WHERE sim_id = ?1")?
+        .execute(params![sim_id, group_id, now_ms()])?;
     let change = sessions::active_session_of(tx, operator_id, sim_id)?.map(PeerChange::Upsert);
     Ok((get(tx, operator_id, sim_id)?, change))
 }
@@ -583,10 +577,9 @@ pub fn put_tags(
 
 pub fn delete_tag(tx: &Transaction, operator_id: &str, sim_id: &str, name: &str) -> Result<()> {
     require_sim(tx, operator_id, sim_id)?;
-    let deleted = tx.execute(
-        "DELETE FROM sim_tags WHERE sim_id = ?1 AND name = ?2",
-        params![sim_id, name],
-    )?;
+    let deleted = tx
+        .prepare_cached("DELETE FROM sim_tags WHERE sim_id = ?1 AND name = ?2")?
+        .execute(params![sim_id, name])?;
     if deleted == 0 {
         return Err(StoreError::NotFound(Entity::Tag));
     }
