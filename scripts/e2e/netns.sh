@@ -3,7 +3,7 @@
 # private network namespaces (run as root; scripts/test.sh runs it in CI).
 #
 #   ┌──────────────── netns <p>rv (rendezvous) ─────────────────┐
-#   │ arcd serve: API http://10.99.0.1:8443, UDP 0.0.0.0:11010  │
+#   │ arcd serve: API https://10.99.0.1:8443, UDP 0.0.0.0:11010 │
 #   │   TUN arc0 (100.127.100.127 ..., route 10.64.0.0/16)      │
 #   │   UAPI /var/run/wireguard/arc-apne1.sock (`wg show`)      │
 #   │ iperf3 -s; lo: 10.99.0.1/32 = arcServerEndpoint address   │
@@ -21,9 +21,16 @@
 # control sockets (/var/run/wireguard, not separated by network namespaces) sit on a private
 # tmpfs in a mount namespace of this run, so an arcd or wireguard-go on the host cannot clash.
 #
-# Stages: build arcd → namespaces + veths → arcd + iperf3 server in rv → one virtual SIM per
-# device through the API, each device configured with Debian's wireguard-go + wg from a
-# wg-quick style config rendered from the API answer (render-wg-conf.sh) → asserts:
+# The hosts are set up by the same provisioning scripts as the VMs of the Vagrantfile, run inside
+# the namespaces (`ip netns exec NS scripts/provision/X.sh ...`), so a broken provisioning script
+# fails this test: scripts/provision/build-arcd.sh (the binary), rendezvous.sh (arcd's config,
+# arcd started in the background with its PID in a file, readiness) and device.sh (a SIM through
+# the API, wireguard-go + wg configured from it). The checks below are this script's own.
+#
+# Stages: build arcd (build-arcd.sh) → namespaces + veths → arcd in rv (rendezvous.sh) + iperf3
+# server → one virtual SIM per device through the API, each device configured with Debian's
+# wireguard-go + wg from a wg-quick style config rendered from the API answer (device.sh, which
+# calls render-wg-conf.sh) → asserts:
 #   ping 100.127.100.127 (both devices) · iperf3 from d1 (>= 50 MB received) · getSim live stats
 #   (arcdSessionStats) · `wg show` on arcd's control socket lists both peers with handshakes ·
 #   devices outside a VPG cannot reach each other · delete_session → traffic resumes without
@@ -38,6 +45,8 @@
 # Environment:
 #   ARCD_BIN=PATH     use this arcd binary instead of `cargo build --release --locked`
 #                     (read and then removed from the environment: arcd itself reads ARCD_*)
+#   E2E_API_TLS=no    plain-HTTP API instead of HTTPS with arcd's generated certificate (trusted
+#                     by the clients through curl --cacert)
 #   E2E_KEEP_WORK=1   keep the temp directory (config, logs, JSON) instead of deleting it
 #   E2E_LOG_LEVEL=F   arcd log filter (default "info")
 #   E2E_IPERF_BYTES=N iperf3 -n amount (default 64M; at least 50,000,000 bytes must arrive)
@@ -47,6 +56,7 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 RENDER=$SCRIPT_DIR/render-wg-conf.sh
+PROV=$REPO_DIR/scripts/provision   # the provisioning scripts the Vagrant VMs run too
 
 # ---------------------------------------------------------------- constants --
 RUN_ID=$$
@@ -68,7 +78,9 @@ RV_D1=10.99.1.1 D1_RV=10.99.1.2
 RV_D2=10.99.2.1 D2_RV=10.99.2.2
 API_PORT=8443
 WG_PORT=11010
-API_URL="http://${RV_ADDR}:${API_PORT}"
+API_TLS=${E2E_API_TLS:-yes}
+[[ $API_TLS == no ]] && API_SCHEME=http || API_SCHEME=https
+API_URL="${API_SCHEME}://${RV_ADDR}:${API_PORT}"
 RP_ID=ap-northeast-1
 ARCD_UAPI_NAME=arc-apne1     # control socket name arcd derives from the id ap-northeast-1
 POOL=10.64.0.0/16
@@ -85,6 +97,7 @@ IPERF_MIN_BYTES=50000000
 T_START=$(date +%s)
 WORK=""
 PIDS=()      # "pid:comm" of every background process we started
+PIDFILES=()  # "file:comm": PID files of the processes the provisioning scripts started for us
 FIG_KEYS=()  # measured figures, in order
 declare -A FIG=()
 CURRENT_STAGE="start"
@@ -149,7 +162,15 @@ cleanup() {
     # A signal trap can run inside a command whose output is redirected to a file (run_ping):
     # back to the script's own stdout/stderr, saved at start as fds 3 and 4.
     exec 1>&3 2>&4
-    local entry pid comm live=() i any
+    local entry pid comm live=() i any file
+    # The provisioning scripts write a PID file as soon as they start a daemon (before they wait
+    # for it), so even an interrupted provisioning leaves a PID to kill.
+    for entry in "${PIDFILES[@]}"; do
+        file=${entry%:*}
+        pid=$(cat "$file" 2>/dev/null) || continue
+        comm=${entry##*:}
+        [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${comm:0:15}")
+    done
     for entry in "${PIDS[@]}"; do
         pid=${entry%%:*}
         comm=${entry#*:}
@@ -276,6 +297,7 @@ api() {
     local method=$1 path=$2 body=${3-} out code
     out=$(mktemp -p "$WORK" api.XXXXXX)
     local args=(-sS -m 10 -X "$method" -o "$out" -w '%{http_code}' -H 'Accept: application/json')
+    [[ $API_SCHEME == https ]] && args+=(--cacert "$CACERT")
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
     [[ -n $API_KEY ]] && args+=(-H "X-Soracom-API-Key: $API_KEY" -H "X-Soracom-Token: $API_TOKEN")
     code=$(nsx "$NS_RV" timeout 15 curl "${args[@]}" "$API_URL$path" 2>"$out.err") || code=${code:-000}
@@ -322,7 +344,7 @@ dev_handshake() { # dev_handshake DEV
     local ns if_ srv
     ns=$(dev_ns "$1")
     if_=$(dev_if "$1")
-    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1.sim.json")
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1/sim.json")
     nsx "$ns" timeout 5 wg show "$if_" latest-handshakes 2>/dev/null |
         awk -v k="$srv" '$1 == k { print $2; found = 1 } END { if (!found) print 0 }'
 }
@@ -330,7 +352,7 @@ dev_handshake() { # dev_handshake DEV
 # Bytes the device sent to the server peer (its wg transfer counter).
 dev_tx_bytes() { # dev_tx_bytes DEV
     local srv
-    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1.sim.json")
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$1/sim.json")
     nsx "$(dev_ns "$1")" timeout 5 wg show "$(dev_if "$1")" transfer 2>/dev/null |
         awk -v k="$srv" '$1 == k { print $3; found = 1 } END { if (!found) print 0 }'
 }
@@ -342,34 +364,25 @@ snmp() {
 }
 
 # --------------------------------------------------------- device handling --
-start_device() { # start_device DEV
-    local dev=$1 ns if_
-    ns=$(dev_ns "$dev")
-    if_=$(dev_if "$dev")
-    spawn "$ns" "$WORK/wireguard-go-$dev.log" wireguard-go env WG_PROCESS_FOREGROUND=1 LOG_LEVEL=verbose wireguard-go -f "$if_"
-    wait_for 10 in_mnt test -S "$UAPI_DIR/$if_.sock" ||
-        fail "$dev: wireguard-go started" "no control socket $UAPI_DIR/$if_.sock"
-    wait_for 5 ip -n "$ns" link show "$if_" ||
-        fail "$dev: wireguard-go started" "interface $if_ did not appear in $ns"
-}
+# A device's state directory (written by scripts/provision/device.sh): sim.json, private.key,
+# public.key, address, wg.conf, up.sh and the times created-at-ms, configured-at-ms and
+# first-reply-at-ms.
+dev_state() { echo "$WORK/$1"; }
 
-# configure_device DEV SIM_JSON_FILE KEY_FILE: (re)configure the device from the Sim JSON and a
-# private key with `wg setconf` (peers replaced: a fresh handshake follows), address and routes.
-configure_device() {
-    local dev=$1 sim=$2 key=$3 ns if_ addr cidr
+# provision_device DEV [device.sh options...]: run scripts/provision/device.sh for DEV in its
+# namespace (inside our mount namespace) with its interface and state directory; its wireguard-go
+# PID file is registered for the cleanup before it runs.
+provision_device() {
+    local dev=$1 ns if_
+    shift
     ns=$(dev_ns "$dev")
     if_=$(dev_if "$dev")
-    (umask 077 && "$RENDER" "$sim" "$key" >"$WORK/$dev.conf") ||
-        fail "$dev: render WireGuard config" "render-wg-conf.sh failed on $sim"
-    addr=$("$RENDER" --print-address "$sim" "$key")
-    nsx "$ns" timeout 10 wg setconf "$if_" "$WORK/$dev.conf" ||
-        fail "$dev: wg setconf" "wg setconf $if_ failed"
-    ip -n "$ns" addr flush dev "$if_"
-    ip -n "$ns" addr add "$addr/32" dev "$if_"
-    ip -n "$ns" link set "$if_" mtu "$MTU" up
-    while read -r cidr; do
-        ip -n "$ns" route replace "$cidr" dev "$if_" src "$addr"
-    done < <("$RENDER" --print-allowed-ips "$sim" "$key")
+    local entry="$WORK/$dev.wireguard-go.pid:wireguard-go"
+    [[ " ${PIDFILES[*]} " == *" $entry "* ]] || PIDFILES+=("$entry")
+    nsx "$ns" "$PROV/device.sh" --interface "$if_" --mtu "$MTU" --wg-log-level verbose \
+        --pid-file "$WORK/$dev.wireguard-go.pid" --log-file "$WORK/wireguard-go-$dev.log" \
+        "$@" "$(dev_state "$dev")" 2>&1 | sed 's/^/    /'
+    return "${PIPESTATUS[0]}"
 }
 
 # Drop the device's peer and add it again with the same config: forces a new handshake with the
@@ -378,12 +391,12 @@ force_rehandshake() { # force_rehandshake DEV
     local dev=$1 ns if_ srv
     ns=$(dev_ns "$dev")
     if_=$(dev_if "$dev")
-    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$dev.sim.json")
+    srv=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey' "$WORK/$dev/sim.json")
     nsx "$ns" timeout 10 wg set "$if_" peer "$srv" remove
-    nsx "$ns" timeout 10 wg setconf "$if_" "$WORK/$dev.conf"
+    nsx "$ns" timeout 10 wg setconf "$if_" "$WORK/$dev/wg.conf"
 }
 
-sim_field() { jq -r "$2" "$WORK/$1.sim.json"; }
+sim_field() { jq -r "$2" "$WORK/$1/sim.json"; }
 
 # ==================================================================== main ==
 [[ $EUID -eq 0 ]] || {
@@ -416,11 +429,12 @@ chmod 700 "$WORK"
 cd "$REPO_DIR"
 
 # --------------------------------------------------------------- 1. build --
-stage "1. arcd binary"
+stage "1. arcd binary (scripts/provision/build-arcd.sh)"
 if [[ -z $ARCD ]]; then
-    log "cargo build --release --locked"
-    timeout 1800 cargo build --release --locked || die "cargo build --release --locked failed"
-    ARCD=$REPO_DIR/target/release/arcd
+    log "build-arcd.sh: cargo build --release --locked"
+    ARCD=$(timeout 1800 "$PROV/build-arcd.sh" --src "$REPO_DIR") || die "build-arcd.sh (cargo build --release --locked) failed"
+else
+    ARCD=$("$PROV/build-arcd.sh" --prebuilt "$ARCD") || die "build-arcd.sh --prebuilt $ARCD failed"
 fi
 [[ -x $ARCD ]] || die "no executable arcd at $ARCD"
 log "arcd: $ARCD"
@@ -459,36 +473,35 @@ pass "namespaces $NS_RV, $NS_D1, $NS_D2 with veth links"
 
 # ------------------------------------------------------------- 3. arcd ------
 stage "3. arcd and iperf3 server in $NS_RV"
-mkdir -p "$WORK/data"
-cat >"$WORK/arcd.toml" <<EOF
-data_dir = "$WORK/data"
-
-[api]
-listen = "$RV_ADDR:$API_PORT"
-tls = false
-
-[tun]
-enabled = true
-name = "arc0"
-mtu = $MTU
-
-[[rendezvous_points]]
-id = "$RP_ID"
-listen = "0.0.0.0:$WG_PORT"
-endpoint = "$RV_ADDR:$WG_PORT"
-pool = "$POOL"
-allowed_ips = ["100.127.0.0/16"]
-
-[log]
-level = "${E2E_LOG_LEVEL:-info}"
-EOF
+# scripts/provision/rendezvous.sh writes the config and starts arcd in the background (the PID
+# file is registered for the cleanup before it runs), then waits until arcd is ready. The checks
+# after it are this script's own.
+CACERT=$WORK/data/tls-cert.pem
+PIDFILES+=("$WORK/arcd.pid:$(basename "$ARCD")")
 t0=$(now_ms)
-spawn "$NS_RV" "$WORK/arcd.log" "$(basename "$ARCD")" env "${ARCD_ENV_UNSET[@]}" "$ARCD" --config "$WORK/arcd.toml" serve
-ARCD_PID=$SPAWNED_PID
+if ! nsx "$NS_RV" env "${ARCD_ENV_UNSET[@]}" "$PROV/rendezvous.sh" --arcd "$ARCD" \
+    --config "$WORK/arcd.toml" --data-dir "$WORK/data" \
+    --api-listen "$RV_ADDR:$API_PORT" --api-tls "$API_TLS" --api-hostname "$RV_ADDR" \
+    --rp-id "$RP_ID" --rp-listen "0.0.0.0:$WG_PORT" --rp-endpoint "$RV_ADDR:$WG_PORT" \
+    --pool "$POOL" --allowed-ips 100.127.0.0/16 --tun-name arc0 --mtu "$MTU" \
+    --log-level "${E2E_LOG_LEVEL:-info}" --pid-file "$WORK/arcd.pid" --log-file "$WORK/arcd.log" \
+    2>&1 | sed 's/^/    /'; then
+    fail "arcd starts (rendezvous.sh)" "scripts/provision/rendezvous.sh failed (output above)"
+fi
+ARCD_PID=$(cat "$WORK/arcd.pid" 2>/dev/null) || fail "arcd starts" "rendezvous.sh wrote no PID file"
+[[ $ARCD_PID =~ ^[0-9]+$ ]] || fail "arcd starts" "bad PID file $WORK/arcd.pid: '$ARCD_PID'"
+[[ $(cat "/proc/$ARCD_PID/comm" 2>/dev/null) == "$(basename "$ARCD" | cut -c1-15)" ]] ||
+    fail "arcd starts" "PID $ARCD_PID from rendezvous.sh is not a running $(basename "$ARCD")"
+[[ $(readlink "/proc/$ARCD_PID/ns/net") != "$(readlink /proc/$$/ns/net)" ]] ||
+    fail "arcd starts" "arcd runs in the host's network namespace, not in $NS_RV"
+grep -qx "tls = $([[ $API_TLS == no ]] && echo false || echo true)" "$WORK/arcd.toml" ||
+    fail "arcd config" "$WORK/arcd.toml does not set tls as asked"
 arcd_up() {
     alive "$ARCD_PID" || return 2
     [[ -s $WORK/data/root-credentials.json ]] || return 1
-    nsx "$NS_RV" timeout 3 curl -s -o /dev/null -m 2 "$API_URL/openapi.yaml" || return 1
+    local tls=()
+    [[ $API_SCHEME == https ]] && tls=(--cacert "$CACERT")
+    nsx "$NS_RV" timeout 3 curl -fs "${tls[@]}" -o /dev/null -m 2 "$API_URL/openapi.yaml" || return 1
 }
 ready=0
 for ((i = 0; i < 300; i++)); do
@@ -508,7 +521,7 @@ nsx "$NS_RV" timeout 5 ss -Hlun "sport = :$WG_PORT" | grep -q . ||
     fail "arcd starts" "nothing listens on UDP port $WG_PORT in $NS_RV"
 figure "arcd start (API, TUN, UDP ready)" "$(($(now_ms) - t0)) ms"
 ip -n "$NS_RV" -br addr show dev arc0 | sed 's/^/    /'
-pass "arcd serve with [tun] enabled" "pid $ARCD_PID"
+pass "arcd serve with [tun] enabled (rendezvous.sh)" "pid $ARCD_PID, API $API_URL"
 
 spawn "$NS_RV" "$WORK/iperf3-server.log" iperf3 iperf3 -s -B 0.0.0.0 -p "$IPERF_PORT"
 IPERF_PID=$SPAWNED_PID
@@ -526,47 +539,78 @@ API_TOKEN=$(jq -r '.token // empty' <<<"$auth")
 [[ -n $API_KEY && -n $API_TOKEN ]] || fail "POST /v1/auth" "no apiKey/token in the answer"
 pass "POST /v1/auth with the root credentials"
 
-# The device daemons first, so the time from createSim to the first reply is config + handshake.
-for dev in d1 d2; do
-    start_device "$dev"
-done
-pass "wireguard-go $IF_D1 in $NS_D1 and $IF_D2 in $NS_D2"
-
+# Each device is provisioned by scripts/provision/device.sh in its own namespace, as on a device
+# VM: wireguard-go started (PID file registered for the cleanup), createSim through the API over
+# the underlay with the root credentials, config rendered (render-wg-conf.sh) and applied, then a
+# ping through the tunnel until the first reply (its time stamps are the figures below). What it
+# did is checked here, from the state it left and from the live interface.
+DEV_CA=()
+[[ $API_SCHEME == https ]] && DEV_CA=(--cacert "$CACERT")
 declare -A SIM_ID=() DEV_ADDR=() DEV_PUB=()
 for dev in d1 d2; do
-    (
-        umask 077
-        api POST /v1/sims '{"type":"virtual","subscription":"planArc01"}' >"$WORK/$dev.created.json"
-    ) || fail "$dev: createSim" "see above"
-    created_at=$(now_ms)
-    SIM_ID[$dev]=$(jq -r '.simId // empty' "$WORK/$dev.created.json")
-    [[ -n ${SIM_ID[$dev]} ]] || fail "$dev: createSim" "no simId in the answer"
-    # Private key into its own file; the Sim JSON without it.
-    (umask 077 && jq -r --arg id "${SIM_ID[$dev]}" '.profiles[$id].arcClientPeerPrivateKey // empty' \
-        "$WORK/$dev.created.json" >"$WORK/$dev.key")
-    [[ -s $WORK/$dev.key ]] || fail "$dev: createSim" "no profiles[simId].arcClientPeerPrivateKey in the 201 answer"
-    jq --arg id "${SIM_ID[$dev]}" 'del(.profiles[$id].arcClientPeerPrivateKey)' "$WORK/$dev.created.json" >"$WORK/$dev.sim.json"
+    ns=$(dev_ns "$dev")
+    if_=$(dev_if "$dev")
+    st=$(dev_state "$dev")
+    provision_device "$dev" --api "$API_URL" --auth "$creds" "${DEV_CA[@]}" \
+        --check-ping "$PLATFORM_ADDR" --check-timeout 10 ||
+        fail "$dev: device.sh" "scripts/provision/device.sh failed (output above)"
+
+    wg_pid=$(cat "$WORK/$dev.wireguard-go.pid" 2>/dev/null) || fail "$dev: wireguard-go" "device.sh wrote no PID file"
+    [[ $wg_pid =~ ^[0-9]+$ && $(cat "/proc/$wg_pid/comm" 2>/dev/null) == wireguard-go ]] ||
+        fail "$dev: wireguard-go" "PID '$wg_pid' from device.sh is not a running wireguard-go"
+    [[ $(stat -L -c %i "/proc/$wg_pid/ns/net" 2>/dev/null) == "$(stat -c %i "/run/netns/$ns")" ]] ||
+        fail "$dev: wireguard-go" "wireguard-go (PID $wg_pid) is not in namespace $ns"
+    in_mnt test -S "$UAPI_DIR/$if_.sock" || fail "$dev: wireguard-go" "no control socket $UAPI_DIR/$if_.sock"
+    ip -n "$ns" link show "$if_" >/dev/null 2>&1 || fail "$dev: wireguard-go" "interface $if_ is not in $ns"
+    pass "$dev: wireguard-go $if_ in $ns" "pid $wg_pid"
+
+    SIM_ID[$dev]=$(cat "$st/sim-id" 2>/dev/null) || true
+    [[ -n ${SIM_ID[$dev]} ]] || fail "$dev: createSim" "device.sh left no sim-id"
+    [[ -s $st/private.key ]] || fail "$dev: createSim" "device.sh left no private.key (profiles[simId].arcClientPeerPrivateKey of the 201 answer)"
+    [[ $(stat -c %a "$st/private.key") == 600 ]] || fail "$dev: createSim" "private.key is not mode 0600"
+    jq -e '[.. | objects | select(has("arcClientPeerPrivateKey"))] | length == 0' "$st/sim.json" >/dev/null ||
+        fail "$dev: createSim" "sim.json still holds a private key"
     for f in arcServerEndpoint arcServerPeerPublicKey arcClientPeerIpAddress arcAllowedIPs; do
-        jq -e --arg f "$f" '.arcSessionStatus[$f] | . != null and . != "" and . != []' "$WORK/$dev.sim.json" >/dev/null ||
+        jq -e --arg f "$f" '.arcSessionStatus[$f] | . != null and . != "" and . != []' "$st/sim.json" >/dev/null ||
             fail "$dev: createSim" "arcSessionStatus.$f missing"
     done
-    DEV_ADDR[$dev]=$("$RENDER" --print-address "$WORK/$dev.sim.json" "$WORK/$dev.key")
-    DEV_PUB[$dev]=$(wg pubkey <"$WORK/$dev.key")
+    DEV_ADDR[$dev]=$("$RENDER" --print-address "$st/sim.json" "$st/private.key")
+    DEV_PUB[$dev]=$(wg pubkey <"$st/private.key")
     api_pub=$(sim_field "$dev" '.arcSessionStatus.arcClientPeerPublicKey // empty')
     [[ -z $api_pub || $api_pub == "${DEV_PUB[$dev]}" ]] ||
         fail "$dev: createSim" "arcClientPeerPublicKey $api_pub does not match the private key's public key ${DEV_PUB[$dev]}"
+    api GET "/v1/sims/${SIM_ID[$dev]}" >"$WORK/$dev.get.json" || fail "$dev: getSim" "see above"
+    [[ $(jq -r .simId "$WORK/$dev.get.json") == "${SIM_ID[$dev]}" ]] || fail "$dev: getSim" "wrong simId in the answer"
     pass "$dev: createSim" "simId ${SIM_ID[$dev]}, client ${DEV_ADDR[$dev]}, endpoint $(sim_field "$dev" .arcSessionStatus.arcServerEndpoint)"
 
-    configure_device "$dev" "$WORK/$dev.sim.json" "$WORK/$dev.key"
+    # The interface as device.sh left it: key, peer, address, MTU, a route per arcAllowedIPs.
+    [[ $(nsx "$ns" timeout 5 wg show "$if_" public-key) == "${DEV_PUB[$dev]}" ]] ||
+        fail "$dev: configured from the Sim" "wg show $if_ public-key is not the SIM's key"
+    nsx "$ns" timeout 5 wg show "$if_" peers | grep -qxF "$(sim_field "$dev" .arcSessionStatus.arcServerPeerPublicKey)" ||
+        fail "$dev: configured from the Sim" "the server key is not a peer of $if_"
+    ip -n "$ns" -4 -o addr show dev "$if_" | grep -qF " ${DEV_ADDR[$dev]}/32 " ||
+        fail "$dev: configured from the Sim" "${DEV_ADDR[$dev]}/32 is not on $if_"
+    ip -n "$ns" -o link show dev "$if_" | grep -q " mtu $MTU " ||
+        fail "$dev: configured from the Sim" "MTU of $if_ is not $MTU"
+    while read -r cidr; do
+        ip -n "$ns" route show "$cidr" | grep -q "dev $if_" ||
+            fail "$dev: configured from the Sim" "no route $cidr dev $if_"
+    done < <(sim_field "$dev" '.arcSessionStatus.arcAllowedIPs[]')
+    pass "$dev: $if_ configured from the Sim" "key, peer $(sim_field "$dev" .arcSessionStatus.arcServerEndpoint), ${DEV_ADDR[$dev]}/32, MTU $MTU, routes $(sim_field "$dev" '.arcSessionStatus.arcAllowedIPs | join(",")')"
     if [[ $dev == d1 ]]; then
-        echo "    $WORK/d1.conf (wg setconf; address ${DEV_ADDR[d1]}/32 and routes set with ip):"
-        sed -e 's/^\(PrivateKey = \).*/\1(hidden)/' -e 's/^/      /' "$WORK/d1.conf"
+        echo "    $st/wg.conf (wg setconf; address ${DEV_ADDR[d1]}/32 and routes set with ip by up.sh):"
+        sed -e 's/^\(PrivateKey = \).*/\1(hidden)/' -e 's/^/      /' "$st/wg.conf"
     fi
-    configured_at=$(now_ms)
-    # The config (keepalive) and the first probe start the handshake; -D stamps the reply.
-    run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 1 0.05 10 -D
-    ((PING_RX >= 1)) || fail "$dev: first reply through the tunnel" "no reply from $PLATFORM_ADDR in 10 s: $(tail -n 3 "$PING_OUT" | tr '\n' ' ')"
-    reply_at=$(first_reply_ms)
+
+    # device.sh pinged until the first reply (keepalive and probes start the handshake; ping -D
+    # stamps the reply): its time stamps give the figures. Then a probe of our own.
+    created_at=$(cat "$st/created-at-ms" 2>/dev/null) || fail "$dev: time stamps" "no created-at-ms"
+    configured_at=$(cat "$st/configured-at-ms" 2>/dev/null) || fail "$dev: time stamps" "no configured-at-ms"
+    reply_at=$(cat "$st/first-reply-at-ms" 2>/dev/null) || fail "$dev: time stamps" "no first-reply-at-ms"
+    ((created_at <= configured_at && configured_at <= reply_at)) ||
+        fail "$dev: time stamps" "created $created_at, configured $configured_at, first reply $reply_at: out of order"
+    run_ping "$ns" "$PLATFORM_ADDR" 1 0.05 5
+    ((PING_RX >= 1)) || fail "$dev: first reply through the tunnel" "no reply from $PLATFORM_ADDR: $(tail -n 3 "$PING_OUT" | tr '\n' ' ')"
     pass "$dev: first reply through the tunnel" "$((reply_at - configured_at)) ms after wg setconf"
     figure "$dev: device configured -> first reply" "$((reply_at - configured_at)) ms (handshake + 1 RTT; $((reply_at - created_at)) ms after the createSim 201, script work included)"
 done
@@ -732,15 +776,18 @@ hs=$(dev_handshake d1)
 ((hs == 0)) || fail "renew: old key gets no handshake" "d1 completed a handshake with the old key (latest handshake $hs)"
 pass "renew: old key gets no handshake" "0/$PING_TX replies in 6 s, no handshake"
 # (3) The device takes the new key (session fields from getSim) and works again.
-api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.sim.json" || fail "getSim d1 after renewal" "see above"
-sim_pub=$(sim_field d1 '.arcSessionStatus.arcClientPeerPublicKey // empty')
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.renewed.sim.json" || fail "getSim d1 after renewal" "see above"
+sim_pub=$(jq -r '.arcSessionStatus.arcClientPeerPublicKey // empty' "$WORK/d1.renewed.sim.json")
 [[ -z $sim_pub || $sim_pub == "$new_pub" ]] ||
     fail "getSim d1 after renewal" "arcClientPeerPublicKey is $sim_pub, want the new $new_pub"
-cp "$WORK/d1.newkey" "$WORK/d1.key"
+# device.sh --configure-only: the running wireguard-go gets the new key and the Sim's fields.
+provision_device d1 --configure-only --sim-json "$WORK/d1.renewed.sim.json" --key "$WORK/d1.newkey" ||
+    fail "renew: device.sh --configure-only" "scripts/provision/device.sh failed (output above)"
+[[ $(nsx "$NS_D1" timeout 5 wg show "$IF_D1" public-key) == "$new_pub" ]] ||
+    fail "renew: device.sh --configure-only" "$IF_D1 does not hold the new key"
 DEV_PUB[d1]=$new_pub
-DEV_ADDR[d1]=$("$RENDER" --print-address "$WORK/d1.sim.json" "$WORK/d1.key")
-configure_device d1 "$WORK/d1.sim.json" "$WORK/d1.key"
-t0=$(now_ms)
+DEV_ADDR[d1]=$(cat "$WORK/d1/address")
+t0=$(cat "$WORK/d1/configured-at-ms")
 run_ping "$NS_D1" "$PLATFORM_ADDR" 1 0.05 10 -D
 ((PING_RX >= 1)) || fail "renew: new key works" "no reply with the new key in 10 s: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
 first=$(($(first_reply_ms) - t0))
