@@ -385,6 +385,14 @@ async fn random_and_truncated_datagrams_never_break_the_listener() {
             .await
             .expect("send");
     }
+    // A burst of replayed (mac1-valid) initiations puts the listener under load: it must answer
+    // with cookies instead of doing handshakes.
+    for _ in 0..300 {
+        attacker
+            .send_to(&valid[0], server_udp(&server))
+            .await
+            .expect("send");
+    }
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The established session still carries traffic, and a fresh handshake still works.
     device

@@ -144,27 +144,52 @@ impl<T: TunIo> Io<T> {
     }
 }
 
+/// Datagrams taken from the kernel per receive call (recvmmsg).
+const RECV_BATCH: usize = 32;
+
 async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
-    let mut datagram = vec![0u8; BUFFER_SIZE];
+    let socket = &io.sockets[index];
+    let state = match quinn_udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(error = %e, "UDP socket setup failed; rendezvous point does not receive");
+            return;
+        }
+    };
+    // With UDP GRO the kernel may hand over up to `gro_segments` coalesced datagrams per buffer.
+    let buffer_size = BUFFER_SIZE.max(state.gro_segments() * 1500);
+    let mut buffers: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buffer_size]).collect();
+    let mut meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     loop {
-        let (len, from) = match io.sockets[index].recv_from(&mut datagram).await {
-            Ok(received) => received,
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(error = %e, "UDP socket failed; rendezvous point stops receiving");
+            return;
+        }
+        let received = socket.try_io(tokio::io::Interest::READABLE, || {
+            let mut slices: Vec<std::io::IoSliceMut> = buffers
+                .iter_mut()
+                .map(|b| std::io::IoSliceMut::new(b))
+                .collect();
+            state.recv(socket.into(), &mut slices, &mut meta)
+        });
+        let count = match received {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
             Err(e) => {
                 // ICMP errors surface here (ECONNREFUSED); they are not fatal for a server socket.
                 tracing::debug!(error = %e, "UDP receive error");
                 continue;
             }
         };
-        engine.handle_datagram(
-            index,
-            from,
-            &datagram[..len],
-            Instant::now(),
-            &mut scratch,
-            &mut out,
-        );
+        let now = Instant::now();
+        for (buffer, meta) in buffers.iter().zip(&meta).take(count) {
+            let stride = meta.stride.max(1);
+            for datagram in buffer[..meta.len].chunks(stride) {
+                engine.handle_datagram(index, meta.addr, datagram, now, &mut scratch, &mut out);
+            }
+        }
         io.flush(&mut out).await;
     }
 }
