@@ -367,3 +367,38 @@ fn removed_peer_is_unknown_on_every_index() {
     assert!(out.is_empty());
     assert!(engine.snapshot(&a.session.imsi).is_none());
 }
+
+#[test]
+fn replayed_initiation_never_moves_the_endpoint() {
+    let mut a = device(2, None);
+    let engine = engine_with(&[&a]);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let captured = match a.tunn.format_handshake_initiation(&mut buf, false) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let mut out = Outbox::new();
+    engine.handle_datagram(0, a.addr, &captured, Instant::now(), &mut buf, &mut out);
+    let responses = udp_payloads(&mut out, a.addr);
+    let (_, replies) = deliver(&mut a, responses);
+    for reply in replies {
+        engine.handle_datagram(0, a.addr, &reply, Instant::now(), &mut buf, &mut out);
+    }
+    let attacker = SocketAddr::from(([203, 0, 113, 66], 4444));
+    let endpoint = |engine: &Engine| engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint);
+    assert_eq!(endpoint(&engine), Some(a.addr));
+
+    // Not under load: the replay fails the timestamp check.
+    engine.handle_datagram(0, attacker, &captured, Instant::now(), &mut buf, &mut out);
+    assert_eq!(endpoint(&engine), Some(a.addr));
+    // Under load (many mac1-valid initiations in this window): cookies, still no move.
+    for _ in 0..150 {
+        engine.handle_datagram(0, attacker, &captured, Instant::now(), &mut buf, &mut out);
+    }
+    assert!(engine.counters.cookie_replies.load(Ordering::Relaxed) > 0);
+    assert_eq!(endpoint(&engine), Some(a.addr));
+    assert!(
+        udp_payloads(&mut out, attacker).iter().all(|p| p[0] == 3),
+        "the attacker only ever gets cookie replies"
+    );
+}
