@@ -27,13 +27,13 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 
 /// How often an active peer's WireGuard timers run (keepalive, rekey, expiry). boringtun rounds
 /// its timers to whole seconds, so ticking faster only costs CPU per connected device.
-const TIMER_PERIOD: Duration = Duration::from_secs(1);
+pub const TIMER_PERIOD: Duration = Duration::from_secs(1);
 
 /// WireGuard message type of a cookie reply.
 const COOKIE_REPLY_TYPE: u8 = 3;
 
 /// A peer with no traffic for this long stops being ticked until its next packet.
-const IDLE_AFTER: Duration = Duration::from_secs(600);
+pub const IDLE_AFTER: Duration = Duration::from_secs(600);
 
 /// A device counts as online while its last handshake is younger than this (WireGuard's
 /// REJECT_AFTER_TIME: no session outlives it without a new handshake).
