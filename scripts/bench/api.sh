@@ -140,6 +140,11 @@ section "(a) createSim: POST /v1/sims"
 run_wrk create create_sim.lua "${base}/v1/sims"
 record create
 created=$((created + r[requests] - r[non2xx]))
+# The same at a bounded offered rate (16 connections, 8 ms pause between requests): the
+# latency a client sees at ~1,500/s rather than the queueing of a saturated closed loop.
+run_wrk create-paced create_sim_paced.lua "${base}/v1/sims"
+record create-paced
+created=$((created + r[requests] - r[non2xx]))
 
 section "(b) getSim: GET /v1/sims/{sim_id} on one SIM"
 sim_id=$(curl -skf "${base}/v1/sims?limit=1" "${hdr[@]}" | jq -r '.[0].simId')
@@ -232,6 +237,10 @@ printf '%-36s %12s %10s %10s %8s  %-26s %s\n' "(a) createSim POST /v1/sims" \
     "${result[create.rps]}" "${result[create.p50]}" "${result[create.p99]}" "${result[create.errors]}" \
     ">= 1500/s, p99 < 25 ms" \
     "$( [[ $(verdict "${result[create.rps]}" '>=' 1500) == yes && $(verdict "${result[create.p99]}" '<' 25) == yes ]] && echo yes || echo NO)"
+printf '%-36s %12s %10s %10s %8s  %-26s %s\n' "(a) createSim, offered ~1700/s" \
+    "${result[create-paced.rps]}" "${result[create-paced.p50]}" "${result[create-paced.p99]}" "${result[create-paced.errors]}" \
+    ">= 1500/s, p99 < 25 ms" \
+    "$( [[ $(verdict "${result[create-paced.rps]}" '>=' 1500) == yes && $(verdict "${result[create-paced.p99]}" '<' 25) == yes ]] && echo yes || echo NO)"
 printf '%-36s %12s %10s %10s %8s  %-26s %s\n' "(b) getSim GET /v1/sims/{id}" \
     "${result[get.rps]}" "${result[get.p50]}" "${result[get.p99]}" "${result[get.errors]}" \
     ">= 10000/s" "$(verdict "${result[get.rps]}" '>=' 10000)"
