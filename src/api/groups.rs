@@ -9,7 +9,7 @@ use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
-use super::{json, page_url, views, with_next_key, ApiError, Operator, SharedState};
+use super::{json, page_url, trim_page, views, with_next_key, ApiError, Operator, SharedState};
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
 
@@ -76,12 +76,7 @@ pub async fn list(
             store.read(|conn| groups::list(conn, &operator, after.as_deref(), limit + 1))
         })
         .await?;
-    let next_key = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|g| g.group_id.clone())
-    } else {
-        None
-    };
+    let next_key = trim_page(&mut page, limit, |g| g.group_id.clone());
     let body: Vec<views::Group> = page.iter().map(views::group).collect();
     Ok(with_next_key(
         json(StatusCode::OK, &body),
@@ -165,22 +160,12 @@ pub async fn list_subscribers(
     let limit = query.limit(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let path = page_url(&format!("/v1/groups/{group_id}/subscribers"), &query);
-    let mut page = state
+    let page = state
         .db(move |store| {
             store.read(|conn| {
                 sims::list_in_group(conn, &operator, &group_id, after.as_deref(), limit + 1)
             })
         })
         .await?;
-    let next_key = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|s| s.sim_id.clone())
-    } else {
-        None
-    };
-    let body: Vec<views::Sim> = page
-        .iter()
-        .map(|s| views::sim(s, None, &state.live))
-        .collect();
-    Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
+    Ok(super::sims::sim_page(&state, &path, page, limit))
 }

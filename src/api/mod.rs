@@ -221,6 +221,21 @@ pub fn page_url(path: &str, query: &extract::QueryParams) -> String {
     }
 }
 
+/// Listings fetch `limit + 1` rows: an extra row means another page follows. Trims `page` to
+/// `limit` and returns the key of its last row in that case.
+pub fn trim_page<T>(
+    page: &mut Vec<T>,
+    limit: u32,
+    key_of: impl Fn(&T) -> String,
+) -> Option<String> {
+    if page.len() > limit as usize {
+        page.truncate(limit as usize);
+        page.last().map(key_of)
+    } else {
+        None
+    }
+}
+
 /// Adds the pagination headers of the official API when a page was full. `url` is the listing's
 /// path, with its query when it has one (see `page_url`).
 pub fn with_next_key(mut response: Response, url: &str, next_key: Option<String>) -> Response {

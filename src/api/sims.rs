@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{
-    json, page_url, request_coverage, views, with_next_key, ApiError, AppState, Operator,
-    SharedState,
+    json, page_url, request_coverage, trim_page, views, with_next_key, ApiError, AppState,
+    Operator, SharedState,
 };
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
@@ -69,13 +69,13 @@ pub async fn get_sim(
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
-fn sim_page(state: &AppState, path: &str, mut page: Vec<SimRecord>, limit: u32) -> Response {
-    let next_key = if page.len() > limit as usize {
-        page.truncate(limit as usize);
-        page.last().map(|s| s.sim_id.clone())
-    } else {
-        None
-    };
+pub(super) fn sim_page(
+    state: &AppState,
+    path: &str,
+    mut page: Vec<SimRecord>,
+    limit: u32,
+) -> Response {
+    let next_key = trim_page(&mut page, limit, |s| s.sim_id.clone());
     let body: Vec<views::Sim> = page
         .iter()
         .map(|s| views::sim(s, None, &state.live))
@@ -478,12 +478,7 @@ pub async fn list_session_events(
             })
         })
         .await?;
-    let next_key = if events.len() > limit as usize {
-        events.truncate(limit as usize);
-        events.last().map(|e| e.event_id.to_string())
-    } else {
-        None
-    };
+    let next_key = trim_page(&mut events, limit, |e| e.event_id.to_string());
     let body: Vec<views::SessionEvent> = events.iter().map(views::session_event).collect();
     Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
 }
