@@ -31,6 +31,7 @@ pub struct Config {
     pub rendezvous_points: Vec<RendezvousPointConfig>,
     pub coverage: CoverageConfig,
     pub sims: SimsConfig,
+    pub services: ServicesConfig,
     pub log: LogConfig,
 }
 
@@ -117,6 +118,22 @@ pub struct SimsConfig {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct ServicesConfig {
+    /// Run metadata, Harvest, Beam, DNS and the unified endpoint on the platform addresses of the
+    /// TUN device (nothing to listen on when `tun.enabled` is false).
+    pub enabled: bool,
+    /// DNS answers the platform names under `soracom.io` and under this domain too.
+    pub local_domain: String,
+    /// Resolvers (`ip:port`) that get every other DNS question; empty = answer REFUSED.
+    pub dns_upstreams: Vec<SocketAddr>,
+    /// Harvest data entries older than this are purged.
+    pub harvest_retention_days: u32,
+    /// Longest wait for a Beam destination before the device gets 504.
+    pub beam_timeout_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogConfig {
     /// tracing-subscriber filter, e.g. `info` or `arcd=debug`; `RUST_LOG` wins when set.
     pub level: String,
@@ -157,6 +174,13 @@ impl Default for Config {
                 iccid_prefix: "8942".into(),
                 address_quarantine_seconds: 7 * 86_400,
             },
+            services: ServicesConfig {
+                enabled: true,
+                local_domain: "arc.internal".into(),
+                dns_upstreams: Vec::new(),
+                harvest_retention_days: 40,
+                beam_timeout_seconds: 10,
+            },
             log: LogConfig {
                 level: "info".into(),
             },
@@ -173,6 +197,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "rendezvous_points",
     "coverage",
     "sims",
+    "services",
     "log",
 ];
 
@@ -276,6 +301,30 @@ impl Config {
         }
         if self.tun.name.is_empty() || self.tun.name.len() > 15 {
             return Err(invalid("tun.name", "must be 1 to 15 characters".into()));
+        }
+        if self.services.harvest_retention_days == 0 {
+            return Err(invalid(
+                "services.harvest_retention_days",
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.services.beam_timeout_seconds) {
+            return Err(invalid(
+                "services.beam_timeout_seconds",
+                "must be between 1 and 300".into(),
+            ));
+        }
+        let domain = self.services.local_domain.trim_matches('.');
+        if domain.is_empty()
+            || domain.len() > 200
+            || !domain
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            return Err(invalid(
+                "services.local_domain",
+                "must be a DNS name such as arc.internal".into(),
+            ));
         }
         if self.tun.mtu < 1280 {
             return Err(invalid("tun.mtu", "must be at least 1280".into()));

@@ -133,6 +133,32 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO settings(key, value)
         SELECT 'root_operator_id', operator_id FROM operators ORDER BY created_at, operator_id LIMIT 1;
     "#,
+    // 3: Harvest Data. Entries sharing a resource and a millisecond are all kept (`entry_id` orders
+    // them); `harvest_resources` answers GET /data/resources without scanning entries.
+    r#"
+    CREATE TABLE harvest_entries (
+        entry_id       INTEGER PRIMARY KEY,
+        operator_id    TEXT NOT NULL REFERENCES operators(operator_id),
+        resource_type  TEXT NOT NULL,
+        resource_id    TEXT NOT NULL,
+        sim_id         TEXT NOT NULL,
+        time           INTEGER NOT NULL,
+        content_type   TEXT NOT NULL,
+        content        TEXT NOT NULL,
+        category       TEXT
+    );
+    CREATE INDEX harvest_by_resource
+        ON harvest_entries(operator_id, resource_type, resource_id, time, entry_id);
+    CREATE INDEX harvest_by_sim ON harvest_entries(operator_id, sim_id, time, entry_id);
+    CREATE INDEX harvest_by_time ON harvest_entries(time);
+    CREATE TABLE harvest_resources (
+        operator_id         TEXT NOT NULL REFERENCES operators(operator_id),
+        resource_type       TEXT NOT NULL,
+        resource_id         TEXT NOT NULL,
+        last_modified_time  INTEGER NOT NULL,
+        PRIMARY KEY (operator_id, resource_type, resource_id)
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -2,6 +2,7 @@
 //! Reads use a small pool of connections so they never wait behind the single writer.
 
 pub mod groups;
+pub mod harvest;
 #[cfg(test)]
 mod lifecycle_tests;
 mod migrations;
