@@ -43,6 +43,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Services(#[from] services::ServiceBindError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -59,6 +61,10 @@ pub struct Running {
     pub dataplane: Dataplane,
     /// The test side of the in-memory TUN when `tun.enabled` is false.
     pub tun_peer: Option<MemoryTunPeer>,
+    /// What the platform services see; made even when they do not listen (no TUN), so their
+    /// handlers can be exercised in-process.
+    pub services: services::SharedContext,
+    _listening_services: Option<services::Services>,
     _egress: Option<Egress>,
     _control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
@@ -112,6 +118,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     } else {
         Vec::new()
     };
+    let service_context = Arc::new(services::ServiceContext::new(
+        store.clone(),
+        peers.clone(),
+        config.services.clone(),
+    ));
+    let listening_services = match (config.services.enabled, config.tun.enabled) {
+        (true, true) => Some(services::start(service_context.clone()).await?),
+        (true, false) => {
+            tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false)");
+            None
+        }
+        (false, _) => None,
+    };
     let egress = if config.egress.masquerade && config.tun.enabled {
         let pools: Vec<_> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
         Some(egress::enable(&pools, &config.tun.name)?)
@@ -159,6 +178,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         peers,
         dataplane,
         tun_peer,
+        services: service_context,
+        _listening_services: listening_services,
         _egress: egress,
         _control_sockets: control_sockets,
         new_root_credentials,

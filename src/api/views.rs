@@ -270,6 +270,62 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Engine) 
     }
 }
 
+/// The legacy `Subscriber` object the metadata service answers with (`/v1/subscriber`): the
+/// primary subscriber of the SIM, with the session of the Arc subscriber that carries the device.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subscriber {
+    pub imsi: String,
+    pub msisdn: Option<String>,
+    pub iccid: String,
+    pub sim_id: String,
+    pub operator_id: String,
+    pub subscription: String,
+    pub status: String,
+    pub module_type: Option<String>,
+    pub speed_class: Option<&'static str>,
+    #[serde(rename = "type")]
+    pub speed_class_type: Option<&'static str>,
+    pub ip_address: Option<String>,
+    pub apn: Option<String>,
+    pub imei_lock: Option<String>,
+    pub expiry_time: Option<i64>,
+    pub group_id: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub session_status: SessionStatus,
+    pub termination_enabled: bool,
+    pub created_at: i64,
+    pub last_modified_at: i64,
+}
+
+pub fn subscriber(record: &SimRecord) -> Subscriber {
+    let primary = record.subscribers.iter().find(|s| s.is_primary);
+    let primary_imsi = primary.map(|s| s.imsi.clone()).unwrap_or_default();
+    let speed_class = primary.filter(|s| s.is_virtual).map(|_| "arc.standard");
+    Subscriber {
+        imsi: primary_imsi.clone(),
+        msisdn: primary.and_then(|s| s.msisdn.clone()),
+        iccid: primary.map(|s| s.iccid.clone()).unwrap_or_default(),
+        sim_id: record.sim_id.clone(),
+        operator_id: record.operator_id.clone(),
+        subscription: primary.map(|s| s.subscription.clone()).unwrap_or_default(),
+        status: record.status.clone(),
+        module_type: record.module_type.clone(),
+        speed_class,
+        speed_class_type: speed_class,
+        ip_address: record.session.as_ref().map(|s| s.client_ip.clone()),
+        apn: None,
+        imei_lock: None,
+        expiry_time: None,
+        group_id: record.group_id.clone(),
+        tags: record.tags.iter().cloned().collect(),
+        session_status: session_status(record, &primary_imsi),
+        termination_enabled: record.termination_enabled,
+        created_at: record.created_at,
+        last_modified_at: record.last_modified_at,
+    }
+}
+
 fn simplified(sub: &SubscriberRecord) -> SimplifiedSubscriber {
     SimplifiedSubscriber {
         imsi: sub.imsi.clone(),

@@ -1,9 +1,26 @@
-//! Platform services inside the tunnel (metadata, Harvest, Beam, DNS, pong). They sit at SORACOM's
-//! fixed addresses and identify a caller by its tunnel source address, always as the primary IMSI.
+//! Platform services inside the tunnel (metadata, Harvest, Beam, DNS, the unified endpoint; pong
+//! is the kernel answering ICMP on the TUN address). They listen on SORACOM's fixed addresses,
+//! which the TUN device carries, and identify a caller by its tunnel source address, always as
+//! the primary IMSI.
 
-use std::net::Ipv4Addr;
+pub mod beam;
+pub mod caller;
+pub mod harvest;
+mod http;
+pub mod metadata;
+pub mod unified;
 
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::task::JoinHandle;
+
+use crate::config::ServicesConfig;
 use crate::dataplane::PeerTable;
+use crate::store::Store;
+
+pub use caller::{Caller, CallerError};
 
 pub const PONG_AND_METADATA: Ipv4Addr = Ipv4Addr::new(100, 127, 100, 127);
 pub const DNS: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 53);
@@ -11,23 +28,125 @@ pub const HARVEST: Ipv4Addr = Ipv4Addr::new(100, 127, 111, 111);
 pub const BEAM: Ipv4Addr = Ipv4Addr::new(100, 127, 127, 100);
 pub const UNIFIED: Ipv4Addr = Ipv4Addr::new(100, 127, 69, 42);
 
-/// Carried by the TUN device as local addresses so the kernel (and later arcd's services) answer.
+/// Carried by the TUN device as local addresses so the kernel (and arcd's services) answer.
 pub const PLATFORM_ADDRESSES: [Ipv4Addr; 5] = [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED];
 
-/// Who is calling a service: traffic of a secondary virtual subscriber counts as its IoT SIM's.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller {
-    pub primary_imsi: String,
-    pub sim_id: String,
-    pub operator_id: String,
-    pub group_id: Option<String>,
+pub const HTTP_PORT: u16 = 80;
+pub const HARVEST_RAW_PORT: u16 = 8514;
+pub const BEAM_HTTP_PORT: u16 = 8888;
+
+/// What every service needs: who is behind a tunnel address, and the store.
+pub struct ServiceContext {
+    pub store: Arc<Store>,
+    pub peers: Arc<Mutex<PeerTable>>,
+    pub config: ServicesConfig,
+    pub harvest: harvest::HarvestSink,
+    pub beam: beam::BeamClient,
 }
 
-pub fn identify(peers: &PeerTable, source: Ipv4Addr) -> Option<Caller> {
-    peers.by_client_ip(source).map(|session| Caller {
-        primary_imsi: session.primary_imsi.clone(),
-        sim_id: session.sim_id.clone(),
-        operator_id: session.operator_id.clone(),
-        group_id: session.group_id.clone(),
-    })
+pub type SharedContext = Arc<ServiceContext>;
+
+impl ServiceContext {
+    pub fn new(
+        store: Arc<Store>,
+        peers: Arc<Mutex<PeerTable>>,
+        config: ServicesConfig,
+    ) -> ServiceContext {
+        let harvest = harvest::HarvestSink::start(store.clone());
+        let beam =
+            beam::BeamClient::new(std::time::Duration::from_secs(config.beam_timeout_seconds));
+        ServiceContext {
+            store,
+            peers,
+            config,
+            harvest,
+            beam,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("service {service} cannot listen on {addr}: {source}")]
+pub struct ServiceBindError {
+    pub service: &'static str,
+    pub addr: SocketAddr,
+    pub source: std::io::Error,
+}
+
+/// Running services; dropping this stops them.
+pub struct Services {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Binds every service on its platform address (the TUN device must already carry them).
+pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
+    let mut tasks = Vec::new();
+    let metadata_http = bind_tcp("metadata", PONG_AND_METADATA, HTTP_PORT).await?;
+    tasks.push(tokio::spawn(http::serve(
+        "metadata",
+        metadata_http,
+        metadata::router(ctx.clone()),
+    )));
+    let harvest_http = bind_tcp("harvest", HARVEST, HTTP_PORT).await?;
+    tasks.push(tokio::spawn(http::serve(
+        "harvest",
+        harvest_http,
+        harvest::router(ctx.clone()),
+    )));
+    let harvest_tcp = bind_tcp("harvest", HARVEST, HARVEST_RAW_PORT).await?;
+    tasks.push(tokio::spawn(harvest::serve_tcp(ctx.clone(), harvest_tcp)));
+    let harvest_udp = bind_udp("harvest", HARVEST, HARVEST_RAW_PORT).await?;
+    tasks.push(tokio::spawn(harvest::serve_udp(ctx.clone(), harvest_udp)));
+    let beam_http = bind_tcp("beam", BEAM, BEAM_HTTP_PORT).await?;
+    tasks.push(tokio::spawn(http::serve(
+        "beam",
+        beam_http,
+        beam::router(ctx.clone()),
+    )));
+    let unified_http = bind_tcp("unified", UNIFIED, HTTP_PORT).await?;
+    tasks.push(tokio::spawn(http::serve(
+        "unified",
+        unified_http,
+        unified::router(ctx.clone()),
+    )));
+    tracing::info!("platform services listening");
+    Ok(Services { tasks })
+}
+
+async fn bind_tcp(
+    service: &'static str,
+    ip: Ipv4Addr,
+    port: u16,
+) -> Result<TcpListener, ServiceBindError> {
+    let addr = SocketAddr::from((ip, port));
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceBindError {
+            service,
+            addr,
+            source,
+        })
+}
+
+async fn bind_udp(
+    service: &'static str,
+    ip: Ipv4Addr,
+    port: u16,
+) -> Result<UdpSocket, ServiceBindError> {
+    let addr = SocketAddr::from((ip, port));
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| ServiceBindError {
+            service,
+            addr,
+            source,
+        })
 }
