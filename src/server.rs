@@ -270,6 +270,13 @@ impl TunIo for AnyTun {
             AnyTun::Memory(m) => m.send(packet).await,
         }
     }
+
+    fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            AnyTun::Device(d) => d.try_recv(buf),
+            AnyTun::Memory(m) => m.try_recv(buf),
+        }
+    }
 }
 
 async fn accept_loop(

@@ -486,3 +486,51 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
     let at_a = a.recv(WAIT).await.expect("a receives b's answer");
     assert_eq!(payload_of(&at_a), b"hello a");
 }
+
+#[tokio::test]
+async fn a_burst_from_the_tun_reaches_each_device_complete_and_in_order() {
+    let mut server = TestServer::start().await;
+    let api = server.login().await;
+    let mut first = new_device(&server, &api).await;
+    let mut second = new_device(&server, &api).await;
+    for device in [&mut first, &mut second] {
+        let hello = udp_packet(device.ip, METADATA, 1, 2, b"hi");
+        assert!(device.client.connect(&hello, WAIT).await);
+        // The responder may send only once the device's first data packet confirmed the keys.
+        let confirmed = from_tun(&mut server).await.expect("first packet through");
+        assert_eq!(source_of(&confirmed), device.ip);
+    }
+    // Equal-size packets (one GSO train per device), a shorter one now and then (ends a train),
+    // and the two devices interleaved (a train never mixes peers).
+    const BURST: usize = 200;
+    let payload = |n: usize| {
+        let size = if n.is_multiple_of(37) { 60 } else { 400 };
+        let mut bytes = format!("{n:06}").into_bytes();
+        bytes.resize(size, b'x');
+        bytes
+    };
+    for n in 0..BURST {
+        let to = if n % 50 < 40 { &first } else { &second };
+        to_tun(&server, udp_packet(METADATA, to.ip, 80, 40000, &payload(n))).await;
+    }
+    for (device, wanted) in [
+        (
+            &mut first,
+            (0..BURST).filter(|n| n % 50 < 40).collect::<Vec<_>>(),
+        ),
+        (
+            &mut second,
+            (0..BURST).filter(|n| n % 50 >= 40).collect::<Vec<_>>(),
+        ),
+    ] {
+        for n in wanted {
+            let packet = device
+                .client
+                .recv(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("packet {n} never arrived"));
+            assert_eq!(payload_of(&packet), payload(n).as_slice(), "packet {n}");
+        }
+    }
+    server.running.shutdown().await;
+}

@@ -12,6 +12,9 @@ pub trait TunIo: Send + Sync + 'static {
     fn recv(&self, buf: &mut [u8]) -> impl Future<Output = io::Result<usize>> + Send;
     /// Hands one packet to the kernel (or the test).
     fn send(&self, packet: &[u8]) -> impl Future<Output = io::Result<usize>> + Send;
+    /// The next packet if one is already waiting, else `WouldBlock`: lets the data plane drain
+    /// a burst and send it in batches instead of one system call per packet.
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize>;
 }
 
 /// A TUN stand-in for tests: what the data plane writes comes out of `MemoryTunPeer::from_dataplane`,
@@ -55,6 +58,20 @@ impl TunIo for MemoryTun {
             .recv()
             .await
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "memory TUN closed"))?;
+        let n = packet.len().min(buf.len());
+        buf[..n].copy_from_slice(&packet[..n]);
+        Ok(n)
+    }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        let would_block = || io::Error::from(io::ErrorKind::WouldBlock);
+        let mut inbound = self.inbound.try_lock().map_err(|_| would_block())?;
+        let packet = inbound.try_recv().map_err(|e| match e {
+            mpsc::error::TryRecvError::Empty => would_block(),
+            mpsc::error::TryRecvError::Disconnected => {
+                io::Error::new(io::ErrorKind::BrokenPipe, "memory TUN closed")
+            }
+        })?;
         let n = packet.len().min(buf.len());
         buf[..n].copy_from_slice(&packet[..n]);
         Ok(n)

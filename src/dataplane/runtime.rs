@@ -94,7 +94,15 @@ impl Dataplane {
         }
         tracing::info!(peers = engine.peer_count(), "data plane peers loaded");
 
-        let io = Arc::new(Io { sockets, tun });
+        let states = sockets
+            .iter()
+            .map(|socket| quinn_udp::UdpSocketState::new(socket.into()))
+            .collect::<io::Result<Vec<_>>>()?;
+        let io = Arc::new(Io {
+            sockets,
+            states,
+            tun,
+        });
         let mut tasks = Vec::new();
         for index in 0..io.sockets.len() {
             tasks.push(tokio::spawn(udp_loop(engine.clone(), io.clone(), index)));
@@ -120,24 +128,118 @@ impl Dataplane {
 
 struct Io<T> {
     sockets: Vec<UdpSocket>,
+    /// quinn-udp's per-socket state (GRO/GSO support found at setup), one per socket.
+    states: Vec<quinn_udp::UdpSocketState>,
     tun: T,
 }
 
+/// Largest GSO send: the kernel's limit for one UDP datagram train.
+const MAX_GSO_BYTES: usize = 64_000;
+
+/// Consecutive datagrams to one peer, sent with one system call (UDP GSO): equal-size segments,
+/// only the last one may be shorter.
+#[derive(Default)]
+struct GsoTrain {
+    target: Option<(usize, SocketAddr)>,
+    segment: usize,
+    count: usize,
+    contents: Vec<u8>,
+    /// A shorter segment ended the train.
+    closed: bool,
+}
+
+impl GsoTrain {
+    fn accepts(&self, listener: usize, to: SocketAddr, len: usize, max_segments: usize) -> bool {
+        match self.target {
+            None => true,
+            Some(target) => {
+                target == (listener, to)
+                    && !self.closed
+                    && len <= self.segment
+                    && self.count < max_segments
+                    && self.contents.len() + len <= MAX_GSO_BYTES
+            }
+        }
+    }
+
+    fn push(&mut self, listener: usize, to: SocketAddr, data: &[u8]) {
+        if self.target.is_none() {
+            self.target = Some((listener, to));
+            self.segment = data.len();
+        } else if data.len() < self.segment {
+            self.closed = true;
+        }
+        self.contents.extend_from_slice(data);
+        self.count += 1;
+    }
+}
+
 impl<T: TunIo> Io<T> {
+    /// Sends everything the engine produced, UDP datagrams to the same peer in GSO trains.
     async fn flush(&self, out: &mut Outbox) {
+        let mut train = GsoTrain::default();
         for outgoing in out.drain(..) {
             match outgoing {
                 Outgoing::Udp { listener, to, data } => {
-                    if let Some(socket) = self.sockets.get(listener) {
-                        if let Err(e) = socket.send_to(&data, to).await {
-                            tracing::debug!(%to, error = %e, "UDP send failed");
-                        }
+                    let max_segments = self
+                        .states
+                        .get(listener)
+                        .map_or(1, |s| s.max_gso_segments());
+                    if !train.accepts(listener, to, data.len(), max_segments) {
+                        self.send_train(&mut train).await;
                     }
+                    train.push(listener, to, &data);
                 }
                 Outgoing::Tun(packet) => {
+                    self.send_train(&mut train).await;
                     if let Err(e) = self.tun.send(&packet).await {
                         tracing::debug!(error = %e, "TUN write failed");
                     }
+                }
+            }
+        }
+        self.send_train(&mut train).await;
+    }
+
+    async fn send_train(&self, train: &mut GsoTrain) {
+        let taken = std::mem::take(train);
+        let Some((listener, to)) = taken.target else {
+            return;
+        };
+        let (Some(socket), Some(state)) = (self.sockets.get(listener), self.states.get(listener))
+        else {
+            return;
+        };
+        let transmit = quinn_udp::Transmit {
+            destination: to,
+            ecn: None,
+            contents: &taken.contents,
+            segment_size: (taken.count > 1).then_some(taken.segment),
+            src_ip: None,
+        };
+        loop {
+            if let Err(e) = socket.writable().await {
+                tracing::debug!(%to, error = %e, "UDP socket not writable");
+                return;
+            }
+            match socket.try_io(tokio::io::Interest::WRITABLE, || {
+                state.try_send(socket.into(), &transmit)
+            }) {
+                Ok(()) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if taken.count > 1 && matches!(e.raw_os_error(), Some(5 | 22)) => {
+                    // EIO/EINVAL: the path cannot segment (quinn-udp stops offering GSO for the
+                    // socket); this train goes out one datagram at a time instead of being lost.
+                    for datagram in taken.contents.chunks(taken.segment) {
+                        if let Err(e) = socket.send_to(datagram, to).await {
+                            tracing::debug!(%to, error = %e, "UDP send failed");
+                        }
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(%to, datagrams = taken.count, error = %e, "UDP send failed");
+                    return;
                 }
             }
         }
@@ -148,14 +250,7 @@ impl<T: TunIo> Io<T> {
 const RECV_BATCH: usize = 32;
 
 async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
-    let socket = &io.sockets[index];
-    let state = match quinn_udp::UdpSocketState::new(socket.into()) {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(error = %e, "UDP socket setup failed; rendezvous point does not receive");
-            return;
-        }
-    };
+    let (socket, state) = (&io.sockets[index], &io.states[index]);
     // With UDP GRO the kernel may hand over up to `gro_segments` coalesced datagrams per buffer.
     let buffer_size = BUFFER_SIZE.max(state.gro_segments() * 1500);
     let mut buffers: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buffer_size]).collect();
@@ -194,6 +289,10 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
     }
 }
 
+/// Packets taken from the TUN device before their datagrams are sent: a burst to one device
+/// leaves in a few GSO sends instead of one system call per packet.
+const TUN_BATCH: usize = 64;
+
 async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
     let mut packet = vec![0u8; BUFFER_SIZE];
     let mut scratch = vec![0u8; BUFFER_SIZE];
@@ -206,7 +305,18 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
                 return;
             }
         };
-        engine.handle_tun_packet(&packet[..len], Instant::now(), &mut scratch, &mut out);
+        let now = Instant::now();
+        engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out);
+        for _ in 1..TUN_BATCH {
+            match io.tun.try_recv(&mut packet) {
+                Ok(len) => engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+        }
         io.flush(&mut out).await;
     }
 }
@@ -245,5 +355,50 @@ async fn change_loop<T: TunIo>(
         super::log_applied(&applied);
         engine.apply(&applied, Instant::now(), &mut out);
         io.flush(&mut out).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn a_gso_train_holds_equal_segments_to_one_peer_and_ends_after_a_short_one() {
+        let mut train = GsoTrain::default();
+        assert!(train.accepts(0, addr(1), 100, 64));
+        train.push(0, addr(1), &[1; 100]);
+        assert!(train.accepts(0, addr(1), 100, 64));
+        assert!(!train.accepts(0, addr(2), 100, 64), "another peer");
+        assert!(!train.accepts(1, addr(1), 100, 64), "another socket");
+        assert!(!train.accepts(0, addr(1), 101, 64), "a longer segment");
+        train.push(0, addr(1), &[2; 100]);
+        assert!(!train.accepts(0, addr(1), 100, 2), "segment limit");
+        assert!(train.accepts(0, addr(1), 40, 64));
+        train.push(0, addr(1), &[3; 40]);
+        assert!(
+            !train.accepts(0, addr(1), 40, 64),
+            "a short segment ends the train"
+        );
+        assert_eq!(
+            (train.count, train.segment, train.contents.len()),
+            (3, 100, 240)
+        );
+    }
+
+    #[test]
+    fn a_gso_train_stays_under_the_datagram_train_limit() {
+        let mut train = GsoTrain::default();
+        let segment = vec![0u8; 1452];
+        let mut pushed = 0;
+        while train.accepts(0, addr(1), segment.len(), 64) {
+            train.push(0, addr(1), &segment);
+            pushed += 1;
+        }
+        assert_eq!(pushed, MAX_GSO_BYTES / 1452);
+        assert!(train.contents.len() <= MAX_GSO_BYTES);
     }
 }

@@ -196,6 +196,10 @@ impl TunIo for TunDevice {
     async fn send(&self, packet: &[u8]) -> io::Result<usize> {
         self.device.send(packet).await
     }
+
+    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.device.try_recv(buf)
+    }
 }
 
 impl Drop for TunDevice {
