@@ -93,6 +93,9 @@ impl std::fmt::Debug for TunDevice {
 /// device) and brings it up.
 ///
 /// Must be called from within a Tokio runtime (the device is registered with its reactor).
+/// Packets the kernel may queue for arcd to read from the TUN device.
+const TX_QUEUE_LEN: u32 = 4096;
+
 pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, TunError> {
     let io_err = |action: &str, source: io::Error| classify(name, action, source);
     validate_name(name).map_err(|source| io_err("invalid device name", source))?;
@@ -131,6 +134,11 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
     device
         .set_mtu(mtu)
         .map_err(|source| io_err(&format!("setting MTU {mtu}"), source))?;
+    // The default queue (500 packets) overflows while arcd encrypts a burst for the devices:
+    // those drops cost TCP retransmits. A longer queue is a throughput setting, not a must.
+    if let Err(e) = device.set_tx_queue_len(TX_QUEUE_LEN) {
+        tracing::warn!(device = name, error = %e, "could not lengthen the TUN queue");
+    }
     for net in &addresses {
         device
             .add_address_v4(net.addr(), net.prefix_len())
@@ -385,6 +393,7 @@ mod tests {
         let link = &shown[0];
         assert_eq!(link["ifname"], name.as_str(), "{shown}");
         assert_eq!(link["mtu"], 1380, "{shown}");
+        assert_eq!(link["txqlen"], TX_QUEUE_LEN, "{shown}");
         let flags: Vec<&str> = link["flags"]
             .as_array()
             .expect("flags")
