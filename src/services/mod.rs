@@ -5,6 +5,7 @@
 
 pub mod beam;
 pub mod caller;
+pub mod dns;
 pub mod harvest;
 mod http;
 pub mod metadata;
@@ -34,6 +35,7 @@ pub const PLATFORM_ADDRESSES: [Ipv4Addr; 5] = [PONG_AND_METADATA, DNS, HARVEST, 
 pub const HTTP_PORT: u16 = 80;
 pub const HARVEST_RAW_PORT: u16 = 8514;
 pub const BEAM_HTTP_PORT: u16 = 8888;
+pub const DNS_PORT: u16 = 53;
 
 /// What every service needs: who is behind a tunnel address, and the store.
 pub struct ServiceContext {
@@ -117,6 +119,14 @@ pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
         unified_http,
         unified::router(ctx.clone()),
     )));
+    let dns = Arc::new(dns::DnsService::new(
+        &ctx.config.local_domain,
+        ctx.config.dns_upstreams.clone(),
+    ));
+    let dns_udp = bind_udp("dns", DNS, DNS_PORT).await?;
+    tasks.push(tokio::spawn(dns::serve_udp(dns.clone(), dns_udp)));
+    let dns_tcp = bind_tcp("dns", DNS, DNS_PORT).await?;
+    tasks.push(tokio::spawn(dns::serve_tcp(dns, dns_tcp)));
     tracing::info!("platform services listening");
     Ok(Services { tasks })
 }
