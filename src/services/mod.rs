@@ -1,6 +1,8 @@
 //! Platform services inside the tunnel (metadata, Harvest, Beam, DNS, pong). They sit at SORACOM's
 //! fixed addresses and identify a caller by its tunnel source address, always as the primary IMSI.
 
+pub mod harvest_retention;
+
 use std::net::Ipv4Addr;
 
 use crate::dataplane::PeerTable;
