@@ -65,6 +65,7 @@ pub struct Running {
     /// handlers can be exercised in-process.
     pub services: services::SharedContext,
     _listening_services: Option<services::Services>,
+    harvest_purge: JoinHandle<()>,
     _egress: Option<Egress>,
     _control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
@@ -75,6 +76,7 @@ pub struct Running {
 
 impl Running {
     pub async fn shutdown(self) {
+        self.harvest_purge.abort();
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
     }
@@ -131,6 +133,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         (false, _) => None,
     };
+    let harvest_purge = services::harvest_retention::spawn_purge_job(
+        store.clone(),
+        config.services.harvest_retention_days,
+    );
     let egress = if config.egress.masquerade && config.tun.enabled {
         let pools: Vec<_> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
         Some(egress::enable(&pools, &config.tun.name)?)
@@ -180,6 +186,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         tun_peer,
         services: service_context,
         _listening_services: listening_services,
+        harvest_purge,
         _egress: egress,
         _control_sockets: control_sockets,
         new_root_credentials,

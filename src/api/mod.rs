@@ -2,6 +2,7 @@
 
 mod arcd;
 mod auth;
+mod data;
 mod error;
 mod extract;
 mod groups;
@@ -152,6 +153,7 @@ pub fn router(state: SharedState) -> Router {
             get(groups::list_subscribers),
         )
         .route("/arcd/iot_sims", post(arcd::import_iot_sims))
+        .merge(data::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_token,

@@ -7,6 +7,7 @@ pub mod beam;
 pub mod caller;
 pub mod dns;
 pub mod harvest;
+pub mod harvest_retention;
 mod http;
 pub mod metadata;
 pub mod unified;

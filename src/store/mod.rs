@@ -33,6 +33,7 @@ pub enum Entity {
     Tag,
     Profile,
     ConfigurationParameter,
+    DataEntry,
 }
 
 impl Entity {
@@ -46,6 +47,7 @@ impl Entity {
             Entity::Tag => "tag",
             Entity::Profile => "profile",
             Entity::ConfigurationParameter => "configuration parameter",
+            Entity::DataEntry => "data entry",
         }
     }
 }
