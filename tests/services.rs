@@ -779,6 +779,24 @@ async fn a_secondary_virtual_subscriber_is_the_iot_sims_imsi_everywhere() {
         0,
         "never under the virtual IMSI"
     );
+    // Read back through the official data API, keyed by the primary IMSI and by the SIM.
+    for path in [
+        format!("/v1/subscribers/{}/data", device.imsi),
+        format!("/v1/data/Subscriber/{}", device.imsi),
+        format!("/v1/sims/{}/data", device.sim_id),
+    ] {
+        let (status, entries) = api.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{path}: {entries}");
+        let entries = entries.as_array().expect("array");
+        assert_eq!(entries.len(), 1, "{path}: {entries:?}");
+        assert_eq!(entries[0]["resourceType"], "Subscriber");
+        assert_eq!(entries[0]["resourceId"], device.imsi.as_str());
+        assert_eq!(entries[0]["content"], "x");
+    }
+    let (_, none) = api
+        .get(&format!("/v1/subscribers/{virtual_imsi}/data"))
+        .await;
+    assert_eq!(none, json!([]));
     let identified = services::caller::identify(&ctx, device.ip.into()).expect("caller");
     assert_eq!(identified.tunnel_imsi, virtual_imsi);
     assert_eq!(identified.primary_imsi, device.imsi);
