@@ -2,19 +2,23 @@
 # netns.sh — end-to-end proof of arcd's WireGuard data plane with real clients, entirely inside
 # private network namespaces (run as root; scripts/test.sh runs it in CI).
 #
-#   ┌──────────────── netns <p>rv (rendezvous) ─────────────────┐
-#   │ arcd serve: API https://10.99.0.1:8443, UDP 0.0.0.0:11010 │
-#   │   TUN arc0 (100.127.100.127 ..., route 10.64.0.0/16)      │
-#   │   UAPI /var/run/wireguard/arc-apne1.sock (`wg show`)      │
-#   │ iperf3 -s; lo: 10.99.0.1/32 = arcServerEndpoint address   │
-#   │ v-d1 10.99.1.1/30            v-d2 10.99.2.1/30            │
-#   └──────┬─────────────────────────────┬──────────────────────┘
-#      veth│                         veth│
-#   ┌──────┴──── netns <p>d1 ───┐  ┌─────┴───── netns <p>d2 ───┐
-#   │ v-rv 10.99.1.2/30          │  │ v-rv 10.99.2.2/30          │
-#   │ wireguard-go wgd1 (TUN)    │  │ wireguard-go wgd2 (TUN)    │
-#   │   10.64.x.y/32 from the API│  │   10.64.x.y/32 from the API│
-#   └────────────────────────────┘  └────────────────────────────┘
+#   ┌──────────────────── netns <p>rv (rendezvous) ───────────────────────┐
+#   │ arcd serve: API https://10.99.0.1:8443, UDP 0.0.0.0:11010           │
+#   │   TUN arc0 (100.127.100.127 ..., route 10.64.0.0/16): platform      │
+#   │   services (metadata, Harvest, Beam, unified, DNS) on its addresses │
+#   │   UAPI /var/run/wireguard/arc-apne1.sock (`wg show`)                │
+#   │ iperf3 -s; Beam sink (beam-sink.py) on 10.99.0.1:18080              │
+#   │ lo: 10.99.0.1/32 = arcServerEndpoint address                        │
+#   │ v-d1 10.99.1.1/30       v-d2 10.99.2.1/30       v-d3 10.99.3.1/30   │
+#   └──────┬───────────────────────┬───────────────────────┬──────────────┘
+#      veth│                   veth│                   veth│
+#   ┌──────┴── netns <p>d1 ─┐ ┌────┴──── netns <p>d2 ─┐ ┌───┴───── netns <p>d3 ─┐
+#   │ v-rv 10.99.1.2/30     │ │ v-rv 10.99.2.2/30     │ │ v-rv 10.99.3.2/30     │
+#   │ wireguard-go wgd1     │ │ wireguard-go wgd2     │ │ wireguard-go wgd3     │
+#   │ virtual SIM           │ │ virtual SIM           │ │ virtual subscriber of │
+#   │                       │ │                       │ │ an IoT SIM (plan-D)   │
+#   │ 10.64.x.y/32 from API │ │ 10.64.x.y/32 from API │ │ 10.64.x.y/32 from API │
+#   └───────────────────────┘ └───────────────────────┘ └───────────────────────┘
 #   <p> = arce2e-<pid>-  (unique per run: runs never collide)
 #
 # No namespace has a default route or a link to the host: no packet leaves them. WireGuard
@@ -33,9 +37,24 @@
 # calls render-wg-conf.sh) → asserts:
 #   ping 100.127.100.127 (both devices) · iperf3 from d1 (>= 50 MB received) · getSim live stats
 #   (arcdSessionStats) · `wg show` on arcd's control socket lists both peers with handshakes ·
-#   devices outside a VPG cannot reach each other · delete_session → traffic resumes without
-#   touching the device (time printed) · renew credentials → old session and old key fail, new key
-#   works · terminate d2 → traffic stops and no handshake any more, d1 unaffected
+#   devices outside a VPG cannot reach each other
+# → platform services (stage 6), used from the devices with only what a device has (curl, nc,
+#   dig, ping); d3 is a virtual subscriber added to an imported plan-D IoT SIM (device.sh
+#   --add-subscription), d1 a standalone virtual SIM, both in one group with metadata, Harvest
+#   and Beam on (to a sink in rv that verifies X-Soracom-Signature itself); d2 stays outside:
+#   pong · metadata: the caller's own record (d3: the IoT SIM's IMSI, not its virtual one), 403
+#   outside the group and once switched off · Beam: X-Soracom-IMSI/-SIM-ID/-Timestamp and a
+#   signature the sink accepts, the device's own X-Soracom-IMSI claim replaced · unified endpoint
+#   · Harvest: HTTP POST, TCP and UDP 8514 ("201") · bad input: 64 KiB + 1 (413), random bytes
+#   on TCP/UDP 8514 and HTTP 80/8888, d1 sending with d3's address (dropped by the data plane:
+#   nothing reaches arc0, no answer) · Harvest read back through the official data API (GET
+#   /v1/subscribers/{imsi}/data, /v1/data/Subscriber/{imsi}, /v1/sims/{id}/data agree): every
+#   entry exactly once, under the right primary IMSI; nothing under the virtual IMSI, d2 or any
+#   other resource (/v1/data/resources) · DNS: harvest.soracom.io over UDP and TCP, still
+#   answering after malformed queries
+# → session lifecycle (stage 7): delete_session → traffic resumes without touching the device
+#   (time printed) · renew credentials → old session and old key fail, new key works · terminate
+#   d2 → traffic stops and no handshake any more, d1 unaffected
 # → cleanup (trap): processes by recorded PID (checked against /proc), namespaces, temp files.
 #
 # Every assert prints "PASS name" or "FAIL name: why"; the first FAIL ends the run (exit 1, after
@@ -50,7 +69,8 @@
 #   E2E_KEEP_WORK=1   keep the temp directory (config, logs, JSON) instead of deleting it
 #   E2E_LOG_LEVEL=F   arcd log filter (default "info")
 #   E2E_IPERF_BYTES=N iperf3 -n amount (default 64M; at least 50,000,000 bytes must arrive)
-# Needs: root, /dev/net/tun, iproute2, wireguard-go, wireguard-tools (wg), iperf3, jq, curl, ping.
+# Needs: root, /dev/net/tun, iproute2, wireguard-go, wireguard-tools (wg), iperf3, jq, curl, ping,
+# dig (bind9-dnsutils), nc (netcat-openbsd), python3.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -64,8 +84,10 @@ NS_PREFIX="arce2e-${RUN_ID}-"
 NS_RV=${NS_PREFIX}rv
 NS_D1=${NS_PREFIX}d1
 NS_D2=${NS_PREFIX}d2
+NS_D3=${NS_PREFIX}d3
 IF_D1=wgd1
 IF_D2=wgd2
+IF_D3=wgd3
 # WireGuard control sockets (arcd's and wireguard-go's) live in /var/run/wireguard, which network
 # namespaces do not separate. Everything here runs in a mount namespace of our own (held by a
 # `sleep` process) with a private tmpfs on that directory: no clash with an arcd or WireGuard
@@ -76,6 +98,7 @@ MNT_HOLDER=""
 RV_ADDR=10.99.0.1            # on rv's loopback: API address and arcServerEndpoint host
 RV_D1=10.99.1.1 D1_RV=10.99.1.2
 RV_D2=10.99.2.1 D2_RV=10.99.2.2
+RV_D3=10.99.3.1 D3_RV=10.99.3.2
 API_PORT=8443
 WG_PORT=11010
 API_TLS=${E2E_API_TLS:-yes}
@@ -85,6 +108,22 @@ RP_ID=ap-northeast-1
 ARCD_UAPI_NAME=arc-apne1     # control socket name arcd derives from the id ap-northeast-1
 POOL=10.64.0.0/16
 PLATFORM_ADDR=100.127.100.127
+# Platform services (src/services): metadata shares the pong address.
+METADATA_URL=http://100.127.100.127
+HARVEST_ADDR=100.127.111.111
+HARVEST_RAW_PORT=8514
+BEAM_URL=http://100.127.127.100:8888
+UNIFIED_URL=http://100.127.69.42
+DNS_ADDR=100.127.0.53
+# The Beam destination: scripts/e2e/beam-sink.py in rv, on rv's loopback address.
+SINK_PORT=18080
+SINK_URL="http://${RV_ADDR}:${SINK_PORT}"
+BEAM_PSK="e2e-psk-$RUN_ID-$RANDOM"
+# The imported IoT SIM (plan-D) whose virtual subscriber device d3 runs.
+IOT_ICCID=8981100000000000058
+IOT_IMSI=440101234567892
+# Every Harvest entry and Beam body of this run carries "e2e-<run>-<who>-<what>".
+MARK="e2e-$RUN_ID"
 MTU=1420
 IPERF_PORT=5201
 # iperf3 -n stops counting at the receiver when the sender's "test end" arrives on the control
@@ -127,7 +166,7 @@ show_logs() {
         tail -n 60 "$WORK/arcd.log" | sed 's/\x1b\[[0-9;]*m//g' || true
     fi
     local f
-    for f in "$WORK"/wireguard-go-*.log "$WORK"/iperf3-server.log; do
+    for f in "$WORK"/wireguard-go-*.log "$WORK"/iperf3-server.log "$WORK"/beam-sink.log; do
         [[ -s $f ]] || continue
         echo "==== tail of ${f##*/} ===="
         tail -n 15 "$f" || true
@@ -195,7 +234,7 @@ cleanup() {
     done
     wait 2>/dev/null
     local ns left
-    for ns in "$NS_D1" "$NS_D2" "$NS_RV"; do
+    for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then
             left=""
             for pid in $(ip netns pids "$ns" 2>/dev/null); do
@@ -336,8 +375,22 @@ first_reply_ms() {
     fi
 }
 
-dev_ns() { [[ $1 == d1 ]] && echo "$NS_D1" || echo "$NS_D2"; }
-dev_if() { [[ $1 == d1 ]] && echo "$IF_D1" || echo "$IF_D2"; }
+dev_ns() {
+    case $1 in
+        d1) echo "$NS_D1" ;;
+        d2) echo "$NS_D2" ;;
+        d3) echo "$NS_D3" ;;
+        *) die "dev_ns: no device $1" ;;
+    esac
+}
+dev_if() {
+    case $1 in
+        d1) echo "$IF_D1" ;;
+        d2) echo "$IF_D2" ;;
+        d3) echo "$IF_D3" ;;
+        *) die "dev_if: no device $1" ;;
+    esac
+}
 
 # Latest handshake (UNIX seconds, 0 = never) of the device's peer with the server key.
 dev_handshake() { # dev_handshake DEV
@@ -398,14 +451,71 @@ force_rehandshake() { # force_rehandshake DEV
 
 sim_field() { jq -r "$2" "$WORK/$1/sim.json"; }
 
+# ---------------------------------------------------- platform services --
+# What a device has: curl, nc, dig and ping, run inside its namespace through its tunnel.
+
+# dev_http DEV OUT [curl args...]: an HTTP request from device DEV; the answer's body lands in
+# OUT, curl's complaints in OUT.err; prints the status ("000": no answer). Never fails.
+dev_http() {
+    local dev=$1 out=$2 code
+    shift 2
+    code=$(nsx "$(dev_ns "$dev")" timeout 20 curl -sS -m 10 -o "$out" -w '%{http_code}' "$@" 2>"$out.err") || true
+    [[ $code =~ ^[0-9]{3}$ ]] || code=000
+    echo "$code"
+}
+
+# dev_nc DEV OUT [nc args...] <INPUT: netcat from device DEV (numeric addresses only); what
+# comes back lands in OUT. Never fails.
+dev_nc() {
+    local dev=$1 out=$2
+    shift 2
+    nsx "$(dev_ns "$dev")" timeout 15 nc -n "$@" >"$out" 2>"$out.err" || true
+}
+
+# Harvest raw messages: TCP ends the message at the newline (nc -N half-closes after it), UDP
+# waits for the one answer datagram (-W 1).
+harvest_tcp() { dev_nc "$1" "$2" -N -w 5 "$HARVEST_ADDR" "$HARVEST_RAW_PORT"; }
+harvest_udp() { dev_nc "$1" "$2" -u -W 1 -w 3 "$HARVEST_ADDR" "$HARVEST_RAW_PORT"; }
+
+# One line: the file's bytes, printable and cut (for FAIL messages).
+peek() { head -c "${2:-300}" "$1" 2>/dev/null | tr -c '[:print:]' '.'; }
+
+# The Harvest entries every device should have stored, checked through the data API at the end:
+# EXPECT_N[DEV] entries in all; each expect_entry line exactly once.
+declare -A EXPECT_N=()
+expect_entry() { # expect_entry DEV CONTENT_TYPE CONTENT [TIME]
+    jq -nc --arg t "$2" --arg c "$3" --arg time "${4:-}" \
+        '{contentType: $t, content: $c} + (if $time == "" then {} else {time: ($time | tonumber)} end)' \
+        >>"$WORK/harvest-expect-$1.jsonl"
+    EXPECT_N[$1]=$((${EXPECT_N[$1]:-0} + 1))
+}
+# count_201 FILE: the "201" answers in a raw reply (each is one stored entry).
+count_201() { grep -c '^201$' "$1" 2>/dev/null || true; }
+
+# Lines of the Beam sink's record whose body carries MARKER.
+sink_records() { # sink_records MARKER
+    jq -c --arg m "$1" 'select(.body != null and (.body | contains($m)))' "$SINK_LOG" 2>/dev/null || true
+}
+sink_count() { if [[ -s $SINK_LOG ]]; then wc -l <"$SINK_LOG"; else echo 0; fi; }
+
+# arc0's receive counter in rv: packets arcd wrote into the kernel (device traffic it accepted).
+arc0_rx_packets() { nsx "$NS_RV" cat /sys/class/net/arc0/statistics/rx_packets; }
+
+# dig_a DEV NAME [dig options...]: the A answers of the in-tunnel DNS, one per line.
+dig_a() {
+    local dev=$1 name=$2
+    shift 2
+    nsx "$(dev_ns "$dev")" timeout 10 dig @"$DNS_ADDR" "$name" A +short +time=2 +tries=2 "$@" 2>&1 || true
+}
+
 # ==================================================================== main ==
 [[ $EUID -eq 0 ]] || {
     echo "netns.sh: needs root (network namespaces, TUN devices, WireGuard)" >&2
     exit 1
 }
-for tool in ip wg wireguard-go iperf3 jq curl ping timeout awk unshare nsenter ss; do
+for tool in ip wg wireguard-go iperf3 jq curl ping timeout awk unshare nsenter ss dig nc python3 base64; do
     command -v "$tool" >/dev/null || {
-        echo "netns.sh: missing $tool (apt-get install --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping)" >&2
+        echo "netns.sh: missing $tool (apt-get install --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping bind9-dnsutils netcat-openbsd python3)" >&2
         exit 1
     }
 done
@@ -446,30 +556,28 @@ done < <(compgen -e | grep '^ARCD_' || true)
 
 # -------------------------------------------------------- 2. namespaces ----
 stage "2. namespaces and links"
-for ns in "$NS_RV" "$NS_D1" "$NS_D2"; do
+for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
 done
 make_mount_namespace
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
-ip -n "$NS_RV" link add v-d1 type veth peer name v-rv netns "$NS_D1"
-ip -n "$NS_RV" link add v-d2 type veth peer name v-rv netns "$NS_D2"
-ip -n "$NS_RV" addr add "$RV_D1/30" dev v-d1
-ip -n "$NS_RV" addr add "$RV_D2/30" dev v-d2
-ip -n "$NS_D1" addr add "$D1_RV/30" dev v-rv
-ip -n "$NS_D2" addr add "$D2_RV/30" dev v-rv
-ip -n "$NS_RV" link set v-d1 up
-ip -n "$NS_RV" link set v-d2 up
-ip -n "$NS_D1" link set v-rv up
-ip -n "$NS_D2" link set v-rv up
-ip -n "$NS_D1" route add "$RV_ADDR/32" via "$RV_D1"
-ip -n "$NS_D2" route add "$RV_ADDR/32" via "$RV_D2"
-for dev in d1 d2; do
+for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV"; do
+    read -r dev rv_side dev_side <<<"$link"
+    ns=$(dev_ns "$dev")
+    ip -n "$NS_RV" link add "v-$dev" type veth peer name v-rv netns "$ns"
+    ip -n "$NS_RV" addr add "$rv_side/30" dev "v-$dev"
+    ip -n "$ns" addr add "$dev_side/30" dev v-rv
+    ip -n "$NS_RV" link set "v-$dev" up
+    ip -n "$ns" link set v-rv up
+    ip -n "$ns" route add "$RV_ADDR/32" via "$rv_side"
+done
+for dev in d1 d2 d3; do
     ns=$(dev_ns "$dev")
     nsx "$ns" timeout 5 ping -n -c 1 -W 2 "$RV_ADDR" >/dev/null ||
         fail "underlay $dev -> rv" "no reply from $RV_ADDR over the veth"
 done
-pass "namespaces $NS_RV, $NS_D1, $NS_D2 with veth links"
+pass "namespaces $NS_RV, $NS_D1, $NS_D2, $NS_D3 with veth links"
 
 # ------------------------------------------------------------- 3. arcd ------
 stage "3. arcd and iperf3 server in $NS_RV"
@@ -546,7 +654,7 @@ pass "POST /v1/auth with the root credentials"
 # did is checked here, from the state it left and from the live interface.
 DEV_CA=()
 [[ $API_SCHEME == https ]] && DEV_CA=(--cacert "$CACERT")
-declare -A SIM_ID=() DEV_ADDR=() DEV_PUB=()
+declare -A SIM_ID=() DEV_ADDR=() DEV_PUB=() IMSI=()
 for dev in d1 d2; do
     ns=$(dev_ns "$dev")
     if_=$(dev_if "$dev")
@@ -725,7 +833,353 @@ nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.a
 nsx "$NS_D2" timeout 10 wg set "$IF_D2" peer "$(sim_field d2 .arcSessionStatus.arcServerPeerPublicKey)" \
     allowed-ips "$(sim_field d2 '.arcSessionStatus.arcAllowedIPs | join(",")')"
 
-stage "5f. delete_session: traffic resumes without touching the device"
+# ------------------------------------------------- 6. platform services ----
+stage "6a. services setup: Beam sink, an IoT SIM's virtual subscriber (d3), one group"
+t_services=$(now_ms)
+# The Beam destination: scripts/e2e/beam-sink.py in rv, where arcd forwards to. It records every
+# request (JSON lines) and checks X-Soracom-Signature itself with the PSK: 200 when valid, else
+# 401. Run with the interpreter python3 names (its real path, so /proc/PID/comm is known).
+SINK_LOG=$WORK/beam-sink.jsonl
+: >"$SINK_LOG"
+PY=$(python3 -c 'import sys; print(sys.executable)') || die "python3 does not run"
+spawn "$NS_RV" "$WORK/beam-sink.log" "$(basename "$PY")" "$PY" "$SCRIPT_DIR/beam-sink.py" \
+    --listen "$RV_ADDR:$SINK_PORT" --psk "$BEAM_PSK" --log "$SINK_LOG"
+SINK_PID=$SPAWNED_PID
+sink_listening() { nsx "$NS_RV" timeout 5 ss -Hltn "sport = :$SINK_PORT" | grep -q LISTEN; }
+wait_for 10 sink_listening || fail "Beam sink starts" "nothing listens on $SINK_URL: $(peek "$WORK/beam-sink.log")"
+# The sink really checks: a request with a wrong signature is refused.
+code=$(nsx "$NS_RV" timeout 10 curl -sS -m 5 -o "$WORK/sink-selftest.out" -w '%{http_code}' \
+    -H 'X-Soracom-IMSI: 001010000000000' -H "X-Soracom-Timestamp: $(now_ms)" \
+    -H "X-Soracom-Signature: $(printf 'wrong' | sha256sum | cut -d' ' -f1)" \
+    -H 'X-Soracom-Signature-Version: 20151001' --data "$MARK-sink-selftest" "$SINK_URL/in") || true
+[[ $code == 401 ]] || fail "Beam sink verifies signatures" "a wrong signature got HTTP $code, want 401"
+pass "Beam sink in $NS_RV" "pid $SINK_PID, $SINK_URL, refuses a wrong signature (401)"
+
+for dev in d1 d2; do
+    IMSI[$dev]=$(sim_field "$dev" '.profiles[.simId].primaryImsi // empty')
+    [[ ${IMSI[$dev]} =~ ^[0-9]{15}$ ]] || fail "$dev: IMSI" "no profiles[simId].primaryImsi in its Sim: '${IMSI[$dev]}'"
+done
+
+# An IoT SIM (plan-D) imported, then device.sh adds a virtual subscriber to it
+# (addSubscription) and runs that subscriber's session: the platform must see the IoT SIM's IMSI.
+import=$(jq -nc --arg iccid "$IOT_ICCID" --arg imsi "$IOT_IMSI" '[{iccid: $iccid, imsi: $imsi, subscription: "plan-D"}]')
+api POST /v1/arcd/iot_sims "$import" >"$WORK/iot-import.json" || fail "import the IoT SIM" "see above"
+jq -e --arg id "$IOT_ICCID" '.[0].simId == $id' "$WORK/iot-import.json" >/dev/null ||
+    fail "import the IoT SIM" "answer: $(peek "$WORK/iot-import.json")"
+provision_device d3 --api "$API_URL" --auth "$creds" "${DEV_CA[@]}" --add-subscription "$IOT_ICCID" \
+    --check-ping "$PLATFORM_ADDR" --check-timeout 10 ||
+    fail "d3: device.sh --add-subscription" "scripts/provision/device.sh failed (output above)"
+SIM_ID[d3]=$(cat "$WORK/d3/sim-id" 2>/dev/null) || true
+[[ ${SIM_ID[d3]} == "$IOT_ICCID" ]] || fail "d3: virtual subscriber" "sim-id is '${SIM_ID[d3]}', want the IoT SIM $IOT_ICCID"
+DEV_ADDR[d3]=$(cat "$WORK/d3/address")
+DEV_PUB[d3]=$(wg pubkey <"$WORK/d3/private.key")
+IMSI[d3]=$(sim_field d3 '.profiles[.simId].primaryImsi // empty')
+# shellcheck disable=SC2016 # a jq program
+VIRTUAL_IMSI=$(sim_field d3 '.profiles[.simId] | .primaryImsi as $p | [.subscribers | keys[] | select(. != $p)] | if length == 1 then .[0] else empty end')
+[[ ${IMSI[d3]} == "$IOT_IMSI" ]] || fail "d3: virtual subscriber" "primaryImsi of the SIM is '${IMSI[d3]}', want the IoT SIM's $IOT_IMSI"
+[[ $VIRTUAL_IMSI =~ ^[0-9]{15}$ && $VIRTUAL_IMSI != "$IOT_IMSI" ]] ||
+    fail "d3: virtual subscriber" "want exactly one subscriber besides $IOT_IMSI: $(sim_field d3 '.profiles[.simId].subscribers | keys | join(",")')"
+# shellcheck disable=SC2016 # a jq program
+[[ $(sim_field d3 '.profiles[.simId].subscribers as $s | $s[.profiles[.simId].primaryImsi].subscription == "plan-D"
+    and ([$s[] | select(.subscription == "planArc01")] | length == 1)') == true ]] ||
+    fail "d3: virtual subscriber" "want the plan-D IMSI and one planArc01 subscriber: $(jq -c '.profiles[.simId].subscribers | map_values(.subscription)' "$WORK/d3/sim.json")"
+[[ $(sim_field d3 '.sessionStatus.imsi // empty') == "$IOT_IMSI" ]] ||
+    fail "d3: virtual subscriber" "sessionStatus.imsi is '$(sim_field d3 '.sessionStatus.imsi')', want $IOT_IMSI"
+[[ $(nsx "$NS_D3" timeout 5 wg show "$IF_D3" public-key) == "${DEV_PUB[d3]}" ]] ||
+    fail "d3: virtual subscriber" "$IF_D3 does not hold the subscriber's key"
+pass "d3: virtual subscriber $VIRTUAL_IMSI of the IoT SIM $IOT_ICCID (IMSI $IOT_IMSI, plan-D)" "client ${DEV_ADDR[d3]}, first reply $(($(cat "$WORK/d3/first-reply-at-ms") - $(cat "$WORK/d3/configured-at-ms"))) ms after wg setconf"
+
+# One group with every service on, for d1 (a standalone virtual SIM) and d3; d2 stays outside.
+group_body=$(jq -nc --arg dest "$SINK_URL/in" --arg psk "$BEAM_PSK" '{
+    tags: {name: "e2e-services"},
+    configuration: {
+        SoracomAir: {metadata: {enabled: true}},
+        SoracomHarvest: {enabled: true},
+        SoracomBeam: {"http://beam.soracom.io:8888/": {enabled: true, destination: $dest, psk: $psk}}
+    }}')
+api POST /v1/groups "$group_body" >"$WORK/group.json" || fail "POST /v1/groups" "see above"
+GROUP_ID=$(jq -r '.groupId // empty' "$WORK/group.json")
+[[ -n $GROUP_ID ]] || fail "POST /v1/groups" "no groupId: $(peek "$WORK/group.json")"
+for dev in d1 d3; do
+    api POST "/v1/sims/${SIM_ID[$dev]}/set_group" "{\"groupId\":\"$GROUP_ID\"}" >"$WORK/$dev.set_group.json" ||
+        fail "set_group $dev" "see above"
+    [[ $(jq -r '.groupId // empty' "$WORK/$dev.set_group.json") == "$GROUP_ID" ]] ||
+        fail "set_group $dev" "groupId in the answer is not $GROUP_ID"
+done
+pass "group $GROUP_ID (metadata, Harvest, Beam -> $SINK_URL/in with a PSK) for d1 and d3" "d2 in no group"
+
+stage "6b. pong"
+for dev in d1 d3; do
+    run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 3 0.2 5
+    ((PING_RX == 3)) || fail "$dev: pong" "$PING_RX/$PING_TX replies from $PLATFORM_ADDR: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+    pass "$dev: pong (ping -c 3 $PLATFORM_ADDR)" "3/3 replies, avg rtt $PING_AVG ms"
+done
+
+stage "6c. metadata ($METADATA_URL)"
+for dev in d1 d3; do
+    out=$WORK/$dev.metadata.json
+    code=$(dev_http "$dev" "$out" "$METADATA_URL/v1/subscriber")
+    [[ $code == 200 ]] || fail "$dev: metadata /v1/subscriber" "HTTP $code: $(peek "$out") $(peek "$out.err")"
+    jq -e --arg imsi "${IMSI[$dev]}" --arg sim "${SIM_ID[$dev]}" --arg ip "${DEV_ADDR[$dev]}" --arg g "$GROUP_ID" \
+        '.imsi == $imsi and .simId == $sim and .ipAddress == $ip and .groupId == $g and .sessionStatus.online == true' \
+        "$out" >/dev/null ||
+        fail "$dev: metadata /v1/subscriber" "not its own record (want imsi ${IMSI[$dev]}, simId ${SIM_ID[$dev]}, ipAddress ${DEV_ADDR[$dev]}, groupId $GROUP_ID): $(jq -c '{imsi, simId, ipAddress, groupId, online: .sessionStatus.online}' "$out" 2>/dev/null || peek "$out")"
+    code=$(dev_http "$dev" "$out.imsi" "$METADATA_URL/v1/subscriber.imsi")
+    [[ $code == 200 && $(cat "$out.imsi") == "${IMSI[$dev]}" ]] ||
+        fail "$dev: metadata /v1/subscriber.imsi" "HTTP $code '$(peek "$out.imsi")', want ${IMSI[$dev]}"
+    pass "$dev: metadata returns its own record" "imsi ${IMSI[$dev]}, simId ${SIM_ID[$dev]}, ipAddress ${DEV_ADDR[$dev]}"
+done
+[[ ${IMSI[d3]} != "$VIRTUAL_IMSI" ]] || fail "d3: metadata imsi" "the virtual IMSI"
+pass "d3: metadata imsi is the IoT SIM's $IOT_IMSI" "not the virtual subscriber's $VIRTUAL_IMSI"
+forbidden="You are not allowed to access Metadata Server."
+code=$(dev_http d2 "$WORK/d2.metadata.out" "$METADATA_URL/v1/subscriber")
+[[ $code == 403 && $(cat "$WORK/d2.metadata.out") == "$forbidden" ]] ||
+    fail "d2 (no group): metadata 403" "HTTP $code '$(peek "$WORK/d2.metadata.out")'"
+pass "d2 (no group): metadata 403" "$forbidden"
+api PUT "/v1/groups/$GROUP_ID/configuration/SoracomAir" '[{"key":"metadata","value":{"enabled":false}}]' >/dev/null ||
+    fail "switch metadata off" "see above"
+code=$(dev_http d1 "$WORK/d1.metadata.off" "$METADATA_URL/v1/subscriber.imsi")
+[[ $code == 403 && $(cat "$WORK/d1.metadata.off") == "$forbidden" ]] ||
+    fail "d1: metadata 403 once switched off" "HTTP $code '$(peek "$WORK/d1.metadata.off")'"
+api PUT "/v1/groups/$GROUP_ID/configuration/SoracomAir" '[{"key":"metadata","value":{"enabled":true}}]' >/dev/null ||
+    fail "switch metadata on" "see above"
+code=$(dev_http d1 "$WORK/d1.metadata.on" "$METADATA_URL/v1/subscriber.imsi")
+[[ $code == 200 && $(cat "$WORK/d1.metadata.on") == "${IMSI[d1]}" ]] ||
+    fail "d1: metadata back on" "HTTP $code '$(peek "$WORK/d1.metadata.on")'"
+pass "d1: metadata 403 once the group switches it off, 200 again when on" "no session reset"
+
+stage "6d. Beam ($BEAM_URL -> $SINK_URL/in) and the unified endpoint"
+for dev in d1 d3; do
+    out=$WORK/$dev.beam.json
+    marker="$MARK-$dev-beam"
+    before=$(now_ms)
+    # The device's own X-Soracom-IMSI claim must be replaced by the platform's.
+    code=$(dev_http "$dev" "$out" -X POST -H 'Content-Type: application/json' \
+        -H 'X-Soracom-IMSI: 001010000000000' -H 'X-E2E-Header: kept' \
+        --data "{\"marker\":\"$marker\",\"t\":20}" "$BEAM_URL/sensors/$dev?unit=c&n=1")
+    after=$(now_ms)
+    [[ $code == 200 ]] || fail "$dev: Beam to the sink" "HTTP $code: $(peek "$out") $(peek "$out.err") (401 = the sink refused the signature)"
+    jq -e --arg imsi "${IMSI[$dev]}" '.verified == true and .imsi == $imsi' "$out" >/dev/null ||
+        fail "$dev: Beam to the sink" "the sink's answer: $(peek "$out")"
+    mapfile -t recs < <(sink_records "$marker")
+    ((${#recs[@]} == 1)) || fail "$dev: Beam to the sink" "${#recs[@]} requests with $marker in the sink's record, want 1"
+    rec=${recs[0]}
+    ts=$(jq -r '.headers["x-soracom-timestamp"] // empty' <<<"$rec")
+    problems=$(jq -r --arg imsi "${IMSI[$dev]}" --arg sim "${SIM_ID[$dev]}" --arg path "/in/sensors/$dev?unit=c&n=1" \
+        --arg body "{\"marker\":\"$marker\",\"t\":20}" '
+        [ (if .method != "POST" then "method \(.method)" else empty end),
+          (if .path != $path then "path \(.path), want \($path)" else empty end),
+          (if .body != $body then "body \(.body)" else empty end),
+          (if .headers["x-soracom-imsi"] != $imsi then "X-Soracom-IMSI \(.headers["x-soracom-imsi"]), want \($imsi)" else empty end),
+          (if .headers["x-soracom-sim-id"] != $sim then "X-Soracom-SIM-ID \(.headers["x-soracom-sim-id"]), want \($sim)" else empty end),
+          (if .headers["x-soracom-signature-version"] != "20151001" then "X-Soracom-Signature-Version \(.headers["x-soracom-signature-version"])" else empty end),
+          (if .headers["x-e2e-header"] != "kept" then "the device header X-E2E-Header was not passed on" else empty end),
+          (if .headers["content-type"] != "application/json" then "Content-Type \(.headers["content-type"])" else empty end),
+          (if .signature.valid != true then "the sink found the signature invalid" else empty end)
+        ] | join("; ")' <<<"$rec")
+    [[ -z $problems ]] || fail "$dev: Beam request at the sink" "$problems"
+    if ! [[ $ts =~ ^[0-9]+$ ]] || ((ts < before || ts > after)); then
+        fail "$dev: Beam request at the sink" "X-Soracom-Timestamp '$ts' not within the call ($before..$after)"
+    fi
+    pass "$dev: Beam -> sink" "X-Soracom-IMSI ${IMSI[$dev]}, X-Soracom-SIM-ID ${SIM_ID[$dev]}, timestamp, signature verified by the sink, path /in/sensors/$dev?unit=c&n=1, $((after - before)) ms"
+    figure "$dev: Beam device -> sink -> device" "$((after - before)) ms (curl in the device namespace)"
+done
+[[ $(jq -r '.headers["x-soracom-imsi"]' <<<"$(sink_records "$MARK-d3-beam")") == "$IOT_IMSI" ]] ||
+    fail "d3: Beam X-Soracom-IMSI" "not the IoT SIM's IMSI"
+pass "d3: Beam X-Soracom-IMSI is the IoT SIM's $IOT_IMSI" "not the virtual subscriber's $VIRTUAL_IMSI"
+n_before=$(sink_count)
+code=$(dev_http d2 "$WORK/d2.beam.out" -X POST --data "$MARK-d2-beam" "$BEAM_URL/x")
+[[ $code == 400 ]] || fail "d2 (no group): Beam refused" "HTTP $code: $(peek "$WORK/d2.beam.out")"
+(($(sink_count) == n_before)) || fail "d2 (no group): Beam refused" "the sink got a request"
+pass "d2 (no group): Beam refused" "HTTP 400, nothing forwarded"
+# The unified endpoint with both Harvest and Beam on: one POST, both services.
+out=$WORK/d1.unified.json
+body="{\"marker\":\"$MARK-d1-unified\"}"
+code=$(dev_http d1 "$out" -X POST -H 'Content-Type: application/json' --data "$body" "$UNIFIED_URL/")
+[[ $code == 200 ]] || fail "d1: unified endpoint" "HTTP $code: $(peek "$out")"
+jq -e '.statusCode == 200 and .body.result == "ok" and .body.detail.harvest.statusCode == 201
+    and .body.detail.beam.statusCode == 200 and .body.detail.beam.body.verified == true' "$out" >/dev/null ||
+    fail "d1: unified endpoint" "answer: $(peek "$out" 600)"
+[[ $(sink_records "$MARK-d1-unified" | jq -r '.headers["x-soracom-imsi"]') == "${IMSI[d1]}" ]] ||
+    fail "d1: unified endpoint" "the sink did not get it once with X-Soracom-IMSI ${IMSI[d1]}"
+expect_entry d1 application/json "$body"
+pass "d1: unified endpoint -> Harvest (201) and Beam (200, signature verified)"
+
+stage "6e. Harvest Data ($HARVEST_ADDR: HTTP 80, TCP and UDP $HARVEST_RAW_PORT)"
+for dev in d1 d3; do
+    out=$WORK/$dev.harvest
+    body="{\"marker\":\"$MARK-$dev-http\",\"temperature\":21.5}"
+    code=$(dev_http "$dev" "$out.http" -X POST -H 'Content-Type: application/json' --data "$body" "http://$HARVEST_ADDR/")
+    [[ $code == 201 ]] || fail "$dev: Harvest HTTP POST" "HTTP $code: $(peek "$out.http") $(peek "$out.http.err")"
+    expect_entry "$dev" application/json "$body"
+    printf '%s\n' "$MARK-$dev-tcp" | harvest_tcp "$dev" "$out.tcp"
+    [[ $(cat "$out.tcp") == 201 ]] || fail "$dev: Harvest TCP $HARVEST_RAW_PORT" "answer '$(peek "$out.tcp")', want 201 $(peek "$out.tcp.err")"
+    expect_entry "$dev" text/plain "$MARK-$dev-tcp"
+    printf '%s' "$MARK-$dev-udp" | harvest_udp "$dev" "$out.udp"
+    [[ $(cat "$out.udp") == 201 ]] || fail "$dev: Harvest UDP $HARVEST_RAW_PORT" "answer '$(peek "$out.udp")', want 201 $(peek "$out.udp.err")"
+    expect_entry "$dev" text/plain "$MARK-$dev-udp"
+    pass "$dev: Harvest HTTP POST, TCP and UDP message" "201, \"201\", \"201\""
+done
+# The device's own time stamp is honoured on harvest.soracom.io.
+code=$(dev_http d1 "$WORK/d1.harvest.timed" -X POST -H 'Content-Type: text/plain' \
+    -H 'X-Soracom-Timestamp: 1700000000123' --data "$MARK-d1-timed" "http://$HARVEST_ADDR/")
+[[ $code == 201 ]] || fail "d1: Harvest POST with X-Soracom-Timestamp" "HTTP $code"
+expect_entry d1 text/plain "$MARK-d1-timed" 1700000000123
+pass "d1: Harvest POST with X-Soracom-Timestamp" "201"
+code=$(dev_http d2 "$WORK/d2.harvest.http" -X POST --data "$MARK-d2-http" "http://$HARVEST_ADDR/")
+[[ $code == 400 ]] || fail "d2 (no group): Harvest refused" "HTTP $code: $(peek "$WORK/d2.harvest.http")"
+printf '%s\n' "$MARK-d2-tcp" | harvest_tcp d2 "$WORK/d2.harvest.tcp"
+[[ $(cat "$WORK/d2.harvest.tcp") == 400 ]] || fail "d2 (no group): Harvest refused" "TCP answer '$(peek "$WORK/d2.harvest.tcp")', want 400"
+pass "d2 (no group): Harvest refused" "HTTP 400, TCP \"400\""
+
+stage "6f. bad input: oversize, garbage, a spoofed source address"
+# Exactly 64 KiB + 1 byte: refused whole (the TCP server has read every byte when it answers).
+oversize=$WORK/oversize.bin
+{ printf '%s ' "$MARK-d1-oversize"; head -c $((65536 + 1 - ${#MARK} - 13)) /dev/zero | tr '\0' 'x'; } >"$oversize"
+(($(stat -c %s "$oversize") == 65537)) || die "oversize.bin is $(stat -c %s "$oversize") bytes"
+code=$(dev_http d1 "$WORK/d1.oversize.http" -X POST -H 'Content-Type: text/plain' --data-binary "@$oversize" "http://$HARVEST_ADDR/")
+[[ $code == 413 ]] || fail "d1: Harvest POST of 64 KiB + 1" "HTTP $code, want 413"
+harvest_tcp d1 "$WORK/d1.oversize.tcp" <"$oversize"
+EXPECT_N[d1]=$((EXPECT_N[d1] + $(count_201 "$WORK/d1.oversize.tcp")))
+[[ $(tail -n 1 "$WORK/d1.oversize.tcp") == 413 ]] || fail "d1: Harvest TCP message of 64 KiB + 1" "answer '$(peek "$WORK/d1.oversize.tcp")', want 413"
+pass "d1: 64 KiB + 1 byte refused" "HTTP 413, TCP \"413\""
+# Random bytes: over UDP one datagram is one entry (binary: {"payload": base64}); over TCP every
+# newline ends a message and each stored one is answered "201". Then HTTP 80 gets garbage too.
+garbage=$WORK/garbage.bin
+{ head -c 299 /dev/urandom; printf '\377'; } >"$garbage" # 0xff: never UTF-8, kept as base64
+harvest_udp d1 "$WORK/d1.garbage.udp" <"$garbage"
+[[ $(cat "$WORK/d1.garbage.udp") == 201 ]] || fail "d1: random bytes to UDP $HARVEST_RAW_PORT" "answer '$(peek "$WORK/d1.garbage.udp")', want 201"
+expect_entry d1 application/json "$(jq -nc --arg p "$(base64 -w0 <"$garbage")" '{payload: $p}')"
+head -c 300 /dev/urandom | harvest_tcp d1 "$WORK/d1.garbage.tcp"
+grep -qvE '^(201|400)$' "$WORK/d1.garbage.tcp" && fail "d1: random bytes to TCP $HARVEST_RAW_PORT" "unexpected answer: $(peek "$WORK/d1.garbage.tcp")"
+EXPECT_N[d1]=$((EXPECT_N[d1] + $(count_201 "$WORK/d1.garbage.tcp")))
+head -c 300 /dev/urandom | dev_nc d1 "$WORK/d1.garbage.http" -N -w 3 100.127.100.127 80
+head -c 300 /dev/urandom | dev_nc d1 "$WORK/d1.garbage.beam" -N -w 3 100.127.127.100 8888
+alive "$ARCD_PID" || fail "arcd survives garbage" "arcd exited"
+code=$(dev_http d1 "$WORK/d1.metadata.after" "$METADATA_URL/v1/subscriber.imsi")
+[[ $code == 200 && $(cat "$WORK/d1.metadata.after") == "${IMSI[d1]}" ]] ||
+    fail "services answer after garbage" "metadata: HTTP $code '$(peek "$WORK/d1.metadata.after")'"
+printf '%s\n' "$MARK-d1-after-garbage" | harvest_tcp d1 "$WORK/d1.after.tcp"
+[[ $(cat "$WORK/d1.after.tcp") == 201 ]] || fail "services answer after garbage" "Harvest TCP: '$(peek "$WORK/d1.after.tcp")'"
+expect_entry d1 text/plain "$MARK-d1-after-garbage"
+pass "random bytes to UDP/TCP $HARVEST_RAW_PORT, HTTP 80 and 8888: arcd alive, services answer" "UDP \"201\" (kept as base64), TCP answers: $(sort "$WORK/d1.garbage.tcp" | uniq -c | awk '{ printf "%s%sx\"%s\"", sep, $1, $2; sep = ", " }')"
+# d1 sends with d3's tunnel address: wireguard-go encrypts it to arcd like any packet, arcd's data
+# plane must drop it (the source is not d1's address) before the kernel or a service sees it.
+ip -n "$NS_D1" addr add "${DEV_ADDR[d3]}/32" dev "$IF_D1"
+rx_before=$(arc0_rx_packets)
+tx_before=$(dev_tx_bytes d1)
+# Three probes at once (each waits for an answer that must not come): Harvest HTTP and UDP, metadata.
+dev_http d1 "$WORK/spoof.http" --interface "${DEV_ADDR[d3]}" -m 3 -X POST -H 'Content-Type: text/plain' \
+    --data "$MARK-spoofed-http" "http://$HARVEST_ADDR/" >"$WORK/spoof.http.code" &
+probes=($!)
+printf '%s' "$MARK-spoofed-udp" | dev_nc d1 "$WORK/spoof.udp" -u -s "${DEV_ADDR[d3]}" -W 1 -w 3 "$HARVEST_ADDR" "$HARVEST_RAW_PORT" &
+probes+=($!)
+dev_http d1 "$WORK/spoof.metadata" --interface "${DEV_ADDR[d3]}" -m 3 "$METADATA_URL/v1/subscriber.imsi" >"$WORK/spoof.metadata.code" &
+probes+=($!)
+wait "${probes[@]}"
+code=$(cat "$WORK/spoof.http.code")
+mcode=$(cat "$WORK/spoof.metadata.code")
+tx_spoof=$(($(dev_tx_bytes d1) - tx_before))
+rx_spoof=$(($(arc0_rx_packets) - rx_before))
+ip -n "$NS_D1" addr del "${DEV_ADDR[d3]}/32" dev "$IF_D1"
+((tx_spoof >= 3 * 60)) || fail "spoofed source dropped" "only $tx_spoof bytes went into d1's tunnel: the check proves nothing"
+[[ $code == 000 && $mcode == 000 && ! -s $WORK/spoof.udp ]] ||
+    fail "spoofed source dropped" "an answer came back: Harvest HTTP $code, metadata HTTP $mcode, UDP '$(peek "$WORK/spoof.udp")'"
+((rx_spoof == 0)) || fail "spoofed source dropped" "$rx_spoof packets reached arc0 in rv during the spoofing"
+pass "d1 sending as d3 (${DEV_ADDR[d3]}): dropped by the data plane" "$tx_spoof bytes into d1's tunnel, 0 packets onto arc0, no answer"
+code=$(dev_http d1 "$WORK/d1.metadata.after2" "$METADATA_URL/v1/subscriber.imsi")
+[[ $code == 200 ]] || fail "d1 works after spoofing" "metadata HTTP $code"
+
+stage "6g. Harvest read back through the official data API"
+# GET /v1/subscribers/{imsi}/data, GET /v1/data/Subscriber/{imsi} and GET /v1/sims/{simId}/data
+# (newest first by default, up to 1000 a page) must agree, hold every entry sent exactly once,
+# under the primary IMSI, and nothing else.
+harvest_read() { # harvest_read WHO IMSI [SIM_ID]: the entries in $WORK/data-WHO.json
+    local who=$1 imsi=$2 sim=${3:-} f=$WORK/data-$1
+    api GET "/v1/subscribers/$imsi/data?limit=1000" >"$f.subscribers.json" ||
+        fail "$who: GET /v1/subscribers/$imsi/data" "see above"
+    api GET "/v1/data/Subscriber/$imsi?limit=1000" >"$f.data.json" ||
+        fail "$who: GET /v1/data/Subscriber/$imsi" "see above"
+    jq -e 'type == "array"' "$f.subscribers.json" >/dev/null || fail "$who: GET /v1/subscribers/$imsi/data" "not a list: $(peek "$f.subscribers.json")"
+    cmp -s <(jq -S . "$f.subscribers.json") <(jq -S . "$f.data.json") ||
+        fail "$who: data API" "/v1/subscribers/$imsi/data and /v1/data/Subscriber/$imsi differ"
+    if [[ -n $sim ]]; then
+        api GET "/v1/sims/$sim/data?limit=1000" >"$f.sims.json" || fail "$who: GET /v1/sims/$sim/data" "see above"
+        cmp -s <(jq -S . "$f.subscribers.json") <(jq -S . "$f.sims.json") ||
+            fail "$who: data API" "/v1/sims/$sim/data and /v1/subscribers/$imsi/data differ"
+    fi
+    cp "$f.subscribers.json" "$WORK/data-$who.json"
+}
+for dev in d1 d3; do
+    harvest_read "$dev" "${IMSI[$dev]}" "${SIM_ID[$dev]}"
+    data=$WORK/data-$dev.json
+    n=$(jq length "$data")
+    ((n == EXPECT_N[$dev])) ||
+        fail "$dev: Harvest entries under ${IMSI[$dev]}" "$n entries, want ${EXPECT_N[$dev]}: $(jq -c '[.[] | .content[0:60]]' "$data" | head -c 1500)"
+    jq -e --arg imsi "${IMSI[$dev]}" 'all(.[]; .resourceType == "Subscriber" and .resourceId == $imsi)' "$data" >/dev/null ||
+        fail "$dev: Harvest entries under ${IMSI[$dev]}" "an entry with another resourceType/resourceId: $(jq -c '[.[] | {resourceType, resourceId}] | unique' "$data")"
+    jq -e '[.[].time] as $t | $t == ($t | sort | reverse)' "$data" >/dev/null ||
+        fail "$dev: data API order" "not newest first: $(jq -c '[.[].time]' "$data")"
+    while read -r want; do
+        found=$(jq --argjson w "$want" '[.[] | select(.content == $w.content and .contentType == $w.contentType
+            and (($w | has("time") | not) or .time == $w.time))] | length' "$data")
+        ((found == 1)) || fail "$dev: Harvest entry" "$found entries match $want, want 1"
+    done <"$WORK/harvest-expect-$dev.jsonl"
+    strays=$(jq -r --arg m "$MARK-" --arg mine "$MARK-$dev-" \
+        '[.[].content | select(contains($m)) | select(contains($mine) | not)] | join(" | ")' "$data")
+    [[ -z $strays ]] || fail "$dev: Harvest entries under ${IMSI[$dev]}" "entries of another sender: $strays"
+    pass "$dev: Harvest entries through the data API" "$n entries under ${IMSI[$dev]} (HTTP, TCP, UDP, garbage kept, none oversize or spoofed), the three read paths agree, newest first"
+done
+harvest_read virtual "$VIRTUAL_IMSI"
+[[ $(jq length "$WORK/data-virtual.json") == 0 ]] || fail "nothing under the virtual IMSI $VIRTUAL_IMSI" "$(peek "$WORK/data-virtual.json")"
+harvest_read d2 "${IMSI[d2]}" "${SIM_ID[d2]}"
+[[ $(jq length "$WORK/data-d2.json") == 0 ]] || fail "nothing under d2's IMSI (no group)" "$(peek "$WORK/data-d2.json")"
+api GET "/v1/data/resources?limit=1000" >"$WORK/data-resources.json" || fail "GET /v1/data/resources" "see above"
+got=$(jq -r '[.[] | "\(.resourceType)/\(.resourceId)"] | sort | join(" ")' "$WORK/data-resources.json")
+want=$(printf '%s\n' "Subscriber/${IMSI[d1]}" "Subscriber/${IMSI[d3]}" | sort | paste -sd' ')
+[[ $got == "$want" ]] || fail "GET /v1/data/resources" "resources '$got', want exactly '$want'"
+pass "nothing stored under the virtual IMSI, d2 or anyone else" "GET /v1/data/resources: $got"
+
+stage "6h. DNS ($DNS_ADDR)"
+for proto in udp tcp; do
+    opts=()
+    [[ $proto == tcp ]] && opts=(+tcp)
+    answer=$(dig_a d1 harvest.soracom.io "${opts[@]}")
+    [[ $answer == "$HARVEST_ADDR" ]] || fail "DNS over $proto: harvest.soracom.io" "answer '$(tr '\n' ' ' <<<"$answer")', want $HARVEST_ADDR"
+done
+pass "d1: dig @$DNS_ADDR harvest.soracom.io (UDP and TCP)" "$HARVEST_ADDR"
+# Malformed queries: random bytes, a header announcing a question that is not there, a label
+# running past the end, a compression pointer to itself; over TCP a length prefix promising more
+# than comes, and random bytes.
+header='\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00'
+probes=()
+for name in random no-question long-label pointer-loop; do
+    case $name in
+        random) head -c 300 /dev/urandom ;;
+        no-question) printf '%b' "$header" ;;
+        long-label) printf '%b' "$header" '\x3fabc' ;;
+        pointer-loop) printf '%b' "$header" '\xc0\x0c\x00\x01\x00\x01' ;;
+    esac >"$WORK/dns-$name.bin"
+    # All at once: each waits a second for an answer that may not come.
+    dev_nc d1 "$WORK/dns-$name.out" -u -W 1 -w 1 "$DNS_ADDR" 53 <"$WORK/dns-$name.bin" &
+    probes+=($!)
+done
+{ printf '\377\377'; head -c 10 /dev/urandom; } | dev_nc d1 "$WORK/dns-tcp-short.out" -N -w 2 "$DNS_ADDR" 53 &
+probes+=($!)
+head -c 300 /dev/urandom | dev_nc d1 "$WORK/dns-tcp-random.out" -N -w 2 "$DNS_ADDR" 53 &
+probes+=($!)
+wait "${probes[@]}"
+alive "$ARCD_PID" || fail "arcd survives malformed DNS" "arcd exited"
+for proto in udp tcp; do
+    opts=()
+    [[ $proto == tcp ]] && opts=(+tcp)
+    answer=$(dig_a d3 harvest.soracom.io "${opts[@]}")
+    [[ $answer == "$HARVEST_ADDR" ]] || fail "DNS after malformed queries ($proto)" "answer '$(tr '\n' ' ' <<<"$answer")'"
+done
+pass "malformed DNS queries (UDP and TCP): arcd alive, DNS still answers" "d3: harvest.soracom.io -> $HARVEST_ADDR"
+figure "services stage (6a-6h)" "$(($(now_ms) - t_services)) ms (d3 provisioning included)"
+
+stage "7a. delete_session: traffic resumes without touching the device"
 # wg reports handshake times in whole seconds: make sure a new one is distinguishable.
 hs_before=$(dev_handshake d1)
 while (($(date +%s) <= hs_before)); do sleep 0.2; done
@@ -754,7 +1208,7 @@ srv_lha_after=$(jq -r '.arcdSessionStats.lastHandshakeAt // 0' "$WORK/d1.get.jso
 pass "delete_session: traffic resumed by itself" "${resume} ms, new handshake at device and server"
 figure "delete_session -> first reply" "${resume} ms ($lost probe(s) lost, API call $((t_reset - t_req)) ms)"
 
-stage "5g. renew credentials: the old key fails at once, the new one works"
+stage "7b. renew credentials: the old key fails at once, the new one works"
 old_pub=${DEV_PUB[d1]}
 (umask 077 && api PUT "/v1/sims/${SIM_ID[d1]}/credentials/arc" '{}' >"$WORK/d1.renew.json") ||
     fail "PUT credentials/arc d1" "see above"
@@ -796,7 +1250,7 @@ run_ping "$NS_D1" "$PLATFORM_ADDR" 3 0.2 5
 pass "renew: new key works" "first reply $first ms after the new config, then 3/3 replies, client ${DEV_ADDR[d1]}"
 figure "renew: new key configured -> first reply" "$first ms"
 
-stage "5h. terminate d2: no handshake any more"
+stage "7c. terminate d2: no handshake any more"
 run_ping "$NS_D2" "$PLATFORM_ADDR" 2 0.2 5
 ((PING_RX >= 1)) || fail "d2 works before terminate" "$PING_RX/$PING_TX replies"
 api POST "/v1/sims/${SIM_ID[d2]}/enable_termination" >/dev/null || fail "enable_termination d2" "see above"

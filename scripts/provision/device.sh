@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# device.sh — set up a device host of the arcd lab: a virtual SIM from arcd's API and a real
-# WireGuard client for it (Debian's wireguard-go + wg), configured like wg-quick would from the
-# Sim: private key, peer, address, MTU and a route for each of the Sim's arcAllowedIPs.
+# device.sh — set up a device host of the arcd lab: a virtual SIM from arcd's API (or a virtual
+# subscriber added to an imported IoT SIM) and a real WireGuard client for it (Debian's
+# wireguard-go + wg), configured like wg-quick would from the Sim: private key, peer, address, MTU
+# and a route for each of the Sim's arcAllowedIPs.
 #
 #   device.sh [options] STATE_DIR
 #
-# Steps: start wireguard-go on the interface → get a Sim (createSim through the API, or the Sim
-# already in STATE_DIR, or --sim-json) → render STATE_DIR/wg.conf with render-wg-conf.sh and
-# write STATE_DIR/up.sh (wg setconf, ip address, MTU, routes) → run up.sh → optionally ping an
-# address through the tunnel until it answers (--check-ping).
+# Steps: start wireguard-go on the interface → get a Sim (createSim through the API, or
+# addSubscription on an IoT SIM with --add-subscription, or the Sim already in STATE_DIR, or
+# --sim-json) → render STATE_DIR/wg.conf with render-wg-conf.sh and write STATE_DIR/up.sh (wg
+# setconf, ip address, MTU, routes) → run up.sh → optionally ping an address through the tunnel
+# until it answers (--check-ping).
 #
 # Two ways to run wireguard-go:
 #   default           a systemd unit arcd-device-IF.service whose ExecStartPost runs up.sh, so the
@@ -23,8 +25,14 @@
 #                        authKey: POST /v1/auth is called) or a POST /v1/auth answer (apiKey, token)
 #   --cacert FILE        certificate to trust for an https API (arcd's DATA_DIR/tls-cert.pem)
 #   --sim-body JSON      createSim body [{"type":"virtual","subscription":"planArc01"}]
-#   --new-sim            create a new SIM even when STATE_DIR holds one (default: reuse it, after
-#                        refreshing it with getSim when --api and --auth are given)
+#   --add-subscription ICCID
+#                        instead of createSim: add a virtual subscriber (planArc01) to the IoT SIM
+#                        ICCID imported before (POST /v1/arcd/iot_sims; its simId and profile ID
+#                        are the ICCID) with POST /v1/sims/ICCID/profiles/ICCID/add_subscription;
+#                        the device then runs that subscriber's session (getSim ICCID) with the
+#                        private key of the answer, and the platform sees it as the IoT SIM's IMSI
+#   --new-sim            create a new SIM (or subscriber) even when STATE_DIR holds one (default:
+#                        reuse it, after refreshing it with getSim when --api and --auth are given)
 #   --sim-json FILE      use this Sim (createSim/getSim answer) instead of the API ...
 #   --key FILE           ... with this private key (default: the createSim answer's own
 #                        profiles[*].arcClientPeerPrivateKey)
@@ -43,9 +51,9 @@
 #
 # STATE_DIR (mode 0700) afterwards holds: interface, sim-id, sim.json (the Sim without any
 # private key), private.key (0600), public.key, address, wg.conf (0600, `wg setconf` format),
-# up.sh, and times in UNIX milliseconds: created-at-ms (createSim answered), configured-at-ms
-# (up.sh done), first-reply-at-ms (--check-ping's first reply). The API key and token are never
-# written. Exit status 1 on failure, 2 on bad arguments.
+# up.sh, and times in UNIX milliseconds: created-at-ms (createSim or addSubscription answered),
+# configured-at-ms (up.sh done), first-reply-at-ms (--check-ping's first reply). The API key and
+# token are never written. Exit status 1 on failure, 2 on bad arguments.
 set -euo pipefail
 # shellcheck source=scripts/provision/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -56,6 +64,7 @@ auth_file=""
 cacert=""
 sim_body='{"type":"virtual","subscription":"planArc01"}'
 new_sim=0
+add_subscription=""
 sim_json_in=""
 key_in=""
 ifname=wg0
@@ -76,6 +85,7 @@ while (($#)); do
         --cacert) cacert=${2:?--cacert needs a value}; shift ;;
         --sim-body) sim_body=${2:?--sim-body needs a value}; shift ;;
         --new-sim) new_sim=1 ;;
+        --add-subscription) add_subscription=${2:?--add-subscription needs a value}; shift ;;
         --sim-json) sim_json_in=${2:?--sim-json needs a value}; shift ;;
         --key) key_in=${2:?--key needs a value}; shift ;;
         --interface) ifname=${2:?--interface needs a value}; shift ;;
@@ -113,6 +123,11 @@ api_url=${api_url%/}
 if [[ -z $sim_json_in ]] && ((new_sim)) && [[ -z $api_url || -z $auth_file ]]; then
     usage_error "--new-sim needs --api and --auth"
 fi
+if [[ -n $add_subscription ]]; then
+    [[ $add_subscription =~ ^[0-9]{19,20}$ ]] || usage_error "--add-subscription: not an ICCID (19 or 20 digits): $add_subscription"
+    [[ -z $sim_json_in ]] || usage_error "--add-subscription and --sim-json exclude each other"
+    [[ -n $api_url && -n $auth_file ]] || usage_error "--add-subscription needs --api and --auth"
+fi
 ((mtu >= 1280)) || usage_error "--mtu: at least 1280"
 for p in "${packages[@]}"; do check_arg --package "$p" is_package_name; done
 mode=systemd
@@ -120,6 +135,8 @@ mode=systemd
 [[ -n $log_file ]] || log_file=$state/wireguard-go.log
 if [[ -n $sim_json_in ]]; then
     source_desc="Sim from $sim_json_in"
+elif [[ -n $add_subscription ]]; then
+    source_desc="virtual subscriber of the IoT SIM $add_subscription from $api_url"
 elif [[ -n $api_url ]]; then
     source_desc="SIM from $api_url"
 else
@@ -219,6 +236,34 @@ create_sim() {
     log "created SIM $id"
 }
 
+# add_virtual_subscriber: addSubscription on the IoT SIM --add-subscription names. The answer is
+# the SIM's profile with the new subscriber and its one-time private key; the session fields
+# (address, server key, endpoint) come from getSim, whose arcSessionStatus is that subscriber's.
+add_virtual_subscriber() {
+    authenticate
+    local iccid=$add_subscription added=$state/.added.json got=$state/.added-sim.json imsi
+    (umask 077 && api POST "/v1/sims/$iccid/profiles/$iccid/add_subscription" \
+        '{"subscription":"planArc01","type":"virtual"}' >"$added") ||
+        die "addSubscription on the IoT SIM $iccid failed (imported with POST /v1/arcd/iot_sims?)"
+    now_ms >"$state/created-at-ms"
+    (umask 077 && jq -r '.arcClientPeerPrivateKey // empty' "$added" >"$state/.added.key")
+    [[ -s $state/.added.key ]] || die "addSubscription: no arcClientPeerPrivateKey in the answer"
+    imsi=$(jq -r '.primaryImsi as $p | [.subscribers // {} | keys[] | select(. != $p)] | join(" ")' "$added")
+    api GET "/v1/sims/$iccid" >"$got" || die "getSim $iccid after addSubscription failed"
+    keep_sim "$got" "$state/.added.key"
+    rm -f "$added" "$got" "$state/.added.key"
+    log "added a virtual subscriber to the IoT SIM $iccid (its subscribers besides the primary IMSI: ${imsi:-none})"
+}
+
+# new_sim_from_api: a SIM of our own (createSim), or a subscriber of the IoT SIM.
+new_sim_from_api() {
+    if [[ -n $add_subscription ]]; then
+        add_virtual_subscriber
+    else
+        create_sim
+    fi
+}
+
 # ------------------------------------------------------------ wireguard-go --
 start_wireguard_go() {
     if [[ $mode == background ]]; then
@@ -285,7 +330,8 @@ if [[ -n $sim_json_in ]]; then
         rm -f "$state/.in.key"
     fi
     log "using the Sim $(<"$state/sim-id") from $sim_json_in"
-elif [[ -s $state/sim.json && -s $state/private.key ]] && ((new_sim == 0)); then
+elif [[ -s $state/sim.json && -s $state/private.key ]] && ((new_sim == 0)) &&
+    [[ -z $add_subscription || $(cat "$state/sim-id" 2>/dev/null) == "$add_subscription" ]]; then
     id=$(<"$state/sim-id")
     if [[ -n $api_url && -n $auth_file ]]; then
         authenticate
@@ -294,8 +340,8 @@ elif [[ -s $state/sim.json && -s $state/private.key ]] && ((new_sim == 0)); then
             keep_sim "$state/.get.json" "$state/private.key"
             log "reusing SIM $id (refreshed with getSim)"
         elif grep -q 'HTTP 404' "$state/.get.err"; then
-            log "SIM $id is unknown to $api_url: creating a new one"
-            create_sim
+            log "SIM $id is unknown to $api_url: getting a new one"
+            new_sim_from_api
         else
             cat "$state/.get.err" >&2
             die "getSim $id failed"
@@ -306,7 +352,7 @@ elif [[ -s $state/sim.json && -s $state/private.key ]] && ((new_sim == 0)); then
     fi
 else
     [[ -n $api_url ]] || die "no Sim: give --api and --auth (createSim), or --sim-json"
-    create_sim
+    new_sim_from_api
 fi
 
 # The key pair must be the one the server knows.
