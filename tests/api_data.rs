@@ -11,6 +11,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use support::checked::{expect_status, text, Checked};
 use support::conformance::validate_array_of_strict;
+use support::paging::{link_next, next_key};
 use support::server::{assert_error, TestServer};
 
 // ---------------------------------------------------------------------------------------------
@@ -85,26 +86,6 @@ async fn entries(api: &Checked, url: &str) -> (HeaderMap, Vec<Value>) {
         panic!("{url}: {e}");
     }
     (headers, body.as_array().expect("array").clone())
-}
-
-fn next_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-soracom-next-key")
-        .map(|v| v.to_str().expect("ascii next key").to_string())
-}
-
-/// The next page's URL (path and query) from the `link` header, `<url>; rel=next`.
-fn link_next(headers: &HeaderMap) -> Option<String> {
-    let link = headers.get("link")?.to_str().expect("ascii link");
-    let (url, rel) = link.split_once(';').expect("<url>; rel=next");
-    assert_eq!(rel.trim(), "rel=next", "{link}");
-    Some(
-        url.trim()
-            .strip_prefix('<')
-            .and_then(|u| u.strip_suffix('>'))
-            .expect("<url>")
-            .to_string(),
-    )
 }
 
 fn encode(value: &str) -> String {

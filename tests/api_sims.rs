@@ -16,6 +16,7 @@ use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::conformance::{validate_schema, validate_schema_strict};
+use support::paging::{link_next, next_key};
 use support::server::{assert_error, read, TestServer};
 
 // ---------------------------------------------------------------------------------------------
@@ -123,26 +124,6 @@ async fn get_sim(api: &Checked, id: &str) -> Value {
     conforms("get", "/sims/{sim_id}", status, &body);
     strict_sim(&body);
     body
-}
-
-fn next_key(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get("x-soracom-next-key")
-        .map(|v| v.to_str().expect("ascii next key").to_string())
-}
-
-/// The next page's URL (path and query) from the `link` header, `<url>; rel=next`.
-fn link_next(headers: &HeaderMap) -> Option<String> {
-    let link = headers.get("link")?.to_str().expect("ascii link");
-    let (url, rel) = link.split_once(';').expect("<url>; rel=next");
-    assert_eq!(rel.trim(), "rel=next", "{link}");
-    Some(
-        url.trim()
-            .strip_prefix('<')
-            .and_then(|u| u.strip_suffix('>'))
-            .expect("<url>")
-            .to_string(),
-    )
 }
 
 fn ids_of(list: &Value) -> Vec<String> {

@@ -35,6 +35,8 @@ set -euo pipefail
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 PROV=$REPO_DIR/scripts/provision
+# shellcheck source=scripts/provision/lib.sh
+source "$PROV/lib.sh" # wait_until
 
 POSTS=60000
 CONNS=16
@@ -115,15 +117,6 @@ cleanup() {
     exit "$rc"
 }
 
-wait_for() { # SECONDS cmd...
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 in_mnt() { nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" "$@"; }
 nsx() {
     local ns=$1
@@ -169,7 +162,7 @@ unshare --mount --propagation private sleep 100000 </dev/null >/dev/null 2>&1 &
 MNT_HOLDER=$!
 PIDS+=("$MNT_HOLDER:sleep")
 own_mount_ns() { [[ $(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) != "$(readlink /proc/$$/ns/mnt)" ]]; }
-wait_for 5 own_mount_ns || die "no private mount namespace"
+wait_until 5 own_mount_ns || die "no private mount namespace"
 in_mnt sh -c "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcsvb '$UAPI_DIR'"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 ip -n "$NS_RV" link add v-dev type veth peer name v-rv netns "$NS_DEV"

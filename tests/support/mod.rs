@@ -3,5 +3,6 @@
 
 pub mod checked;
 pub mod conformance;
+pub mod paging;
 pub mod server;
 pub mod wgclient;
