@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Listener, Outbox, Outgoing, BUFFER_SIZE};
 use super::peer_table::{Applied, PeerTable};
-use super::TunIo;
+use super::{with_headroom, RecvBatch, TunIo};
 use crate::store::PeerChange;
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
@@ -175,9 +175,11 @@ impl GsoTrain {
 }
 
 impl<T: TunIo> Io<T> {
-    /// Sends everything the engine produced, UDP datagrams to the same peer in GSO trains.
+    /// Sends everything the engine produced: UDP datagrams to the same peer in GSO trains, packets
+    /// for the TUN in one batch (merged per flow by a device with offloads).
     async fn flush(&self, out: &mut Outbox) {
         let mut train = GsoTrain::default();
+        let mut to_tun = Vec::new();
         for outgoing in out.drain(..) {
             match outgoing {
                 Outgoing::Udp { listener, to, data } => {
@@ -190,15 +192,13 @@ impl<T: TunIo> Io<T> {
                     }
                     train.push(listener, to, &data);
                 }
-                Outgoing::Tun(packet) => {
-                    self.send_train(&mut train).await;
-                    if let Err(e) = self.tun.send(&packet).await {
-                        tracing::debug!(error = %e, "TUN write failed");
-                    }
-                }
+                Outgoing::Tun(packet) => to_tun.push(with_headroom(&packet)),
             }
         }
         self.send_train(&mut train).await;
+        if let Err(e) = self.tun.send_batch(&mut to_tun).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
     }
 
     async fn send_train(&self, train: &mut GsoTrain) {
@@ -294,22 +294,26 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
 const TUN_BATCH: usize = 64;
 
 async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
-    let mut packet = vec![0u8; BUFFER_SIZE];
+    let mut batch = RecvBatch::new(io.tun.mtu());
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     loop {
-        let len = match io.tun.recv(&mut packet).await {
-            Ok(len) => len,
-            Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
-                return;
-            }
-        };
+        if let Err(e) = io.tun.recv_batch(&mut batch).await {
+            tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
+            return;
+        }
         let now = Instant::now();
-        engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out);
-        for _ in 1..TUN_BATCH {
-            match io.tun.try_recv(&mut packet) {
-                Ok(len) => engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out),
+        let mut taken = 0;
+        loop {
+            for packet in batch.packets() {
+                engine.handle_tun_packet(packet, now, &mut scratch, &mut out);
+            }
+            taken += batch.len();
+            if taken >= TUN_BATCH {
+                break;
+            }
+            match io.tun.try_recv_batch(&mut batch) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "TUN read failed");
