@@ -285,7 +285,7 @@ impl TunIo for AnyTun {
         }
     }
 
-    async fn send_batch(&self, packets: &mut Vec<Vec<u8>>) -> std::io::Result<()> {
+    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> std::io::Result<()> {
         match self {
             AnyTun::Device(d) => d.send_batch(packets).await,
             AnyTun::Memory(m) => m.send_batch(packets).await,

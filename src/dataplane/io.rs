@@ -52,12 +52,45 @@ impl RecvBatch {
     }
 }
 
-/// `packet` with `TUN_HEADROOM` free bytes in front, as `send_batch` takes it.
-pub fn with_headroom(packet: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(TUN_HEADROOM + packet.len());
-    buf.resize(TUN_HEADROOM, 0);
-    buf.extend_from_slice(packet);
-    buf
+/// Packets on their way to the TUN, each with `TUN_HEADROOM` free bytes in front, in buffers
+/// kept from one batch to the next. The first ones are roomy: a device with offloads merges a
+/// flow's packets into the buffer of its first packet, and tun-rs never grows a buffer to do so.
+#[derive(Default)]
+pub struct TunWrites {
+    bufs: Vec<Vec<u8>>,
+    len: usize,
+}
+
+/// Room for merging about 22 full-size TCP segments into one write.
+const MERGE_CAPACITY: usize = 32 * 1024;
+/// Buffers given that room (8 MiB at most); packets past them are written unmerged.
+const ROOMY_BUFFERS: usize = 256;
+
+impl TunWrites {
+    pub fn push(&mut self, packet: &[u8]) {
+        if self.len == self.bufs.len() {
+            let capacity = if self.len < ROOMY_BUFFERS {
+                MERGE_CAPACITY
+            } else {
+                TUN_HEADROOM + packet.len()
+            };
+            self.bufs.push(Vec::with_capacity(capacity));
+        }
+        let buf = &mut self.bufs[self.len];
+        buf.clear();
+        buf.resize(TUN_HEADROOM, 0);
+        buf.extend_from_slice(packet);
+        self.len += 1;
+    }
+
+    /// The packets pushed since the last `clear`.
+    pub fn pending(&mut self) -> &mut [Vec<u8>] {
+        &mut self.bufs[..self.len]
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
 }
 
 /// A layer-3 device: whole IP packets in and out, in batches so a burst costs few system calls.
@@ -69,10 +102,9 @@ pub trait TunIo: Send + Sync + 'static {
     /// Reads one more batch if packets are already waiting, else fails with `WouldBlock`.
     fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()>;
     /// Hands `packets` (each with `TUN_HEADROOM` bytes in front) to the kernel (or the test);
-    /// a device with offloads merges packets of one TCP or UDP flow into one write. Leaves
-    /// `packets` empty.
-    fn send_batch(&self, packets: &mut Vec<Vec<u8>>)
-        -> impl Future<Output = io::Result<()>> + Send;
+    /// a device with offloads merges packets of one TCP or UDP flow into one write (and may
+    /// reorder and resize the buffers to do so).
+    fn send_batch(&self, packets: &mut [Vec<u8>]) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// A TUN stand-in for tests: what the data plane writes comes out of `MemoryTunPeer::from_dataplane`,
@@ -146,8 +178,8 @@ impl TunIo for MemoryTun {
         Ok(())
     }
 
-    async fn send_batch(&self, packets: &mut Vec<Vec<u8>>) -> io::Result<()> {
-        for packet in packets.drain(..) {
+    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> io::Result<()> {
+        for packet in packets.iter() {
             let packet = packet.get(TUN_HEADROOM..).unwrap_or_default().to_vec();
             // A full queue drops, like a kernel TUN queue would; the test reads what it needs.
             if let Err(mpsc::error::TrySendError::Closed(_)) = self.outbound.try_send(packet) {
@@ -158,5 +190,37 @@ impl TunIo for MemoryTun {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tun_writes_keep_headroom_and_reuse_roomy_buffers() {
+        let mut writes = TunWrites::default();
+        writes.push(b"first");
+        writes.push(b"second");
+        let pending = writes.pending();
+        assert_eq!(pending.len(), 2);
+        assert_eq!(&pending[0][..TUN_HEADROOM], &[0; TUN_HEADROOM]);
+        assert_eq!(&pending[0][TUN_HEADROOM..], b"first");
+        assert_eq!(&pending[1][TUN_HEADROOM..], b"second");
+        assert!(
+            pending[0].capacity() >= MERGE_CAPACITY,
+            "room to merge a flow"
+        );
+        let first_buffer = pending[0].as_ptr();
+
+        writes.clear();
+        assert!(writes.pending().is_empty());
+        writes.push(b"again");
+        assert_eq!(&writes.pending()[0][TUN_HEADROOM..], b"again");
+        assert_eq!(
+            writes.pending()[0].as_ptr(),
+            first_buffer,
+            "no new allocation"
+        );
     }
 }

@@ -79,7 +79,7 @@ const _: () = assert!(crate::dataplane::TUN_HEADROOM == tun_rs::VIRTIO_NET_HDR_L
 pub struct TunDevice {
     device: tun_rs::AsyncDevice,
     /// Merges written packets of one flow (GRO); reused so a write allocates nothing.
-    gro: tokio::sync::Mutex<tun_rs::GROTable>,
+    gro: tokio::sync::Mutex<Box<tun_rs::GROTable>>,
     name: String,
     mtu: u16,
     addresses: Vec<Ipv4Net>,
@@ -182,7 +182,7 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
     );
     Ok(TunDevice {
         device,
-        gro: tokio::sync::Mutex::new(tun_rs::GROTable::default()),
+        gro: tokio::sync::Mutex::new(Box::default()),
         name: name.to_owned(),
         mtu,
         addresses,
@@ -233,17 +233,15 @@ impl TunIo for TunDevice {
         Ok(())
     }
 
-    async fn send_batch(&self, packets: &mut Vec<Vec<u8>>) -> io::Result<()> {
+    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> io::Result<()> {
         if packets.is_empty() {
             return Ok(());
         }
         let mut gro = self.gro.lock().await;
-        let written = self
-            .device
+        self.device
             .send_multiple(&mut gro, packets, TUN_HEADROOM)
-            .await;
-        packets.clear();
-        written.map(|_| ())
+            .await
+            .map(|_| ())
     }
 }
 
@@ -478,9 +476,9 @@ mod tests {
             device.device().tcp_gso(),
             "TCP offload on (IFF_VNET_HDR + TUNSETOFFLOAD)"
         );
-        let mut out = vec![crate::dataplane::with_headroom(&request)];
-        device.send_batch(&mut out).await.unwrap();
-        assert!(out.is_empty());
+        let mut out = crate::dataplane::TunWrites::default();
+        out.push(&request);
+        device.send_batch(out.pending()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
         let mut batch = RecvBatch::new(1380);
         'wait: loop {
