@@ -19,7 +19,7 @@ use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
 use crate::dataplane::{
-    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, TunIo,
+    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
 use crate::services;
 use crate::store::{rendezvous, sessions, Store, StoreError};
@@ -264,24 +264,31 @@ enum AnyTun {
 }
 
 impl TunIo for AnyTun {
-    async fn recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn mtu(&self) -> usize {
         match self {
-            AnyTun::Device(d) => d.recv(buf).await,
-            AnyTun::Memory(m) => m.recv(buf).await,
+            AnyTun::Device(d) => TunIo::mtu(d),
+            AnyTun::Memory(m) => m.mtu(),
         }
     }
 
-    async fn send(&self, packet: &[u8]) -> std::io::Result<usize> {
+    async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<()> {
         match self {
-            AnyTun::Device(d) => d.send(packet).await,
-            AnyTun::Memory(m) => m.send(packet).await,
+            AnyTun::Device(d) => d.recv_batch(batch).await,
+            AnyTun::Memory(m) => m.recv_batch(batch).await,
         }
     }
 
-    fn try_recv(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+    fn try_recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<()> {
         match self {
-            AnyTun::Device(d) => d.try_recv(buf),
-            AnyTun::Memory(m) => m.try_recv(buf),
+            AnyTun::Device(d) => d.try_recv_batch(batch),
+            AnyTun::Memory(m) => m.try_recv_batch(batch),
+        }
+    }
+
+    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> std::io::Result<()> {
+        match self {
+            AnyTun::Device(d) => d.send_batch(packets).await,
+            AnyTun::Memory(m) => m.send_batch(packets).await,
         }
     }
 }

@@ -12,7 +12,7 @@ pub mod stats;
 pub mod tun_device;
 pub mod uapi;
 
-pub use io::{MemoryTun, MemoryTunPeer, TunIo};
+pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};
 pub use peer_table::{Applied, PeerTable};
 pub use runtime::{Dataplane, ListenerConfig};
 

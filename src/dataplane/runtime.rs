@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Listener, Outbox, Outgoing, BUFFER_SIZE};
 use super::peer_table::{Applied, PeerTable};
-use super::TunIo;
+use super::{RecvBatch, TunIo, TunWrites};
 use crate::store::PeerChange;
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
@@ -175,9 +175,11 @@ impl GsoTrain {
 }
 
 impl<T: TunIo> Io<T> {
-    /// Sends everything the engine produced, UDP datagrams to the same peer in GSO trains.
-    async fn flush(&self, out: &mut Outbox) {
+    /// Sends everything the engine produced: UDP datagrams to the same peer in GSO trains, packets
+    /// for the TUN in one batch (merged per flow by a device with offloads).
+    async fn flush(&self, out: &mut Outbox, to_tun: &mut TunWrites) {
         let mut train = GsoTrain::default();
+        to_tun.clear();
         for outgoing in out.drain(..) {
             match outgoing {
                 Outgoing::Udp { listener, to, data } => {
@@ -190,15 +192,13 @@ impl<T: TunIo> Io<T> {
                     }
                     train.push(listener, to, &data);
                 }
-                Outgoing::Tun(packet) => {
-                    self.send_train(&mut train).await;
-                    if let Err(e) = self.tun.send(&packet).await {
-                        tracing::debug!(error = %e, "TUN write failed");
-                    }
-                }
+                Outgoing::Tun(packet) => to_tun.push(&packet),
             }
         }
         self.send_train(&mut train).await;
+        if let Err(e) = self.tun.send_batch(to_tun.pending()).await {
+            tracing::debug!(error = %e, "TUN write failed");
+        }
     }
 
     async fn send_train(&self, train: &mut GsoTrain) {
@@ -257,6 +257,7 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
     let mut meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
     loop {
         if let Err(e) = socket.readable().await {
             tracing::warn!(error = %e, "UDP socket failed; rendezvous point stops receiving");
@@ -285,7 +286,7 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
                 engine.handle_datagram(index, meta.addr, datagram, now, &mut scratch, &mut out);
             }
         }
-        io.flush(&mut out).await;
+        io.flush(&mut out, &mut to_tun).await;
     }
 }
 
@@ -294,22 +295,27 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
 const TUN_BATCH: usize = 64;
 
 async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
-    let mut packet = vec![0u8; BUFFER_SIZE];
+    let mut batch = RecvBatch::new(io.tun.mtu());
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
     loop {
-        let len = match io.tun.recv(&mut packet).await {
-            Ok(len) => len,
-            Err(e) => {
-                tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
-                return;
-            }
-        };
+        if let Err(e) = io.tun.recv_batch(&mut batch).await {
+            tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
+            return;
+        }
         let now = Instant::now();
-        engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out);
-        for _ in 1..TUN_BATCH {
-            match io.tun.try_recv(&mut packet) {
-                Ok(len) => engine.handle_tun_packet(&packet[..len], now, &mut scratch, &mut out),
+        let mut taken = 0;
+        loop {
+            for packet in batch.packets() {
+                engine.handle_tun_packet(packet, now, &mut scratch, &mut out);
+            }
+            taken += batch.len();
+            if taken >= TUN_BATCH {
+                break;
+            }
+            match io.tun.try_recv_batch(&mut batch) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
                     tracing::debug!(error = %e, "TUN read failed");
@@ -317,13 +323,14 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
                 }
             }
         }
-        io.flush(&mut out).await;
+        io.flush(&mut out, &mut to_tun).await;
     }
 }
 
 async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
     let mut next_rate_reset = Instant::now() + Duration::from_secs(1);
     loop {
         let wake = engine
@@ -336,7 +343,7 @@ async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
             next_rate_reset = now + Duration::from_secs(1);
         }
         engine.run_timers(now, &mut scratch, &mut out);
-        io.flush(&mut out).await;
+        io.flush(&mut out, &mut to_tun).await;
     }
 }
 
@@ -347,6 +354,7 @@ async fn change_loop<T: TunIo>(
     mut changes: mpsc::UnboundedReceiver<PeerChange>,
 ) {
     let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
     while let Some(change) = changes.recv().await {
         let applied = table
             .lock()
@@ -354,7 +362,7 @@ async fn change_loop<T: TunIo>(
             .apply(change);
         super::log_applied(&applied);
         engine.apply(&applied, Instant::now(), &mut out);
-        io.flush(&mut out).await;
+        io.flush(&mut out, &mut to_tun).await;
     }
 }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::dataplane::TunIo;
+use crate::dataplane::{RecvBatch, TunIo, TUN_HEADROOM};
 
 /// Longest interface name Linux accepts (IFNAMSIZ 16 including the terminating NUL).
 const MAX_NAME_LEN: usize = 15;
@@ -69,10 +69,17 @@ pub enum TunError {
     },
 }
 
+/// Packets the kernel may queue for arcd to read from the TUN device.
+const TX_QUEUE_LEN: u32 = 4096;
+
+const _: () = assert!(crate::dataplane::TUN_HEADROOM == tun_rs::VIRTIO_NET_HDR_LEN);
+
 /// The data plane's TUN device. Dropping it closes the only file descriptor of the
 /// non-persistent device, and the kernel removes the interface with its addresses and routes.
 pub struct TunDevice {
     device: tun_rs::AsyncDevice,
+    /// Merges written packets of one flow (GRO); reused so a write allocates nothing.
+    gro: tokio::sync::Mutex<Box<tun_rs::GROTable>>,
     name: String,
     mtu: u16,
     addresses: Vec<Ipv4Net>,
@@ -93,9 +100,6 @@ impl std::fmt::Debug for TunDevice {
 /// device) and brings it up.
 ///
 /// Must be called from within a Tokio runtime (the device is registered with its reactor).
-/// Packets the kernel may queue for arcd to read from the TUN device.
-const TX_QUEUE_LEN: u32 = 4096;
-
 pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, TunError> {
     let io_err = |action: &str, source: io::Error| classify(name, action, source);
     validate_name(name).map_err(|source| io_err("invalid device name", source))?;
@@ -124,7 +128,9 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
         .name(name)
         .layer(tun_rs::Layer::L3)
         .packet_information(false)
-        .offload(false)
+        // Offloads: reads may carry TCP super-segments (split by tun-rs), and writes of one flow
+        // are merged, so the kernel runs its TCP receive path once per batch, not per packet.
+        .offload(true)
         .multi_queue(false)
         // Configured below, step by step, so a failure names the step.
         .enable(false)
@@ -166,9 +172,17 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    tracing::info!(device = %name, mtu, addresses = %listed, "TUN device up");
+    tracing::info!(
+        device = %name,
+        mtu,
+        addresses = %listed,
+        tcp_offload = device.tcp_gso(),
+        udp_offload = device.udp_gso(),
+        "TUN device up"
+    );
     Ok(TunDevice {
         device,
+        gro: tokio::sync::Mutex::new(Box::default()),
         name: name.to_owned(),
         mtu,
         addresses,
@@ -197,16 +211,37 @@ impl TunDevice {
 }
 
 impl TunIo for TunDevice {
-    async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.device.recv(buf).await
+    fn mtu(&self) -> usize {
+        usize::from(self.mtu)
     }
 
-    async fn send(&self, packet: &[u8]) -> io::Result<usize> {
-        self.device.send(packet).await
+    async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        batch.count = self
+            .device
+            .recv_multiple(&mut batch.original, &mut batch.bufs, &mut batch.sizes, 0)
+            .await?;
+        Ok(())
     }
 
-    fn try_recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.device.try_recv(buf)
+    fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+        batch.count = self.device.try_recv_multiple(
+            &mut batch.original,
+            &mut batch.bufs,
+            &mut batch.sizes,
+            0,
+        )?;
+        Ok(())
+    }
+
+    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> io::Result<()> {
+        if packets.is_empty() {
+            return Ok(());
+        }
+        let mut gro = self.gro.lock().await;
+        self.device
+            .send_multiple(&mut gro, packets, TUN_HEADROOM)
+            .await
+            .map(|_| ())
     }
 }
 
@@ -437,25 +472,32 @@ mod tests {
         let device_ip = Ipv4Addr::from(u32::from(pool_host.network()) + 2);
         let id = rand::random::<u16>();
         let request = echo_request(device_ip, service.addr(), id, 1);
-        assert_eq!(device.send(&request).await.unwrap(), request.len());
+        assert!(
+            device.device().tcp_gso(),
+            "TCP offload on (IFF_VNET_HDR + TUNSETOFFLOAD)"
+        );
+        let mut out = crate::dataplane::TunWrites::default();
+        out.push(&request);
+        device.send_batch(out.pending()).await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
-        let mut buf = vec![0u8; 2048];
-        loop {
+        let mut batch = RecvBatch::new(1380);
+        'wait: loop {
             let left = deadline.saturating_duration_since(Instant::now());
-            let n = tokio::time::timeout(left, device.recv(&mut buf))
+            tokio::time::timeout(left, device.recv_batch(&mut batch))
                 .await
                 .expect("echo reply within 5 s")
                 .unwrap();
-            let packet = &buf[..n];
-            let is_reply = n >= 28
-                && packet[0] >> 4 == 4
-                && packet[9] == 1
-                && packet[20] == 0
-                && packet[24..26] == id.to_be_bytes();
-            if is_reply {
-                assert_eq!(&packet[12..16], &service.addr().octets());
-                assert_eq!(&packet[16..20], &device_ip.octets());
-                break;
+            for packet in batch.packets() {
+                let is_reply = packet.len() >= 28
+                    && packet[0] >> 4 == 4
+                    && packet[9] == 1
+                    && packet[20] == 0
+                    && packet[24..26] == id.to_be_bytes();
+                if is_reply {
+                    assert_eq!(&packet[12..16], &service.addr().octets());
+                    assert_eq!(&packet[16..20], &device_ip.octets());
+                    break 'wait;
+                }
             }
         }
 
