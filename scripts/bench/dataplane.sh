@@ -78,6 +78,8 @@ set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
+# shellcheck source=scripts/lib/procs.sh
+source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 
 # ---------------------------------------------------------------- settings --
 RUN_ID=$$
@@ -117,45 +119,11 @@ log() { printf '[dataplane.sh %(%T)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 # ----------------------------------------------------------------- cleanup --
-proc_is_ours() { # proc_is_ours PID COMM: alive and still the program we started (or our child)
-    local pid=$1 comm=$2 cur stat
-    cur=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $cur == "$comm" ]] && return 0
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ $(cut -d' ' -f2 <<<"$stat") == "$$" ]]
-}
-
-stop_recorded() {
-    local entry live=() i any
-    for entry in "${PIDS[@]}"; do
-        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
-            kill -TERM "${entry%%:*}" 2>/dev/null || true
-            live+=("$entry")
-        fi
-    done
-    for ((i = 0; i < 50; i++)); do
-        any=0
-        for entry in "${live[@]}"; do
-            proc_is_ours "${entry%%:*}" "${entry#*:}" && any=1
-        done
-        ((any)) || break
-        sleep 0.1
-    done
-    for entry in "${live[@]}"; do
-        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
-            log "pid ${entry%%:*} (${entry#*:}) ignored SIGTERM; SIGKILL"
-            kill -KILL "${entry%%:*}" 2>/dev/null || true
-        fi
-    done
-    PIDS=()
-}
-
 cleanup() {
     local rc=$?
     set +eu
     trap - EXIT INT TERM
-    stop_recorded
+    stop_pids "${PIDS[@]}"
     wait 2>/dev/null
     local ns pid left
     for ns in "${NS_S[@]}" "${NS_C[@]}"; do

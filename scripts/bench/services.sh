@@ -37,6 +37,8 @@ REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 PROV=$REPO_DIR/scripts/provision
 # shellcheck source=scripts/provision/lib.sh
 source "$PROV/lib.sh" # wait_until
+# shellcheck source=scripts/lib/procs.sh
+source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 
 POSTS=60000
 CONNS=16
@@ -73,17 +75,8 @@ die() {
     exit 1
 }
 
-proc_is_ours() { # PID COMM: alive and still the program we started (or our child)
-    local pid=$1 comm=$2 cur stat
-    cur=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $cur == "$comm" ]] && return 0
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ $(cut -d' ' -f2 <<<"$stat") == "$$" ]]
-}
-
 cleanup() {
-    local rc=$? entry pid file i any live=()
+    local rc=$? entry pid file
     set +eu
     trap - EXIT INT TERM
     for entry in "${PIDFILES[@]}"; do
@@ -91,21 +84,7 @@ cleanup() {
         pid=$(cat "$file" 2>/dev/null) || continue
         [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${entry##*:}")
     done
-    for entry in "${PIDS[@]}"; do
-        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
-            kill -TERM "${entry%%:*}" 2>/dev/null
-            live+=("$entry")
-        fi
-    done
-    for ((i = 0; i < 50; i++)); do
-        any=0
-        for entry in "${live[@]}"; do proc_is_ours "${entry%%:*}" "${entry#*:}" && any=1; done
-        ((any)) || break
-        sleep 0.1
-    done
-    for entry in "${live[@]}"; do
-        proc_is_ours "${entry%%:*}" "${entry#*:}" && kill -KILL "${entry%%:*}" 2>/dev/null
-    done
+    stop_pids "${PIDS[@]}"
     wait 2>/dev/null
     for ns in "$NS_DEV" "$NS_RV"; do
         [[ -e /run/netns/$ns ]] && ip netns del "$ns"

@@ -77,6 +77,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 RENDER=$SCRIPT_DIR/render-wg-conf.sh
 PROV=$REPO_DIR/scripts/provision   # the provisioning scripts the Vagrant VMs run too
+# shellcheck source=scripts/lib/procs.sh
+source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 
 # ---------------------------------------------------------------- constants --
 RUN_ID=$$
@@ -183,17 +185,6 @@ now_ms() {
 # Kills only the processes this run started (by recorded PID, and only while /proc/PID/comm still
 # names the program we started or the process is still our own child), then deletes our
 # namespaces (which removes the veths and TUN devices inside) and temp files.
-proc_is_ours() { # proc_is_ours PID COMM
-    local pid=$1 comm=$2 cur ppid stat
-    cur=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $cur == "$comm" ]] && return 0
-    # Between fork and exec the child is still bash, ip or env: ours if we are its parent.
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    ppid=$(cut -d' ' -f2 <<<"$stat")
-    [[ $ppid == "$$" ]]
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -201,7 +192,7 @@ cleanup() {
     # A signal trap can run inside a command whose output is redirected to a file (run_ping):
     # back to the script's own stdout/stderr, saved at start as fds 3 and 4.
     exec 1>&3 2>&4
-    local entry pid comm live=() i any file
+    local entry pid comm file
     # The provisioning scripts write a PID file as soon as they start a daemon (before they wait
     # for it), so even an interrupted provisioning leaves a PID to kill.
     for entry in "${PIDFILES[@]}"; do
@@ -210,28 +201,7 @@ cleanup() {
         comm=${entry##*:}
         [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${comm:0:15}")
     done
-    for entry in "${PIDS[@]}"; do
-        pid=${entry%%:*}
-        comm=${entry#*:}
-        if proc_is_ours "$pid" "$comm"; then
-            kill -TERM "$pid" 2>/dev/null
-            live+=("$entry")
-        fi
-    done
-    for ((i = 0; i < 50; i++)); do # up to 5 s for clean exits
-        any=0
-        for entry in "${live[@]}"; do
-            proc_is_ours "${entry%%:*}" "${entry#*:}" && any=1
-        done
-        ((any)) || break
-        sleep 0.1
-    done
-    for entry in "${live[@]}"; do
-        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
-            log "pid ${entry%%:*} (${entry#*:}) ignored SIGTERM; sending SIGKILL"
-            kill -KILL "${entry%%:*}" 2>/dev/null
-        fi
-    done
+    stop_pids "${PIDS[@]}"
     wait 2>/dev/null
     local ns left
     for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_RV"; do
@@ -450,6 +420,22 @@ force_rehandshake() { # force_rehandshake DEV
 }
 
 sim_field() { jq -r "$2" "$WORK/$1/sim.json"; }
+
+# expect_cut_off DEV STOPPED_CHECK REFUSED_CHECK: after a renewal or termination, the session the
+# device still runs gets no reply at once, and a fresh handshake with the key it holds fails.
+expect_cut_off() {
+    local dev=$1 stopped=$2 refused=$3 ns hs
+    ns=$(dev_ns "$dev")
+    run_ping "$ns" "$PLATFORM_ADDR" 10 0.2 3
+    ((PING_RX == 0)) || fail "$stopped" "$PING_RX/$PING_TX replies on the old session"
+    pass "$stopped" "0/$PING_TX replies"
+    force_rehandshake "$dev"
+    run_ping "$ns" "$PLATFORM_ADDR" 6 1 6
+    hs=$(dev_handshake "$dev")
+    ((PING_RX == 0)) || fail "$refused" "$PING_RX/$PING_TX replies with the old key"
+    ((hs == 0)) || fail "$refused" "$dev completed a handshake with the old key (latest handshake $hs)"
+    pass "$refused" "0/$PING_TX replies in 6 s, no handshake"
+}
 
 # ---------------------------------------------------- platform services --
 # What a device has: curl, nc, dig and ping, run inside its namespace through its tunnel.
@@ -1221,17 +1207,9 @@ new_pub=$(jq -r '.arcClientPeerPublicKey // empty' "$WORK/d1.renew.json")
 [[ $(wg pubkey <"$WORK/d1.newkey") == "$new_pub" ]] || fail "PUT credentials/arc d1" "returned public key does not match the returned private key"
 [[ $new_pub != "$old_pub" ]] || fail "PUT credentials/arc d1" "the new key equals the old one"
 pass "PUT credentials/arc d1" "new key pair from the server"
-# (1) The device still runs the old session: it must stop at once.
-run_ping "$NS_D1" "$PLATFORM_ADDR" 10 0.2 3
-((PING_RX == 0)) || fail "renew: old session stops at once" "$PING_RX/$PING_TX replies on the old session after the renewal"
-pass "renew: old session stops at once" "0/$PING_TX replies"
-# (2) A new handshake with the old key must fail.
-force_rehandshake d1
-run_ping "$NS_D1" "$PLATFORM_ADDR" 6 1 6
-hs=$(dev_handshake d1)
-((PING_RX == 0)) || fail "renew: old key gets no handshake" "$PING_RX/$PING_TX replies with the old key"
-((hs == 0)) || fail "renew: old key gets no handshake" "d1 completed a handshake with the old key (latest handshake $hs)"
-pass "renew: old key gets no handshake" "0/$PING_TX replies in 6 s, no handshake"
+# (1) The device still runs the old session: it must stop at once. (2) A new handshake with the
+# old key must fail.
+expect_cut_off d1 "renew: old session stops at once" "renew: old key gets no handshake"
 # (3) The device takes the new key (session fields from getSim) and works again.
 api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.renewed.sim.json" || fail "getSim d1 after renewal" "see above"
 sim_pub=$(jq -r '.arcSessionStatus.arcClientPeerPublicKey // empty' "$WORK/d1.renewed.sim.json")
@@ -1265,15 +1243,7 @@ if [[ $status != terminated ]]; then
 fi
 [[ $status == terminated ]] || fail "terminate d2" "status is '$status', want terminated"
 pass "terminate d2" "status terminated"
-run_ping "$NS_D2" "$PLATFORM_ADDR" 10 0.2 3
-((PING_RX == 0)) || fail "terminate: d2 traffic stops at once" "$PING_RX/$PING_TX replies after terminate"
-pass "terminate: d2 traffic stops at once" "0/$PING_TX replies"
-force_rehandshake d2
-run_ping "$NS_D2" "$PLATFORM_ADDR" 6 1 6
-hs=$(dev_handshake d2)
-((PING_RX == 0)) || fail "terminate: no handshake afterwards" "$PING_RX/$PING_TX replies"
-((hs == 0)) || fail "terminate: no handshake afterwards" "d2 completed a handshake after terminate (latest handshake $hs)"
-pass "terminate: no handshake afterwards" "0/$PING_TX replies in 6 s, no handshake"
+expect_cut_off d2 "terminate: d2 traffic stops at once" "terminate: no handshake afterwards"
 run_ping "$NS_D1" "$PLATFORM_ADDR" 3 0.2 5
 ((PING_RX == 3)) || fail "d1 unaffected by d2's termination" "$PING_RX/$PING_TX replies"
 pass "d1 unaffected by d2's termination" "$PING_RX/$PING_TX replies"

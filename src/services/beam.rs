@@ -253,23 +253,24 @@ async fn entry(
         Ok(caller) => caller,
         Err(response) => return response,
     };
-    forward(&ctx, &caller, method, &uri, &headers, body).await
+    let Some(route) = route_for(&caller, uri.path()) else {
+        return text(StatusCode::BAD_REQUEST, NOT_CONFIGURED);
+    };
+    forward(&ctx, &caller, &route, method, &uri, &headers, body).await
 }
 
-/// Sends the device's request to its destination and relays the answer (also used by the
-/// unified endpoint).
+/// Sends the device's request along `route` and relays the answer (also used by the unified
+/// endpoint).
 pub async fn forward(
     ctx: &SharedContext,
     caller: &Caller,
+    route: &Route,
     method: Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Some(route) = route_for(caller, uri.path()) else {
-        return text(StatusCode::BAD_REQUEST, NOT_CONFIGURED);
-    };
-    let url = target_url(&route, uri.path(), uri.query());
+    let url = target_url(route, uri.path(), uri.query());
     let Ok(target) = url.parse::<Uri>() else {
         return text(
             StatusCode::BAD_GATEWAY,
@@ -279,7 +280,7 @@ pub async fn forward(
     let mut request = hyper::Request::new(Full::new(body));
     *request.method_mut() = method;
     *request.uri_mut() = target;
-    *request.headers_mut() = upstream_headers(headers, &route, caller, now_ms());
+    *request.headers_mut() = upstream_headers(headers, route, caller, now_ms());
     let beam = &ctx.beam;
     let exchange = async {
         let answer = beam.client.request(request).await?;

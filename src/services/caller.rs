@@ -1,7 +1,7 @@
 //! Who is calling a platform service: tunnel source address → session → SIM → group settings.
 //! Traffic of a secondary virtual subscriber counts as its IoT SIM's (the primary IMSI).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use serde_json::Value;
 
@@ -16,7 +16,6 @@ pub struct Caller {
     pub primary_imsi: String,
     /// The virtual subscriber whose WireGuard session carried the request.
     pub tunnel_imsi: String,
-    pub client_ip: Ipv4Addr,
     pub sim: SimRecord,
     pub configuration: Configuration,
 }
@@ -69,7 +68,6 @@ pub fn identify(ctx: &ServiceContext, source: IpAddr) -> Result<Caller, CallerEr
     Ok(Caller {
         primary_imsi: session.primary_imsi,
         tunnel_imsi: session.imsi,
-        client_ip,
         sim,
         configuration,
     })

@@ -146,22 +146,16 @@ pub fn router(ctx: SharedContext) -> Router {
         .with_state(ctx)
 }
 
-/// Why a post was refused, as the device sees it.
-pub enum Refusal {
-    Disabled,
-    BadTimestamp,
-}
-
-/// The entry time: the device's `X-Soracom-Timestamp` (UNIX ms) when it sends one.
-pub fn entry_time(headers: &HeaderMap, honour_header: bool) -> Result<i64, Refusal> {
+/// The entry time: the device's `X-Soracom-Timestamp` (UNIX ms) when it sends one, else now;
+/// `None` when the header is not a time.
+pub fn entry_time(headers: &HeaderMap, honour_header: bool) -> Option<i64> {
     match headers.get("x-soracom-timestamp") {
         Some(value) if honour_header => value
             .to_str()
             .ok()
             .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|ms| *ms >= 0)
-            .ok_or(Refusal::BadTimestamp),
-        _ => Ok(now_ms()),
+            .filter(|ms| *ms >= 0),
+        _ => Some(now_ms()),
     }
 }
 
@@ -176,14 +170,11 @@ pub async fn accept_post(
     if !caller.enabled("SoracomHarvest", "enabled") {
         return text(StatusCode::BAD_REQUEST, DISABLED);
     }
-    let time = match entry_time(headers, honour_timestamp) {
-        Ok(time) => time,
-        Err(_) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                "X-Soracom-Timestamp must be UNIX time in milliseconds",
-            )
-        }
+    let Some(time) = entry_time(headers, honour_timestamp) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "X-Soracom-Timestamp must be UNIX time in milliseconds",
+        );
     };
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)

@@ -92,34 +92,25 @@ impl Drop for Services {
 /// Binds every service on its platform address (the TUN device must already carry them).
 pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
     let mut tasks = Vec::new();
-    let metadata_http = bind_tcp("metadata", PONG_AND_METADATA, HTTP_PORT).await?;
-    tasks.push(tokio::spawn(http::serve(
-        "metadata",
-        metadata_http,
-        metadata::router(ctx.clone()),
-    )));
-    let harvest_http = bind_tcp("harvest", HARVEST, HTTP_PORT).await?;
-    tasks.push(tokio::spawn(http::serve(
-        "harvest",
-        harvest_http,
-        harvest::router(ctx.clone()),
-    )));
+    let http_services = [
+        (
+            "metadata",
+            PONG_AND_METADATA,
+            HTTP_PORT,
+            metadata::router(ctx.clone()),
+        ),
+        ("harvest", HARVEST, HTTP_PORT, harvest::router(ctx.clone())),
+        ("beam", BEAM, BEAM_HTTP_PORT, beam::router(ctx.clone())),
+        ("unified", UNIFIED, HTTP_PORT, unified::router(ctx.clone())),
+    ];
+    for (service, ip, port, router) in http_services {
+        let listener = bind_tcp(service, ip, port).await?;
+        tasks.push(tokio::spawn(http::serve(service, listener, router)));
+    }
     let harvest_tcp = bind_tcp("harvest", HARVEST, HARVEST_RAW_PORT).await?;
     tasks.push(tokio::spawn(harvest::serve_tcp(ctx.clone(), harvest_tcp)));
     let harvest_udp = bind_udp("harvest", HARVEST, HARVEST_RAW_PORT).await?;
     tasks.push(tokio::spawn(harvest::serve_udp(ctx.clone(), harvest_udp)));
-    let beam_http = bind_tcp("beam", BEAM, BEAM_HTTP_PORT).await?;
-    tasks.push(tokio::spawn(http::serve(
-        "beam",
-        beam_http,
-        beam::router(ctx.clone()),
-    )));
-    let unified_http = bind_tcp("unified", UNIFIED, HTTP_PORT).await?;
-    tasks.push(tokio::spawn(http::serve(
-        "unified",
-        unified_http,
-        unified::router(ctx.clone()),
-    )));
     let dns = Arc::new(dns::DnsService::new(
         &ctx.config.local_domain,
         ctx.config.dns_upstreams.clone(),

@@ -48,7 +48,7 @@ async fn entry(
         Err(response) => return response,
     };
     let harvest_on = caller.enabled("SoracomHarvest", "enabled");
-    let beam_on = beam::route_for(&caller, uri.path()).is_some();
+    let beam_route = beam::route_for(&caller, uri.path());
     // X-Soracom-Timestamp is honoured only on harvest.soracom.io itself, as on the platform.
     let harvest_answer = async {
         if harvest_on {
@@ -58,10 +58,20 @@ async fn entry(
         }
     };
     let beam_answer = async {
-        if beam_on {
-            Some(beam::forward(&ctx, &caller, method.clone(), &uri, &headers, body.clone()).await)
-        } else {
-            None
+        match &beam_route {
+            Some(route) => Some(
+                beam::forward(
+                    &ctx,
+                    &caller,
+                    route,
+                    method.clone(),
+                    &uri,
+                    &headers,
+                    body.clone(),
+                )
+                .await,
+            ),
+            None => None,
         }
     };
     match tokio::join!(harvest_answer, beam_answer) {
