@@ -11,6 +11,7 @@ pub mod rendezvous;
 pub mod sessions;
 pub mod sims;
 pub mod subscriptions;
+pub mod vpgs;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -34,6 +35,7 @@ pub enum Entity {
     Profile,
     ConfigurationParameter,
     DataEntry,
+    Vpg,
 }
 
 impl Entity {
@@ -48,6 +50,7 @@ impl Entity {
             Entity::Profile => "profile",
             Entity::ConfigurationParameter => "configuration parameter",
             Entity::DataEntry => "data entry",
+            Entity::Vpg => "VPG",
         }
     }
 }
@@ -83,6 +86,10 @@ pub enum Rule {
     IdentifiersExhausted(&'static str),
     #[error("rendezvous point {0} is not configured")]
     UnknownRendezvousPoint(String),
+    #[error("{0}")]
+    InvalidVpg(String),
+    #[error("the VPG is in use: {groups} group(s) name it in SoracomAir vpgId and {sessions} Arc session(s) are in it; remove it from those groups and re-create those sessions first")]
+    VpgInUse { groups: u64, sessions: u64 },
     #[error("item {index}: {message}")]
     ImportItem { index: usize, message: String },
 }
