@@ -53,6 +53,22 @@ impl SessionPolicy {
     }
 }
 
+/// The rendezvous point of a new session, exactly as the seed says (DESIGN.md section 4): not in
+/// a VPG, Japan coverage uses the Japan RP (Tokyo) and global coverage the global RP (Frankfurt);
+/// in a VPG, Japan coverage still uses Tokyo while global coverage uses the VPG's placement
+/// region. The VPG's region is returned as is, even when no such RP is configured: the caller
+/// decides what to do then. Not yet used by session creation.
+pub fn select_rendezvous_point<'a>(
+    coverage: Coverage,
+    vpg: Option<&'a super::vpgs::VpgRecord>,
+    policy: &'a SessionPolicy,
+) -> &'a str {
+    match (coverage, vpg) {
+        (Coverage::G, Some(vpg)) => &vpg.region,
+        (coverage, _) => policy.rendezvous_point_for(coverage),
+    }
+}
+
 /// The subscriber a session belongs to, as the session functions need it.
 pub(crate) struct ArcSubscriber {
     pub sim_id: String,
@@ -482,4 +498,86 @@ pub fn list_events(
         },
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::store::vpgs::VpgRecord;
+
+    fn vpg_in(region: &str) -> VpgRecord {
+        VpgRecord {
+            vpg_id: "00000000-0000-4000-8000-000000000000".into(),
+            operator_id: "OP0000000001".into(),
+            vpg_type: 14,
+            region: region.into(),
+            device_subnet: "10.128.0.0/9".parse().expect("net"),
+            use_internet_gateway: true,
+            device_to_device: false,
+            status: "running".into(),
+            tags: Default::default(),
+            created_at: 0,
+            last_modified_at: 0,
+            online_sessions: 0,
+        }
+    }
+
+    /// Every row of the seed's table, with the default policy (Tokyo for jp, Frankfurt for g),
+    /// and the VPG placed in every region.
+    #[test]
+    fn seed_selection_table() {
+        let policy = SessionPolicy {
+            jp_rendezvous_point: "ap-northeast-1".into(),
+            global_rendezvous_point: "eu-central-1".into(),
+            address_quarantine_ms: 0,
+        };
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "ap-northeast-1"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "eu-central-1"
+        );
+        for region in crate::config::KNOWN_REGIONS {
+            let vpg = vpg_in(region);
+            assert_eq!(
+                select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+                "ap-northeast-1",
+                "jp in a VPG in {region}"
+            );
+            assert_eq!(
+                select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+                *region,
+                "g in a VPG in {region}"
+            );
+        }
+    }
+
+    /// Outside a VPG (and for jp inside one) the configured RPs of the policy are used.
+    #[test]
+    fn policy_rps_are_configurable() {
+        let policy = SessionPolicy {
+            jp_rendezvous_point: "us-west-2".into(),
+            global_rendezvous_point: "ap-southeast-2".into(),
+            address_quarantine_ms: 0,
+        };
+        let vpg = vpg_in("eu-central-1");
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "ap-southeast-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+            "eu-central-1"
+        );
+    }
 }
