@@ -1086,7 +1086,10 @@ ip -n "$NS_D1" addr del "${DEV_ADDR[d3]}/32" dev "$IF_D1"
 [[ $code == 000 && $mcode == 000 && ! -s $WORK/spoof.udp ]] ||
     fail "spoofed source dropped" "an answer came back: Harvest HTTP $code, metadata HTTP $mcode, UDP '$(peek "$WORK/spoof.udp")'"
 ((rx_spoof == 0)) || fail "spoofed source dropped" "$rx_spoof packets reached arc0 in rv during the spoofing"
-pass "d1 sending as d3 (${DEV_ADDR[d3]}): dropped by the data plane" "$tx_spoof bytes into d1's tunnel, 0 packets onto arc0, no answer"
+spoof_log="dropped a device packet whose source is not its own address"
+grep -a "$spoof_log" "$WORK/arcd.log" | grep -q "claimed_source=${DEV_ADDR[d3]}" ||
+    fail "spoofed source dropped" "arcd's log has no warning naming ${DEV_ADDR[d3]} as the claimed source"
+pass "d1 sending as d3 (${DEV_ADDR[d3]}): dropped by the data plane" "$tx_spoof bytes into d1's tunnel, 0 packets onto arc0, no answer, one warning in arcd's log"
 code=$(dev_http d1 "$WORK/d1.metadata.after2" "$METADATA_URL/v1/subscriber.imsi")
 [[ $code == 200 ]] || fail "d1 works after spoofing" "metadata HTTP $code"
 

@@ -35,6 +35,9 @@ const COOKIE_REPLY_TYPE: u8 = 3;
 /// A peer with no traffic for this long stops being ticked until its next packet.
 pub const IDLE_AFTER: Duration = Duration::from_secs(600);
 
+/// Least time between two warnings about one peer's spoofed packets.
+const SPOOF_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
 /// A device counts as online while its last handshake is younger than this (WireGuard's
 /// REJECT_AFTER_TIME: no session outlives it without a new handshake).
 pub const ONLINE_WINDOW: Duration = Duration::from_secs(180);
@@ -104,6 +107,9 @@ struct PeerState {
     endpoint: Option<SocketAddr>,
     last_activity: Instant,
     timer_scheduled: bool,
+    /// When a spoofed source was last logged for this peer: one warning a minute at most, so a
+    /// misbehaving device cannot flood the log.
+    last_spoof_warning: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -257,6 +263,7 @@ impl Engine {
                 endpoint: None,
                 last_activity: now,
                 timer_scheduled: false,
+                last_spoof_warning: None,
             }),
         });
         index_peer(&mut peers, &peer);
@@ -393,6 +400,18 @@ impl Engine {
                         return;
                     }
                     Counters::bump(&self.counters.spoofed_source);
+                    let quiet = state
+                        .last_spoof_warning
+                        .is_some_and(|at| now.duration_since(at) < SPOOF_WARNING_INTERVAL);
+                    if !quiet {
+                        state.last_spoof_warning = Some(now);
+                        tracing::warn!(
+                            imsi = %peer.imsi,
+                            client_ip = %peer.client_ip,
+                            claimed_source = %source,
+                            "dropped a device packet whose source is not its own address"
+                        );
+                    }
                     break;
                 }
                 TunnResult::WriteToTunnelV6(..) => {
