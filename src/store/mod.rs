@@ -82,6 +82,10 @@ pub enum Rule {
     GroupInUse(u64),
     #[error("the client address pool {0} of rendezvous point {1} is exhausted")]
     PoolExhausted(String, String),
+    #[error("the device subnet {0} of VPG {1} has no free address (released addresses rest in quarantine before reuse); use a VPG with a larger deviceSubnetCidrRange")]
+    VpgSubnetExhausted(String, String),
+    #[error("group {group_id} puts its SIMs in VPG `{vpg_id}` (SoracomAir vpgId), which is not a running VPG of this operator; fix the group's configuration or move the SIM out of the group")]
+    GroupVpgUnusable { group_id: String, vpg_id: String },
     #[error("{0} identifiers are exhausted")]
     IdentifiersExhausted(&'static str),
     #[error("rendezvous point {0} is not configured")]

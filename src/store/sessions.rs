@@ -4,7 +4,8 @@ use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{now_ms, rendezvous, Result, Rule, StoreError};
+use super::vpgs::VpgRecord;
+use super::{now_ms, rendezvous, vpgs, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids::new_session_id as ids_next_session;
 
@@ -42,6 +43,9 @@ pub struct SessionPolicy {
     pub jp_rendezvous_point: String,
     pub global_rendezvous_point: String,
     pub address_quarantine_ms: i64,
+    /// Ids of the rendezvous points this process serves. A VPG placed in a region outside this
+    /// list cannot host its global-coverage sessions there: they fall back to the global RP.
+    pub rendezvous_points: Vec<String>,
 }
 
 impl SessionPolicy {
@@ -57,10 +61,10 @@ impl SessionPolicy {
 /// a VPG, Japan coverage uses the Japan RP (Tokyo) and global coverage the global RP (Frankfurt);
 /// in a VPG, Japan coverage still uses Tokyo while global coverage uses the VPG's placement
 /// region. The VPG's region is returned as is, even when no such RP is configured: the caller
-/// decides what to do then. Not yet used by session creation.
+/// decides what to do then ([`open_session`] falls back to the coverage's RP with a warning).
 pub fn select_rendezvous_point<'a>(
     coverage: Coverage,
-    vpg: Option<&'a super::vpgs::VpgRecord>,
+    vpg: Option<&'a VpgRecord>,
     policy: &'a SessionPolicy,
 ) -> &'a str {
     match (coverage, vpg) {
@@ -117,8 +121,101 @@ pub(crate) fn coverage_from_column(text: &str) -> Coverage {
     }
 }
 
+/// The VPG the subscriber's group puts it in (`SoracomAir` → `vpgId`), if any. A JSON `null`
+/// value means no VPG. A value that names no running VPG of the subscriber's operator (missing,
+/// another operator's, terminated, or not a string) is refused: silently placing the device
+/// outside the VPG its operator asked for would break the isolation and addressing they expect.
+fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
+    let Some(group_id) = sub.group_id.as_deref() else {
+        return Ok(None);
+    };
+    let value: Option<String> = tx
+        .prepare_cached(
+            "SELECT value FROM group_configuration
+             WHERE group_id = ?1 AND namespace = 'SoracomAir' AND key = 'vpgId'",
+        )?
+        .query_row([group_id], |row| row.get(0))
+        .optional()?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let unusable = |vpg_id: String| -> StoreError {
+        Rule::GroupVpgUnusable {
+            group_id: group_id.to_string(),
+            vpg_id,
+        }
+        .into()
+    };
+    let vpg_id = match serde_json::from_str::<serde_json::Value>(&value) {
+        Ok(serde_json::Value::Null) => return Ok(None),
+        Ok(serde_json::Value::String(vpg_id)) => vpg_id,
+        _ => return Err(unusable(value)),
+    };
+    match vpgs::get(tx, &sub.operator_id, &vpg_id) {
+        Ok(vpg) => Ok(Some(vpg)),
+        Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id)),
+        Err(other) => Err(other),
+    }
+}
+
+/// Where a new session goes and which addresses it may have.
+struct Placement {
+    rp: rendezvous::RendezvousPoint,
+    vpg_id: Option<String>,
+    /// Lease scope: `rp:<id>` outside a VPG, `vpg:<id>` inside one.
+    scope: String,
+    pool: ipnet::Ipv4Net,
+    /// Lowest and highest address that may be handed out.
+    range: (u32, u32),
+}
+
+fn place(tx: &Transaction, sub: &ArcSubscriber, policy: &SessionPolicy) -> Result<Placement> {
+    let vpg = vpg_of_group(tx, sub)?;
+    let mut rp_id = select_rendezvous_point(sub.coverage, vpg.as_ref(), policy);
+    if vpg.is_some() && !policy.rendezvous_points.iter().any(|id| id == rp_id) {
+        let fallback = policy.rendezvous_point_for(sub.coverage);
+        tracing::warn!(
+            sim_id = %sub.sim_id,
+            vpg_id = vpg.as_ref().map(|v| v.vpg_id.as_str()).unwrap_or(""),
+            wanted = %rp_id,
+            using = %fallback,
+            "the VPG's placement region has no rendezvous point here; the session uses the coverage's rendezvous point"
+        );
+        rp_id = fallback;
+    }
+    let rp = rendezvous::get(tx, rp_id)?;
+    Ok(match vpg {
+        // The VPG's network and broadcast addresses are never handed out; every other one is.
+        Some(vpg) => Placement {
+            scope: format!("vpg:{}", vpg.vpg_id),
+            pool: vpg.device_subnet,
+            range: (
+                u32::from(vpg.device_subnet.network()) + 1,
+                u32::from(vpg.device_subnet.broadcast()) - 1,
+            ),
+            vpg_id: Some(vpg.vpg_id),
+            rp,
+        },
+        // The network address, the first host (kept for the server side) and the broadcast
+        // address are never handed out.
+        None => Placement {
+            scope: format!("rp:{rp_id}"),
+            pool: rp.pool,
+            range: (
+                u32::from(rp.pool.network()) + 2,
+                u32::from(rp.pool.broadcast()) - 1,
+            ),
+            vpg_id: None,
+            rp,
+        },
+    })
+}
+
 /// Creates the subscriber's session, or replaces the existing one with a new session id
-/// (`Deleted` then `Created` events). The client address is kept unless the rendezvous point changed.
+/// (`Deleted` then `Created` events). This is the one place sessions are made: the rendezvous
+/// point and the VPG (from the SIM's group, `SoracomAir` → `vpgId`) are chosen here, so a group
+/// or VPG change applies at the next re-creation. The client address is kept unless the lease
+/// scope (rendezvous point pool or VPG subnet) changed.
 pub(crate) fn open_session(
     tx: &Transaction,
     sub: &ArcSubscriber,
@@ -126,26 +223,41 @@ pub(crate) fn open_session(
 ) -> Result<ActiveSession> {
     let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
     let now = now_ms();
-    let rp_id = policy.rendezvous_point_for(sub.coverage).to_string();
-    let rp = rendezvous::get(tx, &rp_id)?;
-    let existing: Option<String> = tx
-        .prepare_cached("SELECT session_id FROM arc_sessions WHERE imsi = ?1")?
-        .query_row([&sub.imsi], |row| row.get(0))
+    let placement = place(tx, sub, policy)?;
+    let existing: Option<(String, Option<String>)> = tx
+        .prepare_cached("SELECT session_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    if let Some(old_session) = existing {
-        record_event(tx, sub, &old_session, "Deleted", None, now)?;
+    if let Some((old_session, old_vpg)) = existing {
+        record_event(
+            tx,
+            sub,
+            &old_session,
+            "Deleted",
+            None,
+            old_vpg.as_deref(),
+            now,
+        )?;
         tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
             .execute([&sub.imsi])?;
     }
-    let scope = format!("rp:{rp_id}");
-    let client_ip = lease_address(tx, &scope, rp.pool, &sub.imsi, now, policy)?;
+    let client_ip = lease_address(tx, &placement, &sub.imsi, now, policy)?;
     let session_id = ids_next_session();
+    let rp_id = placement.rp.rp_id.clone();
     tx.prepare_cached("INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)")?
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?
         .execute(
-        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), now],
+        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), placement.vpg_id, now],
     )?;
-    record_event(tx, sub, &session_id, "Created", Some(client_ip), now)?;
+    record_event(
+        tx,
+        sub,
+        &session_id,
+        "Created",
+        Some(client_ip),
+        placement.vpg_id.as_deref(),
+        now,
+    )?;
     Ok(ActiveSession {
         imsi: sub.imsi.clone(),
         primary_imsi: sub.primary_imsi.clone(),
@@ -156,7 +268,7 @@ pub(crate) fn open_session(
         client_public_key: public_key,
         client_ip,
         group_id: sub.group_id.clone(),
-        vpg_id: None,
+        vpg_id: placement.vpg_id,
     })
 }
 
@@ -168,9 +280,11 @@ pub(crate) fn close_session(
     release_address: bool,
 ) -> Result<Option<PeerChange>> {
     let now = now_ms();
-    let existing: Option<(String, String)> = tx
-        .prepare_cached("SELECT session_id, rp_id FROM arc_sessions WHERE imsi = ?1")?
-        .query_row([&sub.imsi], |row| Ok((row.get(0)?, row.get(1)?)))
+    let existing: Option<(String, String, Option<String>)> = tx
+        .prepare_cached("SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     if release_address {
         tx.prepare_cached(
@@ -178,10 +292,18 @@ pub(crate) fn close_session(
         )?
         .execute(params![sub.imsi, now])?;
     }
-    let Some((session_id, rp_id)) = existing else {
+    let Some((session_id, rp_id, vpg_id)) = existing else {
         return Ok(None);
     };
-    record_event(tx, sub, &session_id, "Deleted", None, now)?;
+    record_event(
+        tx,
+        sub,
+        &session_id,
+        "Deleted",
+        None,
+        vpg_id.as_deref(),
+        now,
+    )?;
     tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
         .execute([&sub.imsi])?;
     Ok(Some(PeerChange::Remove {
@@ -196,12 +318,13 @@ fn record_event(
     session_id: &str,
     event: &str,
     ue_ip: Option<Ipv4Addr>,
+    vpg_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
     // Events are listed under the primary IMSI: a secondary subscriber's traffic is the IoT SIM's.
     tx.prepare_cached(
         "INSERT INTO session_events(sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         sub.sim_id,
@@ -211,25 +334,23 @@ fn record_event(
         event,
         sub.subscription,
         ue_ip.map(|ip| ip.to_string()),
+        vpg_id,
         now
     ])?;
     Ok(())
 }
 
-/// Gives `imsi` an address of `pool` in `scope`: its current lease if it has one there, else the
-/// longest-released address past quarantine, else the next never-used one.
+/// Gives `imsi` an address of the placement's scope: its current lease if it has one there,
+/// else the longest-released address past quarantine, else the next never-used one.
 fn lease_address(
     tx: &Transaction,
-    scope: &str,
-    pool: ipnet::Ipv4Net,
+    placement: &Placement,
     imsi: &str,
     now: i64,
     policy: &SessionPolicy,
 ) -> Result<Ipv4Addr> {
-    // The network address, the first host (kept for the server side) and the broadcast address
-    // are never handed out.
-    let low = u32::from(pool.network()) + 2;
-    let high = u32::from(pool.broadcast()) - 1;
+    let scope = placement.scope.as_str();
+    let (low, high) = placement.range;
     let current: Option<(String, u32)> = tx
         .prepare_cached("SELECT scope, ip FROM address_leases WHERE imsi = ?1")?
         .query_row([imsi], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -275,10 +396,10 @@ fn lease_address(
             )?;
             Ok(Ipv4Addr::from(ip))
         }
-        _ => Err(Rule::PoolExhausted(
-            pool.to_string(),
-            scope.trim_start_matches("rp:").to_string(),
-        )
+        _ => Err(match &placement.vpg_id {
+            Some(vpg_id) => Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.clone()),
+            None => Rule::PoolExhausted(placement.pool.to_string(), placement.rp.rp_id.clone()),
+        }
         .into()),
     }
 }
@@ -530,6 +651,7 @@ mod selection_tests {
             jp_rendezvous_point: "ap-northeast-1".into(),
             global_rendezvous_point: "eu-central-1".into(),
             address_quarantine_ms: 0,
+            rendezvous_points: Vec::new(),
         };
         assert_eq!(
             select_rendezvous_point(Coverage::Jp, None, &policy),
@@ -561,6 +683,7 @@ mod selection_tests {
             jp_rendezvous_point: "us-west-2".into(),
             global_rendezvous_point: "ap-southeast-2".into(),
             address_quarantine_ms: 0,
+            rendezvous_points: Vec::new(),
         };
         let vpg = vpg_in("eu-central-1");
         assert_eq!(
