@@ -1,8 +1,10 @@
 //! HTTPS integration tests of sessions in VPGs: the seed's rendezvous point table (coverage by
 //! Host header × in or out of a VPG), addresses from the VPG subnet, group and VPG changes that
 //! apply only at the next session re-creation (and move the data-plane peer between listeners),
-//! a tiny VPG subnet running out (clear 400, nothing half-created), a group naming an unusable
-//! VPG, a VPG region without a rendezvous point, and terminate refused while a session is in it.
+//! a tiny VPG subnet running out (clear 400, nothing half-created), addresses unique across VPGs
+//! (default and overlapping subnets, one operator or two), a VPG subnet overlapping a rendezvous
+//! point pool refused, a group naming an unusable VPG, a VPG region without a rendezvous point,
+//! and terminate refused while a session is in it.
 
 mod support;
 
@@ -580,4 +582,152 @@ async fn terminate_is_refused_while_a_session_is_in_the_vpg() {
     assert_session(&server, &api, &sim_id, FRANKFURT, None).await;
     let (status, body) = api.post_empty(&terminate).await;
     assert!(status.is_success(), "{status} {body}");
+}
+
+/// A VPG with the default subnet (no `deviceSubnetCidrRange` in the request).
+async fn create_default_vpg(api: &Checked, region: &str) -> String {
+    let (status, vpg) = api
+        .post(
+            "/v1/virtual_private_gateways",
+            json!({"type": 14, "placement": {"region": region}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{vpg}");
+    assert_eq!(vpg["deviceSubnetCidrRange"], json!("10.128.0.0/9"), "{vpg}");
+    text(&vpg, "/vpgId").to_string()
+}
+
+/// A new global-coverage SIM of `api`'s operator in `group`, its session re-created into the VPG.
+async fn sim_in_group(api: &Checked, group: &str) -> String {
+    let sim_id = create_sim(api, true).await;
+    set_group(api, &sim_id, Some(group)).await;
+    let (status, body) = api
+        .post_empty(&format!("/v1/sims/{sim_id}/delete_session"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    sim_id
+}
+
+#[tokio::test]
+async fn vpgs_with_the_default_subnet_never_share_an_address() {
+    let server = start().await;
+    let api = Checked(server.login().await);
+    let other = Checked(server.other_operator().await);
+    let default_net: Ipv4Net = "10.128.0.0/9".parse().expect("net");
+    let mut vpgs = Vec::new();
+    for (operator, region) in [(&api, OREGON), (&api, TOKYO), (&other, OREGON)] {
+        let vpg = create_default_vpg(operator, region).await;
+        let group = create_group(operator, &vpg).await;
+        vpgs.push((operator, region, vpg, group));
+    }
+    let mut addresses = Vec::new();
+    for round in 0..2 {
+        for (operator, region, vpg, group) in &vpgs {
+            let sim_id = sim_in_group(operator, group).await;
+            let s = assert_session(
+                &server,
+                operator,
+                &sim_id,
+                region,
+                Some((vpg.as_str(), default_net)),
+            )
+            .await;
+            assert!(
+                !addresses.contains(&s.client_ip),
+                "round {round}: {s:?} already handed out in {addresses:?}"
+            );
+            addresses.push(s.client_ip);
+        }
+    }
+    assert_eq!(addresses.len(), 6);
+}
+
+#[tokio::test]
+async fn overlapping_vpg_subnets_skip_each_others_addresses() {
+    let server = start().await;
+    let api = Checked(server.login().await);
+    let other = Checked(server.other_operator().await);
+    // A (.1-.2) and C (.5-.6) lie inside B (.1-.6); C belongs to another operator.
+    let net_a: Ipv4Net = "10.200.0.0/30".parse().expect("net");
+    let net_b: Ipv4Net = "10.200.0.0/29".parse().expect("net");
+    let net_c: Ipv4Net = "10.200.0.4/30".parse().expect("net");
+    let vpg_a = create_vpg(&api, OREGON, "10.200.0.0/30").await;
+    let vpg_b = create_vpg(&api, OREGON, "10.200.0.0/29").await;
+    let vpg_c = create_vpg(&other, OREGON, "10.200.0.4/30").await;
+    let group_a = create_group(&api, &vpg_a).await;
+    let group_b = create_group(&api, &vpg_b).await;
+    let group_c = create_group(&other, &vpg_c).await;
+    let ip = |last: u8| Ipv4Addr::new(10, 200, 0, last);
+
+    let mut placed = Vec::new();
+    for (operator, group, vpg, net, expected) in [
+        (&api, &group_a, &vpg_a, net_a, 1),
+        (&api, &group_a, &vpg_a, net_a, 2),
+        // B skips A's .1 and .2.
+        (&api, &group_b, &vpg_b, net_b, 3),
+        (&other, &group_c, &vpg_c, net_c, 5),
+        (&other, &group_c, &vpg_c, net_c, 6),
+        // B's highest address is taken by C: B finds the free one below it.
+        (&api, &group_b, &vpg_b, net_b, 4),
+    ] {
+        let sim_id = sim_in_group(operator, group).await;
+        let s = assert_session(&server, operator, &sim_id, OREGON, Some((vpg, net))).await;
+        assert_eq!(s.client_ip, ip(expected), "{s:?}");
+        placed.push(s.client_ip);
+    }
+
+    // Every VPG is now full, each with fewer devices than its subnet holds addresses: a clear
+    // 400 VPG0003 and nothing written.
+    for (operator, group, vpg, subnet) in [
+        (&api, &group_a, &vpg_a, "10.200.0.0/30"),
+        (&api, &group_b, &vpg_b, "10.200.0.0/29"),
+        (&other, &group_c, &vpg_c, "10.200.0.4/30"),
+    ] {
+        let sim_id = create_sim(operator, true).await;
+        set_group(operator, &sim_id, Some(group)).await;
+        let before = seen(operator, &sim_id).await;
+        let rows = counts(&server).await;
+        let (status, body) = operator
+            .post_empty(&format!("/v1/sims/{sim_id}/delete_session"))
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST);
+        assert_eq!(body["code"], json!("VPG0003"), "{body}");
+        let message = text(&body, "/message");
+        assert!(
+            message.contains(subnet) && message.contains(vpg.as_str()),
+            "{message}"
+        );
+        assert_eq!(seen(operator, &sim_id).await, before);
+        assert_eq!(counts(&server).await, rows);
+    }
+}
+
+#[tokio::test]
+async fn a_vpg_subnet_overlapping_a_rendezvous_point_pool_is_refused() {
+    let server = start().await;
+    let api = Checked(server.login().await);
+    for (subnet, pool, rp) in [
+        ("10.64.0.0/16", "10.64.0.0/16", TOKYO),
+        ("10.64.3.0/24", "10.64.0.0/16", TOKYO),
+        ("10.0.0.0/8", "10.64.0.0/16", TOKYO),
+        ("10.65.255.252/30", "10.65.0.0/16", FRANKFURT),
+    ] {
+        let (status, body) = api
+            .post(
+                "/v1/virtual_private_gateways",
+                json!({"type": 14, "placement": {"region": OREGON}, "deviceSubnetCidrRange": subnet}),
+            )
+            .await;
+        assert_error(status, &body, StatusCode::BAD_REQUEST);
+        let message = text(&body, "/message");
+        assert!(
+            message.contains(subnet) && message.contains(pool) && message.contains(rp),
+            "{subnet}: {message}"
+        );
+        assert_eq!(count(&server, "vpgs").await, 0, "{subnet}");
+    }
+    // Right next to the pools is fine.
+    create_vpg(&api, OREGON, "10.67.0.0/16").await;
+    create_vpg(&api, OREGON, "10.63.0.0/16").await;
+    assert_eq!(count(&server, "vpgs").await, 2);
 }

@@ -64,8 +64,11 @@ pub async fn create(
         device_to_device: request.arcd_device_to_device,
         tags: request.tags,
     };
+    let config = state.config.clone();
     let vpg = state
-        .db(move |store| store.write(|tx| vpgs::create(tx, &operator, &new)))
+        .db(move |store| {
+            store.write(|tx| vpgs::create(tx, &operator, &new, &config.rendezvous_points))
+        })
         .await?;
     Ok(json(StatusCode::CREATED, &views::vpg(&vpg)))
 }

@@ -158,11 +158,17 @@ fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecor
     }
 }
 
+/// The one lease scope of every VPG's addresses. The data plane finds a device by its client
+/// address alone and the kernel routes by destination only, so an address must belong to at most
+/// one device across all VPGs (of every operator), even though every VPG defaults to the same
+/// subnet: each VPG hands out only addresses of its own subnet, but from this shared scope.
+pub(crate) const VPG_LEASE_SCOPE: &str = "vpg";
+
 /// Where a new session goes and which addresses it may have.
 struct Placement {
     rp: rendezvous::RendezvousPoint,
     vpg_id: Option<String>,
-    /// Lease scope: `rp:<id>` outside a VPG, `vpg:<id>` inside one.
+    /// Lease scope: `rp:<id>` outside a VPG, [`VPG_LEASE_SCOPE`] inside any VPG.
     scope: String,
     pool: ipnet::Ipv4Net,
     /// Lowest and highest address that may be handed out.
@@ -185,9 +191,10 @@ fn place(tx: &Transaction, sub: &ArcSubscriber, policy: &SessionPolicy) -> Resul
     }
     let rp = rendezvous::get(tx, rp_id)?;
     Ok(match vpg {
-        // The VPG's network and broadcast addresses are never handed out; every other one is.
+        // The VPG's network and broadcast addresses are never handed out; every other one is,
+        // unless another VPG's device holds it.
         Some(vpg) => Placement {
-            scope: format!("vpg:{}", vpg.vpg_id),
+            scope: VPG_LEASE_SCOPE.to_string(),
             pool: vpg.device_subnet,
             range: (
                 u32::from(vpg.device_subnet.network()) + 1,
@@ -214,8 +221,8 @@ fn place(tx: &Transaction, sub: &ArcSubscriber, policy: &SessionPolicy) -> Resul
 /// Creates the subscriber's session, or replaces the existing one with a new session id
 /// (`Deleted` then `Created` events). This is the one place sessions are made: the rendezvous
 /// point and the VPG (from the SIM's group, `SoracomAir` → `vpgId`) are chosen here, so a group
-/// or VPG change applies at the next re-creation. The client address is kept unless the lease
-/// scope (rendezvous point pool or VPG subnet) changed.
+/// or VPG change applies at the next re-creation. The client address is kept unless it is no
+/// longer in the session's rendezvous point pool or VPG subnet.
 pub(crate) fn open_session(
     tx: &Transaction,
     sub: &ArcSubscriber,
@@ -340,8 +347,10 @@ fn record_event(
     Ok(())
 }
 
-/// Gives `imsi` an address of the placement's scope: its current lease if it has one there,
-/// else the longest-released address past quarantine, else the next never-used one.
+/// Gives `imsi` an address of the placement's scope and range: its current lease if it has one
+/// there, else the longest-released address past quarantine, else a never-used one (the one
+/// after the highest leased in the range, or, when that is past the range, the lowest free one:
+/// in the shared VPG scope other VPGs' leases may sit anywhere in an overlapping range).
 fn lease_address(
     tx: &Transaction,
     placement: &Placement,
@@ -387,7 +396,10 @@ fn lease_address(
             "SELECT MAX(ip) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
         )?
         .query_row(params![scope, low, high], |row| row.get(0))?;
-    let next = highest.map_or(Some(low), |ip| ip.checked_add(1));
+    let next = match highest.map_or(Some(low), |ip| ip.checked_add(1)) {
+        Some(ip) if ip <= high => Some(ip),
+        _ => lowest_free(tx, scope, low, high)?,
+    };
     match next {
         Some(ip) if ip <= high => {
             tx.prepare_cached("INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES (?1, ?2, ?3, NULL)")?
@@ -402,6 +414,25 @@ fn lease_address(
         }
         .into()),
     }
+}
+
+/// The lowest address in `low..=high` with no lease row of `scope` (held, quarantined or free
+/// rows all count: free ones past quarantine are found by the reuse query first).
+fn lowest_free(tx: &Transaction, scope: &str, low: u32, high: u32) -> Result<Option<u32>> {
+    let candidate: Option<i64> = tx
+        .prepare_cached(
+            "SELECT CASE
+                 WHEN NOT EXISTS (SELECT 1 FROM address_leases WHERE scope = ?1 AND ip = ?2) THEN ?2
+                 ELSE (SELECT MIN(a.ip) + 1 FROM address_leases a
+                       WHERE a.scope = ?1 AND a.ip BETWEEN ?2 AND ?3
+                         AND NOT EXISTS (SELECT 1 FROM address_leases b
+                                         WHERE b.scope = ?1 AND b.ip = a.ip + 1))
+             END",
+        )?
+        .query_row(params![scope, low, high], |row| row.get(0))?;
+    Ok(candidate
+        .filter(|&ip| ip <= i64::from(high))
+        .and_then(|ip| u32::try_from(ip).ok()))
 }
 
 /// Every session the data plane must serve, in one query (used at start).

@@ -10,7 +10,7 @@ use ipnet::Ipv4Net;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
 use super::{now_ms, Entity, Result, Rule, StoreError};
-use crate::config::KNOWN_REGIONS;
+use crate::config::{RendezvousPointConfig, KNOWN_REGIONS};
 use crate::ids;
 
 /// VPG types `createVirtualPrivateGateway` accepts: 14 Type-E, 15 Type-F, 242 Type-F2.
@@ -79,7 +79,11 @@ fn invalid(message: String) -> StoreError {
     Rule::InvalidVpg(message).into()
 }
 
-fn validate(new: &NewVpg) -> Result<Ipv4Net> {
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn validate(new: &NewVpg, rendezvous_points: &[RendezvousPointConfig]) -> Result<Ipv4Net> {
     if !CREATABLE_TYPES.contains(&new.vpg_type) {
         return Err(invalid(format!(
             "type {} cannot be created; use one of 14 (Type-E), 15 (Type-F), 242 (Type-F2)",
@@ -93,20 +97,40 @@ fn validate(new: &NewVpg) -> Result<Ipv4Net> {
             KNOWN_REGIONS.join(", ")
         )));
     }
-    parse_device_subnet(
+    let subnet = parse_device_subnet(
         new.device_subnet
             .as_deref()
             .unwrap_or(DEFAULT_DEVICE_SUBNET),
     )
-    .map_err(invalid)
+    .map_err(invalid)?;
+    // Devices are found by client address alone, so a VPG address must never also be one a
+    // rendezvous point hands out to devices outside VPGs.
+    if let Some(rp) = rendezvous_points
+        .iter()
+        .find(|rp| overlaps(&subnet, &rp.pool))
+    {
+        return Err(invalid(format!(
+            "deviceSubnetCidrRange {subnet} overlaps {}, the client address pool of rendezvous point {}; choose a range outside every rendezvous point pool",
+            rp.pool, rp.id
+        )));
+    }
+    Ok(subnet)
 }
 
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-pub fn create(tx: &Transaction, operator_id: &str, new: &NewVpg) -> Result<VpgRecord> {
-    let subnet = validate(new)?;
+/// Creates a running VPG. Its device subnet must not overlap the pool of any of the configured
+/// `rendezvous_points`. Device subnets of VPGs may overlap each other (every VPG defaults to
+/// [`DEFAULT_DEVICE_SUBNET`]): sessions lease their addresses from one scope shared by all VPGs.
+pub fn create(
+    tx: &Transaction,
+    operator_id: &str,
+    new: &NewVpg,
+    rendezvous_points: &[RendezvousPointConfig],
+) -> Result<VpgRecord> {
+    let subnet = validate(new, rendezvous_points)?;
     let vpg_id = ids::new_vpg_id();
     let now = now_ms();
     tx.execute(
@@ -289,7 +313,7 @@ mod tests {
             })
             .expect("operators");
         let vpg = store
-            .write(|tx| create(tx, &op, &new_vpg()))
+            .write(|tx| create(tx, &op, &new_vpg(), &[]))
             .expect("create");
         assert_eq!(vpg.device_subnet.to_string(), DEFAULT_DEVICE_SUBNET);
         assert!(vpg.use_internet_gateway);
@@ -369,9 +393,24 @@ mod tests {
                 device_subnet: Some("fd00::/64".into()),
                 ..new_vpg()
             },
+            // Overlapping the rendezvous point pool 10.64.0.0/16: inside, equal, around it.
+            NewVpg {
+                device_subnet: Some("10.64.8.0/24".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.64.0.0/16".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.0.0.0/8".into()),
+                ..new_vpg()
+            },
         ];
+        let pools = crate::config::Config::default().rendezvous_points;
+        assert_eq!(pools[0].pool.to_string(), "10.64.0.0/16");
         for case in cases {
-            let result = store.write(|tx| create(tx, &op, &case));
+            let result = store.write(|tx| create(tx, &op, &case, &pools));
             assert!(
                 matches!(result, Err(StoreError::Rule(Rule::InvalidVpg(_)))),
                 "{case:?}: {result:?}"
@@ -381,6 +420,16 @@ mod tests {
             .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM vpgs", [], |r| r.get(0))?))
             .expect("count");
         assert_eq!(n, 0);
+        // Next to the pool, and the default subnet, are fine.
+        for subnet in [Some("10.65.0.0/16"), Some("10.63.255.252/30"), None] {
+            let new = NewVpg {
+                device_subnet: subnet.map(str::to_string),
+                ..new_vpg()
+            };
+            store
+                .write(|tx| create(tx, &op, &new, &pools))
+                .expect("no overlap");
+        }
     }
 
     #[test]
@@ -388,7 +437,7 @@ mod tests {
         let (_dir, store) = temp_store();
         let op = store.write(operators::create_operator).expect("operator");
         let vpg = store
-            .write(|tx| create(tx, &op, &new_vpg()))
+            .write(|tx| create(tx, &op, &new_vpg(), &[]))
             .expect("create");
         let mut configuration = crate::store::groups::Configuration::new();
         configuration
@@ -437,7 +486,7 @@ mod tests {
         for name in ["alpha", "alphabet", "beta"] {
             let tags = BTreeMap::from([("name".to_string(), name.to_string())]);
             store
-                .write(|tx| create(tx, &op, &NewVpg { tags, ..new_vpg() }))
+                .write(|tx| create(tx, &op, &NewVpg { tags, ..new_vpg() }, &[]))
                 .expect("create");
         }
         let count = |value: &str, prefix: bool| {
