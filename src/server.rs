@@ -15,6 +15,7 @@ use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, RootCredentials};
 use crate::config::Config;
 use crate::dataplane::egress::{self, Egress, EgressError};
+use crate::dataplane::engine::Engine;
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
@@ -22,7 +23,7 @@ use crate::dataplane::{
     Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
 use crate::services;
-use crate::store::{rendezvous, sessions, Store, StoreError};
+use crate::store::{rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
 use ipnet::Ipv4Net;
@@ -115,6 +116,8 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (tun, tun_peer) = open_tun(&config)?;
     let dataplane =
         Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
+    let allowing = load_device_to_device(&store, &dataplane.engine)?;
+    tracing::info!(vpgs = allowing, "device-to-device VPGs loaded");
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -193,6 +196,17 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         stop,
         accept_task,
     })
+}
+
+/// Lets devices reach each other inside every running VPG whose device-to-device switch is on
+/// (before the API serves, so later switches are applied after their commits, in order); returns
+/// how many VPGs allow it.
+pub fn load_device_to_device(store: &Store, engine: &Engine) -> Result<usize, ServeError> {
+    let ids = store.read(vpgs::device_to_device_ids)?;
+    for id in &ids {
+        engine.set_device_to_device(id, true);
+    }
+    Ok(ids.len())
 }
 
 /// Checkpoints the WAL off the request path (commits no longer do it inline).

@@ -65,9 +65,17 @@ pub async fn create(
         tags: request.tags,
     };
     let config = state.config.clone();
+    let engine = state.live.clone();
     let vpg = state
         .db(move |store| {
-            store.write(|tx| vpgs::create(tx, &operator, &new, &config.rendezvous_points))
+            store.write_then(
+                |tx| vpgs::create(tx, &operator, &new, &config.rendezvous_points),
+                |vpg| {
+                    if vpg.device_to_device {
+                        engine.set_device_to_device(&vpg.vpg_id, true);
+                    }
+                },
+            )
         })
         .await?;
     Ok(json(StatusCode::CREATED, &views::vpg(&vpg)))
@@ -135,8 +143,14 @@ pub async fn terminate(
     Extension(Operator(operator)): Extension<Operator>,
     Path(vpg_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let engine = state.live.clone();
     state
-        .db(move |store| store.write(|tx| vpgs::terminate(tx, &operator, &vpg_id)))
+        .db(move |store| {
+            store.write_then(
+                |tx| vpgs::terminate(tx, &operator, &vpg_id),
+                |_| engine.set_device_to_device(&vpg_id, false),
+            )
+        })
         .await?;
     Ok(StatusCode::OK)
 }
@@ -155,9 +169,14 @@ pub async fn set_device_to_device(
     body: JsonBody<DeviceToDevice>,
 ) -> Result<Response, ApiError> {
     let enabled = body.required(r#"{"enabled":true}"#)?.enabled;
+    let engine = state.live.clone();
     let vpg = state
         .db(move |store| {
-            store.write(|tx| vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled))
+            // The data plane follows only what was committed, in commit order.
+            store.write_then(
+                |tx| vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled),
+                |vpg| engine.set_device_to_device(&vpg.vpg_id, vpg.device_to_device),
+            )
         })
         .await?;
     Ok(json(StatusCode::OK, &views::vpg(&vpg)))

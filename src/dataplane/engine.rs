@@ -168,6 +168,11 @@ impl Engine {
         }
     }
 
+    /// Whether devices of the VPG may currently reach each other.
+    pub fn allows_device_to_device(&self, vpg_id: &str) -> bool {
+        read(&self.device_to_device).contains(vpg_id)
+    }
+
     /// Devices reach each other only inside the same VPG, and only when that VPG allows it.
     fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
         let from_vpg = read(&from.vpg_id).clone();

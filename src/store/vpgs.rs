@@ -284,6 +284,16 @@ pub fn set_device_to_device(
     get(tx, operator_id, vpg_id)
 }
 
+/// Ids of every running VPG (of any operator) whose devices may reach each other: what the data
+/// plane's device-to-device set starts from.
+pub fn device_to_device_ids(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT vpg_id FROM vpgs WHERE device_to_device AND status = ?1 ORDER BY vpg_id",
+    )?;
+    let ids = stmt.query_map(params![STATUS_RUNNING], |row| row.get(0))?;
+    Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +341,10 @@ mod tests {
             .expect("d2d");
         assert!(on.device_to_device);
         assert_eq!(
+            store.read(device_to_device_ids).expect("ids"),
+            vec![vpg.vpg_id.clone()]
+        );
+        assert_eq!(
             store
                 .read(|c| list(c, &op, None, None, 10))
                 .expect("list")
@@ -348,6 +362,10 @@ mod tests {
             .read(|c| list(c, &op, None, None, 10))
             .expect("list")
             .is_empty());
+        assert!(
+            store.read(device_to_device_ids).expect("ids").is_empty(),
+            "a terminated VPG allows nothing"
+        );
         assert!(matches!(
             store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
             Err(StoreError::NotFound(Entity::Vpg))
