@@ -14,11 +14,11 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, RootCredentials};
 use crate::config::Config;
-use crate::dataplane::egress::{self, Egress, EgressError};
-use crate::dataplane::engine::Engine;
+use crate::dataplane::egress::{self, EgressError};
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
+use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
 use crate::dataplane::{
     Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
@@ -67,7 +67,8 @@ pub struct Running {
     pub services: services::SharedContext,
     _listening_services: Option<services::Services>,
     harvest_purge: JoinHandle<()>,
-    _egress: Option<Egress>,
+    /// Owns the VPG routes and the egress NAT (removed when arcd stops).
+    pub vpg_plane: Arc<VpgPlane>,
     _control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
     pub new_root_credentials: Option<RootCredentials>,
@@ -114,10 +115,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         });
     }
     let (tun, tun_peer) = open_tun(&config)?;
+    let tun_index = match &tun {
+        AnyTun::Device(device) => Some(device.device().if_index().map_err(ServeError::Dataplane)?),
+        AnyTun::Memory(_) => None,
+    };
     let dataplane =
         Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
-    let allowing = load_device_to_device(&store, &dataplane.engine)?;
-    tracing::info!(vpgs = allowing, "device-to-device VPGs loaded");
+    let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
+    let egress = if config.egress.masquerade && config.tun.enabled {
+        Some(egress::enable(&pools, &config.tun.name)?)
+    } else {
+        None
+    };
+    let host = tun_index.map(|ifindex| HostSide::new(ifindex, pools, egress));
+    let vpg_plane = Arc::new(VpgPlane::new(dataplane.engine.clone(), host));
+    let running_vpgs = load_vpgs(&store, &vpg_plane)?;
+    tracing::info!(
+        vpgs = running_vpgs,
+        "running VPGs applied to the data plane"
+    );
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -140,13 +156,6 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         store.clone(),
         config.services.harvest_retention_days,
     );
-    let egress = if config.egress.masquerade && config.tun.enabled {
-        let pools: Vec<_> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
-        Some(egress::enable(&pools, &config.tun.name)?)
-    } else {
-        None
-    };
-
     let tls = if config.api.tls {
         Some(TlsAcceptor::from(tls::server_config(
             &config.api,
@@ -174,6 +183,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         policy,
         peers: changes,
         live: dataplane.engine.clone(),
+        vpg_plane: vpg_plane.clone(),
         tokens: Default::default(),
     });
     let app = api::router(state);
@@ -190,7 +200,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         services: service_context,
         _listening_services: listening_services,
         harvest_purge,
-        _egress: egress,
+        vpg_plane,
         _control_sockets: control_sockets,
         new_root_credentials,
         stop,
@@ -198,15 +208,12 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     })
 }
 
-/// Lets devices reach each other inside every running VPG whose device-to-device switch is on
-/// (before the API serves, so later switches are applied after their commits, in order); returns
-/// how many VPGs allow it.
-pub fn load_device_to_device(store: &Store, engine: &Engine) -> Result<usize, ServeError> {
-    let ids = store.read(vpgs::device_to_device_ids)?;
-    for id in &ids {
-        engine.set_device_to_device(id, true);
-    }
-    Ok(ids.len())
+/// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
+/// applied after their commits, in order; returns how many there are.
+pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
+    let running = store.read(vpgs::running)?;
+    plane.apply(&running);
+    Ok(running.len())
 }
 
 /// Checkpoints the WAL off the request path (commits no longer do it inline).

@@ -399,6 +399,28 @@ async fn group_and_vpg_changes_apply_at_the_next_recreation() {
     assert_session(&server, &api, &sim_id, TOKYO, Some((&vpg_tokyo, tokyo_net))).await;
 }
 
+/// `sessionStats.online` of a VPG, as listed and as got (the two must agree).
+async fn online_in(api: &Checked, vpg_id: &str) -> i64 {
+    let (status, got) = api
+        .get(&format!("/v1/virtual_private_gateways/{vpg_id}"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    let (status, listed) = api.get("/v1/virtual_private_gateways").await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let listed = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|v| v["vpgId"] == json!(vpg_id)))
+        .cloned()
+        .expect("listed");
+    assert_eq!(
+        listed["sessionStats"]["online"],
+        got["sessionStats"]["online"]
+    );
+    got["sessionStats"]["online"]
+        .as_i64()
+        .expect("online count")
+}
+
 #[tokio::test]
 async fn tiny_vpg_subnet_runs_out_cleanly() {
     let server = start().await;
@@ -450,6 +472,26 @@ async fn tiny_vpg_subnet_runs_out_cleanly() {
     }
     assert_eq!(before.rp, FRANKFURT);
     assert_peer_on(&server, &imsi_of(&api, &sims[2]).await, FRANKFURT).await;
+    assert_eq!(
+        online_in(&api, &vpg).await,
+        2,
+        "the two sessions in the VPG"
+    );
+
+    // Its online count follows its SIMs: a session moved out and a terminated SIM leave it.
+    set_group(&api, &sims[0], None).await;
+    let (status, body) = api
+        .post_empty(&format!("/v1/sims/{}/delete_session", sims[0]))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(online_in(&api, &vpg).await, 1);
+    for step in ["enable_termination", "terminate"] {
+        let (status, body) = api
+            .post_empty(&format!("/v1/sims/{}/{step}", sims[1]))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{step}: {body}");
+    }
+    assert_eq!(online_in(&api, &vpg).await, 0);
 
     // A secondary virtual subscriber on an IoT SIM in the group does not fit either: nothing of
     // it is written.

@@ -37,6 +37,8 @@ pub struct AppState {
     pub tokens: tokens::TokenCache,
     /// Live per-session state from the data plane (handshakes, endpoints, bytes).
     pub live: Arc<crate::dataplane::engine::Engine>,
+    /// Applies committed VPG changes to the data plane and the host's routes.
+    pub vpg_plane: Arc<crate::dataplane::vpg_plane::VpgPlane>,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -65,16 +65,15 @@ pub async fn create(
         tags: request.tags,
     };
     let config = state.config.clone();
-    let engine = state.live.clone();
-    let vpg = state
+    let plane = state.vpg_plane.clone();
+    let (vpg, _) = state
         .db(move |store| {
             store.write_then(
-                |tx| vpgs::create(tx, &operator, &new, &config.rendezvous_points),
-                |vpg| {
-                    if vpg.device_to_device {
-                        engine.set_device_to_device(&vpg.vpg_id, true);
-                    }
+                |tx| {
+                    let vpg = vpgs::create(tx, &operator, &new, &config.rendezvous_points)?;
+                    Ok((vpg, vpgs::running(tx)?))
                 },
+                |(_, running)| plane.apply(running),
             )
         })
         .await?;
@@ -143,12 +142,15 @@ pub async fn terminate(
     Extension(Operator(operator)): Extension<Operator>,
     Path(vpg_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let engine = state.live.clone();
+    let plane = state.vpg_plane.clone();
     state
         .db(move |store| {
             store.write_then(
-                |tx| vpgs::terminate(tx, &operator, &vpg_id),
-                |_| engine.set_device_to_device(&vpg_id, false),
+                |tx| {
+                    vpgs::terminate(tx, &operator, &vpg_id)?;
+                    vpgs::running(tx)
+                },
+                |running| plane.apply(running),
             )
         })
         .await?;
@@ -169,13 +171,16 @@ pub async fn set_device_to_device(
     body: JsonBody<DeviceToDevice>,
 ) -> Result<Response, ApiError> {
     let enabled = body.required(r#"{"enabled":true}"#)?.enabled;
-    let engine = state.live.clone();
-    let vpg = state
+    let plane = state.vpg_plane.clone();
+    let (vpg, _) = state
         .db(move |store| {
             // The data plane follows only what was committed, in commit order.
             store.write_then(
-                |tx| vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled),
-                |vpg| engine.set_device_to_device(&vpg.vpg_id, vpg.device_to_device),
+                |tx| {
+                    let vpg = vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled)?;
+                    Ok((vpg, vpgs::running(tx)?))
+                },
+                |(_, running)| plane.apply(running),
             )
         })
         .await?;

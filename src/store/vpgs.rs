@@ -284,14 +284,45 @@ pub fn set_device_to_device(
     get(tx, operator_id, vpg_id)
 }
 
-/// Ids of every running VPG (of any operator) whose devices may reach each other: what the data
-/// plane's device-to-device set starts from.
-pub fn device_to_device_ids(conn: &Connection) -> Result<Vec<String>> {
+/// What the data plane needs of one running VPG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningVpg {
+    pub vpg_id: String,
+    pub device_subnet: Ipv4Net,
+    pub device_to_device: bool,
+    pub use_internet_gateway: bool,
+}
+
+/// Every running VPG of any operator, by id: what the data plane's VPG rules and the host's
+/// routes are rebuilt from at start and after each VPG change (read in the changing transaction,
+/// so they follow commit order).
+pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT vpg_id FROM vpgs WHERE device_to_device AND status = ?1 ORDER BY vpg_id",
+        "SELECT vpg_id, device_subnet, device_to_device, use_internet_gateway
+         FROM vpgs WHERE status = ?1 ORDER BY vpg_id",
     )?;
-    let ids = stmt.query_map(params![STATUS_RUNNING], |row| row.get(0))?;
-    Ok(ids.collect::<rusqlite::Result<Vec<String>>>()?)
+    let rows = stmt.query_map(params![STATUS_RUNNING], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, bool>(2)?,
+            row.get::<_, bool>(3)?,
+        ))
+    })?;
+    let mut vpgs = Vec::new();
+    for row in rows {
+        let (vpg_id, subnet, device_to_device, use_internet_gateway) = row?;
+        let device_subnet = subnet
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("device subnet of VPG {vpg_id}")))?;
+        vpgs.push(RunningVpg {
+            vpg_id,
+            device_subnet,
+            device_to_device,
+            use_internet_gateway,
+        });
+    }
+    Ok(vpgs)
 }
 
 #[cfg(test)]
@@ -340,10 +371,11 @@ mod tests {
             .write(|tx| set_device_to_device(tx, &op, &vpg.vpg_id, true))
             .expect("d2d");
         assert!(on.device_to_device);
-        assert_eq!(
-            store.read(device_to_device_ids).expect("ids"),
-            vec![vpg.vpg_id.clone()]
-        );
+        let running_now = store.read(running).expect("running");
+        assert_eq!(running_now.len(), 1);
+        assert_eq!(running_now[0].vpg_id, vpg.vpg_id);
+        assert!(running_now[0].device_to_device);
+        assert!(running_now[0].use_internet_gateway);
         assert_eq!(
             store
                 .read(|c| list(c, &op, None, None, 10))
@@ -363,8 +395,8 @@ mod tests {
             .expect("list")
             .is_empty());
         assert!(
-            store.read(device_to_device_ids).expect("ids").is_empty(),
-            "a terminated VPG allows nothing"
+            store.read(running).expect("running").is_empty(),
+            "a terminated VPG is gone from the data plane"
         );
         assert!(matches!(
             store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
