@@ -32,6 +32,7 @@ async fn start() -> TestServer {
             (OREGON, "oregon.example.net:11010", "10.66.0.0/16"),
         ] {
             config.rendezvous_points.push(RendezvousPointConfig {
+                name: None,
                 id: id.into(),
                 listen: "127.0.0.1:0".parse().expect("literal address"),
                 endpoint: endpoint.into(),
