@@ -105,6 +105,13 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (changes, rx) = PeerChanges::channel();
     let mut listeners = Vec::new();
     for rp in &config.rendezvous_points {
+        tracing::info!(
+            rendezvous_point = %rp.id,
+            name = rp.display_name(),
+            endpoint = %rp.endpoint,
+            pool = %rp.pool,
+            "rendezvous point configured"
+        );
         let private_key = store.read(|conn| rendezvous::private_key(conn, &rp.id))?;
         let private_key = wgkey::parse_key(&private_key)
             .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
