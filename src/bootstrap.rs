@@ -129,6 +129,11 @@ pub fn session_policy(config: &Config) -> store::sessions::SessionPolicy {
             .id
             .clone(),
         address_quarantine_ms: (config.sims.address_quarantine_seconds as i64).saturating_mul(1000),
+        rendezvous_points: config
+            .rendezvous_points
+            .iter()
+            .map(|rp| rp.id.clone())
+            .collect(),
     }
 }
 

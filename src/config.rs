@@ -72,6 +72,9 @@ pub struct EgressConfig {
 pub struct RendezvousPointConfig {
     /// Placement region id, e.g. `ap-northeast-1`.
     pub id: String,
+    /// Display name for people (`Tokyo`); defaults to the region's city for known ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// UDP address the WireGuard listener binds.
     pub listen: SocketAddr,
     /// `host:port` devices are told (`arcServerEndpoint`).
@@ -79,6 +82,24 @@ pub struct RendezvousPointConfig {
     /// Client /32s outside a VPG come from here.
     pub pool: Ipv4Net,
     pub allowed_ips: Vec<Ipv4Net>,
+}
+
+impl RendezvousPointConfig {
+    /// The configured name, else the city of a known placement region, else the id.
+    pub fn display_name(&self) -> &str {
+        if let Some(name) = &self.name {
+            return name;
+        }
+        match self.id.as_str() {
+            "ap-northeast-1" => "Tokyo",
+            "us-west-2" => "Oregon",
+            "eu-central-1" => "Frankfurt",
+            "ap-southeast-2" => "Sydney",
+            "ap-south-1" => "Mumbai",
+            "us-east-1" => "Virginia",
+            other => other,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +180,7 @@ impl Default for Config {
             egress: EgressConfig { masquerade: false },
             rendezvous_points: vec![RendezvousPointConfig {
                 id: "ap-northeast-1".into(),
+                name: None,
                 listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
                 endpoint: "127.0.0.1:11010".into(),
                 pool: "10.64.0.0/16".parse().expect("literal network"),

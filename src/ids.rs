@@ -90,6 +90,11 @@ pub fn new_group_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
+/// VPG ids are random UUIDs (the official spec gives no format or example).
+pub fn new_vpg_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
 pub fn new_session_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }

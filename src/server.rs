@@ -14,15 +14,16 @@ use tokio_rustls::TlsAcceptor;
 use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, RootCredentials};
 use crate::config::Config;
-use crate::dataplane::egress::{self, Egress, EgressError};
+use crate::dataplane::egress::{self, EgressError};
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
+use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
 use crate::dataplane::{
     Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
 use crate::services;
-use crate::store::{rendezvous, sessions, Store, StoreError};
+use crate::store::{rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
 use ipnet::Ipv4Net;
@@ -66,7 +67,8 @@ pub struct Running {
     pub services: services::SharedContext,
     _listening_services: Option<services::Services>,
     harvest_purge: JoinHandle<()>,
-    _egress: Option<Egress>,
+    /// Owns the VPG routes and the egress NAT (removed when arcd stops).
+    pub vpg_plane: Arc<VpgPlane>,
     _control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
     pub new_root_credentials: Option<RootCredentials>,
@@ -103,6 +105,13 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let (changes, rx) = PeerChanges::channel();
     let mut listeners = Vec::new();
     for rp in &config.rendezvous_points {
+        tracing::info!(
+            rendezvous_point = %rp.id,
+            name = rp.display_name(),
+            endpoint = %rp.endpoint,
+            pool = %rp.pool,
+            "rendezvous point configured"
+        );
         let private_key = store.read(|conn| rendezvous::private_key(conn, &rp.id))?;
         let private_key = wgkey::parse_key(&private_key)
             .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
@@ -113,8 +122,25 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         });
     }
     let (tun, tun_peer) = open_tun(&config)?;
+    let tun_index = match &tun {
+        AnyTun::Device(device) => Some(device.device().if_index().map_err(ServeError::Dataplane)?),
+        AnyTun::Memory(_) => None,
+    };
     let dataplane =
         Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
+    let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
+    let egress = if config.egress.masquerade && config.tun.enabled {
+        Some(egress::enable(&pools, &config.tun.name)?)
+    } else {
+        None
+    };
+    let host = tun_index.map(|ifindex| HostSide::new(ifindex, pools, egress));
+    let vpg_plane = Arc::new(VpgPlane::new(dataplane.engine.clone(), host));
+    let running_vpgs = load_vpgs(&store, &vpg_plane)?;
+    tracing::info!(
+        vpgs = running_vpgs,
+        "running VPGs applied to the data plane"
+    );
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -137,13 +163,6 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         store.clone(),
         config.services.harvest_retention_days,
     );
-    let egress = if config.egress.masquerade && config.tun.enabled {
-        let pools: Vec<_> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
-        Some(egress::enable(&pools, &config.tun.name)?)
-    } else {
-        None
-    };
-
     let tls = if config.api.tls {
         Some(TlsAcceptor::from(tls::server_config(
             &config.api,
@@ -171,6 +190,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         policy,
         peers: changes,
         live: dataplane.engine.clone(),
+        vpg_plane: vpg_plane.clone(),
         tokens: Default::default(),
     });
     let app = api::router(state);
@@ -187,12 +207,20 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         services: service_context,
         _listening_services: listening_services,
         harvest_purge,
-        _egress: egress,
+        vpg_plane,
         _control_sockets: control_sockets,
         new_root_credentials,
         stop,
         accept_task,
     })
+}
+
+/// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
+/// applied after their commits, in order; returns how many there are.
+pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
+    let running = store.read(vpgs::running)?;
+    plane.apply(&running);
+    Ok(running.len())
 }
 
 /// Checkpoints the WAL off the request path (commits no longer do it inline).

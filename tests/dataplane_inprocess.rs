@@ -465,7 +465,12 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
         rx,
     )
     .expect("data plane starts");
-    dataplane.engine.set_device_to_device("vpg-lab", true);
+    dataplane.engine.set_vpgs(&[arcd::store::vpgs::RunningVpg {
+        vpg_id: "vpg-lab".into(),
+        device_subnet: "10.128.0.0/9".parse().expect("net"),
+        device_to_device: true,
+        use_internet_gateway: true,
+    }]);
     let udp = dataplane.udp_addrs[0].1;
     let (a_ip, b_ip) = (devices[0].1.client_ip, devices[1].1.client_ip);
     let mut a = WgClient::new(&devices[0].0.private_key, &server_pair.public_key, udp).await;

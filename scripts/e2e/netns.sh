@@ -55,6 +55,11 @@
 # → session lifecycle (stage 7): delete_session → traffic resumes without touching the device
 #   (time printed) · renew credentials → old session and old key fail, new key works · terminate
 #   d2 → traffic stops and no handshake any more, d1 unaffected
+# → rendezvous points and VPGs (stage 8, scripts/e2e/lib/vpg-stage.sh): arcd restarted with
+#   Oregon and Frankfurt added (d1's session untouched) · global-coverage SIMs d4, d5 on
+#   Frankfurt · joined to a VPG in Oregon + delete_session → Oregon's port, a VPG-subnet address,
+#   the platform reachable · d4 <-> d5 only after device-to-device is turned on · d1 outside
+#   cannot reach them · internet gateway off: d4 reaches 100.127.x but not a host beyond arcd
 # → cleanup (trap): processes by recorded PID (checked against /proc), namespaces, temp files.
 #
 # Every assert prints "PASS name" or "FAIL name: why"; the first FAIL ends the run (exit 1, after
@@ -87,9 +92,13 @@ NS_RV=${NS_PREFIX}rv
 NS_D1=${NS_PREFIX}d1
 NS_D2=${NS_PREFIX}d2
 NS_D3=${NS_PREFIX}d3
+NS_D4=${NS_PREFIX}d4
+NS_D5=${NS_PREFIX}d5
 IF_D1=wgd1
 IF_D2=wgd2
 IF_D3=wgd3
+IF_D4=wgd4
+IF_D5=wgd5
 # WireGuard control sockets (arcd's and wireguard-go's) live in /var/run/wireguard, which network
 # namespaces do not separate. Everything here runs in a mount namespace of our own (held by a
 # `sleep` process) with a private tmpfs on that directory: no clash with an arcd or WireGuard
@@ -101,6 +110,8 @@ RV_ADDR=10.99.0.1            # on rv's loopback: API address and arcServerEndpoi
 RV_D1=10.99.1.1 D1_RV=10.99.1.2
 RV_D2=10.99.2.1 D2_RV=10.99.2.2
 RV_D3=10.99.3.1 D3_RV=10.99.3.2
+RV_D4=10.99.4.1 D4_RV=10.99.4.2 # d4, d5: global-coverage devices of the VPG stage (8)
+RV_D5=10.99.5.1 D5_RV=10.99.5.2
 API_PORT=8443
 WG_PORT=11010
 API_TLS=${E2E_API_TLS:-yes}
@@ -204,7 +215,7 @@ cleanup() {
     stop_pids "${PIDS[@]}"
     wait 2>/dev/null
     local ns left
-    for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_RV"; do
+    for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then
             left=""
             for pid in $(ip netns pids "$ns" 2>/dev/null); do
@@ -301,7 +312,8 @@ make_mount_namespace() {
 }
 
 # api METHOD PATH [BODY]: the API from inside rv; body on stdout; status 1 on a non-2xx answer.
-API_KEY="" API_TOKEN=""
+# API_HOST=NAME sends that Host header (arcd picks a request's coverage by it).
+API_KEY="" API_TOKEN="" API_HOST=""
 api() {
     local method=$1 path=$2 body=${3-} out code
     out=$(mktemp -p "$WORK" api.XXXXXX)
@@ -309,6 +321,7 @@ api() {
     [[ $API_SCHEME == https ]] && args+=(--cacert "$CACERT")
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
     [[ -n $API_KEY ]] && args+=(-H "X-Soracom-API-Key: $API_KEY" -H "X-Soracom-Token: $API_TOKEN")
+    [[ -n $API_HOST ]] && args+=(-H "Host: $API_HOST")
     code=$(nsx "$NS_RV" timeout 15 curl "${args[@]}" "$API_URL$path" 2>"$out.err") || code=${code:-000}
     if [[ $code != 2?? ]]; then
         echo "API $method $path -> HTTP $code: $(head -c 400 "$out") $(head -c 200 "$out.err")" >&2
@@ -350,6 +363,8 @@ dev_ns() {
         d1) echo "$NS_D1" ;;
         d2) echo "$NS_D2" ;;
         d3) echo "$NS_D3" ;;
+        d4) echo "$NS_D4" ;;
+        d5) echo "$NS_D5" ;;
         *) die "dev_ns: no device $1" ;;
     esac
 }
@@ -358,6 +373,8 @@ dev_if() {
         d1) echo "$IF_D1" ;;
         d2) echo "$IF_D2" ;;
         d3) echo "$IF_D3" ;;
+        d4) echo "$IF_D4" ;;
+        d5) echo "$IF_D5" ;;
         *) die "dev_if: no device $1" ;;
     esac
 }
@@ -542,13 +559,13 @@ done < <(compgen -e | grep '^ARCD_' || true)
 
 # -------------------------------------------------------- 2. namespaces ----
 stage "2. namespaces and links"
-for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3"; do
+for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
 done
 make_mount_namespace
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
-for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV"; do
+for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV" "d4 $RV_D4 $D4_RV" "d5 $RV_D5 $D5_RV"; do
     read -r dev rv_side dev_side <<<"$link"
     ns=$(dev_ns "$dev")
     ip -n "$NS_RV" link add "v-$dev" type veth peer name v-rv netns "$ns"
@@ -558,12 +575,12 @@ for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV"; do
     ip -n "$ns" link set v-rv up
     ip -n "$ns" route add "$RV_ADDR/32" via "$rv_side"
 done
-for dev in d1 d2 d3; do
+for dev in d1 d2 d3 d4 d5; do
     ns=$(dev_ns "$dev")
     nsx "$ns" timeout 5 ping -n -c 1 -W 2 "$RV_ADDR" >/dev/null ||
         fail "underlay $dev -> rv" "no reply from $RV_ADDR over the veth"
 done
-pass "namespaces $NS_RV, $NS_D1, $NS_D2, $NS_D3 with veth links"
+pass "namespaces $NS_RV, $NS_D1 ... $NS_D5 with veth links"
 
 # ------------------------------------------------------------- 3. arcd ------
 stage "3. arcd and iperf3 server in $NS_RV"
@@ -1254,6 +1271,10 @@ if nsx "$NS_RV" timeout 10 wg show "$ARCD_UAPI_NAME" peers | grep -qxF "${DEV_PU
     fail "wg show after terminate" "terminated d2's key is still a peer"
 fi
 pass "wg show after terminate" "d1 (new key) listed, d2 gone"
+
+# ------------------------------------------------------------- 8. VPGs ------
+# shellcheck source=scripts/e2e/lib/vpg-stage.sh
+source "$SCRIPT_DIR/lib/vpg-stage.sh"
 
 stage "done"
 alive "$ARCD_PID" || fail "arcd still running" "arcd exited during the test"

@@ -83,6 +83,10 @@ impl From<StoreError> for ApiError {
                     Rule::IdentifiersExhausted(_) => "SEM0050",
                     Rule::UnknownRendezvousPoint(_) => "RPM0002",
                     Rule::ImportItem { .. } => "SEM0060",
+                    Rule::InvalidVpg(_) => "COM0001",
+                    Rule::VpgInUse { .. } => "VPG0001",
+                    Rule::GroupVpgUnusable { .. } => "VPG0002",
+                    Rule::VpgSubnetExhausted(..) => "VPG0003",
                 };
                 ApiError::new(StatusCode::BAD_REQUEST, code, rule.to_string())
             }

@@ -9,6 +9,7 @@ mod groups;
 mod sims;
 mod tokens;
 pub mod views;
+mod vpgs;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct AppState {
     pub tokens: tokens::TokenCache,
     /// Live per-session state from the data plane (handshakes, endpoints, bytes).
     pub live: Arc<crate::dataplane::engine::Engine>,
+    /// Applies committed VPG changes to the data plane and the host's routes.
+    pub vpg_plane: Arc<crate::dataplane::vpg_plane::VpgPlane>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -151,6 +154,19 @@ pub fn router(state: SharedState) -> Router {
         .route(
             "/groups/{group_id}/subscribers",
             get(groups::list_subscribers),
+        )
+        .route(
+            "/virtual_private_gateways",
+            post(vpgs::create).get(vpgs::list),
+        )
+        .route("/virtual_private_gateways/{vpg_id}", get(vpgs::get))
+        .route(
+            "/virtual_private_gateways/{vpg_id}/terminate",
+            post(vpgs::terminate),
+        )
+        .route(
+            "/arcd/virtual_private_gateways/{vpg_id}/device_to_device",
+            put(vpgs::set_device_to_device),
         )
         .route("/arcd/iot_sims", post(arcd::import_iot_sims))
         .merge(data::routes())

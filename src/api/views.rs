@@ -11,6 +11,7 @@ use crate::services;
 use crate::store::groups::GroupRecord;
 use crate::store::operators::AuthKeyInfo;
 use crate::store::sessions::SessionEventRecord;
+use crate::store::vpgs::VpgRecord;
 use crate::store::{SessionRecord, SimRecord, SubscriberRecord};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -439,5 +440,56 @@ pub fn auth_key(k: &AuthKeyInfo) -> AuthKey {
         auth_key_id: k.auth_key_id.clone(),
         create_date_time: k.created_at_ms / 1000,
         last_used_date_time: k.last_used_at_ms.map(|ms| ms / 1000),
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VpgSessionStats {
+    pub online: u64,
+    pub last_updated_at: i64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Vpg {
+    pub vpg_id: String,
+    pub operator_id: String,
+    #[serde(rename = "type")]
+    pub vpg_type: i64,
+    pub status: String,
+    pub placement: Placement,
+    pub device_subnet_cidr_range: String,
+    pub ue_subnet_cidr_range: String,
+    pub use_internet_gateway: bool,
+    pub tags: BTreeMap<String, String>,
+    pub session_stats: VpgSessionStats,
+    pub created_time: i64,
+    pub last_modified_time: i64,
+    /// arcd extension: devices of this VPG may reach each other.
+    pub arcd_device_to_device: bool,
+}
+
+pub fn vpg(v: &VpgRecord) -> Vpg {
+    let mut tags = v.tags.clone();
+    tags.entry("name".into()).or_default();
+    Vpg {
+        vpg_id: v.vpg_id.clone(),
+        operator_id: v.operator_id.clone(),
+        vpg_type: v.vpg_type,
+        status: v.status.clone(),
+        placement: placement(&v.region),
+        device_subnet_cidr_range: v.device_subnet.to_string(),
+        ue_subnet_cidr_range: v.device_subnet.to_string(),
+        use_internet_gateway: v.use_internet_gateway,
+        tags,
+        // Counted from the store at the time of the request.
+        session_stats: VpgSessionStats {
+            online: v.online_sessions,
+            last_updated_at: crate::store::now_ms(),
+        },
+        created_time: v.created_at,
+        last_modified_time: v.last_modified_at,
+        arcd_device_to_device: v.device_to_device,
     }
 }

@@ -115,6 +115,23 @@ impl Egress {
         &self.pools
     }
 
+    /// Masquerades exactly `networks` from now on (the pools plus the running VPGs' subnets),
+    /// replacing the rule in one nftables transaction; on failure the previous rule stays.
+    pub fn set_networks(&mut self, networks: &[Ipv4Net]) -> Result<(), EgressError> {
+        let networks = Ipv4Net::aggregate(&networks.to_vec());
+        if networks == self.pools || networks.is_empty() {
+            return Ok(());
+        }
+        nft_apply(
+            self.netns.as_deref(),
+            &self.nft,
+            &ruleset(&networks, &self.tun_name),
+        )?;
+        self.pools = networks;
+        tracing::info!(networks = %list(&self.pools), "egress NAT now masquerades");
+        Ok(())
+    }
+
     /// Removes the table and restores ip_forward, reporting failures (dropping does the same
     /// and logs them).
     pub fn disable(mut self) -> Result<(), EgressError> {
@@ -417,6 +434,36 @@ mod tests {
             try_sh(None, &format!("nft list table ip {TABLE}")).is_ok(),
             host_has_table
         );
+    }
+
+    #[test]
+    fn set_networks_follows_the_vpg_subnets() {
+        if !require_root("set_networks_follows_the_vpg_subnets") {
+            return;
+        }
+        require_nft();
+        let ns = Netns::new();
+        let pool: Ipv4Net = "10.64.0.0/16".parse().unwrap();
+        let vpg: Ipv4Net = "192.168.50.0/24".parse().unwrap();
+        let mut egress = enable_in(Some(&ns.0), &[pool], "arct0").expect("enable egress NAT");
+        assert!(!nft_table(&ns.0).unwrap().contains("192.168.50.0/24"));
+
+        egress.set_networks(&[pool, vpg]).expect("add a VPG subnet");
+        let table = nft_table(&ns.0).unwrap();
+        assert!(
+            table.contains("10.64.0.0/16") && table.contains("192.168.50.0/24"),
+            "{table}"
+        );
+        assert_eq!(egress.pools(), &[pool, vpg]);
+
+        egress.set_networks(&[pool]).expect("VPG terminated");
+        let table = nft_table(&ns.0).unwrap();
+        assert!(
+            table.contains("10.64.0.0/16") && !table.contains("192.168.50.0/24"),
+            "{table}"
+        );
+        drop(egress);
+        assert!(nft_table(&ns.0).is_err(), "table left after drop");
     }
 
     #[test]

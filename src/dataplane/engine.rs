@@ -3,7 +3,7 @@
 //! in O(1) by receiver index, by static public key and by client address.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,6 +17,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::peer_table::Applied;
 use super::stats::PeerSnapshot;
+use crate::store::vpgs::RunningVpg;
 use crate::store::ActiveSession;
 
 /// Largest datagram or packet handled, plus WireGuard's overhead.
@@ -35,6 +36,15 @@ const COOKIE_REPLY_TYPE: u8 = 3;
 /// A peer with no traffic for this long stops being ticked until its next packet.
 pub const IDLE_AFTER: Duration = Duration::from_secs(600);
 
+/// The platform services' addresses (100.127.0.0/16, inside RFC 6598 shared space): always
+/// reachable from a device, even in a VPG whose internet gateway is off.
+pub const PLATFORM_NETWORK: (Ipv4Addr, u32) = (Ipv4Addr::new(100, 127, 0, 0), 16);
+
+fn is_platform_address(ip: Ipv4Addr) -> bool {
+    let (network, prefix) = PLATFORM_NETWORK;
+    u32::from(ip) >> (32 - prefix) == u32::from(network) >> (32 - prefix)
+}
+
 /// Least time between two warnings about one peer's spoofed packets.
 const SPOOF_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -51,6 +61,8 @@ pub struct Counters {
     pub wireguard_errors: AtomicU64,
     pub spoofed_source: AtomicU64,
     pub peer_to_peer_denied: AtomicU64,
+    /// Packets from a device in a VPG whose internet gateway is off to a non-platform address.
+    pub internet_denied: AtomicU64,
     pub no_route: AtomicU64,
     pub no_endpoint: AtomicU64,
 }
@@ -112,6 +124,13 @@ struct PeerState {
     last_spoof_warning: Option<Instant>,
 }
 
+/// What a VPG lets its devices do.
+#[derive(Debug, Clone, Copy)]
+struct VpgRules {
+    device_to_device: bool,
+    internet_gateway: bool,
+}
+
 #[derive(Default)]
 struct Peers {
     by_index: HashMap<u32, Arc<Peer>>,
@@ -138,8 +157,9 @@ pub struct Engine {
     peers: RwLock<Peers>,
     /// Peers due for a timer tick, by receiver index; entries of replaced peers are skipped.
     timers: Mutex<BinaryHeap<Reverse<(Instant, u32)>>>,
-    /// VPGs whose devices may reach each other; everyone else is isolated from other devices.
-    device_to_device: RwLock<HashSet<String>>,
+    /// What each running VPG allows its devices; a device outside any VPG reaches the TUN side
+    /// and no other device.
+    vpgs: RwLock<HashMap<String, VpgRules>>,
     pub counters: Counters,
 }
 
@@ -149,7 +169,7 @@ impl Engine {
             listeners,
             peers: RwLock::new(Peers::default()),
             timers: Mutex::new(BinaryHeap::new()),
-            device_to_device: RwLock::new(HashSet::new()),
+            vpgs: RwLock::new(HashMap::new()),
             counters: Counters::default(),
         }
     }
@@ -159,22 +179,54 @@ impl Engine {
     }
 
     /// Turns device-to-device traffic inside one VPG on or off.
-    pub fn set_device_to_device(&self, vpg_id: &str, enabled: bool) {
-        let mut vpgs = write(&self.device_to_device);
-        if enabled {
-            vpgs.insert(vpg_id.to_string());
-        } else {
-            vpgs.remove(vpg_id);
+    /// Replaces the rules of every VPG with those of the running VPGs given (the whole set, read
+    /// in the transaction that changed one, so a terminated VPG simply disappears).
+    pub fn set_vpgs(&self, running: &[RunningVpg]) {
+        let rules = running
+            .iter()
+            .map(|vpg| {
+                (
+                    vpg.vpg_id.clone(),
+                    VpgRules {
+                        device_to_device: vpg.device_to_device,
+                        internet_gateway: vpg.use_internet_gateway,
+                    },
+                )
+            })
+            .collect();
+        *write(&self.vpgs) = rules;
+    }
+
+    pub fn allows_device_to_device(&self, vpg_id: &str) -> bool {
+        read(&self.vpgs)
+            .get(vpg_id)
+            .is_some_and(|rules| rules.device_to_device)
+    }
+
+    /// Devices reach each other only inside one VPG whose device-to-device switch is on.
+    fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
+        let from_vpg = read(&from.vpg_id);
+        let to_vpg = read(&to.vpg_id);
+        match (from_vpg.as_deref(), to_vpg.as_deref()) {
+            (Some(a), Some(b)) => a == b && self.allows_device_to_device(a),
+            _ => false,
         }
     }
 
-    /// Devices reach each other only inside the same VPG, and only when that VPG allows it.
-    fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
-        let from_vpg = read(&from.vpg_id).clone();
-        let to_vpg = read(&to.vpg_id).clone();
-        match (from_vpg, to_vpg) {
-            (Some(a), Some(b)) => a == b && read(&self.device_to_device).contains(&a),
-            _ => false,
+    /// Whether a device's packet for `destination` (not another device) may enter the TUN side:
+    /// always outside a VPG and for platform addresses; otherwise as the VPG's internet gateway.
+    fn egress_allowed(&self, from: &Peer, destination: Ipv4Addr) -> bool {
+        if is_platform_address(destination) {
+            return true;
+        }
+        let vpg = read(&from.vpg_id);
+        match vpg.as_deref() {
+            None => true,
+            // A VPG unknown here was terminated after the session was made: no rules, no limits
+            // beyond what the session had (it cannot outlive the next re-creation).
+            Some(id) => read(&self.vpgs)
+                .get(id)
+                .is_none_or(|rules| rules.internet_gateway),
         }
     }
 
@@ -451,7 +503,8 @@ impl Engine {
                 self.send_to_peer(&target, &packet, now, buf, out);
             }
             Some(_) => Counters::bump(&self.counters.peer_to_peer_denied),
-            None => out.push(Outgoing::Tun(packet)),
+            None if self.egress_allowed(from, destination) => out.push(Outgoing::Tun(packet)),
+            None => Counters::bump(&self.counters.internet_denied),
         }
     }
 

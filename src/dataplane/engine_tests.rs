@@ -156,7 +156,7 @@ fn device_to_device_only_inside_an_allowing_vpg() {
         1
     );
 
-    engine.set_device_to_device("vpg-1", true);
+    engine.set_vpgs(&[vpg("vpg-1", true, true)]);
     send(&engine, &mut a, b.ip, b"on", &mut out);
     let to_b = udp_payloads(&mut out, b.addr);
     let (packets, _) = deliver(&mut b, to_b);
@@ -170,13 +170,66 @@ fn device_to_device_only_inside_an_allowing_vpg() {
 
     send(&engine, &mut a, c.ip, b"other vpg", &mut out);
     assert!(out.is_empty(), "another VPG stays unreachable");
-    engine.set_device_to_device("vpg-1", false);
+    engine.set_vpgs(&[vpg("vpg-1", false, true)]);
     send(&engine, &mut a, b.ip, b"off again", &mut out);
     assert!(out.is_empty());
     assert_eq!(
         engine.counters.peer_to_peer_denied.load(Ordering::Relaxed),
         3
     );
+}
+
+fn vpg(id: &str, device_to_device: bool, use_internet_gateway: bool) -> RunningVpg {
+    RunningVpg {
+        vpg_id: id.into(),
+        device_subnet: "10.128.0.0/9".parse().expect("net"),
+        device_to_device,
+        use_internet_gateway,
+    }
+}
+
+#[test]
+fn internet_gateway_off_keeps_only_platform_addresses_and_the_vpg() {
+    let mut a = device(2, Some("closed"));
+    let mut b = device(3, Some("closed"));
+    let mut outside = device(4, None);
+    let engine = engine_with(&[&a, &b, &outside]);
+    let now = Instant::now();
+    for d in [&mut a, &mut b, &mut outside] {
+        connect(&engine, d, now);
+    }
+    engine.set_vpgs(&[vpg("closed", true, false)]);
+    let internet = Ipv4Addr::new(192, 0, 2, 10);
+    let platform = Ipv4Addr::new(100, 127, 111, 111);
+
+    let mut out = Outbox::new();
+    send(&engine, &mut a, internet, b"out", &mut out);
+    assert!(out.is_empty(), "internet gateway off: nothing leaves");
+    assert_eq!(engine.counters.internet_denied.load(Ordering::Relaxed), 1);
+
+    send(&engine, &mut a, platform, b"harvest", &mut out);
+    assert_eq!(out, vec![Outgoing::Tun(packet(a.ip, platform, b"harvest"))]);
+
+    let mut out = Outbox::new();
+    send(&engine, &mut a, b.ip, b"neighbour", &mut out);
+    assert_eq!(
+        udp_payloads(&mut out, b.addr).len(),
+        1,
+        "device-to-device is not egress"
+    );
+
+    let mut out = Outbox::new();
+    send(&engine, &mut outside, internet, b"free", &mut out);
+    assert_eq!(
+        out,
+        vec![Outgoing::Tun(packet(outside.ip, internet, b"free"))]
+    );
+
+    engine.set_vpgs(&[vpg("closed", true, true)]);
+    let mut out = Outbox::new();
+    send(&engine, &mut a, internet, b"open", &mut out);
+    assert_eq!(out, vec![Outgoing::Tun(packet(a.ip, internet, b"open"))]);
+    assert_eq!(engine.counters.internet_denied.load(Ordering::Relaxed), 1);
 }
 
 #[test]

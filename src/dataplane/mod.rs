@@ -5,12 +5,14 @@
 
 pub mod egress;
 pub mod engine;
+pub mod host_routes;
 mod io;
 mod peer_table;
 pub mod runtime;
 pub mod stats;
 pub mod tun_device;
 pub mod uapi;
+pub mod vpg_plane;
 
 pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};
 pub use peer_table::{Applied, PeerTable};

@@ -11,6 +11,7 @@ fn policy(quarantine_ms: i64) -> SessionPolicy {
         jp_rendezvous_point: "ap-northeast-1".into(),
         global_rendezvous_point: "ap-northeast-1".into(),
         address_quarantine_ms: quarantine_ms,
+        rendezvous_points: vec!["ap-northeast-1".into()],
     }
 }
 

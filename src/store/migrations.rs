@@ -159,6 +159,25 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (operator_id, resource_type, resource_id)
     );
     "#,
+    // 4: Virtual Private Gateways. A terminated VPG keeps its row (status `terminated`) so its id
+    // is never reused; the API no longer shows it.
+    r#"
+    CREATE TABLE vpgs (
+        vpg_id                TEXT PRIMARY KEY,
+        operator_id           TEXT NOT NULL REFERENCES operators(operator_id),
+        type                  INTEGER NOT NULL,
+        region                TEXT NOT NULL,
+        device_subnet         TEXT NOT NULL,
+        use_internet_gateway  INTEGER NOT NULL,
+        device_to_device      INTEGER NOT NULL DEFAULT 0,
+        status                TEXT NOT NULL,
+        tags                  TEXT NOT NULL,
+        created_at            INTEGER NOT NULL,
+        last_modified_at      INTEGER NOT NULL
+    );
+    CREATE INDEX vpgs_by_operator ON vpgs(operator_id, status, vpg_id);
+    CREATE INDEX arc_sessions_by_vpg ON arc_sessions(vpg_id) WHERE vpg_id IS NOT NULL;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

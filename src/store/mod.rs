@@ -11,6 +11,7 @@ pub mod rendezvous;
 pub mod sessions;
 pub mod sims;
 pub mod subscriptions;
+pub mod vpgs;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -34,6 +35,7 @@ pub enum Entity {
     Profile,
     ConfigurationParameter,
     DataEntry,
+    Vpg,
 }
 
 impl Entity {
@@ -48,6 +50,7 @@ impl Entity {
             Entity::Profile => "profile",
             Entity::ConfigurationParameter => "configuration parameter",
             Entity::DataEntry => "data entry",
+            Entity::Vpg => "VPG",
         }
     }
 }
@@ -79,10 +82,18 @@ pub enum Rule {
     GroupInUse(u64),
     #[error("the client address pool {0} of rendezvous point {1} is exhausted")]
     PoolExhausted(String, String),
+    #[error("the device subnet {0} of VPG {1} has no free address (released addresses rest in quarantine before reuse); use a VPG with a larger deviceSubnetCidrRange")]
+    VpgSubnetExhausted(String, String),
+    #[error("group {group_id} puts its SIMs in VPG `{vpg_id}` (SoracomAir vpgId), which is not a running VPG of this operator; fix the group's configuration or move the SIM out of the group")]
+    GroupVpgUnusable { group_id: String, vpg_id: String },
     #[error("{0} identifiers are exhausted")]
     IdentifiersExhausted(&'static str),
     #[error("rendezvous point {0} is not configured")]
     UnknownRendezvousPoint(String),
+    #[error("{0}")]
+    InvalidVpg(String),
+    #[error("the VPG is in use: {groups} group(s) name it in SoracomAir vpgId and {sessions} Arc session(s) are in it; remove it from those groups and re-create those sessions first")]
+    VpgInUse { groups: u64, sessions: u64 },
     #[error("item {index}: {message}")]
     ImportItem { index: usize, message: String },
 }

@@ -4,7 +4,8 @@ use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
-use super::{now_ms, rendezvous, Result, Rule, StoreError};
+use super::vpgs::VpgRecord;
+use super::{now_ms, rendezvous, vpgs, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids::new_session_id as ids_next_session;
 
@@ -42,6 +43,9 @@ pub struct SessionPolicy {
     pub jp_rendezvous_point: String,
     pub global_rendezvous_point: String,
     pub address_quarantine_ms: i64,
+    /// Ids of the rendezvous points this process serves. A VPG placed in a region outside this
+    /// list cannot host its global-coverage sessions there: they fall back to the global RP.
+    pub rendezvous_points: Vec<String>,
 }
 
 impl SessionPolicy {
@@ -50,6 +54,22 @@ impl SessionPolicy {
             Coverage::Jp => &self.jp_rendezvous_point,
             Coverage::G => &self.global_rendezvous_point,
         }
+    }
+}
+
+/// The rendezvous point of a new session, exactly as the seed says (DESIGN.md section 4): not in
+/// a VPG, Japan coverage uses the Japan RP (Tokyo) and global coverage the global RP (Frankfurt);
+/// in a VPG, Japan coverage still uses Tokyo while global coverage uses the VPG's placement
+/// region. The VPG's region is returned as is, even when no such RP is configured: the caller
+/// decides what to do then ([`open_session`] falls back to the coverage's RP with a warning).
+pub fn select_rendezvous_point<'a>(
+    coverage: Coverage,
+    vpg: Option<&'a VpgRecord>,
+    policy: &'a SessionPolicy,
+) -> &'a str {
+    match (coverage, vpg) {
+        (Coverage::G, Some(vpg)) => &vpg.region,
+        (coverage, _) => policy.rendezvous_point_for(coverage),
     }
 }
 
@@ -101,8 +121,108 @@ pub(crate) fn coverage_from_column(text: &str) -> Coverage {
     }
 }
 
+/// The VPG the subscriber's group puts it in (`SoracomAir` → `vpgId`), if any. A JSON `null`
+/// value means no VPG. A value that names no running VPG of the subscriber's operator (missing,
+/// another operator's, terminated, or not a string) is refused: silently placing the device
+/// outside the VPG its operator asked for would break the isolation and addressing they expect.
+fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
+    let Some(group_id) = sub.group_id.as_deref() else {
+        return Ok(None);
+    };
+    let value: Option<String> = tx
+        .prepare_cached(
+            "SELECT value FROM group_configuration
+             WHERE group_id = ?1 AND namespace = 'SoracomAir' AND key = 'vpgId'",
+        )?
+        .query_row([group_id], |row| row.get(0))
+        .optional()?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let unusable = |vpg_id: String| -> StoreError {
+        Rule::GroupVpgUnusable {
+            group_id: group_id.to_string(),
+            vpg_id,
+        }
+        .into()
+    };
+    let vpg_id = match serde_json::from_str::<serde_json::Value>(&value) {
+        Ok(serde_json::Value::Null) => return Ok(None),
+        Ok(serde_json::Value::String(vpg_id)) => vpg_id,
+        _ => return Err(unusable(value)),
+    };
+    match vpgs::get(tx, &sub.operator_id, &vpg_id) {
+        Ok(vpg) => Ok(Some(vpg)),
+        Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id)),
+        Err(other) => Err(other),
+    }
+}
+
+/// The one lease scope of every VPG's addresses. The data plane finds a device by its client
+/// address alone and the kernel routes by destination only, so an address must belong to at most
+/// one device across all VPGs (of every operator), even though every VPG defaults to the same
+/// subnet: each VPG hands out only addresses of its own subnet, but from this shared scope.
+pub(crate) const VPG_LEASE_SCOPE: &str = "vpg";
+
+/// Where a new session goes and which addresses it may have.
+struct Placement {
+    rp: rendezvous::RendezvousPoint,
+    vpg_id: Option<String>,
+    /// Lease scope: `rp:<id>` outside a VPG, [`VPG_LEASE_SCOPE`] inside any VPG.
+    scope: String,
+    pool: ipnet::Ipv4Net,
+    /// Lowest and highest address that may be handed out.
+    range: (u32, u32),
+}
+
+fn place(tx: &Transaction, sub: &ArcSubscriber, policy: &SessionPolicy) -> Result<Placement> {
+    let vpg = vpg_of_group(tx, sub)?;
+    let mut rp_id = select_rendezvous_point(sub.coverage, vpg.as_ref(), policy);
+    if vpg.is_some() && !policy.rendezvous_points.iter().any(|id| id == rp_id) {
+        let fallback = policy.rendezvous_point_for(sub.coverage);
+        tracing::warn!(
+            sim_id = %sub.sim_id,
+            vpg_id = vpg.as_ref().map(|v| v.vpg_id.as_str()).unwrap_or(""),
+            wanted = %rp_id,
+            using = %fallback,
+            "the VPG's placement region has no rendezvous point here; the session uses the coverage's rendezvous point"
+        );
+        rp_id = fallback;
+    }
+    let rp = rendezvous::get(tx, rp_id)?;
+    Ok(match vpg {
+        // The VPG's network and broadcast addresses are never handed out; every other one is,
+        // unless another VPG's device holds it.
+        Some(vpg) => Placement {
+            scope: VPG_LEASE_SCOPE.to_string(),
+            pool: vpg.device_subnet,
+            range: (
+                u32::from(vpg.device_subnet.network()) + 1,
+                u32::from(vpg.device_subnet.broadcast()) - 1,
+            ),
+            vpg_id: Some(vpg.vpg_id),
+            rp,
+        },
+        // The network address, the first host (kept for the server side) and the broadcast
+        // address are never handed out.
+        None => Placement {
+            scope: format!("rp:{rp_id}"),
+            pool: rp.pool,
+            range: (
+                u32::from(rp.pool.network()) + 2,
+                u32::from(rp.pool.broadcast()) - 1,
+            ),
+            vpg_id: None,
+            rp,
+        },
+    })
+}
+
 /// Creates the subscriber's session, or replaces the existing one with a new session id
-/// (`Deleted` then `Created` events). The client address is kept unless the rendezvous point changed.
+/// (`Deleted` then `Created` events). This is the one place sessions are made: the rendezvous
+/// point and the VPG (from the SIM's group, `SoracomAir` → `vpgId`) are chosen here, so a group
+/// or VPG change applies at the next re-creation. The client address is kept unless it is no
+/// longer in the session's rendezvous point pool or VPG subnet.
 pub(crate) fn open_session(
     tx: &Transaction,
     sub: &ArcSubscriber,
@@ -110,26 +230,41 @@ pub(crate) fn open_session(
 ) -> Result<ActiveSession> {
     let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
     let now = now_ms();
-    let rp_id = policy.rendezvous_point_for(sub.coverage).to_string();
-    let rp = rendezvous::get(tx, &rp_id)?;
-    let existing: Option<String> = tx
-        .prepare_cached("SELECT session_id FROM arc_sessions WHERE imsi = ?1")?
-        .query_row([&sub.imsi], |row| row.get(0))
+    let placement = place(tx, sub, policy)?;
+    let existing: Option<(String, Option<String>)> = tx
+        .prepare_cached("SELECT session_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
-    if let Some(old_session) = existing {
-        record_event(tx, sub, &old_session, "Deleted", None, now)?;
+    if let Some((old_session, old_vpg)) = existing {
+        record_event(
+            tx,
+            sub,
+            &old_session,
+            "Deleted",
+            None,
+            old_vpg.as_deref(),
+            now,
+        )?;
         tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
             .execute([&sub.imsi])?;
     }
-    let scope = format!("rp:{rp_id}");
-    let client_ip = lease_address(tx, &scope, rp.pool, &sub.imsi, now, policy)?;
+    let client_ip = lease_address(tx, &placement, &sub.imsi, now, policy)?;
     let session_id = ids_next_session();
+    let rp_id = placement.rp.rp_id.clone();
     tx.prepare_cached("INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?6)")?
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?
         .execute(
-        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), now],
+        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), placement.vpg_id, now],
     )?;
-    record_event(tx, sub, &session_id, "Created", Some(client_ip), now)?;
+    record_event(
+        tx,
+        sub,
+        &session_id,
+        "Created",
+        Some(client_ip),
+        placement.vpg_id.as_deref(),
+        now,
+    )?;
     Ok(ActiveSession {
         imsi: sub.imsi.clone(),
         primary_imsi: sub.primary_imsi.clone(),
@@ -140,7 +275,7 @@ pub(crate) fn open_session(
         client_public_key: public_key,
         client_ip,
         group_id: sub.group_id.clone(),
-        vpg_id: None,
+        vpg_id: placement.vpg_id,
     })
 }
 
@@ -152,9 +287,11 @@ pub(crate) fn close_session(
     release_address: bool,
 ) -> Result<Option<PeerChange>> {
     let now = now_ms();
-    let existing: Option<(String, String)> = tx
-        .prepare_cached("SELECT session_id, rp_id FROM arc_sessions WHERE imsi = ?1")?
-        .query_row([&sub.imsi], |row| Ok((row.get(0)?, row.get(1)?)))
+    let existing: Option<(String, String, Option<String>)> = tx
+        .prepare_cached("SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
     if release_address {
         tx.prepare_cached(
@@ -162,10 +299,18 @@ pub(crate) fn close_session(
         )?
         .execute(params![sub.imsi, now])?;
     }
-    let Some((session_id, rp_id)) = existing else {
+    let Some((session_id, rp_id, vpg_id)) = existing else {
         return Ok(None);
     };
-    record_event(tx, sub, &session_id, "Deleted", None, now)?;
+    record_event(
+        tx,
+        sub,
+        &session_id,
+        "Deleted",
+        None,
+        vpg_id.as_deref(),
+        now,
+    )?;
     tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
         .execute([&sub.imsi])?;
     Ok(Some(PeerChange::Remove {
@@ -180,12 +325,13 @@ fn record_event(
     session_id: &str,
     event: &str,
     ue_ip: Option<Ipv4Addr>,
+    vpg_id: Option<&str>,
     now: i64,
 ) -> Result<()> {
     // Events are listed under the primary IMSI: a secondary subscriber's traffic is the IoT SIM's.
     tx.prepare_cached(
         "INSERT INTO session_events(sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         sub.sim_id,
@@ -195,25 +341,25 @@ fn record_event(
         event,
         sub.subscription,
         ue_ip.map(|ip| ip.to_string()),
+        vpg_id,
         now
     ])?;
     Ok(())
 }
 
-/// Gives `imsi` an address of `pool` in `scope`: its current lease if it has one there, else the
-/// longest-released address past quarantine, else the next never-used one.
+/// Gives `imsi` an address of the placement's scope and range: its current lease if it has one
+/// there, else the longest-released address past quarantine, else a never-used one (the one
+/// after the highest leased in the range, or, when that is past the range, the lowest free one:
+/// in the shared VPG scope other VPGs' leases may sit anywhere in an overlapping range).
 fn lease_address(
     tx: &Transaction,
-    scope: &str,
-    pool: ipnet::Ipv4Net,
+    placement: &Placement,
     imsi: &str,
     now: i64,
     policy: &SessionPolicy,
 ) -> Result<Ipv4Addr> {
-    // The network address, the first host (kept for the server side) and the broadcast address
-    // are never handed out.
-    let low = u32::from(pool.network()) + 2;
-    let high = u32::from(pool.broadcast()) - 1;
+    let scope = placement.scope.as_str();
+    let (low, high) = placement.range;
     let current: Option<(String, u32)> = tx
         .prepare_cached("SELECT scope, ip FROM address_leases WHERE imsi = ?1")?
         .query_row([imsi], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -250,7 +396,10 @@ fn lease_address(
             "SELECT MAX(ip) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
         )?
         .query_row(params![scope, low, high], |row| row.get(0))?;
-    let next = highest.map_or(Some(low), |ip| ip.checked_add(1));
+    let next = match highest.map_or(Some(low), |ip| ip.checked_add(1)) {
+        Some(ip) if ip <= high => Some(ip),
+        _ => lowest_free(tx, scope, low, high)?,
+    };
     match next {
         Some(ip) if ip <= high => {
             tx.prepare_cached("INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES (?1, ?2, ?3, NULL)")?
@@ -259,12 +408,31 @@ fn lease_address(
             )?;
             Ok(Ipv4Addr::from(ip))
         }
-        _ => Err(Rule::PoolExhausted(
-            pool.to_string(),
-            scope.trim_start_matches("rp:").to_string(),
-        )
+        _ => Err(match &placement.vpg_id {
+            Some(vpg_id) => Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.clone()),
+            None => Rule::PoolExhausted(placement.pool.to_string(), placement.rp.rp_id.clone()),
+        }
         .into()),
     }
+}
+
+/// The lowest address in `low..=high` with no lease row of `scope` (held, quarantined or free
+/// rows all count: free ones past quarantine are found by the reuse query first).
+fn lowest_free(tx: &Transaction, scope: &str, low: u32, high: u32) -> Result<Option<u32>> {
+    let candidate: Option<i64> = tx
+        .prepare_cached(
+            "SELECT CASE
+                 WHEN NOT EXISTS (SELECT 1 FROM address_leases WHERE scope = ?1 AND ip = ?2) THEN ?2
+                 ELSE (SELECT MIN(a.ip) + 1 FROM address_leases a
+                       WHERE a.scope = ?1 AND a.ip BETWEEN ?2 AND ?3
+                         AND NOT EXISTS (SELECT 1 FROM address_leases b
+                                         WHERE b.scope = ?1 AND b.ip = a.ip + 1))
+             END",
+        )?
+        .query_row(params![scope, low, high], |row| row.get(0))?;
+    Ok(candidate
+        .filter(|&ip| ip <= i64::from(high))
+        .and_then(|ip| u32::try_from(ip).ok()))
 }
 
 /// Every session the data plane must serve, in one query (used at start).
@@ -482,4 +650,88 @@ pub fn list_events(
         },
     )?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+#[cfg(test)]
+mod selection_tests {
+    use super::*;
+    use crate::store::vpgs::VpgRecord;
+
+    fn vpg_in(region: &str) -> VpgRecord {
+        VpgRecord {
+            vpg_id: "00000000-0000-4000-8000-000000000000".into(),
+            operator_id: "OP0000000001".into(),
+            vpg_type: 14,
+            region: region.into(),
+            device_subnet: "10.128.0.0/9".parse().expect("net"),
+            use_internet_gateway: true,
+            device_to_device: false,
+            status: "running".into(),
+            tags: Default::default(),
+            created_at: 0,
+            last_modified_at: 0,
+            online_sessions: 0,
+        }
+    }
+
+    /// Every row of the seed's table, with the default policy (Tokyo for jp, Frankfurt for g),
+    /// and the VPG placed in every region.
+    #[test]
+    fn seed_selection_table() {
+        let policy = SessionPolicy {
+            jp_rendezvous_point: "ap-northeast-1".into(),
+            global_rendezvous_point: "eu-central-1".into(),
+            address_quarantine_ms: 0,
+            rendezvous_points: Vec::new(),
+        };
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "ap-northeast-1"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "eu-central-1"
+        );
+        for region in crate::config::KNOWN_REGIONS {
+            let vpg = vpg_in(region);
+            assert_eq!(
+                select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+                "ap-northeast-1",
+                "jp in a VPG in {region}"
+            );
+            assert_eq!(
+                select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+                *region,
+                "g in a VPG in {region}"
+            );
+        }
+    }
+
+    /// Outside a VPG (and for jp inside one) the configured RPs of the policy are used.
+    #[test]
+    fn policy_rps_are_configurable() {
+        let policy = SessionPolicy {
+            jp_rendezvous_point: "us-west-2".into(),
+            global_rendezvous_point: "ap-southeast-2".into(),
+            address_quarantine_ms: 0,
+            rendezvous_points: Vec::new(),
+        };
+        let vpg = vpg_in("eu-central-1");
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "ap-southeast-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+            "eu-central-1"
+        );
+    }
 }

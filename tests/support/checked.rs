@@ -80,7 +80,10 @@ pub fn check_success(method: &Method, path: &str, status: StatusCode, body: &Val
         return;
     }
     let path = path.split('?').next().unwrap_or(path);
-    let result = if path == "/v1/arcd/iot_sims" {
+    let result = if path.starts_with("/v1/arcd/virtual_private_gateways/") {
+        // setArcdVpgDeviceToDevice (arcd extension) answers the official VPG object.
+        validate_schema_strict("VirtualPrivateGateway", body)
+    } else if path == "/v1/arcd/iot_sims" {
         match body.as_array() {
             Some(items) => items.iter().try_for_each(|sim| validate_schema("Sim", sim)),
             None => Err(format!("importIotSims answers an array: {body}")),

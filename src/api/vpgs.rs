@@ -1,0 +1,188 @@
+//! Virtual Private Gateways (official operations) and arcd's device-to-device switch.
+
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Extension;
+use serde::Deserialize;
+
+use super::extract::{JsonBody, Path, QueryParams};
+use super::{
+    json, page_url, request_coverage, trim_page, views, with_next_key, ApiError, Operator,
+    SharedState,
+};
+use crate::config::Coverage;
+use crate::store::vpgs::{self, NewVpg, TagFilter};
+
+#[derive(Deserialize, Default)]
+struct PlacementRequest {
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateVpgRequest {
+    #[serde(rename = "type")]
+    vpg_type: i64,
+    #[serde(default)]
+    placement: Option<PlacementRequest>,
+    device_subnet_cidr_range: Option<String>,
+    use_internet_gateway: Option<bool>,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+    /// arcd extension: devices of the VPG may reach each other (default false).
+    #[serde(default)]
+    arcd_device_to_device: bool,
+}
+
+/// The official default placement of each coverage.
+fn default_region(coverage: Coverage) -> &'static str {
+    match coverage {
+        Coverage::Jp => "ap-northeast-1",
+        Coverage::G => "eu-central-1",
+    }
+}
+
+pub async fn create(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    headers: HeaderMap,
+    body: JsonBody<CreateVpgRequest>,
+) -> Result<Response, ApiError> {
+    let request = body.required(r#"{"type":14,"placement":{"region":"ap-northeast-1"}}"#)?;
+    let region = request
+        .placement
+        .and_then(|p| p.region)
+        .unwrap_or_else(|| default_region(request_coverage(&state.config, &headers)).to_string());
+    let new = NewVpg {
+        vpg_type: request.vpg_type,
+        region,
+        device_subnet: request.device_subnet_cidr_range,
+        use_internet_gateway: request.use_internet_gateway,
+        device_to_device: request.arcd_device_to_device,
+        tags: request.tags,
+    };
+    let config = state.config.clone();
+    let plane = state.vpg_plane.clone();
+    let (vpg, _) = state
+        .db(move |store| {
+            store.write_then(
+                |tx| {
+                    let vpg = vpgs::create(tx, &operator, &new, &config.rendezvous_points)?;
+                    Ok((vpg, vpgs::running(tx)?))
+                },
+                |(_, running)| plane.apply(running),
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::CREATED, &views::vpg(&vpg)))
+}
+
+fn tag_filter(query: &QueryParams) -> Result<Option<TagFilter>, ApiError> {
+    let prefix = match query.first("tag_value_match_mode") {
+        None | Some("exact") => false,
+        Some("prefix") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "`tag_value_match_mode` must be exact or prefix, not `{other}`"
+            )))
+        }
+    };
+    match (query.first("tag_name"), query.first("tag_value")) {
+        (None, None) => Ok(None),
+        (Some(name), Some(value)) => Ok(Some(TagFilter {
+            name: name.to_string(),
+            value: value.to_string(),
+            prefix,
+        })),
+        _ => Err(ApiError::bad_request(
+            "`tag_name` and `tag_value` must be given together",
+        )),
+    }
+}
+
+pub async fn list(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = query.limit(100, 1000)?;
+    let tag = tag_filter(&query)?;
+    let after = query.first("last_evaluated_key").map(str::to_string);
+    let mut page = state
+        .db(move |store| {
+            store
+                .read(|conn| vpgs::list(conn, &operator, tag.as_ref(), after.as_deref(), limit + 1))
+        })
+        .await?;
+    let next_key = trim_page(&mut page, limit, |v| v.vpg_id.clone());
+    let body: Vec<views::Vpg> = page.iter().map(views::vpg).collect();
+    Ok(with_next_key(
+        json(StatusCode::OK, &body),
+        &page_url("/v1/virtual_private_gateways", &query),
+        next_key,
+    ))
+}
+
+pub async fn get(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(vpg_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let vpg = state
+        .db(move |store| store.read(|conn| vpgs::get(conn, &operator, &vpg_id)))
+        .await?;
+    Ok(json(StatusCode::OK, &views::vpg(&vpg)))
+}
+
+pub async fn terminate(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(vpg_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let plane = state.vpg_plane.clone();
+    state
+        .db(move |store| {
+            store.write_then(
+                |tx| {
+                    vpgs::terminate(tx, &operator, &vpg_id)?;
+                    vpgs::running(tx)
+                },
+                |running| plane.apply(running),
+            )
+        })
+        .await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceToDevice {
+    enabled: bool,
+}
+
+/// arcd extension: `PUT /v1/arcd/virtual_private_gateways/{vpg_id}/device_to_device`.
+pub async fn set_device_to_device(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+    Path(vpg_id): Path<String>,
+    body: JsonBody<DeviceToDevice>,
+) -> Result<Response, ApiError> {
+    let enabled = body.required(r#"{"enabled":true}"#)?.enabled;
+    let plane = state.vpg_plane.clone();
+    let (vpg, _) = state
+        .db(move |store| {
+            // The data plane follows only what was committed, in commit order.
+            store.write_then(
+                |tx| {
+                    let vpg = vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled)?;
+                    Ok((vpg, vpgs::running(tx)?))
+                },
+                |(_, running)| plane.apply(running),
+            )
+        })
+        .await?;
+    Ok(json(StatusCode::OK, &views::vpg(&vpg)))
+}

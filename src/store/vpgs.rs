@@ -1,0 +1,557 @@
+//! Virtual Private Gateways. A VPG is owned by one operator; SIMs join it through their group's
+//! `SoracomAir` → `vpgId` (wired into sessions elsewhere). Terminating keeps the row with status
+//! `terminated` so the id is never reused; the API shows only `running` VPGs (the official
+//! `VirtualPrivateGateway.status` knows no other value), so a terminated VPG answers like a
+//! missing one.
+
+use std::collections::BTreeMap;
+
+use ipnet::Ipv4Net;
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
+
+use super::{now_ms, Entity, Result, Rule, StoreError};
+use crate::config::{RendezvousPointConfig, KNOWN_REGIONS};
+use crate::ids;
+
+/// VPG types `createVirtualPrivateGateway` accepts: 14 Type-E, 15 Type-F, 242 Type-F2.
+pub const CREATABLE_TYPES: &[i64] = &[14, 15, 242];
+
+/// `deviceSubnetCidrRange` when the request gives none.
+pub const DEFAULT_DEVICE_SUBNET: &str = "10.128.0.0/9";
+
+/// Longest prefix a device subnet may have: a /30 still holds two usable addresses.
+pub const MAX_DEVICE_SUBNET_PREFIX: u8 = 30;
+
+pub const STATUS_RUNNING: &str = "running";
+pub const STATUS_TERMINATED: &str = "terminated";
+
+/// What `createVirtualPrivateGateway` asks for, before validation.
+#[derive(Debug, Clone)]
+pub struct NewVpg {
+    pub vpg_type: i64,
+    pub region: String,
+    /// `None`: [`DEFAULT_DEVICE_SUBNET`].
+    pub device_subnet: Option<String>,
+    /// `None`: true, as in the official API.
+    pub use_internet_gateway: Option<bool>,
+    pub device_to_device: bool,
+    pub tags: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VpgRecord {
+    pub vpg_id: String,
+    pub operator_id: String,
+    pub vpg_type: i64,
+    pub region: String,
+    pub device_subnet: Ipv4Net,
+    pub use_internet_gateway: bool,
+    /// arcd extension: devices of this VPG may reach each other.
+    pub device_to_device: bool,
+    pub status: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_at: i64,
+    pub last_modified_at: i64,
+    /// Arc sessions currently in this VPG.
+    pub online_sessions: u64,
+}
+
+/// A device subnet: an IPv4 network address (no host bits set) with room for devices.
+pub fn parse_device_subnet(text: &str) -> std::result::Result<Ipv4Net, String> {
+    let net: Ipv4Net = text.trim().parse().map_err(|_| {
+        format!("deviceSubnetCidrRange `{text}` is not an IPv4 CIDR range like 10.128.0.0/9")
+    })?;
+    if net.trunc() != net {
+        return Err(format!(
+            "deviceSubnetCidrRange `{text}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    if net.prefix_len() > MAX_DEVICE_SUBNET_PREFIX {
+        return Err(format!(
+            "deviceSubnetCidrRange `{text}` holds no device address; use a prefix of at most /{MAX_DEVICE_SUBNET_PREFIX}"
+        ));
+    }
+    Ok(net)
+}
+
+fn invalid(message: String) -> StoreError {
+    Rule::InvalidVpg(message).into()
+}
+
+fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+fn validate(new: &NewVpg, rendezvous_points: &[RendezvousPointConfig]) -> Result<Ipv4Net> {
+    if !CREATABLE_TYPES.contains(&new.vpg_type) {
+        return Err(invalid(format!(
+            "type {} cannot be created; use one of 14 (Type-E), 15 (Type-F), 242 (Type-F2)",
+            new.vpg_type
+        )));
+    }
+    if !KNOWN_REGIONS.contains(&new.region.as_str()) {
+        return Err(invalid(format!(
+            "placement.region `{}` is not a placement region; use one of {}",
+            new.region,
+            KNOWN_REGIONS.join(", ")
+        )));
+    }
+    let subnet = parse_device_subnet(
+        new.device_subnet
+            .as_deref()
+            .unwrap_or(DEFAULT_DEVICE_SUBNET),
+    )
+    .map_err(invalid)?;
+    // Devices are found by client address alone, so a VPG address must never also be one a
+    // rendezvous point hands out to devices outside VPGs.
+    if let Some(rp) = rendezvous_points
+        .iter()
+        .find(|rp| overlaps(&subnet, &rp.pool))
+    {
+        return Err(invalid(format!(
+            "deviceSubnetCidrRange {subnet} overlaps {}, the client address pool of rendezvous point {}; choose a range outside every rendezvous point pool",
+            rp.pool, rp.id
+        )));
+    }
+    Ok(subnet)
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Creates a running VPG. Its device subnet must not overlap the pool of any of the configured
+/// `rendezvous_points`. Device subnets of VPGs may overlap each other (every VPG defaults to
+/// [`DEFAULT_DEVICE_SUBNET`]): sessions lease their addresses from one scope shared by all VPGs.
+pub fn create(
+    tx: &Transaction,
+    operator_id: &str,
+    new: &NewVpg,
+    rendezvous_points: &[RendezvousPointConfig],
+) -> Result<VpgRecord> {
+    let subnet = validate(new, rendezvous_points)?;
+    let vpg_id = ids::new_vpg_id();
+    let now = now_ms();
+    tx.execute(
+        "INSERT INTO vpgs(vpg_id, operator_id, type, region, device_subnet, use_internet_gateway,
+                          device_to_device, status, tags, created_at, last_modified_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
+        params![
+            vpg_id,
+            operator_id,
+            new.vpg_type,
+            new.region,
+            subnet.to_string(),
+            new.use_internet_gateway.unwrap_or(true),
+            new.device_to_device,
+            STATUS_RUNNING,
+            to_json(&new.tags)?,
+            now
+        ],
+    )?;
+    get(tx, operator_id, &vpg_id)
+}
+
+const COLUMNS: &str = "v.vpg_id, v.operator_id, v.type, v.region, v.device_subnet,
+    v.use_internet_gateway, v.device_to_device, v.status, v.tags, v.created_at, v.last_modified_at,
+    (SELECT COUNT(*) FROM arc_sessions a WHERE a.vpg_id = v.vpg_id)";
+
+fn record(row: &Row) -> rusqlite::Result<(VpgRecord, String, String)> {
+    let subnet: String = row.get(4)?;
+    let tags: String = row.get(8)?;
+    Ok((
+        VpgRecord {
+            vpg_id: row.get(0)?,
+            operator_id: row.get(1)?,
+            vpg_type: row.get(2)?,
+            region: row.get(3)?,
+            device_subnet: Ipv4Net::default(),
+            use_internet_gateway: row.get(5)?,
+            device_to_device: row.get(6)?,
+            status: row.get(7)?,
+            tags: BTreeMap::new(),
+            created_at: row.get(9)?,
+            last_modified_at: row.get(10)?,
+            online_sessions: row.get::<_, i64>(11)?.max(0) as u64,
+        },
+        subnet,
+        tags,
+    ))
+}
+
+fn finish((mut vpg, subnet, tags): (VpgRecord, String, String)) -> Result<VpgRecord> {
+    vpg.device_subnet = subnet
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("VPG {} subnet `{subnet}`", vpg.vpg_id)))?;
+    vpg.tags = serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(vpg)
+}
+
+/// The operator's running VPG; a terminated one, or another operator's, is not found.
+pub fn get(conn: &Connection, operator_id: &str, vpg_id: &str) -> Result<VpgRecord> {
+    let row = conn
+        .prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM vpgs v WHERE v.vpg_id = ?1 AND v.operator_id = ?2 AND v.status = ?3"
+        ))?
+        .query_row(params![vpg_id, operator_id, STATUS_RUNNING], record)
+        .optional()?;
+    finish(row.ok_or(StoreError::NotFound(Entity::Vpg))?)
+}
+
+/// Tag filter of `listVirtualPrivateGateways`.
+#[derive(Debug, Clone)]
+pub struct TagFilter {
+    pub name: String,
+    pub value: String,
+    pub prefix: bool,
+}
+
+/// The operator's running VPGs in id order, after `after_vpg_id`.
+pub fn list(
+    conn: &Connection,
+    operator_id: &str,
+    tag: Option<&TagFilter>,
+    after_vpg_id: Option<&str>,
+    limit: u32,
+) -> Result<Vec<VpgRecord>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM vpgs v
+         WHERE v.operator_id = ?1 AND v.status = ?2 AND v.vpg_id > ?3
+           AND (?4 IS NULL OR EXISTS (
+                 SELECT 1 FROM json_each(v.tags) t
+                 WHERE t.key = ?4
+                   AND (CASE WHEN ?6 THEN substr(t.value, 1, length(?5)) = ?5 ELSE t.value = ?5 END)))
+         ORDER BY v.vpg_id LIMIT ?7"
+    ))?;
+    let rows = stmt.query_map(
+        params![
+            operator_id,
+            STATUS_RUNNING,
+            after_vpg_id.unwrap_or(""),
+            tag.map(|t| t.name.as_str()),
+            tag.map(|t| t.value.as_str()),
+            tag.is_some_and(|t| t.prefix),
+            limit
+        ],
+        record,
+    )?;
+    rows.map(|row| finish(row?)).collect()
+}
+
+/// Groups of the operator whose `SoracomAir` → `vpgId` names the VPG.
+fn groups_naming(conn: &Connection, operator_id: &str, vpg_id: &str) -> Result<u64> {
+    let n: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM group_configuration c JOIN groups g ON g.group_id = c.group_id
+             WHERE g.operator_id = ?1 AND c.namespace = 'SoracomAir' AND c.key = 'vpgId' AND c.value = ?2",
+        )?
+        .query_row(params![operator_id, to_json(&vpg_id)?], |row| row.get(0))?;
+    Ok(n.max(0) as u64)
+}
+
+/// Refused while a group of the operator names the VPG (`SoracomAir` → `vpgId`) or an Arc
+/// session is in it; the row stays with status `terminated`.
+pub fn terminate(tx: &Transaction, operator_id: &str, vpg_id: &str) -> Result<()> {
+    let vpg = get(tx, operator_id, vpg_id)?;
+    let groups = groups_naming(tx, operator_id, vpg_id)?;
+    if groups > 0 || vpg.online_sessions > 0 {
+        return Err(Rule::VpgInUse {
+            groups,
+            sessions: vpg.online_sessions,
+        }
+        .into());
+    }
+    tx.execute(
+        "UPDATE vpgs SET status = ?2, last_modified_at = ?3 WHERE vpg_id = ?1",
+        params![vpg_id, STATUS_TERMINATED, now_ms()],
+    )?;
+    Ok(())
+}
+
+/// arcd extension: lets devices of the VPG reach each other, or not.
+pub fn set_device_to_device(
+    tx: &Transaction,
+    operator_id: &str,
+    vpg_id: &str,
+    enabled: bool,
+) -> Result<VpgRecord> {
+    get(tx, operator_id, vpg_id)?;
+    tx.execute(
+        "UPDATE vpgs SET device_to_device = ?2, last_modified_at = ?3 WHERE vpg_id = ?1",
+        params![vpg_id, enabled, now_ms()],
+    )?;
+    get(tx, operator_id, vpg_id)
+}
+
+/// What the data plane needs of one running VPG.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningVpg {
+    pub vpg_id: String,
+    pub device_subnet: Ipv4Net,
+    pub device_to_device: bool,
+    pub use_internet_gateway: bool,
+}
+
+/// Every running VPG of any operator, by id: what the data plane's VPG rules and the host's
+/// routes are rebuilt from at start and after each VPG change (read in the changing transaction,
+/// so they follow commit order).
+pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT vpg_id, device_subnet, device_to_device, use_internet_gateway
+         FROM vpgs WHERE status = ?1 ORDER BY vpg_id",
+    )?;
+    let rows = stmt.query_map(params![STATUS_RUNNING], |row| {
+        Ok((
+            row.get::<_, String>(0)?,
+            row.get::<_, String>(1)?,
+            row.get::<_, bool>(2)?,
+            row.get::<_, bool>(3)?,
+        ))
+    })?;
+    let mut vpgs = Vec::new();
+    for row in rows {
+        let (vpg_id, subnet, device_to_device, use_internet_gateway) = row?;
+        let device_subnet = subnet
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("device subnet of VPG {vpg_id}")))?;
+        vpgs.push(RunningVpg {
+            vpg_id,
+            device_subnet,
+            device_to_device,
+            use_internet_gateway,
+        });
+    }
+    Ok(vpgs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::operators;
+    use crate::store::testing::temp_store;
+
+    fn new_vpg() -> NewVpg {
+        NewVpg {
+            vpg_type: 14,
+            region: "eu-central-1".into(),
+            device_subnet: None,
+            use_internet_gateway: None,
+            device_to_device: false,
+            tags: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn create_defaults_get_list_terminate() {
+        let (_dir, store) = temp_store();
+        let (op, other) = store
+            .write(|tx| {
+                Ok((
+                    operators::create_operator(tx)?,
+                    operators::create_operator(tx)?,
+                ))
+            })
+            .expect("operators");
+        let vpg = store
+            .write(|tx| create(tx, &op, &new_vpg(), &[]))
+            .expect("create");
+        assert_eq!(vpg.device_subnet.to_string(), DEFAULT_DEVICE_SUBNET);
+        assert!(vpg.use_internet_gateway);
+        assert!(!vpg.device_to_device);
+        assert_eq!(vpg.status, STATUS_RUNNING);
+        assert_eq!(vpg.online_sessions, 0);
+        let got = store.read(|c| get(c, &op, &vpg.vpg_id)).expect("get");
+        assert_eq!(got, vpg);
+        assert!(matches!(
+            store.read(|c| get(c, &other, &vpg.vpg_id)),
+            Err(StoreError::NotFound(Entity::Vpg))
+        ));
+        let on = store
+            .write(|tx| set_device_to_device(tx, &op, &vpg.vpg_id, true))
+            .expect("d2d");
+        assert!(on.device_to_device);
+        let running_now = store.read(running).expect("running");
+        assert_eq!(running_now.len(), 1);
+        assert_eq!(running_now[0].vpg_id, vpg.vpg_id);
+        assert!(running_now[0].device_to_device);
+        assert!(running_now[0].use_internet_gateway);
+        assert_eq!(
+            store
+                .read(|c| list(c, &op, None, None, 10))
+                .expect("list")
+                .len(),
+            1
+        );
+        assert!(store
+            .read(|c| list(c, &other, None, None, 10))
+            .expect("list")
+            .is_empty());
+        store
+            .write(|tx| terminate(tx, &op, &vpg.vpg_id))
+            .expect("terminate");
+        assert!(store
+            .read(|c| list(c, &op, None, None, 10))
+            .expect("list")
+            .is_empty());
+        assert!(
+            store.read(running).expect("running").is_empty(),
+            "a terminated VPG is gone from the data plane"
+        );
+        assert!(matches!(
+            store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
+            Err(StoreError::NotFound(Entity::Vpg))
+        ));
+        let status: String = store
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT status FROM vpgs WHERE vpg_id = ?1",
+                    [&vpg.vpg_id],
+                    |r| r.get(0),
+                )?)
+            })
+            .expect("row kept");
+        assert_eq!(status, STATUS_TERMINATED);
+    }
+
+    #[test]
+    fn invalid_requests_write_nothing() {
+        let (_dir, store) = temp_store();
+        let op = store.write(operators::create_operator).expect("operator");
+        let cases = [
+            NewVpg {
+                vpg_type: 12,
+                ..new_vpg()
+            },
+            NewVpg {
+                region: "mars-1".into(),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.0.0.0".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.0.0.1/8".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.0.0.0/31".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("fd00::/64".into()),
+                ..new_vpg()
+            },
+            // Overlapping the rendezvous point pool 10.64.0.0/16: inside, equal, around it.
+            NewVpg {
+                device_subnet: Some("10.64.8.0/24".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.64.0.0/16".into()),
+                ..new_vpg()
+            },
+            NewVpg {
+                device_subnet: Some("10.0.0.0/8".into()),
+                ..new_vpg()
+            },
+        ];
+        let pools = crate::config::Config::default().rendezvous_points;
+        assert_eq!(pools[0].pool.to_string(), "10.64.0.0/16");
+        for case in cases {
+            let result = store.write(|tx| create(tx, &op, &case, &pools));
+            assert!(
+                matches!(result, Err(StoreError::Rule(Rule::InvalidVpg(_)))),
+                "{case:?}: {result:?}"
+            );
+        }
+        let n: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM vpgs", [], |r| r.get(0))?))
+            .expect("count");
+        assert_eq!(n, 0);
+        // Next to the pool, and the default subnet, are fine.
+        for subnet in [Some("10.65.0.0/16"), Some("10.63.255.252/30"), None] {
+            let new = NewVpg {
+                device_subnet: subnet.map(str::to_string),
+                ..new_vpg()
+            };
+            store
+                .write(|tx| create(tx, &op, &new, &pools))
+                .expect("no overlap");
+        }
+    }
+
+    #[test]
+    fn terminate_refused_while_a_group_names_it() {
+        let (_dir, store) = temp_store();
+        let op = store.write(operators::create_operator).expect("operator");
+        let vpg = store
+            .write(|tx| create(tx, &op, &new_vpg(), &[]))
+            .expect("create");
+        let mut configuration = crate::store::groups::Configuration::new();
+        configuration
+            .entry("SoracomAir".into())
+            .or_default()
+            .insert(
+                "vpgId".into(),
+                serde_json::Value::String(vpg.vpg_id.clone()),
+            );
+        let group = store
+            .write(|tx| crate::store::groups::create(tx, &op, &BTreeMap::new(), &configuration))
+            .expect("group");
+        assert!(matches!(
+            store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
+            Err(StoreError::Rule(Rule::VpgInUse {
+                groups: 1,
+                sessions: 0
+            }))
+        ));
+        assert_eq!(
+            store
+                .read(|c| get(c, &op, &vpg.vpg_id))
+                .expect("still there"),
+            vpg
+        );
+        store
+            .write(|tx| {
+                crate::store::groups::delete_configuration(
+                    tx,
+                    &op,
+                    &group.group_id,
+                    "SoracomAir",
+                    "vpgId",
+                )
+            })
+            .expect("unname");
+        store
+            .write(|tx| terminate(tx, &op, &vpg.vpg_id))
+            .expect("terminate");
+    }
+
+    #[test]
+    fn tag_filter() {
+        let (_dir, store) = temp_store();
+        let op = store.write(operators::create_operator).expect("operator");
+        for name in ["alpha", "alphabet", "beta"] {
+            let tags = BTreeMap::from([("name".to_string(), name.to_string())]);
+            store
+                .write(|tx| create(tx, &op, &NewVpg { tags, ..new_vpg() }, &[]))
+                .expect("create");
+        }
+        let count = |value: &str, prefix: bool| {
+            let filter = TagFilter {
+                name: "name".into(),
+                value: value.into(),
+                prefix,
+            };
+            store
+                .read(|c| list(c, &op, Some(&filter), None, 10))
+                .expect("list")
+                .len()
+        };
+        assert_eq!(count("alpha", false), 1);
+        assert_eq!(count("alpha", true), 2);
+        assert_eq!(count("gamma", true), 0);
+    }
+}
