@@ -454,6 +454,43 @@ expect_cut_off() {
     pass "$refused" "0/$PING_TX replies in 6 s, no handshake"
 }
 
+# Routes NET into DEV's tunnel and accepts it from the server, besides arcAllowedIPs (what a
+# user adds to the Arc client's AllowedIPs to reach VPG devices, as on SORACOM).
+dev_route_also() { # dev_route_also DEV NET...
+    local dev=$1 ns if_ allowed
+    shift
+    ns=$(dev_ns "$dev")
+    if_=$(dev_if "$dev")
+    allowed=$(sim_field "$dev" '.arcSessionStatus.arcAllowedIPs | join(",")')
+    nsx "$ns" timeout 10 wg set "$if_" peer "$(sim_field "$dev" .arcSessionStatus.arcServerPeerPublicKey)" \
+        allowed-ips "$allowed,$(IFS=,; echo "$*")"
+    local net
+    for net in "$@"; do
+        ip -n "$ns" route replace "$net" dev "$if_" src "$(cat "$WORK/$dev/address")"
+    done
+}
+
+# expect_unreachable NAME SRC ADDR DST: 10 probes from device SRC to ADDR must go into SRC's
+# tunnel (else the check proves nothing) and DST must see none of them, nor SRC a reply.
+expect_unreachable() {
+    local name=$1 src=$2 addr=$3 dst=$4 sent_before echos_before sent echos
+    echos_before=$(snmp "$(dev_ns "$dst")" Icmp InEchos)
+    sent_before=$(dev_tx_bytes "$src")
+    run_ping "$(dev_ns "$src")" "$addr" 10 0.2 3
+    sent=$(($(dev_tx_bytes "$src") - sent_before))
+    echos=$(($(snmp "$(dev_ns "$dst")" Icmp InEchos) - echos_before))
+    if ((PING_TX == 0)); then
+        fail "$name" "ping did not send anything: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+    elif ((sent < PING_TX * 84)); then
+        fail "$name" "only $sent bytes went into $src's tunnel for $PING_TX probes: the check proves nothing"
+    elif ((PING_RX != 0)); then
+        fail "$name" "$PING_RX/$PING_TX echo replies from $dst ($addr)"
+    elif ((echos != 0)); then
+        fail "$name" "$dst received $echos echo requests from $src (arcd forwarded them)"
+    fi
+    pass "$name" "$PING_TX probes sent into the tunnel, 0 replies, $dst received 0 echo requests"
+}
+
 # ---------------------------------------------------- platform services --
 # What a device has: curl, nc, dig and ping, run inside its namespace through its tunnel.
 
@@ -799,29 +836,11 @@ pass "wg show $ARCD_UAPI_NAME lists both device peers with latest handshakes"
 stage "5e. devices outside a VPG cannot reach each other"
 # Both devices route the other's address into the tunnel and accept it from the server, so only
 # arcd's policy stands between them.
-nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.arcServerPeerPublicKey)" \
-    allowed-ips "$(sim_field d1 '.arcSessionStatus.arcAllowedIPs | join(",")'),${DEV_ADDR[d2]}/32"
-nsx "$NS_D2" timeout 10 wg set "$IF_D2" peer "$(sim_field d2 .arcSessionStatus.arcServerPeerPublicKey)" \
-    allowed-ips "$(sim_field d2 '.arcSessionStatus.arcAllowedIPs | join(",")'),${DEV_ADDR[d1]}/32"
-ip -n "$NS_D1" route replace "${DEV_ADDR[d2]}/32" dev "$IF_D1" src "${DEV_ADDR[d1]}"
-ip -n "$NS_D2" route replace "${DEV_ADDR[d1]}/32" dev "$IF_D2" src "${DEV_ADDR[d2]}"
+dev_route_also d1 "${DEV_ADDR[d2]}/32"
+dev_route_also d2 "${DEV_ADDR[d1]}/32"
 for pair in "d1 d2" "d2 d1"; do
     read -r src dst <<<"$pair"
-    echos_before=$(snmp "$(dev_ns "$dst")" Icmp InEchos)
-    sent_before=$(dev_tx_bytes "$src")
-    run_ping "$(dev_ns "$src")" "${DEV_ADDR[$dst]}" 10 0.2 3
-    sent=$(($(dev_tx_bytes "$src") - sent_before))
-    echos=$(($(snmp "$(dev_ns "$dst")" Icmp InEchos) - echos_before))
-    if ((PING_TX == 0)); then
-        fail "$src -> $dst isolated" "ping did not send anything: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
-    elif ((sent < PING_TX * 84)); then
-        fail "$src -> $dst isolated" "only $sent bytes went into $src's tunnel for $PING_TX probes: the check proves nothing"
-    elif ((PING_RX != 0)); then
-        fail "$src -> $dst isolated" "$PING_RX/$PING_TX echo replies from $dst (${DEV_ADDR[$dst]}): devices outside a VPG reach each other"
-    elif ((echos != 0)); then
-        fail "$src -> $dst isolated" "$dst received $echos echo requests from $src (arcd forwarded them)"
-    fi
-    pass "$src -> $dst (${DEV_ADDR[$dst]}) isolated" "$PING_TX probes sent into the tunnel, 0 replies (100% loss), $dst received 0 echo requests"
+    expect_unreachable "$src -> $dst (${DEV_ADDR[$dst]}) isolated" "$src" "${DEV_ADDR[$dst]}" "$dst"
 done
 for dev in d1 d2; do
     run_ping "$(dev_ns "$dev")" "$PLATFORM_ADDR" 2 0.2 5

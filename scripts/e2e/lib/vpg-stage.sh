@@ -26,40 +26,6 @@ BEYOND_ADDR=10.99.9.1 # an address on rv's loopback: "the internet" as seen from
 
 gone() { ! alive "$1"; }
 
-# Sends 10 probes from SRC to ADDR through SRC's tunnel and checks DST never saw one.
-expect_unreachable() { # expect_unreachable NAME SRC ADDR DST
-    local name=$1 src=$2 addr=$3 dst=$4 sent_before echos_before sent echos
-    echos_before=$(snmp "$(dev_ns "$dst")" Icmp InEchos)
-    sent_before=$(dev_tx_bytes "$src")
-    run_ping "$(dev_ns "$src")" "$addr" 10 0.2 3
-    sent=$(($(dev_tx_bytes "$src") - sent_before))
-    echos=$(($(snmp "$(dev_ns "$dst")" Icmp InEchos) - echos_before))
-    if ((PING_TX == 0)); then
-        fail "$name" "ping did not send anything: $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
-    elif ((sent < PING_TX * 84)); then
-        fail "$name" "only $sent bytes went into $src's tunnel for $PING_TX probes: the check proves nothing"
-    elif ((PING_RX != 0 || echos != 0)); then
-        fail "$name" "$PING_RX/$PING_TX replies, $dst received $echos echo requests"
-    fi
-    pass "$name" "$PING_TX probes into the tunnel, 0 replies, $dst received none"
-}
-
-# Routes NET into DEV's tunnel and accepts it from the server, besides arcAllowedIPs (what a
-# user adds to the Arc client's AllowedIPs to reach VPG devices, as on SORACOM).
-dev_route_also() { # dev_route_also DEV NET...
-    local dev=$1 ns if_ allowed
-    shift
-    ns=$(dev_ns "$dev")
-    if_=$(dev_if "$dev")
-    allowed=$(sim_field "$dev" '.arcSessionStatus.arcAllowedIPs | join(",")')
-    nsx "$ns" timeout 10 wg set "$if_" peer "$(sim_field "$dev" .arcSessionStatus.arcServerPeerPublicKey)" \
-        allowed-ips "$allowed,$(IFS=,; echo "$*")"
-    local net
-    for net in "$@"; do
-        ip -n "$ns" route replace "$net" dev "$if_" src "$(cat "$WORK/$dev/address")"
-    done
-}
-
 # The RP a device's peer is on, from `wg show` on each control socket in rv.
 peer_on_socket() { # peer_on_socket SOCKET PUBKEY
     nsx "$NS_RV" timeout 10 wg show "$1" peers 2>/dev/null | grep -qxF "$2"
