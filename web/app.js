@@ -19,6 +19,14 @@ api.setExpiredHandler((message) => {
 });
 
 function renderSignIn() {
+  // Several calls may fail with 401 at once: one sign-in form, never replaced while in use.
+  const shown = document.getElementById('sign-in-form');
+  if (shown) {
+    const note = document.getElementById('sign-in-message');
+    if (note) note.textContent = signInMessage;
+    else if (signInMessage) shown.querySelector('h1').after(h('p', { class: 'notice', role: 'status', id: 'sign-in-message' }, signInMessage));
+    return;
+  }
   document.getElementById('nav').hidden = true;
   document.getElementById('sign-out').hidden = true;
   document.getElementById('who').textContent = '';

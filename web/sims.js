@@ -53,7 +53,7 @@ function primaryImsi(sim) {
 }
 
 const COLUMNS = [
-  ['Name', 'name'], ['SIM ID', 'simid'], ['IMSI', 'imsi narrow-hide'], ['Type', 'type wide-only'],
+  ['Name', 'name'], ['SIM ID', 'simid narrow-hide'], ['IMSI', 'imsi narrow-hide'], ['Type', 'type wide-only'],
   ['Status', 'status'], ['Group', 'group narrow-hide'], ['Device', 'online'],
   ['Last handshake', 'handshake'], ['Device endpoint', 'endpoint narrow-hide'],
   ['RX / TX', 'traffic narrow-hide'], ['Rendezvous point', 'rp narrow-hide'], ['Client address', 'address'],
@@ -73,7 +73,7 @@ function simRow(sim) {
   };
   const row = h('tr', { dataset: { simId: sim.simId } },
     h('td', { class: 'name' }, link),
-    h('td', { class: 'simid mono' }, sim.simId),
+    h('td', { class: 'simid mono narrow-hide' }, sim.simId),
     h('td', { class: 'imsi mono narrow-hide' }, primaryImsi(sim)),
     h('td', { class: 'type wide-only' }, sim.type),
     h('td', { class: `status status-${sim.status}` }, sim.status),
