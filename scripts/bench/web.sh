@@ -62,12 +62,13 @@ allowed_ips = ["100.127.0.0/16"]
 [log]
 level = "warn,arcd::server=info"
 EOF
+: >"$work/arcd.log" # exists before the background job opens it: the wait below reads it
 env $(compgen -e | grep '^ARCD_' | sed 's/^/-u /') RUST_LOG=warn,arcd::server=info \
     "$arcd" serve --config "$work/arcd.toml" >"$work/arcd.log" 2>&1 &
 arcd_pid=$!
 port=""
 for _ in $(seq 100); do
-    port=$(sed -n 's/.*API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/arcd.log" | head -n 1)
+    port=$(sed -n 's/.*API listening addr=127\.0\.0\.1:\([0-9]*\).*/\1/p' "$work/arcd.log" | head -n 1) || true
     [[ -n $port && -s $work/data/root-credentials.json ]] && break
     sleep 0.1
 done
