@@ -63,7 +63,9 @@ allowed_ips = ["100.127.0.0/16"]
 level = "warn,arcd::server=info"
 EOF
 : >"$work/arcd.log" # exists before the background job opens it: the wait below reads it
-env $(compgen -e | grep '^ARCD_' | sed 's/^/-u /') RUST_LOG=warn,arcd::server=info \
+arcd_env_unset=() # arcd reads every ARCD_* variable as configuration: none of the caller's
+while read -r v; do arcd_env_unset+=(-u "$v"); done < <(compgen -e | grep '^ARCD_' || true)
+env "${arcd_env_unset[@]}" RUST_LOG=warn,arcd::server=info \
     "$arcd" serve --config "$work/arcd.toml" >"$work/arcd.log" 2>&1 &
 arcd_pid=$!
 port=""

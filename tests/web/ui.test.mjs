@@ -133,7 +133,7 @@ try {
   const rows = await page.locator('#harvest-table tbody tr').count();
   check(rows === 3, `3 Harvest rows (${rows})`);
   check(await page.locator('#harvest-chart path.series-0').count() === 1, 'chart has a line');
-  const legend = await page.textContent('.legend');
+  const legend = (await page.locator('.legend li').allTextContents()).join(', ');
   check(legend.includes('temperature') && legend.includes('humidity'), `chart legend "${legend}"`);
   await shot('06-sim-detail-harvest');
   pass('Harvest data in the table and chart', `${rows} entries, ${legend}`);
