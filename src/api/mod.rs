@@ -6,10 +6,12 @@ mod data;
 mod error;
 mod extract;
 mod groups;
+mod rendezvous_points;
 mod sims;
 mod tokens;
 pub mod views;
 mod vpgs;
+pub mod web;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -169,6 +171,7 @@ pub fn router(state: SharedState) -> Router {
             put(vpgs::set_device_to_device),
         )
         .route("/arcd/iot_sims", post(arcd::import_iot_sims))
+        .route("/arcd/rendezvous_points", get(rendezvous_points::list))
         .merge(data::routes())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -183,6 +186,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/openapi.yaml", get(arcd::openapi))
+        .merge(web::routes())
         .fallback(not_found)
         .layer(middleware::from_fn(log_request))
         .with_state(state)

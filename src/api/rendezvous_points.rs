@@ -1,0 +1,86 @@
+//! arcd extension `GET /v1/arcd/rendezvous_points`: the configured rendezvous points with their
+//! public identity and live data-plane figures. The server private key never leaves the store.
+
+use std::time::SystemTime;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Serialize;
+
+use super::{json, ApiError, SharedState};
+use crate::dataplane::engine::ONLINE_WINDOW;
+use crate::dataplane::stats::PeerSnapshot;
+use crate::store::rendezvous;
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RendezvousPointView {
+    /// The placement region id sessions show (`placement.region`).
+    pub rendezvous_point_id: String,
+    pub display_name: String,
+    /// `host:port` devices are told (`arcServerEndpoint`).
+    pub endpoint: String,
+    pub public_key: String,
+    #[serde(rename = "allowedIPs")]
+    pub allowed_ips: Vec<String>,
+    pub pool: String,
+    /// Sessions loaded into the data plane at this rendezvous point (all operators).
+    pub sessions: u64,
+    /// Of those, devices with a handshake in the last 180 s.
+    pub online_devices: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+fn is_online(peer: &PeerSnapshot, now: SystemTime) -> bool {
+    peer.last_handshake
+        .and_then(|at| now.duration_since(at).ok())
+        .is_some_and(|age| age < ONLINE_WINDOW)
+}
+
+pub async fn list(State(state): State<SharedState>) -> Result<Response, ApiError> {
+    let ids: Vec<String> = state
+        .config
+        .rendezvous_points
+        .iter()
+        .map(|rp| rp.id.clone())
+        .collect();
+    // The configured name, else the region's city (`RendezvousPointConfig::display_name`).
+    let names: Vec<String> = state
+        .config
+        .rendezvous_points
+        .iter()
+        .map(|rp| rp.display_name().to_string())
+        .collect();
+    let records = state
+        .db(move |store| {
+            store.read(|conn| {
+                ids.iter()
+                    .map(|id| rendezvous::get(conn, id))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+        })
+        .await?;
+    let now = SystemTime::now();
+    let body: Vec<RendezvousPointView> = records
+        .into_iter()
+        .zip(names)
+        .map(|(rp, display_name)| {
+            let peers = state.live.snapshots(&rp.rp_id);
+            RendezvousPointView {
+                display_name,
+                sessions: peers.len() as u64,
+                online_devices: peers.iter().filter(|p| is_online(p, now)).count() as u64,
+                rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
+                tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),
+                rendezvous_point_id: rp.rp_id,
+                endpoint: rp.endpoint,
+                public_key: rp.public_key,
+                allowed_ips: rp.allowed_ips,
+                pool: rp.pool.to_string(),
+            }
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &body))
+}

@@ -1,0 +1,207 @@
+// The management page in a real browser (run by scripts/e2e/web.sh, which sets the environment):
+// playwright-core drives Debian's chromium, headless, against a real arcd; the device's side runs
+// through WEB_HOOK (scripts/e2e/lib/web-device.sh). Every step prints PASS or throws (exit 1).
+
+import { chromium } from 'playwright-core';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+const env = (name) => {
+  const value = process.env[name];
+  if (!value) throw new Error(`${name} is not set (run scripts/e2e/web.sh)`);
+  return value;
+};
+const BASE = env('WEB_URL');
+const CREDS = JSON.parse(fs.readFileSync(env('WEB_CREDENTIALS'), 'utf8'));
+const SHOTS = env('WEB_SCREENSHOTS');
+const WORK = env('WEB_WORK');
+const HOOK = env('WEB_HOOK');
+
+const pass = (what, detail) => console.log(`PASS  ${what}${detail ? `  (${detail})` : ''}`);
+const hook = (...args) => execFileSync(HOOK, args, { encoding: 'utf8', timeout: 60_000 }).trim();
+function check(condition, what) {
+  if (!condition) throw new Error(`check failed: ${what}`);
+}
+
+const browser = await chromium.launch({ executablePath: env('WEB_CHROMIUM'), headless: true });
+let failed = false;
+try {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.setDefaultTimeout(20_000);
+  const origin = new URL(BASE).origin;
+  const foreign = [];
+  const pageErrors = [];
+  page.on('request', (r) => {
+    const url = r.url();
+    if (!url.startsWith(origin) && !url.startsWith('data:') && !url.startsWith('blob:')) foreign.push(url);
+  });
+  page.on('pageerror', (e) => pageErrors.push(e.message));
+  const shot = async (name) => page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+
+  // --- sign-in: a wrong secret is refused in words, the right one gets in. (The first load is
+  // retried once: chromium aborts a navigation when it sees the namespace's links change.)
+  await page.goto(`${BASE}/`).catch(async (err) => {
+    if (!String(err.message).includes('ERR_NETWORK_CHANGED')) throw err;
+    console.log('note: ERR_NETWORK_CHANGED on the first load; retrying');
+    await page.waitForTimeout(1000);
+    await page.goto(`${BASE}/`);
+  });
+  await page.waitForSelector('#sign-in-form');
+  await shot('01-sign-in');
+  await page.fill('#auth-key-id', CREDS.authKeyId);
+  await page.fill('#auth-key', 'secret-wrong');
+  await page.click('#sign-in');
+  await page.waitForSelector('#sign-in-form .error');
+  pass('wrong secret shows an error', await page.textContent('#sign-in-form .error'));
+  await page.fill('#auth-key', CREDS.authKey);
+  await page.click('#sign-in');
+  await page.waitForSelector('#sim-table');
+  check(await page.evaluate(() => !!sessionStorage.getItem('arcd.session')), 'token kept in sessionStorage');
+  pass('signed in');
+
+  // --- create a virtual SIM and read the device configuration the page shows.
+  await page.click('#new-sim');
+  await page.fill('#new-sim-name', 'web-e2e-device');
+  await page.click('#create-sim');
+  await page.waitForSelector('#wg-config');
+  const conf = await page.textContent('#wg-config');
+  check(/PrivateKey = \S{44}/.test(conf) && /Address = 10\.64\.\d+\.\d+\/32/.test(conf), 'wg-quick config has key and address');
+  const arcJson = JSON.parse(await page.textContent('#arc-json'));
+  check(conf.includes(`PrivateKey = ${arcJson.privateKey}`), 'arc.json carries the same private key');
+  check(arcJson.arcSessionStatus.arcServerEndpoint && arcJson.simId, 'arc.json has the session and SIM ID');
+  check(await page.locator('#wg-qr svg path').count() === 1, 'QR code drawn');
+  check((await page.getAttribute('#download-wg', 'download')).endsWith('.conf'), '.conf download offered');
+  check((await page.textContent('.device-config .warning')).includes('shown only once'), 'one-time key warning');
+  const simId = arcJson.simId;
+  await shot('02-sim-created-config');
+  pass('virtual SIM created, config read from the page', simId);
+  const confFile = path.join(WORK, 'device-from-page.conf');
+  fs.writeFileSync(confFile, conf, { mode: 0o600 });
+
+  // --- the device comes up with that config; the list turns it online without a reload.
+  console.log(hook('up', confFile));
+  await page.goto(`${BASE}/#/sims`);
+  const row = page.locator(`#sim-rows tr[data-sim-id="${simId}"]`);
+  await row.waitFor();
+  const navigations = [];
+  page.on('framenavigated', (f) => { if (f === page.mainFrame()) navigations.push(f.url()); });
+  await row.locator('td.dev-online').waitFor({ timeout: 30_000 });
+  const handshake = await row.locator('td.handshake').textContent();
+  check(/^\d+ s ago$/.test(handshake), `last handshake "${handshake}" reads "N s ago"`);
+  check(navigations.length === 0, 'no reload while the row turned online');
+  const endpoint = await row.locator('td.endpoint').textContent();
+  check(endpoint.startsWith('10.98.1.2:'), `device endpoint ${endpoint} is the device's veth address`);
+  pass('SIM row online via live refresh', `${handshake}, endpoint ${endpoint}`);
+  await shot('03-sim-list-desktop');
+  await page.setViewportSize({ width: 390, height: 844 });
+  await row.locator('td.dev-online').waitFor();
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  check(overflow <= 0, `no page-wide horizontal scroll at 390 px (overflow ${overflow})`);
+  await shot('04-sim-list-phone');
+  await page.setViewportSize({ width: 1280, height: 800 });
+  pass('SIM list fits a 390-px screen');
+
+  // --- a group with Harvest on, made on the page, and the SIM put in it.
+  await page.click('#nav a[data-view="groups"]');
+  await page.fill('#new-group-name', 'web-e2e-harvest');
+  await page.click('#create-group');
+  await page.waitForSelector('#group-editor');
+  await page.check('#cfg-harvest');
+  await page.check('#cfg-metadata');
+  await page.fill('#cfg-userdata', 'hello from the page');
+  await page.click('#cfg-save');
+  await page.waitForSelector('#groups-table td:has-text("Harvest")');
+  await shot('05-groups');
+  pass('group created with Harvest and metadata on');
+  await page.goto(`${BASE}/#/sims/${simId}`);
+  await page.waitForSelector('#sim-facts');
+  const groupValue = await page.locator('#sim-group option', { hasText: 'web-e2e-harvest' }).getAttribute('value');
+  await page.selectOption('#sim-group', groupValue);
+  await page.click('#set-group');
+  await page.waitForSelector(`#sim-facts dd[data-fact="Group"]:has-text("${groupValue}")`);
+  pass('SIM put in the group', groupValue);
+
+  // --- the device posts to Harvest; the SIM page shows it in the table and the chart.
+  for (const [t, h] of [[21.5, 40], [22.25, 41], [23, 39.5]]) {
+    const code = hook('harvest', JSON.stringify({ temperature: t, humidity: h, note: 'web-e2e' }));
+    check(code === '201', `Harvest POST answered ${code}`);
+  }
+  await page.click('#harvest-refresh');
+  await page.waitForSelector('#harvest-table td:has-text("web-e2e")');
+  const rows = await page.locator('#harvest-table tbody tr').count();
+  check(rows === 3, `3 Harvest rows (${rows})`);
+  check(await page.locator('#harvest-chart path.series-0').count() === 1, 'chart has a line');
+  const legend = (await page.locator('.legend li').allTextContents()).join(', ');
+  check(legend.includes('temperature') && legend.includes('humidity'), `chart legend "${legend}"`);
+  await shot('06-sim-detail-harvest');
+  pass('Harvest data in the table and chart', `${rows} entries, ${legend}`);
+
+  // --- rendezvous points and VPGs: the device counts as online.
+  await page.click('#nav a[data-view="network"]');
+  await page.waitForSelector('#rp-table');
+  const online = await page.textContent('#rp-table td.rp-online');
+  check(online.trim() === '1 / 1', `RP online/sessions "${online}"`);
+  await page.fill('#vpg-name', 'web-e2e-vpg');
+  await page.fill('#vpg-subnet', '10.200.0.0/16');
+  await page.click('#create-vpg');
+  await page.waitForSelector('#vpg-table td:has-text("web-e2e-vpg")');
+  await shot('07-vpgs-and-rps');
+  pass('RP shows the device online; VPG created', online.trim());
+
+  // --- reset the session: a new session event, and the device handshakes again.
+  await page.goto(`${BASE}/#/sims/${simId}`);
+  await page.waitForSelector('#events-table');
+  const eventsBefore = await page.locator('#events-table tbody tr').count();
+  await page.click('#reset-session');
+  await page.waitForFunction((n) => document.querySelectorAll('#events-table tbody tr').length > n, eventsBefore);
+  const events = await page.locator('#events-table tbody td:nth-child(2)').allTextContents();
+  check(events.includes('Deleted'), `events after reset: ${events.join(', ')}`);
+  pass('session reset', events.join(', '));
+
+  // --- terminate: protection off, then the typed confirmation.
+  await page.click('#toggle-protection');
+  await page.waitForSelector('#sim-facts dd[data-fact="Termination protection"]:has-text("off")');
+  await page.click('#terminate');
+  await page.waitForSelector('dialog.confirm');
+  check(await page.isDisabled('#confirm-ok'), 'confirm disabled before typing');
+  await page.fill('#confirm-input', 'wrong');
+  check(await page.isDisabled('#confirm-ok'), 'confirm disabled with the wrong text');
+  await page.fill('#confirm-input', simId);
+  await page.click('#confirm-ok');
+  await page.waitForSelector('#sim-facts dd[data-fact="Status"]:has-text("terminated")');
+  await shot('08-sim-terminated');
+  pass('SIM terminated after typed confirmation');
+
+  // --- an expired (here: unknown) token goes back to sign-in with a message; sign-out clears.
+  await page.evaluate(() => {
+    const s = JSON.parse(sessionStorage.getItem('arcd.session'));
+    s.token = 'expired';
+    sessionStorage.setItem('arcd.session', JSON.stringify(s));
+  });
+  await page.goto(`${BASE}/#/groups`);
+  await page.waitForSelector('#sign-in-message');
+  const message = await page.textContent('#sign-in-message');
+  check(/expired/i.test(message), `message "${message}"`);
+  check(await page.evaluate(() => sessionStorage.getItem('arcd.session')) === null, 'token dropped');
+  pass('expired token → sign-in with a message');
+  await page.fill('#auth-key-id', CREDS.authKeyId);
+  await page.fill('#auth-key', CREDS.authKey);
+  await page.click('#sign-in');
+  await page.waitForSelector('#groups-table');
+  await page.click('#sign-out');
+  await page.waitForSelector('#sign-in-form');
+  check(await page.evaluate(() => sessionStorage.getItem('arcd.session')) === null, 'sign-out clears the token');
+  pass('sign-out clears the token');
+
+  check(foreign.length === 0, `requests to other origins: ${foreign.join(', ')}`);
+  check(pageErrors.length === 0, `page errors: ${pageErrors.join(' | ')}`);
+  pass('no external request, no page error');
+} catch (err) {
+  failed = true;
+  console.log(`FAIL  ${err.message}`);
+} finally {
+  await browser.close();
+}
+process.exit(failed ? 1 : 0);

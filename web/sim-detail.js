@@ -1,0 +1,189 @@
+// One SIM: its state (live stats refreshed in place), the actions an operator takes on it, its
+// session events and its Harvest data (table + chart).
+
+import * as api from './api.js';
+import { h, clear, busy, errorSlot, showError, field, formatBytes, ago, dateTime, tagName, typedConfirm, toast } from './ui.js';
+import { renderDeviceConfig } from './device-config.js';
+import { renderChart, renderDataTable } from './chart.js';
+
+const REFRESH_MS = 3000;
+
+function facts(sim) {
+  const arc = sim.arcSessionStatus;
+  const stats = sim.arcdSessionStats;
+  const online = !!(stats && stats.deviceOnline);
+  const rows = [
+    ['Status', sim.status],
+    ['Type', sim.type],
+    ['Group', sim.groupId || '–'],
+    ['Device', online ? '● online' : (arc ? '○ offline' : '– no session')],
+    ['Last handshake', stats && stats.lastHandshakeAt ? `${ago(stats.lastHandshakeAt)} (${dateTime(stats.lastHandshakeAt)})` : 'never'],
+    ['Device endpoint', (stats && stats.deviceEndpoint) || '–'],
+    ['RX / TX', stats ? `${formatBytes(stats.rxBytes)} / ${formatBytes(stats.txBytes)}` : '–'],
+    ['Rendezvous point', arc ? `${arc.placement.region} (${arc.arcServerEndpoint})` : '–'],
+    ['Client address', arc ? arc.arcClientPeerIpAddress : '–'],
+    ['VPG', (arc && arc.vpgId) || '–'],
+    ['Client public key', arc ? arc.arcClientPeerPublicKey : '–'],
+    ['Termination protection', sim.terminationEnabled ? 'off (can be terminated)' : 'on'],
+  ];
+  return h('dl', { class: 'facts', id: 'sim-facts' }, rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', { dataset: { fact: k } }, v)]));
+}
+
+function section(title, id, ...children) {
+  return h('section', { class: 'card', id }, h('h2', {}, title), ...children);
+}
+
+export async function renderSimDetail(main, simId) {
+  const path = `/v1/sims/${api.enc(simId)}`;
+  let sim = await api.get(path);
+  const groups = await api.get('/v1/groups?limit=100').catch(() => []);
+  const head = h('div', { class: 'view-head' });
+  const factsBox = h('div', {});
+  const configBox = h('div', { id: 'renew-result' });
+  const eventsBox = h('div', { id: 'events-box' });
+  const dataBox = h('div', { id: 'harvest-box' });
+  const tagsBox = h('div', {});
+
+  function paintHead() {
+    clear(head, h('h1', {}, tagName(sim) || sim.simId, ' ', h('small', { class: 'mono' }, sim.simId)), h('a', { href: '#/sims' }, '← SIMs'));
+    clear(factsBox, facts(sim));
+    paintTags();
+  }
+
+  // Rename and tags.
+  const nameInput = h('input', { id: 'sim-name', value: tagName(sim) });
+  const nameSlot = errorSlot();
+  const rename = h('button', { type: 'submit', id: 'rename' }, 'Rename');
+  const renameForm = h('form', { class: 'inline-form' }, field('Name', nameInput), rename, nameSlot);
+  renameForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const updated = await busy(rename, nameSlot, () => api.put(`${path}/tags`, [{ tagName: 'name', tagValue: nameInput.value.trim() }]), 'Saving…');
+    if (updated) { sim = updated; paintHead(); toast('Renamed'); }
+  });
+  const tagKey = h('input', { id: 'tag-key', placeholder: 'tag name', 'aria-label': 'Tag name' });
+  const tagValue = h('input', { id: 'tag-value', placeholder: 'value', 'aria-label': 'Tag value' });
+  const tagSlot = errorSlot();
+  const addTag = h('button', { type: 'submit', id: 'add-tag' }, 'Set tag');
+  const tagForm = h('form', { class: 'inline-form' }, tagKey, tagValue, addTag, tagSlot);
+  tagForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    if (!tagKey.value.trim()) return;
+    const updated = await busy(addTag, tagSlot, () => api.put(`${path}/tags`, [{ tagName: tagKey.value.trim(), tagValue: tagValue.value }]), 'Saving…');
+    if (updated) { sim = updated; tagKey.value = ''; tagValue.value = ''; paintHead(); }
+  });
+  function paintTags() {
+    const entries = Object.entries(sim.tags || {}).filter(([k]) => k !== 'name');
+    clear(tagsBox, entries.length ? h('ul', { class: 'tags' }, entries.map(([k, v]) => {
+      const remove = h('button', { type: 'button', class: 'link', 'aria-label': `Remove tag ${k}` }, '×');
+      remove.addEventListener('click', () => busy(remove, tagSlot, async () => {
+        await api.del(`${path}/tags/${api.enc(k)}`);
+        sim = await api.get(path);
+        paintHead();
+      }, '…'));
+      return h('li', {}, h('code', {}, k), ' = ', v, ' ', remove);
+    })) : h('p', { class: 'muted' }, 'No tags besides the name.'));
+  }
+
+  // Group.
+  const groupSelect = h('select', { id: 'sim-group' }, h('option', { value: '' }, '(no group)'),
+    groups.map((g) => h('option', { value: g.groupId, selected: g.groupId === sim.groupId }, `${tagName(g) || '(no name)'} · ${g.groupId}`)));
+  const groupSlot = errorSlot();
+  const setGroup = h('button', { type: 'submit', id: 'set-group' }, 'Apply');
+  const groupForm = h('form', { class: 'inline-form' }, field('Group', groupSelect, 'A VPG change in the group applies at the next session reset.'), setGroup, groupSlot);
+  groupForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const updated = await busy(setGroup, groupSlot, () => (groupSelect.value
+      ? api.post(`${path}/set_group`, { groupId: groupSelect.value })
+      : api.post(`${path}/unset_group`)), 'Applying…');
+    if (updated) { sim = updated; paintHead(); toast(groupSelect.value ? 'Group set' : 'Group removed'); }
+  });
+
+  // Session: reset, renew credentials.
+  const sessionSlot = errorSlot();
+  const reset = h('button', { type: 'button', id: 'reset-session' }, 'Reset session');
+  reset.addEventListener('click', async () => {
+    const done = await busy(reset, sessionSlot, () => api.post(`${path}/delete_session`), 'Resetting…');
+    if (done !== undefined) { sim = await api.get(path); paintHead(); loadEvents(); toast('Session reset: the device reconnects with its key'); }
+  });
+  const pubKey = h('input', { id: 'renew-public-key', class: 'mono', placeholder: 'device public key (base64), empty = generate a pair', 'aria-label': 'Device public key' });
+  const renew = h('button', { type: 'submit', id: 'renew' }, 'Renew credentials');
+  const renewForm = h('form', { class: 'inline-form' }, pubKey, renew);
+  renewForm.addEventListener('submit', async (event) => {
+    event.preventDefault();
+    const key = pubKey.value.trim();
+    const answer = await busy(renew, sessionSlot, () => api.put(`${path}/credentials/arc`, key ? { arcClientPeerPublicKey: key } : {}), 'Renewing…');
+    if (!answer) return;
+    sim = await api.get(path);
+    paintHead();
+    loadEvents();
+    if (answer.arcClientPeerPrivateKey) renderDeviceConfig(configBox, sim, answer.arcClientPeerPrivateKey);
+    else clear(configBox, h('p', { class: 'notice' }, 'Public key attached: configure the device with its own private key and the new session above.'));
+    pubKey.value = '';
+  });
+
+  // Termination.
+  const termSlot = errorSlot();
+  const protect = h('button', { type: 'button', id: 'toggle-protection' });
+  const paintProtect = () => { protect.textContent = sim.terminationEnabled ? 'Turn termination protection on' : 'Turn termination protection off'; };
+  paintProtect();
+  protect.addEventListener('click', async () => {
+    const updated = await busy(protect, termSlot, () => api.post(`${path}/${sim.terminationEnabled ? 'disable' : 'enable'}_termination`), 'Saving…');
+    if (updated) { sim = updated; paintHead(); paintProtect(); }
+  });
+  const terminate = h('button', { type: 'button', class: 'danger', id: 'terminate' }, 'Terminate SIM…');
+  terminate.addEventListener('click', async () => {
+    if (!sim.terminationEnabled) {
+      showError(termSlot, new Error('Termination protection is on: turn it off first.'));
+      return;
+    }
+    const done = await typedConfirm('Terminate SIM', 'The SIM stops working at once and cannot be used again.', sim.simId,
+      async () => { sim = await api.post(`${path}/terminate`); });
+    if (done) { paintHead(); toast('SIM terminated'); }
+  });
+
+  // Session events.
+  async function loadEvents() {
+    try {
+      const events = await api.get(`${path}/events/sessions?limit=20`);
+      clear(eventsBox, events.length ? h('div', { class: 'table-wrap' }, h('table', { id: 'events-table' },
+        h('thead', {}, h('tr', {}, ['Time', 'Event', 'IMSI', 'Address', 'VPG'].map((c) => h('th', { scope: 'col' }, c)))),
+        h('tbody', {}, events.map((e) => h('tr', {}, h('td', {}, dateTime(e.time)), h('td', {}, e.event), h('td', { class: 'mono' }, e.imsi),
+          h('td', {}, e.ueIpAddress || '–'), h('td', { class: 'mono' }, e.vpgId || '–'))))))
+        : h('p', { class: 'muted' }, 'No session events.'));
+    } catch (err) {
+      showError(eventsBox, err);
+    }
+  }
+
+  // Harvest data.
+  const dataRefresh = h('button', { type: 'button', id: 'harvest-refresh' }, 'Refresh data');
+  const dataSlot = errorSlot();
+  async function loadData() {
+    const entries = await api.get(`${path}/data?limit=100&sort=desc`);
+    clear(dataBox, renderChart(entries), renderDataTable(entries));
+  }
+  dataRefresh.addEventListener('click', () => busy(dataRefresh, dataSlot, loadData, 'Loading…'));
+
+  clear(main, head, factsBox, configBox,
+    section('Name and tags', 'sim-tags', renameForm, tagsBox, tagForm),
+    section('Group', 'sim-group-box', groupForm),
+    section('Session', 'sim-session', h('div', { class: 'actions' }, reset), renewForm, sessionSlot),
+    section('Termination', 'sim-termination', h('div', { class: 'actions' }, protect, terminate), termSlot),
+    section('Session events', 'sim-events', eventsBox),
+    section('Harvest data', 'sim-harvest', h('div', { class: 'actions' }, dataRefresh), dataSlot, dataBox));
+  paintHead();
+  await Promise.all([loadEvents(), loadData().catch((err) => showError(dataSlot, err))]);
+
+  // Live facts of this SIM in place; the rest changes only through the actions above.
+  let stopped = false;
+  const timer = setInterval(async () => {
+    if (document.hidden || stopped) return;
+    try {
+      const fresh = await api.get(path);
+      if (!stopped) { sim = fresh; clear(factsBox, facts(sim)); }
+    } catch {
+      // Shown by the next action; a 401 already returned to the sign-in page.
+    }
+  }, REFRESH_MS);
+  return () => { stopped = true; clearInterval(timer); };
+}
