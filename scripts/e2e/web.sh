@@ -60,42 +60,21 @@ fail() {
     exit 1
 }
 
-# Only processes this run started are stopped: by recorded PID, while /proc/PID/comm still names
-# the program (or it is still our child).
-proc_is_ours() {
-    local pid=$1 comm=$2 cur stat
-    cur=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $cur == "$comm" ]] && return 0
-    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
-    stat=${stat##*) }
-    [[ $(cut -d' ' -f2 <<<"$stat") == "$$" ]]
-}
+# Only processes this run started are stopped: by recorded PID (proc_is_ours, stop_pids).
+# shellcheck source=scripts/lib/procs.sh
+source "$REPO_DIR/scripts/lib/procs.sh"
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local entry pid file live=() i any ns
+    local entry pid file ns
     for entry in "${PIDFILES[@]}"; do
         file=${entry%:*}
         pid=$(cat "$file" 2>/dev/null) || continue
         [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${entry##*:}")
     done
-    for entry in "${PIDS[@]}"; do
-        if proc_is_ours "${entry%%:*}" "${entry#*:}"; then
-            kill -TERM "${entry%%:*}" 2>/dev/null
-            live+=("$entry")
-        fi
-    done
-    for ((i = 0; i < 50; i++)); do
-        any=0
-        for entry in "${live[@]}"; do proc_is_ours "${entry%%:*}" "${entry#*:}" && any=1; done
-        ((any)) || break
-        sleep 0.1
-    done
-    for entry in "${live[@]}"; do
-        proc_is_ours "${entry%%:*}" "${entry#*:}" && kill -KILL "${entry%%:*}" 2>/dev/null
-    done
+    stop_pids "${PIDS[@]}"
     wait 2>/dev/null
     for ns in "$NS_D1" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2153,SC2034,SC2004 # netns.sh (which sources this) defines the variables and the associative arrays
 # Stage 8 of scripts/e2e/netns.sh (sourced by it, with its functions and state): rendezvous
 # points, coverage and VPGs.
 #

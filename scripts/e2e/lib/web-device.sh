@@ -20,15 +20,9 @@ ns=$WEB_DEVICE_NS
 ifname=$WEB_DEVICE_IF
 nsx() { ip netns exec "$ns" "$@"; }
 
-wait_until() { # wait_until SECONDS cmd...
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# wait_until (and log/die) from the provisioning library the lab's hosts use.
+# shellcheck source=scripts/provision/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../../provision/lib.sh"
 
 # conf_value KEY FILE: the value of the first `KEY = value` line.
 conf_value() { sed -n "s/^[[:space:]]*$1[[:space:]]*=[[:space:]]*//p" "$2" | head -n 1; }
