@@ -90,11 +90,8 @@ export async function renderGroups(main, selected) {
   });
 
   function open(group) {
-    clear(editorBox, editor(group, vpgs, (updated) => {
-      const i = groups.findIndex((g) => g.groupId === updated.groupId);
-      if (i >= 0) groups[i] = updated;
-      open(updated);
-    }));
+    // Saved: the list's "On" column and the editor both show the stored configuration.
+    clear(editorBox, editor(group, vpgs, (updated) => renderGroups(main, updated.groupId)));
   }
 
   const rows = groups.map((g) => {

@@ -31,12 +31,16 @@ export async function renderNetwork(main) {
   const region = h('select', { id: 'vpg-region', 'aria-label': 'Region' }, REGIONS.map((r) => h('option', { value: r }, r)));
   const subnet = h('input', { id: 'vpg-subnet', placeholder: '10.128.0.0/9', 'aria-label': 'Device subnet' });
   const d2d = h('input', { type: 'checkbox', id: 'vpg-d2d' });
+  const internet = h('input', { type: 'checkbox', id: 'vpg-internet', checked: true });
   const create = h('button', { type: 'submit', class: 'primary', id: 'create-vpg' }, 'Create VPG');
   const form = h('form', { class: 'inline-form', id: 'new-vpg-form' },
-    name, region, field('Device subnet', subnet), h('label', { class: 'inline' }, d2d, ' device-to-device'), create);
+    name, region, field('Device subnet', subnet), h('label', { class: 'inline' }, d2d, ' device-to-device'),
+    h('label', { class: 'inline' }, internet, ' internet gateway'), create);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
-    const body = { type: 14, placement: { region: region.value }, arcdDeviceToDevice: d2d.checked };
+    const body = {
+      type: 14, placement: { region: region.value }, arcdDeviceToDevice: d2d.checked, useInternetGateway: internet.checked,
+    };
     if (name.value.trim()) body.tags = { name: name.value.trim() };
     if (subnet.value.trim()) body.deviceSubnetCidrRange = subnet.value.trim();
     const vpg = await busy(create, vpgSlot, () => api.post('/v1/virtual_private_gateways', body), 'Creating…');
@@ -47,7 +51,7 @@ export async function renderNetwork(main) {
     try {
       const vpgs = await api.get('/v1/virtual_private_gateways?limit=100');
       clear(vpgBox, vpgs.length ? h('table', { id: 'vpg-table' },
-        h('thead', {}, h('tr', {}, ['Name', 'VPG ID', 'Region', 'Device subnet', 'Status', 'Sessions', 'Device-to-device', ''].map((c) => h('th', { scope: 'col' }, c)))),
+        h('thead', {}, h('tr', {}, ['Name', 'VPG ID', 'Region', 'Device subnet', 'Internet', 'Status', 'Sessions', 'Device-to-device', ''].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', {}, vpgs.map(vpgRow))) : h('p', { class: 'muted' }, 'No VPGs.'));
     } catch (err) {
       showError(vpgSlot, err);
@@ -76,7 +80,8 @@ export async function renderNetwork(main) {
       if (done) { toast('VPG terminated'); await loadVpgs(); }
     });
     return h('tr', { dataset: { vpgId: v.vpgId } }, h('td', {}, tagName(v) || '(no name)'), h('td', { class: 'mono' }, v.vpgId),
-      h('td', {}, v.placement.region), h('td', { class: 'mono' }, v.deviceSubnetCidrRange), h('td', {}, v.status),
+      h('td', {}, v.placement.region), h('td', { class: 'mono' }, v.deviceSubnetCidrRange),
+      h('td', {}, v.useInternetGateway ? 'on' : 'off'), h('td', {}, v.status),
       h('td', {}, String(v.sessionStats.online)), h('td', {}, toggle), h('td', {}, terminate));
   }
 

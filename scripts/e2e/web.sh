@@ -14,9 +14,11 @@
 # The flow (tests/web/ui.test.mjs; scripts/e2e/lib/web-device.sh is the device's side): sign-in
 # (a wrong secret shows an error) → create a virtual SIM → read the wg-quick config from the page
 # → wireguard-go + wg setconf in d1 → the SIM row turns online with "N s ago" (live refresh, no
-# reload) → group with Harvest on, made and assigned on the page → the device POSTs JSON to
-# Harvest → the SIM page's Harvest table and chart show it → RP view shows the device online →
-# reset session (a new session event) → terminate with typed confirmation → expired token and
+# reload) → group with Harvest on, made on the page (its list row shows it) → SIM renamed, tagged
+# and put in the group → the device POSTs JSON to Harvest → the SIM page's Harvest table and
+# chart show it → RP view shows the device online → VPG created (internet gateway off),
+# device-to-device on, terminated → reset session (a new session event) → renew credentials (a
+# new key pair shown) → terminate with typed confirmation → expired token and
 # sign-out go back to sign-in. Screenshots of each main view land in target/screenshots/ (CI
 # artifacts, not committed). Any request to another origin fails the test.
 #

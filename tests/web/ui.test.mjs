@@ -112,11 +112,23 @@ try {
   await page.check('#cfg-metadata');
   await page.fill('#cfg-userdata', 'hello from the page');
   await page.click('#cfg-save');
-  await page.waitForSelector('#groups-table td:has-text("Harvest")');
+  // The list's "On" column (not the name, which also says "harvest") shows the saved services.
+  await page.waitForFunction(() => [...document.querySelectorAll('#groups-table tbody tr td:nth-child(3)')]
+    .some((td) => td.textContent === 'metadata, Harvest'));
+  check(await page.inputValue('#cfg-userdata') === 'hello from the page', 'userdata kept after saving');
   await shot('05-groups');
-  pass('group created with Harvest and metadata on');
+  pass('group created with Harvest and metadata on', 'list shows "metadata, Harvest"');
   await page.goto(`${BASE}/#/sims/${simId}`);
   await page.waitForSelector('#sim-facts');
+  // Rename and tag it first.
+  await page.fill('#sim-name', 'web-e2e-renamed');
+  await page.click('#rename');
+  await page.waitForSelector('h1:has-text("web-e2e-renamed")');
+  await page.fill('#tag-key', 'site');
+  await page.fill('#tag-value', 'lab-1');
+  await page.click('#add-tag');
+  await page.waitForSelector('#sim-tags :text("lab-1")');
+  pass('SIM renamed and tagged on its page');
   const groupValue = await page.locator('#sim-group option', { hasText: 'web-e2e-harvest' }).getAttribute('value');
   await page.selectOption('#sim-group', groupValue);
   await page.click('#set-group');
@@ -145,10 +157,29 @@ try {
   check(online.trim() === '1 / 1', `RP online/sessions "${online}"`);
   await page.fill('#vpg-name', 'web-e2e-vpg');
   await page.fill('#vpg-subnet', '10.200.0.0/16');
+  await page.uncheck('#vpg-internet');
   await page.click('#create-vpg');
-  await page.waitForSelector('#vpg-table td:has-text("web-e2e-vpg")');
+  const vpgRow = page.locator('#vpg-table tbody tr', { hasText: 'web-e2e-vpg' });
+  await vpgRow.waitFor();
+  const vpgCells = await vpgRow.locator('td').allTextContents();
+  check(vpgCells.includes('10.200.0.0/16') && vpgCells.includes('off'), `VPG row ${vpgCells.join(' | ')}`);
   await shot('07-vpgs-and-rps');
-  pass('RP shows the device online; VPG created', online.trim());
+  pass('RP shows the device online; VPG created with the internet gateway off', online.trim());
+  // Device-to-device on, kept across a fresh view; then terminate with the typed confirmation.
+  await vpgRow.locator('input[type=checkbox]').check();
+  await page.waitForSelector('#toast:has-text("Device-to-device on")');
+  await page.click('#nav a[data-view="sims"]');
+  await page.waitForSelector('#sim-table');
+  await page.click('#nav a[data-view="network"]');
+  await vpgRow.waitFor();
+  check(await vpgRow.locator('input[type=checkbox]').isChecked(), 'device-to-device still on after a fresh view');
+  const vpgId = await vpgRow.getAttribute('data-vpg-id');
+  await vpgRow.locator('button:has-text("Terminate")').click();
+  await page.waitForSelector('dialog.confirm');
+  await page.fill('#confirm-input', vpgId);
+  await page.click('#confirm-ok');
+  await page.waitForFunction((id) => !document.querySelector(`#vpg-box tr[data-vpg-id="${id}"]`), vpgId);
+  pass('VPG device-to-device switched on, then the VPG terminated', vpgId);
 
   // --- reset the session: a new session event, and the device handshakes again.
   await page.goto(`${BASE}/#/sims/${simId}`);
@@ -159,6 +190,18 @@ try {
   const events = await page.locator('#events-table tbody td:nth-child(2)').allTextContents();
   check(events.includes('Deleted'), `events after reset: ${events.join(', ')}`);
   pass('session reset', events.join(', '));
+
+  // --- renew credentials with a generated pair: a new configuration is shown, once.
+  const oldKey = await page.textContent('#sim-facts dd[data-fact="Client public key"]');
+  await page.click('#renew');
+  await page.waitForSelector('#renew-result #wg-config');
+  const renewed = await page.textContent('#renew-result #wg-config');
+  check(/PrivateKey = \S{44}/.test(renewed) && !renewed.includes(arcJson.privateKey), 'a new private key is shown');
+  await page.waitForFunction((old) => {
+    const dd = document.querySelector('#sim-facts dd[data-fact="Client public key"]');
+    return dd && dd.textContent !== old;
+  }, oldKey);
+  pass('credentials renewed: new key pair shown, client public key changed');
 
   // --- terminate: protection off, then the typed confirmation.
   await page.click('#toggle-protection');
