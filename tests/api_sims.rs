@@ -1631,3 +1631,36 @@ async fn terminate_subscription_container_ends_the_virtual_subscriber_only() {
     );
     server.running.shutdown().await;
 }
+
+#[tokio::test]
+async fn one_import_call_takes_ten_thousand_iot_sims_and_no_more() {
+    let server = TestServer::start().await;
+    // Unchecked client: validating 10,000 answers against the schema only slows this test down;
+    // the answer's shape is checked by the import tests above.
+    let api = server.login().await;
+    let items = |n: usize, first: usize| -> Value {
+        Value::Array(
+            (first..first + n)
+                .map(|i| {
+                    json!({
+                        "iccid": format!("89811{i:014}"),
+                        "imsi": format!("44010{i:010}"),
+                        "msisdn": format!("8180{i:08}"),
+                        "subscription": "plan-D"
+                    })
+                })
+                .collect(),
+        )
+    };
+    let too_many = items(10_001, 0);
+    assert!(serde_json::to_vec(&too_many).expect("json").len() > 64 * 1024);
+    let (status, error) = api.post("/v1/arcd/iot_sims", too_many).await;
+    assert_error(status, &error, StatusCode::BAD_REQUEST);
+
+    let (status, imported) = api.post("/v1/arcd/iot_sims", items(10_000, 0)).await;
+    expect_status(status, &imported, StatusCode::CREATED);
+    assert_eq!(imported.as_array().map(Vec::len), Some(10_000));
+    let (status, page) = api.get("/v1/sims?limit=1").await;
+    expect_status(status, &page, StatusCode::OK);
+    server.running.shutdown().await;
+}

@@ -9,14 +9,17 @@ use super::extract::JsonBody;
 use super::{json, request_coverage, views, ApiError, Operator, SharedState};
 use crate::store::subscriptions::{self, IotSimImport};
 
-/// Most IoT SIMs one import call may register (the body limit allows about this many anyway).
+/// Most IoT SIMs one import call may register.
 pub const MAX_IMPORT_ITEMS: usize = 10_000;
+
+/// Room for `MAX_IMPORT_ITEMS` rows of about 100 bytes each (ICCID, IMSI, MSISDN, plan).
+pub const MAX_IMPORT_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 pub async fn import_iot_sims(
     State(state): State<SharedState>,
     Extension(Operator(operator)): Extension<Operator>,
     headers: HeaderMap,
-    body: JsonBody<Vec<IotSimImport>>,
+    body: JsonBody<Vec<IotSimImport>, MAX_IMPORT_BODY_BYTES>,
 ) -> Result<Response, ApiError> {
     let items =
         body.required(r#"[{"iccid":"...","imsi":"...","msisdn":"...","subscription":"plan-D"}]"#)?;

@@ -1,5 +1,5 @@
 //! Request parsing that answers bad input in the API's error shape: JSON bodies (content type,
-//! 64 KiB limit, types) and query strings.
+//! size limit, types) and query strings.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -9,12 +9,16 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 
+/// Largest JSON body of an ordinary request.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Reads the body as JSON. An empty body is `None` (for operations whose body is optional).
-pub struct JsonBody<T>(pub Option<T>);
+/// Reads the body (at most `LIMIT` bytes, else 413) as JSON. An empty body is `None` (for
+/// operations whose body is optional).
+pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub Option<T>);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
@@ -29,13 +33,13 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                     .trim()
                     .to_ascii_lowercase()
             });
-        let bytes = axum::body::to_bytes(req.into_body(), MAX_BODY_BYTES)
+        let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
             .map_err(|_| {
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "COM0013",
-                    format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+                    format!("request body is larger than {LIMIT} bytes"),
                 )
             })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -61,7 +65,7 @@ fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
-impl<T> JsonBody<T> {
+impl<T, const LIMIT: usize> JsonBody<T, LIMIT> {
     /// The body, or a 400 naming what was expected when there was none.
     pub fn required(self, what: &str) -> Result<T, ApiError> {
         self.0
