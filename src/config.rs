@@ -105,9 +105,12 @@ impl RendezvousPointConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CoverageConfig {
-    /// Coverage of a request whose Host header matches no glob in `global_hosts`.
+    /// Coverage of a request whose Host header matches no glob in `global_hosts` or `jp_hosts`.
     pub default: Coverage,
     pub global_hosts: Vec<String>,
+    /// Checked after `global_hosts` (so `g.api.*` wins over `*api.*`).
+    #[serde(default)]
+    pub jp_hosts: Vec<String>,
     pub jp_rendezvous_point: String,
     pub global_rendezvous_point: String,
 }
@@ -189,6 +192,7 @@ impl Default for Config {
             coverage: CoverageConfig {
                 default: Coverage::Jp,
                 global_hosts: vec!["g.api.*".into()],
+                jp_hosts: vec!["api.*".into()],
                 jp_rendezvous_point: "ap-northeast-1".into(),
                 global_rendezvous_point: "eu-central-1".into(),
             },
@@ -382,13 +386,15 @@ impl Config {
             }
         });
         let name = name.to_ascii_lowercase();
-        if self
-            .coverage
-            .global_hosts
-            .iter()
-            .any(|glob| glob_matches(&glob.to_ascii_lowercase(), &name))
-        {
+        let matches = |globs: &[String]| {
+            globs
+                .iter()
+                .any(|glob| glob_matches(&glob.to_ascii_lowercase(), &name))
+        };
+        if matches(&self.coverage.global_hosts) {
             Coverage::G
+        } else if matches(&self.coverage.jp_hosts) {
+            Coverage::Jp
         } else {
             self.coverage.default
         }
@@ -526,6 +532,13 @@ mod tests {
         );
         assert_eq!(c.coverage_for_host(Some("api.example.net")), Coverage::Jp);
         assert_eq!(c.coverage_for_host(None), Coverage::Jp);
+        // A box whose default is global still maps the jp API host to jp.
+        let mut g = Config::default();
+        g.coverage.default = Coverage::G;
+        assert_eq!(g.coverage_for_host(Some("api.example.net")), Coverage::Jp);
+        assert_eq!(g.coverage_for_host(Some("G.API.example.net")), Coverage::G);
+        assert_eq!(g.coverage_for_host(Some("arcd.lab:8443")), Coverage::G);
+        assert_eq!(g.coverage_for_host(None), Coverage::G);
         // Global RP `eu-central-1` is not configured by default: falls back to the first one.
         assert_eq!(c.rendezvous_point_for(Coverage::G).id, "ap-northeast-1");
     }
