@@ -217,6 +217,39 @@ try {
   await shot('08-sim-terminated');
   pass('SIM terminated after typed confirmation');
 
+  // --- a virtual subscriber added to an imported IoT SIM on the page, then found by search.
+  const IOT_ICCID = '8981100000000000001';
+  const IOT_IMSI = '440100000000001';
+  const imported = await page.evaluate(async ([iccid, imsi]) => {
+    const s = JSON.parse(sessionStorage.getItem('arcd.session'));
+    const r = await fetch('/v1/arcd/iot_sims', {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-Soracom-API-Key': s.apiKey, 'X-Soracom-Token': s.token },
+      body: JSON.stringify([{ iccid, imsi, subscription: 'plan-D' }]),
+    });
+    return r.status;
+  }, [IOT_ICCID, IOT_IMSI]);
+  check(imported === 201, `IoT SIM import answered ${imported}`);
+  await page.goto(`${BASE}/#/new-sim`);
+  await page.check('#kind-iot');
+  await page.fill('#new-sim-iot', IOT_ICCID);
+  await page.fill('#new-sim-name', 'web-e2e-iot');
+  await page.click('#create-sim');
+  await page.waitForSelector('#wg-config');
+  const iotJson = JSON.parse(await page.textContent('#arc-json'));
+  check(iotJson.simId === IOT_ICCID, `arc.json simId ${iotJson.simId} is the IoT SIM`);
+  check(/PrivateKey = \S{44}/.test(await page.textContent('#wg-config')), 'subscriber config has a private key');
+  pass('virtual subscriber added to an IoT SIM on the page', IOT_ICCID);
+  await page.goto(`${BASE}/#/sims`);
+  await page.waitForSelector('#sim-table');
+  await page.selectOption('#search-field', 'imsi');
+  await page.fill('#search-text', IOT_IMSI.slice(0, 8));
+  await page.press('#search-text', 'Enter');
+  await page.waitForSelector(`#sim-rows tr[data-sim-id="${IOT_ICCID}"]`);
+  const found = await page.locator('#sim-rows tr').count();
+  check(found === 1, `IMSI search shows only the IoT SIM (${found} rows)`);
+  pass('IMSI search (keyboard Enter) finds the IoT SIM', `${found} row`);
+
   // --- an expired (here: unknown) token goes back to sign-in with a message; sign-out clears.
   await page.evaluate(() => {
     const s = JSON.parse(sessionStorage.getItem('arcd.session'));
