@@ -93,4 +93,17 @@ export async function page(path) {
   return { items: body || [], nextKey: headers.get('x-soracom-next-key') };
 }
 
+// Every item of a short listing (groups, VPGs), following the next-page key; at most `max`.
+export async function all(path, max = 5000) {
+  const items = [];
+  let key = null;
+  do {
+    const sep = path.includes('?') ? '&' : '?';
+    const next = await page(`${path}${sep}limit=1000${key ? `&last_evaluated_key=${enc(key)}` : ''}`);
+    items.push(...next.items);
+    key = next.nextKey;
+  } while (key && items.length < max);
+  return items;
+}
+
 export const enc = encodeURIComponent;

@@ -77,7 +77,7 @@ function editor(group, vpgs, onSaved) {
 }
 
 export async function renderGroups(main, selected) {
-  const [groups, vpgs] = await Promise.all([api.get('/v1/groups?limit=100'), api.get('/v1/virtual_private_gateways?limit=100').catch(() => [])]);
+  const [groups, vpgs] = await Promise.all([api.all('/v1/groups'), api.all('/v1/virtual_private_gateways').catch(() => [])]);
   const listSlot = errorSlot();
   const editorBox = h('div', { id: 'group-editor-box' });
   const newName = h('input', { id: 'new-group-name', placeholder: 'group name', 'aria-label': 'New group name', required: true });

@@ -49,7 +49,7 @@ export async function renderNetwork(main) {
 
   async function loadVpgs() {
     try {
-      const vpgs = await api.get('/v1/virtual_private_gateways?limit=100');
+      const vpgs = await api.all('/v1/virtual_private_gateways');
       clear(vpgBox, vpgs.length ? h('table', { id: 'vpg-table' },
         h('thead', {}, h('tr', {}, ['Name', 'VPG ID', 'Region', 'Device subnet', 'Internet', 'Status', 'Sessions', 'Device-to-device', ''].map((c) => h('th', { scope: 'col' }, c)))),
         h('tbody', {}, vpgs.map(vpgRow))) : h('p', { class: 'muted' }, 'No VPGs.'));

@@ -36,7 +36,7 @@ function section(title, id, ...children) {
 export async function renderSimDetail(main, simId) {
   const path = `/v1/sims/${api.enc(simId)}`;
   let sim = await api.get(path);
-  const groups = await api.get('/v1/groups?limit=100').catch(() => []);
+  const groups = await api.all('/v1/groups').catch(() => []);
   const head = h('div', { class: 'view-head' });
   const factsBox = h('div', {});
   const configBox = h('div', { id: 'renew-result' });

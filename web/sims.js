@@ -196,7 +196,7 @@ export async function renderSimList(main) {
 }
 
 export async function renderNewSim(main) {
-  const groups = await api.get('/v1/groups?limit=100').catch(() => []);
+  const groups = await api.all('/v1/groups').catch(() => []);
   const kindStandalone = h('input', { type: 'radio', name: 'kind', value: 'standalone', id: 'kind-standalone', checked: true });
   const kindIot = h('input', { type: 'radio', name: 'kind', value: 'iot', id: 'kind-iot' });
   const name = h('input', { id: 'new-sim-name', placeholder: 'e.g. sensor-12', maxlength: 200 });
