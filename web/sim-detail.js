@@ -121,6 +121,18 @@ export async function renderSimDetail(main, simId) {
     pubKey.value = '';
   });
 
+  // Status: the official activate / deactivate / suspend operations, for IoT SIMs (a virtual
+  // SIM is active until terminated).
+  const statusSlot = errorSlot();
+  const statusButtons = ['activate', 'deactivate', 'suspend'].map((action) => {
+    const button = h('button', { type: 'button', id: `status-${action}` }, action[0].toUpperCase() + action.slice(1));
+    button.addEventListener('click', async () => {
+      const updated = await busy(button, statusSlot, () => api.post(`${path}/${action}`), 'Saving…');
+      if (updated) { sim = updated; paintHead(); toast(`Status: ${sim.status}`); }
+    });
+    return button;
+  });
+
   // Termination.
   const termSlot = errorSlot();
   const protect = h('button', { type: 'button', id: 'toggle-protection' });
@@ -168,6 +180,7 @@ export async function renderSimDetail(main, simId) {
     section('Name and tags', 'sim-tags', renameForm, tagsBox, tagForm),
     section('Group', 'sim-group-box', groupForm),
     section('Session', 'sim-session', h('div', { class: 'actions' }, reset), renewForm, sessionSlot),
+    sim.type === 'virtual' ? null : section('Status', 'sim-status', h('div', { class: 'actions' }, ...statusButtons), statusSlot),
     section('Termination', 'sim-termination', h('div', { class: 'actions' }, protect, terminate), termSlot),
     section('Session events', 'sim-events', eventsBox),
     section('Harvest data', 'sim-harvest', h('div', { class: 'actions' }, dataRefresh), dataSlot, dataBox));

@@ -203,6 +203,8 @@ try {
   }, oldKey);
   pass('credentials renewed: new key pair shown, client public key changed');
 
+  check(await page.locator('#sim-status').count() === 0, 'no status buttons for a virtual SIM');
+
   // --- terminate: protection off, then the typed confirmation.
   await page.click('#toggle-protection');
   await page.waitForSelector('#sim-facts dd[data-fact="Termination protection"]:has-text("off")');
@@ -249,6 +251,13 @@ try {
   const found = await page.locator('#sim-rows tr').count();
   check(found === 1, `IMSI search shows only the IoT SIM (${found} rows)`);
   pass('IMSI search (keyboard Enter) finds the IoT SIM', `${found} row`);
+  // Its page: suspend, then active again (status belongs to IoT SIMs).
+  await page.goto(`${BASE}/#/sims/${IOT_ICCID}`);
+  await page.click('#status-suspend');
+  await page.waitForSelector('#sim-facts dd[data-fact="Status"]:text-is("suspended")');
+  await page.click('#status-activate');
+  await page.waitForSelector('#sim-facts dd[data-fact="Status"]:text-is("active")');
+  pass('IoT SIM suspended and activated again on its page');
 
   // --- an expired (here: unknown) token goes back to sign-in with a message; sign-out clears.
   await page.evaluate(() => {
