@@ -133,6 +133,26 @@ export async function renderSimDetail(main, simId) {
     return button;
   });
 
+  // An IoT SIM's virtual subscriber (planArc01): terminating it ends its Arc session; the IoT SIM
+  // stays. Found in the profiles, where each subscriber has its subscription.
+  const subscriberSlot = errorSlot();
+  const subscriberBox = h('div', { class: 'actions', id: 'virtual-subscribers' });
+  function paintSubscribers() {
+    const virtualSubs = Object.values(sim.profiles || {}).flatMap((profile) => Object.values(profile.subscribers || {})
+      .filter((sub) => sub.subscription === 'planArc01' && sub.status !== 'terminated')
+      .map((sub) => ({ iccid: profile.iccid, imsi: sub.imsi })));
+    clear(subscriberBox, virtualSubs.length ? virtualSubs.map(({ iccid, imsi }) => {
+      const button = h('button', { type: 'button', class: 'danger', dataset: { imsi } }, `Terminate virtual subscriber ${imsi}…`);
+      button.addEventListener('click', async () => {
+        const done = await typedConfirm('Terminate virtual subscriber', 'Its Arc session ends at once; the IoT SIM stays.', imsi,
+          () => api.post(`${path}/profiles/${api.enc(iccid)}/subscribers/${api.enc(imsi)}/terminate`));
+        if (done) { sim = await api.get(path); paintHead(); paintSubscribers(); loadEvents(); toast('Virtual subscriber terminated'); }
+      });
+      return button;
+    }) : h('p', { class: 'muted' }, 'No virtual subscriber.'));
+  }
+  paintSubscribers();
+
   // Termination.
   const termSlot = errorSlot();
   const protect = h('button', { type: 'button', id: 'toggle-protection' });
@@ -181,6 +201,7 @@ export async function renderSimDetail(main, simId) {
     section('Group', 'sim-group-box', groupForm),
     section('Session', 'sim-session', h('div', { class: 'actions' }, reset), renewForm, sessionSlot),
     sim.type === 'virtual' ? null : section('Status', 'sim-status', h('div', { class: 'actions' }, ...statusButtons), statusSlot),
+    sim.type === 'virtual' ? null : section('Virtual subscriber', 'sim-subscribers', subscriberBox, subscriberSlot),
     section('Termination', 'sim-termination', h('div', { class: 'actions' }, protect, terminate), termSlot),
     section('Session events', 'sim-events', eventsBox),
     section('Harvest data', 'sim-harvest', h('div', { class: 'actions' }, dataRefresh), dataSlot, dataBox));

@@ -19,7 +19,8 @@
 # chart show it → RP view shows the device online → VPG created (internet gateway off),
 # device-to-device on, terminated → reset session (a new session event) → renew credentials (a
 # new key pair shown) → terminate with typed confirmation → a virtual subscriber added to an
-# imported IoT SIM on the page, found by an IMSI search, suspended and activated → expired token and
+# imported IoT SIM on the page, found by an IMSI search, suspended and activated, its virtual
+# subscriber terminated → expired token and
 # sign-out go back to sign-in. Screenshots of each main view land in target/screenshots/ (CI
 # artifacts, not committed). Any request to another origin fails the test.
 #

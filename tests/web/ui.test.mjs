@@ -258,6 +258,16 @@ try {
   await page.click('#status-activate');
   await page.waitForSelector('#sim-facts dd[data-fact="Status"]:text-is("active")');
   pass('IoT SIM suspended and activated again on its page');
+  // Its virtual subscriber terminated (typed confirmation): the Arc session ends, the SIM stays.
+  await page.click('#virtual-subscribers button[data-imsi]');
+  await page.waitForSelector('dialog.confirm');
+  const subImsi = await page.getAttribute('#virtual-subscribers button[data-imsi]', 'data-imsi');
+  await page.fill('#confirm-input', subImsi);
+  await page.click('#confirm-ok');
+  await page.waitForSelector('#virtual-subscribers :text("No virtual subscriber.")');
+  await page.waitForSelector('#sim-facts dd[data-fact="Device"]:has-text("no session")');
+  check(await page.textContent('#sim-facts dd[data-fact="Status"]') === 'active', 'the IoT SIM stays active');
+  pass('virtual subscriber terminated on the IoT SIM\'s page', subImsi);
 
   // --- an expired (here: unknown) token goes back to sign-in with a message; sign-out clears.
   await page.evaluate(() => {
