@@ -80,6 +80,8 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
+# shellcheck source=scripts/lib/links.sh
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for
 
 # ---------------------------------------------------------------- settings --
 RUN_ID=$$
@@ -165,15 +167,6 @@ bg() {
     PIDS+=("$BG_PID:${comm:0:15}")
 }
 
-wait_for() { # wait_for SECONDS cmd...
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 wait_comm() { # wait_comm PID COMM: until the spawned process has exec()ed into COMM
     local i

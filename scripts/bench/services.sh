@@ -39,6 +39,8 @@ PROV=$REPO_DIR/scripts/provision
 source "$PROV/lib.sh" # wait_until
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
+# shellcheck source=scripts/lib/links.sh
+source "$REPO_DIR/scripts/lib/links.sh" # device_link
 
 POSTS=60000
 CONNS=16
@@ -144,12 +146,7 @@ own_mount_ns() { [[ $(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) != "$(rea
 wait_until 5 own_mount_ns || die "no private mount namespace"
 in_mnt sh -c "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcsvb '$UAPI_DIR'"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
-ip -n "$NS_RV" link add v-dev type veth peer name v-rv netns "$NS_DEV"
-ip -n "$NS_RV" addr add "$RV_DEV/30" dev v-dev
-ip -n "$NS_DEV" addr add "$DEV_RV/30" dev v-rv
-ip -n "$NS_RV" link set v-dev up
-ip -n "$NS_DEV" link set v-rv up
-ip -n "$NS_DEV" route add "$RV_ADDR/32" via "$RV_DEV"
+device_link "$NS_RV" v-dev "$RV_DEV" "$NS_DEV" "$DEV_RV" "$RV_ADDR"
 
 log "arcd (rendezvous.sh) in $NS_RV"
 PIDFILES+=("$WORK/arcd.pid:$(basename "$ARCD" | cut -c1-15)")

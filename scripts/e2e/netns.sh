@@ -84,6 +84,8 @@ RENDER=$SCRIPT_DIR/render-wg-conf.sh
 PROV=$REPO_DIR/scripts/provision   # the provisioning scripts the Vagrant VMs run too
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
+# shellcheck source=scripts/lib/links.sh
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link
 
 # ---------------------------------------------------------------- constants --
 RUN_ID=$$
@@ -271,15 +273,6 @@ spawn() {
     PIDS+=("$SPAWNED_PID:${comm:0:15}")
 }
 
-wait_for() { # wait_for SECONDS cmd...: poll every 0.1 s
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 
 alive() { kill -0 "$1" 2>/dev/null; }
 
@@ -604,13 +597,7 @@ make_mount_namespace
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV" "d4 $RV_D4 $D4_RV" "d5 $RV_D5 $D5_RV"; do
     read -r dev rv_side dev_side <<<"$link"
-    ns=$(dev_ns "$dev")
-    ip -n "$NS_RV" link add "v-$dev" type veth peer name v-rv netns "$ns"
-    ip -n "$NS_RV" addr add "$rv_side/30" dev "v-$dev"
-    ip -n "$ns" addr add "$dev_side/30" dev v-rv
-    ip -n "$NS_RV" link set "v-$dev" up
-    ip -n "$ns" link set v-rv up
-    ip -n "$ns" route add "$RV_ADDR/32" via "$rv_side"
+    device_link "$NS_RV" "v-$dev" "$rv_side" "$(dev_ns "$dev")" "$dev_side" "$RV_ADDR"
 done
 for dev in d1 d2 d3 d4 d5; do
     ns=$(dev_ns "$dev")

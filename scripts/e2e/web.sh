@@ -67,6 +67,8 @@ fail() {
 # Only processes this run started are stopped: by recorded PID (proc_is_ours, stop_pids).
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh"
+# shellcheck source=scripts/lib/links.sh
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link
 
 cleanup() {
     local rc=$?
@@ -99,15 +101,6 @@ cleanup() {
     exit "$rc"
 }
 
-wait_for() {
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
 nsx() { # nsx NS cmd...: in network namespace NS inside our mount namespace
     local ns=$1
     shift
@@ -167,12 +160,7 @@ nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" sh -c \
     "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcweb-wireguard '$UAPI_DIR'" ||
     fail "cannot mount a private tmpfs on $UAPI_DIR"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
-ip -n "$NS_RV" link add v-d1 type veth peer name v-rv netns "$NS_D1"
-ip -n "$NS_RV" addr add "$RV_D1/30" dev v-d1
-ip -n "$NS_D1" addr add "$D1_RV/30" dev v-rv
-ip -n "$NS_RV" link set v-d1 up
-ip -n "$NS_D1" link set v-rv up
-ip -n "$NS_D1" route add "$RV_ADDR/32" via "$RV_D1"
+device_link "$NS_RV" v-d1 "$RV_D1" "$NS_D1" "$D1_RV" "$RV_ADDR"
 
 log "3. arcd in $NS_RV (scripts/provision/rendezvous.sh)"
 PIDFILES+=("$WORK/arcd.pid:$(basename "$ARCD" | cut -c1-15)")
