@@ -205,8 +205,10 @@ impl Engine {
 
     /// Devices reach each other only inside one VPG whose device-to-device switch is on.
     fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
-        let from_vpg = read(&from.vpg_id);
-        let to_vpg = read(&to.vpg_id);
+        // Copies, not two guards at once: `from` and `to` may be the same peer, and a second
+        // read of a lock this thread holds can deadlock behind a waiting writer.
+        let from_vpg = read(&from.vpg_id).clone();
+        let to_vpg = read(&to.vpg_id).clone();
         match (from_vpg.as_deref(), to_vpg.as_deref()) {
             (Some(a), Some(b)) => a == b && self.allows_device_to_device(a),
             _ => false,
