@@ -259,6 +259,16 @@ async fn rendezvous_points_show_identity_and_live_counts_never_the_private_key()
         online[0]["rxBytes"].as_u64().is_some_and(|b| b > 0),
         "{online}"
     );
+    // Another operator shares the rendezvous point but sees none of it.
+    let other = server.other_operator().await;
+    let (status, theirs) = other
+        .call(Method::GET, "/v1/arcd/rendezvous_points", None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{theirs}");
+    assert_eq!(theirs[0]["publicKey"], online[0]["publicKey"]);
+    for field in ["sessions", "onlineDevices", "rxBytes", "txBytes"] {
+        assert_eq!(theirs[0][field], 0, "{field} of another operator: {theirs}");
+    }
 
     // Terminating the SIM removes its peer from the counts.
     api.post_empty(&format!("/v1/sims/{sim_id}/enable_termination"))

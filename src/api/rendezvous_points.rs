@@ -1,17 +1,19 @@
 //! arcd extension `GET /v1/arcd/rendezvous_points`: the configured rendezvous points with their
-//! public identity and live data-plane figures. The server private key never leaves the store.
+//! public identity and the caller's live data-plane figures there (rendezvous points are shared
+//! by all operators; each sees only its own sessions). The private key never leaves the store.
 
 use std::time::SystemTime;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
+use axum::Extension;
 use serde::Serialize;
 
-use super::{json, ApiError, SharedState};
+use super::{json, ApiError, Operator, SharedState};
 use crate::dataplane::engine::ONLINE_WINDOW;
 use crate::dataplane::stats::PeerSnapshot;
-use crate::store::rendezvous;
+use crate::store::{rendezvous, sessions};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -25,7 +27,7 @@ pub struct RendezvousPointView {
     #[serde(rename = "allowedIPs")]
     pub allowed_ips: Vec<String>,
     pub pool: String,
-    /// Sessions loaded into the data plane at this rendezvous point (all operators).
+    /// The caller's sessions at this rendezvous point.
     pub sessions: u64,
     /// Of those, devices with a handshake in the last 180 s.
     pub online_devices: u64,
@@ -39,7 +41,10 @@ fn is_online(peer: &PeerSnapshot, now: SystemTime) -> bool {
         .is_some_and(|age| age < ONLINE_WINDOW)
 }
 
-pub async fn list(State(state): State<SharedState>) -> Result<Response, ApiError> {
+pub async fn list(
+    State(state): State<SharedState>,
+    Extension(Operator(operator)): Extension<Operator>,
+) -> Result<Response, ApiError> {
     let ids: Vec<String> = state
         .config
         .rendezvous_points
@@ -57,7 +62,11 @@ pub async fn list(State(state): State<SharedState>) -> Result<Response, ApiError
         .db(move |store| {
             store.read(|conn| {
                 ids.iter()
-                    .map(|id| rendezvous::get(conn, id))
+                    .map(|id| {
+                        let record = rendezvous::get(conn, id)?;
+                        let imsis = sessions::operator_imsis_at(conn, &operator, id)?;
+                        Ok((record, imsis))
+                    })
                     .collect::<Result<Vec<_>, _>>()
             })
         })
@@ -66,11 +75,17 @@ pub async fn list(State(state): State<SharedState>) -> Result<Response, ApiError
     let body: Vec<RendezvousPointView> = records
         .into_iter()
         .zip(names)
-        .map(|(rp, display_name)| {
-            let peers = state.live.snapshots(&rp.rp_id);
+        .map(|((rp, imsis), display_name)| {
+            // Live figures of the caller's peers still on this listener (a peer being moved to
+            // another rendezvous point counts where the data plane has it).
+            let peers: Vec<PeerSnapshot> = imsis
+                .iter()
+                .filter_map(|imsi| state.live.snapshot(imsi))
+                .filter(|peer| peer.rp_id == rp.rp_id)
+                .collect();
             RendezvousPointView {
                 display_name,
-                sessions: peers.len() as u64,
+                sessions: imsis.len() as u64,
                 online_devices: peers.iter().filter(|p| is_online(p, now)).count() as u64,
                 rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
                 tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),

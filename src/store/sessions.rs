@@ -436,6 +436,17 @@ fn lowest_free(tx: &Transaction, scope: &str, low: u32, high: u32) -> Result<Opt
 }
 
 /// Every session the data plane must serve, in one query (used at start).
+/// IMSIs of the operator's sessions at rendezvous point `rp_id` (what an operator may count of
+/// a rendezvous point that all operators share).
+pub fn operator_imsis_at(conn: &Connection, operator_id: &str, rp_id: &str) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT a.imsi FROM sims s JOIN arc_sessions a ON a.sim_id = s.sim_id
+         WHERE s.operator_id = ?1 AND a.rp_id = ?2",
+    )?;
+    let imsis = stmt.query_map(params![operator_id, rp_id], |row| row.get(0))?;
+    Ok(imsis.collect::<rusqlite::Result<Vec<String>>>()?)
+}
+
 pub fn list_active_sessions(conn: &Connection) -> Result<Vec<ActiveSession>> {
     let mut stmt = conn.prepare(
         "SELECT a.imsi, a.sim_id, s.operator_id, a.session_id, a.rp_id, v.arc_public_key, a.client_ip,
