@@ -18,7 +18,9 @@ use axum::{Extension, Router};
 use serde::Serialize;
 
 use super::extract::{Path, QueryParams};
-use super::{json, page_url, trim_page, with_next_key, ApiError, Operator, SharedState};
+use super::{
+    json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
+};
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 
@@ -72,9 +74,9 @@ fn data_entry(entry: &Entry) -> DataEntry<'_> {
 /// The official `DataResourceMetadata` (arcd does not track `attributeNames`).
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct DataResourceMetadata<'a> {
-    resource_type: &'a str,
-    resource_id: &'a str,
+struct DataResourceMetadata {
+    resource_type: String,
+    resource_id: String,
     last_modified_time: i64,
 }
 
@@ -158,6 +160,7 @@ async fn entries_page(
             })
         })
         .await?;
+    // Not `page_response`: entries are shown borrowed (contents up to 64 KiB are not copied).
     let next_key = trim_page(&mut page, limit, harvest::next_key);
     let body: Vec<DataEntry> = page.iter().map(data_entry).collect();
     Ok(with_next_key(
@@ -249,7 +252,7 @@ pub async fn list_resources(
                 .ok_or_else(bad_key)
         })
         .transpose()?;
-    let mut page = state
+    let page = state
         .db(move |store| {
             store.read(|conn| {
                 harvest::list_resources(
@@ -262,18 +265,15 @@ pub async fn list_resources(
             })
         })
         .await?;
-    let next_key = trim_page(&mut page, limit, harvest::resource_key);
-    let body: Vec<DataResourceMetadata> = page
-        .iter()
-        .map(|r| DataResourceMetadata {
-            resource_type: &r.resource_type,
-            resource_id: &r.resource_id,
+    Ok(page_response(
+        page,
+        limit,
+        harvest::resource_key,
+        |r| DataResourceMetadata {
+            resource_type: r.resource_type.clone(),
+            resource_id: r.resource_id.clone(),
             last_modified_time: r.last_modified_time,
-        })
-        .collect();
-    Ok(with_next_key(
-        json(StatusCode::OK, &body),
+        },
         &page_url("/v1/data/resources", &query),
-        next_key,
     ))
 }

@@ -9,7 +9,7 @@ use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
-use super::{json, page_url, trim_page, views, with_next_key, ApiError, Operator, SharedState};
+use super::{json, page_response, page_url, views, ApiError, Operator, SharedState};
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
 
@@ -71,17 +71,17 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let limit = query.limit(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
-    let mut page = state
+    let page = state
         .db(move |store| {
             store.read(|conn| groups::list(conn, &operator, after.as_deref(), limit + 1))
         })
         .await?;
-    let next_key = trim_page(&mut page, limit, |g| g.group_id.clone());
-    let body: Vec<views::Group> = page.iter().map(views::group).collect();
-    Ok(with_next_key(
-        json(StatusCode::OK, &body),
+    Ok(page_response(
+        page,
+        limit,
+        |g| g.group_id.clone(),
+        views::group,
         &page_url("/v1/groups", &query),
-        next_key,
     ))
 }
 

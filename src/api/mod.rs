@@ -245,7 +245,22 @@ pub fn page_url(path: &str, query: &extract::QueryParams) -> String {
 
 /// Listings fetch `limit + 1` rows: an extra row means another page follows. Trims `page` to
 /// `limit` and returns the key of its last row in that case.
-pub fn trim_page<T>(
+/// A listing's answer: the first `limit` rows as JSON (the query fetched one more, to know
+/// whether another page follows), with the pagination headers when it does. `url` as in
+/// `with_next_key`.
+pub fn page_response<T, V: serde::Serialize>(
+    mut rows: Vec<T>,
+    limit: u32,
+    key_of: impl Fn(&T) -> String,
+    view: impl Fn(&T) -> V,
+    url: &str,
+) -> Response {
+    let next_key = trim_page(&mut rows, limit, key_of);
+    let body: Vec<V> = rows.iter().map(view).collect();
+    with_next_key(json(StatusCode::OK, &body), url, next_key)
+}
+
+pub(super) fn trim_page<T>(
     page: &mut Vec<T>,
     limit: u32,
     key_of: impl Fn(&T) -> String,
@@ -260,7 +275,11 @@ pub fn trim_page<T>(
 
 /// Adds the pagination headers of the official API when a page was full. `url` is the listing's
 /// path, with its query when it has one (see `page_url`).
-pub fn with_next_key(mut response: Response, url: &str, next_key: Option<String>) -> Response {
+pub(super) fn with_next_key(
+    mut response: Response,
+    url: &str,
+    next_key: Option<String>,
+) -> Response {
     if let Some(key) = next_key {
         let encoded: String = form_urlencoded::byte_serialize(key.as_bytes()).collect();
         if let Ok(value) = HeaderValue::from_str(&key) {

@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{
-    json, page_url, request_coverage, trim_page, views, with_next_key, ApiError, AppState,
-    Operator, SharedState,
+    json, page_response, page_url, request_coverage, views, ApiError, AppState, Operator,
+    SharedState,
 };
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
@@ -69,18 +69,14 @@ pub async fn get_sim(
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
-pub(super) fn sim_page(
-    state: &AppState,
-    path: &str,
-    mut page: Vec<SimRecord>,
-    limit: u32,
-) -> Response {
-    let next_key = trim_page(&mut page, limit, |s| s.sim_id.clone());
-    let body: Vec<views::Sim> = page
-        .iter()
-        .map(|s| views::sim(s, None, &state.live))
-        .collect();
-    with_next_key(json(StatusCode::OK, &body), path, next_key)
+pub(super) fn sim_page(state: &AppState, path: &str, page: Vec<SimRecord>, limit: u32) -> Response {
+    page_response(
+        page,
+        limit,
+        |s| s.sim_id.clone(),
+        |s| views::sim(s, None, &state.live),
+        path,
+    )
 }
 
 pub async fn list_sims(
@@ -471,16 +467,20 @@ pub async fn list_session_events(
         })
         .transpose()?;
     let path = page_url(&format!("/v1/sims/{sim_id}/events/sessions"), &query);
-    let mut events = state
+    let events = state
         .db(move |store| {
             store.read(|conn| {
                 sessions::list_events(conn, &operator, &sim_id, from, to, before, limit + 1)
             })
         })
         .await?;
-    let next_key = trim_page(&mut events, limit, |e| e.event_id.to_string());
-    let body: Vec<views::SessionEvent> = events.iter().map(views::session_event).collect();
-    Ok(with_next_key(json(StatusCode::OK, &body), &path, next_key))
+    Ok(page_response(
+        events,
+        limit,
+        |e| e.event_id.to_string(),
+        views::session_event,
+        &path,
+    ))
 }
 
 #[derive(Deserialize)]

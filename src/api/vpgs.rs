@@ -10,8 +10,7 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{
-    json, page_url, request_coverage, trim_page, views, with_next_key, ApiError, Operator,
-    SharedState,
+    json, page_response, page_url, request_coverage, views, ApiError, Operator, SharedState,
 };
 use crate::config::Coverage;
 use crate::store::vpgs::{self, NewVpg, TagFilter};
@@ -111,18 +110,18 @@ pub async fn list(
     let limit = query.limit(100, 1000)?;
     let tag = tag_filter(&query)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
-    let mut page = state
+    let page = state
         .db(move |store| {
             store
                 .read(|conn| vpgs::list(conn, &operator, tag.as_ref(), after.as_deref(), limit + 1))
         })
         .await?;
-    let next_key = trim_page(&mut page, limit, |v| v.vpg_id.clone());
-    let body: Vec<views::Vpg> = page.iter().map(views::vpg).collect();
-    Ok(with_next_key(
-        json(StatusCode::OK, &body),
+    Ok(page_response(
+        page,
+        limit,
+        |v| v.vpg_id.clone(),
+        views::vpg,
         &page_url("/v1/virtual_private_gateways", &query),
-        next_key,
     ))
 }
 
