@@ -81,7 +81,7 @@ REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 # shellcheck source=scripts/lib/links.sh
-source "$REPO_DIR/scripts/lib/links.sh" # wait_for
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for, private_wireguard_dir
 
 # ---------------------------------------------------------------- settings --
 RUN_ID=$$
@@ -254,20 +254,6 @@ setup_namespaces() { # one server + one client namespace per implementation, one
         ip -n "${NS_S[$impl]}" link set "dpv${tag}s" up
         ip -n "${NS_C[$impl]}" link set "dpv${tag}c" up
     done
-}
-
-holder_ready() {
-    local theirs
-    theirs=$(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) || return 1
-    [[ -n $theirs && $theirs != "$(readlink /proc/$$/ns/mnt)" && $(cat "/proc/$MNT_HOLDER/comm" 2>/dev/null) == sleep ]]
-}
-make_mount_namespace() { # after the network namespaces, so it sees their /run/netns mounts
-    unshare --mount --propagation private sleep 1000000 </dev/null >/dev/null 2>&1 &
-    MNT_HOLDER=$!
-    PIDS+=("$MNT_HOLDER:sleep")
-    wait_for 5 holder_ready || die "unshare --mount did not give a new mount namespace"
-    in_mnt sh -c "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcdp-wireguard '$UAPI_DIR'" ||
-        die "cannot mount a private tmpfs on $UAPI_DIR"
 }
 
 start_device() { # start_device IMPL: the wireguard-go client of a pair
@@ -793,7 +779,7 @@ grep '^#' "$OUT/results.tsv" >&2
 
 log "setting up ${IMPLS[*]} (namespaces ${NS_PREFIX}*)"
 setup_namespaces
-make_mount_namespace
+private_wireguard_dir arcdp-wireguard || die "no private mount namespace with a tmpfs on $UAPI_DIR"
 for impl in "${IMPLS[@]}"; do setup_pair "$impl"; done
 
 IFS=, read -r -a TEST_LIST <<<"$TESTS"

@@ -36,11 +36,11 @@ SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SCRIPT_DIR/../.." && pwd)
 PROV=$REPO_DIR/scripts/provision
 # shellcheck source=scripts/provision/lib.sh
-source "$PROV/lib.sh" # wait_until
+source "$PROV/lib.sh" # die, wait_for
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 # shellcheck source=scripts/lib/links.sh
-source "$REPO_DIR/scripts/lib/links.sh" # device_link
+source "$REPO_DIR/scripts/lib/links.sh" # device_link, private_wireguard_dir
 
 POSTS=60000
 CONNS=16
@@ -78,15 +78,10 @@ die() {
 }
 
 cleanup() {
-    local rc=$? entry pid file
+    local rc=$?
     set +eu
     trap - EXIT INT TERM
-    for entry in "${PIDFILES[@]}"; do
-        file=${entry%:*}
-        pid=$(cat "$file" 2>/dev/null) || continue
-        [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${entry##*:}")
-    done
-    stop_pids "${PIDS[@]}"
+    stop_recorded
     wait 2>/dev/null
     for ns in "$NS_DEV" "$NS_RV"; do
         [[ -e /run/netns/$ns ]] && ip netns del "$ns"
@@ -139,12 +134,7 @@ for ns in "$NS_RV" "$NS_DEV"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
 done
-unshare --mount --propagation private sleep 100000 </dev/null >/dev/null 2>&1 &
-MNT_HOLDER=$!
-PIDS+=("$MNT_HOLDER:sleep")
-own_mount_ns() { [[ $(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) != "$(readlink /proc/$$/ns/mnt)" ]]; }
-wait_until 5 own_mount_ns || die "no private mount namespace"
-in_mnt sh -c "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcsvb '$UAPI_DIR'"
+private_wireguard_dir arcsvb || die "no private mount namespace with a tmpfs on $UAPI_DIR"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 device_link "$NS_RV" v-dev "$RV_DEV" "$NS_DEV" "$DEV_RV" "$RV_ADDR"
 

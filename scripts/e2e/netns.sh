@@ -85,7 +85,7 @@ PROV=$REPO_DIR/scripts/provision   # the provisioning scripts the Vagrant VMs ru
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 # shellcheck source=scripts/lib/links.sh
-source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link, private_wireguard_dir
 
 # ---------------------------------------------------------------- constants --
 RUN_ID=$$
@@ -205,18 +205,9 @@ cleanup() {
     # A signal trap can run inside a command whose output is redirected to a file (run_ping):
     # back to the script's own stdout/stderr, saved at start as fds 3 and 4.
     exec 1>&3 2>&4
-    local entry pid comm file
-    # The provisioning scripts write a PID file as soon as they start a daemon (before they wait
-    # for it), so even an interrupted provisioning leaves a PID to kill.
-    for entry in "${PIDFILES[@]}"; do
-        file=${entry%:*}
-        pid=$(cat "$file" 2>/dev/null) || continue
-        comm=${entry##*:}
-        [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${comm:0:15}")
-    done
-    stop_pids "${PIDS[@]}"
+    stop_recorded
     wait 2>/dev/null
-    local ns left
+    local ns left pid
     for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then
             left=""
@@ -285,23 +276,6 @@ nsx() {
     local ns=$1
     shift
     nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@"
-}
-
-# A mount namespace of our own with a tmpfs on /var/run/wireguard. Made after the network
-# namespaces, so it sees their /run/netns mounts.
-holder_ready() {
-    local theirs
-    theirs=$(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) || return 1
-    [[ -n $theirs && $theirs != "$(readlink /proc/$$/ns/mnt)" && $(cat "/proc/$MNT_HOLDER/comm" 2>/dev/null) == sleep ]]
-}
-make_mount_namespace() {
-    unshare --mount --propagation private sleep 100000 </dev/null >/dev/null 2>&1 3>&- 4>&- &
-    MNT_HOLDER=$!
-    PIDS+=("$MNT_HOLDER:sleep")
-    wait_for 5 holder_ready || die "unshare --mount did not give a new mount namespace"
-    in_mnt sh -c \
-        "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arce2e-wireguard '$UAPI_DIR'" ||
-        die "cannot mount a private tmpfs on $UAPI_DIR"
 }
 
 # api METHOD PATH [BODY]: the API from inside rv; body on stdout; status 1 on a non-2xx answer.
@@ -593,7 +567,7 @@ for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
 done
-make_mount_namespace
+private_wireguard_dir arce2e-wireguard || die "no private mount namespace with a tmpfs on $UAPI_DIR"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV" "d4 $RV_D4 $D4_RV" "d5 $RV_D5 $D5_RV"; do
     read -r dev rv_side dev_side <<<"$link"

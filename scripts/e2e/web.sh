@@ -68,19 +68,14 @@ fail() {
 # shellcheck source=scripts/lib/procs.sh
 source "$REPO_DIR/scripts/lib/procs.sh"
 # shellcheck source=scripts/lib/links.sh
-source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link
+source "$REPO_DIR/scripts/lib/links.sh" # wait_for, device_link, private_wireguard_dir
 
 cleanup() {
     local rc=$?
     set +e
     trap - EXIT INT TERM
-    local entry pid file ns
-    for entry in "${PIDFILES[@]}"; do
-        file=${entry%:*}
-        pid=$(cat "$file" 2>/dev/null) || continue
-        [[ $pid =~ ^[0-9]+$ ]] && PIDS+=("$pid:${entry##*:}")
-    done
-    stop_pids "${PIDS[@]}"
+    local pid ns
+    stop_recorded
     wait 2>/dev/null
     for ns in "$NS_D1" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then
@@ -105,11 +100,6 @@ nsx() { # nsx NS cmd...: in network namespace NS inside our mount namespace
     local ns=$1
     shift
     nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@"
-}
-holder_ready() {
-    local theirs
-    theirs=$(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) || return 1
-    [[ -n $theirs && $theirs != "$(readlink /proc/$$/ns/mnt)" && $(cat "/proc/$MNT_HOLDER/comm" 2>/dev/null) == sleep ]]
 }
 
 # ==================================================================== main ==
@@ -152,13 +142,7 @@ for ns in "$NS_RV" "$NS_D1"; do
     # then aborts a navigation with ERR_NETWORK_CHANGED.
     ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
 done
-unshare --mount --propagation private sleep 100000 </dev/null >/dev/null 2>&1 &
-MNT_HOLDER=$!
-PIDS+=("$MNT_HOLDER:sleep")
-wait_for 5 holder_ready || fail "unshare --mount gave no mount namespace"
-nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" sh -c \
-    "mkdir -p '$UAPI_DIR' && mount -t tmpfs -o mode=0755,size=1m arcweb-wireguard '$UAPI_DIR'" ||
-    fail "cannot mount a private tmpfs on $UAPI_DIR"
+private_wireguard_dir arcweb-wireguard || fail "no private mount namespace with a tmpfs on $UAPI_DIR"
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 device_link "$NS_RV" v-d1 "$RV_D1" "$NS_D1" "$D1_RV" "$RV_ADDR"
 

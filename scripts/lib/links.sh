@@ -25,3 +25,25 @@ device_link() {
     ip -n "$dev_ns" link set v-rv up
     ip -n "$dev_ns" route add "$target/32" via "$rv_ip"
 }
+
+# private_wireguard_dir TAG: a mount namespace of this run (held by a `sleep` whose PID is
+# MNT_HOLDER, recorded in PIDS) with a private tmpfs named TAG on /var/run/wireguard, where
+# arcd's and wireguard-go's control sockets go: no clash with the host or a concurrent run, and
+# nothing left behind. Make it after the network namespaces (it must see their /run/netns
+# mounts); enter it with nsenter --mount=/proc/$MNT_HOLDER/ns/mnt. Status 1 when it fails.
+private_wireguard_dir() {
+    local tag=$1
+    unshare --mount --propagation private sleep 1000000 </dev/null >/dev/null 2>&1 3>&- 4>&- &
+    MNT_HOLDER=$!
+    PIDS+=("$MNT_HOLDER:sleep")
+    wait_for 5 mount_holder_ready || return 1
+    nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" sh -c \
+        "mkdir -p /var/run/wireguard && mount -t tmpfs -o mode=0755,size=1m '$tag' /var/run/wireguard"
+}
+
+# The holder has entered a mount namespace other than ours.
+mount_holder_ready() {
+    local theirs
+    theirs=$(readlink "/proc/$MNT_HOLDER/ns/mnt" 2>/dev/null) || return 1
+    [[ -n $theirs && $theirs != "$(readlink /proc/$$/ns/mnt)" && $(cat "/proc/$MNT_HOLDER/comm" 2>/dev/null) == sleep ]]
+}

@@ -40,3 +40,16 @@ stop_pids() {
         fi
     done
 }
+
+# stop_recorded: stop_pids for every "PID:COMM" in the caller's PIDS array and for the process of
+# every "FILE:COMM" in its PIDFILES array (PID files written by the scripts that start daemons,
+# as soon as they start them: an interrupted start still leaves a PID to stop).
+stop_recorded() {
+    local entry pid comm all=(${PIDS[@]+"${PIDS[@]}"})
+    for entry in ${PIDFILES[@]+"${PIDFILES[@]}"}; do
+        pid=$(cat "${entry%:*}" 2>/dev/null) || continue
+        comm=${entry##*:}
+        [[ $pid =~ ^[0-9]+$ ]] && all+=("$pid:${comm:0:15}")
+    done
+    stop_pids ${all[@]+"${all[@]}"}
+}

@@ -306,8 +306,8 @@ EOF
         }
         log "$unit (re)started"
     fi
-    wait_until 10 test -S "$uapi_sock" || die "wireguard-go made no control socket $uapi_sock"
-    wait_until 5 ip link show "$ifname" || die "interface $ifname did not appear"
+    wait_for 10 test -S "$uapi_sock" || die "wireguard-go made no control socket $uapi_sock"
+    wait_for 5 ip link show "$ifname" || die "interface $ifname did not appear"
 }
 
 # ------------------------------------------------------------------ main ----

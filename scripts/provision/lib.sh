@@ -46,16 +46,9 @@ now_ms() {
     echo $((10#$t / 1000))
 }
 
-# wait_until SECONDS cmd...: run cmd every 0.1 s until it succeeds; status 1 after SECONDS.
-wait_until() {
-    local t=$(($1 * 10))
-    shift
-    while ((t-- > 0)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
-}
+# wait_for SECONDS cmd... (shared with the test and bench scripts).
+# shellcheck source=scripts/lib/links.sh
+source "$PROVISION_DIR/../lib/links.sh"
 
 # Value checks for arguments. Values end up in TOML and shell files, so nothing with quotes,
 # backslashes, spaces or newlines gets through.

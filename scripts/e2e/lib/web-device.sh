@@ -20,7 +20,7 @@ ns=$WEB_DEVICE_NS
 ifname=$WEB_DEVICE_IF
 nsx() { ip netns exec "$ns" "$@"; }
 
-# wait_until (and log/die) from the provisioning library the lab's hosts use.
+# wait_for (and log/die) from the provisioning library the lab's hosts use.
 # shellcheck source=scripts/provision/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../../provision/lib.sh"
 
@@ -42,7 +42,7 @@ case ${1:-} in
         # `ip netns exec` exec()s wireguard-go, so $! is wireguard-go itself.
         (exec ip netns exec "$ns" wireguard-go -f "$ifname" >"$WEB_WORK/wireguard-go.log" 2>&1 </dev/null) &
         echo $! >"$WEB_WORK/wireguard-go.pid"
-        wait_until 10 test -S "/var/run/wireguard/$ifname.sock" || { echo "web-device.sh: wireguard-go made no control socket" >&2; exit 1; }
+        wait_for 10 test -S "/var/run/wireguard/$ifname.sock" || { echo "web-device.sh: wireguard-go made no control socket" >&2; exit 1; }
         nsx wg setconf "$ifname" "$setconf"
         nsx ip addr add "$address" dev "$ifname"
         nsx ip link set "$ifname" mtu "${mtu:-1420}" up
