@@ -45,26 +45,16 @@ pub async fn list(
     State(state): State<SharedState>,
     Extension(Operator(operator)): Extension<Operator>,
 ) -> Result<Response, ApiError> {
-    let ids: Vec<String> = state
-        .config
-        .rendezvous_points
-        .iter()
-        .map(|rp| rp.id.clone())
-        .collect();
-    // The configured name, else the region's city (`RendezvousPointConfig::display_name`).
-    let names: Vec<String> = state
-        .config
-        .rendezvous_points
-        .iter()
-        .map(|rp| rp.display_name().to_string())
-        .collect();
+    let config = state.config.clone();
     let records = state
         .db(move |store| {
             store.read(|conn| {
-                ids.iter()
-                    .map(|id| {
-                        let record = rendezvous::get(conn, id)?;
-                        let imsis = sessions::operator_imsis_at(conn, &operator, id)?;
+                config
+                    .rendezvous_points
+                    .iter()
+                    .map(|rp| {
+                        let record = rendezvous::get(conn, &rp.id)?;
+                        let imsis = sessions::operator_imsis_at(conn, &operator, &rp.id)?;
                         Ok((record, imsis))
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -74,8 +64,8 @@ pub async fn list(
     let now = SystemTime::now();
     let body: Vec<RendezvousPointView> = records
         .into_iter()
-        .zip(names)
-        .map(|((rp, imsis), display_name)| {
+        .zip(&state.config.rendezvous_points)
+        .map(|((rp, imsis), configured)| {
             // Live figures of the caller's peers still on this listener (a peer being moved to
             // another rendezvous point counts where the data plane has it).
             let peers: Vec<PeerSnapshot> = imsis
@@ -84,7 +74,7 @@ pub async fn list(
                 .filter(|peer| peer.rp_id == rp.rp_id)
                 .collect();
             RendezvousPointView {
-                display_name,
+                display_name: configured.display_name().to_string(),
                 sessions: imsis.len() as u64,
                 online_devices: peers.iter().filter(|p| is_online(p, now)).count() as u64,
                 rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
