@@ -14,7 +14,9 @@ What it does (see scripts/openapi-arcd-overlay.yaml for the data):
    and gives every 4xx response without a body the ArcdError body;
 4. adds the arcd-only paths, which must be tagged `arcd` and marked `x-arcd-extension: true`;
 5. keeps only the component schemas reachable from the operations, plus the security schemes;
-6. checks that every `$ref` resolves and writes the result deterministically.
+6. merges the overlay's `request_rules` (where arcd is stricter than the official schemas) into
+   request-only component schemas and notes them in their descriptions;
+7. checks that every `$ref` resolves and writes the result deterministically.
 
 Only the Python standard library and PyYAML are used.
 """
@@ -159,6 +161,44 @@ def add_error_responses(op_id: str, op: dict, overlay: dict, op_overlay: dict, p
             response["content"] = error_content()
 
 
+def merge_rule(target: dict, rule: dict, where: str):
+    """Adds the keywords of `rule` to `target`, recursing into mappings; never overwrites."""
+    for key, value in rule.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            merge_rule(target[key], value, f"{where}.{key}")
+        elif key in target and target[key] != value:
+            raise GenError(f"request rule {where}.{key} would change an official value")
+        else:
+            target[key] = copy.deepcopy(value)
+
+
+def referenced_schemas(node, source: dict) -> set:
+    """Names of the component schemas `node` references, transitively."""
+    found: set = set()
+    pending = list(iter_refs(node))
+    while pending:
+        name = pending.pop()[len(SCHEMA_REF):]
+        if name not in found and name in source:
+            found.add(name)
+            pending.extend(iter_refs(source[name]))
+    return found
+
+
+def apply_request_rules(paths: dict, schemas: dict, rules: dict):
+    """Merges each rule into its schema, which must be used by request bodies only (a response
+    schema stays exactly the official one)."""
+    in_responses = referenced_schemas(
+        [op.get("responses", {}) for _, _, op in operations(paths)], schemas
+    )
+    for name, rule in rules.items():
+        if name not in schemas:
+            raise GenError(f"request rule for {name}, which no operation uses")
+        if name in in_responses:
+            raise GenError(f"request rule for {name}, which a response uses")
+        merge_rule(schemas[name], rule["schema"], name)
+        append_note(schemas[name], rule["note"])
+
+
 def append_note(op: dict, note: str):
     note = " ".join(note.split())
     original = op.get("description", "").rstrip()
@@ -239,6 +279,8 @@ def build(subset: dict, overlay: dict) -> dict:
     unused = [n for n in overlay.get("schemas", {}) if n not in schemas]
     if unused:
         raise GenError(f"arcd schemas never referenced: {', '.join(unused)}")
+
+    apply_request_rules(paths, schemas, overlay.get("request_rules", {}))
 
     security_schemes = copy.deepcopy(subset["components"]["securitySchemes"])
     for _, _, op in operations(paths):

@@ -300,7 +300,7 @@ async fn seed_selection_table_through_the_api() {
         if let Some(group) = group {
             set_group(&api, &sim_id, Some(group)).await;
             let (status, created) = api
-                .post_empty(&format!("/v1/sims/{sim_id}/sessions/arc"))
+                .post(&format!("/v1/sims/{sim_id}/sessions/arc"), json!({}))
                 .await;
             assert_eq!(status, StatusCode::OK, "{created}");
             assert_eq!(created["arcServerEndpoint"], json!(endpoint_of(rp)));
@@ -369,7 +369,7 @@ async fn group_and_vpg_changes_apply_at_the_next_recreation() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(seen(&api, &sim_id).await, in_oregon);
     let (status, body) = api
-        .post_empty(&format!("/v1/sims/{sim_id}/sessions/arc"))
+        .post(&format!("/v1/sims/{sim_id}/sessions/arc"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let in_tokyo =
@@ -458,8 +458,10 @@ async fn tiny_vpg_subnet_runs_out_cleanly() {
     let before = seen(&api, &sims[2]).await;
     let rows = counts(&server).await;
     for path in ["delete_session", "sessions/arc"] {
+        // createArcSession requires the body `{}`; deleteSimSession has none.
+        let body = (path == "sessions/arc").then(|| json!({}));
         let (status, body) = api
-            .post_empty(&format!("/v1/sims/{}/{path}", sims[2]))
+            .call(Method::POST, &format!("/v1/sims/{}/{path}", sims[2]), body)
             .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST);
         assert_eq!(body["code"], json!("VPG0003"), "{body}");
@@ -541,7 +543,7 @@ async fn a_group_naming_an_unusable_vpg_is_refused() {
         set_group(&api, &sim_id, Some(&group)).await;
         let rows = counts(&server).await;
         let (status, body) = api
-            .post_empty(&format!("/v1/sims/{sim_id}/sessions/arc"))
+            .post(&format!("/v1/sims/{sim_id}/sessions/arc"), json!({}))
             .await;
         assert_error(status, &body, StatusCode::BAD_REQUEST);
         assert_eq!(body["code"], json!("VPG0002"), "{value}: {body}");
@@ -560,7 +562,7 @@ async fn a_group_naming_an_unusable_vpg_is_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
     set_group(&api, &sim_id, Some(&group)).await;
     let (status, body) = api
-        .post_empty(&format!("/v1/sims/{sim_id}/sessions/arc"))
+        .post(&format!("/v1/sims/{sim_id}/sessions/arc"), json!({}))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_session(&server, &api, &sim_id, FRANKFURT, None).await;

@@ -242,8 +242,9 @@ async fn bad_input_writes_nothing() {
     assert_error(status, &body, StatusCode::BAD_REQUEST);
 
     for query in [
-        "limit=0",
         "limit=x",
+        "limit=",
+        "tag_name=a&tag_value=b&tag_value_match_mode=",
         "tag_name=name",
         "tag_value=x",
         "tag_name=a&tag_value=b&tag_value_match_mode=regex",

@@ -362,10 +362,8 @@ async fn unknown_fields_only_refused_where_the_spec_says() {
     );
     assert_unchanged(&server, &api, &before, "createArcSession {x:1}").await;
 
-    // `{}` and no body at all are fine and do re-create the session.
+    // `{}` is fine and does re-create the session.
     let (status, body) = api.post(&path, json!({})).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    let (status, body) = api.post_empty(&path).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let after = counts(&server).await;
     let events = |c: &[(&str, i64)]| c.iter().find(|(t, _)| *t == "session_events").unwrap().1;
@@ -1219,8 +1217,10 @@ async fn bad_limits_are_400() {
         format!("/v1/groups/{group_id}/subscribers"),
         format!("/v1/sims/{sim_id}/events/sessions"),
     ];
+    // Out-of-range integers are clamped where the official schema allows any integer
+    // (tests/api_spec_rules.rs); what is not an integer at all is refused everywhere.
     for list in &lists {
-        for limit in ["0", "abc", "-1", "1.5", "100000", "99999999999999999999"] {
+        for limit in ["abc", "1.5", "", "1e3", "0x10"] {
             let path = format!("{list}?limit={limit}");
             let (status, body) = api.get(&path).await;
             check_error(&path, status, &body, StatusCode::BAD_REQUEST);

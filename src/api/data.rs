@@ -117,14 +117,9 @@ fn bad_key() -> ApiError {
 /// asked for one row more than `limit` (see `trim_page`).
 fn entry_query(query: &QueryParams) -> Result<(EntryQuery, u32), ApiError> {
     let limit = query.limit(10, 1000)?;
-    let order = match query.first("sort") {
-        None | Some("desc") => Order::Desc,
+    let order = match query.choice("sort", &["desc", "asc"])? {
         Some("asc") => Order::Asc,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "sort `{other}` is not desc or asc"
-            )))
-        }
+        _ => Order::Desc,
     };
     let after = query
         .first("last_evaluated_key")
@@ -239,11 +234,10 @@ pub async fn list_resources(
     Extension(Operator(operator)): Extension<Operator>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
-    let resource_type = query.first("resource_type").map(str::to_string);
-    if let Some(resource_type) = &resource_type {
-        check_resource_type(resource_type)?;
-    }
+    let limit = query.limit_clamped(100, 1000)?;
+    let resource_type = query
+        .choice("resource_type", RESOURCE_TYPES)?
+        .map(str::to_string);
     let after = query
         .first("last_evaluated_key")
         .map(|key| {

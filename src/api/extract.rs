@@ -1,6 +1,8 @@
 //! Request parsing that answers bad input in the API's error shape: JSON bodies (content type,
 //! size limit, types) and query strings.
 
+use std::num::IntErrorKind;
+
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
@@ -61,7 +63,7 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
+    super::strict_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}")))
 }
 
@@ -111,12 +113,17 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 }
 
 impl QueryParams {
+    /// The first value of `name`; an empty value counts as absent (for free-text parameters).
     pub fn first(&self, name: &str) -> Option<&str> {
+        self.raw(name).filter(|v| !v.is_empty())
+    }
+
+    /// The first value of `name` as sent, empty or not.
+    fn raw(&self, name: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
     }
 
     /// Every value of `name`, repeated keys and comma-separated lists alike.
@@ -131,8 +138,10 @@ impl QueryParams {
             .collect()
     }
 
+    /// An integer parameter; a value that is present but not an integer (empty included) is a
+    /// 400, as the official schemas type these parameters `integer`.
     pub fn integer(&self, name: &str) -> Result<Option<i64>, ApiError> {
-        self.first(name)
+        self.raw(name)
             .map(|v| {
                 v.parse::<i64>().map_err(|_| {
                     ApiError::bad_request(format!("query parameter `{name}` must be an integer"))
@@ -141,9 +150,22 @@ impl QueryParams {
             .transpose()
     }
 
-    /// `limit` within `1..=max`, `default` when absent.
+    /// An enumerated parameter: absent, or one of `allowed` (an empty value is not one).
+    pub fn choice(&self, name: &str, allowed: &[&str]) -> Result<Option<&str>, ApiError> {
+        match self.raw(name) {
+            None => Ok(None),
+            Some(v) if allowed.contains(&v) => Ok(Some(v)),
+            Some(v) => Err(ApiError::bad_request(format!(
+                "query parameter `{name}` is `{v}`; use one of {}",
+                allowed.join(", ")
+            ))),
+        }
+    }
+
+    /// `limit` where the official schema bounds it to `1..=max`: 400 outside, `default` when
+    /// absent.
     pub fn limit(&self, default: u32, max: u32) -> Result<u32, ApiError> {
-        match self.integer("limit")? {
+        match self.limit_value()? {
             None => Ok(default),
             Some(n) if n >= 1 && n <= i64::from(max) => Ok(n as u32),
             Some(_) => Err(ApiError::bad_request(format!(
@@ -151,4 +173,52 @@ impl QueryParams {
             ))),
         }
     }
+
+    /// `limit` where the official schema allows any integer: values below 1 read as 1 and
+    /// values above `max` as `max` (the page is smaller than asked and `x-soracom-next-key`
+    /// leads on); `default` when absent.
+    pub fn limit_clamped(&self, default: u32, max: u32) -> Result<u32, ApiError> {
+        Ok(self
+            .limit_value()?
+            .map_or(default, |n| n.clamp(1, i64::from(max)) as u32))
+    }
+
+    /// `limit` where the official schema sets only a maximum and `format: int32`: 400 above
+    /// `max` or below the int32 range, values below 1 read as 1.
+    pub fn limit_at_most(&self, default: u32, max: u32) -> Result<u32, ApiError> {
+        match self.limit_value()? {
+            None => Ok(default),
+            Some(n) if n > i64::from(max) || n < i64::from(i32::MIN) => Err(ApiError::bad_request(
+                format!("`limit` must be an int32 of at most {max}"),
+            )),
+            Some(n) => Ok(n.max(1) as u32),
+        }
+    }
+
+    /// The integer `limit`, saturated at the ends of `i64` (a JSON-schema integer has no size
+    /// limit, so 99999999999999999999 is a valid, very large limit).
+    fn limit_value(&self) -> Result<Option<i64>, ApiError> {
+        self.raw("limit")
+            .map(|v| {
+                v.parse::<i64>().or_else(|e| match e.kind() {
+                    IntErrorKind::PosOverflow => Ok(i64::MAX),
+                    IntErrorKind::NegOverflow => Ok(i64::MIN),
+                    _ => Err(ApiError::bad_request(
+                        "query parameter `limit` must be an integer",
+                    )),
+                })
+            })
+            .transpose()
+    }
+}
+
+/// `#[serde(default, deserialize_with = "non_null")]` on an `Option` field: the field may be
+/// left out, but an explicit `null` is refused like any other wrong type (the official schemas
+/// mark no request field `nullable`).
+pub fn non_null<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    T::deserialize(deserializer).map(Some)
 }

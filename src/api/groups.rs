@@ -39,7 +39,7 @@ fn check_namespace(namespace: &str) -> Result<(), ApiError> {
     }
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 pub struct CreateGroupRequest {
     #[serde(default)]
     tags: BTreeMap<String, String>,
@@ -52,7 +52,7 @@ pub async fn create(
     Extension(Operator(operator)): Extension<Operator>,
     body: JsonBody<CreateGroupRequest>,
 ) -> Result<Response, ApiError> {
-    let request = body.0.unwrap_or_default();
+    let request = body.required(r#"{} or {"tags":{...},"configuration":{...}}"#)?;
     for namespace in request.configuration.keys() {
         check_namespace(namespace)?;
     }
@@ -69,7 +69,9 @@ pub async fn list(
     Extension(Operator(operator)): Extension<Operator>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
+    let limit = query.limit_clamped(100, 1000)?;
+    // Validated as the official schema says; arcd does not filter groups by tag yet.
+    query.choice("tag_value_match_mode", &["exact", "prefix"])?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
         .db(move |store| {
@@ -157,7 +159,7 @@ pub async fn list_subscribers(
     Path(group_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
+    let limit = query.limit_clamped(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let path = page_url(&format!("/v1/groups/{group_id}/subscribers"), &query);
     let page = state

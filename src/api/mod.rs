@@ -8,6 +8,7 @@ mod extract;
 mod groups;
 mod rendezvous_points;
 mod sims;
+mod strict_json;
 mod tokens;
 pub mod views;
 mod vpgs;

@@ -7,7 +7,7 @@ use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 
-use super::extract::{JsonBody, Path, QueryParams};
+use super::extract::{non_null, JsonBody, Path, QueryParams};
 use super::{
     json, page_response, page_url, request_coverage, views, ApiError, AppState, Operator,
     SharedState,
@@ -84,7 +84,7 @@ pub async fn list_sims(
     Extension(Operator(operator)): Extension<Operator>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
+    let limit = query.limit_clamped(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
         .db(move |store| {
@@ -99,27 +99,14 @@ pub async fn search_sims(
     Extension(Operator(operator)): Extension<Operator>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(10, 100)?;
+    let limit = query.limit_at_most(10, 100)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
-    let session_online = match query.first("session_status") {
-        None | Some("NA") => None,
+    let session_online = match query.choice("session_status", &["NA", "ONLINE", "OFFLINE"])? {
         Some("ONLINE") => Some(true),
         Some("OFFLINE") => Some(false),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "session_status `{other}` is not NA, ONLINE or OFFLINE"
-            )))
-        }
+        _ => None,
     };
-    let match_all = match query.first("search_type") {
-        None | Some("and") => true,
-        Some("or") => false,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "search_type `{other}` is not and or or"
-            )))
-        }
-    };
+    let match_all = query.choice("search_type", &["and", "or"])? != Some("or");
     let filter = SimQuery {
         name: query.all("name"),
         sim_id: query.all("sim_id"),
@@ -166,7 +153,7 @@ pub async fn search_sims(
     ))
 }
 
-/// `createArcSession` takes `{}` or no body at all; the spec forbids any property.
+/// `createArcSession` takes `{}` (the body is required and may have no property).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EmptyObject {}
@@ -175,8 +162,9 @@ pub async fn create_arc_session(
     State(state): State<SharedState>,
     Extension(Operator(operator)): Extension<Operator>,
     Path(sim_id): Path<String>,
-    _body: JsonBody<EmptyObject>,
+    body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
+    body.required("{}")?;
     let policy = state.policy.clone();
     let (_, sim) = state
         .write_notifying(
@@ -215,6 +203,7 @@ pub async fn delete_session(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialsRequest {
+    #[serde(default, deserialize_with = "non_null")]
     arc_client_peer_public_key: Option<String>,
 }
 
@@ -232,7 +221,8 @@ async fn attach_or_renew(
     sim_id: String,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
-    let client_key = match body.0.and_then(|b| b.arc_client_peer_public_key) {
+    let request = body.required(r#"{} or {"arcClientPeerPublicKey":"..."}"#)?;
+    let client_key = match request.arc_client_peer_public_key {
         Some(key) if !key.trim().is_empty() => {
             let parsed = wgkey::parse_key(&key).ok_or_else(|| {
                 ApiError::bad_request(
@@ -456,7 +446,7 @@ pub async fn list_session_events(
     Path(sim_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
+    let limit = query.limit_clamped(100, 1000)?;
     let from = query.integer("from")?;
     let to = query.integer("to")?;
     let before = query
@@ -487,12 +477,22 @@ pub async fn list_session_events(
 #[serde(rename_all = "camelCase")]
 pub struct AddSubscriptionRequest {
     subscription: String,
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "non_null")]
     subscription_type: Option<String>,
     #[allow(dead_code)] // accepted as in the official API; ignored for virtual subscribers
+    #[serde(default, deserialize_with = "non_null")]
     enable: Option<bool>,
-    #[allow(dead_code)]
+    /// Checked against the official pattern, then ignored (arcd runs no OTA scripts).
+    #[serde(default, deserialize_with = "non_null")]
     tag: Option<String>,
+}
+
+/// The official `tag` rule: 1 to 64 of `A-Z a-z 0-9 - _ :`.
+fn valid_ota_tag(tag: &str) -> bool {
+    (1..=64).contains(&tag.len())
+        && tag
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b':'))
 }
 
 pub async fn add_subscription(
@@ -502,6 +502,11 @@ pub async fn add_subscription(
     body: JsonBody<AddSubscriptionRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{"subscription":"planArc01","type":"virtual"}"#)?;
+    if request.tag.as_deref().is_some_and(|t| !valid_ota_tag(t)) {
+        return Err(ApiError::bad_request(
+            "tag must be 1 to 64 letters, digits, `-`, `_` or `:`",
+        ));
+    }
     let is_virtual = request.subscription_type.as_deref().unwrap_or("virtual") == "virtual";
     if request.subscription != "planArc01" || !is_virtual {
         return Err(

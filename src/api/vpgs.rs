@@ -8,16 +8,25 @@ use axum::response::Response;
 use axum::Extension;
 use serde::Deserialize;
 
-use super::extract::{JsonBody, Path, QueryParams};
+use super::extract::{non_null, JsonBody, Path, QueryParams};
 use super::{
     json, page_response, page_url, request_coverage, views, ApiError, Operator, SharedState,
 };
 use crate::config::Coverage;
 use crate::store::vpgs::{self, NewVpg, TagFilter};
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize)]
 struct PlacementRequest {
+    #[serde(default, deserialize_with = "non_null")]
     region: Option<String>,
+}
+
+/// Accepted for its types and ignored: arcd has no SORACOM Transit Gateway.
+#[derive(Deserialize)]
+struct TransitGatewayRequest {
+    #[allow(dead_code)]
+    #[serde(default, deserialize_with = "non_null")]
+    asn: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -25,10 +34,15 @@ struct PlacementRequest {
 pub struct CreateVpgRequest {
     #[serde(rename = "type")]
     vpg_type: i64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_null")]
     placement: Option<PlacementRequest>,
+    #[serde(default, deserialize_with = "non_null")]
     device_subnet_cidr_range: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     use_internet_gateway: Option<bool>,
+    #[allow(dead_code)]
+    #[serde(default, deserialize_with = "non_null")]
+    soracom_transit_gateway: Option<TransitGatewayRequest>,
     #[serde(default)]
     tags: BTreeMap<String, String>,
     /// arcd extension: devices of the VPG may reach each other (default false).
@@ -80,15 +94,7 @@ pub async fn create(
 }
 
 fn tag_filter(query: &QueryParams) -> Result<Option<TagFilter>, ApiError> {
-    let prefix = match query.first("tag_value_match_mode") {
-        None | Some("exact") => false,
-        Some("prefix") => true,
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "`tag_value_match_mode` must be exact or prefix, not `{other}`"
-            )))
-        }
-    };
+    let prefix = query.choice("tag_value_match_mode", &["exact", "prefix"])? == Some("prefix");
     match (query.first("tag_name"), query.first("tag_value")) {
         (None, None) => Ok(None),
         (Some(name), Some(value)) => Ok(Some(TagFilter {
@@ -107,7 +113,7 @@ pub async fn list(
     Extension(Operator(operator)): Extension<Operator>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
-    let limit = query.limit(100, 1000)?;
+    let limit = query.limit_clamped(100, 1000)?;
     let tag = tag_filter(&query)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
