@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole arcd test suite: formatting, lints, every cargo test target, then the end-to-end
-# scripts: every executable scripts/e2e/*.sh except the helpers listed below (they need root for
-# network namespaces, TUN devices and WireGuard).
+# The whole arcd test suite: formatting, lints, every cargo test target, the API fuzzing stage
+# (scripts/schemathesis.sh: a few minutes, installs schemathesis into target/ the first time), then
+# the end-to-end scripts: every executable scripts/e2e/*.sh except the helpers listed below (they
+# need root for network namespaces, TUN devices and WireGuard).
 #
 #   scripts/test.sh                     # run everything this user can run
 #   ARCD_REQUIRE_E2E=1 scripts/test.sh  # fail when the end-to-end stage cannot run (CI)
@@ -23,16 +24,19 @@ banner() {
     printf '\n==== %s ====\n' "$*"
 }
 
-banner "stage 1/4: cargo fmt --check"
+banner "stage 1/5: cargo fmt --check"
 cargo fmt --all --check
 
-banner "stage 2/4: cargo clippy --all-targets --locked -- -D warnings"
+banner "stage 2/5: cargo clippy --all-targets --locked -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
-banner "stage 3/4: cargo test --all-targets --locked"
+banner "stage 3/5: cargo test --all-targets --locked"
 cargo test --all-targets --locked
 
-banner "stage 4/4: end-to-end scripts (scripts/e2e/*.sh)"
+banner "stage 4/5: API fuzzing against the OpenAPI document (scripts/schemathesis.sh)"
+scripts/schemathesis.sh
+
+banner "stage 5/5: end-to-end scripts (scripts/e2e/*.sh)"
 e2e_dir=scripts/e2e
 if [[ ${EUID} -ne 0 ]]; then
     echo "e2e stage SKIPPED: it needs root (network namespaces, TUN, WireGuard); run as root to include it"
