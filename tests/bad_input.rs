@@ -529,7 +529,7 @@ async fn unknown_resources_are_404() {
         (
             Method::POST,
             format!("/v1/sims/{missing_sim}/sessions/arc"),
-            None,
+            Some(json!({})),
         ),
         (
             Method::POST,
@@ -667,7 +667,7 @@ async fn other_operators_data_looks_like_missing_data() {
         (
             Method::POST,
             "/v1/sims/{}/sessions/arc",
-            None,
+            Some(json!({})),
             &their_sim,
             missing_sim,
         ),
@@ -681,7 +681,7 @@ async fn other_operators_data_looks_like_missing_data() {
         (
             Method::PUT,
             "/v1/sims/{}/credentials/arc",
-            None,
+            Some(json!({})),
             &their_sim,
             missing_sim,
         ),
