@@ -29,7 +29,7 @@ seed=${ST_SEED:-20261205}
 # schemathesis 4.32.5 on Python 3.11) sometimes fails in its own code ("AST constructor
 # recursion depth mismatch"), which would fail the stage for no fault of arcd.
 max_examples=${ST_MAX_EXAMPLES:-40}
-max_time=${ST_MAX_TIME:-180}
+max_time=${ST_MAX_TIME:-120}
 
 # The checks that make the stage fail. Left out, with the reason:
 #   positive_data_acceptance: arcd answers 400 to schema-valid requests its documented business
