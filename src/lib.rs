@@ -8,6 +8,7 @@ pub mod config;
 pub mod dataplane;
 mod fsutil;
 pub mod ids;
+mod listener;
 pub mod server;
 pub mod services;
 pub mod store;
