@@ -9,6 +9,7 @@ pub mod dataplane;
 mod fsutil;
 pub mod ids;
 mod listener;
+pub mod logging;
 pub mod server;
 pub mod services;
 pub mod store;

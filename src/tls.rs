@@ -117,7 +117,10 @@ struct Generated {
 }
 
 fn inspect(cert_path: &Path) -> Option<Generated> {
-    let der = CertificateDer::pem_file_iter(cert_path).ok()?.next()?.ok()?;
+    let der = CertificateDer::pem_file_iter(cert_path)
+        .ok()?
+        .next()?
+        .ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
     let mut names = BTreeSet::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -166,9 +169,18 @@ fn renewal_reason(
     None
 }
 
-fn ensure_generated(hostnames: &[String], cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+fn ensure_generated(
+    hostnames: &[String],
+    cert_path: &Path,
+    key_path: &Path,
+) -> Result<(), TlsError> {
     let wanted = wanted_names(hostnames);
-    match renewal_reason(cert_path, key_path, &wanted, time::OffsetDateTime::now_utc()) {
+    match renewal_reason(
+        cert_path,
+        key_path,
+        &wanted,
+        time::OffsetDateTime::now_utc(),
+    ) {
         Some(reason) => generate(wanted, cert_path, key_path, reason),
         None => restrict_key_mode(key_path),
     }
@@ -180,7 +192,11 @@ fn restrict_key_mode(key_path: &Path) -> Result<(), TlsError> {
         path: key_path.to_path_buf(),
         source,
     };
-    let mode = std::fs::metadata(key_path).map_err(denied)?.permissions().mode() & 0o777;
+    let mode = std::fs::metadata(key_path)
+        .map_err(denied)?
+        .permissions()
+        .mode()
+        & 0o777;
     if mode != 0o600 {
         std::fs::set_permissions(key_path, std::fs::Permissions::from_mode(0o600))
             .map_err(denied)?;

@@ -53,10 +53,9 @@ fn names(list: &[&str]) -> BTreeSet<String> {
 
 /// Writes a self-signed pair for `names` that expires `expires_in` from now.
 fn write_pair(cert: &Path, key: &Path, names: &[&str], expires_in: Duration) {
-    let mut params = rcgen::CertificateParams::new(
-        names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-    )
-    .expect("params");
+    let mut params =
+        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+            .expect("params");
     let now = OffsetDateTime::now_utc();
     params.not_before = now - Duration::days(300);
     params.not_after = now + expires_in;
@@ -115,7 +114,12 @@ fn certificate_near_expiry_is_renewed_and_a_fresh_one_kept() {
     let (cert_path, key_path) = generated_paths(dir.path());
     let api = Config::default().api;
 
-    write_pair(&cert_path, &key_path, &["localhost", "127.0.0.1"], Duration::days(10));
+    write_pair(
+        &cert_path,
+        &key_path,
+        &["localhost", "127.0.0.1"],
+        Duration::days(10),
+    );
     server_config(&api, dir.path()).expect("start");
     let renewed = read_cert(&cert_path);
     assert!(
@@ -124,7 +128,12 @@ fn certificate_near_expiry_is_renewed_and_a_fresh_one_kept() {
         renewed.not_after
     );
 
-    write_pair(&cert_path, &key_path, &["localhost", "127.0.0.1"], Duration::days(200));
+    write_pair(
+        &cert_path,
+        &key_path,
+        &["localhost", "127.0.0.1"],
+        Duration::days(200),
+    );
     let kept = std::fs::read(&cert_path).expect("cert");
     server_config(&api, dir.path()).expect("start");
     assert_eq!(std::fs::read(&cert_path).expect("cert"), kept);
