@@ -198,6 +198,14 @@ async fn slow_and_idle_clients_are_closed_within_the_timeouts_while_others_are_s
     }
 
     let (idle, slow) = hostile.join().expect("hostile clients");
+    for (what, closed) in [("idle", &idle), ("slow-body", &slow)] {
+        let times: Vec<Duration> = closed.iter().map(|(_, after)| *after).collect();
+        println!(
+            "{what} clients closed after {:?} .. {:?}",
+            times.iter().min().expect("clients"),
+            times.iter().max().expect("clients")
+        );
+    }
     for (i, (closed, after)) in idle.into_iter().enumerate() {
         let received =
             closed.unwrap_or_else(|| panic!("idle connection {i} still open after {after:?}"));
@@ -231,8 +239,9 @@ async fn slow_and_idle_clients_are_closed_within_the_timeouts_while_others_are_s
         latencies[latencies.len() - 1]
     );
     assert!(latencies.len() >= 50, "only {} requests", latencies.len());
-    // The goal is p99 < 50 ms (met by release builds, see docs/BENCHMARKS.md); an unoptimized
-    // test build on a shared 2-core machine gets a looser bound that still catches starvation.
+    // The goal is p99 < 50 ms, asserted for optimized builds; an unoptimized test build on a
+    // shared 2-core machine (46-58 ms measured, see docs/BENCHMARKS.md) gets a looser bound
+    // that still catches starvation.
     let bound = if cfg!(debug_assertions) {
         Duration::from_millis(250)
     } else {
