@@ -48,6 +48,17 @@ pub struct ApiConfig {
     pub key_file: Option<PathBuf>,
     /// Default lifetime of tokens from POST /v1/auth when the request names none.
     pub token_timeout_seconds: u64,
+    /// Most API connections open at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// A connection is closed when no complete request head arrives within this time: since it
+    /// opened, or since the previous response (idle keep-alive).
+    pub idle_timeout_seconds: u64,
+    /// Longest time to receive a request body, from the end of its head; slower gets 408.
+    pub body_timeout_seconds: u64,
+    /// Failed `POST /v1/auth` (401) answers per client address within the window before that
+    /// address gets 429 until the window ends.
+    pub auth_failure_limit: u32,
+    pub auth_failure_window_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +185,11 @@ impl Default for Config {
                 cert_file: None,
                 key_file: None,
                 token_timeout_seconds: 86_400,
+                max_connections: 512,
+                idle_timeout_seconds: 30,
+                body_timeout_seconds: 30,
+                auth_failure_limit: 10,
+                auth_failure_window_seconds: 60,
             },
             tun: TunConfig {
                 enabled: true,
@@ -313,6 +329,27 @@ impl Config {
             return Err(invalid(
                 "api.token_timeout_seconds",
                 format!("must be between 1 and {MAX_TOKEN_TIMEOUT_SECONDS}"),
+            ));
+        }
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1".into()));
+        }
+        for (key, value) in [
+            ("api.idle_timeout_seconds", self.api.idle_timeout_seconds),
+            ("api.body_timeout_seconds", self.api.body_timeout_seconds),
+            (
+                "api.auth_failure_window_seconds",
+                self.api.auth_failure_window_seconds,
+            ),
+        ] {
+            if !(1..=3600).contains(&value) {
+                return Err(invalid(key, "must be between 1 and 3600".into()));
+            }
+        }
+        if self.api.auth_failure_limit == 0 {
+            return Err(invalid(
+                "api.auth_failure_limit",
+                "must be at least 1".into(),
             ));
         }
         if self.api.cert_file.is_some() != self.api.key_file.is_some() {

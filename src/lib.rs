@@ -8,6 +8,8 @@ pub mod config;
 pub mod dataplane;
 mod fsutil;
 pub mod ids;
+mod listener;
+pub mod logging;
 pub mod server;
 pub mod services;
 pub mod store;

@@ -43,9 +43,19 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(config: &Config) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let from_env = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
+    let filter = from_env
+        .as_deref()
+        .filter(|spec| !spec.trim().is_empty())
+        .map(arcd::logging::filter)
+        .and_then(Result::ok)
+        .or_else(|| arcd::logging::filter(&config.log.level).ok())
+        .unwrap_or_else(|| {
+            tracing_subscriber::EnvFilter::new(format!(
+                "info,{}",
+                arcd::logging::BORINGTUN_TIMERS_OFF
+            ))
+        });
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -4,8 +4,6 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -22,6 +20,7 @@ use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
 use crate::dataplane::{
     Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
+use crate::listener;
 use crate::services;
 use crate::store::{rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
@@ -88,9 +87,6 @@ impl Running {
         let _ = self.accept_task.await;
     }
 }
-
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     let store = Arc::new(bootstrap::open_store(&config)?);
@@ -183,6 +179,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     })?;
     tracing::info!(addr = %api_addr, tls = tls.is_some(), "API listening");
 
+    let limits = listener::Limits::from_config(&config.api);
     let config = Arc::new(config);
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -196,7 +193,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let app = api::router(state);
     let (stop, stopped) = watch::channel(false);
     let tls_on = tls.is_some();
-    let accept_task = tokio::spawn(accept_loop(listener, tls, app, stopped));
+    let accept_task = tokio::spawn(listener::accept_loop(listener, tls, app, limits, stopped));
     Ok(Running {
         api_addr,
         tls: tls_on,
@@ -318,58 +315,5 @@ impl TunIo for AnyTun {
             AnyTun::Device(d) => d.send_batch(packets).await,
             AnyTun::Memory(m) => m.send_batch(packets).await,
         }
-    }
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Option<TlsAcceptor>,
-    app: axum::Router,
-    mut stopped: watch::Receiver<bool>,
-) {
-    loop {
-        let (stream, remote) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Typically EMFILE: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stopped.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            match tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                    {
-                        Ok(Ok(tls_stream)) => {
-                            serve_connection(TokioIo::new(tls_stream), service).await
-                        }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                }
-                None => serve_connection(TokioIo::new(stream), service).await,
-            }
-        });
-    }
-}
-
-async fn serve_connection<I>(io: I, service: TowerToHyperService<axum::Router>)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
-    if let Err(e) = builder.serve_connection(io, service).await {
-        tracing::debug!(error = %e, "connection ended with an error");
     }
 }

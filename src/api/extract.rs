@@ -14,7 +14,7 @@ use super::error::ApiError;
 /// Largest JSON body of an ordinary request.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// Reads the body (at most `LIMIT` bytes, else 413) as JSON. An empty body is `None` (for
+/// Reads the body (at most `LIMIT` bytes, else 413; 408 too slow, 400 malformed) as JSON. An empty body is `None` (for
 /// operations whose body is optional).
 pub struct JsonBody<T, const LIMIT: usize = MAX_BODY_BYTES>(pub Option<T>);
 
@@ -37,13 +37,7 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
             });
         let bytes = axum::body::to_bytes(req.into_body(), LIMIT)
             .await
-            .map_err(|_| {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "COM0013",
-                    format!("request body is larger than {LIMIT} bytes"),
-                )
-            })?;
+            .map_err(|e| super::request_body::read_error(e, LIMIT))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(None));
         }

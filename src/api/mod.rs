@@ -2,11 +2,14 @@
 
 mod arcd;
 mod auth;
+mod auth_limit;
 mod data;
 mod error;
 mod extract;
 mod groups;
+mod host_header;
 mod rendezvous_points;
+mod request_body;
 mod sims;
 mod strict_json;
 mod tokens;
@@ -180,7 +183,13 @@ pub fn router(state: SharedState) -> Router {
         ));
 
     let v1 = Router::new()
-        .route("/auth", post(auth::auth))
+        .route(
+            "/auth",
+            post(auth::auth).layer(middleware::from_fn_with_state(
+                auth_limit::AuthFailureLimiter::from_config(&state.config.api),
+                auth_limit::limit_failures,
+            )),
+        )
         .merge(authenticated)
         .method_not_allowed_fallback(method_not_allowed);
 
@@ -189,6 +198,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/openapi.yaml", get(arcd::openapi))
         .merge(web::routes())
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            std::time::Duration::from_secs(state.config.api.body_timeout_seconds),
+            request_body::deadline,
+        ))
+        .layer(middleware::from_fn(host_header::require_one_host))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

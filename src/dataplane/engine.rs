@@ -600,7 +600,11 @@ impl Engine {
                     }),
                     None => Counters::bump(&self.counters.no_endpoint),
                 },
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {}
+                // Routine: the device stopped handshaking (gone, or asleep). boringtun's own ERROR
+                // line for this is filtered out (see crate::logging).
+                TunnResult::Err(WireGuardError::ConnectionExpired) => {
+                    tracing::debug!(imsi = %peer.imsi, "session keys expired; waiting for the device to handshake again")
+                }
                 _ => {}
             }
             let active = now.duration_since(state.last_activity) < IDLE_AFTER;
