@@ -65,7 +65,10 @@ async fn search_sims_caps_the_number_of_values_with_a_400_naming_the_limit() {
         .await;
     assert_error(status, &error, StatusCode::BAD_REQUEST);
     assert!(
-        error["message"].as_str().unwrap_or_default().contains("200"),
+        error["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("200"),
         "the message names the total limit: {error}"
     );
     let (status, error) = api
