@@ -39,12 +39,19 @@ pub async fn create_sim(
     let coverage = request_coverage(&state.config, &headers);
     let prefix = state.config.sims.iccid_prefix.clone();
     let policy = state.policy.clone();
+    let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| sims::create_virtual(tx, &operator, coverage, &prefix, &policy),
-            |created| vec![PeerChange::Upsert(created.session.clone())],
+            move |tx| match sims::check_sim_quota(tx, &operator, 1, limit)? {
+                Ok(()) => sims::create_virtual(tx, &operator, coverage, &prefix, &policy).map(Ok),
+                Err(exceeded) => Ok(Err(exceeded)),
+            },
+            |created| match created {
+                Ok(created) => vec![PeerChange::Upsert(created.session.clone())],
+                Err(_) => Vec::new(),
+            },
         )
-        .await?;
+        .await??;
     let view = views::sim(
         &created.sim,
         Some(views::OneTimeKey {

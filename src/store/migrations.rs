@@ -191,6 +191,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO settings(key, value) VALUES ('token_signing_key', lower(hex(randomblob(32))));
     "#,
+    // 6: the per-operator SIM quota counts an operator's SIMs that are not terminated on every
+    // create; this index answers that count without reading the SIM rows.
+    r#"
+    CREATE INDEX sims_by_operator_status ON sims(operator_id, status);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
