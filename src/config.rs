@@ -149,6 +149,9 @@ pub struct SimsConfig {
     pub iccid_prefix: String,
     /// How long a terminated SIM's client address stays out of the pool.
     pub address_quarantine_seconds: u64,
+    /// Most SIMs (not terminated) one operator may hold; keeps one operator from taking the
+    /// client address pools every operator shares.
+    pub max_per_operator: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -215,6 +218,7 @@ impl Default for Config {
             sims: SimsConfig {
                 iccid_prefix: "8942".into(),
                 address_quarantine_seconds: 7 * 86_400,
+                max_per_operator: 10_000,
             },
             services: ServicesConfig {
                 enabled: true,

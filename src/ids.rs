@@ -82,10 +82,6 @@ pub fn new_api_key() -> String {
     format!("api-{}", uuid::Uuid::new_v4())
 }
 
-pub fn new_token() -> String {
-    random_alphanumeric(64)
-}
-
 pub fn new_group_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -99,7 +95,7 @@ pub fn new_session_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Hash of a high-entropy secret (auth key secret, token). These are random 64-character strings, so
+/// Hash of a high-entropy secret (an auth key secret). These are random 64-character strings, so
 /// a fast hash is enough; a password hash would only slow every request.
 pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
@@ -153,7 +149,6 @@ mod tests {
         let op = new_operator_id();
         assert!(op.starts_with("OP") && op.len() == 12);
         assert!(new_api_key().starts_with("api-"));
-        assert_ne!(new_token(), new_token());
     }
 
     #[test]

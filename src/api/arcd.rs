@@ -7,6 +7,7 @@ use axum::Extension;
 
 use super::extract::JsonBody;
 use super::{json, request_coverage, views, ApiError, Operator, SharedState};
+use crate::store::sims;
 use crate::store::subscriptions::{self, IotSimImport};
 
 /// Most IoT SIMs one import call may register.
@@ -29,11 +30,19 @@ pub async fn import_iot_sims(
         )));
     }
     let coverage = request_coverage(&state.config, &headers);
+    let limit = state.config.sims.max_per_operator;
     let sims = state
         .db(move |store| {
-            store.write(|tx| subscriptions::import_iot_sims(tx, &operator, coverage, &items))
+            store.write(|tx| {
+                match sims::check_sim_quota(tx, &operator, items.len() as u64, limit)? {
+                    Ok(()) => {
+                        subscriptions::import_iot_sims(tx, &operator, coverage, &items).map(Ok)
+                    }
+                    Err(exceeded) => Ok(Err(exceeded)),
+                }
+            })
         })
-        .await?;
+        .await??;
     let body: Vec<views::Sim> = sims
         .iter()
         .map(|s| views::sim(s, None, &state.live))

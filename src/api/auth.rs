@@ -1,4 +1,5 @@
-//! `POST /v1/auth`, the token check every other call passes, and operator auth keys.
+//! `POST /v1/auth`, `POST /v1/auth/logout`, the token check every other call passes, and
+//! operator auth keys (see `tokens` for what a token is).
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -9,8 +10,13 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, Path};
 use super::{json, views, ApiError, Operator, SharedState};
+use std::time::Duration;
+
+use super::tokens::TokenCheck;
 use crate::config::MAX_TOKEN_TIMEOUT_SECONDS;
-use crate::store::operators::{self, TokenCheck};
+use crate::ids;
+use crate::store::now_ms;
+use crate::store::operators::{self, VerifiedAuthKey};
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -52,19 +58,72 @@ pub async fn auth(
         };
         return Err(ApiError::unauthorized("AUM0001", message));
     };
-    let issued = state
-        .db(move |store| store.write(|tx| operators::issue_token(tx, &key_id, &secret, timeout)))
+    let loading = state.clone();
+    let verified = state
+        .db(move |store| {
+            loading.tokens.load(store)?;
+            store.read(|conn| operators::verify_auth_key(conn, &key_id, &secret))
+        })
         .await?
         .ok_or_else(|| ApiError::unauthorized("AUM0002", "invalid authKeyId or authKey"))?;
-    tracing::info!(operator = %issued.operator_id, "token issued");
+    let api_key = ids::new_api_key();
+    let expires_at_ms = now_ms() + (timeout as i64) * 1000;
+    let token = state
+        .tokens
+        .issue(&api_key, &verified, expires_at_ms)
+        .ok_or_else(ApiError::internal)?;
+    record_sign_in(&state, &verified).await;
+    tracing::info!(operator = %verified.operator_id, "token issued");
     Ok(json(
         StatusCode::OK,
         &AuthResponse {
-            api_key: issued.api_key,
-            token: issued.token,
-            operator_id: issued.operator_id,
+            api_key,
+            token,
+            operator_id: verified.operator_id,
         },
     ))
+}
+
+/// How long a sign-in waits for its `lastUsedDateTime` update before answering anyway.
+const SIGN_IN_RECORD_WAIT: Duration = Duration::from_millis(200);
+
+/// Best effort: updates the key's `lastUsedDateTime` (at most once a minute per key). Signing in
+/// never depends on it, so a full disk, a read-only database or a busy writer delay the answer
+/// by at most `SIGN_IN_RECORD_WAIT` and never fail it.
+async fn record_sign_in(state: &SharedState, key: &VerifiedAuthKey) {
+    let now = now_ms();
+    if !state
+        .tokens
+        .should_touch(&key.auth_key_id, key.last_used_at_ms, now)
+    {
+        return;
+    }
+    let writer = state.clone();
+    let auth_key_id = key.auth_key_id.clone();
+    let update = tokio::spawn(async move {
+        writer
+            .db(move |store| store.write(|tx| operators::touch_auth_key(tx, &auth_key_id, now)))
+            .await
+    });
+    match tokio::time::timeout(SIGN_IN_RECORD_WAIT, update).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(
+                code = error.code,
+                "could not record the sign-in time of an auth key"
+            )
+        }
+        Ok(Err(_)) | Err(_) => {
+            tracing::warn!("recording the sign-in time of an auth key is slow; answered without it")
+        }
+    }
+}
+
+/// The API key and expiry of the token a request was authorised with (for logout).
+#[derive(Clone, Debug)]
+pub struct SignedIn {
+    api_key: String,
+    expires_at_ms: i64,
 }
 
 /// Middleware: `X-Soracom-API-Key` + `X-Soracom-Token` (any case) must name a live token.
@@ -90,14 +149,20 @@ pub async fn require_token(
     let check = match state.tokens.check(&api_key, &token) {
         Some(check) => check,
         None => {
-            let cache_state = state.clone();
+            let checking = state.clone();
             state
-                .db(move |store| cache_state.tokens.check_in_store(store, &api_key, &token))
+                .db(move |store| checking.tokens.check_in_store(store, &api_key, &token))
                 .await?
         }
     };
-    let operator = match check {
-        TokenCheck::Valid { operator_id } => Operator(operator_id),
+    let (operator, signed_in) = match check {
+        TokenCheck::Valid(claims) => (
+            Operator(claims.operator_id),
+            SignedIn {
+                api_key: claims.api_key,
+                expires_at_ms: claims.expires_at_ms,
+            },
+        ),
         TokenCheck::Expired => {
             return Err(ApiError::unauthorized(
                 "AUM0005",
@@ -112,6 +177,7 @@ pub async fn require_token(
         }
     };
     request.extensions_mut().insert(operator.clone());
+    request.extensions_mut().insert(signed_in);
     let mut response = next.run(request).await;
     response.extensions_mut().insert(operator);
     Ok(response)
@@ -170,10 +236,35 @@ pub async fn delete_auth_key(
     Path((operator_id, auth_key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     own_operator(&operator, &operator_id)?;
+    let deleted = auth_key_id.clone();
     state
         .db(move |store| {
             store.write(|tx| operators::delete_auth_key(tx, &operator_id, &auth_key_id))
         })
         .await?;
+    state.tokens.auth_key_deleted(&deleted);
+    tracing::info!(operator = %operator.0, "auth key deleted; its tokens are revoked");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /v1/auth/logout`: revokes the API key and token the request was made with; the
+/// operator's other tokens keep working.
+pub async fn logout(
+    State(state): State<SharedState>,
+    Extension(operator): Extension<Operator>,
+    Extension(signed_in): Extension<SignedIn>,
+) -> Result<StatusCode, ApiError> {
+    let revoked = signed_in.clone();
+    state
+        .db(move |store| {
+            store.write(|tx| {
+                operators::revoke_api_key(tx, &revoked.api_key, revoked.expires_at_ms, now_ms())
+            })
+        })
+        .await?;
+    state
+        .tokens
+        .api_key_revoked(&signed_in.api_key, signed_in.expires_at_ms);
+    tracing::info!(operator = %operator.0, "signed out");
     Ok(StatusCode::NO_CONTENT)
 }

@@ -60,6 +60,12 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::store::sims::SimQuotaExceeded> for ApiError {
+    fn from(error: crate::store::sims::SimQuotaExceeded) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "SEM0070", error.to_string())
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> ApiError {
         match error {

@@ -40,7 +40,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub policy: SessionPolicy,
     pub peers: PeerChanges,
-    pub tokens: tokens::TokenCache,
+    pub tokens: tokens::Tokens,
     /// Live per-session state from the data plane (handshakes, endpoints, bytes).
     pub live: Arc<crate::dataplane::engine::Engine>,
     /// Applies committed VPG changes to the data plane and the host's routes.
@@ -102,6 +102,7 @@ pub fn router(state: SharedState) -> Router {
             "/operators/{operator_id}/auth_keys/{auth_key_id}",
             delete(auth::delete_auth_key),
         )
+        .route("/auth/logout", post(auth::logout))
         .route("/sims", post(sims::create_sim).get(sims::list_sims))
         .route("/query/sims", get(sims::search_sims))
         .route("/sims/{sim_id}", get(sims::get_sim))

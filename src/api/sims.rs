@@ -39,12 +39,19 @@ pub async fn create_sim(
     let coverage = request_coverage(&state.config, &headers);
     let prefix = state.config.sims.iccid_prefix.clone();
     let policy = state.policy.clone();
+    let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| sims::create_virtual(tx, &operator, coverage, &prefix, &policy),
-            |created| vec![PeerChange::Upsert(created.session.clone())],
+            move |tx| match sims::check_sim_quota(tx, &operator, 1, limit)? {
+                Ok(()) => sims::create_virtual(tx, &operator, coverage, &prefix, &policy).map(Ok),
+                Err(exceeded) => Ok(Err(exceeded)),
+            },
+            |created| match created {
+                Ok(created) => vec![PeerChange::Upsert(created.session.clone())],
+                Err(_) => Vec::new(),
+            },
         )
-        .await?;
+        .await??;
     let view = views::sim(
         &created.sim,
         Some(views::OneTimeKey {
@@ -132,6 +139,7 @@ pub async fn search_sims(
         &filter.iccid,
         &filter.group,
     ];
+    check_search_value_counts(&filter)?;
     if partial
         .iter()
         .any(|values| values.iter().any(|v| v.chars().count() < 2))
@@ -151,6 +159,46 @@ pub async fn search_sims(
         page,
         limit,
     ))
+}
+
+/// Most values one search parameter of `searchSims` may list (comma-separated or repeated). Each
+/// value becomes one term of an OR chain in the query, and SQLite refuses expressions deeper than
+/// 1000 terms: these caps keep every search well below that, and its cost bounded.
+pub const MAX_SEARCH_VALUES_PER_PARAMETER: usize = 100;
+/// Most values all search parameters of one `searchSims` call may list together.
+pub const MAX_SEARCH_VALUES_TOTAL: usize = 200;
+
+/// Refuses a search with more values than the caps above, naming the cap it broke.
+fn check_search_value_counts(filter: &SimQuery) -> Result<(), ApiError> {
+    let parameters = [
+        ("name", &filter.name),
+        ("sim_id", &filter.sim_id),
+        ("imsi", &filter.imsi),
+        ("msisdn", &filter.msisdn),
+        ("status", &filter.status),
+        ("tag", &filter.tag),
+        ("group_id", &filter.group_id),
+        ("subscription", &filter.subscription),
+        ("module_type", &filter.module_type),
+        ("iccid", &filter.iccid),
+        ("group", &filter.group),
+    ];
+    if let Some((name, values)) = parameters
+        .iter()
+        .find(|(_, values)| values.len() > MAX_SEARCH_VALUES_PER_PARAMETER)
+    {
+        return Err(ApiError::bad_request(format!(
+            "search parameter `{name}` lists {} values; at most {MAX_SEARCH_VALUES_PER_PARAMETER} are allowed per parameter",
+            values.len()
+        )));
+    }
+    let total: usize = parameters.iter().map(|(_, values)| values.len()).sum();
+    if total > MAX_SEARCH_VALUES_TOTAL {
+        return Err(ApiError::bad_request(format!(
+            "the search lists {total} values; at most {MAX_SEARCH_VALUES_TOTAL} are allowed in all parameters together"
+        )));
+    }
+    Ok(())
 }
 
 /// `createArcSession` takes `{}` (the body is required and may have no property).

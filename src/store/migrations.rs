@@ -178,6 +178,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX vpgs_by_operator ON vpgs(operator_id, status, vpg_id);
     CREATE INDEX arc_sessions_by_vpg ON arc_sessions(vpg_id) WHERE vpg_id IS NOT NULL;
     "#,
+    // 5: self-contained API tokens. A token carries its operator, auth key and expiry, signed
+    // with HMAC-SHA256 under `token_signing_key` (32 random bytes made here, once), so signing in
+    // needs no write; a token is honoured while its auth key exists and its API key is not in
+    // `revoked_api_keys` (logout). Stored tokens of earlier versions were not tied to their auth
+    // key and go: their holders sign in again once after the upgrade.
+    r#"
+    DROP TABLE api_tokens;
+    CREATE TABLE revoked_api_keys (
+        api_key     TEXT PRIMARY KEY,
+        expires_at  INTEGER NOT NULL
+    );
+    INSERT INTO settings(key, value) VALUES ('token_signing_key', lower(hex(randomblob(32))));
+    "#,
+    // 6: the per-operator SIM quota counts an operator's SIMs that are not terminated on every
+    // create; this index answers that count without reading the SIM rows.
+    r#"
+    CREATE INDEX sims_by_operator_status ON sims(operator_id, status);
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

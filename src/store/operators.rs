@@ -1,4 +1,5 @@
-//! Operators, their auth keys (secrets stored hashed) and API tokens.
+//! Operators, their auth keys (secrets stored hashed) and what API tokens need from the store:
+//! the signing key and the API keys revoked by logout (tokens themselves are never stored).
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -24,12 +25,6 @@ pub struct AuthKeyInfo {
     pub auth_key_id: String,
     pub created_at_ms: i64,
     pub last_used_at_ms: Option<i64>,
-}
-
-pub struct IssuedToken {
-    pub api_key: String,
-    pub token: String,
-    pub operator_id: String,
 }
 
 pub fn create_operator(tx: &Transaction) -> Result<String> {
@@ -117,92 +112,99 @@ pub fn delete_auth_key(tx: &Transaction, operator_id: &str, auth_key_id: &str) -
     Ok(())
 }
 
-/// Exchanges an auth key for a token valid `timeout_seconds`; `None` when the key is wrong.
-pub fn issue_token(
-    tx: &Transaction,
+/// The auth key a correct secret names: what `POST /v1/auth` signs a token for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedAuthKey {
+    pub auth_key_id: String,
+    pub operator_id: String,
+    pub last_used_at_ms: Option<i64>,
+}
+
+/// Checks an auth key's secret with reads only (a failed login writes nothing); `None` when the
+/// key does not exist or the secret is wrong.
+pub fn verify_auth_key(
+    conn: &Connection,
     auth_key_id: &str,
     secret: &str,
-    timeout_seconds: u64,
-) -> Result<Option<IssuedToken>> {
-    let found: Option<(String, String)> = tx
-        .query_row(
-            "SELECT operator_id, secret_hash FROM auth_keys WHERE auth_key_id = ?1",
-            [auth_key_id],
-            |row| Ok((row.get(0)?, row.get(1)?)),
-        )
+) -> Result<Option<VerifiedAuthKey>> {
+    let found: Option<(String, String, Option<i64>)> = conn
+        .prepare_cached(
+            "SELECT operator_id, secret_hash, last_used_at FROM auth_keys WHERE auth_key_id = ?1",
+        )?
+        .query_row([auth_key_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
         .optional()?;
-    let Some((operator_id, stored_hash)) = found else {
+    let Some((operator_id, stored_hash, last_used_at_ms)) = found else {
         return Ok(None);
     };
     if !ids::constant_time_eq(&stored_hash, &ids::secret_hash(secret)) {
         return Ok(None);
     }
-    let now = now_ms();
-    tx.execute(
-        "UPDATE auth_keys SET last_used_at = ?1 WHERE auth_key_id = ?2",
-        params![now, auth_key_id],
-    )?;
-    // Expired tokens are dropped here rather than by a timer: issuing is rare and already writing.
-    tx.execute("DELETE FROM api_tokens WHERE expires_at < ?1", [now])?;
-    let issued = IssuedToken {
-        api_key: ids::new_api_key(),
-        token: ids::new_token(),
+    Ok(Some(VerifiedAuthKey {
+        auth_key_id: auth_key_id.to_string(),
         operator_id,
-    };
-    tx.execute(
-        "INSERT INTO api_tokens(api_key, token_hash, operator_id, expires_at) VALUES (?1, ?2, ?3, ?4)",
-        params![
-            issued.api_key,
-            ids::secret_hash(&issued.token),
-            issued.operator_id,
-            now + (timeout_seconds as i64) * 1000
-        ],
-    )?;
-    Ok(Some(issued))
+        last_used_at_ms,
+    }))
 }
 
-#[derive(Debug, PartialEq, Eq)]
-pub enum TokenCheck {
-    Valid { operator_id: String },
-    Expired,
-    Invalid,
+/// Records a sign-in with the key (shown as `lastUsedDateTime`).
+pub fn touch_auth_key(tx: &Transaction, auth_key_id: &str, now_ms: i64) -> Result<()> {
+    tx.prepare_cached("UPDATE auth_keys SET last_used_at = ?1 WHERE auth_key_id = ?2")?
+        .execute(params![now_ms, auth_key_id])?;
+    Ok(())
 }
 
-/// A stored token: only its hash is kept.
-pub struct TokenRecord {
-    pub token_hash: String,
-    pub operator_id: String,
-    pub expires_at_ms: i64,
-}
-
-pub fn token_record(conn: &Connection, api_key: &str) -> Result<Option<TokenRecord>> {
+/// The operator of auth key `auth_key_id`, while the key exists: tokens live only as long as
+/// the key they were issued from.
+pub fn auth_key_operator(conn: &Connection, auth_key_id: &str) -> Result<Option<String>> {
     Ok(conn
-        .prepare_cached(
-            "SELECT token_hash, operator_id, expires_at FROM api_tokens WHERE api_key = ?1",
-        )?
-        .query_row([api_key], |row| {
-            Ok(TokenRecord {
-                token_hash: row.get(0)?,
-                operator_id: row.get(1)?,
-                expires_at_ms: row.get(2)?,
-            })
-        })
+        .prepare_cached("SELECT operator_id FROM auth_keys WHERE auth_key_id = ?1")?
+        .query_row([auth_key_id], |row| row.get(0))
         .optional()?)
 }
 
-pub fn check_token(conn: &Connection, api_key: &str, token: &str) -> Result<TokenCheck> {
-    let Some(record) = token_record(conn, api_key)? else {
-        return Ok(TokenCheck::Invalid);
-    };
-    if !ids::constant_time_eq(&record.token_hash, &ids::secret_hash(token)) {
-        return Ok(TokenCheck::Invalid);
-    }
-    if record.expires_at_ms <= now_ms() {
-        return Ok(TokenCheck::Expired);
-    }
-    Ok(TokenCheck::Valid {
-        operator_id: record.operator_id,
-    })
+/// The server's secret for signing API tokens, made once by schema migration 5.
+pub fn token_signing_key(conn: &Connection) -> Result<Vec<u8>> {
+    let stored: Option<String> = conn
+        .query_row(
+            "SELECT value FROM settings WHERE key = 'token_signing_key'",
+            [],
+            |row| row.get(0),
+        )
+        .optional()?;
+    let key = stored
+        .and_then(|hex_key| hex::decode(hex_key).ok())
+        .filter(|key| key.len() >= 32)
+        .ok_or_else(|| {
+            StoreError::Corrupt("the token signing key is missing or malformed".into())
+        })?;
+    Ok(key)
+}
+
+/// API keys signed out with `POST /v1/auth/logout` whose tokens have not yet expired.
+pub fn revoked_api_keys(conn: &Connection, now_ms: i64) -> Result<Vec<(String, i64)>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT api_key, expires_at FROM revoked_api_keys WHERE expires_at > ?1")?;
+    let rows = stmt.query_map([now_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Revokes an API key (and so its token) until the token's own expiry; entries past their
+/// expiry are dropped here, since an expired token is refused anyway.
+pub fn revoke_api_key(
+    tx: &Transaction,
+    api_key: &str,
+    expires_at_ms: i64,
+    now_ms: i64,
+) -> Result<()> {
+    tx.prepare_cached("DELETE FROM revoked_api_keys WHERE expires_at <= ?1")?
+        .execute([now_ms])?;
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO revoked_api_keys(api_key, expires_at) VALUES (?1, ?2)",
+    )?
+    .execute(params![api_key, expires_at_ms])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -211,7 +213,7 @@ mod tests {
     use crate::store::testing::temp_store;
 
     #[test]
-    fn key_to_token_round_trip() {
+    fn auth_keys_verify_with_reads_and_secrets_are_hashed() {
         let (_dir, store) = temp_store();
         let (op, key) = store
             .write(|tx| {
@@ -227,44 +229,56 @@ mod tests {
             !stored.contains(&key.secret),
             "secret must be stored hashed"
         );
-
         let bad = store
-            .write(|tx| issue_token(tx, &key.auth_key_id, "secret-wrong", 60))
-            .expect("write");
+            .read(|c| verify_auth_key(c, &key.auth_key_id, "secret-wrong"))
+            .expect("read");
         assert!(bad.is_none());
-        let issued = store
-            .write(|tx| issue_token(tx, &key.auth_key_id, &key.secret, 60))
-            .expect("write")
+        let unknown = store
+            .read(|c| verify_auth_key(c, "keyId-unknown", &key.secret))
+            .expect("read");
+        assert!(unknown.is_none());
+        let verified = store
+            .read(|c| verify_auth_key(c, &key.auth_key_id, &key.secret))
+            .expect("read")
             .expect("valid key");
-        assert_eq!(issued.operator_id, op);
-        let check = store
-            .read(|c| check_token(c, &issued.api_key, &issued.token))
-            .expect("read");
+        assert_eq!(verified.operator_id, op);
+        assert_eq!(verified.last_used_at_ms, None);
+        store
+            .write(|tx| touch_auth_key(tx, &key.auth_key_id, 1234))
+            .expect("touch");
         assert_eq!(
-            check,
-            TokenCheck::Valid {
-                operator_id: op.clone()
-            }
+            list_auth_keys(&store.writer.lock().expect("lock"), &op).expect("list")[0]
+                .last_used_at_ms,
+            Some(1234)
         );
-        let wrong = store
-            .read(|c| check_token(c, &issued.api_key, "nope"))
-            .expect("read");
-        assert_eq!(wrong, TokenCheck::Invalid);
+        assert_eq!(
+            store
+                .read(|c| auth_key_operator(c, &key.auth_key_id))
+                .expect("read"),
+            Some(op.clone())
+        );
+        let signing_key = store.read(token_signing_key).expect("signing key");
+        assert_eq!(signing_key.len(), 32);
+    }
+
+    #[test]
+    fn revoked_api_keys_are_listed_until_their_token_expires() {
+        let (_dir, store) = temp_store();
         store
             .write(|tx| {
-                tx.execute("UPDATE api_tokens SET expires_at = 0", [])?;
-                Ok(())
+                revoke_api_key(tx, "api-old", 100, 50)?;
+                revoke_api_key(tx, "api-new", 1_000, 50)
             })
-            .expect("expire");
-        let expired = store
-            .read(|c| check_token(c, &issued.api_key, &issued.token))
-            .expect("read");
-        assert_eq!(expired, TokenCheck::Expired);
-        assert!(
-            list_auth_keys(&store.writer.lock().expect("lock"), &op).expect("list")[0]
-                .last_used_at_ms
-                .is_some()
-        );
+            .expect("revoke");
+        let listed = store.read(|c| revoked_api_keys(c, 200)).expect("read");
+        assert_eq!(listed, vec![("api-new".to_string(), 1_000)]);
+        store
+            .write(|tx| revoke_api_key(tx, "api-third", 2_000, 500))
+            .expect("revoke and prune");
+        let rows: i64 = store
+            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM revoked_api_keys", [], |r| r.get(0))?))
+            .expect("count");
+        assert_eq!(rows, 2, "the entry expired at 100 was pruned");
     }
 
     #[test]

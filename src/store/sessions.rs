@@ -398,6 +398,7 @@ fn lease_address(
         .query_row(params![scope, low, high], |row| row.get(0))?;
     let next = match highest.map_or(Some(low), |ip| ip.checked_add(1)) {
         Some(ip) if ip <= high => Some(ip),
+        _ if range_fully_leased(tx, scope, low, high)? => None,
         _ => lowest_free(tx, scope, low, high)?,
     };
     match next {
@@ -414,6 +415,20 @@ fn lease_address(
         }
         .into()),
     }
+}
+
+/// Whether every address in `low..=high` has a lease row of `scope` (held, quarantined or free:
+/// free ones past quarantine were looked for first), so no address is left. This is what a full
+/// pool costs on every create that fails: counting the rows of the range reads the primary-key
+/// index once, where `lowest_free` probes it again for every row (tens of milliseconds on a full
+/// /16, all of it holding the store's writer, see docs/BENCHMARKS.md).
+fn range_fully_leased(tx: &Transaction, scope: &str, low: u32, high: u32) -> Result<bool> {
+    let rows: i64 = tx
+        .prepare_cached(
+            "SELECT COUNT(*) FROM address_leases WHERE scope = ?1 AND ip BETWEEN ?2 AND ?3",
+        )?
+        .query_row(params![scope, low, high], |row| row.get(0))?;
+    Ok(rows > i64::from(high) - i64::from(low))
 }
 
 /// The lowest address in `low..=high` with no lease row of `scope` (held, quarantined or free

@@ -186,6 +186,39 @@ pub(crate) fn touch(tx: &Transaction, sim_id: &str) -> Result<()> {
 }
 
 /// A standalone virtual SIM with a server-made key pair; the private key is returned once.
+/// Creating SIMs would take an operator past `sims.max_per_operator`; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the operator holds {held} SIM(s) that are not terminated; adding {adding} would exceed the limit of {limit} SIMs per operator (sims.max_per_operator); terminate SIMs first")]
+pub struct SimQuotaExceeded {
+    pub limit: u64,
+    pub held: u64,
+    pub adding: u64,
+}
+
+/// Checks, inside the creating transaction, that `adding` more SIMs keep the operator within
+/// `limit` SIMs that are not terminated (counted on the `sims_by_operator_status` index alone).
+pub fn check_sim_quota(
+    conn: &Connection,
+    operator_id: &str,
+    adding: u64,
+    limit: u64,
+) -> Result<std::result::Result<(), SimQuotaExceeded>> {
+    let held: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM sims WHERE operator_id = ?1 AND status <> 'terminated'",
+        )?
+        .query_row([operator_id], |row| row.get(0))?;
+    let held = held.max(0) as u64;
+    if held.saturating_add(adding) > limit {
+        return Ok(Err(SimQuotaExceeded {
+            limit,
+            held,
+            adding,
+        }));
+    }
+    Ok(Ok(()))
+}
+
 pub struct CreatedSim {
     pub sim: SimRecord,
     pub private_key: String,
