@@ -114,6 +114,32 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a client is told when a write failed for lack of disk space (API and device services).
+pub const DISK_FULL_MESSAGE: &str = "the arcd server's disk is full: nothing was written; free space on its data directory's file system, then retry";
+
+impl StoreError {
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            StoreError::Database(e) => e.sqlite_error_code(),
+            _ => None,
+        }
+    }
+
+    /// SQLite could not grow the database or its WAL: the file system is full (ENOSPC) or the
+    /// database reached its page limit. Nothing of the failed transaction was written.
+    pub fn is_disk_full(&self) -> bool {
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// The file is not a database or its pages do not hold together.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        ) || matches!(self, StoreError::Corrupt(_))
+    }
+}
+
 pub struct Store {
     writer: Mutex<Connection>,
     /// `<database>-wal`, whose size the writer checks after each commit (see `bound_wal`).
@@ -167,6 +193,16 @@ impl Store {
         self.read_write_side(|conn| {
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
+        })
+    }
+
+    /// `PRAGMA quick_check`: the problems it finds (at most 20), none when the database is sound.
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut statement = conn.prepare("PRAGMA quick_check(20)")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            let problems = rows.collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(problems.into_iter().filter(|line| line != "ok").collect())
         })
     }
 
