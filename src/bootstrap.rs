@@ -151,14 +151,24 @@ pub struct RootCredentials {
 /// server private keys (SQLite gives the -wal and -shm files the same mode). Rendezvous points are
 /// brought in line with the configuration.
 pub fn open_store(config: &Config) -> Result<Store, BootstrapError> {
-    open_store_with(config, Reinitialize::Refuse)
+    open_store_with(config, Reinitialize::Refuse, Integrity::Trust)
+}
+
+/// Whether opening reads the whole database once to check it (`serve`; the administrative
+/// commands skip it to stay quick beside a running server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Integrity {
+    Check,
+    Trust,
 }
 
 /// `open_store`, refusing (unless `reinitialize` allows it) to create a new database in a
-/// directory that held one before: see `BootstrapError::WouldReinitialize`.
+/// directory that held one before (see `BootstrapError::WouldReinitialize`), and with `Check`
+/// refusing a damaged database before writing to it.
 pub fn open_store_with(
     config: &Config,
     reinitialize: Reinitialize,
+    integrity: Integrity,
 ) -> Result<Store, BootstrapError> {
     let dir = &config.data_dir;
     let dir_error = |source| BootstrapError::DataDir {
@@ -186,17 +196,21 @@ pub fn open_store_with(
     std::fs::set_permissions(&db_path, std::fs::Permissions::from_mode(0o600))
         .map_err(dir_error)?;
     let store = Store::open(&db_path).map_err(|e| damaged(&db_path, e))?;
-    store.write(|tx| rendezvous::sync(tx, &config.rendezvous_points))?;
+    if integrity == Integrity::Check {
+        check_database(&store, &db_path)?;
+    }
+    store
+        .write(|tx| rendezvous::sync(tx, &config.rendezvous_points))
+        .map_err(|e| damaged(&db_path, e))?;
     Ok(store)
 }
 
-/// `PRAGMA quick_check` on the whole database (`serve` only: it reads every page once).
-pub fn check_database(store: &Store, config: &Config) -> Result<(), BootstrapError> {
-    let db_path = config.data_dir.join(DATABASE_FILE);
-    match store.quick_check().map_err(|e| damaged(&db_path, e))? {
+/// `PRAGMA quick_check` on the whole database, before anything is written to it.
+fn check_database(store: &Store, db_path: &Path) -> Result<(), BootstrapError> {
+    match store.quick_check().map_err(|e| damaged(db_path, e))? {
         problems if problems.is_empty() => Ok(()),
         problems => Err(BootstrapError::DamagedDatabase {
-            database: db_path,
+            database: db_path.to_path_buf(),
             details: format!("PRAGMA quick_check: {}", problems.join("; ")),
         }),
     }

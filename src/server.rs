@@ -98,8 +98,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 
 /// `start`, optionally allowed to start over on a data directory whose database was lost.
 pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
-    let store = Arc::new(bootstrap::open_store_with(&config, reinitialize)?);
-    bootstrap::check_database(&store, &config)?;
+    let store = Arc::new(bootstrap::open_store_with(
+        &config,
+        reinitialize,
+        bootstrap::Integrity::Check,
+    )?);
     store.disable_auto_checkpoint()?;
     tokio::spawn(checkpoint_loop(store.clone()));
     let new_root_credentials =
