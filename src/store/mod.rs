@@ -157,7 +157,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// pins a snapshot somewhere in it and new frames land while it copies), so without this bound
 /// the file grows by the full write rate (tens of MB/s under load) for as long as the load lasts.
 /// The log stays below this plus one commit; lower costs more checkpoints, higher more disk.
-pub const WAL_TRUNCATE_BYTES: u64 = 16 * 1024 * 1024;
+pub const WAL_TRUNCATE_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
