@@ -32,7 +32,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the API and the rendezvous points (the default when no command is given).
-    Serve,
+    Serve(ServeArgs),
     /// Manage operators (tenants).
     #[command(subcommand)]
     Operator(OperatorCommand),
@@ -44,6 +44,16 @@ pub enum Command {
     Iotsim(IotsimCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(clap::Args, Debug, Default)]
+pub struct ServeArgs {
+    /// Start over on a data directory that still holds root-credentials.json (or a generated
+    /// tls-key.pem) from an earlier database that is now missing, empty or has no root operator:
+    /// makes a new root operator, auth key and rendezvous point keys and overwrites
+    /// root-credentials.json. Without it, arcd refuses to start on such a directory.
+    #[arg(long)]
+    pub reinitialize: bool,
 }
 
 #[derive(Subcommand, Debug)]

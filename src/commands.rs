@@ -23,14 +23,17 @@ pub enum CommandError {
     Csv { file: String, message: String },
 }
 
-pub fn serve(config: Config) -> Result<(), CommandError> {
+/// Runs the server with the data directory locked for the whole process: a second `serve` on
+/// the same directory exits at once.
+pub fn serve(config: Config, reinitialize: bootstrap::Reinitialize) -> Result<(), CommandError> {
+    let _lock = bootstrap::lock_data_dir(&config.data_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(CommandError::Runtime)?;
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();
-        let running = server::start(config).await?;
+        let running = server::start_with(config, reinitialize).await?;
         if let Some(root) = &running.new_root_credentials {
             // Shown once; the same values are in root-credentials.json (mode 0600).
             println!("arcd first start: root operator {}", root.operator_id);

@@ -2,7 +2,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand};
+use arcd::bootstrap::Reinitialize;
+use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand, ServeArgs};
 use arcd::config::Config;
 
 /// Exit status for configuration errors, as scripts expect.
@@ -22,8 +23,15 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&config);
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => arcd::commands::serve(config),
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => {
+            let reinitialize = if args.reinitialize {
+                Reinitialize::Allow
+            } else {
+                Reinitialize::Refuse
+            };
+            arcd::commands::serve(config, reinitialize)
+        }
         Command::Operator(OperatorCommand::Create) => arcd::commands::create_operator(&config),
         Command::Authkey(AuthkeyCommand::Create { operator }) => {
             arcd::commands::create_auth_key(&config, &operator)

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState};
-use crate::bootstrap::{self, BootstrapError, RootCredentials};
+use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
 use crate::config::Config;
 use crate::dataplane::egress::{self, EgressError};
 use crate::dataplane::stats::ListenerSnapshot;
@@ -89,10 +89,20 @@ impl Running {
 }
 
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    let store = Arc::new(bootstrap::open_store(&config)?);
+    start_with(config, Reinitialize::Refuse).await
+}
+
+/// `start`, optionally allowed to start over on a data directory whose database was lost.
+pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
+    let store = Arc::new(bootstrap::open_store_with(
+        &config,
+        reinitialize,
+        bootstrap::Integrity::Check,
+    )?);
     store.disable_auto_checkpoint()?;
     tokio::spawn(checkpoint_loop(store.clone()));
-    let new_root_credentials = bootstrap::ensure_root_operator(&store, &config.data_dir)?;
+    let new_root_credentials =
+        bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
     let policy = bootstrap::session_policy(&config);
 
     let sessions = store.read(sessions::list_active_sessions)?;

@@ -772,3 +772,153 @@ async fn first_start_without_configuration() {
         "serve writes only ./arcd-data"
     );
 }
+
+/// `arcd serve` on `data`: plain HTTP on `port`, no TUN, an ephemeral WireGuard port.
+fn serve_on(cwd: &Path, data: &Path, port: u16, extra: &[&str]) -> Command {
+    let mut command = arcd(cwd);
+    command
+        .arg("serve")
+        .args(extra)
+        .env("ARCD_DATA_DIR", data)
+        .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
+        .env("ARCD_API__TLS", "false")
+        .env("ARCD_TUN__ENABLED", "false")
+        .env("ARCD_RENDEZVOUS_POINTS", EPHEMERAL_RENDEZVOUS_POINT);
+    command
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_serve_on_one_data_dir_exits_naming_the_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut first = Guard::spawn(serve_on(dir.path(), &data, port, &[]), dir.path(), "first");
+    wait_ready(
+        &mut first,
+        &client(false),
+        &format!("http://127.0.0.1:{port}"),
+    )
+    .await;
+
+    let second = Guard::spawn(
+        serve_on(dir.path(), &data, free_port(), &[]),
+        dir.path(),
+        "second",
+    )
+    .finish(Duration::from_secs(30));
+    second
+        .assert_failure()
+        .stderr_has("in use by another `arcd serve`")
+        .stderr_has(&format!("process {}", first.child.id()))
+        .stderr_has("arcd.lock");
+    // Administrative commands still run beside the server, and it keeps running.
+    let mut create = arcd(dir.path());
+    create
+        .args(["operator", "create"])
+        .env("ARCD_DATA_DIR", &data);
+    run(create, dir.path()).assert_success();
+    first.assert_running();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_database_is_not_silently_reinitialized() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).expect("data dir");
+    let credentials_path = data.join("root-credentials.json");
+    let old_credentials =
+        br#"{"operatorId":"OP0000000001","authKeyId":"keyId-old","authKey":"secret-old"}"#;
+    std::fs::write(&credentials_path, old_credentials).expect("credentials");
+    std::fs::set_permissions(&credentials_path, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod");
+    let database = data.join("arcd.sqlite");
+    File::create(&database).expect("zero-length database");
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+
+    let refused = Guard::spawn(
+        serve_on(dir.path(), &data, port, &[]),
+        dir.path(),
+        "refused",
+    )
+    .finish(Duration::from_secs(30));
+    refused
+        .assert_failure()
+        .stderr_has("root-credentials.json")
+        .stderr_has("is empty")
+        .stderr_has("--reinitialize");
+    let mut create = arcd(dir.path());
+    create
+        .args(["operator", "create"])
+        .env("ARCD_DATA_DIR", &data);
+    run(create, dir.path())
+        .assert_failure()
+        .stderr_has("--reinitialize");
+    assert_eq!(std::fs::read(&credentials_path).unwrap(), old_credentials);
+    assert_eq!(
+        std::fs::metadata(&database).unwrap().len(),
+        0,
+        "database untouched"
+    );
+    assert!(!data.join("arcd.sqlite-wal").exists(), "no WAL written");
+
+    // The explicit switch starts over: new root operator, new credentials that sign in.
+    let mut server = Guard::spawn(
+        serve_on(dir.path(), &data, port, &["--reinitialize"]),
+        dir.path(),
+        "reinitialized",
+    );
+    let http = client(false);
+    wait_ready(&mut server, &http, &base).await;
+    let text = std::fs::read(&credentials_path).expect("credentials");
+    assert_ne!(text, old_credentials, "credentials replaced");
+    let credentials: Value = serde_json::from_slice(&text).expect("JSON");
+    assert_credentials_format(&credentials);
+    let key_id = credentials["authKeyId"].as_str().unwrap().to_string();
+    let key = credentials["authKey"].as_str().unwrap().to_string();
+    sign_in(&http, &base, &key_id, &key).await;
+    drop(server);
+
+    // A later start (no switch needed: the database has its root operator) puts a loosened
+    // credentials file back to 0600.
+    std::fs::set_permissions(&credentials_path, std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let mut again = Guard::spawn(serve_on(dir.path(), &data, port, &[]), dir.path(), "again");
+    wait_ready(&mut again, &http, &base).await;
+    let mode = std::fs::metadata(&credentials_path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "root-credentials.json mode {mode:o}");
+    sign_in(&http, &base, &key_id, &key).await;
+}
+
+#[test]
+fn damaged_database_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let mut create = arcd(dir.path());
+    create
+        .args(["operator", "create"])
+        .env("ARCD_DATA_DIR", &data);
+    run(create, dir.path()).assert_success();
+    let database = data.join("arcd.sqlite");
+    let mut bytes = std::fs::read(&database).expect("database");
+    assert!(bytes.len() > 3 * 4096, "database has pages past the schema");
+    // Every page after the first two: the schema still reads, the tables do not.
+    for byte in &mut bytes[2 * 4096..] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&database, &bytes).expect("damage");
+
+    let ran = Guard::spawn(
+        serve_on(dir.path(), &data, free_port(), &[]),
+        dir.path(),
+        "damaged",
+    )
+    .finish(Duration::from_secs(30));
+    ran.assert_failure()
+        .stderr_has("is damaged")
+        .stderr_has("Restore it from a backup");
+}

@@ -21,6 +21,8 @@
 #   metadata  `wrk -t2 -c CONNECTIONS -d SECONDS http://100.127.100.127/v1/subscriber.imsi`; every
 #             answer must be 200 (wrk's non-2xx count is 0).
 # Targets (issue 4): Harvest >= 2,000 posts/s with nothing lost, metadata >= 5,000 lookups/s.
+# While the Harvest posts go in, the WAL's size is sampled every second; its largest value is
+# reported (issue 11: under 64 MiB).
 # The results are printed as a markdown table (and written to -o FILE when given).
 #
 # Options: -n POSTS (default 60000) -c CONNECTIONS (default 16) -d SECONDS (default 10)
@@ -166,8 +168,15 @@ log "SIM $SIM_ID (IMSI $IMSI) in a group with Harvest and metadata on"
 # ---------------------------------------------------------------- harvest --
 echo '{"temperature":21.5,"humidity":40,"battery":3.7}' >"$WORK/body.json"
 log "Harvest: ab -k -n $POSTS -c $CONNS"
+# The WAL's size every second while the posts go in (issue 11: it must stay bounded).
+(while :; do stat -c %s "$WORK/data/arcd.sqlite-wal" 2>/dev/null || echo 0; sleep 1; done) >"$WORK/wal-samples" &
+WAL_SAMPLER=$!
+PIDS+=("$WAL_SAMPLER:$(cat "/proc/$WAL_SAMPLER/comm")")
 nsx "$NS_DEV" ab -q -k -n "$POSTS" -c "$CONNS" -p "$WORK/body.json" -T application/json \
     "http://$HARVEST/" >"$WORK/ab.txt" 2>&1 || die "ab failed: $(tail -n 5 "$WORK/ab.txt")"
+kill "$WAL_SAMPLER"
+wal_max_mib=$(sort -n "$WORK/wal-samples" | tail -n 1 | awk '{printf "%.1f", $1 / 1048576}')
+harvest_seconds=$(awk '/^Time taken for tests:/ {printf "%.0f", $5}' "$WORK/ab.txt")
 complete=$(awk '/^Complete requests:/ {print $3}' "$WORK/ab.txt")
 failed=$(awk '/^Failed requests:/ {print $3}' "$WORK/ab.txt")
 non2xx=$(awk '/^Non-2xx responses:/ {print $3}' "$WORK/ab.txt")
@@ -207,7 +216,7 @@ table=$(
     cat <<EOF
 | service (one device, ${CONNS} connections, through wireguard-go) | rate | p50 | p99 | check |
 |---|---|---|---|---|
-| Harvest HTTP POST (ab -k -n ${POSTS}) | ${harvest_rps} posts/s | ${harvest_p50} ms | ${harvest_p99} ms | stored ${stored} = sent ${POSTS}, all 201 |
+| Harvest HTTP POST (ab -k -n ${POSTS}, ${harvest_seconds} s) | ${harvest_rps} posts/s | ${harvest_p50} ms | ${harvest_p99} ms | stored ${stored} = sent ${POSTS}, all 201; WAL max ${wal_max_mib} MiB |
 | metadata GET /v1/subscriber.imsi (wrk ${DURATION} s) | ${meta_rps} req/s | ${meta_p50} | ${meta_p99} | all 200, answer = IMSI |
 EOF
 )

@@ -41,6 +41,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "COM0004", message)
     }
 
+    /// 507: the data directory's file system (or the database's size limit) is full; nothing of
+    /// the request was written, and the same request can succeed once space is freed.
+    pub fn disk_full() -> ApiError {
+        ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "COM0507",
+            crate::store::DISK_FULL_MESSAGE,
+        )
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -95,6 +105,10 @@ impl From<StoreError> for ApiError {
                     Rule::VpgSubnetExhausted(..) => "VPG0003",
                 };
                 ApiError::new(StatusCode::BAD_REQUEST, code, rule.to_string())
+            }
+            full if full.is_disk_full() => {
+                tracing::error!(error = %full, "store failure: the disk is full");
+                ApiError::disk_full()
             }
             other => {
                 tracing::error!(error = %other, "store failure");

@@ -32,8 +32,8 @@ const QUEUE: usize = 8192;
 const TCP_MESSAGE_PAUSE: Duration = Duration::from_millis(200);
 const TCP_IDLE: Duration = Duration::from_secs(60);
 
-/// The commit result, as text: one store error answers a whole batch.
-type Ack = oneshot::Sender<Result<(), String>>;
+/// The commit result: one store error answers a whole batch.
+type Ack = oneshot::Sender<Result<(), StoreEntryError>>;
 
 /// Commits entries in batches on one thread: many devices posting at once cost one transaction
 /// per batch instead of one each, and API writes wait behind at most one batch.
@@ -42,10 +42,12 @@ pub struct HarvestSink {
     queue: mpsc::Sender<(NewEntry, Ack)>,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreEntryError {
     #[error("the Harvest writer has stopped")]
     WriterGone,
+    #[error("the disk is full")]
+    DiskFull,
     #[error("store: {0}")]
     Store(String),
 }
@@ -69,10 +71,7 @@ impl HarvestSink {
             .send((entry, ack))
             .await
             .map_err(|_| StoreEntryError::WriterGone)?;
-        committed
-            .await
-            .map_err(|_| StoreEntryError::WriterGone)?
-            .map_err(StoreEntryError::Store)?;
+        committed.await.map_err(|_| StoreEntryError::WriterGone)??;
         Ok(())
     }
 }
@@ -89,7 +88,13 @@ fn write_batches(store: &Store, mut pending: mpsc::Receiver<(NewEntry, Ack)>) {
         let (entries, acks): (Vec<NewEntry>, Vec<Ack>) = batch.into_iter().unzip();
         let result = store
             .write(|tx| harvest::insert(tx, &entries))
-            .map_err(|e: StoreError| e.to_string());
+            .map_err(|e: StoreError| {
+                if e.is_disk_full() {
+                    StoreEntryError::DiskFull
+                } else {
+                    StoreEntryError::Store(e.to_string())
+                }
+            });
         if let Err(e) = &result {
             tracing::error!(error = %e, entries = entries.len(), "Harvest batch not stored");
         }
@@ -189,6 +194,10 @@ pub async fn accept_post(
             *response.status_mut() = StatusCode::CREATED;
             response
         }
+        Err(StoreEntryError::DiskFull) => text(
+            StatusCode::INSUFFICIENT_STORAGE,
+            crate::store::DISK_FULL_MESSAGE,
+        ),
         Err(e) => {
             tracing::error!(error = %e, "Harvest entry not stored");
             super::http::internal_error()
@@ -220,6 +229,7 @@ pub async fn store_raw(ctx: &SharedContext, remote: SocketAddr, message: &[u8]) 
             StatusCode::CREATED => b"201\n",
             StatusCode::BAD_REQUEST => b"400\n",
             StatusCode::PAYLOAD_TOO_LARGE => b"413\n",
+            StatusCode::INSUFFICIENT_STORAGE => b"507\n",
             _ => b"500\n",
         }
     };

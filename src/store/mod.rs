@@ -114,8 +114,36 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a client is told when a write failed for lack of disk space (API and device services).
+pub const DISK_FULL_MESSAGE: &str = "the arcd server's disk is full: nothing was written; free space on its data directory's file system, then retry";
+
+impl StoreError {
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            StoreError::Database(e) => e.sqlite_error_code(),
+            _ => None,
+        }
+    }
+
+    /// SQLite could not grow the database or its WAL: the file system is full (ENOSPC) or the
+    /// database reached its page limit. Nothing of the failed transaction was written.
+    pub fn is_disk_full(&self) -> bool {
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// The file is not a database or its pages do not hold together.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        ) || matches!(self, StoreError::Corrupt(_))
+    }
+}
+
 pub struct Store {
     writer: Mutex<Connection>,
+    /// `<database>-wal`, whose size the writer checks after each commit (see `bound_wal`).
+    wal_path: std::path::PathBuf,
     readers: Mutex<Vec<Connection>>,
     /// A separate read-write connection for WAL checkpoints, opened on first use.
     checkpointer: Mutex<Option<Connection>>,
@@ -123,6 +151,13 @@ pub struct Store {
 }
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// WAL size at which the writer stops to checkpoint the whole log and truncate it. The background
+/// PASSIVE checkpoint never resets the log while readers and writers keep coming (every reader
+/// pins a snapshot somewhere in it and new frames land while it copies), so without this bound
+/// the file grows by the full write rate (tens of MB/s under load) for as long as the load lasts.
+/// The log stays below this plus one commit; lower costs more checkpoints, higher more disk.
+pub const WAL_TRUNCATE_BYTES: u64 = 32 * 1024 * 1024;
 
 impl Store {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
@@ -136,8 +171,14 @@ impl Store {
             });
         }
         migrations::migrate(&mut writer)?;
+        // Also trims the log when SQLite itself resets it (e.g. after a background checkpoint
+        // caught up), so an idle server does not keep a large file from its last burst.
+        writer.pragma_update(None, "journal_size_limit", WAL_TRUNCATE_BYTES as i64)?;
+        let mut wal_path = path.as_os_str().to_owned();
+        wal_path.push("-wal");
         Ok(Store {
             writer: Mutex::new(writer),
+            wal_path: wal_path.into(),
             readers: Mutex::new(Vec::new()),
             checkpointer: Mutex::new(None),
             path: path.to_path_buf(),
@@ -152,6 +193,16 @@ impl Store {
         self.read_write_side(|conn| {
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
+        })
+    }
+
+    /// `PRAGMA quick_check`: the problems it finds (at most 20), none when the database is sound.
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        self.read(|conn| {
+            let mut statement = conn.prepare("PRAGMA quick_check(20)")?;
+            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
+            let problems = rows.collect::<rusqlite::Result<Vec<String>>>()?;
+            Ok(problems.into_iter().filter(|line| line != "ok").collect())
         })
     }
 
@@ -199,7 +250,30 @@ impl Store {
         let value = f(&tx)?;
         tx.commit()?;
         after_commit(&value);
+        self.bound_wal(&conn);
         Ok(value)
+    }
+
+    /// Back-pressure on the WAL: once it passes `WAL_TRUNCATE_BYTES`, checkpoints all of it and
+    /// truncates it while still holding the writer lock, so writers pause for that checkpoint
+    /// instead of outrunning it. TRUNCATE waits (busy timeout) for readers still on old frames;
+    /// they are single statements. Runs after the commit: a failure here loses nothing and is
+    /// retried by the next commit.
+    fn bound_wal(&self, writer: &Connection) {
+        let size = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
+        if size < WAL_TRUNCATE_BYTES {
+            return;
+        }
+        let result = writer.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?))
+        });
+        match result {
+            Ok((0, frames)) => tracing::debug!(size, frames, "WAL checkpointed and truncated"),
+            Ok((_, frames)) => {
+                tracing::warn!(size, frames, "WAL checkpoint busy (readers or another checkpoint); retrying on the next commit")
+            }
+            Err(e) => tracing::warn!(error = %e, size, "WAL checkpoint failed"),
+        }
     }
 
     /// Runs `f` on a read connection (a consistent snapshot for the duration of a statement).
@@ -361,6 +435,70 @@ mod tests {
         assert_eq!(std::fs::metadata(&wal).expect("wal").len(), grown);
         let value = store.write(|tx| next_counter(tx, "grow")).expect("write");
         assert_eq!(value, 2101);
+    }
+
+    /// Sustained commits with readers always on the database and the server's PASSIVE
+    /// checkpoint running beside them: the log stays near `WAL_TRUNCATE_BYTES` instead of
+    /// growing by every byte written (about 100 MB here).
+    #[test]
+    fn wal_stays_bounded_under_sustained_writes_and_reads() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (dir, store) = temp_store();
+        store.disable_auto_checkpoint().expect("disable");
+        store
+            .write(|tx| {
+                tx.execute_batch("CREATE TABLE scratch(id INTEGER PRIMARY KEY, body BLOB)")?;
+                Ok(())
+            })
+            .expect("table");
+        let store = std::sync::Arc::new(store);
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut helpers = Vec::new();
+        for _ in 0..2 {
+            let (store, stop) = (store.clone(), stop.clone());
+            helpers.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    store
+                        .read(|conn| {
+                            let n: i64 =
+                                conn.query_row("SELECT count(*) FROM scratch", [], |r| r.get(0))?;
+                            Ok(n)
+                        })
+                        .expect("read");
+                }
+            }));
+        }
+        {
+            let (store, stop) = (store.clone(), stop.clone());
+            helpers.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    store.checkpoint().expect("checkpoint");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }));
+        }
+        let wal = dir.path().join("arcd.sqlite-wal");
+        let mut largest = 0;
+        for i in 0..8000 {
+            store
+                .write(|tx| {
+                    tx.execute("INSERT INTO scratch(body) VALUES (randomblob(8192))", [])?;
+                    if i % 100 == 99 {
+                        tx.execute("DELETE FROM scratch", [])?;
+                    }
+                    Ok(())
+                })
+                .expect("write");
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+        }
+        stop.store(true, Ordering::Relaxed);
+        for helper in helpers {
+            helper.join().expect("helper");
+        }
+        assert!(
+            largest < 2 * WAL_TRUNCATE_BYTES,
+            "WAL reached {largest} bytes (bound {WAL_TRUNCATE_BYTES})"
+        );
     }
 
     #[test]
