@@ -12,9 +12,11 @@
 # installed, pinned, into a virtualenv under target/ the first time (needs python3 with the venv
 # module: Debian's python3-venv).
 #
-# Every operation of the served /openapi.yaml is tested (nothing is excluded), so operations added
-# later are covered without editing this script. Operations that destroy state (terminate, delete)
-# run too; their answers must conform all the same.
+# Every operation of the served /openapi.yaml is tested but one, so operations added later are
+# covered without editing this script. Operations that destroy state (terminate, delete) run too;
+# their answers must conform all the same. Left out: `logout`, which would revoke the one token
+# the run signs in with and leave every later operation answering 401 (tests/api_auth_tokens.rs
+# covers it).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -128,6 +130,7 @@ status=0
     -H "X-Soracom-API-Key: ${api_key}" \
     -H "X-Soracom-Token: ${token}" \
     --checks "${checks}" \
+    --exclude-operation-id logout \
     --phases examples,coverage,fuzzing \
     --seed "${seed}" \
     --max-examples "${max_examples}" \

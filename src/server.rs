@@ -230,9 +230,14 @@ pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
     Ok(running.len())
 }
 
+/// How often the background checkpoint copies committed pages into the database. Often enough
+/// that, under a sustained write load, the writer's bounding checkpoint (`Store::write_then`) finds
+/// most of the log already copied and holds the writer only briefly.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Checkpoints the WAL off the request path (commits no longer do it inline).
 async fn checkpoint_loop(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
     loop {
         tick.tick().await;
         let store = store.clone();
