@@ -232,3 +232,120 @@ fn active_sessions_listing_matches_changes() {
     expected.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     assert_eq!(listed, expected);
 }
+
+/// The quota reads `operator_sim_counts`; it must equal a count of the rows after every kind of
+/// write to `sims` (create, import, IoT status change, terminate), per operator.
+#[test]
+fn live_sim_counts_follow_creates_imports_and_terminations() {
+    let (_dir, store, op) = setup();
+    let other = store
+        .write(operators::create_operator)
+        .expect("second operator");
+    let p = policy(0);
+    let mut created = Vec::new();
+    for _ in 0..5 {
+        created.push(create(&store, &op, &p).expect("create").sim.sim_id);
+    }
+    create(&store, &other, &p).expect("create for the other operator");
+    let iot = IotSimImport {
+        iccid: "8981100000000000009".into(),
+        imsi: "440101234567899".into(),
+        msisdn: None,
+        subscription: "plan-D".into(),
+    };
+    store
+        .write(|tx| {
+            subscriptions::import_iot_sims(tx, &op, Coverage::Jp, std::slice::from_ref(&iot))
+        })
+        .expect("import");
+    store
+        .write(|tx| sims::change_status(tx, &op, &iot.iccid, sims::StatusAction::Suspend))
+        .expect("suspend keeps the SIM counted");
+    for sim_id in &created[..2] {
+        store
+            .write(|tx| {
+                sims::set_termination_enabled(tx, &op, sim_id, true)?;
+                sims::terminate(tx, &op, sim_id)
+            })
+            .expect("terminate");
+    }
+    let counted = |operator: &str| -> (i64, i64) {
+        store
+            .read(|c| {
+                let kept: i64 = c.query_row(
+                    "SELECT live_sims FROM operator_sim_counts WHERE operator_id = ?1",
+                    [operator],
+                    |r| r.get(0),
+                )?;
+                let rows: i64 = c.query_row(
+                    "SELECT COUNT(*) FROM sims WHERE operator_id = ?1 AND status <> 'terminated'",
+                    [operator],
+                    |r| r.get(0),
+                )?;
+                Ok((kept, rows))
+            })
+            .expect("counts")
+    };
+    assert_eq!(
+        counted(&op),
+        (4, 4),
+        "5 created + 1 imported - 2 terminated"
+    );
+    assert_eq!(counted(&other), (1, 1));
+    let refused = store
+        .read(|c| sims::check_sim_quota(c, &op, 1, 4))
+        .expect("check");
+    assert_eq!(
+        refused,
+        Err(sims::SimQuotaExceeded {
+            limit: 4,
+            held: 4,
+            adding: 1
+        })
+    );
+    assert_eq!(
+        store
+            .read(|c| sims::check_sim_quota(c, &other, 3, 4))
+            .expect("check"),
+        Ok(())
+    );
+}
+
+/// A database made before migration 7 gets its counts from the rows it already holds.
+#[test]
+fn migration_7_fills_live_sim_counts_from_existing_rows() {
+    let (dir, store, op) = setup();
+    let p = policy(0);
+    let first = create(&store, &op, &p).expect("create").sim.sim_id;
+    for _ in 0..3 {
+        create(&store, &op, &p).expect("create");
+    }
+    store
+        .write(|tx| {
+            sims::set_termination_enabled(tx, &op, &first, true)?;
+            sims::terminate(tx, &op, &first)
+        })
+        .expect("terminate");
+    drop(store);
+    let path = dir.path().join("arcd.sqlite");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("open");
+        conn.execute_batch(
+            "DROP TRIGGER sims_count_insert; DROP TRIGGER sims_count_delete;
+             DROP TRIGGER sims_count_update; DROP TABLE operator_sim_counts;
+             PRAGMA user_version = 6;",
+        )
+        .expect("back to version 6");
+    }
+    let store = Store::open(&path).expect("reopen migrates");
+    let kept: i64 = store
+        .read(|c| {
+            Ok(c.query_row(
+                "SELECT live_sims FROM operator_sim_counts WHERE operator_id = ?1",
+                [&op],
+                |r| r.get(0),
+            )?)
+        })
+        .expect("count");
+    assert_eq!(kept, 3);
+}

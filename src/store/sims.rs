@@ -196,19 +196,18 @@ pub struct SimQuotaExceeded {
 }
 
 /// Checks, inside the creating transaction, that `adding` more SIMs keep the operator within
-/// `limit` SIMs that are not terminated (counted on the `sims_by_operator_status` index alone).
+/// `limit` SIMs that are not terminated (the count the `operator_sim_counts` triggers keep).
 pub fn check_sim_quota(
     conn: &Connection,
     operator_id: &str,
     adding: u64,
     limit: u64,
 ) -> Result<std::result::Result<(), SimQuotaExceeded>> {
-    let held: i64 = conn
-        .prepare_cached(
-            "SELECT COUNT(*) FROM sims WHERE operator_id = ?1 AND status <> 'terminated'",
-        )?
-        .query_row([operator_id], |row| row.get(0))?;
-    let held = held.max(0) as u64;
+    let held: Option<i64> = conn
+        .prepare_cached("SELECT live_sims FROM operator_sim_counts WHERE operator_id = ?1")?
+        .query_row([operator_id], |row| row.get(0))
+        .optional()?;
+    let held = held.unwrap_or(0).max(0) as u64;
     if held.saturating_add(adding) > limit {
         return Ok(Err(SimQuotaExceeded {
             limit,
