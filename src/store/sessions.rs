@@ -700,8 +700,8 @@ mod selection_tests {
         }
     }
 
-    /// Every row of the seed's table, with the default policy (Tokyo for jp, Frankfurt for g),
-    /// and the VPG placed in every region.
+    /// Every row of the placement table (docs/ARCHITECTURE.md, "Sessions"), with the default
+    /// policy (Tokyo for jp, Frankfurt for g), and the VPG placed in every region.
     #[test]
     fn seed_selection_table() {
         let policy = SessionPolicy {
