@@ -138,7 +138,7 @@ fn database_state(db_path: &Path) -> Option<&'static str> {
     }
 }
 
-/// Contents of `root-credentials.json` (DESIGN.md section 7).
+/// Contents of `root-credentials.json` (docs/ARCHITECTURE.md, "Configuration contract").
 #[derive(Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RootCredentials {

@@ -1,6 +1,7 @@
 //! Configuration: built-in defaults < `--config FILE` (TOML) < `ARCD_*` environment variables.
 //!
-//! The keys of DESIGN.md section 7 are a contract with outside scripts; add keys, never rename.
+//! The keys are a contract with outside scripts (docs/ARCHITECTURE.md, "Configuration contract"):
+//! add keys, never rename.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,4 +1,5 @@
-//! Identifier formats of DESIGN.md section 2 and the secrets that go with them.
+//! Identifier formats (docs/ARCHITECTURE.md, "Identities and formats") and the secrets that go
+//! with them.
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;

@@ -1,4 +1,4 @@
-//! arcd: a self-hosted rendezvous point for virtual SIMs (see DESIGN.md).
+//! arcd: a self-hosted rendezvous point for virtual SIMs (see docs/ARCHITECTURE.md).
 
 pub mod api;
 pub mod bootstrap;

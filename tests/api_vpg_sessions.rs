@@ -1,4 +1,4 @@
-//! HTTPS integration tests of sessions in VPGs: the seed's rendezvous point table (coverage by
+//! HTTPS integration tests of sessions in VPGs: the rendezvous point table (coverage by
 //! Host header × in or out of a VPG), addresses from the VPG subnet, group and VPG changes that
 //! apply only at the next session re-creation (and move the data-plane peer between listeners),
 //! a tiny VPG subnet running out (clear 400, nothing half-created), addresses unique across VPGs

@@ -80,7 +80,8 @@ fn spec_loads_from_the_in_repo_fixture() {
 }
 
 /// SHA-256 of the official subset (info.version 20260604-092803) the fixture must stay equal to.
-/// When ../shared/reference is updated, re-copy the file and update this pin in the same commit.
+/// When SORACOM publishes a new subset, copy it verbatim over the fixture, update this pin in the
+/// same commit and regenerate openapi.yaml (scripts/gen-openapi.py).
 const SUBSET_SHA256: &str = "539e93869873588e05b714797baa50b2f36234382e1846b7a2fd161795f81894";
 
 #[test]

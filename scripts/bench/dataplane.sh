@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # dataplane.sh — data-plane throughput of arcd against two other userspace WireGuard servers, on
-# the same two-namespace path as ../shared/tools/wg-bench.sh (run as root).
+# the same two-namespace path as the baseline in docs/BENCHMARKS.md (run as root).
 #
 #   dataplane.sh [-r ROUNDS] [-t SECONDS] [-T TESTS] [-P PROFILE_TESTS] [-s SERVERS] [-o DIR] [-L LOAD]
 #   dataplane.sh summary DIR [MAX_OTHERS]  print the markdown summary of a results directory again;
@@ -20,11 +20,11 @@
 #       carries 10.64.0.1/16, the pool's first host); one virtual SIM made through the API
 #       (POST /v1/auth with root-credentials.json, POST /v1/sims) gives the device its private key,
 #       the server key, the endpoint and its address.
-#   (b) wireguard-go (Debian package): configured with `wg set`, like wg-bench.sh.
+#   (b) wireguard-go (Debian package): configured with `wg set`, as in the baseline.
 #   (c) gotatun (crate gotatun-cli 0.10.2): configured with `wg set`. Installed with
 #       `cargo install gotatun-cli --version 0.10.2 --locked --root $DP_CARGO_ROOT` when missing.
 #
-# The three pairs are built once, side by side (each pair alone is exactly wg-bench's path: no
+# The three pairs are built once, side by side (each pair alone is exactly the baseline's path: no
 # other link, no default route: nothing leaves it), and measured interleaved:
 #   for each round: for each test: for each server (server order rotated every round).
 # Tests (`iperf3 -c 10.64.0.1 -t SECONDS -J` from the client namespace):
@@ -354,7 +354,7 @@ EOF
     configure_device arcd "$WORK/arcd-cli.key" "$srv_pub" "$addr"
 }
 
-setup_wg_server() { # wireguard-go or gotatun, configured with wg set (as wg-bench.sh)
+setup_wg_server() { # wireguard-go or gotatun, configured with wg set (as in the baseline)
     local impl=$1 ns=${NS_S[$1]} ifs=${IF_S[$1]} comm
     case $impl in
         wireguard-go)

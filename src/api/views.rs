@@ -338,8 +338,8 @@ fn simplified(sub: &SubscriberRecord) -> SimplifiedSubscriber {
     }
 }
 
-/// The platform side of an Arc session is online from creation (DESIGN.md section 3); whether the
-/// device has handshaken is live data plane state, reported separately.
+/// The platform side of an Arc session is online from creation (docs/ARCHITECTURE.md,
+/// "Sessions"); whether the device has handshaken is live data plane state, reported separately.
 fn session_status(record: &SimRecord, primary_imsi: &str) -> SessionStatus {
     let Some(session) = record.session.as_ref() else {
         return SessionStatus::default();

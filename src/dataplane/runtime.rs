@@ -17,7 +17,7 @@ use super::{RecvBatch, TunIo, TunWrites};
 use crate::store::PeerChange;
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
-/// retransmits measured in dataplane-baseline.md).
+/// retransmits in the baseline measurements, docs/BENCHMARKS.md "Data-plane baseline").
 const SOCKET_BUFFER_BYTES: usize = 7 * 1024 * 1024;
 
 /// A rendezvous point to listen for.

@@ -57,7 +57,7 @@ impl SessionPolicy {
     }
 }
 
-/// The rendezvous point of a new session, exactly as the seed says (DESIGN.md section 4): not in
+/// The rendezvous point of a new session, as docs/ARCHITECTURE.md ("Sessions") states it: not in
 /// a VPG, Japan coverage uses the Japan RP (Tokyo) and global coverage the global RP (Frankfurt);
 /// in a VPG, Japan coverage still uses Tokyo while global coverage uses the VPG's placement
 /// region. The VPG's region is returned as is, even when no such RP is configured: the caller
@@ -700,8 +700,8 @@ mod selection_tests {
         }
     }
 
-    /// Every row of the seed's table, with the default policy (Tokyo for jp, Frankfurt for g),
-    /// and the VPG placed in every region.
+    /// Every row of the placement table (docs/ARCHITECTURE.md, "Sessions"), with the default
+    /// policy (Tokyo for jp, Frankfurt for g), and the VPG placed in every region.
     #[test]
     fn seed_selection_table() {
         let policy = SessionPolicy {

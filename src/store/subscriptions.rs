@@ -8,7 +8,7 @@ use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::wgkey;
 
-/// Primary subscriptions that accept a virtual subscriber (the seed's list).
+/// Primary subscriptions that accept a virtual subscriber (docs/ARCHITECTURE.md, "Sessions").
 pub const ARC_CAPABLE_PRIMARY: &[&str] = &[
     "plan01s",
     "plan01s-LDV",

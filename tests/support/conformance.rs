@@ -10,9 +10,10 @@
 //!
 //! or `mod support;` (which exposes `support::conformance`).
 //!
-//! The spec is read from `tests/fixtures/soracom-api-arc-subset.yaml` (an in-repo,
-//! verbatim copy, so a clean clone works) or, failing that, from
-//! `../shared/reference/soracom-api-arc-subset.yaml` relative to `CARGO_MANIFEST_DIR`.
+//! The spec is read from `tests/fixtures/soracom-api-arc-subset.yaml`: a verbatim copy of
+//! SORACOM's official Arc subset kept in the repository (pinned by SHA-256 in
+//! `tests/conformance_selftest.rs`), so a clean clone has everything it needs. `SPEC_SHARED_PATH`
+//! is an older fallback outside the repository, tried only when the fixture is missing.
 //!
 //! OpenAPI 3.0 schemas are converted to JSON Schema draft 4 before compilation:
 //!
@@ -41,7 +42,8 @@ use serde_json::{json, Map, Value};
 
 /// In-repo copy of the spec, relative to `CARGO_MANIFEST_DIR` (preferred).
 pub const SPEC_FIXTURE_PATH: &str = "tests/fixtures/soracom-api-arc-subset.yaml";
-/// Shared reference copy, relative to `CARGO_MANIFEST_DIR` (fallback).
+/// Fallback outside the repository, relative to `CARGO_MANIFEST_DIR`: never needed in a clone,
+/// which has the fixture.
 pub const SPEC_SHARED_PATH: &str = "../shared/reference/soracom-api-arc-subset.yaml";
 
 /// Maximum number of individual schema errors listed in one message.
