@@ -12,8 +12,7 @@
 //!
 //! The spec is read from `tests/fixtures/soracom-api-arc-subset.yaml`: a verbatim copy of
 //! SORACOM's official Arc subset kept in the repository (pinned by SHA-256 in
-//! `tests/conformance_selftest.rs`), so a clean clone has everything it needs. `SPEC_SHARED_PATH`
-//! is an older fallback outside the repository, tried only when the fixture is missing.
+//! `tests/conformance_selftest.rs`), so a clean clone has everything it needs.
 //!
 //! OpenAPI 3.0 schemas are converted to JSON Schema draft 4 before compilation:
 //!
@@ -40,11 +39,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::{json, Map, Value};
 
-/// In-repo copy of the spec, relative to `CARGO_MANIFEST_DIR` (preferred).
+/// In-repo copy of the spec, relative to `CARGO_MANIFEST_DIR`.
 pub const SPEC_FIXTURE_PATH: &str = "tests/fixtures/soracom-api-arc-subset.yaml";
-/// Fallback outside the repository, relative to `CARGO_MANIFEST_DIR`: never needed in a clone,
-/// which has the fixture.
-pub const SPEC_SHARED_PATH: &str = "../shared/reference/soracom-api-arc-subset.yaml";
 
 /// Maximum number of individual schema errors listed in one message.
 const MAX_ERRORS_SHOWN: usize = 20;
@@ -230,7 +226,7 @@ fn spec() -> Result<&'static Spec, String> {
 
 fn spec_candidates() -> Vec<PathBuf> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    vec![root.join(SPEC_FIXTURE_PATH), root.join(SPEC_SHARED_PATH)]
+    vec![root.join(SPEC_FIXTURE_PATH)]
 }
 
 fn load_spec() -> Result<Spec, String> {
