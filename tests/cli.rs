@@ -688,11 +688,20 @@ async fn first_start_without_configuration() {
     let port = free_port();
     let base = format!("https://127.0.0.1:{port}");
     let https = client(true);
+    // Defaults except what would clash with an `arcd serve` already running on this machine
+    // with its defaults (the README's first command): the API port, the TUN device `arc0` (and
+    // its control sockets in /var/run/wireguard) and UDP 11010. The rendezvous point names only
+    // its id and listen address; the rest are the defaults an entry gets.
     let serve = || {
         let mut command = arcd(cwd.path());
         command
             .arg("serve")
-            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"));
+            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("ARCD_TUN__ENABLED", "false")
+            .env(
+                "ARCD_RENDEZVOUS_POINTS",
+                r#"[{id="ap-northeast-1",listen="127.0.0.1:0"}]"#,
+            );
         command
     };
 
