@@ -8,8 +8,10 @@ use std::path::{Path, PathBuf};
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
-use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
+
+mod rendezvous_points;
+pub use rendezvous_points::{RendezvousPointConfig, FIRST_LISTEN_PORT};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -29,6 +31,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub tun: TunConfig,
     pub egress: EgressConfig,
+    /// Entries need only `id`; see `rendezvous_points` for the defaults of the other fields.
+    #[serde(deserialize_with = "rendezvous_points::deserialize")]
     pub rendezvous_points: Vec<RendezvousPointConfig>,
     pub coverage: CoverageConfig,
     pub sims: SimsConfig,
@@ -77,41 +81,6 @@ pub struct TunConfig {
 pub struct EgressConfig {
     /// Masquerade device traffic leaving for other networks (nftables table `ip arcd`).
     pub masquerade: bool,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RendezvousPointConfig {
-    /// Placement region id, e.g. `ap-northeast-1`.
-    pub id: String,
-    /// Display name for people (`Tokyo`); defaults to the region's city for known ids.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// UDP address the WireGuard listener binds.
-    pub listen: SocketAddr,
-    /// `host:port` devices are told (`arcServerEndpoint`).
-    pub endpoint: String,
-    /// Client /32s outside a VPG come from here.
-    pub pool: Ipv4Net,
-    pub allowed_ips: Vec<Ipv4Net>,
-}
-
-impl RendezvousPointConfig {
-    /// The configured name, else the city of a known placement region, else the id.
-    pub fn display_name(&self) -> &str {
-        if let Some(name) = &self.name {
-            return name;
-        }
-        match self.id.as_str() {
-            "ap-northeast-1" => "Tokyo",
-            "us-west-2" => "Oregon",
-            "eu-central-1" => "Frankfurt",
-            "ap-southeast-2" => "Sydney",
-            "ap-south-1" => "Mumbai",
-            "us-east-1" => "Virginia",
-            other => other,
-        }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -176,6 +145,16 @@ pub struct ServicesConfig {
 pub struct LogConfig {
     /// tracing-subscriber filter, e.g. `info` or `arcd=debug`; `RUST_LOG` wins when set.
     pub level: String,
+    /// `text` (one human-readable line per event) or `json` (one JSON object per line, for log
+    /// collectors).
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl Default for Config {
@@ -230,6 +209,7 @@ impl Default for Config {
             },
             log: LogConfig {
                 level: "info".into(),
+                format: LogFormat::Text,
             },
         }
     }
@@ -554,6 +534,46 @@ mod tests {
         std::env::remove_var("ARCD_TUN__MTU");
         let config = loaded.expect("an unrelated ARCD_ variable is ignored");
         assert_eq!(config.tun.mtu, 1400, "real keys still apply");
+    }
+
+    #[test]
+    fn rendezvous_points_need_only_an_id() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("arcd.toml");
+        std::fs::write(
+            &file,
+            "[[rendezvous_points]]\nid = \"ap-northeast-1\"\n\n\
+             [[rendezvous_points]]\nid = \"eu-central-1\"\nendpoint = \"rp.example.net:11011\"\n",
+        )
+        .expect("write");
+        let c = Config::load_with_env(Some(&file), env_from(&[])).expect("an id is enough");
+        let [tokyo, frankfurt] = &c.rendezvous_points[..] else {
+            panic!("two rendezvous points: {:?}", c.rendezvous_points);
+        };
+        assert_eq!(tokyo.listen.to_string(), "0.0.0.0:11010");
+        assert_eq!(tokyo.endpoint, "127.0.0.1:11010");
+        assert_eq!(tokyo.pool.to_string(), "10.64.0.0/16");
+        assert_eq!(tokyo.allowed_ips.len(), 1);
+        assert_eq!(tokyo.allowed_ips[0].to_string(), "100.127.0.0/16");
+        assert_eq!(frankfurt.listen.to_string(), "0.0.0.0:11011");
+        assert_eq!(frankfurt.endpoint, "rp.example.net:11011");
+        assert_eq!(frankfurt.pool.to_string(), "10.65.0.0/16");
+
+        let c = Config::load_with_env(
+            None,
+            env_from(&[("RENDEZVOUS_POINTS", r#"[{id="us-west-2"}]"#)]),
+        )
+        .expect("the environment form too");
+        assert_eq!(c.rendezvous_points[0].listen.port(), 11010);
+        assert_eq!(c.rendezvous_points[0].pool.to_string(), "10.64.0.0/16");
+
+        std::fs::write(
+            &file,
+            "[[rendezvous_points]]\nid = \"ap-northeast-1\"\nport = 1\n",
+        )
+        .expect("write");
+        let err = Config::load_with_env(Some(&file), env_from(&[])).expect_err("unknown field");
+        assert!(err.to_string().contains("port"), "{err}");
     }
 
     #[test]

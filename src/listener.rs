@@ -151,6 +151,8 @@ async fn serve_connection<I>(
     // The client address for handlers and middleware (the failed-login limiter).
     let service = hyper::service::service_fn(move |mut request: Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(remote));
+        // Before routing (axum's own layers run after it): `//v1/auth` must reach `/v1/auth`.
+        crate::api::leading_slashes::fold(request.uri_mut());
         hyper::service::Service::call(&service, request)
     });
     let mut builder = hyper::server::conn::http1::Builder::new();

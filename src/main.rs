@@ -4,7 +4,7 @@ use clap::Parser;
 
 use arcd::bootstrap::Reinitialize;
 use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand, ServeArgs};
-use arcd::config::Config;
+use arcd::config::{Config, LogFormat};
 
 /// Exit status for configuration errors, as scripts expect.
 const EXIT_CONFIG: u8 = 2;
@@ -65,9 +65,17 @@ fn init_logging(config: &Config) {
             ))
         });
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        // One object per line with the event's fields at the top level (`"route":"/v1/sims"`),
+        // as log collectors index them.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }

@@ -688,11 +688,20 @@ async fn first_start_without_configuration() {
     let port = free_port();
     let base = format!("https://127.0.0.1:{port}");
     let https = client(true);
+    // Defaults except what would clash with an `arcd serve` already running on this machine
+    // with its defaults (the README's first command): the API port, the TUN device `arc0` (and
+    // its control sockets in /var/run/wireguard) and UDP 11010. The rendezvous point names only
+    // its id and listen address; the rest are the defaults an entry gets.
     let serve = || {
         let mut command = arcd(cwd.path());
         command
             .arg("serve")
-            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"));
+            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
+            .env("ARCD_TUN__ENABLED", "false")
+            .env(
+                "ARCD_RENDEZVOUS_POINTS",
+                r#"[{id="ap-northeast-1",listen="127.0.0.1:0"}]"#,
+            );
         command
     };
 
@@ -921,4 +930,60 @@ fn damaged_database_is_refused_with_a_clear_error() {
     ran.assert_failure()
         .stderr_has("is damaged")
         .stderr_has("Restore it from a backup");
+}
+
+/// `log.format = "json"`: every line arcd writes on stderr is one JSON object, and the request
+/// log line carries its fields (method, route, status, operator, elapsed_us) at the top level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_object_per_line_with_the_request_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let port = free_port();
+    let mut command = serve_on(dir.path(), &data, port, &[]);
+    command
+        .env("ARCD_LOG__FORMAT", "json")
+        .env("RUST_LOG", "info");
+    let mut server = Guard::spawn(command, dir.path(), "json");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = client(false);
+    wait_ready(&mut server, &http, &base).await;
+    let text = std::fs::read(data.join("root-credentials.json")).expect("root-credentials.json");
+    let credentials: Value = serde_json::from_slice(&text).expect("JSON");
+    let key = credentials["authKey"].as_str().expect("authKey");
+    let auth = sign_in(
+        &http,
+        &base,
+        credentials["authKeyId"].as_str().expect("authKeyId"),
+        key,
+    )
+    .await;
+    let (status, _) = get(&http, &base, &auth, "/v1/sims").await;
+    assert_eq!(status, StatusCode::OK);
+    if let Some(stopped) = server.terminate() {
+        stopped.assert_success();
+    }
+
+    let stderr = std::fs::read_to_string(dir.path().join("json.stderr")).expect("stderr log");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"))
+        })
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string()),
+        "{stderr}"
+    );
+    let request = lines
+        .iter()
+        .find(|l| l["message"] == "request" && l["route"] == "/v1/sims")
+        .unwrap_or_else(|| panic!("no request line for /v1/sims in:\n{stderr}"));
+    assert_eq!(request["method"], "GET", "{request}");
+    assert_eq!(request["status"], 200, "{request}");
+    assert_eq!(request["operator"], credentials["operatorId"], "{request}");
+    assert!(request["elapsed_us"].is_u64(), "{request}");
+    assert!(!stderr.contains(key), "the secret is not logged");
 }

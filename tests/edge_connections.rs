@@ -1,5 +1,6 @@
 //! The API listener against slow, idle and hostile clients: idle and body timeouts, the
-//! connection cap, Host header rules, malformed chunked bodies and the failed-login limiter.
+//! connection cap, Host header rules, malformed chunked bodies, the failed-login limiter and
+//! request targets with several leading slashes.
 //! Raw TCP to 127.0.0.1 over plain HTTP (TLS off), so the bytes on the wire are exactly these.
 
 mod support;
@@ -416,5 +417,43 @@ async fn failed_logins_from_one_address_are_limited_until_the_window_ends() {
     // After the window, the right key signs in again.
     tokio::time::sleep_until((first_failure + WINDOW + Duration::from_millis(100)).into()).await;
     server.login().await;
+    server.running.shutdown().await;
+}
+
+/// soratun with an endpoint ending in `/` sends `POST //v1/auth`: answered exactly like
+/// `POST /v1/auth` (a token), as are other paths with a run of leading slashes.
+#[tokio::test]
+async fn leading_double_slash_is_the_same_path() {
+    let (server, addr) = plain_server(|_| {}).await;
+    let credentials = json!({
+        "authKeyId": server.root.auth_key_id,
+        "authKey": server.root.auth_key,
+    })
+    .to_string();
+    for target in ["/v1/auth", "//v1/auth", "///v1/auth"] {
+        let request = format!(
+            "POST {target} HTTP/1.1\r\nHost: api.soracom.io\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{credentials}",
+            credentials.len()
+        );
+        let response = exchange(addr, request.as_bytes()).await;
+        assert_eq!(
+            status_line(&response),
+            "HTTP/1.1 200 OK",
+            "{target}: {response}"
+        );
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or("");
+        let body: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"));
+        assert!(
+            body["token"].is_string() && body["apiKey"].is_string(),
+            "{target}: {body}"
+        );
+    }
+    let response = exchange(
+        addr,
+        b"GET //openapi.yaml HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&response), "HTTP/1.1 200 OK", "{response}");
     server.running.shutdown().await;
 }

@@ -5,6 +5,8 @@
 import qrcode from './vendor/qrcode.js';
 import { h, clear, copyText, toast } from './ui.js';
 
+// arcd's resolver inside the tunnel (platform names; others only with services.dns_upstreams).
+const DNS = '100.127.0.53';
 const MTU = 1420;
 const KEEPALIVE = 25;
 
@@ -13,6 +15,7 @@ export function wgQuickConfig(session, privateKey) {
     '[Interface]',
     `PrivateKey = ${privateKey}`,
     `Address = ${session.arcClientPeerIpAddress}/32`,
+    `DNS = ${DNS}`,
     `MTU = ${MTU}`,
     '',
     '[Peer]',

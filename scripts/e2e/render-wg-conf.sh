@@ -11,9 +11,11 @@
 #                     SIM_JSON (present only in the createSim answer).
 #
 # Options:
-#   --wg-quick         also write `Address = <arcClientPeerIpAddress>/32` and `MTU = <mtu>` in
-#                      [Interface] (a wg-quick file). Default: a `wg setconf` file, which takes
-#                      neither; get the address with --print-address and add it with `ip addr`.
+#   --wg-quick         also write `Address = <arcClientPeerIpAddress>/32`, `DNS = 100.127.0.53`
+#                      (arcd's resolver in the tunnel) and `MTU = <mtu>` in [Interface] (a wg-quick
+#                      file). Default: a `wg setconf` file, which takes none of them (`wg setconf`
+#                      rejects them; `wg-quick strip` removes them); get the address with
+#                      --print-address and add it with `ip addr`.
 #   --mtu N            MTU for --wg-quick (default 1420).
 #   --keepalive N      PersistentKeepalive seconds (default 25; 0 leaves it off).
 #   --extra-allowed-ips CIDR[,CIDR...]
@@ -114,6 +116,7 @@ echo "[Interface]"
 echo "PrivateKey = $private_key"
 if ((wg_quick)); then
     echo "Address = $address/32"
+    echo "DNS = 100.127.0.53"
     echo "MTU = $mtu"
 fi
 echo

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod groups;
 mod host_header;
+pub(crate) mod leading_slashes;
 mod rendezvous_points;
 mod request_body;
 mod sims;

@@ -392,10 +392,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespace and nftables"]
     fn enable_then_disable_inside_a_netns() {
-        if !require_root("enable_then_disable_inside_a_netns") {
-            return;
-        }
+        require_root("enable_then_disable_inside_a_netns");
         require_nft();
         let host_forward = std::fs::read_to_string(IP_FORWARD).unwrap();
         let host_has_table = try_sh(None, &format!("nft list table ip {TABLE}")).is_ok();
@@ -437,10 +436,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespace and nftables"]
     fn set_networks_follows_the_vpg_subnets() {
-        if !require_root("set_networks_follows_the_vpg_subnets") {
-            return;
-        }
+        require_root("set_networks_follows_the_vpg_subnets");
         require_nft();
         let ns = Netns::new();
         let pool: Ipv4Net = "10.64.0.0/16".parse().unwrap();
@@ -467,10 +465,9 @@ mod tests {
     }
 
     #[test]
+    #[ignore = "needs root: network namespace and nftables"]
     fn replaces_a_leftover_table() {
-        if !require_root("replaces_a_leftover_table") {
-            return;
-        }
+        require_root("replaces_a_leftover_table");
         require_nft();
         let ns = Netns::new();
         sh(
@@ -489,10 +486,9 @@ mod tests {
     /// rendezvous namespace to an "outside" namespace that has no route back to the pool; the
     /// outside sees it only with egress NAT on, and from the rendezvous point's address.
     #[test]
+    #[ignore = "needs root: network namespaces, veth links and nftables"]
     fn masquerades_forwarded_traffic() {
-        if !require_root("masquerades_forwarded_traffic") {
-            return;
-        }
+        require_root("masquerades_forwarded_traffic");
         require_nft();
         let (rp, dev, out) = (Netns::new(), Netns::new(), Netns::new());
         let tag = &rp.0[5..];

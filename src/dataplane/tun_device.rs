@@ -315,10 +315,11 @@ fn arcd_exe() -> String {
 /// Test support shared by the data plane's privileged tests.
 #[cfg(test)]
 pub(crate) mod test_support {
-    /// True when the test process runs as root. When it does not, the test must fail rather
-    /// than pass silently, unless `ARCD_TESTS_UNPRIVILEGED=1` says skipping is intended; then
-    /// this returns false after printing why, and the caller returns early.
-    pub(crate) fn require_root(test: &str) -> bool {
+    /// Fails the test unless the process runs as root. Tests that need root are marked
+    /// `#[ignore = "needs root: ..."]`: `cargo test` skips them, `scripts/test.sh` as root runs
+    /// them with `--include-ignored`, and one run with `--ignored` as another user fails here
+    /// with this message instead of passing without testing anything.
+    pub(crate) fn require_root(test: &str) {
         let status = std::fs::read_to_string("/proc/self/status")
             .expect("read /proc/self/status to find the effective uid");
         let euid: u32 = status
@@ -327,17 +328,9 @@ pub(crate) mod test_support {
             .and_then(|uids| uids.split_whitespace().nth(1))
             .and_then(|euid| euid.parse().ok())
             .expect("a `Uid:` line with the effective uid in /proc/self/status");
-        if euid == 0 {
-            return true;
-        }
-        if std::env::var("ARCD_TESTS_UNPRIVILEGED").as_deref() == Ok("1") {
-            eprintln!(
-                "{test}: skipped: needs root (effective uid {euid}) and ARCD_TESTS_UNPRIVILEGED=1 is set"
-            );
-            return false;
-        }
-        panic!(
-            "{test} needs root (effective uid is {euid}): run the tests as root, or set ARCD_TESTS_UNPRIVILEGED=1 to skip the privileged ones"
+        assert!(
+            euid == 0,
+            "{test} needs root (effective uid is {euid}): run it as root (scripts/test.sh as root runs every root-only test)"
         );
     }
 
@@ -410,10 +403,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs root: TUN device"]
     async fn creates_addresses_answers_and_vanishes() {
-        if !require_root("creates_addresses_answers_and_vanishes") {
-            return;
-        }
+        require_root("creates_addresses_answers_and_vanishes");
         let name = unique_name("arct");
         let octet = (rand::random::<u8>() % 200) + 20;
         let pool_host: Ipv4Net = format!("10.{octet}.0.1/16").parse().unwrap();
@@ -510,10 +502,9 @@ mod tests {
     }
 
     #[tokio::test]
+    #[ignore = "needs root: TUN device"]
     async fn refuses_an_existing_interface() {
-        if !require_root("refuses_an_existing_interface") {
-            return;
-        }
+        require_root("refuses_an_existing_interface");
         let name = unique_name("arct");
         let first = open(&name, 1420, &[]).expect("open the TUN device");
         let err = open(&name, 1420, &[]).expect_err("a second device of the same name");

@@ -68,6 +68,7 @@ try {
   await page.waitForSelector('#wg-config');
   const conf = await page.textContent('#wg-config');
   check(/PrivateKey = \S{44}/.test(conf) && /Address = 10\.64\.\d+\.\d+\/32/.test(conf), 'wg-quick config has key and address');
+  check(conf.includes('DNS = 100.127.0.53') && /MTU = 1420/.test(conf), 'wg-quick config names arcd\'s DNS and the MTU');
   const arcJson = JSON.parse(await page.textContent('#arc-json'));
   check(conf.includes(`PrivateKey = ${arcJson.privateKey}`), 'arc.json carries the same private key');
   check(arcJson.arcSessionStatus.arcServerEndpoint && arcJson.simId, 'arc.json has the session and SIM ID');
