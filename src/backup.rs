@@ -336,3 +336,120 @@ fn sync_parent(path: &Path) -> Result<(), BackupError> {
         .and_then(|dir| dir.sync_all())
         .map_err(io_error(parent))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{operators, Store};
+
+    fn config(dir: &Path) -> Config {
+        Config {
+            data_dir: dir.join("data"),
+            ..Config::default()
+        }
+    }
+
+    /// A database with one operator at `path`; returns the operator's id.
+    fn database_with_operator(path: &Path) -> String {
+        let store = Store::open(path).expect("open");
+        store.write(operators::create_operator).expect("operator")
+    }
+
+    fn operator_ids(path: &Path) -> Vec<String> {
+        let conn =
+            Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).expect("open");
+        let mut statement = conn
+            .prepare("SELECT operator_id FROM operators")
+            .expect("prepare");
+        let ids = statement
+            .query_map([], |row| row.get(0))
+            .expect("query")
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .expect("rows");
+        ids
+    }
+
+    #[test]
+    fn restore_refuses_newer_foreign_and_damaged_files_and_changes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        std::fs::create_dir_all(&config.data_dir).expect("data dir");
+        let live = config.data_dir.join(DATABASE_FILE);
+        let live_operator = database_with_operator(&live);
+
+        let newer = dir.path().join("newer.sqlite");
+        database_with_operator(&newer);
+        Connection::open(&newer)
+            .and_then(|c| c.pragma_update(None, "user_version", SCHEMA_VERSION + 1))
+            .expect("bump version");
+        let foreign = dir.path().join("foreign.sqlite");
+        Connection::open(&foreign)
+            .and_then(|c| c.execute_batch("CREATE TABLE t(x); PRAGMA user_version = 1;"))
+            .expect("foreign database");
+        let garbage = dir.path().join("garbage.sqlite");
+        std::fs::write(&garbage, vec![b'x'; 8192]).expect("garbage");
+
+        for (file, says) in [
+            (&newer, "newer than this arcd"),
+            (&foreign, "no arcd schema"),
+            (&garbage, "not a database"),
+        ] {
+            let error = restore(&config, file).expect_err("refused");
+            assert!(
+                matches!(error, BackupError::Unusable { .. }) && error.to_string().contains(says),
+                "{}: {error}",
+                file.display()
+            );
+        }
+        assert_eq!(operator_ids(&live), vec![live_operator]);
+        assert!(!sibling(&live, ".restoring").exists());
+    }
+
+    #[test]
+    fn restore_replaces_the_database_and_keeps_the_old_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        std::fs::create_dir_all(&config.data_dir).expect("data dir");
+        let live = config.data_dir.join(DATABASE_FILE);
+        let backed_up = database_with_operator(&live);
+        let file = dir.path().join("backup.sqlite");
+        let summary = backup(&config, &file).expect("backup");
+        assert_eq!(summary.schema_version, SCHEMA_VERSION);
+        let later = database_with_operator(&live);
+
+        let restored = restore(&config, &file).expect("restore");
+        assert_eq!(operator_ids(&live), vec![backed_up.clone()]);
+        let kept = restored.replaced_database_kept_as.expect("kept");
+        let mut old = operator_ids(&kept);
+        old.sort();
+        let mut want = vec![backed_up, later];
+        want.sort();
+        assert_eq!(old, want);
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&live).expect("live").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn backup_refuses_to_write_over_the_data_directory_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = config(dir.path());
+        std::fs::create_dir_all(&config.data_dir).expect("data dir");
+        let live = config.data_dir.join(DATABASE_FILE);
+        let operator = database_with_operator(&live);
+        for name in [DATABASE_FILE, "arcd.sqlite-wal", ROOT_CREDENTIALS_FILE] {
+            let error = backup(&config, &config.data_dir.join(name)).expect_err("refused");
+            assert!(matches!(error, BackupError::OutputIsDataFile(_)), "{error}");
+        }
+        assert_eq!(operator_ids(&live), vec![operator]);
+        let missing = Config {
+            data_dir: dir.path().join("nothing-here"),
+            ..Config::default()
+        };
+        assert!(matches!(
+            backup(&missing, &dir.path().join("b.sqlite")),
+            Err(BackupError::NoDatabase(_))
+        ));
+    }
+}
