@@ -162,9 +162,13 @@ struct FixtureCredentials {
     auth_key: String,
 }
 
-fn credentials() -> BTreeMap<String, FixtureCredentials> {
+/// The auth keys of fixture `version`'s two operators ("root" and "other").
+fn credentials(version: i64) -> BTreeMap<String, FixtureCredentials> {
     let text = std::fs::read(fixture_dir().join("credentials.json")).expect("credentials.json");
-    serde_json::from_slice(&text).expect("credentials JSON")
+    let mut all: BTreeMap<String, BTreeMap<String, FixtureCredentials>> =
+        serde_json::from_slice(&text).expect("credentials JSON");
+    all.remove(&format!("v{version}"))
+        .unwrap_or_else(|| panic!("credentials.json has no entry v{version}"))
 }
 
 /// Loads fixture `version` into a fresh data directory and returns what it holds.
@@ -295,7 +299,8 @@ async fn check_operator(version: i64, api: &Api, expected: &Expected) {
     }
 }
 
-async fn check_fixture(version: i64, credentials: &BTreeMap<String, FixtureCredentials>) {
+async fn check_fixture(version: i64) {
+    let credentials = credentials(version);
     let (dir, expected) = prepare(version);
     let root = &credentials["root"];
     let server = TestServer::start_prepared(
@@ -309,7 +314,7 @@ async fn check_fixture(version: i64, credentials: &BTreeMap<String, FixtureCrede
         |config| config.services.harvest_retention_days = 365 * 100,
     )
     .await;
-    for (name, who) in credentials {
+    for (name, who) in &credentials {
         let api = server.login_with(&who.auth_key_id, &who.auth_key).await;
         assert_eq!(
             api.operator_id, who.operator_id,
@@ -353,8 +358,7 @@ async fn check_fixture(version: i64, credentials: &BTreeMap<String, FixtureCrede
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fixture_is_migrated_and_reads_back_through_the_api() {
-    let credentials = credentials();
     for version in fixture_versions() {
-        check_fixture(version, &credentials).await;
+        check_fixture(version).await;
     }
 }
