@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
     long_about = "arcd serves a SORACOM-compatible API for Arc virtual SIM/Subscribers and the WireGuard \
                   rendezvous point devices connect to. Every command reads the same configuration: built-in \
                   defaults, then --config FILE (TOML), then ARCD_* environment variables (nested keys with __, \
-                  e.g. ARCD_API__LISTEN). Administrative commands work while `arcd serve` is running."
+                  e.g. ARCD_API__LISTEN). Administrative commands work while `arcd serve` is running, except `restore`."
 )]
 pub struct Cli {
     /// Configuration file (TOML); see config/arcd.toml for every key and its default.
