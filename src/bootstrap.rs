@@ -45,7 +45,8 @@ pub enum BootstrapError {
 pub const DATABASE_FILE: &str = "arcd.sqlite";
 pub const ROOT_CREDENTIALS_FILE: &str = "root-credentials.json";
 /// Held (flock) by `arcd serve` for as long as it runs; holds its process id for the message
-/// another start prints. Administrative commands do not take it: they run beside `serve`.
+/// another start prints. Administrative commands do not take it (they run beside `serve`), except
+/// `arcd restore`, which must not replace the database under a running server.
 pub const LOCK_FILE: &str = "arcd.lock";
 /// Written by arcd on the first start when no certificate is configured.
 const GENERATED_TLS_KEY_FILE: &str = "tls-key.pem";

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
     long_about = "arcd serves a SORACOM-compatible API for Arc virtual SIM/Subscribers and the WireGuard \
                   rendezvous point devices connect to. Every command reads the same configuration: built-in \
                   defaults, then --config FILE (TOML), then ARCD_* environment variables (nested keys with __, \
-                  e.g. ARCD_API__LISTEN). Administrative commands work while `arcd serve` is running."
+                  e.g. ARCD_API__LISTEN). Administrative commands work while `arcd serve` is running, except `restore`."
 )]
 pub struct Cli {
     /// Configuration file (TOML); see config/arcd.toml for every key and its default.
@@ -42,6 +42,21 @@ pub enum Command {
     /// Register existing IoT SIMs so virtual subscribers can be added to them.
     #[command(subcommand)]
     Iotsim(IotsimCommand),
+    /// Write a consistent copy of the database to FILE while `arcd serve` keeps running (SQLite's
+    /// online backup API). The database holds every key and address devices depend on; copy
+    /// root-credentials.json and the TLS files of the data directory once, separately.
+    Backup {
+        /// File to write (mode 0600: it holds the rendezvous points' private keys).
+        #[arg(long, short = 'o', value_name = "FILE")]
+        output: PathBuf,
+    },
+    /// Replace the database with a backup made by `arcd backup`. Stop `arcd serve` first (restore
+    /// refuses while it runs); the replaced database is kept beside it. Start `arcd serve` after.
+    Restore {
+        /// Backup file to restore.
+        #[arg(long, short = 'i', value_name = "FILE")]
+        input: PathBuf,
+    },
     /// Print the version.
     Version,
 }

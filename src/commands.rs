@@ -17,6 +17,8 @@ pub enum CommandError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Backup(#[from] crate::backup::BackupError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("{file}: {message}")]
@@ -73,6 +75,23 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// `arcd backup`: prints what was written as JSON.
+pub fn backup(config: &Config, output: &Path) -> Result<(), CommandError> {
+    let summary = crate::backup::backup(config, output)?;
+    print_json(&summary);
+    Ok(())
+}
+
+/// `arcd restore`: prints what was replaced as JSON; warnings also go to the log.
+pub fn restore(config: &Config, input: &Path) -> Result<(), CommandError> {
+    let summary = crate::backup::restore(config, input)?;
+    for warning in &summary.warnings {
+        tracing::warn!("{warning}");
+    }
+    print_json(&summary);
+    Ok(())
 }
 
 #[derive(serde::Serialize)]

@@ -1,6 +1,7 @@
 //! arcd: a self-hosted rendezvous point for virtual SIMs (see docs/ARCHITECTURE.md).
 
 pub mod api;
+pub mod backup;
 pub mod bootstrap;
 pub mod cli;
 pub mod commands;

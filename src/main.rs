@@ -39,6 +39,8 @@ fn main() -> ExitCode {
         Command::Iotsim(IotsimCommand::Import { file, operator }) => {
             arcd::commands::import_iot_sims(&config, &file, &operator)
         }
+        Command::Backup { output } => arcd::commands::backup(&config, &output),
+        Command::Restore { input } => arcd::commands::restore(&config, &input),
         Command::Version => Ok(()),
     };
     match result {

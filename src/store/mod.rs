@@ -115,6 +115,10 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The schema version (`PRAGMA user_version`) this binary writes: the number of migrations.
+/// Older databases are migrated on open; newer ones are refused.
+pub const SCHEMA_VERSION: i64 = migrations::LATEST;
+
 /// What a client is told when a write failed for lack of disk space (API and device services).
 pub const DISK_FULL_MESSAGE: &str = "the arcd server's disk is full: nothing was written; free space on its data directory's file system, then retry";
 

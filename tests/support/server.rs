@@ -52,6 +52,31 @@ impl TestServer {
                 auth_key: r.auth_key.clone(),
             })
             .expect("first start makes root credentials");
+        Self::connect(running, root, data_dir, dir)
+    }
+
+    /// Starts arcd on a data directory the test prepared in `dir` (`test_config(dir)`'s
+    /// data_dir, e.g. a database from a fixture): not a first start, so the caller names the
+    /// root credentials that database holds.
+    pub async fn start_prepared(
+        dir: tempfile::TempDir,
+        root: RootCredentials,
+        adjust: impl FnOnce(&mut Config),
+    ) -> TestServer {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        let data_dir = config.data_dir.clone();
+        let running = server::start(config).await.expect("arcd starts");
+        Self::connect(running, root, data_dir, dir)
+    }
+
+    fn connect(
+        running: Running,
+        root: RootCredentials,
+        data_dir: PathBuf,
+        dir: tempfile::TempDir,
+    ) -> TestServer {
         let scheme = if running.tls { "https" } else { "http" };
         let base = format!("{scheme}://127.0.0.1:{}", running.api_addr.port());
         let mut builder = reqwest::Client::builder();
