@@ -146,6 +146,30 @@ pub fn store_write(elapsed: Duration) {
 pub fn registry(collector: ArcdCollector) -> Registry {
     let mut registry = Registry::default();
     let events = &*EVENTS;
+    // Every known result shows from the first scrape (as 0), so rates and alerts on them have a
+    // series before the first event.
+    for result in ["written", "refused"] {
+        events
+            .harvest_entries
+            .get_or_create_owned(&ResultLabels { result });
+    }
+    for result in ["forwarded", "not_configured", "upstream_error", "timeout"] {
+        events
+            .beam_forwards
+            .get_or_create_owned(&ResultLabels { result });
+    }
+    for result in ["ok", "not_found", "forbidden", "bad_request", "error"] {
+        events
+            .metadata_requests
+            .get_or_create_owned(&ResultLabels { result });
+    }
+    for rcode in [
+        "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
+    ] {
+        events
+            .dns_replies
+            .get_or_create_owned(&RcodeLabels { rcode });
+    }
     registry.register(
         "arcd_api_requests",
         "API requests by operation (operationId, or the route) and HTTP status",

@@ -67,7 +67,7 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_build_info",
-            "arcd's version; always 1",
+            "arcd's version; always 1.",
             MetricType::Gauge,
             [(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
         )?;
@@ -91,14 +91,14 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_sessions",
-            "Active sessions (devices that may connect) per rendezvous point",
+            "Active sessions (devices that may connect) per rendezvous point.",
             MetricType::Gauge,
             sessions,
         )?;
         family(
             &mut encoder,
             "arcd_devices_online",
-            "Devices with a handshake in the last 180 s per rendezvous point",
+            "Devices with a handshake in the last 180 s per rendezvous point.",
             MetricType::Gauge,
             online,
         )?;
@@ -121,7 +121,7 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_handshakes",
-            "WireGuard handshake messages per rendezvous point by result",
+            "WireGuard handshake messages per rendezvous point by result.",
             MetricType::Counter,
             handshakes,
         )?;
@@ -143,14 +143,14 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_packets",
-            "IP packets through the tunnels per rendezvous point: rx = from devices, tx = to devices",
+            "IP packets through the tunnels per rendezvous point: rx = from devices, tx = to devices.",
             MetricType::Counter,
             direction(|c| &c.rx_packets, |c| &c.tx_packets),
         )?;
         family(
             &mut encoder,
             "arcd_bytes",
-            "IP bytes (inside the tunnel, before encryption) per rendezvous point and direction",
+            "IP bytes (inside the tunnel, before encryption) per rendezvous point and direction.",
             MetricType::Counter,
             direction(|c| &c.rx_bytes, |c| &c.tx_bytes),
         )?;
@@ -165,7 +165,7 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_dropped_packets",
-            "Packets from or to devices dropped per rendezvous point by reason",
+            "Packets from or to devices dropped per rendezvous point by reason.",
             MetricType::Counter,
             drops,
         )?;
@@ -173,7 +173,7 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_tun_dropped_packets",
-            "Packets read from the TUN device dropped by reason (no device owns the destination: no_route)",
+            "Packets read from the TUN device dropped by reason (no device owns the destination: no_route).",
             MetricType::Counter,
             [("malformed", &tun_drops.malformed), ("no_route", &tun_drops.no_route)]
                 .map(|(reason, c)| (vec![("reason", reason)], load(c))),
@@ -183,7 +183,7 @@ impl Collector for ArcdCollector {
         family(
             &mut encoder,
             "arcd_store_wal_bytes",
-            "Size of the SQLite write-ahead log file",
+            "Size of the SQLite write-ahead log file.",
             MetricType::Gauge,
             [(Vec::new(), wal_bytes)],
         )?;
