@@ -177,7 +177,7 @@ pub fn registry(collector: ArcdCollector) -> Registry {
     );
     registry.register(
         "arcd_api_request_duration_seconds",
-        "API request latency by operation, from the first byte of the head to the response",
+        "API request latency by operation, from the parsed request head to the response head",
         events.api_latency.clone(),
     );
     registry.register(
