@@ -78,6 +78,7 @@ APT_PACKAGES=(
     python3-venv    # the virtualenv scripts/schemathesis.sh installs schemathesis (PyPI) into
     ruby            # `ruby -c Vagrantfile` and the checks of scripts/e2e/vagrantfile.sh
     chromium        # the management page's browser test (scripts/e2e/web.sh)
+    prometheus      # promtool: checks a real metrics scrape in scripts/e2e/netns.sh (stage 6i)
 )
 # Node.js and npm (the page test; npm installs only playwright-core from
 # tests/web/package-lock.json and never downloads a browser) only when missing: a machine with

@@ -37,6 +37,7 @@ pub struct Config {
     pub coverage: CoverageConfig,
     pub sims: SimsConfig,
     pub services: ServicesConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
 }
 
@@ -140,6 +141,16 @@ pub struct ServicesConfig {
     pub beam_timeout_seconds: u64,
 }
 
+/// Prometheus metrics on a listener of their own (plain HTTP `GET /metrics`), off by default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    pub enabled: bool,
+    /// Loopback by default: the metrics carry no secrets but describe the service, so exposing
+    /// them on other addresses is a choice the operator makes by setting this.
+    pub listen: SocketAddr,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
@@ -207,6 +218,10 @@ impl Default for Config {
                 harvest_retention_days: 40,
                 beam_timeout_seconds: 10,
             },
+            metrics: MetricsConfig {
+                enabled: false,
+                listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT)),
+            },
             log: LogConfig {
                 level: "info".into(),
                 format: LogFormat::Text,
@@ -225,8 +240,13 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "coverage",
     "sims",
     "services",
+    "metrics",
     "log",
 ];
+
+/// Port of the metrics listener when on (next to node_exporter's 9100 family of ports; not one
+/// of the well-known exporters' registered defaults).
+pub const DEFAULT_METRICS_PORT: u16 = 9469;
 
 /// Largest token lifetime the official API allows.
 pub const MAX_TOKEN_TIMEOUT_SECONDS: u64 = 172_800;
@@ -372,6 +392,12 @@ impl Config {
             return Err(invalid(
                 "services.local_domain",
                 "must be a DNS name such as arc.internal".into(),
+            ));
+        }
+        if self.metrics.enabled && self.metrics.listen == self.api.listen {
+            return Err(invalid(
+                "metrics.listen",
+                "must differ from api.listen".into(),
             ));
         }
         if self.tun.mtu < 1280 {
@@ -603,6 +629,23 @@ mod tests {
         assert_eq!(g.coverage_for_host(None), Coverage::G);
         // Global RP `eu-central-1` is not configured by default: falls back to the first one.
         assert_eq!(c.rendezvous_point_for(Coverage::G).id, "ap-northeast-1");
+    }
+
+    #[test]
+    fn metrics_are_off_and_loopback_by_default() {
+        let c = Config::load_with_env(None, env_from(&[])).expect("defaults are valid");
+        assert!(!c.metrics.enabled);
+        assert!(c.metrics.listen.ip().is_loopback());
+        let c = Config::load_with_env(
+            None,
+            env_from(&[
+                ("METRICS__ENABLED", "true"),
+                ("METRICS__LISTEN", "0.0.0.0:9000"),
+            ]),
+        )
+        .expect("an explicit address is allowed");
+        assert!(c.metrics.enabled);
+        assert_eq!(c.metrics.listen.port(), 9000);
     }
 
     #[test]

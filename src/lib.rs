@@ -11,6 +11,7 @@ mod fsutil;
 pub mod ids;
 mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod services;
 pub mod store;

@@ -21,6 +21,7 @@ use crate::dataplane::{
     Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
 };
 use crate::listener;
+use crate::metrics;
 use crate::services;
 use crate::store::{rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
@@ -45,6 +46,11 @@ pub enum ServeError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Services(#[from] services::ServiceBindError),
+    #[error("metrics: cannot listen on {addr}: {source}")]
+    MetricsListen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -55,6 +61,9 @@ pub enum ServeError {
 /// A started arcd. Dropping it does not stop it; call `shutdown`.
 pub struct Running {
     pub api_addr: SocketAddr,
+    /// Where `GET /metrics` is served, when `metrics.enabled`.
+    pub metrics_addr: Option<SocketAddr>,
+    _metrics: Option<metrics::MetricsServer>,
     pub tls: bool,
     pub store: Arc<Store>,
     pub peers: Arc<Mutex<PeerTable>>,
@@ -188,6 +197,16 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         source,
     })?;
     tracing::info!(addr = %api_addr, tls = tls.is_some(), "API listening");
+    let metrics_server = if config.metrics.enabled {
+        let collector = metrics::ArcdCollector::new(dataplane.engine.clone(), store.wal_path());
+        let addr = config.metrics.listen;
+        let server = metrics::serve(addr, metrics::registry(collector))
+            .await
+            .map_err(|source| ServeError::MetricsListen { addr, source })?;
+        Some(server)
+    } else {
+        None
+    };
 
     let limits = listener::Limits::from_config(&config.api);
     let config = Arc::new(config);
@@ -206,6 +225,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let accept_task = tokio::spawn(listener::accept_loop(listener, tls, app, limits, stopped));
     Ok(Running {
         api_addr,
+        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
+        _metrics: metrics_server,
         tls: tls_on,
         store,
         peers,

@@ -116,6 +116,7 @@ RV_D4=10.99.4.1 D4_RV=10.99.4.2 # d4, d5: global-coverage devices of the VPG sta
 RV_D5=10.99.5.1 D5_RV=10.99.5.2
 API_PORT=8443
 WG_PORT=11010
+METRICS_URL=http://127.0.0.1:9469/metrics # arcd's Prometheus listener, on rv's own loopback
 API_TLS=${E2E_API_TLS:-yes}
 [[ $API_TLS == no ]] && API_SCHEME=http || API_SCHEME=https
 API_URL="${API_SCHEME}://${RV_ADDR}:${API_PORT}"
@@ -520,9 +521,9 @@ dig_a() {
     echo "netns.sh: needs root (network namespaces, TUN devices, WireGuard)" >&2
     exit 1
 }
-for tool in ip wg wireguard-go iperf3 jq curl ping timeout awk unshare nsenter ss dig nc python3 base64; do
+for tool in ip wg wireguard-go iperf3 jq curl ping timeout awk unshare nsenter ss dig nc python3 base64 promtool; do
     command -v "$tool" >/dev/null || {
-        echo "netns.sh: missing $tool (apt-get install --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping bind9-dnsutils netcat-openbsd python3)" >&2
+        echo "netns.sh: missing $tool (apt-get install --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping bind9-dnsutils netcat-openbsd python3 prometheus)" >&2
         exit 1
     }
 done
@@ -593,7 +594,7 @@ if ! nsx "$NS_RV" env "${ARCD_ENV_UNSET[@]}" "$PROV/rendezvous.sh" --arcd "$ARCD
     --api-listen "$RV_ADDR:$API_PORT" --api-tls "$API_TLS" --api-hostname "$RV_ADDR" \
     --rp-id "$RP_ID" --rp-listen "0.0.0.0:$WG_PORT" --rp-endpoint "$RV_ADDR:$WG_PORT" \
     --pool "$POOL" --allowed-ips 100.127.0.0/16 --tun-name arc0 --mtu "$MTU" \
-    --log-level "${E2E_LOG_LEVEL:-info}" --pid-file "$WORK/arcd.pid" --log-file "$WORK/arcd.log" \
+    --log-level "${E2E_LOG_LEVEL:-info}" --metrics-listen 127.0.0.1:9469 --pid-file "$WORK/arcd.pid" --log-file "$WORK/arcd.log" \
     2>&1 | sed 's/^/    /'; then
     fail "arcd starts (rendezvous.sh)" "scripts/provision/rendezvous.sh failed (output above)"
 fi
@@ -629,6 +630,9 @@ wait_for 10 in_mnt test -S "$UAPI_DIR/$ARCD_UAPI_NAME.sock" ||
 nsx "$NS_RV" timeout 5 ss -Hlun "sport = :$WG_PORT" | grep -q . ||
     fail "arcd starts" "nothing listens on UDP port $WG_PORT in $NS_RV"
 figure "arcd start (API, TUN, UDP ready)" "$(($(now_ms) - t0)) ms"
+# The baseline of stage 6i: the data-plane counters start at zero.
+nsx "$NS_RV" timeout 5 curl -fsS -m 3 -o "$WORK/metrics-start.txt" "$METRICS_URL" ||
+    fail "arcd starts" "no metrics at $METRICS_URL in $NS_RV ([metrics] enabled by rendezvous.sh)"
 ip -n "$NS_RV" -br addr show dev arc0 | sed 's/^/    /'
 pass "arcd serve with [tun] enabled (rendezvous.sh)" "pid $ARCD_PID, API $API_URL"
 
@@ -1164,6 +1168,39 @@ for proto in udp tcp; do
 done
 pass "malformed DNS queries (UDP and TCP): arcd alive, DNS still answers" "d3: harvest.soracom.io -> $HARVEST_ADDR"
 figure "services stage (6a-6h)" "$(($(now_ms) - t_services)) ms (d3 provisioning included)"
+
+stage "6i. Prometheus metrics ($METRICS_URL in $NS_RV)"
+# After real tunnel traffic from stock clients: promtool accepts the scrape and the counters
+# moved. `metric FILE SAMPLE` prints one sample's value (0 when absent).
+metric() { awk -v key="$2" '$1 == key { print $2; found = 1 } END { if (!found) print 0 }' "$1"; }
+nsx "$NS_RV" timeout 5 curl -fsS -m 3 -o "$WORK/metrics.txt" "$METRICS_URL" ||
+    fail "metrics scrape" "GET $METRICS_URL failed"
+promtool check metrics <"$WORK/metrics.txt" >"$WORK/promtool.out" 2>&1 ||
+    fail "promtool check metrics" "$(head -n 5 "$WORK/promtool.out" | tr '\n' ' ')"
+pass "promtool check metrics on a scrape" "$(grep -c '^arcd_' "$WORK/metrics.txt") samples"
+rp_label="rendezvous_point=\"$RP_ID\""
+for sample in "arcd_handshakes_total{$rp_label,result=\"completed\"}" \
+    "arcd_packets_total{$rp_label,direction=\"rx\"}" "arcd_packets_total{$rp_label,direction=\"tx\"}" \
+    "arcd_bytes_total{$rp_label,direction=\"rx\"}" "arcd_bytes_total{$rp_label,direction=\"tx\"}" \
+    "arcd_api_requests_total{operation=\"createSim\",status=\"201\"}" \
+    'arcd_harvest_entries_total{result="written"}' 'arcd_beam_requests_total{result="forwarded"}' \
+    'arcd_dns_replies_total{rcode="NOERROR"}' 'arcd_metadata_requests_total{result="ok"}' \
+    "arcd_dropped_packets_total{$rp_label,reason=\"spoofed_source\"}" \
+    'arcd_store_write_duration_seconds_count'; do
+    start=$(metric "$WORK/metrics-start.txt" "$sample")
+    now=$(metric "$WORK/metrics.txt" "$sample")
+    awk -v a="$start" -v b="$now" 'BEGIN { exit !(b > a) }' ||
+        fail "metrics moved" "$sample: $start at start, $now after the traffic"
+done
+# iperf3 alone got at least IPERF_MIN_BYTES from d1 through the tunnel (stage 5b).
+rx_bytes=$(metric "$WORK/metrics.txt" "arcd_bytes_total{$rp_label,direction=\"rx\"}")
+awk -v b="$rx_bytes" -v min="$IPERF_MIN_BYTES" 'BEGIN { exit !(b >= min) }' ||
+    fail "metrics: bytes from devices" "$rx_bytes < $IPERF_MIN_BYTES (iperf3 alone got that much through)"
+sessions=$(metric "$WORK/metrics.txt" "arcd_sessions{$rp_label}")
+online=$(metric "$WORK/metrics.txt" "arcd_devices_online{$rp_label}")
+((sessions >= 3 && online >= 3 && online <= sessions)) ||
+    fail "metrics: sessions and devices online" "sessions $sessions, online $online (d1-d3 are up)"
+pass "metrics moved with the traffic" "rx $rx_bytes bytes, $sessions sessions, $online online"
 
 stage "7a. delete_session: traffic resumes without touching the device"
 # wg reports handshake times in whole seconds: make sure a new one is distinguishable.

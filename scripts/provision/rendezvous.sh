@@ -27,6 +27,8 @@
 #   --tun-name NAME        TUN interface [arc0]
 #   --mtu N                TUN MTU [1420]
 #   --log-level FILTER     arcd's log filter [info]
+#   --metrics-listen A:P   turn the Prometheus metrics listener on at this address (GET /metrics)
+#                          [off]
 #   --pid-file FILE        background mode (see above)
 #   --log-file FILE        arcd's output in background mode [DATA_DIR/arcd.log]
 #   --timeout SECONDS      how long to wait for arcd to be ready [30]
@@ -56,6 +58,7 @@ allowed_ips=100.127.0.0/16
 tun_name=arc0
 mtu=1420
 log_level=info
+metrics_listen=""
 pid_file=""
 log_file=""
 timeout=30
@@ -76,6 +79,7 @@ while (($#)); do
         --tun-name) tun_name=${2:?--tun-name needs a value}; shift ;;
         --mtu) mtu=${2:?--mtu needs a value}; shift ;;
         --log-level) log_level=${2:?--log-level needs a value}; shift ;;
+        --metrics-listen) metrics_listen=${2:?--metrics-listen needs a value}; shift ;;
         --pid-file) pid_file=${2:?--pid-file needs a value}; shift ;;
         --log-file) log_file=${2:?--log-file needs a value}; shift ;;
         --timeout) timeout=${2:?--timeout needs a value}; shift ;;
@@ -88,6 +92,7 @@ while (($#)); do
 done
 [[ -n $rp_endpoint ]] || usage_error "--rp-endpoint is required"
 check_arg --api-listen "$api_listen" is_host_port
+[[ -z $metrics_listen ]] || check_arg --metrics-listen "$metrics_listen" is_host_port
 check_arg --rp-listen "$rp_listen" is_host_port
 check_arg --rp-endpoint "$rp_endpoint" is_host_port
 check_arg --pool "$pool" is_cidr
@@ -168,6 +173,9 @@ allowed_ips = $(toml_list "${allowed[@]}")
 [log]
 level = "$log_level"
 EOF
+if [[ -n $metrics_listen ]]; then
+    printf '\n[metrics]\nenabled = true\nlisten = "%s"\n' "$metrics_listen" >>"$config.tmp.$$"
+fi
 mv -f "$config.tmp.$$" "$config"
 log "wrote $config"
 

@@ -50,7 +50,7 @@ pub async fn import_iot_sims(
     Ok(json(StatusCode::CREATED, &body))
 }
 
-const OPENAPI: &str = include_str!("../../openapi.yaml");
+pub(crate) const OPENAPI: &str = include_str!("../../openapi.yaml");
 
 pub async fn openapi() -> Response {
     ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()

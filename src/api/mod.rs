@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
+pub(crate) use arcd::OPENAPI;
 pub use error::ApiError;
 
 use crate::config::{Config, Coverage};
@@ -221,7 +222,8 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// One log line per request: method, route (never the query, which may hold keys), status, time.
+/// One log line per request: method, route (never the query, which may hold keys), status, time;
+/// and the request's metrics.
 async fn log_request(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -230,7 +232,15 @@ async fn log_request(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| request.uri().path().to_string());
+    let operation = crate::metrics::operation_of(
+        method.as_str(),
+        request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str()),
+    );
     let response = next.run(request).await;
+    crate::metrics::api_request(&operation, response.status().as_u16(), started.elapsed());
     let operator = response
         .extensions()
         .get::<Operator>()

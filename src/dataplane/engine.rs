@@ -5,7 +5,7 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +17,7 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::peer_table::Applied;
 use super::stats::PeerSnapshot;
+pub use super::stats::{Counters, HandshakeCounters, RpCounters};
 use crate::store::vpgs::RunningVpg;
 use crate::store::ActiveSession;
 
@@ -52,27 +53,6 @@ const SPOOF_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 /// REJECT_AFTER_TIME: no session outlives it without a new handshake).
 pub const ONLINE_WINDOW: Duration = Duration::from_secs(180);
 
-/// Why packets were dropped, for operators (`/v1/arcd/...` later) and tests.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub malformed: AtomicU64,
-    pub unknown_peer: AtomicU64,
-    pub cookie_replies: AtomicU64,
-    pub wireguard_errors: AtomicU64,
-    pub spoofed_source: AtomicU64,
-    pub peer_to_peer_denied: AtomicU64,
-    /// Packets from a device in a VPG whose internet gateway is off to a non-platform address.
-    pub internet_denied: AtomicU64,
-    pub no_route: AtomicU64,
-    pub no_endpoint: AtomicU64,
-}
-
-impl Counters {
-    fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// One rendezvous point's WireGuard identity.
 pub struct Listener {
     pub rp_id: String,
@@ -83,6 +63,8 @@ pub struct Listener {
     /// Given to each peer's `Tunn`, which checks mac1 again on its own: a limit that never
     /// engages, so handshakes are not counted twice and only `rate_limiter` decides on cookies.
     unlimited: Arc<RateLimiter>,
+    /// This rendezvous point's traffic, handshakes and drops (read by the metrics scrape).
+    pub counters: RpCounters,
 }
 
 impl Listener {
@@ -93,6 +75,7 @@ impl Listener {
             rp_id: rp_id.to_string(),
             rate_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT)),
             unlimited: Arc::new(RateLimiter::new(&static_public, u64::MAX)),
+            counters: RpCounters::default(),
             static_private,
             static_public,
         }
@@ -160,7 +143,10 @@ pub struct Engine {
     /// What each running VPG allows its devices; a device outside any VPG reaches the TUN side
     /// and no other device.
     vpgs: RwLock<HashMap<String, VpgRules>>,
+    /// Drops of every rendezvous point together, plus those of TUN packets (which belong to none).
     pub counters: Counters,
+    /// Drops of packets read from the TUN device that reach no rendezvous point.
+    pub tun_drops: Counters,
 }
 
 impl Engine {
@@ -171,7 +157,22 @@ impl Engine {
             timers: Mutex::new(BinaryHeap::new()),
             vpgs: RwLock::new(HashMap::new()),
             counters: Counters::default(),
+            tun_drops: Counters::default(),
         }
+    }
+
+    /// Counts a dropped packet of rendezvous point `listener` (and in the engine's totals).
+    fn dropped(&self, listener: usize, reason: fn(&Counters) -> &AtomicU64) {
+        Counters::bump(reason(&self.counters));
+        if let Some(rp) = self.listeners.get(listener) {
+            Counters::bump(reason(&rp.counters.drops));
+        }
+    }
+
+    /// Counts a dropped packet read from the TUN device (it belongs to no rendezvous point).
+    fn dropped_from_tun(&self, reason: fn(&Counters) -> &AtomicU64) {
+        Counters::bump(reason(&self.counters));
+        Counters::bump(reason(&self.tun_drops));
     }
 
     pub fn listeners(&self) -> impl Iterator<Item = &Listener> {
@@ -383,6 +384,8 @@ impl Engine {
             Ok(packet) => packet,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 Counters::bump(&self.counters.cookie_replies);
+                // Only handshake messages are answered with a cookie (the limit is engaged).
+                Counters::bump(&rp.counters.handshakes.cookie_required);
                 out.push(Outgoing::Udp {
                     listener,
                     to: from,
@@ -391,10 +394,14 @@ impl Engine {
                 return;
             }
             Err(_) => {
-                Counters::bump(&self.counters.malformed);
+                self.dropped(listener, |c| &c.malformed);
                 return;
             }
         };
+        let handshake = matches!(
+            packet,
+            Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
+        );
         let peer = {
             let peers = read(&self.peers);
             match packet {
@@ -410,7 +417,10 @@ impl Engine {
             }
         };
         let Some(peer) = peer.filter(|p| p.listener == listener) else {
-            Counters::bump(&self.counters.unknown_peer);
+            self.dropped(listener, |c| &c.unknown_peer);
+            if handshake {
+                Counters::bump(&rp.counters.handshakes.unknown_peer);
+            }
             return;
         };
         let mut state = lock(&peer.state);
@@ -426,7 +436,7 @@ impl Engine {
                 }
                 TunnResult::Err(e) => {
                     if !matches!(e, WireGuardError::DuplicateCounter) {
-                        Counters::bump(&self.counters.wireguard_errors);
+                        self.dropped(listener, |c| &c.wireguard_errors);
                     }
                     break;
                 }
@@ -445,6 +455,7 @@ impl Engine {
                 TunnResult::WriteToTunnelV4(packet, source) => {
                     authenticated = true;
                     if source == peer.client_ip {
+                        rp.counters.received(packet.len());
                         let packet = packet.to_vec();
                         state.endpoint = Some(from);
                         state.last_activity = now;
@@ -453,7 +464,7 @@ impl Engine {
                         self.schedule(&peer, now);
                         return;
                     }
-                    Counters::bump(&self.counters.spoofed_source);
+                    self.dropped(listener, |c| &c.spoofed_source);
                     let quiet = state
                         .last_spoof_warning
                         .is_some_and(|at| now.duration_since(at) < SPOOF_WARNING_INTERVAL);
@@ -470,10 +481,18 @@ impl Engine {
                 }
                 TunnResult::WriteToTunnelV6(..) => {
                     authenticated = true;
-                    Counters::bump(&self.counters.no_route);
+                    self.dropped(listener, |c| &c.no_route);
                     break;
                 }
             }
+        }
+        if handshake {
+            let handshakes = &rp.counters.handshakes;
+            Counters::bump(if authenticated {
+                &handshakes.completed
+            } else {
+                &handshakes.rejected
+            });
         }
         if authenticated {
             // Roaming: the endpoint follows the latest authenticated packet.
@@ -496,7 +515,7 @@ impl Engine {
         out: &mut Outbox,
     ) {
         let Some(destination) = ipv4_destination(&packet) else {
-            Counters::bump(&self.counters.malformed);
+            self.dropped(from.listener, |c| &c.malformed);
             return;
         };
         let target = read(&self.peers).by_ip.get(&destination).cloned();
@@ -504,22 +523,22 @@ impl Engine {
             Some(target) if self.peer_to_peer_allowed(from, &target) => {
                 self.send_to_peer(&target, &packet, now, buf, out);
             }
-            Some(_) => Counters::bump(&self.counters.peer_to_peer_denied),
+            Some(_) => self.dropped(from.listener, |c| &c.peer_to_peer_denied),
             None if self.egress_allowed(from, destination) => out.push(Outgoing::Tun(packet)),
-            None => Counters::bump(&self.counters.internet_denied),
+            None => self.dropped(from.listener, |c| &c.internet_denied),
         }
     }
 
     /// A packet read from the TUN device: encrypted to the peer owning its destination.
     pub fn handle_tun_packet(&self, packet: &[u8], now: Instant, buf: &mut [u8], out: &mut Outbox) {
         let Some(destination) = ipv4_destination(packet) else {
-            Counters::bump(&self.counters.malformed);
+            self.dropped_from_tun(|c| &c.malformed);
             return;
         };
         let target = read(&self.peers).by_ip.get(&destination).cloned();
         match target {
             Some(target) => self.send_to_peer(&target, packet, now, buf, out),
-            None => Counters::bump(&self.counters.no_route),
+            None => self.dropped_from_tun(|c| &c.no_route),
         }
     }
 
@@ -533,11 +552,14 @@ impl Engine {
     ) {
         let mut state = lock(&peer.state);
         let Some(endpoint) = state.endpoint else {
-            Counters::bump(&self.counters.no_endpoint);
+            self.dropped(peer.listener, |c| &c.no_endpoint);
             return;
         };
         match self.tunn(peer, &mut state).encapsulate(packet, buf) {
             TunnResult::WriteToNetwork(data) => {
+                if let Some(rp) = self.listeners.get(peer.listener) {
+                    rp.counters.sent(packet.len());
+                }
                 out.push(Outgoing::Udp {
                     listener: peer.listener,
                     to: endpoint,
@@ -545,7 +567,7 @@ impl Engine {
                 });
                 state.last_activity = now;
             }
-            TunnResult::Err(_) => Counters::bump(&self.counters.wireguard_errors),
+            TunnResult::Err(_) => self.dropped(peer.listener, |c| &c.wireguard_errors),
             _ => {}
         }
         drop(state);
@@ -598,7 +620,7 @@ impl Engine {
                         to,
                         data: packet.to_vec(),
                     }),
-                    None => Counters::bump(&self.counters.no_endpoint),
+                    None => self.dropped(peer.listener, |c| &c.no_endpoint),
                 },
                 // Routine: the device stopped handshaking (gone, or asleep). boringtun's own ERROR
                 // line for this is filtered out (see crate::logging).

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::http::{identify, text};
 use super::{Caller, SharedContext, BEAM_HTTP_PORT};
+use crate::metrics;
 use crate::store::now_ms;
 
 pub const SIGNATURE_VERSION: &str = "20151001";
@@ -251,9 +252,13 @@ async fn entry(
     .await
     {
         Ok(caller) => caller,
-        Err(response) => return response,
+        Err(response) => {
+            metrics::beam_forward("not_configured");
+            return response;
+        }
     };
     let Some(route) = route_for(&caller, uri.path()) else {
+        metrics::beam_forward("not_configured");
         return text(StatusCode::BAD_REQUEST, NOT_CONFIGURED);
     };
     forward(&ctx, &caller, &route, method, &uri, &headers, body).await
@@ -272,6 +277,7 @@ pub async fn forward(
 ) -> Response {
     let url = target_url(route, uri.path(), uri.query());
     let Ok(target) = url.parse::<Uri>() else {
+        metrics::beam_forward("upstream_error");
         return text(
             StatusCode::BAD_GATEWAY,
             "Beam destination is not a valid URL",
@@ -295,6 +301,7 @@ pub async fn forward(
     match tokio::time::timeout(beam.timeout, exchange).await {
         Ok(Ok((parts, body))) => {
             tracing::debug!(status = parts.status.as_u16(), "Beam destination answered");
+            metrics::beam_forward("forwarded");
             let mut response = Response::new(Body::from(body));
             *response.status_mut() = parts.status;
             for (name, value) in &parts.headers {
@@ -306,15 +313,19 @@ pub async fn forward(
         }
         Ok(Err(e)) => {
             tracing::info!(error = %e, "Beam destination failed");
+            metrics::beam_forward("upstream_error");
             text(
                 StatusCode::BAD_GATEWAY,
                 format!("Beam destination failed: {e}"),
             )
         }
-        Err(_) => text(
-            StatusCode::GATEWAY_TIMEOUT,
-            "Beam destination did not answer in time",
-        ),
+        Err(_) => {
+            metrics::beam_forward("timeout");
+            text(
+                StatusCode::GATEWAY_TIMEOUT,
+                "Beam destination did not answer in time",
+            )
+        }
     }
 }
 

@@ -424,6 +424,7 @@ pub async fn serve_udp(service: Arc<DnsService>, socket: UdpSocket) {
 }
 
 async fn send_udp(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
+    crate::metrics::dns_reply(reply);
     if let Err(error) = socket.send_to(reply, client).await {
         debug!(%client, %error, "DNS: UDP send failed");
     }
@@ -468,6 +469,7 @@ async fn serve_connection(service: &DnsService, mut stream: TcpStream) -> io::Re
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "query cut short"))??;
         if let Some(reply) = service.handle(&query, Transport::Tcp).await {
+            crate::metrics::dns_reply(&reply);
             write_framed(&mut stream, &reply).await?;
         }
     }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::http::{identify, text};
 use super::{Caller, SharedContext};
+use crate::metrics;
 use crate::store::harvest::{self, NewEntry};
 use crate::store::{now_ms, Store, StoreError};
 
@@ -172,6 +173,18 @@ pub async fn accept_post(
     body: &[u8],
     honour_timestamp: bool,
 ) -> Response {
+    let response = store_post(ctx, caller, headers, body, honour_timestamp).await;
+    metrics::harvest_entry(response.status() == StatusCode::CREATED);
+    response
+}
+
+async fn store_post(
+    ctx: &SharedContext,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    honour_timestamp: bool,
+) -> Response {
     if !caller.enabled("SoracomHarvest", "enabled") {
         return text(StatusCode::BAD_REQUEST, DISABLED);
     }
@@ -217,7 +230,10 @@ async fn post_entry(
     }
     let caller = match identify(&ctx, remote, || text(StatusCode::BAD_REQUEST, DISABLED)).await {
         Ok(caller) => caller,
-        Err(response) => return response,
+        Err(response) => {
+            metrics::harvest_entry(false);
+            return response;
+        }
     };
     accept_post(&ctx, &caller, &headers, &body, true).await
 }
@@ -237,15 +253,19 @@ pub async fn store_raw(ctx: &SharedContext, remote: SocketAddr, message: &[u8]) 
         .strip_suffix(b"\n")
         .map(|m| m.strip_suffix(b"\r").unwrap_or(m))
         .unwrap_or(message);
+    let refused = |status: StatusCode| {
+        metrics::harvest_entry(false);
+        ack(status)
+    };
     if message.len() > MAX_ENTRY_BYTES {
-        return ack(StatusCode::PAYLOAD_TOO_LARGE);
+        return refused(StatusCode::PAYLOAD_TOO_LARGE);
     }
     if message.is_empty() {
-        return ack(StatusCode::BAD_REQUEST);
+        return refused(StatusCode::BAD_REQUEST);
     }
     let caller = match identify(ctx, remote, || text(StatusCode::BAD_REQUEST, DISABLED)).await {
         Ok(caller) => caller,
-        Err(response) => return ack(response.status()),
+        Err(response) => return refused(response.status()),
     };
     let response = accept_post(ctx, &caller, &HeaderMap::new(), message, false).await;
     tracing::info!(service = "harvest", caller = %remote.ip(), bytes = message.len(), status = response.status().as_u16(), "raw message");

@@ -29,6 +29,10 @@ pub fn router(ctx: SharedContext) -> Router {
         .route("/v1/subscriber/tags", put(put_tags))
         .route("/v1/userdata", get(userdata))
         .fallback(|| async { text(StatusCode::NOT_FOUND, NO_SUCH_KEY) })
+        .layer(axum::middleware::map_response(|response: Response| async {
+            crate::metrics::metadata_request(response.status().as_u16());
+            response
+        }))
         .with_state(ctx)
 }
 

@@ -262,6 +262,24 @@ impl Store {
         f: impl FnOnce(&Transaction) -> Result<T>,
         after_commit: impl FnOnce(&T),
     ) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = self.write_then_untimed(f, after_commit);
+        crate::metrics::store_write(started.elapsed());
+        result
+    }
+
+    /// The SQLite write-ahead log beside the database (its size is a metric).
+    pub fn wal_path(&self) -> std::path::PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push("-wal");
+        name.into()
+    }
+
+    fn write_then_untimed<T>(
+        &self,
+        f: impl FnOnce(&Transaction) -> Result<T>,
+        after_commit: impl FnOnce(&T),
+    ) -> Result<T> {
         let mut conn = self
             .writer
             .lock()
