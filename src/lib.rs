@@ -11,6 +11,7 @@ pub mod ids;
 mod listener;
 pub mod logging;
 pub mod server;
+pub mod service_notify;
 pub mod services;
 pub mod store;
 pub mod tls;
