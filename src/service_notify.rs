@@ -30,7 +30,7 @@ pub fn stopping() {
 }
 
 fn send(state: NotifyState<'_>) {
-    if let Err(e) = sd_notify::notify(&[state.clone()]) {
+    if let Err(e) = sd_notify::notify(std::slice::from_ref(&state)) {
         tracing::warn!(state = %state, error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
     }
 }
