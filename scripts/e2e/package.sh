@@ -102,7 +102,8 @@ while read -r want_path want_mode; do
     line=$(awk -v p="./$want_path" '$6 == p' "$WORK/contents.txt")
     [[ -n $line ]] || fail "package contents" "no ./$want_path in: $(awk '{print $6}' "$WORK/contents.txt" | tr '\n' ' ')"
     read -r mode owner _ <<<"$line"
-    [[ $mode == "$want_mode" && $owner == root/root ]] || fail "package contents" "./$want_path is $mode $owner, want $want_mode root/root"
+    [[ $mode == "$want_mode" && ($owner == 0/0 || $owner == root/root) ]] ||
+        fail "package contents" "./$want_path is $mode $owner, want $want_mode owned by root (0/0)"
 done <<'EOF_FILES'
 usr/bin/arcd -rwxr-xr-x
 etc/arcd/arcd.toml -rw-r--r--
