@@ -79,6 +79,8 @@ APT_PACKAGES=(
     ruby            # `ruby -c Vagrantfile` and the checks of scripts/e2e/vagrantfile.sh
     chromium        # the management page's browser test (scripts/e2e/web.sh)
     prometheus      # promtool: checks a real metrics scrape in scripts/e2e/netns.sh (stage 6i)
+    systemd         # systemd-analyze verify, sysusers, tmpfiles of the package (scripts/e2e/package.sh; nothing is started)
+    acl             # getfacl: checks the /run/wireguard ACL of the package's tmpfiles.d rule (package.sh)
 )
 # Node.js and npm (the page test; npm installs only playwright-core from
 # tests/web/package-lock.json and never downloads a browser) only when missing: a machine with

@@ -47,10 +47,15 @@ pub fn serve(config: Config, reinitialize: bootstrap::Reinitialize) -> Result<()
             );
         }
         tokio::select! {
+            // The first poll of shutdown_signal() installs the SIGTERM/SIGINT handlers; only then
+            // does systemd hear READY=1, so a stop right after readiness still shuts down cleanly.
+            biased;
             _ = shutdown_signal() => {
+                crate::service_notify::stopping();
                 tracing::info!("shutting down");
                 running.shutdown().await;
             }
+            _ = crate::service_notify::ready_then_wait() => {}
         }
         Ok(())
     })

@@ -13,6 +13,7 @@ mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod service_notify;
 pub mod services;
 pub mod store;
 pub mod tls;

@@ -37,7 +37,9 @@
 # calls render-wg-conf.sh) → asserts:
 #   ping 100.127.100.127 (both devices) · iperf3 from d1 (>= 50 MB received) · getSim live stats
 #   (arcdSessionStats) · `wg show` on arcd's control socket lists both peers with handshakes ·
-#   devices outside a VPG cannot reach each other
+#   devices outside a VPG cannot reach each other · egress NAT (egress.masquerade): d1 reaches a
+#   host in netns <p>net that has no route back to the client pool (only arcd's masquerade lets
+#   the replies return), nftables table `ip arcd` and ip_forward set by arcd
 # → platform services (stage 6), used from the devices with only what a device has (curl, nc,
 #   dig, ping); d3 is a virtual subscriber added to an imported plan-D IoT SIM (device.sh
 #   --add-subscription), d1 a standalone virtual SIM, both in one group with metadata, Harvest
@@ -74,6 +76,13 @@
 #   E2E_KEEP_WORK=1   keep the temp directory (config, logs, JSON) instead of deleting it
 #   E2E_LOG_LEVEL=F   arcd log filter (default "info")
 #   E2E_IPERF_BYTES=N iperf3 -n amount (default 64M; at least 50,000,000 bytes must arrive)
+#   E2E_RUN_AS=USER   run arcd as USER with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, as the Debian
+#                     package's systemd unit does (rendezvous.sh --run-as); the private
+#                     /var/run/wireguard gets the package's tmpfiles.d rule first. Stage 3 then
+#                     also checks arcd's user, capabilities and control socket owner.
+#   E2E_TMPFILES=FILE the tmpfiles.d file applied with E2E_RUN_AS (default packaging/arcd.tmpfiles)
+#   E2E_STOP_AFTER=5  stop (passing) after stage 5: data plane, wg show and egress NAT only
+#                     (scripts/e2e/package.sh uses it with the packaged binary)
 # Needs: root, /dev/net/tun, iproute2, wireguard-go, wireguard-tools (wg), iperf3, jq, curl, ping,
 # dig (bind9-dnsutils), nc (netcat-openbsd), python3.
 set -euo pipefail
@@ -96,6 +105,7 @@ NS_D2=${NS_PREFIX}d2
 NS_D3=${NS_PREFIX}d3
 NS_D4=${NS_PREFIX}d4
 NS_D5=${NS_PREFIX}d5
+NS_NET=${NS_PREFIX}net   # "another network" behind rv, for the egress NAT stage (5f)
 IF_D1=wgd1
 IF_D2=wgd2
 IF_D3=wgd3
@@ -114,6 +124,7 @@ RV_D2=10.99.2.1 D2_RV=10.99.2.2
 RV_D3=10.99.3.1 D3_RV=10.99.3.2
 RV_D4=10.99.4.1 D4_RV=10.99.4.2 # d4, d5: global-coverage devices of the VPG stage (8)
 RV_D5=10.99.5.1 D5_RV=10.99.5.2
+RV_NET=10.99.8.1 NET_RV=10.99.8.2 # rv <-> net; net routes nothing but 10.99.0.1 back
 API_PORT=8443
 WG_PORT=11010
 METRICS_URL=http://127.0.0.1:9469/metrics # arcd's Prometheus listener, on rv's own loopback
@@ -209,7 +220,7 @@ cleanup() {
     stop_recorded
     wait 2>/dev/null
     local ns left pid
-    for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5" "$NS_RV"; do
+    for ns in "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5" "$NS_NET" "$NS_RV"; do
         if [[ -e /run/netns/$ns ]]; then
             left=""
             for pid in $(ip netns pids "$ns" 2>/dev/null); do
@@ -541,9 +552,27 @@ trap 'exit 143' TERM
 ARCD=${ARCD_BIN:-}
 [[ -z $ARCD ]] || ARCD=$(realpath -m -- "$ARCD")
 unset ARCD_BIN
+RUN_AS=${E2E_RUN_AS:-}
+TMPFILES=$(realpath -m -- "${E2E_TMPFILES:-$REPO_DIR/packaging/arcd.tmpfiles}")
+STOP_AFTER=${E2E_STOP_AFTER:-}
+[[ -z $STOP_AFTER || $STOP_AFTER == 5 ]] || { echo "netns.sh: E2E_STOP_AFTER: only 5 is supported" >&2; exit 2; }
+# How arcd is started (rendezvous.sh, and the restart of stage 8): directly as root, or as
+# rendezvous.sh --run-as does.
+ARCD_LAUNCH=()
+if [[ -n $RUN_AS ]]; then
+    RUN_UID=$(id -u -- "$RUN_AS" 2>/dev/null) || { echo "netns.sh: E2E_RUN_AS: no user $RUN_AS" >&2; exit 2; }
+    RUN_GID=$(id -g -- "$RUN_AS")
+    ARCD_LAUNCH=(setpriv "--reuid=$RUN_UID" "--regid=$RUN_GID" --init-groups
+        --inh-caps=-all,+net_admin,+net_bind_service --ambient-caps=-all,+net_admin,+net_bind_service
+        --bounding-set=-all,+net_admin,+net_bind_service
+        --no-new-privs --)
+    [[ -r $TMPFILES ]] || { echo "netns.sh: E2E_TMPFILES: cannot read $TMPFILES" >&2; exit 2; }
+fi
 
 WORK=$(mktemp -d /tmp/arce2e.XXXXXX)
 chmod 700 "$WORK"
+# arcd running as RUN_AS must reach its config and data directory in here (nothing listable).
+[[ -z $RUN_AS ]] || chmod 711 "$WORK"
 cd "$REPO_DIR"
 
 # --------------------------------------------------------------- 1. build --
@@ -564,11 +593,26 @@ done < <(compgen -e | grep '^ARCD_' || true)
 
 # -------------------------------------------------------- 2. namespaces ----
 stage "2. namespaces and links"
-for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5"; do
+for ns in "$NS_RV" "$NS_D1" "$NS_D2" "$NS_D3" "$NS_D4" "$NS_D5" "$NS_NET"; do
     ip netns add "$ns"
     ip -n "$ns" link set lo up
 done
 private_wireguard_dir arce2e-wireguard || die "no private mount namespace with a tmpfs on $UAPI_DIR"
+if [[ -n $RUN_AS ]]; then
+    # What the package does at install, boot and before every start of the unit.
+    in_mnt systemd-tmpfiles --create "$TMPFILES" || die "systemd-tmpfiles --create $TMPFILES failed"
+    in_mnt getfacl -cp "$UAPI_DIR" 2>/dev/null | grep -qx "user:$RUN_AS:rwx" ||
+        die "$TMPFILES gave $RUN_AS no rwx ACL on $UAPI_DIR: $(in_mnt getfacl -cp "$UAPI_DIR" 2>&1 | tr '\n' ' ')"
+    # Debian's udev makes /dev/net/tun 0666 (opening it is harmless; creating a device needs
+    # CAP_NET_ADMIN). Where it is not (containers often have 0600), our mount namespace gets a
+    # 0666 node of the same device over it, for arcd only; the host's node stays as it is.
+    if [[ $(stat -c %a /dev/net/tun) != 666 ]]; then
+        log "/dev/net/tun is mode $(stat -c %a /dev/net/tun) here: a 0666 node over it in this run's mount namespace"
+        in_mnt sh -c 'mkdir -p "$1" && mount -t tmpfs -o mode=0755,size=64k arce2e-dev "$1" &&
+            mknod -m 0666 "$1/tun" c 10 200 && mount --bind "$1/tun" /dev/net/tun' sh "$WORK/dev" ||
+            die "cannot give $RUN_AS a usable /dev/net/tun in the mount namespace"
+    fi
+fi
 ip -n "$NS_RV" addr add "$RV_ADDR/32" dev lo
 for link in "d1 $RV_D1 $D1_RV" "d2 $RV_D2 $D2_RV" "d3 $RV_D3 $D3_RV" "d4 $RV_D4 $D4_RV" "d5 $RV_D5 $D5_RV"; do
     read -r dev rv_side dev_side <<<"$link"
@@ -579,7 +623,9 @@ for dev in d1 d2 d3 d4 d5; do
     nsx "$ns" timeout 5 ping -n -c 1 -W 2 "$RV_ADDR" >/dev/null ||
         fail "underlay $dev -> rv" "no reply from $RV_ADDR over the veth"
 done
-pass "namespaces $NS_RV, $NS_D1 ... $NS_D5 with veth links"
+# net: one veth to rv, a route back to rv's address only (not to the client pool).
+device_link "$NS_RV" v-net "$RV_NET" "$NS_NET" "$NET_RV" "$RV_ADDR"
+pass "namespaces $NS_RV, $NS_D1 ... $NS_D5, $NS_NET with veth links"
 
 # ------------------------------------------------------------- 3. arcd ------
 stage "3. arcd and iperf3 server in $NS_RV"
@@ -594,7 +640,9 @@ if ! nsx "$NS_RV" env "${ARCD_ENV_UNSET[@]}" "$PROV/rendezvous.sh" --arcd "$ARCD
     --api-listen "$RV_ADDR:$API_PORT" --api-tls "$API_TLS" --api-hostname "$RV_ADDR" \
     --rp-id "$RP_ID" --rp-listen "0.0.0.0:$WG_PORT" --rp-endpoint "$RV_ADDR:$WG_PORT" \
     --pool "$POOL" --allowed-ips 100.127.0.0/16 --tun-name arc0 --mtu "$MTU" \
-    --log-level "${E2E_LOG_LEVEL:-info}" --metrics-listen 127.0.0.1:9469 --pid-file "$WORK/arcd.pid" --log-file "$WORK/arcd.log" \
+    --log-level "${E2E_LOG_LEVEL:-info}" --metrics-listen 127.0.0.1:9469 \
+    --pid-file "$WORK/arcd.pid" --log-file "$WORK/arcd.log" \
+    --egress-masquerade yes ${RUN_AS:+--run-as "$RUN_AS"} \
     2>&1 | sed 's/^/    /'; then
     fail "arcd starts (rendezvous.sh)" "scripts/provision/rendezvous.sh failed (output above)"
 fi
@@ -635,6 +683,22 @@ nsx "$NS_RV" timeout 5 curl -fsS -m 3 -o "$WORK/metrics-start.txt" "$METRICS_URL
     fail "arcd starts" "no metrics at $METRICS_URL in $NS_RV ([metrics] enabled by rendezvous.sh)"
 ip -n "$NS_RV" -br addr show dev arc0 | sed 's/^/    /'
 pass "arcd serve with [tun] enabled (rendezvous.sh)" "pid $ARCD_PID, API $API_URL"
+if [[ -n $RUN_AS ]]; then
+    # As the unit runs it: the user's ids, CAP_NET_ADMIN (bit 12) and CAP_NET_BIND_SERVICE (bit
+    # 10) and nothing else, no new privileges.
+    status=$(cat "/proc/$ARCD_PID/status")
+    want_caps=0000000000001400
+    for line in "Uid:	$RUN_UID	$RUN_UID	$RUN_UID	$RUN_UID" "Gid:	$RUN_GID	$RUN_GID	$RUN_GID	$RUN_GID" \
+        "CapEff:	$want_caps" "CapPrm:	$want_caps" "CapBnd:	$want_caps" "CapAmb:	$want_caps" "NoNewPrivs:	1"; do
+        grep -qxF "$line" <<<"$status" ||
+            fail "arcd runs as $RUN_AS with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only" "/proc/$ARCD_PID/status has no line '$line': $(grep -E '^(Uid|Gid|Cap|NoNewPrivs)' <<<"$status" | tr '\t\n' '  ')"
+    done
+    owner=$(in_mnt stat -c %U "$UAPI_DIR/$ARCD_UAPI_NAME.sock")
+    [[ $owner == "$RUN_AS" ]] || fail "control socket made by $RUN_AS" "$UAPI_DIR/$ARCD_UAPI_NAME.sock is owned by $owner"
+    [[ $(stat -c %U "$WORK/data/arcd.sqlite") == "$RUN_AS" ]] ||
+        fail "database made by $RUN_AS" "$WORK/data/arcd.sqlite is owned by $(stat -c %U "$WORK/data/arcd.sqlite")"
+    pass "arcd runs as $RUN_AS (uid $RUN_UID) with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only, no new privileges" "TUN arc0, UDP $WG_PORT, control socket and database made without root"
+fi
 
 spawn "$NS_RV" "$WORK/iperf3-server.log" iperf3 iperf3 -s -B 0.0.0.0 -p "$IPERF_PORT"
 IPERF_PID=$SPAWNED_PID
@@ -819,6 +883,40 @@ nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.a
     allowed-ips "$(sim_field d1 '.arcSessionStatus.arcAllowedIPs | join(",")')"
 nsx "$NS_D2" timeout 10 wg set "$IF_D2" peer "$(sim_field d2 .arcSessionStatus.arcServerPeerPublicKey)" \
     allowed-ips "$(sim_field d2 '.arcSessionStatus.arcAllowedIPs | join(",")')"
+
+stage "5f. egress NAT: d1 reaches $NET_RV in $NS_NET through arcd"
+# net has no route to the client pool: a reply only comes back when arcd's masquerade gave the
+# probes rv's address ($RV_NET) as their source.
+nft_rules=$(nsx "$NS_RV" timeout 5 nft list table ip arcd 2>&1) ||
+    fail "nftables table ip arcd" "$nft_rules"
+grep -q masquerade <<<"$nft_rules" || fail "nftables table ip arcd" "no masquerade rule: $(tr '\n' ' ' <<<"$nft_rules")"
+[[ $(nsx "$NS_RV" cat /proc/sys/net/ipv4/ip_forward) == 1 ]] || fail "ip_forward in $NS_RV" "arcd did not set net.ipv4.ip_forward = 1"
+ip -n "$NS_NET" route get "${DEV_ADDR[d1]}" >/dev/null 2>&1 &&
+    fail "egress NAT" "$NS_NET has a route to ${DEV_ADDR[d1]}: the check would prove nothing"
+dev_route_also d1 "$NET_RV/32"
+echos_before=$(snmp "$NS_NET" Icmp InEchos)
+run_ping "$NS_D1" "$NET_RV" 3 0.2 5
+echos=$(($(snmp "$NS_NET" Icmp InEchos) - echos_before))
+((PING_RX == 3)) || fail "d1 -> $NET_RV through egress NAT" "$PING_RX/$PING_TX replies ($NS_NET saw $echos echo requests): $(tail -n 2 "$PING_OUT" | tr '\n' ' ')"
+pass "d1 -> $NET_RV in $NS_NET, masqueraded by arcd" "3/3 replies, avg ${PING_AVG} ms; table ip arcd, ip_forward 1"
+ip -n "$NS_D1" route del "$NET_RV/32" dev "$IF_D1"
+nsx "$NS_D1" timeout 10 wg set "$IF_D1" peer "$(sim_field d1 .arcSessionStatus.arcServerPeerPublicKey)" \
+    allowed-ips "$(sim_field d1 '.arcSessionStatus.arcAllowedIPs | join(",")')"
+
+# The last checks, after stage 5 (E2E_STOP_AFTER=5) or after stage 8.
+final_checks() {
+    stage "done"
+    alive "$ARCD_PID" || fail "arcd still running" "arcd exited during the test"
+    if grep -q 'panicked' "$WORK/arcd.log"; then
+        fail "arcd log clean" "a panic in arcd's log: $(grep -m1 'panicked' "$WORK/arcd.log")"
+    fi
+    pass "arcd still running, no panic in its log"
+}
+if [[ $STOP_AFTER == 5 ]]; then
+    log "E2E_STOP_AFTER=5: stages 6 to 8 not run"
+    final_checks
+    exit 0
+fi
 
 # ------------------------------------------------- 6. platform services ----
 stage "6a. services setup: Beam sink, an IoT SIM's virtual subscriber (d3), one group"
@@ -1293,9 +1391,4 @@ pass "wg show after terminate" "d1 (new key) listed, d2 gone"
 # shellcheck source=scripts/e2e/lib/vpg-stage.sh
 source "$SCRIPT_DIR/lib/vpg-stage.sh"
 
-stage "done"
-alive "$ARCD_PID" || fail "arcd still running" "arcd exited during the test"
-if grep -q 'panicked' "$WORK/arcd.log"; then
-    fail "arcd log clean" "a panic in arcd's log: $(grep -m1 'panicked' "$WORK/arcd.log")"
-fi
-pass "arcd still running, no panic in its log"
+final_checks

@@ -29,6 +29,14 @@
 #   --log-level FILTER     arcd's log filter [info]
 #   --metrics-listen A:P   turn the Prometheus metrics listener on at this address (GET /metrics)
 #                          [off]
+#   --egress-masquerade yes|no  egress NAT for device traffic leaving for other networks
+#                          (egress.masquerade: nftables table `ip arcd`) [no]
+#   --run-as USER          (background mode) run arcd as USER and USER's group with CAP_NET_ADMIN
+#                          and CAP_NET_BIND_SERVICE as its only capabilities (ambient, inheritable,
+#                          bounding set) and no new privileges, as the packaged systemd unit
+#                          (packaging/arcd.service) does;
+#                          data_dir is given to USER. /var/run/wireguard must let USER add its
+#                          control sockets (the package's tmpfiles.d entry does) [root]
 #   --pid-file FILE        background mode (see above)
 #   --log-file FILE        arcd's output in background mode [DATA_DIR/arcd.log]
 #   --timeout SECONDS      how long to wait for arcd to be ready [30]
@@ -59,6 +67,8 @@ tun_name=arc0
 mtu=1420
 log_level=info
 metrics_listen=""
+egress=no
+run_as=""
 pid_file=""
 log_file=""
 timeout=30
@@ -80,6 +90,8 @@ while (($#)); do
         --mtu) mtu=${2:?--mtu needs a value}; shift ;;
         --log-level) log_level=${2:?--log-level needs a value}; shift ;;
         --metrics-listen) metrics_listen=${2:?--metrics-listen needs a value}; shift ;;
+        --egress-masquerade) egress=${2:?--egress-masquerade needs a value}; shift ;;
+        --run-as) run_as=${2:?--run-as needs a value}; shift ;;
         --pid-file) pid_file=${2:?--pid-file needs a value}; shift ;;
         --log-file) log_file=${2:?--log-file needs a value}; shift ;;
         --timeout) timeout=${2:?--timeout needs a value}; shift ;;
@@ -104,6 +116,8 @@ check_arg --log-level "$log_level" is_plain
 check_arg --config "$config" is_plain
 check_arg --data-dir "$data_dir" is_plain
 [[ $api_tls == yes || $api_tls == no ]] || usage_error "--api-tls: yes or no, not '$api_tls'"
+[[ $egress == yes || $egress == no ]] || usage_error "--egress-masquerade: yes or no, not '$egress'"
+[[ -z $run_as ]] || check_arg --run-as "$run_as" is_plain
 IFS=',' read -r -a allowed <<<"$allowed_ips"
 ((${#allowed[@]})) || usage_error "--allowed-ips: empty"
 for c in "${allowed[@]}"; do check_arg --allowed-ips "$c" is_cidr; done
@@ -115,6 +129,7 @@ for h in "${hostnames[@]}"; do check_arg --api-hostname "$h" is_plain; done
 for p in "${packages[@]}"; do check_arg --package "$p" is_package_name; done
 mode=systemd
 [[ -n $pid_file ]] && mode=background
+[[ -z $run_as || $mode == background ]] || usage_error "--run-as needs --pid-file (the systemd unit of the Debian package runs arcd as user arcd)"
 validate_only_exit "arcd ($mode) with $config: API ${api_listen} (tls $api_tls, names ${hostnames[*]}), rendezvous point $rp_id on $rp_listen, endpoint $rp_endpoint, pool $pool"
 
 # ------------------------------------------------------------------- tools --
@@ -135,6 +150,19 @@ if [[ $mode == systemd ]]; then
     have_systemd || die "no systemd here: pass --pid-file FILE to run arcd in the background"
 fi
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing (arcd's TUN device needs it)"
+# What starts arcd: nothing more as root, or setpriv dropping to --run-as with the unit's two
+# capabilities.
+launcher=()
+if [[ -n $run_as ]]; then
+    need_tools setpriv:util-linux
+    run_uid=$(id -u -- "$run_as" 2>/dev/null) || die "--run-as: no user $run_as"
+    run_gid=$(id -g -- "$run_as")
+    ((run_uid != 0)) || die "--run-as: $run_as is root"
+    launcher=(setpriv "--reuid=$run_uid" "--regid=$run_gid" --init-groups
+        --inh-caps=-all,+net_admin,+net_bind_service --ambient-caps=-all,+net_admin,+net_bind_service
+        --bounding-set=-all,+net_admin,+net_bind_service
+        --no-new-privs --)
+fi
 
 # ------------------------------------------------------------------ config --
 toml_list() { # toml_list A B...: ["A", "B"]
@@ -147,6 +175,8 @@ tls_bool=true
 mkdir -p "$(dirname "$config")"
 mkdir -p "$data_dir"
 chmod 0700 "$data_dir"
+# As StateDirectory= does for the unit: the data directory belongs to the user arcd runs as.
+[[ -z $run_as ]] || chown -R "$run_uid:$run_gid" "$data_dir"
 umask 022
 cat >"$config.tmp.$$" <<EOF
 # Written by scripts/provision/rendezvous.sh: the arcd lab's rendezvous host.
@@ -162,6 +192,9 @@ hostnames = $(toml_list "${hostnames[@]}")
 enabled = true
 name = "$tun_name"
 mtu = $mtu
+
+[egress]
+masquerade = $([[ $egress == yes ]] && echo true || echo false)
 
 [[rendezvous_points]]
 id = "$rp_id"
@@ -186,9 +219,9 @@ if [[ $mode == background ]]; then
         die "arcd already runs with PID $(<"$pid_file") (from $pid_file)"
     fi
     mkdir -p "$(dirname "$pid_file")" "$(dirname "$log_file")"
-    start_background "$pid_file" "$log_file" env "${ARCD_ENV_UNSET[@]}" "$arcd" --config "$config" serve
+    start_background "$pid_file" "$log_file" env "${ARCD_ENV_UNSET[@]}" "${launcher[@]}" "$arcd" --config "$config" serve
     arcd_pid=$BACKGROUND_PID
-    log "started arcd in the background: PID $arcd_pid (in $pid_file), log $log_file"
+    log "started arcd in the background: PID $arcd_pid (in $pid_file), log $log_file${run_as:+, as user $run_as with CAP_NET_ADMIN and CAP_NET_BIND_SERVICE only}"
 else
     cat >/etc/systemd/system/arcd.service.tmp <<EOF
 # Written by scripts/provision/rendezvous.sh.

@@ -58,7 +58,7 @@ allowed_ips = ["100.127.0.0/16"]
 EOF
 ip -n "$NS_RV" addr add "$BEYOND_ADDR/32" dev lo
 (exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$NS_RV" \
-    env "${ARCD_ENV_UNSET[@]}" "$ARCD" --config "$WORK/arcd.toml" serve \
+    env "${ARCD_ENV_UNSET[@]}" "${ARCD_LAUNCH[@]}" "$ARCD" --config "$WORK/arcd.toml" serve \
     >>"$WORK/arcd.log" 2>&1 </dev/null 3>&- 4>&-) &
 ARCD_PID=$!
 PIDS+=("$ARCD_PID:$(basename "$ARCD" | cut -c1-15)")
