@@ -379,3 +379,49 @@ async fn reply(
     let answer = store_raw(ctx, remote, message).await;
     stream.write_all(answer).await.is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::operators;
+    use crate::store::testing::temp_store;
+
+    /// Entries queued before a flush are committed when it returns, also when no poster waits for
+    /// its answer any more (a service task stopped at shutdown).
+    #[tokio::test]
+    async fn flush_returns_once_everything_queued_before_it_is_committed() {
+        let (_dir, store) = temp_store();
+        let operator_id = store.write(operators::create_operator).expect("operator");
+        let (queue, pending) = mpsc::channel(QUEUE);
+        let sink = HarvestSink { queue };
+        const QUEUED: usize = MAX_BATCH + 10;
+        for n in 0..QUEUED {
+            let (ack, _dropped) = oneshot::channel();
+            let entry = NewEntry {
+                operator_id: operator_id.clone(),
+                imsi: "999990000000001".into(),
+                sim_id: "8942000000000000001".into(),
+                time: n as i64,
+                content_type: "text/plain".into(),
+                content: format!("entry {n}"),
+            };
+            sink.queue
+                .send(Job::Store(entry, ack))
+                .await
+                .expect("queued");
+        }
+        let store = Arc::new(store);
+        let writer_store = store.clone();
+        // The writer starts only now, with the whole queue (more than one batch) waiting.
+        let flushing = tokio::spawn(async move { sink.flush().await });
+        tokio::task::yield_now().await;
+        std::thread::spawn(move || write_batches(&writer_store, pending));
+        flushing.await.expect("task").expect("flushed");
+        let stored: i64 = store
+            .read(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM harvest_entries", [], |r| r.get(0))?)
+            })
+            .expect("count");
+        assert_eq!(stored, QUEUED as i64);
+    }
+}
