@@ -1,7 +1,8 @@
 //! The API's TCP listener: accepts connections up to `api.max_connections`, backs off when accept
 //! fails (EMFILE), and serves each connection with hyper under the idle and header timeouts. When
 //! told to stop it drains: no new connections, requests already received finish (bounded by
-//! `api.shutdown_grace_seconds`), idle keep-alive connections are closed cleanly.
+//! `api.shutdown_grace_seconds`) with `Connection: close`, idle keep-alive connections close after
+//! a one-second linger.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -142,7 +143,8 @@ pub async fn accept_loop(
 /// The stopping half of `accept_loop`. Clients whose connection the kernel already completed
 /// (in the listen backlog) were promised service: they are accepted and served like the others
 /// (beyond the connection cap, for this last moment); then the listener closes, so later clients
-/// are refused; connections finish the request in progress and close, idle ones close at once.
+/// are refused; connections finish the request in progress and close, idle ones after a short
+/// linger (see `serve_connection`).
 async fn stop(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
