@@ -467,9 +467,10 @@ fn only_changed_endpoints_are_saved_and_resume_initiates_toward_a_saved_one() {
         "no endpoint known yet"
     );
     connect(&engine, &mut a, Instant::now());
+    let (imsi, session_id) = (a.session.imsi.clone(), a.session.session_id.clone());
     let saved_a = |addr| SavedEndpoint {
-        imsi: a.session.imsi.clone(),
-        session_id: a.session.session_id.clone(),
+        imsi: imsi.clone(),
+        session_id: session_id.clone(),
         endpoint: addr,
     };
     let unsaved = engine.unsaved_endpoints();
