@@ -65,6 +65,9 @@ pub struct ApiConfig {
     /// address gets 429 until the window ends.
     pub auth_failure_limit: u32,
     pub auth_failure_window_seconds: u64,
+    /// On SIGTERM: how long requests already received may take to finish before arcd closes their
+    /// connections and stops anyway.
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -184,6 +187,7 @@ impl Default for Config {
                 body_timeout_seconds: 30,
                 auth_failure_limit: 10,
                 auth_failure_window_seconds: 60,
+                shutdown_grace_seconds: 10,
             },
             tun: TunConfig {
                 enabled: true,
@@ -345,6 +349,10 @@ impl Config {
             (
                 "api.auth_failure_window_seconds",
                 self.api.auth_failure_window_seconds,
+            ),
+            (
+                "api.shutdown_grace_seconds",
+                self.api.shutdown_grace_seconds,
             ),
         ] {
             if !(1..=3600).contains(&value) {

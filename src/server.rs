@@ -13,6 +13,7 @@ use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
 use crate::config::Config;
 use crate::dataplane::egress::{self, EgressError};
+use crate::dataplane::engine::Engine;
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
@@ -23,7 +24,7 @@ use crate::dataplane::{
 use crate::listener;
 use crate::metrics;
 use crate::services;
-use crate::store::{rendezvous, sessions, vpgs, Store, StoreError};
+use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
 use ipnet::Ipv4Net;
@@ -73,11 +74,13 @@ pub struct Running {
     /// What the platform services see; made even when they do not listen (no TUN), so their
     /// handlers can be exercised in-process.
     pub services: services::SharedContext,
-    _listening_services: Option<services::Services>,
+    listening_services: Option<services::Services>,
     harvest_purge: JoinHandle<()>,
+    checkpoints: JoinHandle<()>,
+    endpoint_saves: JoinHandle<()>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
-    _control_sockets: Vec<UapiServer>,
+    control_sockets: Vec<UapiServer>,
     /// Set only on the first start of a data directory.
     pub new_root_credentials: Option<RootCredentials>,
     stop: watch::Sender<bool>,
@@ -85,10 +88,38 @@ pub struct Running {
 }
 
 impl Running {
-    pub async fn shutdown(self) {
-        self.harvest_purge.abort();
+    /// Stops arcd cleanly, in the order that loses nothing: the API drains (requests already
+    /// received finish, bounded by `api.shutdown_grace_seconds`; new connections are refused),
+    /// the device services stop and the Harvest writer commits what is queued, the data plane
+    /// stops (its sockets and the TUN device close), arcd's routes and NAT leave the host, each
+    /// device's last endpoint is saved for the next start, and the WAL is emptied into the
+    /// database.
+    pub async fn shutdown(mut self) {
+        // `commands::serve` has already told systemd STOPPING=1, so `systemctl stop` shows
+        // "deactivating" while arcd drains.
+        tracing::info!("stopping: draining API requests");
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
+        drop(self.listening_services.take());
+        self.harvest_purge.abort();
+        if let Err(e) = self.services.harvest.flush().await {
+            tracing::warn!(error = %e, "Harvest writer not flushed");
+        }
+        self.dataplane.stop().await;
+        self.control_sockets.clear();
+        self.vpg_plane.remove_host_side();
+        self.endpoint_saves.abort();
+        let saved = save_endpoints(&self.store, &self.dataplane.engine).await;
+        self.checkpoints.abort();
+        let _ = self.checkpoints.await;
+        let store = self.store.clone();
+        match tokio::task::spawn_blocking(move || store.checkpoint_truncate()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => tracing::warn!("final WAL checkpoint could not empty the log (a reader held it); the next start replays it"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "final WAL checkpoint failed; the next start replays the log"),
+            Err(e) => tracing::warn!(error = %e, "final WAL checkpoint task failed"),
+        }
+        tracing::info!(endpoints_saved = saved, "arcd stopped");
     }
 
     /// Waits until the accept loop ends (it runs until `shutdown`).
@@ -109,13 +140,18 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         bootstrap::Integrity::Check,
     )?);
     store.disable_auto_checkpoint()?;
-    tokio::spawn(checkpoint_loop(store.clone()));
+    let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
     let new_root_credentials =
         bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
     let policy = bootstrap::session_policy(&config);
 
     let sessions = store.read(sessions::list_active_sessions)?;
-    tracing::info!(sessions = sessions.len(), "active sessions loaded");
+    let resume = store.read(endpoints::saved)?;
+    tracing::info!(
+        sessions = sessions.len(),
+        saved_endpoints = resume.len(),
+        "active sessions loaded"
+    );
     let peers = Arc::new(Mutex::new(PeerTable::from_sessions(sessions)));
     let (changes, rx) = PeerChanges::channel();
     let mut listeners = Vec::new();
@@ -141,8 +177,9 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         AnyTun::Device(device) => Some(device.device().if_index().map_err(ServeError::Dataplane)?),
         AnyTun::Memory(_) => None,
     };
-    let dataplane =
-        Dataplane::start(listeners, tun, peers.clone(), rx).map_err(ServeError::Dataplane)?;
+    let dataplane = Dataplane::start(listeners, tun, peers.clone(), rx, resume)
+        .map_err(ServeError::Dataplane)?;
+    let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
     let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
     let egress = if config.egress.masquerade && config.tun.enabled {
         Some(egress::enable(&pools, &config.tun.name)?)
@@ -233,10 +270,12 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         dataplane,
         tun_peer,
         services: service_context,
-        _listening_services: listening_services,
+        listening_services,
         harvest_purge,
+        checkpoints,
+        endpoint_saves,
         vpg_plane,
-        _control_sockets: control_sockets,
+        control_sockets,
         new_root_credentials,
         stop,
         accept_task,
@@ -266,6 +305,49 @@ async fn checkpoint_loop(store: Arc<Store>) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
+        }
+    }
+}
+
+/// How often the devices' endpoints learned since the last save are written (one transaction).
+/// A device that roamed since then is still found at its old endpoint only if it kept it; else it
+/// comes back on its own, as without a saved endpoint.
+const ENDPOINT_SAVE_INTERVAL: Duration = Duration::from_secs(30);
+
+async fn endpoint_save_loop(store: Arc<Store>, engine: Arc<Engine>) {
+    let mut tick = tokio::time::interval(ENDPOINT_SAVE_INTERVAL);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        save_endpoints(&store, &engine).await;
+    }
+}
+
+/// Saves the endpoints that changed since the last save; returns how many sessions took one.
+async fn save_endpoints(store: &Arc<Store>, engine: &Arc<Engine>) -> usize {
+    let changed = engine.unsaved_endpoints();
+    if changed.is_empty() {
+        return 0;
+    }
+    let store = store.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        let result = store.write(|tx| endpoints::save(tx, &changed));
+        (changed, result)
+    })
+    .await;
+    match written {
+        Ok((changed, Ok(saved))) => {
+            engine.endpoints_saved(&changed);
+            tracing::debug!(saved, "device endpoints saved");
+            saved
+        }
+        Ok((_, Err(e))) => {
+            tracing::warn!(error = %e, "device endpoints not saved; retrying later");
+            0
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "device endpoint save task failed");
+            0
         }
     }
 }

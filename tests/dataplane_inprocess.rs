@@ -463,6 +463,7 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
         tun,
         table,
         rx,
+        Vec::new(),
     )
     .expect("data plane starts");
     dataplane.engine.set_vpgs(&[arcd::store::vpgs::RunningVpg {

@@ -62,6 +62,9 @@
 #   Frankfurt · joined to a VPG in Oregon + delete_session → Oregon's port, a VPG-subnet address,
 #   the platform reachable · d4 <-> d5 only after device-to-device is turned on · d1 outside
 #   cannot reach them · internet gateway off: d4 reaches 100.127.x but not a host beyond arcd
+#   (d1, without PersistentKeepalive, pings again within 2 s of the restart: arcd starts the
+#   handshake toward its saved endpoint; time printed)
+# → graceful stop (stage 9): SIGTERM → exit 0, and no arc0, nft table, route or control socket left
 # → cleanup (trap): processes by recorded PID (checked against /proc), namespaces, temp files.
 #
 # Every assert prints "PASS name" or "FAIL name: why"; the first FAIL ends the run (exit 1, after
@@ -1391,4 +1394,31 @@ pass "wg show after terminate" "d1 (new key) listed, d2 gone"
 # shellcheck source=scripts/e2e/lib/vpg-stage.sh
 source "$SCRIPT_DIR/lib/vpg-stage.sh"
 
-final_checks
+stage "9. graceful stop: SIGTERM leaves nothing behind in $NS_RV"
+alive "$ARCD_PID" || fail "arcd still running" "arcd exited during the test"
+if grep -q 'panicked' "$WORK/arcd.log"; then
+    fail "arcd log clean" "a panic in arcd's log: $(grep -m1 'panicked' "$WORK/arcd.log")"
+fi
+pass "arcd still running, no panic in its log"
+nsx "$NS_RV" nft list table ip arcd >/dev/null 2>&1 ||
+    fail "egress NAT on before the stop" "no nft table ip arcd in $NS_RV: the check below would prove nothing"
+ip -n "$NS_RV" route show "$VPG_SUBNET" | grep -q . ||
+    fail "VPG route before the stop" "no route for $VPG_SUBNET: the check below would prove nothing"
+t_stop=$(now_ms)
+kill -TERM "$ARCD_PID"
+arcd_rc=0
+wait "$ARCD_PID" || arcd_rc=$?
+stop_ms=$(($(now_ms) - t_stop))
+figure "SIGTERM -> arcd exited" "${stop_ms} ms (exit $arcd_rc)"
+((arcd_rc == 0)) || fail "arcd exits 0 on SIGTERM" "exit status $arcd_rc"
+grep -q 'arcd stopped' "$WORK/arcd.log" || fail "arcd stops cleanly" "no 'arcd stopped' line in its log"
+! ip -n "$NS_RV" link show "arc0" >/dev/null 2>&1 || fail "TUN removed" "arc0 still in $NS_RV"
+! nsx "$NS_RV" nft list table ip arcd >/dev/null 2>&1 || fail "egress NAT removed" "nft table ip arcd left in $NS_RV"
+left_routes=$(ip -n "$NS_RV" -4 route show table all | grep -E "arc0|${VPG_SUBNET%/*}|10\.6[4-6]\." || true)
+[[ -z $left_routes ]] || fail "routes removed" "left in $NS_RV: $left_routes"
+for sock in arc-apne1 arc-usw2 arc-euc1; do
+    ! in_mnt test -e "$UAPI_DIR/$sock.sock" || fail "control sockets removed" "$UAPI_DIR/$sock.sock left"
+done
+pass "SIGTERM: exit 0, no arc0, no nft table, no routes, no control sockets left" "${stop_ms} ms"
+
+stage "done"

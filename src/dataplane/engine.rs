@@ -84,6 +84,8 @@ impl Listener {
 
 struct Peer {
     imsi: String,
+    /// The store's session this peer serves: saved endpoints are tied to it.
+    session_id: String,
     client_ip: Ipv4Addr,
     /// The only attribute that changes without a new session (a group change can move the SIM
     /// into or out of a VPG's policy at re-creation, but the VPG id is read per forwarded packet).
@@ -100,6 +102,8 @@ struct PeerState {
     /// never handshake must not pay.
     tunn: Option<Box<Tunn>>,
     endpoint: Option<SocketAddr>,
+    /// The endpoint as last written to the store (see `unsaved_endpoints`).
+    saved_endpoint: Option<SocketAddr>,
     last_activity: Instant,
     timer_scheduled: bool,
     /// When a spoofed source was last logged for this peer: one warning a minute at most, so a
@@ -252,21 +256,7 @@ impl Engine {
                     .filter(|old| old.public_key == peer.public_key)
                     .and_then(|old| lock(&old.state).endpoint);
                 if let Some(endpoint) = carried_endpoint {
-                    let mut state = lock(&peer.state);
-                    state.endpoint = Some(endpoint);
-                    let mut buf = vec![0u8; 256];
-                    if let TunnResult::WriteToNetwork(packet) = self
-                        .tunn(&peer, &mut state)
-                        .format_handshake_initiation(&mut buf, false)
-                    {
-                        out.push(Outgoing::Udp {
-                            listener: peer.listener,
-                            to: endpoint,
-                            data: packet.to_vec(),
-                        });
-                    }
-                    drop(state);
-                    self.schedule(&peer, now);
+                    self.initiate(&peer, endpoint, now, out);
                 }
             }
             Applied::Updated(session) => {
@@ -280,6 +270,28 @@ impl Engine {
             }
             Applied::Unknown(_) => {}
         }
+    }
+
+    /// Sends a handshake initiation to `endpoint` as the peer's endpoint and schedules the peer's
+    /// timers, which retry it (WireGuard's REKEY_TIMEOUT) until the device answers or the attempt
+    /// times out. Either side may initiate: arcd holds its own private key and the device's public
+    /// key, and the device knows arcd's endpoint, so the device answers as it would a rekey.
+    fn initiate(&self, peer: &Peer, endpoint: SocketAddr, now: Instant, out: &mut Outbox) {
+        let mut state = lock(&peer.state);
+        state.endpoint = Some(endpoint);
+        let mut buf = vec![0u8; 256];
+        if let TunnResult::WriteToNetwork(packet) = self
+            .tunn(peer, &mut state)
+            .format_handshake_initiation(&mut buf, false)
+        {
+            out.push(Outgoing::Udp {
+                listener: peer.listener,
+                to: endpoint,
+                data: packet.to_vec(),
+            });
+        }
+        drop(state);
+        self.schedule(peer, now);
     }
 
     fn insert(
@@ -308,6 +320,7 @@ impl Engine {
         };
         let peer = Arc::new(Peer {
             imsi: session.imsi.clone(),
+            session_id: session.session_id.clone(),
             client_ip: session.client_ip,
             vpg_id: RwLock::new(session.vpg_id.clone()),
             public_key,
@@ -316,6 +329,7 @@ impl Engine {
             state: Mutex::new(PeerState {
                 tunn: None,
                 endpoint: None,
+                saved_endpoint: None,
                 last_activity: now,
                 timer_scheduled: false,
                 last_spoof_warning: None,
@@ -712,6 +726,10 @@ fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
 fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|p| p.into_inner())
 }
+
+#[path = "engine_resume.rs"]
+mod resume;
+pub use resume::Resumed;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]

@@ -455,3 +455,68 @@ fn replayed_initiation_never_moves_the_endpoint() {
         "the attacker only ever gets cookie replies"
     );
 }
+
+#[test]
+fn only_changed_endpoints_are_saved_and_resume_initiates_toward_a_saved_one() {
+    use crate::store::endpoints::SavedEndpoint;
+    let mut a = device(3, None);
+    let b = device(4, None);
+    let engine = engine_with(&[&a, &b]);
+    assert!(
+        engine.unsaved_endpoints().is_empty(),
+        "no endpoint known yet"
+    );
+    connect(&engine, &mut a, Instant::now());
+    let (imsi, session_id) = (a.session.imsi.clone(), a.session.session_id.clone());
+    let saved_a = |addr| SavedEndpoint {
+        imsi: imsi.clone(),
+        session_id: session_id.clone(),
+        endpoint: addr,
+    };
+    let unsaved = engine.unsaved_endpoints();
+    assert_eq!(unsaved, vec![saved_a(a.addr)]);
+    engine.endpoints_saved(&unsaved);
+    assert!(engine.unsaved_endpoints().is_empty(), "saved and unchanged");
+    a.addr = SocketAddr::from(([198, 51, 100, 3], 40_000));
+    send(
+        &engine,
+        &mut a,
+        PLATFORM_NETWORK.0,
+        b"moved",
+        &mut Outbox::new(),
+    );
+    assert_eq!(engine.unsaved_endpoints(), vec![saved_a(a.addr)], "roamed");
+
+    // After a restart: the engine starts the handshake toward b's saved endpoint, once.
+    let restarted = engine_with(&[&b]);
+    let saved_b = SavedEndpoint {
+        imsi: b.session.imsi.clone(),
+        session_id: b.session.session_id.clone(),
+        endpoint: b.addr,
+    };
+    let mut out = Outbox::new();
+    assert_eq!(
+        restarted.resume(&saved_b, Instant::now(), &mut out),
+        Resumed::Initiated
+    );
+    let initiations = udp_payloads(&mut out, b.addr);
+    assert_eq!(initiations.len(), 1);
+    assert_eq!(initiations[0][0], 1, "a handshake initiation");
+    assert!(restarted.next_deadline().is_some(), "retried by the timers");
+    assert!(
+        restarted.unsaved_endpoints().is_empty(),
+        "the endpoint came from the store"
+    );
+    assert_eq!(
+        restarted.resume(&saved_b, Instant::now(), &mut out),
+        Resumed::AlreadyBack
+    );
+    let replaced = SavedEndpoint {
+        session_id: "replaced".into(),
+        ..saved_b
+    };
+    assert_eq!(
+        restarted.resume(&replaced, Instant::now(), &mut out),
+        Resumed::NoSession
+    );
+}

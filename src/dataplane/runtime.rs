@@ -11,9 +11,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::engine::{Engine, Listener, Outbox, Outgoing, BUFFER_SIZE};
+use super::engine::{Engine, Listener, Outbox, Outgoing, Resumed, BUFFER_SIZE};
 use super::peer_table::{Applied, PeerTable};
 use super::{RecvBatch, TunIo, TunWrites};
+use crate::store::endpoints::SavedEndpoint;
 use crate::store::PeerChange;
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
@@ -32,6 +33,20 @@ pub struct Dataplane {
     /// Bound UDP address of each rendezvous point (useful when configured with port 0).
     pub udp_addrs: Vec<(String, SocketAddr)>,
     tasks: Vec<JoinHandle<()>>,
+}
+
+impl Dataplane {
+    /// Stops every task and waits until they are gone, so the sockets and the TUN device they
+    /// own are closed when this returns (dropping only asks the runtime to stop them).
+    pub async fn stop(&mut self) {
+        let tasks = std::mem::take(&mut self.tasks);
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
 }
 
 impl Drop for Dataplane {
@@ -53,12 +68,14 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 impl Dataplane {
-    /// Binds every listener, installs the sessions already in `table`, and starts the tasks.
+    /// Binds every listener, installs the sessions already in `table`, and starts the tasks; then
+    /// starts the handshake toward each `resume` endpoint (saved by the previous run), paced.
     pub fn start<T: TunIo>(
         listeners: Vec<ListenerConfig>,
         tun: T,
         table: Arc<Mutex<PeerTable>>,
         changes: mpsc::UnboundedReceiver<PeerChange>,
+        resume: Vec<SavedEndpoint>,
     ) -> io::Result<Dataplane> {
         let mut sockets = Vec::new();
         let mut udp_addrs = Vec::new();
@@ -114,6 +131,11 @@ impl Dataplane {
             io.clone(),
             table,
             changes,
+        )));
+        tasks.push(tokio::spawn(resume_loop(
+            engine.clone(),
+            io.clone(),
+            resume,
         )));
         for (rp, addr) in &udp_addrs {
             tracing::info!(rendezvous_point = %rp, %addr, "WireGuard listening");
@@ -364,6 +386,44 @@ async fn change_loop<T: TunIo>(
         engine.apply(&applied, Instant::now(), &mut out);
         io.flush(&mut out, &mut to_tun).await;
     }
+}
+
+/// Handshake initiations sent per tick when resuming the sessions of a previous run. 80 a second
+/// stays under a rendezvous point's handshake rate limit (100 a second, which the devices'
+/// responses count against), leaving room for devices that handshake on their own.
+const RESUME_PER_TICK: usize = 8;
+const RESUME_TICK: Duration = Duration::from_millis(100);
+
+/// Starts the handshake toward each device's saved endpoint (see `Engine::resume`), paced.
+async fn resume_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, saved: Vec<SavedEndpoint>) {
+    if saved.is_empty() {
+        return;
+    }
+    let started = Instant::now();
+    let (mut initiated, mut already_back, mut gone) = (0usize, 0usize, 0usize);
+    let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
+    let mut tick = tokio::time::interval(RESUME_TICK);
+    for chunk in saved.chunks(RESUME_PER_TICK) {
+        tick.tick().await;
+        let now = Instant::now();
+        for entry in chunk {
+            match engine.resume(entry, now, &mut out) {
+                Resumed::Initiated => initiated += 1,
+                Resumed::AlreadyBack => already_back += 1,
+                Resumed::NoSession => gone += 1,
+            }
+        }
+        io.flush(&mut out, &mut to_tun).await;
+    }
+    tracing::info!(
+        saved = saved.len(),
+        initiated,
+        already_back,
+        gone,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "handshakes started toward the devices' last known endpoints"
+    );
 }
 
 #[cfg(test)]

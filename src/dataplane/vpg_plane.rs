@@ -14,8 +14,9 @@ use crate::store::vpgs::RunningVpg;
 
 pub struct VpgPlane {
     engine: Arc<Engine>,
-    /// Absent without a real TUN device (in-memory data plane): nothing to route.
-    host: Option<Mutex<HostSide>>,
+    /// Absent without a real TUN device (in-memory data plane): nothing to route; and after
+    /// `remove_host_side`.
+    host: Mutex<Option<HostSide>>,
 }
 
 /// The host's routing state arcd owns.
@@ -105,31 +106,36 @@ impl VpgPlane {
     pub fn new(engine: Arc<Engine>, host: Option<HostSide>) -> VpgPlane {
         VpgPlane {
             engine,
-            host: host.map(Mutex::new),
+            host: Mutex::new(host),
         }
+    }
+
+    fn host(&self) -> std::sync::MutexGuard<'_, Option<HostSide>> {
+        self.host
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes the data plane and the host follow `running` (every running VPG).
     pub fn apply(&self, running: &[RunningVpg]) {
         self.engine.set_vpgs(running);
-        if let Some(host) = &self.host {
-            host.lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner())
-                .sync(running);
+        if let Some(host) = self.host().as_mut() {
+            host.sync(running);
         }
     }
 
     /// The VPG subnets routed to the TUN device (empty without one).
     pub fn routed(&self) -> Vec<Ipv4Net> {
-        self.host
+        self.host()
             .as_ref()
-            .map(|h| {
-                h.lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .routed
-                    .clone()
-            })
+            .map(|host| host.routed.clone())
             .unwrap_or_default()
+    }
+
+    /// Removes arcd's routes and egress NAT from the host, when arcd stops. Later `apply` calls
+    /// only change the engine's rules.
+    pub fn remove_host_side(&self) {
+        drop(self.host().take());
     }
 }
 

@@ -36,11 +36,18 @@ const TCP_IDLE: Duration = Duration::from_secs(60);
 /// The commit result: one store error answers a whole batch.
 type Ack = oneshot::Sender<Result<(), StoreEntryError>>;
 
+/// What the writer thread is asked to do, in queue order.
+enum Job {
+    Store(NewEntry, Ack),
+    /// Answered once everything queued before it is committed (or failed).
+    Flush(oneshot::Sender<()>),
+}
+
 /// Commits entries in batches on one thread: many devices posting at once cost one transaction
 /// per batch instead of one each, and API writes wait behind at most one batch.
 #[derive(Clone)]
 pub struct HarvestSink {
-    queue: mpsc::Sender<(NewEntry, Ack)>,
+    queue: mpsc::Sender<Job>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -69,39 +76,65 @@ impl HarvestSink {
     pub async fn store(&self, entry: NewEntry) -> Result<(), StoreEntryError> {
         let (ack, committed) = oneshot::channel();
         self.queue
-            .send((entry, ack))
+            .send(Job::Store(entry, ack))
             .await
             .map_err(|_| StoreEntryError::WriterGone)?;
         committed.await.map_err(|_| StoreEntryError::WriterGone)??;
         Ok(())
     }
+
+    /// Returns once every entry queued before the call is committed (or failed): at shutdown,
+    /// after the services stopped taking posts, nothing is left in memory.
+    pub async fn flush(&self) -> Result<(), StoreEntryError> {
+        let (done, flushed) = oneshot::channel();
+        self.queue
+            .send(Job::Flush(done))
+            .await
+            .map_err(|_| StoreEntryError::WriterGone)?;
+        flushed.await.map_err(|_| StoreEntryError::WriterGone)
+    }
 }
 
-fn write_batches(store: &Store, mut pending: mpsc::Receiver<(NewEntry, Ack)>) {
+fn write_batches(store: &Store, mut pending: mpsc::Receiver<Job>) {
     while let Some(first) = pending.blocking_recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match pending.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+        let mut batch = Vec::new();
+        let mut flushes = Vec::new();
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Store(entry, ack) => batch.push((entry, ack)),
+                Job::Flush(done) => flushes.push(done),
+            }
+            if batch.len() < MAX_BATCH {
+                next = pending.try_recv().ok();
             }
         }
-        let (entries, acks): (Vec<NewEntry>, Vec<Ack>) = batch.into_iter().unzip();
-        let result = store
-            .write(|tx| harvest::insert(tx, &entries))
-            .map_err(|e: StoreError| {
-                if e.is_disk_full() {
-                    StoreEntryError::DiskFull
-                } else {
-                    StoreEntryError::Store(e.to_string())
-                }
-            });
-        if let Err(e) = &result {
-            tracing::error!(error = %e, entries = entries.len(), "Harvest batch not stored");
+        if !batch.is_empty() {
+            commit_batch(store, batch);
         }
-        for ack in acks {
-            let _ = ack.send(result.clone());
+        // Everything queued before each flush was in this batch or an earlier one.
+        for done in flushes {
+            let _ = done.send(());
         }
+    }
+}
+
+fn commit_batch(store: &Store, batch: Vec<(NewEntry, Ack)>) {
+    let (entries, acks): (Vec<NewEntry>, Vec<Ack>) = batch.into_iter().unzip();
+    let result = store
+        .write(|tx| harvest::insert(tx, &entries))
+        .map_err(|e: StoreError| {
+            if e.is_disk_full() {
+                StoreEntryError::DiskFull
+            } else {
+                StoreEntryError::Store(e.to_string())
+            }
+        });
+    if let Err(e) = &result {
+        tracing::error!(error = %e, entries = entries.len(), "Harvest batch not stored");
+    }
+    for ack in acks {
+        let _ = ack.send(result.clone());
     }
 }
 
@@ -365,4 +398,50 @@ async fn reply(
     }
     let answer = store_raw(ctx, remote, message).await;
     stream.write_all(answer).await.is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::operators;
+    use crate::store::testing::temp_store;
+
+    /// Entries queued before a flush are committed when it returns, also when no poster waits for
+    /// its answer any more (a service task stopped at shutdown).
+    #[tokio::test]
+    async fn flush_returns_once_everything_queued_before_it_is_committed() {
+        let (_dir, store) = temp_store();
+        let operator_id = store.write(operators::create_operator).expect("operator");
+        let (queue, pending) = mpsc::channel(QUEUE);
+        let sink = HarvestSink { queue };
+        const QUEUED: usize = MAX_BATCH + 10;
+        for n in 0..QUEUED {
+            let (ack, _dropped) = oneshot::channel();
+            let entry = NewEntry {
+                operator_id: operator_id.clone(),
+                imsi: "999990000000001".into(),
+                sim_id: "8942000000000000001".into(),
+                time: n as i64,
+                content_type: "text/plain".into(),
+                content: format!("entry {n}"),
+            };
+            sink.queue
+                .send(Job::Store(entry, ack))
+                .await
+                .expect("queued");
+        }
+        let store = Arc::new(store);
+        let writer_store = store.clone();
+        // The writer starts only now, with the whole queue (more than one batch) waiting.
+        let flushing = tokio::spawn(async move { sink.flush().await });
+        tokio::task::yield_now().await;
+        std::thread::spawn(move || write_batches(&writer_store, pending));
+        flushing.await.expect("task").expect("flushed");
+        let stored: i64 = store
+            .read(|conn| {
+                Ok(conn.query_row("SELECT count(*) FROM harvest_entries", [], |r| r.get(0))?)
+            })
+            .expect("count");
+        assert_eq!(stored, QUEUED as i64);
+    }
 }

@@ -333,6 +333,7 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
         conn.execute_batch(
             "DROP TRIGGER sims_count_insert; DROP TRIGGER sims_count_delete;
              DROP TRIGGER sims_count_update; DROP TABLE operator_sim_counts;
+             ALTER TABLE arc_sessions DROP COLUMN last_endpoint; -- migration 8
              PRAGMA user_version = 6;",
         )
         .expect("back to version 6");

@@ -227,6 +227,14 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT(operator_id) DO UPDATE SET live_sims = live_sims + 1;
     END;
     "#,
+    // 8: the UDP endpoint (`ip:port`) a session's device was last seen at, saved in batches while
+    // arcd runs and once more when it stops. A restarted arcd starts the handshake toward it, so
+    // devices pass traffic again at once instead of after their own rekey timeout (15-180 s).
+    // NULL until the device has sent an authenticated packet; the value goes with the session row
+    // (a re-created session starts without one).
+    r#"
+    ALTER TABLE arc_sessions ADD COLUMN last_endpoint TEXT;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

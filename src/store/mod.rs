@@ -1,6 +1,7 @@
 //! The store is the truth: one SQLite file, WAL, foreign keys on, every mutation in one transaction.
 //! Reads use a small pool of connections so they never wait behind the single writer.
 
+pub mod endpoints;
 pub mod groups;
 pub mod harvest;
 #[cfg(test)]
@@ -204,6 +205,17 @@ impl Store {
         self.read_write_side(|conn| {
             conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
             Ok(())
+        })
+    }
+
+    /// Copies the whole WAL into the database and empties it, waiting for readers (busy timeout):
+    /// the last step of a clean stop, so the next start opens a database with no log to replay.
+    /// Returns whether the log could be emptied (false: a reader still held it).
+    pub fn checkpoint_truncate(&self) -> Result<bool> {
+        self.read_write_side(|conn| {
+            let busy: i64 =
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
+            Ok(busy == 0)
         })
     }
 

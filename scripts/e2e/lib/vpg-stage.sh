@@ -3,9 +3,11 @@
 # Stage 8 of scripts/e2e/netns.sh (sourced by it, with its functions and state): rendezvous
 # points, coverage and VPGs.
 #
-#   8a  arcd restarted with Oregon (us-west-2) and Frankfurt (eu-central-1) added to its config:
-#       three listeners, three control sockets; d1's session (Tokyo) is untouched and traffic
-#       resumes without touching the device
+#   8a  arcd restarted with Oregon (us-west-2) and Frankfurt (eu-central-1) added to its config
+#       (and the egress NAT on, so stage 9 can check its removal): three listeners, three control
+#       sockets; d1's session (Tokyo) is untouched, and d1, without PersistentKeepalive and in a
+#       session arcd started (so it has no reason to handshake by itself for 15 s), pings again
+#       within 2 s of the restart: arcd starts the handshake toward its saved endpoint
 #   8b  d4 and d5: SIMs created through the global-coverage API host (Host: g.api.arc.lab),
 #       outside a VPG: Frankfurt's endpoint and key, handshakes on Frankfurt's port
 #   8c  a VPG placed in Oregon (own subnet, internet gateway off), a group naming it, d4 and d5
@@ -35,6 +37,17 @@ peer_on_socket() { # peer_on_socket SOCKET PUBKEY
 # ------------------------------------------------------------------ 8a ----
 stage "8a. three rendezvous points: arcd restarted with Oregon and Frankfurt added"
 api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.before-restart.json" || fail "getSim d1" "see above"
+# d1 must not handshake on its own within the 2 s measured below, or the check proves nothing:
+# no PersistentKeepalive, and a session arcd initiated (delete_session; the device keeps its
+# key), so d1 is the responder and wireguard-go's age-based rekey of an initiator cannot fire.
+# Left alone, wireguard-go handshakes again only 15 s after its data stops being answered.
+d1_server_key=$(sim_field d1 .arcSessionStatus.arcServerPeerPublicKey)
+nsx "$NS_D1" wg set "$IF_D1" peer "$d1_server_key" persistent-keepalive off ||
+    fail "d1: PersistentKeepalive off" "wg set failed"
+api POST "/v1/sims/${SIM_ID[d1]}/delete_session" >/dev/null || fail "delete_session d1" "see above"
+run_ping "$NS_D1" "$PLATFORM_ADDR" 1 0.2 15
+((PING_RX >= 1)) || fail "d1: session started by arcd before the restart" "no reply within 15 s"
+api GET "/v1/sims/${SIM_ID[d1]}" >"$WORK/d1.before-restart.json" || fail "getSim d1" "see above"
 kill -TERM "$ARCD_PID"
 wait_for 15 gone "$ARCD_PID" || fail "arcd stops on SIGTERM" "PID $ARCD_PID still runs after 15 s"
 wait_for 10 eval "! ip -n '$NS_RV' link show arc0" || fail "arcd stops on SIGTERM" "arc0 is still there"
@@ -55,6 +68,9 @@ listen = "0.0.0.0:$FRANKFURT_PORT"
 endpoint = "$RV_ADDR:$FRANKFURT_PORT"
 pool = "10.66.0.0/16"
 allowed_ips = ["100.127.0.0/16"]
+
+[egress]
+masquerade = true
 EOF
 ip -n "$NS_RV" addr add "$BEYOND_ADDR/32" dev lo
 (exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$NS_RV" \
@@ -62,6 +78,13 @@ ip -n "$NS_RV" addr add "$BEYOND_ADDR/32" dev lo
     >>"$WORK/arcd.log" 2>&1 </dev/null 3>&- 4>&-) &
 ARCD_PID=$!
 PIDS+=("$ARCD_PID:$(basename "$ARCD" | cut -c1-15)")
+t_restart=$(now_ms)
+# d1 pings from the moment arcd starts, one probe every 100 ms until the first reply.
+RESTART_PING_OUT=$WORK/ping-restart.out
+(exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$NS_D1" timeout 45 \
+    ping -n -D -c 1 -i 0.1 -W 1 -w 40 "$PLATFORM_ADDR" >"$RESTART_PING_OUT" 2>&1 </dev/null 3>&- 4>&-) &
+restart_ping=$!
+PIDS+=("$restart_ping:timeout")
 wait_for 30 arcd_up || fail "arcd restarts with three rendezvous points" "no API after 30 s"
 for port in "$WG_PORT" "$OREGON_PORT" "$FRANKFURT_PORT"; do
     wait_for 10 eval "nsx '$NS_RV' timeout 5 ss -Hlun 'sport = :$port' | grep -q ." ||
@@ -77,12 +100,22 @@ session_of() { jq -c '.arcSessionStatus | {arcServerEndpoint, arcServerPeerPubli
 [[ $(session_of "$WORK/d1.before-restart.json") == "$(session_of "$WORK/d1.after-restart.json")" ]] ||
     fail "d1's session untouched by the new rendezvous points" \
         "before $(session_of "$WORK/d1.before-restart.json"), after $(session_of "$WORK/d1.after-restart.json")"
-# The device keeps its configuration; wireguard-go handshakes again by itself.
-run_ping "$NS_D1" "$PLATFORM_ADDR" 1 0.5 40
-((PING_RX >= 1)) || fail "d1 resumes after the restart" "no reply within 40 s ($PING_TX probes)"
+# The device keeps its configuration and does nothing special: arcd handshakes toward it.
+wait "$restart_ping" || true
+PING_OUT=$RESTART_PING_OUT
+PING_TX=$(sed -n 's/^\([0-9][0-9]*\) packets transmitted.*/\1/p' "$PING_OUT")
+PING_RX=$(sed -n 's/.* transmitted, \([0-9][0-9]*\) received.*/\1/p' "$PING_OUT")
+((${PING_RX:-0} >= 1)) || fail "d1 resumes after the restart" "no reply within 40 s (${PING_TX:-0} probes)"
+resumed=$(($(first_reply_ms) - t_restart))
+figure "arcd restart -> idle d1's first reply" "${resumed} ms (${PING_TX} probe(s) of 100 ms)"
+echo "arcd restart: d1 (no keepalive) answered ${resumed} ms after arcd was started"
+((resumed < 2000)) ||
+    fail "d1 passes traffic within 2 s of the restart" "first reply after ${resumed} ms: arcd did not start the handshake"
+grep -q 'handshakes started toward the devices' "$WORK/arcd.log" ||
+    fail "arcd resumes sessions" "no summary line of the handshakes it started in arcd's log"
 peer_on_socket arc-apne1 "${DEV_PUB[d1]}" ||
     fail "d1 still on Tokyo" "d1's key is not a peer on arc-apne1"
-pass "d1's session untouched (same endpoint, keys, address) and traffic resumed" "$PING_TX probe(s) of 500 ms"
+pass "d1's session untouched (same endpoint, keys, address) and traffic resumed" "${resumed} ms after the restart"
 
 # ------------------------------------------------------------------ 8b ----
 stage "8b. global coverage outside a VPG: Frankfurt"
