@@ -4,7 +4,7 @@
 # points, coverage and VPGs.
 #
 #   8a  arcd restarted with Oregon (us-west-2) and Frankfurt (eu-central-1) added to its config
-#       (and the egress NAT on, so stage 9 can check its removal): three listeners, three control
+#       (the egress NAT stays on from stage 5f, so stage 9 can check its removal): three listeners, three control
 #       sockets; d1's session (Tokyo) is untouched, and d1, without PersistentKeepalive and in a
 #       session arcd started (so it has no reason to handshake by itself for 15 s), pings again
 #       within 2 s of the restart: arcd starts the handshake toward its saved endpoint
@@ -68,9 +68,6 @@ listen = "0.0.0.0:$FRANKFURT_PORT"
 endpoint = "$RV_ADDR:$FRANKFURT_PORT"
 pool = "10.66.0.0/16"
 allowed_ips = ["100.127.0.0/16"]
-
-[egress]
-masquerade = true
 EOF
 ip -n "$NS_RV" addr add "$BEYOND_ADDR/32" dev lo
 (exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$NS_RV" \
