@@ -235,6 +235,11 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE arc_sessions ADD COLUMN last_endpoint TEXT;
     "#,
+    // 9: migration 6's index served only the per-create count that migration 7 replaced; every
+    // SIM insert and status change still paid for it.
+    r#"
+    DROP INDEX sims_by_operator_status;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
