@@ -2,10 +2,6 @@
 //! restarted on the same data directory, and every SIM whose 201 reached the client is still there.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,102 +9,11 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod support;
+use support::child_arcd::{free_port, ChildArcd};
+
 const WORKERS: usize = 16;
 const SUCCESSES_BEFORE_KILL: usize = 300;
-
-/// A running `arcd serve`; killed (SIGKILL) and reaped when dropped, even if the test panics.
-struct Arcd {
-    child: Child,
-    log_dir: PathBuf,
-    generation: u32,
-}
-
-impl Arcd {
-    fn spawn(data_dir: &Path, port: u16, log_dir: &Path, generation: u32) -> Arcd {
-        let stdout = File::create(log_dir.join(format!("stdout-{generation}"))).expect("log file");
-        let stderr = File::create(log_dir.join(format!("stderr-{generation}"))).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_arcd"))
-            .arg("serve")
-            .current_dir(log_dir)
-            .env_remove("ARCD_CONFIG")
-            .env("ARCD_DATA_DIR", data_dir)
-            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
-            .env("ARCD_API__TLS", "false")
-            // No TUN device and an ephemeral WireGuard port: this server may run beside others.
-            .env("ARCD_TUN__ENABLED", "false")
-            .env(
-                "ARCD_RENDEZVOUS_POINTS",
-                r#"[{id="ap-northeast-1",listen="127.0.0.1:0",endpoint="127.0.0.1:11010",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}]"#,
-            )
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn arcd");
-        Arcd {
-            child,
-            log_dir: log_dir.to_path_buf(),
-            generation,
-        }
-    }
-
-    fn output(&self, stream: &str) -> String {
-        std::fs::read_to_string(self.log_dir.join(format!("{stream}-{}", self.generation)))
-            .unwrap_or_default()
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(&mut self) -> ExitStatus {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("wait")
-    }
-
-    /// Waits until the data dir has root credentials and the API answers.
-    async fn wait_ready(&mut self, data_dir: &Path, port: u16, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "arcd exited early with {status}; stderr:\n{}",
-                    self.output("stderr")
-                );
-            }
-            let ready = data_dir.join("root-credentials.json").is_file()
-                && TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
-                && client
-                    .get(format!("http://127.0.0.1:{port}/openapi.yaml"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == StatusCode::OK);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "arcd did not become ready; stderr:\n{}",
-                self.output("stderr")
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Arcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
 
 #[derive(Clone)]
 struct Session {
@@ -288,7 +193,7 @@ async fn acknowledged_sims_survive_sigkill() {
 
     // First life.
     let t0 = Instant::now();
-    let mut first = Arcd::spawn(&data_dir, port, dir.path(), 1);
+    let mut first = ChildArcd::spawn(&data_dir, port, dir.path(), "1", &[]);
     first.wait_ready(&data_dir, port, &client).await;
     let startup = t0.elapsed();
     let credentials_text =
@@ -330,7 +235,7 @@ async fn acknowledged_sims_survive_sigkill() {
             .expect("workers notice the dead server")
             .expect("worker panicked");
     }
-    let first_stdout = first.output("stdout");
+    let first_stdout = first.stdout();
     drop(first);
     let acknowledged = tally.acknowledged.lock().unwrap().clone();
     let successes = tally.successes.load(Ordering::SeqCst);
@@ -350,7 +255,7 @@ async fn acknowledged_sims_survive_sigkill() {
 
     // Second life on the same data directory and port.
     let t1 = Instant::now();
-    let mut second = Arcd::spawn(&data_dir, port, dir.path(), 2);
+    let mut second = ChildArcd::spawn(&data_dir, port, dir.path(), "2", &[]);
     second.wait_ready(&data_dir, port, &client).await;
     let restart = t1.elapsed();
     assert_eq!(
@@ -400,7 +305,7 @@ async fn acknowledged_sims_survive_sigkill() {
         assert!(p.imsi.starts_with("99999") && p.imsi.len() == 15, "{sim}");
         assert_eq!(sim["sessionStatus"]["online"], true, "{sim}");
     }
-    let second_stdout = second.output("stdout");
+    let second_stdout = second.stdout();
     assert!(
         !second_stdout.contains("first start"),
         "a second root operator was announced: {second_stdout}"

@@ -2,10 +2,7 @@
 //! answer (no reset), later clients are refused, arcd exits 0 with an empty WAL, and every SIM
 //! whose 201 reached a client is in the database. The SIGKILL counterpart is crash_durability.rs.
 
-use std::fs::File;
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,90 +10,12 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
+mod support;
+use support::child_arcd::{free_port, ChildArcd};
+
 const WORKERS: usize = 16;
 const SUCCESSES_BEFORE_SIGNAL: usize = 200;
 const GRACE_SECONDS: u64 = 10;
-
-/// A running `arcd serve`; SIGKILLed and reaped when dropped, so a failing test leaves nothing.
-struct Arcd {
-    child: Child,
-    log_dir: std::path::PathBuf,
-}
-
-impl Arcd {
-    fn spawn(data_dir: &Path, port: u16, log_dir: &Path) -> Arcd {
-        let stderr = File::create(log_dir.join("stderr")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_arcd"))
-            .arg("serve")
-            .current_dir(log_dir)
-            .env_remove("ARCD_CONFIG")
-            .env("ARCD_DATA_DIR", data_dir)
-            .env("ARCD_API__LISTEN", format!("127.0.0.1:{port}"))
-            .env("ARCD_API__TLS", "false")
-            .env("ARCD_API__SHUTDOWN_GRACE_SECONDS", GRACE_SECONDS.to_string())
-            // No TUN device and an ephemeral WireGuard port: this server may run beside others.
-            .env("ARCD_TUN__ENABLED", "false")
-            .env(
-                "ARCD_RENDEZVOUS_POINTS",
-                r#"[{id="ap-northeast-1",listen="127.0.0.1:0",endpoint="127.0.0.1:11010",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}]"#,
-            )
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn arcd");
-        Arcd {
-            child,
-            log_dir: log_dir.to_path_buf(),
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.log_dir.join("stderr")).unwrap_or_default()
-    }
-
-    async fn wait_ready(&mut self, data_dir: &Path, port: u16, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("arcd exited early with {status}:\n{}", self.stderr());
-            }
-            let ready = data_dir.join("root-credentials.json").is_file()
-                && TcpStream::connect_timeout(
-                    &SocketAddr::from(([127, 0, 0, 1], port)),
-                    Duration::from_millis(200),
-                )
-                .is_ok()
-                && client
-                    .get(format!("http://127.0.0.1:{port}/openapi.yaml"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == StatusCode::OK);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "arcd not ready:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Arcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
 
 #[derive(Default)]
 struct Tally {
@@ -171,7 +90,19 @@ async fn sigterm_drains_requests_in_flight_and_keeps_every_acknowledged_write() 
         .timeout(Duration::from_secs(30))
         .build()
         .expect("client");
-    let mut arcd = Arcd::spawn(&data_dir, port, dir.path());
+    let mut arcd = ChildArcd::spawn(
+        &data_dir,
+        port,
+        dir.path(),
+        "1",
+        &[
+            (
+                "ARCD_API__SHUTDOWN_GRACE_SECONDS",
+                &GRACE_SECONDS.to_string(),
+            ),
+            ("RUST_LOG", "info"),
+        ],
+    );
     arcd.wait_ready(&data_dir, port, &client).await;
     let credentials: Value = serde_json::from_slice(
         &std::fs::read(data_dir.join("root-credentials.json")).expect("root credentials"),

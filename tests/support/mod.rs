@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod checked;
+pub mod child_arcd;
 pub mod conformance;
 pub mod paging;
 pub mod server;
