@@ -9,10 +9,9 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,19 +23,13 @@ use tokio::sync::Notify;
 
 use arcd::store::harvest::{self, NewEntry};
 use arcd::store::Store;
+use support::child_arcd::{free_port, ChildArcd};
 use support::wgclient::{udp_packet, WgClient};
 
 const WORKERS: usize = 8;
 /// Acknowledged SIMs and Harvest entries wanted before the backup starts.
 const BEFORE_BACKUP: usize = 100;
 const METADATA: Ipv4Addr = Ipv4Addr::new(100, 127, 100, 127);
-
-/// A running `arcd serve`; killed and reaped when dropped, even if the test panics.
-struct Arcd {
-    child: Child,
-    log_dir: PathBuf,
-    generation: u32,
-}
 
 fn arcd_command(data_dir: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_arcd"));
@@ -48,97 +41,38 @@ fn arcd_command(data_dir: &Path) -> Command {
     command
 }
 
-impl Arcd {
-    fn spawn(
-        data_dir: &Path,
-        api_port: u16,
-        wg_port: u16,
-        log_dir: &Path,
-        generation: u32,
-    ) -> Arcd {
-        let log = |stream: &str| {
-            File::create(log_dir.join(format!("{stream}-{generation}"))).expect("log file")
-        };
-        let child = arcd_command(data_dir)
-            .arg("serve")
-            .current_dir(log_dir)
-            .env("ARCD_API__LISTEN", format!("127.0.0.1:{api_port}"))
-            .env("ARCD_API__TLS", "false")
-            // No TUN device, WireGuard on loopback: this server may run beside others.
-            .env("ARCD_TUN__ENABLED", "false")
-            .env(
-                "ARCD_RENDEZVOUS_POINTS",
-                format!(
-                    r#"[{{id="ap-northeast-1",listen="127.0.0.1:{wg_port}",endpoint="127.0.0.1:{wg_port}",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}}]"#
-                ),
-            )
-            .stdout(log("stdout"))
-            .stderr(log("stderr"))
-            .spawn()
-            .expect("spawn arcd");
-        Arcd {
-            child,
-            log_dir: log_dir.to_path_buf(),
-            generation,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.log_dir.join(format!("stderr-{}", self.generation)))
-            .unwrap_or_default()
-    }
-
-    /// Waits until the API answers (the database is open and migrated by then).
-    async fn wait_ready(&mut self, base: &str, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "arcd exited early with {status}; stderr:\n{}",
-                    self.stderr()
-                );
-            }
-            let ready = client
-                .get(format!("{base}/openapi.yaml"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status() == StatusCode::OK);
-            if ready {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "arcd did not become ready; stderr:\n{}",
-                self.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// SIGTERM, as a service manager stops it, then reap.
-    fn stop(&mut self) {
-        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
-        // SAFETY: signalling our own child, which has not been reaped yet.
-        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let status = self.child.wait().expect("wait");
-        assert!(
-            status.success(),
-            "arcd stopped with {status}: {}",
-            self.stderr()
-        );
-    }
+/// `arcd serve` with WireGuard on a loopback port known in advance (the device of the SIM made
+/// before the backup must reach the restored server at the same endpoint).
+fn spawn_arcd(
+    data_dir: &Path,
+    api_port: u16,
+    wg_port: u16,
+    log_dir: &Path,
+    run: &str,
+) -> ChildArcd {
+    let rendezvous_points = format!(
+        r#"[{{id="ap-northeast-1",listen="127.0.0.1:{wg_port}",endpoint="127.0.0.1:{wg_port}",pool="10.64.0.0/16",allowed_ips=["100.127.0.0/16"]}}]"#
+    );
+    ChildArcd::spawn(
+        data_dir,
+        api_port,
+        log_dir,
+        run,
+        &[("ARCD_RENDEZVOUS_POINTS", &rendezvous_points)],
+    )
 }
 
-impl Drop for Arcd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_tcp_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+/// SIGTERM, as a service manager stops it, then reap.
+fn terminate(arcd: &mut ChildArcd) {
+    let pid = libc::pid_t::try_from(arcd.child.id()).expect("pid");
+    // SAFETY: signalling our own child, which has not been reaped yet.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = arcd.child.wait().expect("wait");
+    assert!(
+        status.success(),
+        "arcd stopped with {status}: {}",
+        arcd.stderr()
+    );
 }
 
 fn free_udp_port() -> u16 {
@@ -297,7 +231,7 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
     let data_dir = dir.path().join("data");
     let backup_file = dir.path().join("backups").join("arcd-backup.sqlite");
     std::fs::create_dir_all(backup_file.parent().expect("parent")).expect("backup dir");
-    let (api_port, wg_port) = (free_tcp_port(), free_udp_port());
+    let (api_port, wg_port) = (free_port(), free_udp_port());
     let base = format!("http://127.0.0.1:{api_port}");
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -305,8 +239,8 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
         .build()
         .expect("client");
 
-    let mut first = Arcd::spawn(&data_dir, api_port, wg_port, dir.path(), 1);
-    first.wait_ready(&base, &client).await;
+    let mut first = spawn_arcd(&data_dir, api_port, wg_port, dir.path(), "1");
+    first.wait_ready(&data_dir, api_port, &client).await;
     let credentials: Value = serde_json::from_slice(
         &std::fs::read(data_dir.join("root-credentials.json")).expect("root credentials"),
     )
@@ -429,7 +363,7 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
         .cloned()
         .expect("SIMs");
     assert!(!sims_before.contains(&sim_after));
-    first.stop();
+    terminate(&mut first);
 
     // The backup: sound, one self-contained file, owner-only, every acknowledged write in it.
     let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -509,8 +443,8 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
     assert!(!data_dir.join("arcd.sqlite-wal").exists());
 
     let wg_port = free_udp_port();
-    let mut second = Arcd::spawn(&data_dir, api_port, wg_port, dir.path(), 2);
-    second.wait_ready(&base, &client).await;
+    let mut second = spawn_arcd(&data_dir, api_port, wg_port, dir.path(), "2");
+    second.wait_ready(&data_dir, api_port, &client).await;
     let session = Session::sign_in(&client, &base, &credentials).await;
     let (status, sim) = session
         .call(
@@ -553,5 +487,5 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
             .await,
         "the device of a SIM created before the backup cannot handshake after the restore"
     );
-    second.stop();
+    terminate(&mut second);
 }
