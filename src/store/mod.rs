@@ -16,9 +16,10 @@ pub mod vpgs;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
@@ -231,10 +232,7 @@ impl Store {
 
     /// Stops commits from checkpointing inline (see `checkpoint`).
     pub fn disable_auto_checkpoint(&self) -> Result<()> {
-        let mut conn = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.writer.lock();
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         // The hook replaces SQLite's automatic checkpoint (both use the same slot) and only
         // records the log's length for `bound_wal`.
@@ -249,10 +247,7 @@ impl Store {
     }
 
     fn read_write_side<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut slot = self
-            .checkpointer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut slot = self.checkpointer.lock();
         if slot.is_none() {
             *slot = Some(open_connection(&self.path, true)?);
         }
@@ -292,10 +287,7 @@ impl Store {
         f: impl FnOnce(&Transaction) -> Result<T>,
         after_commit: impl FnOnce(&T),
     ) -> Result<T> {
-        let mut conn = self
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self.writer.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
@@ -337,20 +329,13 @@ impl Store {
 
     /// Runs `f` on a read connection (a consistent snapshot for the duration of a statement).
     pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self
-            .readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .pop();
+        let pooled = self.readers.lock().pop();
         let conn = match pooled {
             Some(conn) => conn,
             None => open_connection(&self.path, false)?,
         };
         let value = f(&conn);
-        self.readers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(conn);
+        self.readers.lock().push(conn);
         value
     }
 }
@@ -463,7 +448,7 @@ mod tests {
                         store
                             .write_then(
                                 |tx| next_counter(tx, "order"),
-                                |value| seen.lock().expect("lock").push(*value),
+                                |value| seen.lock().push(*value),
                             )
                             .expect("write");
                     }
@@ -473,7 +458,7 @@ mod tests {
         for t in threads {
             t.join().expect("thread");
         }
-        let seen = seen.lock().expect("lock").clone();
+        let seen = seen.lock().clone();
         assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
     }
 
