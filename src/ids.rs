@@ -4,6 +4,7 @@
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 /// `true` when the last digit of `digits` is the Luhn check digit of the rest.
 pub fn luhn_valid(digits: &str) -> bool {
@@ -102,13 +103,11 @@ pub fn secret_hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
 
-/// Compares two equal-purpose strings without an early exit on the first difference.
+/// Compares two secret hashes in time independent of where they differ (`subtle`), so response
+/// timing does not reveal how much of a guessed secret's hash matched. Only a length difference
+/// returns early, and hashes of one kind all have the same length.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
+    a.as_bytes().ct_eq(b.as_bytes()).into()
 }
 
 #[cfg(test)]
