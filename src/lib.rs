@@ -16,5 +16,6 @@ pub mod server;
 pub mod service_notify;
 pub mod services;
 pub mod store;
+pub mod subnets;
 pub mod tls;
 pub mod wgkey;

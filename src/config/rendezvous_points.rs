@@ -8,6 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::subnets::overlaps;
+
 /// UDP port of the first rendezvous point; the n-th (from 0) defaults to this + n.
 pub const FIRST_LISTEN_PORT: u16 = 11010;
 /// Default client pools are /16s taken in order from here (10.64.0.0/16, 10.65.0.0/16, ...).
@@ -151,10 +153,6 @@ fn free_pool(taken: &[Ipv4Net], vpg_range: &Ipv4Net) -> Option<Ipv4Net> {
         .find(|candidate| {
             !overlaps(candidate, vpg_range) && !taken.iter().any(|pool| overlaps(candidate, pool))
         })
-}
-
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use super::egress::Egress;
 use super::engine::Engine;
 use super::host_routes;
 use crate::store::vpgs::RunningVpg;
+use crate::subnets::overlaps;
 
 pub struct VpgPlane {
     engine: Arc<Engine>,
@@ -96,10 +97,6 @@ impl Drop for HostSide {
             let _ = host_routes::delete(self.ifindex, *subnet);
         }
     }
-}
-
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 impl VpgPlane {

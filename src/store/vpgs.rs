@@ -12,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::config::{RendezvousPointConfig, KNOWN_REGIONS};
 use crate::ids;
+use crate::subnets::overlaps;
 
 /// VPG types `createVirtualPrivateGateway` accepts: 14 Type-E, 15 Type-F, 242 Type-F2.
 pub const CREATABLE_TYPES: &[i64] = &[14, 15, 242];
@@ -77,10 +78,6 @@ pub fn parse_device_subnet(text: &str) -> std::result::Result<Ipv4Net, String> {
 
 fn invalid(message: String) -> StoreError {
     Rule::InvalidVpg(message).into()
-}
-
-fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
-    a.contains(&b.network()) || b.contains(&a.network())
 }
 
 fn validate(new: &NewVpg, rendezvous_points: &[RendezvousPointConfig]) -> Result<Ipv4Net> {
