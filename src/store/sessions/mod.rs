@@ -1,0 +1,193 @@
+//! Arc sessions: at most one per virtual subscriber, opened and closed here and nowhere else, and
+//! the peer changes the data plane applies after the transaction commits. The jobs around a
+//! session live in the submodules: where it goes (`rendezvous_selection`, `placement`), its
+//! client address (`address_leases`), its history (`events`), the API calls that replace it
+//! (`credentials`) and the reads of the sessions in force (`active`).
+
+mod active;
+mod address_leases;
+mod credentials;
+mod events;
+mod placement;
+mod rendezvous_selection;
+
+use std::net::Ipv4Addr;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+pub(crate) use active::active_session_of;
+pub use active::{list_active_sessions, operator_imsis_at};
+pub use credentials::{recreate, remove_credentials, renew_credentials, RenewedCredentials};
+pub use events::{list_events, SessionEventRecord};
+pub use rendezvous_selection::{select_rendezvous_point, SessionPolicy};
+
+use super::{now_ms, Result, Rule};
+use crate::config::Coverage;
+use crate::ids;
+
+/// What the data plane needs to serve one device: everything is keyed by the virtual subscriber's
+/// IMSI, while services attribute traffic to `primary_imsi`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveSession {
+    pub imsi: String,
+    pub primary_imsi: String,
+    pub sim_id: String,
+    pub operator_id: String,
+    /// Changes whenever the session is (re-)created: the data plane then drops the peer's
+    /// WireGuard state so the device must handshake again.
+    pub session_id: String,
+    pub rp_id: String,
+    pub client_public_key: String,
+    pub client_ip: Ipv4Addr,
+    pub group_id: Option<String>,
+    pub vpg_id: Option<String>,
+}
+
+/// Emitted only after the transaction that caused it has committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerChange {
+    /// Install this peer, or replace the one with the same IMSI. A different `session_id` than the
+    /// installed one means a new session; the same one means only attributes (group) changed.
+    Upsert(ActiveSession),
+    /// The subscriber has no session any more: forget its peer.
+    Remove { imsi: String, rp_id: String },
+}
+
+/// The subscriber a session belongs to, as the session functions need it.
+pub(crate) struct ArcSubscriber {
+    pub sim_id: String,
+    pub operator_id: String,
+    pub imsi: String,
+    pub primary_imsi: String,
+    pub subscription: String,
+    pub public_key: Option<String>,
+    pub coverage: Coverage,
+    pub group_id: Option<String>,
+}
+
+/// The active (not terminated) virtual subscriber of a SIM of `operator_id`.
+pub(crate) fn arc_subscriber(
+    conn: &Connection,
+    operator_id: &str,
+    sim_id: &str,
+) -> Result<Option<ArcSubscriber>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT s.sim_id, s.operator_id, v.imsi, v.subscription, v.arc_public_key, s.coverage, s.group_id,
+                    (SELECT p.imsi FROM subscribers p WHERE p.sim_id = s.sim_id AND p.is_primary = 1)
+             FROM sims s JOIN subscribers v ON v.sim_id = s.sim_id
+             WHERE s.sim_id = ?1 AND s.operator_id = ?2 AND v.is_virtual = 1 AND v.status = 'active'",
+        )?
+        .query_row(params![sim_id, operator_id], |row| {
+            Ok(ArcSubscriber {
+                sim_id: row.get(0)?,
+                operator_id: row.get(1)?,
+                imsi: row.get(2)?,
+                subscription: row.get(3)?,
+                public_key: row.get(4)?,
+                coverage: coverage_from_column(&row.get::<_, String>(5)?),
+                group_id: row.get(6)?,
+                primary_imsi: row.get(7)?,
+            })
+        })
+        .optional()?)
+}
+
+pub(crate) fn coverage_from_column(text: &str) -> Coverage {
+    if text == "g" {
+        Coverage::G
+    } else {
+        Coverage::Jp
+    }
+}
+
+/// Creates the subscriber's session, or replaces the existing one with a new session id
+/// (`Deleted` then `Created` events). This is the one place sessions are made: the rendezvous
+/// point and the VPG (from the SIM's group, `SoracomAir` → `vpgId`) are chosen here, so a group
+/// or VPG change applies at the next re-creation. The client address is kept unless it is no
+/// longer in the session's rendezvous point pool or VPG subnet.
+pub(crate) fn open_session(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    policy: &SessionPolicy,
+) -> Result<ActiveSession> {
+    let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
+    let now = now_ms();
+    let placement = placement::place(tx, sub, policy)?;
+    delete_session(tx, sub, now)?;
+    let client_ip = address_leases::lease_address(tx, &placement, &sub.imsi, now, policy)?;
+    let session_id = ids::new_session_id();
+    let rp_id = placement.rp.rp_id.clone();
+    tx.prepare_cached("INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?
+        .execute(
+        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), placement.vpg_id, now],
+    )?;
+    let vpg_id = placement.vpg_id.as_deref();
+    events::record_event(
+        tx,
+        sub,
+        &session_id,
+        "Created",
+        Some(client_ip),
+        vpg_id,
+        now,
+    )?;
+    Ok(ActiveSession {
+        imsi: sub.imsi.clone(),
+        primary_imsi: sub.primary_imsi.clone(),
+        sim_id: sub.sim_id.clone(),
+        operator_id: sub.operator_id.clone(),
+        session_id,
+        rp_id,
+        client_public_key: public_key,
+        client_ip,
+        group_id: sub.group_id.clone(),
+        vpg_id: placement.vpg_id,
+    })
+}
+
+/// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless
+/// `release_address` (termination), which starts its quarantine.
+pub(crate) fn close_session(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    release_address: bool,
+) -> Result<Option<PeerChange>> {
+    let now = now_ms();
+    if release_address {
+        address_leases::release_lease(tx, &sub.imsi, now)?;
+    }
+    Ok(
+        delete_session(tx, sub, now)?.map(|rp_id| PeerChange::Remove {
+            imsi: sub.imsi.clone(),
+            rp_id,
+        }),
+    )
+}
+
+/// Deletes the subscriber's session row, if there is one, with its `Deleted` event; returns the
+/// rendezvous point it was at.
+fn delete_session(tx: &Transaction, sub: &ArcSubscriber, now: i64) -> Result<Option<String>> {
+    let existing: Option<(String, String, Option<String>)> = tx
+        .prepare_cached("SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
+        .query_row([&sub.imsi], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+        })
+        .optional()?;
+    let Some((session_id, rp_id, vpg_id)) = existing else {
+        return Ok(None);
+    };
+    events::record_event(
+        tx,
+        sub,
+        &session_id,
+        "Deleted",
+        None,
+        vpg_id.as_deref(),
+        now,
+    )?;
+    tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
+        .execute([&sub.imsi])?;
+    Ok(Some(rp_id))
+}

@@ -1,0 +1,124 @@
+//! Where a new session goes: the VPG its group names (if any), the rendezvous point, and the
+//! address scope and range its client address comes from.
+
+use rusqlite::{OptionalExtension, Transaction};
+
+use super::rendezvous_selection::{select_rendezvous_point, SessionPolicy};
+use super::ArcSubscriber;
+use crate::store::vpgs::{self, VpgRecord};
+use crate::store::{rendezvous, Entity, Result, Rule, StoreError};
+
+/// The one lease scope of every VPG's addresses. The data plane finds a device by its client
+/// address alone and the kernel routes by destination only, so an address must belong to at most
+/// one device across all VPGs (of every operator), even though every VPG defaults to the same
+/// subnet: each VPG hands out only addresses of its own subnet, but from this shared scope.
+const VPG_LEASE_SCOPE: &str = "vpg";
+
+/// Where a new session goes and which addresses it may have.
+pub(super) struct Placement {
+    pub rp: rendezvous::RendezvousPoint,
+    pub vpg_id: Option<String>,
+    /// Lease scope: `rp:<id>` outside a VPG, [`VPG_LEASE_SCOPE`] inside any VPG.
+    pub scope: String,
+    pub pool: ipnet::Ipv4Net,
+    /// Lowest and highest address that may be handed out.
+    pub range: (u32, u32),
+}
+
+/// The VPG the subscriber's group puts it in (`SoracomAir` → `vpgId`), if any. A JSON `null`
+/// value means no VPG. A value that names no running VPG of the subscriber's operator (missing,
+/// another operator's, terminated, or not a string) is refused: silently placing the device
+/// outside the VPG its operator asked for would break the isolation and addressing they expect.
+fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
+    let Some(group_id) = sub.group_id.as_deref() else {
+        return Ok(None);
+    };
+    let value: Option<String> = tx
+        .prepare_cached(
+            "SELECT value FROM group_configuration
+             WHERE group_id = ?1 AND namespace = 'SoracomAir' AND key = 'vpgId'",
+        )?
+        .query_row([group_id], |row| row.get(0))
+        .optional()?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let unusable = |vpg_id: String| -> StoreError {
+        Rule::GroupVpgUnusable {
+            group_id: group_id.to_string(),
+            vpg_id,
+        }
+        .into()
+    };
+    let vpg_id = match serde_json::from_str::<serde_json::Value>(&value) {
+        Ok(serde_json::Value::Null) => return Ok(None),
+        Ok(serde_json::Value::String(vpg_id)) => vpg_id,
+        _ => return Err(unusable(value)),
+    };
+    match vpgs::get(tx, &sub.operator_id, &vpg_id) {
+        Ok(vpg) => Ok(Some(vpg)),
+        Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id)),
+        Err(other) => Err(other),
+    }
+}
+
+/// The rendezvous point of the session: the selection table's choice, unless that is a VPG's
+/// region this process does not serve (then the coverage's RP, with a warning).
+fn rendezvous_point_id<'a>(
+    sub: &ArcSubscriber,
+    vpg: Option<&'a VpgRecord>,
+    policy: &'a SessionPolicy,
+) -> &'a str {
+    let wanted = select_rendezvous_point(sub.coverage, vpg, policy);
+    let Some(vpg) = vpg else {
+        return wanted;
+    };
+    if policy.serves(wanted) {
+        return wanted;
+    }
+    let fallback = policy.rendezvous_point_for(sub.coverage);
+    tracing::warn!(
+        sim_id = %sub.sim_id,
+        vpg_id = vpg.vpg_id.as_str(),
+        wanted = %wanted,
+        using = %fallback,
+        "the VPG's placement region has no rendezvous point here; the session uses the coverage's rendezvous point"
+    );
+    fallback
+}
+
+pub(super) fn place(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    policy: &SessionPolicy,
+) -> Result<Placement> {
+    let vpg = vpg_of_group(tx, sub)?;
+    let rp_id = rendezvous_point_id(sub, vpg.as_ref(), policy);
+    let rp = rendezvous::get(tx, rp_id)?;
+    Ok(match vpg {
+        // The VPG's network and broadcast addresses are never handed out; every other one is,
+        // unless another VPG's device holds it.
+        Some(vpg) => Placement {
+            scope: VPG_LEASE_SCOPE.to_string(),
+            pool: vpg.device_subnet,
+            range: (
+                u32::from(vpg.device_subnet.network()) + 1,
+                u32::from(vpg.device_subnet.broadcast()) - 1,
+            ),
+            vpg_id: Some(vpg.vpg_id),
+            rp,
+        },
+        // The network address, the first host (kept for the server side) and the broadcast
+        // address are never handed out.
+        None => Placement {
+            scope: format!("rp:{rp_id}"),
+            pool: rp.pool,
+            range: (
+                u32::from(rp.pool.network()) + 2,
+                u32::from(rp.pool.broadcast()) - 1,
+            ),
+            vpg_id: None,
+            rp,
+        },
+    })
+}

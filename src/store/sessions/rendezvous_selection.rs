@@ -1,0 +1,128 @@
+//! Which rendezvous point a new session goes to: the configured policy and the placement table
+//! (docs/ARCHITECTURE.md, "Sessions").
+
+use crate::config::Coverage;
+use crate::store::vpgs::VpgRecord;
+
+/// Where new sessions go and how long a released address rests before reuse.
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    pub jp_rendezvous_point: String,
+    pub global_rendezvous_point: String,
+    pub address_quarantine_ms: i64,
+    /// Ids of the rendezvous points this process serves. A VPG placed in a region outside this
+    /// list cannot host its global-coverage sessions there: they fall back to the global RP.
+    pub rendezvous_points: Vec<String>,
+}
+
+impl SessionPolicy {
+    pub fn rendezvous_point_for(&self, coverage: Coverage) -> &str {
+        match coverage {
+            Coverage::Jp => &self.jp_rendezvous_point,
+            Coverage::G => &self.global_rendezvous_point,
+        }
+    }
+
+    /// Whether this process serves rendezvous point `rp_id`.
+    pub(super) fn serves(&self, rp_id: &str) -> bool {
+        self.rendezvous_points.iter().any(|id| id == rp_id)
+    }
+}
+
+/// The rendezvous point of a new session, as docs/ARCHITECTURE.md ("Sessions") states it: not in
+/// a VPG, Japan coverage uses the Japan RP (Tokyo) and global coverage the global RP (Frankfurt);
+/// in a VPG, Japan coverage still uses Tokyo while global coverage uses the VPG's placement
+/// region. The VPG's region is returned as is, even when no such RP is configured: the caller
+/// decides what to do then (`placement::place` falls back to the coverage's RP with a warning).
+pub fn select_rendezvous_point<'a>(
+    coverage: Coverage,
+    vpg: Option<&'a VpgRecord>,
+    policy: &'a SessionPolicy,
+) -> &'a str {
+    match (coverage, vpg) {
+        (Coverage::G, Some(vpg)) => &vpg.region,
+        (coverage, _) => policy.rendezvous_point_for(coverage),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vpg_in(region: &str) -> VpgRecord {
+        VpgRecord {
+            vpg_id: "00000000-0000-4000-8000-000000000000".into(),
+            operator_id: "OP0000000001".into(),
+            vpg_type: 14,
+            region: region.into(),
+            device_subnet: "10.128.0.0/9".parse().expect("net"),
+            use_internet_gateway: true,
+            device_to_device: false,
+            status: "running".into(),
+            tags: Default::default(),
+            created_at: 0,
+            last_modified_at: 0,
+            online_sessions: 0,
+        }
+    }
+
+    fn policy(jp: &str, global: &str) -> SessionPolicy {
+        SessionPolicy {
+            jp_rendezvous_point: jp.into(),
+            global_rendezvous_point: global.into(),
+            address_quarantine_ms: 0,
+            rendezvous_points: Vec::new(),
+        }
+    }
+
+    /// Every row of the placement table (docs/ARCHITECTURE.md, "Sessions"), with the default
+    /// policy (Tokyo for jp, Frankfurt for g), and the VPG placed in every region.
+    #[test]
+    fn seed_selection_table() {
+        let policy = policy("ap-northeast-1", "eu-central-1");
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "ap-northeast-1"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "eu-central-1"
+        );
+        for region in crate::config::KNOWN_REGIONS {
+            let vpg = vpg_in(region);
+            assert_eq!(
+                select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+                "ap-northeast-1",
+                "jp in a VPG in {region}"
+            );
+            assert_eq!(
+                select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+                *region,
+                "g in a VPG in {region}"
+            );
+        }
+    }
+
+    /// Outside a VPG (and for jp inside one) the configured RPs of the policy are used.
+    #[test]
+    fn policy_rps_are_configurable() {
+        let policy = policy("us-west-2", "ap-southeast-2");
+        let vpg = vpg_in("eu-central-1");
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, None, &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, None, &policy),
+            "ap-southeast-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
+            "us-west-2"
+        );
+        assert_eq!(
+            select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
+            "eu-central-1"
+        );
+    }
+}
