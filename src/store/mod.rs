@@ -10,6 +10,7 @@ mod migrations;
 pub mod operators;
 pub mod rendezvous;
 pub mod sessions;
+mod sim_search;
 pub mod sims;
 pub mod subscriptions;
 pub mod vpgs;

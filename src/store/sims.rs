@@ -1,9 +1,10 @@
 //! SIMs: the rows behind the API's `Sim` object, standalone virtual SIM creation, status changes,
 //! termination, groups and tags.
 
-use rusqlite::{params, params_from_iter, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
+pub use super::sim_search::{search, SimQuery};
 use super::{next_counter, now_ms, rendezvous, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids;
@@ -70,10 +71,11 @@ impl SimRecord {
     }
 }
 
-const SIM_COLUMNS: &str = "sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+pub(super) const SIM_COLUMNS: &str =
+    "sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
      termination_enabled, created_at, last_modified_at";
 
-fn sim_from_row(row: &rusqlite::Row) -> rusqlite::Result<SimRecord> {
+pub(super) fn sim_from_row(row: &rusqlite::Row) -> rusqlite::Result<SimRecord> {
     Ok(SimRecord {
         sim_id: row.get(0)?,
         operator_id: row.get(1)?,
@@ -148,6 +150,11 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
         None => None,
     };
     Ok(sim)
+}
+
+/// `complete` for each row of a page.
+pub(super) fn complete_all(conn: &Connection, rows: Vec<SimRecord>) -> Result<Vec<SimRecord>> {
+    rows.into_iter().map(|sim| complete(conn, sim)).collect()
 }
 
 pub fn get(conn: &Connection, operator_id: &str, sim_id: &str) -> Result<SimRecord> {
@@ -346,140 +353,7 @@ pub fn list(
             sim_from_row,
         )?
         .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter().map(|sim| complete(conn, sim)).collect()
-}
-
-/// Filters of `GET /query/sims`. Each list holds alternatives (OR); lists combine by `match_all`.
-#[derive(Debug, Default, Clone)]
-pub struct SimQuery {
-    pub name: Vec<String>,
-    pub sim_id: Vec<String>,
-    pub imsi: Vec<String>,
-    pub msisdn: Vec<String>,
-    pub status: Vec<String>,
-    pub tag: Vec<String>,
-    pub group_id: Vec<String>,
-    pub subscription: Vec<String>,
-    pub module_type: Vec<String>,
-    pub iccid: Vec<String>,
-    /// Group names (the group's `name` tag).
-    pub group: Vec<String>,
-    /// Filters on fields no arcd SIM has (serial number, bundles): given, they match nothing.
-    pub absent_fields: bool,
-    pub session_online: Option<bool>,
-    /// `search_type=and` (default) or `or`.
-    pub match_all: bool,
-}
-
-pub fn search(
-    conn: &Connection,
-    operator_id: &str,
-    query: &SimQuery,
-    after_sim_id: Option<&str>,
-    limit: u32,
-) -> Result<Vec<SimRecord>> {
-    let mut clauses: Vec<String> = Vec::new();
-    let mut args: Vec<String> = vec![
-        operator_id.to_string(),
-        after_sim_id.unwrap_or("").to_string(),
-    ];
-    let mut add = |template: &str, values: &[String], partial: bool| {
-        if values.is_empty() {
-            return;
-        }
-        let alternatives: Vec<String> = values
-            .iter()
-            .map(|value| {
-                args.push(if partial {
-                    format!("%{}%", escape_like(&value.to_lowercase()))
-                } else {
-                    value.clone()
-                });
-                template.replace('?', &format!("?{}", args.len()))
-            })
-            .collect();
-        clauses.push(format!("({})", alternatives.join(" OR ")));
-    };
-    const LIKE: &str = " LIKE ? ESCAPE '\\'";
-    add(
-        &format!("EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name' AND lower(t.value){LIKE})"),
-        &query.name,
-        true,
-    );
-    add(&format!("s.sim_id{LIKE}"), &query.sim_id, true);
-    add(
-        &format!("EXISTS (SELECT 1 FROM subscribers u WHERE u.sim_id = s.sim_id AND u.imsi{LIKE})"),
-        &query.imsi,
-        true,
-    );
-    add(
-        &format!(
-            "EXISTS (SELECT 1 FROM subscribers u WHERE u.sim_id = s.sim_id AND u.msisdn{LIKE})"
-        ),
-        &query.msisdn,
-        true,
-    );
-    add("s.status = ?", &query.status, false);
-    add(
-        &format!(
-            "EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND lower(t.value){LIKE})"
-        ),
-        &query.tag,
-        true,
-    );
-    add("s.group_id = ?", &query.group_id, false);
-    add(
-        "EXISTS (SELECT 1 FROM subscribers u WHERE u.sim_id = s.sim_id AND u.subscription = ?)",
-        &query.subscription,
-        false,
-    );
-    add("s.module_type = ?", &query.module_type, false);
-    add(
-        &format!(
-            "EXISTS (SELECT 1 FROM subscribers u WHERE u.sim_id = s.sim_id AND u.iccid{LIKE})"
-        ),
-        &query.iccid,
-        true,
-    );
-    add(
-        &format!("EXISTS (SELECT 1 FROM groups g WHERE g.group_id = s.group_id AND lower(json_extract(g.tags, '$.name')){LIKE})"),
-        &query.group,
-        true,
-    );
-    if query.absent_fields {
-        clauses.push("0".into());
-    }
-    match query.session_online {
-        Some(true) => {
-            clauses.push("EXISTS (SELECT 1 FROM arc_sessions a WHERE a.sim_id = s.sim_id)".into())
-        }
-        Some(false) => clauses
-            .push("NOT EXISTS (SELECT 1 FROM arc_sessions a WHERE a.sim_id = s.sim_id)".into()),
-        None => {}
-    }
-    let filter = if clauses.is_empty() {
-        String::new()
-    } else {
-        let joiner = if query.match_all { " AND " } else { " OR " };
-        format!("AND ({})", clauses.join(joiner))
-    };
-    args.push(limit.to_string());
-    let sql = format!(
-        "SELECT {SIM_COLUMNS} FROM sims s WHERE s.operator_id = ?1 AND s.sim_id > ?2 {filter}
-         ORDER BY s.sim_id LIMIT ?{}",
-        args.len()
-    );
-    let rows: Vec<SimRecord> = conn
-        .prepare(&sql)?
-        .query_map(params_from_iter(args.iter()), sim_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter().map(|sim| complete(conn, sim)).collect()
-}
-
-fn escape_like(text: &str) -> String {
-    text.replace('\\', "\\\\")
-        .replace('%', "\\%")
-        .replace('_', "\\_")
+    complete_all(conn, rows)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -637,5 +511,5 @@ pub fn list_in_group(
             sim_from_row,
         )?
         .collect::<rusqlite::Result<_>>()?;
-    rows.into_iter().map(|sim| complete(conn, sim)).collect()
+    complete_all(conn, rows)
 }
