@@ -4,6 +4,7 @@ use std::path::Path;
 
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::Config;
+use crate::iot_sim_csv::{self, CsvError};
 use crate::server::{self, ServeError};
 use crate::store::operators;
 use crate::store::subscriptions::{self, IotSimImport};
@@ -21,8 +22,8 @@ pub enum CommandError {
     Backup(#[from] crate::backup::BackupError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("{file}: {message}")]
-    Csv { file: String, message: String },
+    #[error(transparent)]
+    Csv(#[from] CsvError),
 }
 
 /// Runs the server with the data directory locked for the whole process: a second `serve` on
@@ -140,62 +141,12 @@ pub fn create_auth_key(config: &Config, operator_id: &str) -> Result<(), Command
     Ok(())
 }
 
-pub const CSV_HEADER: [&str; 4] = ["iccid", "imsi", "msisdn", "subscription"];
-
-/// Reads the CSV; each item comes with the line it started on, for error messages.
-pub fn read_iot_sim_csv(file: &Path) -> Result<Vec<(u64, IotSimImport)>, CommandError> {
-    let name = file.display().to_string();
-    let csv_error = |message: String| CommandError::Csv {
-        file: name.clone(),
-        message,
-    };
-    let mut reader = csv::ReaderBuilder::new()
-        .trim(csv::Trim::All)
-        .from_path(file)
-        .map_err(|e| csv_error(e.to_string()))?;
-    let header: Vec<String> = reader
-        .headers()
-        .map_err(|e| csv_error(format!("line 1: {e}")))?
-        .iter()
-        .map(str::to_string)
-        .collect();
-    if header != CSV_HEADER {
-        return Err(csv_error(format!(
-            "line 1: header must be `{}`, found `{}`",
-            CSV_HEADER.join(","),
-            header.join(",")
-        )));
-    }
-    let mut items = Vec::new();
-    for record in reader.records() {
-        let record = record.map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            csv_error(format!("line {line}: {e}"))
-        })?;
-        let line = record.position().map_or(0, |p| p.line());
-        let field = |i: usize| record.get(i).unwrap_or("").to_string();
-        let item = IotSimImport {
-            iccid: field(0),
-            imsi: field(1),
-            msisdn: Some(field(2)).filter(|m| !m.is_empty()),
-            subscription: field(3),
-        };
-        item.check()
-            .map_err(|m| csv_error(format!("line {line}: {m}")))?;
-        items.push((line, item));
-    }
-    if items.is_empty() {
-        return Err(csv_error("no rows after the header".into()));
-    }
-    Ok(items)
-}
-
 pub fn import_iot_sims(
     config: &Config,
     file: &Path,
     operator_id: &str,
 ) -> Result<(), CommandError> {
-    let rows = read_iot_sim_csv(file)?;
+    let rows = iot_sim_csv::read(file)?;
     let store = bootstrap::open_store(config)?;
     let lines: Vec<u64> = rows.iter().map(|(line, _)| *line).collect();
     let items: Vec<IotSimImport> = rows.into_iter().map(|(_, item)| item).collect();
@@ -206,13 +157,13 @@ pub fn import_iot_sims(
     let imported = store
         .write(|tx| subscriptions::import_iot_sims(tx, operator_id, coverage, &items))
         .map_err(|e| match e {
-            StoreError::Rule(Rule::ImportItem { index, message }) => CommandError::Csv {
+            StoreError::Rule(Rule::ImportItem { index, message }) => CommandError::Csv(CsvError {
                 file: file.display().to_string(),
                 message: format!(
                     "line {}: {message}; nothing was imported",
                     lines.get(index).copied().unwrap_or(0)
                 ),
-            },
+            }),
             other => other.into(),
         })?;
     println!("imported {} IoT SIMs for {operator_id}", imported.len());

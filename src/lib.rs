@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataplane;
 mod fsutil;
 pub mod ids;
+pub mod iot_sim_csv;
 mod listener;
 pub mod logging;
 pub mod metrics;
