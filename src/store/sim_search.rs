@@ -5,7 +5,7 @@
 use rusqlite::types::ToSql;
 use rusqlite::{params_from_iter, Connection};
 
-use super::sims::{complete_all, sim_from_row, SimRecord, SIM_COLUMNS};
+use super::sims::{sims_page, SimRecord, SIM_COLUMNS};
 use super::Result;
 
 /// Filters of `GET /query/sims`. Each list holds alternatives (OR); lists combine by `match_all`.
@@ -190,11 +190,13 @@ pub fn search(
         "SELECT {SIM_COLUMNS} FROM sims s WHERE s.operator_id = {operator} AND s.sim_id > {after} {filter}
          ORDER BY s.sim_id LIMIT {limit}"
     );
-    let rows: Vec<SimRecord> = conn
-        .prepare(&text)?
-        .query_map(params_from_iter(sql.parameters.iter()), sim_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
-    complete_all(conn, rows)
+    // Not cached: each combination of filters is its own statement.
+    let mut statement = conn.prepare(&text)?;
+    sims_page(
+        conn,
+        &mut statement,
+        params_from_iter(sql.parameters.iter()),
+    )
 }
 
 /// `text` with LIKE's wildcards and the escape character itself escaped, so it matches literally.

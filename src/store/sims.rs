@@ -75,7 +75,7 @@ pub(super) const SIM_COLUMNS: &str =
     "sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
      termination_enabled, created_at, last_modified_at";
 
-pub(super) fn sim_from_row(row: &rusqlite::Row) -> rusqlite::Result<SimRecord> {
+fn sim_from_row(row: &rusqlite::Row) -> rusqlite::Result<SimRecord> {
     Ok(SimRecord {
         sim_id: row.get(0)?,
         operator_id: row.get(1)?,
@@ -152,8 +152,16 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
     Ok(sim)
 }
 
-/// `complete` for each row of a page.
-pub(super) fn complete_all(conn: &Connection, rows: Vec<SimRecord>) -> Result<Vec<SimRecord>> {
+/// The SIMs a statement selecting `SIM_COLUMNS` returns, each completed: how every page of SIMs
+/// (list, group members, search) is read.
+pub(super) fn sims_page(
+    conn: &Connection,
+    statement: &mut rusqlite::Statement,
+    params: impl rusqlite::Params,
+) -> Result<Vec<SimRecord>> {
+    let rows: Vec<SimRecord> = statement
+        .query_map(params, sim_from_row)?
+        .collect::<rusqlite::Result<_>>()?;
     rows.into_iter().map(|sim| complete(conn, sim)).collect()
 }
 
@@ -343,17 +351,15 @@ pub fn list(
     after_sim_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SimRecord>> {
-    let rows: Vec<SimRecord> = conn
-        .prepare_cached(&format!(
-            "SELECT {SIM_COLUMNS} FROM sims WHERE operator_id = ?1 AND sim_id > ?2
-             ORDER BY sim_id LIMIT ?3"
-        ))?
-        .query_map(
-            params![operator_id, after_sim_id.unwrap_or(""), limit],
-            sim_from_row,
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    complete_all(conn, rows)
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {SIM_COLUMNS} FROM sims WHERE operator_id = ?1 AND sim_id > ?2
+         ORDER BY sim_id LIMIT ?3"
+    ))?;
+    sims_page(
+        conn,
+        &mut statement,
+        params![operator_id, after_sim_id.unwrap_or(""), limit],
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,15 +507,13 @@ pub fn list_in_group(
     limit: u32,
 ) -> Result<Vec<SimRecord>> {
     super::groups::require_group(conn, operator_id, group_id)?;
-    let rows: Vec<SimRecord> = conn
-        .prepare_cached(&format!(
-            "SELECT {SIM_COLUMNS} FROM sims WHERE group_id = ?1 AND operator_id = ?2 AND sim_id > ?3
-             ORDER BY sim_id LIMIT ?4"
-        ))?
-        .query_map(
-            params![group_id, operator_id, after_sim_id.unwrap_or(""), limit],
-            sim_from_row,
-        )?
-        .collect::<rusqlite::Result<_>>()?;
-    complete_all(conn, rows)
+    let mut statement = conn.prepare_cached(&format!(
+        "SELECT {SIM_COLUMNS} FROM sims WHERE group_id = ?1 AND operator_id = ?2 AND sim_id > ?3
+         ORDER BY sim_id LIMIT ?4"
+    ))?;
+    sims_page(
+        conn,
+        &mut statement,
+        params![group_id, operator_id, after_sim_id.unwrap_or(""), limit],
+    )
 }

@@ -75,30 +75,37 @@ mod tests {
         }
     }
 
+    /// Checks `select_rendezvous_point` against (coverage, VPG region, expected RP) rows.
+    fn assert_selects(policy: &SessionPolicy, rows: &[(Coverage, Option<&str>, &str)]) {
+        for &(coverage, region, expected) in rows {
+            let vpg = region.map(vpg_in);
+            assert_eq!(
+                select_rendezvous_point(coverage, vpg.as_ref(), policy),
+                expected,
+                "{coverage:?} in a VPG in {region:?}"
+            );
+        }
+    }
+
     /// Every row of the placement table (docs/ARCHITECTURE.md, "Sessions"), with the default
     /// policy (Tokyo for jp, Frankfurt for g), and the VPG placed in every region.
     #[test]
     fn seed_selection_table() {
         let policy = policy("ap-northeast-1", "eu-central-1");
-        assert_eq!(
-            select_rendezvous_point(Coverage::Jp, None, &policy),
-            "ap-northeast-1"
-        );
-        assert_eq!(
-            select_rendezvous_point(Coverage::G, None, &policy),
-            "eu-central-1"
+        assert_selects(
+            &policy,
+            &[
+                (Coverage::Jp, None, "ap-northeast-1"),
+                (Coverage::G, None, "eu-central-1"),
+            ],
         );
         for region in crate::config::KNOWN_REGIONS {
-            let vpg = vpg_in(region);
-            assert_eq!(
-                select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
-                "ap-northeast-1",
-                "jp in a VPG in {region}"
-            );
-            assert_eq!(
-                select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
-                *region,
-                "g in a VPG in {region}"
+            assert_selects(
+                &policy,
+                &[
+                    (Coverage::Jp, Some(*region), "ap-northeast-1"),
+                    (Coverage::G, Some(*region), *region),
+                ],
             );
         }
     }
@@ -106,23 +113,14 @@ mod tests {
     /// Outside a VPG (and for jp inside one) the configured RPs of the policy are used.
     #[test]
     fn policy_rps_are_configurable() {
-        let policy = policy("us-west-2", "ap-southeast-2");
-        let vpg = vpg_in("eu-central-1");
-        assert_eq!(
-            select_rendezvous_point(Coverage::Jp, None, &policy),
-            "us-west-2"
-        );
-        assert_eq!(
-            select_rendezvous_point(Coverage::G, None, &policy),
-            "ap-southeast-2"
-        );
-        assert_eq!(
-            select_rendezvous_point(Coverage::Jp, Some(&vpg), &policy),
-            "us-west-2"
-        );
-        assert_eq!(
-            select_rendezvous_point(Coverage::G, Some(&vpg), &policy),
-            "eu-central-1"
+        assert_selects(
+            &policy("us-west-2", "ap-southeast-2"),
+            &[
+                (Coverage::Jp, None, "us-west-2"),
+                (Coverage::G, None, "ap-southeast-2"),
+                (Coverage::Jp, Some("eu-central-1"), "us-west-2"),
+                (Coverage::G, Some("eu-central-1"), "eu-central-1"),
+            ],
         );
     }
 }
