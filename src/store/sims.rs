@@ -99,12 +99,19 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
         .prepare_cached("SELECT name, value FROM sim_tags WHERE sim_id = ?1 ORDER BY name")?
         .query_map([&sim.sim_id], |row| Ok((row.get(0)?, row.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    sim.subscribers = conn
+    sim.subscribers = subscribers_of(conn, &sim.sim_id)?;
+    sim.session = session_of(conn, &sim.sim_id)?;
+    Ok(sim)
+}
+
+/// The SIM's subscribers, primary first.
+fn subscribers_of(conn: &Connection, sim_id: &str) -> Result<Vec<SubscriberRecord>> {
+    Ok(conn
         .prepare_cached(
             "SELECT imsi, iccid, msisdn, subscription, is_primary, is_virtual, status, arc_public_key
              FROM subscribers WHERE sim_id = ?1 ORDER BY is_primary DESC, created_at, imsi",
         )?
-        .query_map([&sim.sim_id], |row| {
+        .query_map([sim_id], |row| {
             Ok(SubscriberRecord {
                 imsi: row.get(0)?,
                 iccid: row.get(1)?,
@@ -116,7 +123,11 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
                 arc_public_key: row.get(7)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<rusqlite::Result<_>>()?)
+}
+
+/// The SIM's Arc session with what a device needs to reach its rendezvous point, if it has one.
+fn session_of(conn: &Connection, sim_id: &str) -> Result<Option<SessionRecord>> {
     let session = conn
         .prepare_cached(
             "SELECT a.imsi, a.session_id, a.rp_id, a.client_ip, a.vpg_id, a.created_at, a.last_updated_at,
@@ -124,7 +135,7 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
              FROM arc_sessions a JOIN rendezvous_points r ON r.rp_id = a.rp_id
              WHERE a.sim_id = ?1",
         )?
-        .query_row([&sim.sim_id], |row| {
+        .query_row([sim_id], |row| {
             Ok((
                 SessionRecord {
                     imsi: row.get(0)?,
@@ -142,14 +153,11 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
             ))
         })
         .optional()?;
-    sim.session = match session {
-        Some((mut record, allowed)) => {
-            record.allowed_ips = rendezvous::parse_allowed_ips(&allowed)?;
-            Some(record)
-        }
-        None => None,
+    let Some((mut record, allowed)) = session else {
+        return Ok(None);
     };
-    Ok(sim)
+    record.allowed_ips = rendezvous::parse_allowed_ips(&allowed)?;
+    Ok(Some(record))
 }
 
 /// The SIMs a statement selecting `SIM_COLUMNS` returns, each completed: how every page of SIMs
@@ -270,9 +278,7 @@ pub fn create_virtual(
         },
         now,
     )?;
-    let sub = sessions::arc_subscriber(tx, operator_id, &sim_id)?
-        .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
-    let session = sessions::open_session(tx, &sub, policy)?;
+    let session = sessions::open_first_session(tx, operator_id, &sim_id, policy)?;
     Ok(CreatedSim {
         sim: get(tx, operator_id, &sim_id)?,
         private_key: pair.private_key.clone(),

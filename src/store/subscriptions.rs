@@ -75,51 +75,67 @@ pub fn import_iot_sims(
     items: &[IotSimImport],
 ) -> Result<Vec<SimRecord>> {
     let now = now_ms();
-    let item_error =
-        |index: usize, message: String| StoreError::Rule(Rule::ImportItem { index, message });
     for (index, item) in items.iter().enumerate() {
-        item.check().map_err(|m| item_error(index, m))?;
-        let inserted = tx
-            .prepare_cached(
-                "INSERT OR IGNORE INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
-                                            termination_enabled, created_at, last_modified_at)
-                 VALUES (?1, ?2, 'uicc', NULL, 'active', ?3, NULL, 0, ?4, ?4)",
-            )?
-            .execute(params![item.iccid, operator_id, coverage.as_str(), now])?;
-        if inserted == 0 {
-            return Err(item_error(
-                index,
-                format!("iccid {} is already registered", item.iccid),
-            ));
-        }
-        let imsi_taken = tx
-            .prepare_cached("SELECT 1 FROM subscribers WHERE imsi = ?1")?
-            .exists([&item.imsi])?;
-        if imsi_taken {
-            return Err(item_error(
-                index,
-                format!("imsi {} is already registered", item.imsi),
-            ));
-        }
-        insert_subscriber(
-            tx,
-            &NewSubscriber {
-                imsi: &item.imsi,
-                sim_id: &item.iccid,
-                iccid: &item.iccid,
-                msisdn: item.msisdn.as_deref().filter(|m| !m.is_empty()),
-                subscription: &item.subscription,
-                is_primary: true,
-                is_virtual: false,
-                arc_public_key: None,
-            },
-            now,
-        )?;
+        import_one(tx, operator_id, coverage, item, now).map_err(|failure| match failure {
+            ImportFailure::Item(message) => Rule::ImportItem { index, message }.into(),
+            ImportFailure::Store(e) => e,
+        })?;
     }
     items
         .iter()
         .map(|item| sims::get(tx, operator_id, &item.iccid))
         .collect()
+}
+
+/// Why one import item failed: its own fault (reported with its index) or the database's.
+enum ImportFailure {
+    Item(String),
+    Store(StoreError),
+}
+
+impl<E: Into<StoreError>> From<E> for ImportFailure {
+    fn from(e: E) -> Self {
+        ImportFailure::Store(e.into())
+    }
+}
+
+fn import_one(
+    tx: &Transaction,
+    operator_id: &str,
+    coverage: Coverage,
+    item: &IotSimImport,
+    now: i64,
+) -> std::result::Result<(), ImportFailure> {
+    item.check().map_err(ImportFailure::Item)?;
+    let inserted = tx
+        .prepare_cached(
+            "INSERT OR IGNORE INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+                                        termination_enabled, created_at, last_modified_at)
+             VALUES (?1, ?2, 'uicc', NULL, 'active', ?3, NULL, 0, ?4, ?4)",
+        )?
+        .execute(params![item.iccid, operator_id, coverage.as_str(), now])?;
+    if inserted == 0 {
+        let message = format!("iccid {} is already registered", item.iccid);
+        return Err(ImportFailure::Item(message));
+    }
+    let imsi_taken = tx
+        .prepare_cached("SELECT 1 FROM subscribers WHERE imsi = ?1")?
+        .exists([&item.imsi])?;
+    if imsi_taken {
+        let message = format!("imsi {} is already registered", item.imsi);
+        return Err(ImportFailure::Item(message));
+    }
+    let subscriber = NewSubscriber {
+        imsi: &item.imsi,
+        sim_id: &item.iccid,
+        iccid: &item.iccid,
+        msisdn: item.msisdn.as_deref().filter(|m| !m.is_empty()),
+        subscription: &item.subscription,
+        is_primary: true,
+        is_virtual: false,
+        arc_public_key: None,
+    };
+    Ok(insert_subscriber(tx, &subscriber, now)?)
 }
 
 pub struct AddedSubscriber {
@@ -138,27 +154,7 @@ pub fn add_virtual_subscriber(
     iccid: &str,
     policy: &SessionPolicy,
 ) -> Result<AddedSubscriber> {
-    let sim = sims::get(tx, operator_id, sim_id)?;
-    let primary = sim
-        .subscribers
-        .iter()
-        .find(|s| s.is_primary)
-        .ok_or_else(|| StoreError::Corrupt(format!("SIM {sim_id} has no primary subscriber")))?;
-    if primary.iccid != iccid {
-        return Err(StoreError::NotFound(Entity::Profile));
-    }
-    if sim.status == "terminated" {
-        return Err(Rule::SimTerminated.into());
-    }
-    if sim.sim_type == "virtual" {
-        return Err(Rule::NotAnIotSim.into());
-    }
-    if let Some(existing) = sim.arc_subscriber() {
-        return Err(Rule::AlreadyHasVirtualSubscriber(existing.imsi.clone()).into());
-    }
-    if !ARC_CAPABLE_PRIMARY.contains(&primary.subscription.as_str()) {
-        return Err(Rule::UnsupportedPrimarySubscription(primary.subscription.clone()).into());
-    }
+    check_can_add_virtual(&sims::get(tx, operator_id, sim_id)?, iccid)?;
     let imsi = next_virtual_imsi(tx)?;
     let pair = wgkey::generate();
     insert_subscriber(
@@ -176,9 +172,7 @@ pub fn add_virtual_subscriber(
         now_ms(),
     )?;
     sims::touch(tx, sim_id)?;
-    let sub = sessions::arc_subscriber(tx, operator_id, sim_id)?
-        .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
-    let session = sessions::open_session(tx, &sub, policy)?;
+    let session = sessions::open_first_session(tx, operator_id, sim_id, policy)?;
     Ok(AddedSubscriber {
         sim: sims::get(tx, operator_id, sim_id)?,
         iccid: iccid.to_string(),
@@ -186,6 +180,34 @@ pub fn add_virtual_subscriber(
         private_key: pair.private_key.clone(),
         session,
     })
+}
+
+/// Whether `sim`, named by its profile `iccid`, may get a virtual subscriber: a live IoT SIM
+/// without one, whose primary subscription can carry Arc.
+fn check_can_add_virtual(sim: &SimRecord, iccid: &str) -> Result<()> {
+    let primary = sim
+        .subscribers
+        .iter()
+        .find(|s| s.is_primary)
+        .ok_or_else(|| {
+            StoreError::Corrupt(format!("SIM {} has no primary subscriber", sim.sim_id))
+        })?;
+    if primary.iccid != iccid {
+        return Err(StoreError::NotFound(Entity::Profile));
+    }
+    if sim.status == "terminated" {
+        return Err(Rule::SimTerminated.into());
+    }
+    if sim.sim_type == "virtual" {
+        return Err(Rule::NotAnIotSim.into());
+    }
+    if let Some(existing) = sim.arc_subscriber() {
+        return Err(Rule::AlreadyHasVirtualSubscriber(existing.imsi.clone()).into());
+    }
+    if !ARC_CAPABLE_PRIMARY.contains(&primary.subscription.as_str()) {
+        return Err(Rule::UnsupportedPrimarySubscription(primary.subscription.clone()).into());
+    }
+    Ok(())
 }
 
 /// `terminateSubscriptionContainer`: ends a secondary virtual subscriber; the IoT SIM stays.

@@ -21,7 +21,7 @@ pub use credentials::{recreate, remove_credentials, renew_credentials, RenewedCr
 pub use events::{list_events, SessionEventRecord};
 pub use rendezvous_selection::{select_rendezvous_point, SessionPolicy};
 
-use super::{now_ms, Result, Rule};
+use super::{now_ms, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids;
 
@@ -145,6 +145,18 @@ pub(crate) fn open_session(
         group_id: sub.group_id.clone(),
         vpg_id: placement.vpg_id,
     })
+}
+
+/// The first session of a virtual subscriber this transaction has just inserted.
+pub(crate) fn open_first_session(
+    tx: &Transaction,
+    operator_id: &str,
+    sim_id: &str,
+    policy: &SessionPolicy,
+) -> Result<ActiveSession> {
+    let sub = arc_subscriber(tx, operator_id, sim_id)?
+        .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
+    open_session(tx, &sub, policy)
 }
 
 /// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless
