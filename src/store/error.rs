@@ -1,0 +1,119 @@
+//! What the store's functions return when they cannot do what was asked: a missing entity, a
+//! broken product rule (nothing was written) or a database failure.
+
+/// Things a request can name that may not exist (or belong to another operator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entity {
+    Sim,
+    Group,
+    AuthKey,
+    Operator,
+    Subscriber,
+    Tag,
+    Profile,
+    ConfigurationParameter,
+    DataEntry,
+    Vpg,
+}
+
+impl Entity {
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::Sim => "SIM",
+            Entity::Group => "group",
+            Entity::AuthKey => "auth key",
+            Entity::Operator => "operator",
+            Entity::Subscriber => "subscriber",
+            Entity::Tag => "tag",
+            Entity::Profile => "profile",
+            Entity::ConfigurationParameter => "configuration parameter",
+            Entity::DataEntry => "data entry",
+            Entity::Vpg => "VPG",
+        }
+    }
+}
+
+/// A request that is well-formed but breaks a rule of the SIM lifecycle; nothing was written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Rule {
+    #[error("termination protection is on: call enable_termination first")]
+    TerminationProtected,
+    #[error("the SIM is terminated")]
+    SimTerminated,
+    #[error("a virtual SIM/Subscriber is only active or terminated; {0} is not allowed")]
+    VirtualStatusChange(&'static str),
+    #[error("The specified subscriber is offline")]
+    NoSession,
+    #[error("Arc credentials missing: attach a key with PUT /v1/sims/{{sim_id}}/credentials/arc")]
+    NoArcCredentials,
+    #[error("a virtual subscriber cannot be added to an IoT SIM whose primary subscription is {0}; supported: plan01s, plan01s-LDV, plan-D, plan-K, plan-KM1, plan-DU")]
+    UnsupportedPrimarySubscription(String),
+    #[error("only subscription planArc01 with type virtual can be added")]
+    UnsupportedSubscription,
+    #[error("the SIM already has a virtual subscriber ({0})")]
+    AlreadyHasVirtualSubscriber(String),
+    #[error("the SIM is a virtual SIM; subscriptions are added to IoT SIMs")]
+    NotAnIotSim,
+    #[error("only a secondary virtual subscriber can be terminated this way")]
+    NotSecondaryVirtual,
+    #[error("the group still has {0} SIM(s); move them out first")]
+    GroupInUse(u64),
+    #[error("the client address pool {0} of rendezvous point {1} is exhausted")]
+    PoolExhausted(String, String),
+    #[error("the device subnet {0} of VPG {1} has no free address (released addresses rest in quarantine before reuse); use a VPG with a larger deviceSubnetCidrRange")]
+    VpgSubnetExhausted(String, String),
+    #[error("group {group_id} puts its SIMs in VPG `{vpg_id}` (SoracomAir vpgId), which is not a running VPG of this operator; fix the group's configuration or move the SIM out of the group")]
+    GroupVpgUnusable { group_id: String, vpg_id: String },
+    #[error("{0} identifiers are exhausted")]
+    IdentifiersExhausted(&'static str),
+    #[error("rendezvous point {0} is not configured")]
+    UnknownRendezvousPoint(String),
+    #[error("{0}")]
+    InvalidVpg(String),
+    #[error("the VPG is in use: {groups} group(s) name it in SoracomAir vpgId and {sessions} Arc session(s) are in it; remove it from those groups and re-create those sessions first")]
+    VpgInUse { groups: u64, sessions: u64 },
+    #[error("item {index}: {message}")]
+    ImportItem { index: usize, message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{} not found", .0.name())]
+    NotFound(Entity),
+    #[error(transparent)]
+    Rule(#[from] Rule),
+    #[error("database error: {0}")]
+    Database(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this arcd ({supported}); upgrade arcd")]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What a client is told when a write failed for lack of disk space (API and device services).
+pub const DISK_FULL_MESSAGE: &str = "the arcd server's disk is full: nothing was written; free space on its data directory's file system, then retry";
+
+impl StoreError {
+    fn sqlite_code(&self) -> Option<rusqlite::ErrorCode> {
+        match self {
+            StoreError::Database(e) => e.sqlite_error_code(),
+            _ => None,
+        }
+    }
+
+    /// SQLite could not grow the database or its WAL: the file system is full (ENOSPC) or the
+    /// database reached its page limit. Nothing of the failed transaction was written.
+    pub fn is_disk_full(&self) -> bool {
+        self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// The file is not a database or its pages do not hold together.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self.sqlite_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+        ) || matches!(self, StoreError::Corrupt(_))
+    }
+}
