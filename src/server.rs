@@ -381,7 +381,7 @@ async fn open_control_sockets(dataplane: &Dataplane) -> Vec<UapiServer> {
     for (rp_id, addr) in &dataplane.udp_addrs {
         let engine = dataplane.engine.clone();
         let (rp_id, port) = (rp_id.clone(), addr.port());
-        let name = uapi::socket_name(&rp_id);
+        let name = crate::dataplane::interface_name::for_rendezvous_point(&rp_id);
         let snapshot_name = name.clone();
         let snapshot: uapi::SnapshotFn = Arc::new(move || ListenerSnapshot {
             rp_id: rp_id.clone(),

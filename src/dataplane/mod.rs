@@ -6,6 +6,7 @@
 pub mod egress;
 pub mod engine;
 pub mod host_routes;
+pub mod interface_name;
 mod io;
 mod peer_table;
 pub mod runtime;
