@@ -387,7 +387,7 @@ async fn open_control_sockets(dataplane: &Dataplane) -> Vec<UapiServer> {
             rp_id: rp_id.clone(),
             name: snapshot_name.clone(),
             listen_port: port,
-            peers: engine.snapshots(&rp_id),
+            peers: engine.snapshots(&rp_id, std::time::SystemTime::now()),
         });
         // `wg show` is a convenience: a socket taken by another arcd (same rendezvous point id in
         // another network namespace) must not stop this one from serving devices.

@@ -280,7 +280,9 @@ fn roaming_follows_the_latest_authenticated_packet() {
         &mut out,
     );
     assert_eq!(
-        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
+        engine
+            .snapshot(&a.session.imsi, std::time::SystemTime::now())
+            .and_then(|s| s.endpoint),
         Some(a.addr)
     );
     // An unauthenticated packet from elsewhere does not move it.
@@ -296,7 +298,9 @@ fn roaming_follows_the_latest_authenticated_packet() {
         &mut out,
     );
     assert_eq!(
-        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
+        engine
+            .snapshot(&a.session.imsi, std::time::SystemTime::now())
+            .and_then(|s| s.endpoint),
         Some(a.addr)
     );
 }
@@ -319,7 +323,7 @@ fn idle_sessions_cost_no_timers_and_active_ones_stop_after_idling() {
     let due = engine.next_deadline().expect("active peer scheduled");
     assert!(due > start && due <= start + TIMER_PERIOD);
     assert_eq!(
-        lock(&engine.timers).len(),
+        engine.timers.lock().len(),
         1,
         "one entry per active peer, not per event"
     );
@@ -418,7 +422,9 @@ fn removed_peer_is_unknown_on_every_index() {
         &mut out,
     );
     assert!(out.is_empty());
-    assert!(engine.snapshot(&a.session.imsi).is_none());
+    assert!(engine
+        .snapshot(&a.session.imsi, std::time::SystemTime::now())
+        .is_none());
 }
 
 #[test]
@@ -438,7 +444,11 @@ fn replayed_initiation_never_moves_the_endpoint() {
         engine.handle_datagram(0, a.addr, &reply, Instant::now(), &mut buf, &mut out);
     }
     let attacker = SocketAddr::from(([203, 0, 113, 66], 4444));
-    let endpoint = |engine: &Engine| engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint);
+    let endpoint = |engine: &Engine| {
+        engine
+            .snapshot(&a.session.imsi, std::time::SystemTime::now())
+            .and_then(|s| s.endpoint)
+    };
     assert_eq!(endpoint(&engine), Some(a.addr));
 
     // Not under load: the replay fails the timestamp check.
