@@ -530,3 +530,6 @@ fn only_changed_endpoints_are_saved_and_resume_initiates_toward_a_saved_one() {
         Resumed::NoSession
     );
 }
+
+#[path = "engine_model_tests.rs"]
+mod model;
