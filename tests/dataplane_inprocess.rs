@@ -452,9 +452,8 @@ async fn malformed_and_replayed_datagrams_never_break_the_listener() {
 
 #[tokio::test]
 async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
-    use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges, PeerTable};
+    use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges};
     use arcd::store::ActiveSession;
-    use std::sync::{Arc, Mutex};
 
     let server_pair = arcd::wgkey::generate();
     let devices: Vec<(arcd::wgkey::KeyPair, ActiveSession)> = (2..=3u8)
@@ -475,9 +474,7 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
             (pair, session)
         })
         .collect();
-    let table = Arc::new(Mutex::new(PeerTable::from_sessions(
-        devices.iter().map(|(_, s)| s.clone()),
-    )));
+    let sessions = devices.iter().map(|(_, s)| s.clone()).collect();
     let (_changes, rx) = PeerChanges::channel();
     let (tun, _tun_peer) = MemoryTun::pair();
     let dataplane = Dataplane::start(
@@ -487,7 +484,7 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
             private_key: arcd::wgkey::parse_key(&server_pair.private_key).expect("key"),
         }],
         tun,
-        table,
+        sessions,
         rx,
         Vec::new(),
     )

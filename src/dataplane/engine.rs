@@ -1,6 +1,7 @@
 //! The WireGuard packet path, free of I/O: datagrams, TUN packets and timer ticks go in, packets to
 //! send come out (`Outbox`). One `Tunn` (boringtun's noise state machine) per peer; peers are found
-//! in O(1) by receiver index, by static public key and by client address.
+//! in O(1) by receiver index, by static public key, by client address and by IMSI in the one
+//! `PeerIndex` (peer_index.rs), which also answers the services' "who has this address".
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -16,11 +17,12 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use parking_lot::{Mutex, RwLock};
 
-use super::peer_table::Applied;
+pub use super::peer_index::Applied;
+use super::peer_index::{Peer, PeerIndex, PeerState};
 use super::stats::PeerSnapshot;
 pub use super::stats::{Counters, HandshakeCounters, RpCounters};
 use crate::store::vpgs::RunningVpg;
-use crate::store::ActiveSession;
+use crate::store::{ActiveSession, PeerChange};
 
 /// Largest datagram or packet handled, plus WireGuard's overhead.
 pub const BUFFER_SIZE: usize = 65_536 + 64;
@@ -83,49 +85,11 @@ impl Listener {
     }
 }
 
-struct Peer {
-    imsi: String,
-    /// The store's session this peer serves: saved endpoints are tied to it.
-    session_id: String,
-    client_ip: Ipv4Addr,
-    /// The only attribute that changes without a new session (a group change can move the SIM
-    /// into or out of a VPG's policy at re-creation, but the VPG id is read per forwarded packet).
-    vpg_id: RwLock<Option<String>>,
-    public_key: [u8; 32],
-    listener: usize,
-    /// Local receiver index (24 bits; boringtun puts the session number in the low 8).
-    index: u32,
-    state: Mutex<PeerState>,
-}
-
-struct PeerState {
-    /// Made on first use, and boxed: a `Tunn` is about 11 KB, which 100,000 loaded sessions that
-    /// never handshake must not pay.
-    tunn: Option<Box<Tunn>>,
-    endpoint: Option<SocketAddr>,
-    /// The endpoint as last written to the store (see `unsaved_endpoints`).
-    saved_endpoint: Option<SocketAddr>,
-    last_activity: Instant,
-    timer_scheduled: bool,
-    /// When a spoofed source was last logged for this peer: one warning a minute at most, so a
-    /// misbehaving device cannot flood the log.
-    last_spoof_warning: Option<Instant>,
-}
-
 /// What a VPG lets its devices do.
 #[derive(Debug, Clone, Copy)]
 struct VpgRules {
     device_to_device: bool,
     internet_gateway: bool,
-}
-
-/// The engine's peers, each reachable in O(1) by what a packet or a change carries.
-#[derive(Default)]
-struct PeerIndex {
-    by_index: HashMap<u32, Arc<Peer>>,
-    by_key: HashMap<[u8; 32], Arc<Peer>>,
-    by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
-    by_imsi: HashMap<String, Arc<Peer>>,
 }
 
 /// What a datagram turned out to be once its peer's `Tunn` had it.
@@ -226,8 +190,8 @@ impl Engine {
     fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
         // Copies, not two guards at once: `from` and `to` may be the same peer, and a second
         // read of a lock this thread holds can deadlock behind a waiting writer.
-        let from_vpg = from.vpg_id.read().clone();
-        let to_vpg = to.vpg_id.read().clone();
+        let from_vpg = from.session.read().vpg_id.clone();
+        let to_vpg = to.session.read().vpg_id.clone();
         match (from_vpg.as_deref(), to_vpg.as_deref()) {
             (Some(a), Some(b)) => a == b && self.allows_device_to_device(a),
             _ => false,
@@ -240,8 +204,8 @@ impl Engine {
         if is_platform_address(destination) {
             return true;
         }
-        let vpg = from.vpg_id.read();
-        match vpg.as_deref() {
+        let session = from.session.read();
+        match session.vpg_id.as_deref() {
             None => true,
             // A VPG unknown here was terminated after the session was made: no rules, no limits
             // beyond what the session had (it cannot outlive the next re-creation).
@@ -255,6 +219,52 @@ impl Engine {
 
     fn listener_of(&self, rp_id: &str) -> Option<usize> {
         self.listeners.iter().position(|l| l.rp_id == rp_id)
+    }
+
+    /// Applies a change the store committed: classified against the peer the index holds for the
+    /// IMSI, then applied (see [`Engine::apply`]). Changes come from one task, in commit order,
+    /// so nothing else changes the index between the two steps.
+    pub fn apply_change(&self, change: PeerChange, now: Instant, out: &mut Outbox) -> Applied {
+        let applied = self.classify(change);
+        self.apply(&applied, now, out);
+        applied
+    }
+
+    fn classify(&self, change: PeerChange) -> Applied {
+        let peer_index = self.peer_index.read();
+        match change {
+            PeerChange::Upsert(session) => match peer_index.by_imsi.get(&session.imsi) {
+                None => Applied::Added(session),
+                Some(peer) if peer.session_id != session.session_id => Applied::NewSession(session),
+                Some(_) => Applied::Updated(session),
+            },
+            PeerChange::Remove { imsi, .. } if peer_index.by_imsi.contains_key(&imsi) => {
+                Applied::Removed(imsi)
+            }
+            PeerChange::Remove { imsi, .. } => Applied::Unknown(imsi),
+        }
+    }
+
+    /// The store's session (as last applied) of the peer with this IMSI.
+    pub fn session(&self, imsi: &str) -> Option<ActiveSession> {
+        let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
+    }
+
+    /// The session whose device has this tunnel address: who is calling a platform service.
+    pub fn session_by_client_ip(&self, ip: Ipv4Addr) -> Option<ActiveSession> {
+        let peer = self.peer_index.read().by_ip.get(&ip).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
+    }
+
+    /// The session whose device has this public key (WireGuard base64).
+    pub fn session_by_public_key(&self, key: &str) -> Option<ActiveSession> {
+        let key = crate::wgkey::parse_key(key)?;
+        let peer = self.peer_index.read().by_key.get(&key).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
     }
 
     /// Applies a committed change. A new session replaces the peer's WireGuard state; when the
@@ -278,7 +288,7 @@ impl Engine {
             Applied::Updated(session) => {
                 // Attributes only: the WireGuard state stays.
                 if let Some(peer) = self.peer_index.read().by_imsi.get(&session.imsi) {
-                    *peer.vpg_id.write() = session.vpg_id.clone();
+                    *peer.session.write() = session.clone();
                 }
             }
             Applied::Removed(imsi) => {
@@ -338,18 +348,11 @@ impl Engine {
             imsi: session.imsi.clone(),
             session_id: session.session_id.clone(),
             client_ip: session.client_ip,
-            vpg_id: RwLock::new(session.vpg_id.clone()),
             public_key,
             listener: listener_index,
             index,
-            state: Mutex::new(PeerState {
-                tunn: None,
-                endpoint: None,
-                saved_endpoint: None,
-                last_activity: now,
-                timer_scheduled: false,
-                last_spoof_warning: None,
-            }),
+            session: RwLock::new(session.clone()),
+            state: Mutex::new(PeerState::new(now)),
         });
         peer_index.insert(&peer);
         Some(peer)
@@ -370,24 +373,7 @@ impl Engine {
     }
 
     fn remove(&self, imsi: &str) -> Option<Arc<Peer>> {
-        let mut peer_index = self.peer_index.write();
-        let old = peer_index.by_imsi.remove(imsi)?;
-        peer_index.by_index.remove(&old.index);
-        if peer_index
-            .by_key
-            .get(&old.public_key)
-            .is_some_and(|p| p.index == old.index)
-        {
-            peer_index.by_key.remove(&old.public_key);
-        }
-        if peer_index
-            .by_ip
-            .get(&old.client_ip)
-            .is_some_and(|p| p.index == old.index)
-        {
-            peer_index.by_ip.remove(&old.client_ip);
-        }
-        Some(old)
+        self.peer_index.write().remove(imsi)
     }
 
     pub fn peer_count(&self) -> usize {
@@ -756,15 +742,6 @@ impl Engine {
             rx_bytes: rx_bytes as u64,
             tx_bytes: tx_bytes as u64,
         }
-    }
-}
-
-impl PeerIndex {
-    fn insert(&mut self, peer: &Arc<Peer>) {
-        self.by_index.insert(peer.index, peer.clone());
-        self.by_key.insert(peer.public_key, peer.clone());
-        self.by_ip.insert(peer.client_ip, peer.clone());
-        self.by_imsi.insert(peer.imsi.clone(), peer.clone());
     }
 }
 

@@ -166,7 +166,12 @@ impl World {
         let engine = Engine::new(vec![Listener::new("ap-northeast-1", SERVER_KEY)]);
         let mut out = Outbox::new();
         for d in &devices {
-            engine.apply(&Applied::Added(d.session.clone()), Instant::now(), &mut out);
+            let applied = engine.apply_change(
+                PeerChange::Upsert(d.session.clone()),
+                Instant::now(),
+                &mut out,
+            );
+            assert!(matches!(applied, Applied::Added(_)), "{applied:?}");
         }
         assert!(out.is_empty());
         let mut world = World {
@@ -245,11 +250,12 @@ impl World {
             d.session.client_public_key = crate::wgkey::encode(public.as_bytes());
         }
         let mut out = Outbox::new();
-        self.engine.apply(
-            &Applied::NewSession(d.session.clone()),
+        let applied = self.engine.apply_change(
+            PeerChange::Upsert(d.session.clone()),
             Instant::now(),
             &mut out,
         );
+        assert!(matches!(applied, Applied::NewSession(_)), "{applied:?}");
         out
     }
 
@@ -363,11 +369,12 @@ impl World {
             Op::MoveSim(i, vpg) => {
                 self.devices[i].session.vpg_id = vpg.map(|v| VPGS[v].to_string());
                 let mut out = Outbox::new();
-                self.engine.apply(
-                    &Applied::Updated(self.devices[i].session.clone()),
+                let applied = self.engine.apply_change(
+                    PeerChange::Upsert(self.devices[i].session.clone()),
                     Instant::now(),
                     &mut out,
                 );
+                prop_assert!(matches!(applied, Applied::Updated(_)), "{:?}", applied);
                 prop_assert!(out.is_empty());
             }
             Op::SetVpg {
@@ -409,6 +416,11 @@ impl World {
             }
         }
         prop_assert_eq!(self.engine.peer_count(), DEVICES);
+        // The services' caller lookup sees every device's current session.
+        for d in &self.devices {
+            let seen = self.engine.session_by_client_ip(d.ip);
+            prop_assert_eq!(seen.as_ref(), Some(&d.session));
+        }
         Ok(())
     }
 

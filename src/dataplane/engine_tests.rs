@@ -9,8 +9,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::*;
-use crate::dataplane::peer_table::Applied;
-use crate::store::ActiveSession;
+use crate::store::{ActiveSession, PeerChange};
 
 const SERVER_KEY: [u8; 32] = [7u8; 32];
 
@@ -529,6 +528,111 @@ fn only_changed_endpoints_are_saved_and_resume_initiates_toward_a_saved_one() {
         restarted.resume(&replaced, Instant::now(), &mut out),
         Resumed::NoSession
     );
+}
+
+/// A session of `device(n)` with another key, address or session id (a key is WireGuard base64).
+fn session_with(n: u8, key_seed: u8, ip: [u8; 4], session_id: &str) -> ActiveSession {
+    let mut session = device(n, None).session;
+    let public = PublicKey::from(&StaticSecret::from([key_seed; 32]));
+    session.client_public_key = crate::wgkey::encode(public.as_bytes());
+    session.client_ip = Ipv4Addr::from(ip);
+    session.session_id = session_id.into();
+    session
+}
+
+fn change(engine: &Engine, change: PeerChange) -> Applied {
+    let mut out = Outbox::new();
+    let applied = engine.apply_change(change, Instant::now(), &mut out);
+    assert!(out.is_empty(), "no endpoint known: nothing to send");
+    applied
+}
+
+fn imsi_at(engine: &Engine, ip: [u8; 4]) -> Option<String> {
+    engine
+        .session_by_client_ip(Ipv4Addr::from(ip))
+        .map(|s| s.imsi)
+}
+
+#[test]
+fn upsert_indexes_and_replaces() {
+    let engine = engine_with(&[]);
+    let first = session_with(2, 21, [10, 64, 0, 2], "s1");
+    let key1 = first.client_public_key.clone();
+    assert_eq!(
+        change(&engine, PeerChange::Upsert(first.clone())),
+        Applied::Added(first.clone())
+    );
+    assert_eq!(
+        engine.session_by_public_key(&key1).map(|s| s.imsi),
+        Some(first.imsi.clone())
+    );
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 2]), Some(first.imsi.clone()));
+
+    let renewed = session_with(2, 22, [10, 64, 0, 2], "s2");
+    let key2 = renewed.client_public_key.clone();
+    assert!(matches!(
+        change(&engine, PeerChange::Upsert(renewed.clone())),
+        Applied::NewSession(_)
+    ));
+    assert!(
+        engine.session_by_public_key(&key1).is_none(),
+        "old key must stop matching at once"
+    );
+    assert!(engine.session_by_public_key(&key2).is_some());
+
+    let mut regrouped = renewed;
+    regrouped.group_id = Some("g".into());
+    assert!(matches!(
+        change(&engine, PeerChange::Upsert(regrouped.clone())),
+        Applied::Updated(_)
+    ));
+    assert_eq!(
+        engine.session(&first.imsi),
+        Some(regrouped),
+        "attributes updated"
+    );
+    assert_eq!(engine.peer_count(), 1);
+}
+
+#[test]
+fn remove_clears_every_index() {
+    let engine = engine_with(&[]);
+    let session = session_with(2, 21, [10, 64, 0, 2], "s1");
+    change(&engine, PeerChange::Upsert(session.clone()));
+    let remove = || PeerChange::Remove {
+        imsi: session.imsi.clone(),
+        rp_id: "ap-northeast-1".into(),
+    };
+    assert_eq!(
+        change(&engine, remove()),
+        Applied::Removed(session.imsi.clone())
+    );
+    assert_eq!(engine.peer_count(), 0);
+    assert!(engine.session(&session.imsi).is_none());
+    assert!(engine
+        .session_by_public_key(&session.client_public_key)
+        .is_none());
+    assert!(imsi_at(&engine, [10, 64, 0, 2]).is_none());
+    assert_eq!(
+        change(&engine, remove()),
+        Applied::Unknown(session.imsi.clone())
+    );
+}
+
+#[test]
+fn moved_address_keeps_new_owner() {
+    let engine = engine_with(&[]);
+    let one = session_with(2, 21, [10, 64, 0, 2], "s1");
+    let two = session_with(3, 31, [10, 64, 0, 2], "s2");
+    change(&engine, PeerChange::Upsert(one.clone()));
+    // Peer 2 takes over the address (peer 1 was re-addressed in the same batch).
+    change(&engine, PeerChange::Upsert(two.clone()));
+    change(
+        &engine,
+        PeerChange::Upsert(session_with(2, 21, [10, 64, 0, 3], "s3")),
+    );
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 2]), Some(two.imsi));
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 3]), Some(one.imsi));
 }
 
 #[path = "engine_model_tests.rs"]

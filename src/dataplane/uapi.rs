@@ -331,10 +331,10 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 /// The full answer to `get=1`, `errno=0` and the closing blank line included. Never contains a
 /// private key.
 pub fn render_get(snapshot: &ListenerSnapshot) -> String {
-    let mut out = String::with_capacity(32 + snapshot.peers.len() * 320);
+    let mut out = String::with_capacity(32 + snapshot.peer_snapshots.len() * 320);
     // Writing to a String cannot fail.
     let _ = writeln!(out, "listen_port={}", snapshot.listen_port);
-    for peer in &snapshot.peers {
+    for peer in &snapshot.peer_snapshots {
         let _ = writeln!(out, "public_key={}", hex::encode(peer.public_key));
         if let Some(endpoint) = peer.endpoint {
             let _ = writeln!(out, "endpoint={}", unmapped(endpoint));
@@ -412,12 +412,12 @@ mod tests {
         }
     }
 
-    fn listener(peers: Vec<PeerSnapshot>) -> ListenerSnapshot {
+    fn listener(peer_snapshots: Vec<PeerSnapshot>) -> ListenerSnapshot {
         ListenerSnapshot {
             rp_id: "ap-northeast-1".into(),
             name: "arc-apne1".into(),
             listen_port: 11010,
-            peers,
+            peer_snapshots,
         }
     }
 
