@@ -199,12 +199,7 @@ fn list(pools: &[Ipv4Net]) -> String {
 /// A namespace name goes into a command line (`ip netns exec`): keep it plain. (The TUN device's
 /// name, which also goes into the nft script, follows the interface-name rule.)
 fn validate_netns_name(name: &str) -> Result<(), EgressError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
+    if interface_name::is_plain(name, 64) {
         Ok(())
     } else {
         Err(EgressError::Invalid(format!(

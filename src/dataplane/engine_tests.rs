@@ -112,6 +112,13 @@ fn connect(engine: &Engine, d: &mut Device, now: Instant) {
     engine.handle_datagram(0, d.addr, &keepalive, now, &mut buf, &mut out);
 }
 
+/// The endpoint the engine knows for a peer (its snapshot's).
+fn endpoint_of(engine: &Engine, imsi: &str) -> Option<SocketAddr> {
+    engine
+        .snapshot(imsi, std::time::SystemTime::now())
+        .and_then(|s| s.endpoint)
+}
+
 fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
     let mut p = vec![0u8; 20 + payload.len()];
     p[0] = 0x45;
@@ -278,12 +285,7 @@ fn roaming_follows_the_latest_authenticated_packet() {
         b"moved",
         &mut out,
     );
-    assert_eq!(
-        engine
-            .snapshot(&a.session.imsi, std::time::SystemTime::now())
-            .and_then(|s| s.endpoint),
-        Some(a.addr)
-    );
+    assert_eq!(endpoint_of(&engine, &a.session.imsi), Some(a.addr));
     // An unauthenticated packet from elsewhere does not move it.
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut forged = vec![4u8, 0, 0, 0];
@@ -296,12 +298,7 @@ fn roaming_follows_the_latest_authenticated_packet() {
         &mut buf,
         &mut out,
     );
-    assert_eq!(
-        engine
-            .snapshot(&a.session.imsi, std::time::SystemTime::now())
-            .and_then(|s| s.endpoint),
-        Some(a.addr)
-    );
+    assert_eq!(endpoint_of(&engine, &a.session.imsi), Some(a.addr));
 }
 
 #[test]
@@ -443,11 +440,7 @@ fn replayed_initiation_never_moves_the_endpoint() {
         engine.handle_datagram(0, a.addr, &reply, Instant::now(), &mut buf, &mut out);
     }
     let attacker = SocketAddr::from(([203, 0, 113, 66], 4444));
-    let endpoint = |engine: &Engine| {
-        engine
-            .snapshot(&a.session.imsi, std::time::SystemTime::now())
-            .and_then(|s| s.endpoint)
-    };
+    let endpoint = |engine: &Engine| endpoint_of(engine, &a.session.imsi);
     assert_eq!(endpoint(&engine), Some(a.addr));
 
     // Not under load: the replay fails the timestamp check.

@@ -24,18 +24,21 @@ pub struct InvalidInterfaceName(pub String);
 /// kernel would take more (any byte but `/`, `:` and whitespace), but such names break the
 /// places above, so they are refused before anything is created.
 pub fn validate(name: &str) -> Result<(), InvalidInterfaceName> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_LEN
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
+    if is_plain(name, MAX_LEN) && name != "." && name != ".." {
         Ok(())
     } else {
         Err(InvalidInterfaceName(name.to_owned()))
     }
+}
+
+/// 1 to `max_len` of ASCII letters, digits, `-`, `_` and `.`: safe in a path component (but for
+/// `.` and `..`), an nft script and a command line. Also the rule for network namespace names.
+pub fn is_plain(name: &str, max_len: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max_len
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// The interface name of a rendezvous point (its control socket, what `wg show` lists): `arc-` +
