@@ -4,9 +4,9 @@
 //! `arcd::dataplane::engine::Engine` directly (the engine is sans-I/O: datagrams in, packets to
 //! send out), on one thread, and prints tables:
 //!
-//! 1. Loading sessions: `PeerTable::from_sessions` and `Engine::apply(Applied::Added)` for
-//!    `BENCH_SESSIONS` (default 100,000) sessions, as `server::start` / `Dataplane::start` do at
-//!    start, with the resident memory after each step.
+//! 1. Loading sessions: `Engine::apply(Applied::Added)` for `BENCH_SESSIONS` (default 100,000)
+//!    sessions into the engine's one peer index, as `Dataplane::start` does at start, with the
+//!    resident memory after it.
 //! 2. Handshakes: `BENCH_HANDSHAKES` (default 20,000) initiations from as many distinct boringtun
 //!    `Tunn` clients, made before the timed region, then fed to the engine one by one:
 //!    (A1) first handshake of a loaded peer (its `Tunn` is made on first use),
@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use arcd::dataplane::engine::{
     Engine, Listener, Outbox, Outgoing, BUFFER_SIZE, IDLE_AFTER, TIMER_PERIOD,
 };
-use arcd::dataplane::{Applied, PeerTable};
+use arcd::dataplane::Applied;
 use arcd::store::ActiveSession;
 use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
@@ -383,29 +383,23 @@ fn main() {
     let (rss_before, _) = rss_kib();
     let input = sessions.clone();
     let (rss_input, _) = rss_kib();
-    // server::start: PeerTable::from_sessions(list_active_sessions(...)).
-    let (table, table_wall, table_cpu) = timed(|| PeerTable::from_sessions(input));
-    let (rss_table, _) = rss_kib();
-    // Dataplane::start: copy the sessions out of the table, then apply each to the engine.
+    // Dataplane::start: apply each of list_active_sessions(...) to the engine.
     let engine = Engine::new(vec![Listener::new(RP, server_private)]);
     let mut startup = Outbox::new();
     let (_, engine_wall, engine_cpu) = timed(|| {
         let now = Instant::now();
-        let initial: Vec<ActiveSession> = table.sessions().cloned().collect();
-        for s in initial {
+        for s in input {
             engine.apply(&Applied::Added(s), now, &mut startup);
         }
     });
     let (rss_engine, hwm_engine) = rss_kib();
     assert_eq!(engine.peer_count(), n_sessions);
-    assert_eq!(table.len(), n_sessions);
     assert!(startup.is_empty(), "loading sends nothing");
     assert!(
         engine.next_deadline().is_none(),
         "loaded peers cost no timers"
     );
 
-    let load_total = table_wall + engine_wall;
     println!("\n1. Loading {} sessions", grouped(n_sessions as f64));
     println!(
         "| {:<68} | {:>9} | {:>9} | {:>10} | {:>11} |",
@@ -426,26 +420,14 @@ fn main() {
         );
     };
     load_row(
-        "PeerTable::from_sessions",
-        table_wall,
-        table_cpu,
-        mib(rss_table.saturating_sub(rss_input)),
-    );
-    load_row(
-        "Engine: copy out of the table + apply(Added) each",
+        "Engine: apply(Added) each (the in-memory part of the < 3 s start target)",
         engine_wall,
         engine_cpu,
-        mib(rss_engine.saturating_sub(rss_table)),
-    );
-    load_row(
-        "both (the in-memory part of the < 3 s start target)",
-        load_total,
-        table_cpu + engine_cpu,
         mib(rss_engine.saturating_sub(rss_input)),
     );
     println!(
         "RSS: {:.1} MiB before the sessions were copied, {:.1} MiB with the input Vec ({:.1} MiB \
-         for {} ActiveSession), {:.1} MiB after both (peak {:.1} MiB). SQLite reading is not \
+         for {} ActiveSession), {:.1} MiB after loading (peak {:.1} MiB). SQLite reading is not \
          included: scripts/bench/peers.sh measures the whole start.",
         mib(rss_before),
         mib(rss_input),
@@ -458,14 +440,13 @@ fn main() {
         "Engine RSS per loaded session: {:.0} bytes. boringtun's Tunn is {} bytes \
          (size_of::<Option<Tunn>>() = {}); a peer that never handshakes holds no Tunn, but an \
          Option<Tunn> stored inline still takes that much room.",
-        (rss_engine.saturating_sub(rss_table) * 1024) as f64 / n_sessions as f64,
+        (rss_engine.saturating_sub(rss_input) * 1024) as f64 / n_sessions as f64,
         std::mem::size_of::<Tunn>(),
         std::mem::size_of::<Option<Tunn>>()
     );
 
-    // The engines below are built afresh; keep one peer table's worth of memory at a time.
+    // The engines below are built afresh; keep one peer index's worth of memory at a time.
     drop(engine);
-    drop(table);
 
     // ---- The rate limiter, checked (see the module comment). --------------------------------
     let probe = Engine::new(vec![Listener::new(RP, server_private)]);

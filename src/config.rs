@@ -375,8 +375,8 @@ impl Config {
         if prefix.is_empty() || prefix.len() > 8 || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(invalid("sims.iccid_prefix", "must be 1 to 8 digits".into()));
         }
-        if self.tun.name.is_empty() || self.tun.name.len() > 15 {
-            return Err(invalid("tun.name", "must be 1 to 15 characters".into()));
+        if let Err(e) = crate::dataplane::interface_name::validate(&self.tun.name) {
+            return Err(invalid("tun.name", e.to_string()));
         }
         if self.services.harvest_retention_days == 0 {
             return Err(invalid(
@@ -541,6 +541,20 @@ mod tests {
         assert_eq!(c.data_dir, PathBuf::from("/x"));
         assert!(!c.api.tls);
         assert_eq!(c.api.listen.port(), 9001);
+    }
+
+    /// The TUN device refuses such names at start; config validation must refuse them first.
+    #[test]
+    fn tun_name_follows_the_interface_name_rule() {
+        for bad in ["a b", "arc/0", "sixteen-chars-xx", ".."] {
+            let err = Config::load_with_env(None, env_from(&[("TUN__NAME", bad)])).expect_err(bad);
+            let text = err.to_string();
+            assert!(text.contains("tun.name"), "{text}");
+            assert!(text.contains("1 to 15 characters"), "{text}");
+        }
+        let ok =
+            Config::load_with_env(None, env_from(&[("TUN__NAME", "arct_1.x")])).expect("valid");
+        assert_eq!(ok.tun.name, "arct_1.x");
     }
 
     #[test]

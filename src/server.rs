@@ -1,7 +1,7 @@
 //! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane's peer table.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -19,7 +19,7 @@ use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
 use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
 use crate::dataplane::{
-    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, PeerTable, RecvBatch, TunIo,
+    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, RecvBatch, TunIo,
 };
 use crate::listener;
 use crate::metrics;
@@ -67,7 +67,6 @@ pub struct Running {
     _metrics: Option<metrics::MetricsServer>,
     pub tls: bool,
     pub store: Arc<Store>,
-    pub peers: Arc<Mutex<PeerTable>>,
     pub dataplane: Dataplane,
     /// The test side of the in-memory TUN when `tun.enabled` is false.
     pub tun_peer: Option<MemoryTunPeer>,
@@ -152,7 +151,6 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         saved_endpoints = resume.len(),
         "active sessions loaded"
     );
-    let peers = Arc::new(Mutex::new(PeerTable::from_sessions(sessions)));
     let (changes, rx) = PeerChanges::channel();
     let mut listeners = Vec::new();
     for rp in &config.rendezvous_points {
@@ -177,8 +175,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         AnyTun::Device(device) => Some(device.device().if_index().map_err(ServeError::Dataplane)?),
         AnyTun::Memory(_) => None,
     };
-    let dataplane = Dataplane::start(listeners, tun, peers.clone(), rx, resume)
-        .map_err(ServeError::Dataplane)?;
+    let dataplane =
+        Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
     let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
     let egress = if config.egress.masquerade && config.tun.enabled {
@@ -200,7 +198,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     };
     let service_context = Arc::new(services::ServiceContext::new(
         store.clone(),
-        peers.clone(),
+        dataplane.engine.clone(),
         config.services.clone(),
     ));
     let listening_services = match (config.services.enabled, config.tun.enabled) {
@@ -266,7 +264,6 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         _metrics: metrics_server,
         tls: tls_on,
         store,
-        peers,
         dataplane,
         tun_peer,
         services: service_context,
@@ -381,13 +378,13 @@ async fn open_control_sockets(dataplane: &Dataplane) -> Vec<UapiServer> {
     for (rp_id, addr) in &dataplane.udp_addrs {
         let engine = dataplane.engine.clone();
         let (rp_id, port) = (rp_id.clone(), addr.port());
-        let name = uapi::socket_name(&rp_id);
+        let name = crate::dataplane::interface_name::for_rendezvous_point(&rp_id);
         let snapshot_name = name.clone();
         let snapshot: uapi::SnapshotFn = Arc::new(move || ListenerSnapshot {
             rp_id: rp_id.clone(),
             name: snapshot_name.clone(),
             listen_port: port,
-            peers: engine.snapshots(&rp_id),
+            peer_snapshots: engine.snapshots(&rp_id, std::time::SystemTime::now()),
         });
         // `wg show` is a convenience: a socket taken by another arcd (same rendezvous point id in
         // another network namespace) must not stop this one from serving devices.

@@ -717,7 +717,7 @@ async fn another_operator_can_neither_see_nor_touch_anything() {
     validate_schema("Sim", &body[0]).unwrap_or_else(|e| panic!("{e}"));
 
     let (_, before) = api.get(&format!("/v1/sims/{sim_id}")).await;
-    let peer_before = server.running.peers.lock().unwrap().by_imsi(&imsi).cloned();
+    let peer_before = server.running.dataplane.engine.session(&imsi);
     assert!(peer_before.is_some());
     let group_before = get_group(&api, &group_id).await;
 
@@ -829,7 +829,7 @@ async fn another_operator_can_neither_see_nor_touch_anything() {
     assert_eq!(after["status"], "active");
     assert_eq!(after["groupId"], group_id);
     assert_eq!(
-        server.running.peers.lock().unwrap().by_imsi(&imsi).cloned(),
+        server.running.dataplane.engine.session(&imsi),
         peer_before,
         "the data plane is untouched"
     );

@@ -95,27 +95,15 @@ fn client_ip(sim: &Value) -> Ipv4Addr {
 }
 
 fn peer(server: &TestServer, imsi: &str) -> Option<ActiveSession> {
-    server.running.peers.lock().unwrap().by_imsi(imsi).cloned()
+    server.running.dataplane.engine.session(imsi)
 }
 
 fn peer_by_key(server: &TestServer, key: &str) -> Option<ActiveSession> {
-    server
-        .running
-        .peers
-        .lock()
-        .unwrap()
-        .by_public_key(key)
-        .cloned()
+    server.running.dataplane.engine.session_by_public_key(key)
 }
 
 fn peer_by_ip(server: &TestServer, ip: Ipv4Addr) -> Option<ActiveSession> {
-    server
-        .running
-        .peers
-        .lock()
-        .unwrap()
-        .by_client_ip(ip)
-        .cloned()
+    server.running.dataplane.engine.session_by_client_ip(ip)
 }
 
 async fn get_sim(api: &Checked, id: &str) -> Value {
@@ -300,7 +288,7 @@ async fn create_sim_identifiers_are_unique_across_many_sims() {
         assert!(keys.insert(key), "key pair issued twice");
         assert!(peer(&server, &imsi).is_some());
     }
-    assert_eq!(server.running.peers.lock().unwrap().len(), 30);
+    assert_eq!(server.running.dataplane.engine.peer_count(), 30);
     server.running.shutdown().await;
 }
 

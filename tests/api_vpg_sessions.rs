@@ -207,7 +207,12 @@ async fn assert_peer_on(server: &TestServer, imsi: &str, rp: &str) {
     for _ in 0..200 {
         let on: Vec<String> = [TOKYO, FRANKFURT, OREGON]
             .into_iter()
-            .filter(|id| engine.snapshots(id).iter().any(|p| p.imsi == imsi))
+            .filter(|id| {
+                engine
+                    .snapshots(id, std::time::SystemTime::now())
+                    .iter()
+                    .any(|p| p.imsi == imsi)
+            })
             .map(str::to_string)
             .collect();
         if on == [rp.to_string()] {

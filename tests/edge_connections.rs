@@ -265,12 +265,16 @@ async fn at_the_connection_cap_new_clients_wait_and_are_served_when_slots_free()
     for _ in 0..CAP {
         held.push(TcpStream::connect(addr).await.expect("connect"));
     }
+    // Lets the server accept the held connections before the extra client arrives (a connect
+    // completes in the kernel's backlog first); arcd shows no count of open connections that
+    // the test could wait on instead.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     let extra = tokio::spawn(exchange(
         addr,
         b"GET /v1/sims HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
     ));
+    // The behaviour under test: nothing is served for this long while the cap is reached.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(
         !extra.is_finished(),

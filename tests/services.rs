@@ -24,15 +24,15 @@ struct Device {
     ip: Ipv4Addr,
 }
 
-/// Waits until the data plane's peer table knows `ip` (peer changes apply after commit).
+/// Waits until the data plane's peer index knows `ip` (peer changes apply after commit).
 async fn wait_for_peer(server: &TestServer, ip: Ipv4Addr) {
     for _ in 0..200 {
         let known = server
             .running
-            .peers
-            .lock()
-            .map(|p| p.by_client_ip(ip).is_some())
-            .unwrap_or(false);
+            .dataplane
+            .engine
+            .session_by_client_ip(ip)
+            .is_some();
         if known {
             return;
         }

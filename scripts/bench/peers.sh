@@ -2,7 +2,7 @@
 # Peer-scale benchmark of arcd (issue 3, "Performance"): with 100,000 active sessions in the store,
 #   - start-to-ready time, split into phases from arcd's own log lines (RUST_LOG=info, timestamps):
 #       process start -> "active sessions loaded"   (SQLite: read every active session)
-#                     -> "data plane peers loaded"  (PeerTable + engine: every peer installed)
+#                     -> "data plane peers loaded"  (the engine's peer index: every peer installed)
 #                     -> "API listening"            (TLS off here, so nothing to make)
 #                     -> first answer of the API    (curl polling every 10 ms)
 #   - resident memory after the load (VmRSS, VmHWM from /proc/PID/status),

@@ -70,7 +70,7 @@ pub async fn list(
             // another rendezvous point counts where the data plane has it).
             let peers: Vec<PeerSnapshot> = imsis
                 .iter()
-                .filter_map(|imsi| state.live.snapshot(imsi))
+                .filter_map(|imsi| state.live.snapshot(imsi, now))
                 .filter(|peer| peer.rp_id == rp.rp_id)
                 .collect();
             RendezvousPointView {

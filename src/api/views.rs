@@ -263,7 +263,7 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Engine) 
         arcd_session_stats: record
             .session
             .as_ref()
-            .and_then(|session| live.snapshot(&session.imsi))
+            .and_then(|session| live.snapshot(&session.imsi, SystemTime::now()))
             .map(|snapshot| session_stats(&snapshot)),
         termination_enabled: record.termination_enabled,
         created_time: record.created_at,

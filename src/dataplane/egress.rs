@@ -17,6 +17,8 @@ use std::process::{Command, Stdio};
 
 use ipnet::Ipv4Net;
 
+use super::interface_name;
+
 const TABLE: &str = "arcd";
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -73,9 +75,9 @@ pub fn enable_in(
     pools: &[Ipv4Net],
     tun_name: &str,
 ) -> Result<Egress, EgressError> {
-    validate_name("TUN device name", tun_name)?;
+    interface_name::validate(tun_name).map_err(|e| EgressError::Invalid(e.to_string()))?;
     if let Some(ns) = netns {
-        validate_name("network namespace name", ns)?;
+        validate_netns_name(ns)?;
     }
     let pools = Ipv4Net::aggregate(&pools.to_vec());
     if pools.is_empty() {
@@ -194,18 +196,14 @@ fn list(pools: &[Ipv4Net]) -> String {
         .join(", ")
 }
 
-/// Interface and namespace names go into an nft script and a command line: keep them plain.
-fn validate_name(what: &str, name: &str) -> Result<(), EgressError> {
-    let valid = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
+/// A namespace name goes into a command line (`ip netns exec`): keep it plain. (The TUN device's
+/// name, which also goes into the nft script, follows the interface-name rule.)
+fn validate_netns_name(name: &str) -> Result<(), EgressError> {
+    if interface_name::is_plain(name, 64) {
         Ok(())
     } else {
         Err(EgressError::Invalid(format!(
-            "{what} {name:?} must be letters, digits, `-`, `_` and `.`"
+            "network namespace name {name:?} must be letters, digits, `-`, `_` and `.`"
         )))
     }
 }

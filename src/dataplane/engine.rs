@@ -1,12 +1,13 @@
 //! The WireGuard packet path, free of I/O: datagrams, TUN packets and timer ticks go in, packets to
 //! send come out (`Outbox`). One `Tunn` (boringtun's noise state machine) per peer; peers are found
-//! in O(1) by receiver index, by static public key and by client address.
+//! in O(1) by receiver index, by static public key, by client address and by IMSI in the one
+//! `PeerIndex` (peer_index.rs), which also answers the services' "who has this address".
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use boringtun::noise::errors::WireGuardError;
@@ -14,12 +15,14 @@ use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
+use parking_lot::{Mutex, RwLock};
 
-use super::peer_table::Applied;
+pub use super::peer_index::Applied;
+use super::peer_index::{Peer, PeerIndex, PeerState};
 use super::stats::PeerSnapshot;
 pub use super::stats::{Counters, HandshakeCounters, RpCounters};
 use crate::store::vpgs::RunningVpg;
-use crate::store::ActiveSession;
+use crate::store::{ActiveSession, PeerChange};
 
 /// Largest datagram or packet handled, plus WireGuard's overhead.
 pub const BUFFER_SIZE: usize = 65_536 + 64;
@@ -82,35 +85,6 @@ impl Listener {
     }
 }
 
-struct Peer {
-    imsi: String,
-    /// The store's session this peer serves: saved endpoints are tied to it.
-    session_id: String,
-    client_ip: Ipv4Addr,
-    /// The only attribute that changes without a new session (a group change can move the SIM
-    /// into or out of a VPG's policy at re-creation, but the VPG id is read per forwarded packet).
-    vpg_id: RwLock<Option<String>>,
-    public_key: [u8; 32],
-    listener: usize,
-    /// Local receiver index (24 bits; boringtun puts the session number in the low 8).
-    index: u32,
-    state: Mutex<PeerState>,
-}
-
-struct PeerState {
-    /// Made on first use, and boxed: a `Tunn` is about 11 KB, which 100,000 loaded sessions that
-    /// never handshake must not pay.
-    tunn: Option<Box<Tunn>>,
-    endpoint: Option<SocketAddr>,
-    /// The endpoint as last written to the store (see `unsaved_endpoints`).
-    saved_endpoint: Option<SocketAddr>,
-    last_activity: Instant,
-    timer_scheduled: bool,
-    /// When a spoofed source was last logged for this peer: one warning a minute at most, so a
-    /// misbehaving device cannot flood the log.
-    last_spoof_warning: Option<Instant>,
-}
-
 /// What a VPG lets its devices do.
 #[derive(Debug, Clone, Copy)]
 struct VpgRules {
@@ -118,12 +92,15 @@ struct VpgRules {
     internet_gateway: bool,
 }
 
-#[derive(Default)]
-struct Peers {
-    by_index: HashMap<u32, Arc<Peer>>,
-    by_key: HashMap<[u8; 32], Arc<Peer>>,
-    by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
-    by_imsi: HashMap<String, Arc<Peer>>,
+/// What a datagram turned out to be once its peer's `Tunn` had it.
+enum Decapsulated {
+    /// A packet from the device, source checked, for `route_from_device`.
+    ForDevice(Vec<u8>),
+    /// Passed the noise checks (a handshake, a keepalive, a dropped inner packet): the endpoint
+    /// follows it.
+    Authenticated,
+    /// Failed them, or was answered only with a cookie reply.
+    NotAuthenticated,
 }
 
 /// Where a packet goes: out of a rendezvous point's UDP socket, or into the TUN device.
@@ -141,7 +118,7 @@ pub type Outbox = Vec<Outgoing>;
 
 pub struct Engine {
     listeners: Vec<Listener>,
-    peers: RwLock<Peers>,
+    peer_index: RwLock<PeerIndex>,
     /// Peers due for a timer tick, by receiver index; entries of replaced peers are skipped.
     timers: Mutex<BinaryHeap<Reverse<(Instant, u32)>>>,
     /// What each running VPG allows its devices; a device outside any VPG reaches the TUN side
@@ -157,7 +134,7 @@ impl Engine {
     pub fn new(listeners: Vec<Listener>) -> Engine {
         Engine {
             listeners,
-            peers: RwLock::new(Peers::default()),
+            peer_index: RwLock::new(PeerIndex::default()),
             timers: Mutex::new(BinaryHeap::new()),
             vpgs: RwLock::new(HashMap::new()),
             counters: Counters::default(),
@@ -199,11 +176,12 @@ impl Engine {
                 )
             })
             .collect();
-        *write(&self.vpgs) = rules;
+        *self.vpgs.write() = rules;
     }
 
     pub fn allows_device_to_device(&self, vpg_id: &str) -> bool {
-        read(&self.vpgs)
+        self.vpgs
+            .read()
             .get(vpg_id)
             .is_some_and(|rules| rules.device_to_device)
     }
@@ -212,8 +190,8 @@ impl Engine {
     fn peer_to_peer_allowed(&self, from: &Peer, to: &Peer) -> bool {
         // Copies, not two guards at once: `from` and `to` may be the same peer, and a second
         // read of a lock this thread holds can deadlock behind a waiting writer.
-        let from_vpg = read(&from.vpg_id).clone();
-        let to_vpg = read(&to.vpg_id).clone();
+        let from_vpg = from.session.read().vpg_id.clone();
+        let to_vpg = to.session.read().vpg_id.clone();
         match (from_vpg.as_deref(), to_vpg.as_deref()) {
             (Some(a), Some(b)) => a == b && self.allows_device_to_device(a),
             _ => false,
@@ -226,12 +204,14 @@ impl Engine {
         if is_platform_address(destination) {
             return true;
         }
-        let vpg = read(&from.vpg_id);
-        match vpg.as_deref() {
+        let session = from.session.read();
+        match session.vpg_id.as_deref() {
             None => true,
             // A VPG unknown here was terminated after the session was made: no rules, no limits
             // beyond what the session had (it cannot outlive the next re-creation).
-            Some(id) => read(&self.vpgs)
+            Some(id) => self
+                .vpgs
+                .read()
                 .get(id)
                 .is_none_or(|rules| rules.internet_gateway),
         }
@@ -239,6 +219,52 @@ impl Engine {
 
     fn listener_of(&self, rp_id: &str) -> Option<usize> {
         self.listeners.iter().position(|l| l.rp_id == rp_id)
+    }
+
+    /// Applies a change the store committed: classified against the peer the index holds for the
+    /// IMSI, then applied (see [`Engine::apply`]). Changes come from one task, in commit order,
+    /// so nothing else changes the index between the two steps.
+    pub fn apply_change(&self, change: PeerChange, now: Instant, out: &mut Outbox) -> Applied {
+        let applied = self.classify(change);
+        self.apply(&applied, now, out);
+        applied
+    }
+
+    fn classify(&self, change: PeerChange) -> Applied {
+        let peer_index = self.peer_index.read();
+        match change {
+            PeerChange::Upsert(session) => match peer_index.by_imsi.get(&session.imsi) {
+                None => Applied::Added(session),
+                Some(peer) if peer.session_id != session.session_id => Applied::NewSession(session),
+                Some(_) => Applied::Updated(session),
+            },
+            PeerChange::Remove { imsi, .. } if peer_index.by_imsi.contains_key(&imsi) => {
+                Applied::Removed(imsi)
+            }
+            PeerChange::Remove { imsi, .. } => Applied::Unknown(imsi),
+        }
+    }
+
+    /// The store's session (as last applied) of the peer with this IMSI.
+    pub fn session(&self, imsi: &str) -> Option<ActiveSession> {
+        let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
+    }
+
+    /// The session whose device has this tunnel address: who is calling a platform service.
+    pub fn session_by_client_ip(&self, ip: Ipv4Addr) -> Option<ActiveSession> {
+        let peer = self.peer_index.read().by_ip.get(&ip).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
+    }
+
+    /// The session whose device has this public key (WireGuard base64).
+    pub fn session_by_public_key(&self, key: &str) -> Option<ActiveSession> {
+        let key = crate::wgkey::parse_key(key)?;
+        let peer = self.peer_index.read().by_key.get(&key).cloned()?;
+        let session = peer.session.read().clone();
+        Some(session)
     }
 
     /// Applies a committed change. A new session replaces the peer's WireGuard state; when the
@@ -254,15 +280,15 @@ impl Engine {
                 let carried_endpoint = previous
                     .as_ref()
                     .filter(|old| old.public_key == peer.public_key)
-                    .and_then(|old| lock(&old.state).endpoint);
+                    .and_then(|old| old.state.lock().endpoint);
                 if let Some(endpoint) = carried_endpoint {
                     self.initiate(&peer, endpoint, now, out);
                 }
             }
             Applied::Updated(session) => {
                 // Attributes only: the WireGuard state stays.
-                if let Some(peer) = read(&self.peers).by_imsi.get(&session.imsi) {
-                    *write(&peer.vpg_id) = session.vpg_id.clone();
+                if let Some(peer) = self.peer_index.read().by_imsi.get(&session.imsi) {
+                    *peer.session.write() = session.clone();
                 }
             }
             Applied::Removed(imsi) => {
@@ -277,7 +303,7 @@ impl Engine {
     /// times out. Either side may initiate: arcd holds its own private key and the device's public
     /// key, and the device knows arcd's endpoint, so the device answers as it would a rekey.
     fn initiate(&self, peer: &Peer, endpoint: SocketAddr, now: Instant, out: &mut Outbox) {
-        let mut state = lock(&peer.state);
+        let mut state = peer.state.lock();
         state.endpoint = Some(endpoint);
         let mut buf = vec![0u8; 256];
         if let TunnResult::WriteToNetwork(packet) = self
@@ -308,11 +334,11 @@ impl Engine {
             tracing::warn!(imsi = %session.imsi, "session has no valid client key; not served");
             return None;
         };
-        let mut peers = write(&self.peers);
+        let mut peer_index = self.peer_index.write();
         let index = loop {
             // 24-bit indexes; a fresh one per session so packets of the old session find nothing.
             let candidate = rand::random::<u32>() & 0x00ff_ffff;
-            if !peers.by_index.contains_key(&candidate)
+            if !peer_index.by_index.contains_key(&candidate)
                 && previous.is_none_or(|p| p.index != candidate)
             {
                 break candidate;
@@ -322,20 +348,13 @@ impl Engine {
             imsi: session.imsi.clone(),
             session_id: session.session_id.clone(),
             client_ip: session.client_ip,
-            vpg_id: RwLock::new(session.vpg_id.clone()),
             public_key,
             listener: listener_index,
             index,
-            state: Mutex::new(PeerState {
-                tunn: None,
-                endpoint: None,
-                saved_endpoint: None,
-                last_activity: now,
-                timer_scheduled: false,
-                last_spoof_warning: None,
-            }),
+            session: RwLock::new(session.clone()),
+            state: Mutex::new(PeerState::new(now)),
         });
-        index_peer(&mut peers, &peer);
+        peer_index.insert(&peer);
         Some(peer)
     }
 
@@ -354,31 +373,16 @@ impl Engine {
     }
 
     fn remove(&self, imsi: &str) -> Option<Arc<Peer>> {
-        let mut peers = write(&self.peers);
-        let old = peers.by_imsi.remove(imsi)?;
-        peers.by_index.remove(&old.index);
-        if peers
-            .by_key
-            .get(&old.public_key)
-            .is_some_and(|p| p.index == old.index)
-        {
-            peers.by_key.remove(&old.public_key);
-        }
-        if peers
-            .by_ip
-            .get(&old.client_ip)
-            .is_some_and(|p| p.index == old.index)
-        {
-            peers.by_ip.remove(&old.client_ip);
-        }
-        Some(old)
+        self.peer_index.write().remove(imsi)
     }
 
     pub fn peer_count(&self) -> usize {
-        read(&self.peers).by_imsi.len()
+        self.peer_index.read().by_imsi.len()
     }
 
-    /// A datagram that arrived on `listener` from `from`.
+    /// A datagram that arrived on `listener` from `from`: checked against the rate limit (a
+    /// cookie reply when engaged), matched to its peer, decrypted by the peer's `Tunn`; what it
+    /// carried goes on to another device or the TUN (`route_from_device`).
     pub fn handle_datagram(
         &self,
         listener: usize,
@@ -391,115 +395,37 @@ impl Engine {
         let Some(rp) = self.listeners.get(listener) else {
             return;
         };
-        let packet = match rp
-            .rate_limiter
-            .verify_packet(Some(from.ip()), datagram, buf)
-        {
-            Ok(packet) => packet,
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                Counters::bump(&self.counters.cookie_replies);
-                // Only handshake messages are answered with a cookie (the limit is engaged).
-                Counters::bump(&rp.counters.handshakes.cookie_required);
-                out.push(Outgoing::Udp {
-                    listener,
-                    to: from,
-                    data: cookie.to_vec(),
-                });
-                return;
-            }
-            Err(_) => {
-                self.dropped(listener, |c| &c.malformed);
-                return;
-            }
+        let Some(packet) = self.admit(listener, from, datagram, buf, out) else {
+            return;
         };
         let handshake = matches!(
             packet,
             Packet::HandshakeInit(_) | Packet::HandshakeResponse(_)
         );
-        let peer = {
-            let peers = read(&self.peers);
-            match packet {
-                Packet::HandshakeInit(init) => {
-                    match parse_handshake_anon(&rp.static_private, &rp.static_public, &init) {
-                        Ok(half) => peers.by_key.get(&half.peer_static_public).cloned(),
-                        Err(_) => None,
-                    }
-                }
-                Packet::HandshakeResponse(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-                Packet::PacketCookieReply(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-                Packet::PacketData(p) => peers.by_index.get(&(p.receiver_idx >> 8)).cloned(),
-            }
-        };
-        let Some(peer) = peer.filter(|p| p.listener == listener) else {
+        let Some(peer) = self
+            .peer_of_packet(rp, packet)
+            .filter(|p| p.listener == listener)
+        else {
             self.dropped(listener, |c| &c.unknown_peer);
             if handshake {
                 Counters::bump(&rp.counters.handshakes.unknown_peer);
             }
             return;
         };
-        let mut state = lock(&peer.state);
-        let mut result = self
-            .tunn(&peer, &mut state)
-            .decapsulate(Some(from.ip()), datagram, buf);
-        let mut authenticated = false;
-        loop {
-            match result {
-                TunnResult::Done => {
-                    authenticated = true;
-                    break;
-                }
-                TunnResult::Err(e) => {
-                    if !matches!(e, WireGuardError::DuplicateCounter) {
-                        self.dropped(listener, |c| &c.wireguard_errors);
-                    }
-                    break;
-                }
-                TunnResult::WriteToNetwork(packet) => {
-                    // A cookie reply proves nothing about the sender; anything else answers a
-                    // packet that passed the noise checks.
-                    authenticated |= packet.first() != Some(&COOKIE_REPLY_TYPE);
-                    out.push(Outgoing::Udp {
-                        listener,
-                        to: from,
-                        data: packet.to_vec(),
-                    });
-                    // Queued packets (sent before the session existed) go out next.
-                    result = self.tunn(&peer, &mut state).decapsulate(None, &[], buf);
-                }
-                TunnResult::WriteToTunnelV4(packet, source) => {
-                    authenticated = true;
-                    if source == peer.client_ip {
-                        rp.counters.received(packet.len());
-                        let packet = packet.to_vec();
-                        state.endpoint = Some(from);
-                        state.last_activity = now;
-                        drop(state);
-                        self.route_from_device(&peer, packet, now, buf, out);
-                        self.schedule(&peer, now);
-                        return;
-                    }
-                    self.dropped(listener, |c| &c.spoofed_source);
-                    let quiet = state
-                        .last_spoof_warning
-                        .is_some_and(|at| now.duration_since(at) < SPOOF_WARNING_INTERVAL);
-                    if !quiet {
-                        state.last_spoof_warning = Some(now);
-                        tracing::warn!(
-                            imsi = %peer.imsi,
-                            client_ip = %peer.client_ip,
-                            claimed_source = %source,
-                            "dropped a device packet whose source is not its own address"
-                        );
-                    }
-                    break;
-                }
-                TunnResult::WriteToTunnelV6(..) => {
-                    authenticated = true;
-                    self.dropped(listener, |c| &c.no_route);
-                    break;
-                }
+        let mut state = peer.state.lock();
+        let decrypted = self.decapsulate(&peer, &mut state, from, datagram, now, buf, out);
+        let authenticated = match decrypted {
+            Decapsulated::ForDevice(packet) => {
+                state.endpoint = Some(from);
+                state.last_activity = now;
+                drop(state);
+                self.route_from_device(&peer, packet, now, buf, out);
+                self.schedule(&peer, now);
+                return;
             }
-        }
+            Decapsulated::Authenticated => true,
+            Decapsulated::NotAuthenticated => false,
+        };
         if handshake {
             let handshakes = &rp.counters.handshakes;
             Counters::bump(if authenticated {
@@ -519,6 +445,121 @@ impl Engine {
         }
     }
 
+    /// The rate-limit and mac1 check of a rendezvous point, before any peer lookup: the parsed
+    /// packet, or `None` when it was answered with a cookie (limit engaged) or dropped.
+    fn admit<'d>(
+        &self,
+        listener: usize,
+        from: SocketAddr,
+        datagram: &'d [u8],
+        buf: &mut [u8],
+        out: &mut Outbox,
+    ) -> Option<Packet<'d>> {
+        let rp = self.listeners.get(listener)?;
+        match rp
+            .rate_limiter
+            .verify_packet(Some(from.ip()), datagram, buf)
+        {
+            Ok(packet) => Some(packet),
+            Err(TunnResult::WriteToNetwork(cookie)) => {
+                Counters::bump(&self.counters.cookie_replies);
+                // Only handshake messages are answered with a cookie (the limit is engaged).
+                Counters::bump(&rp.counters.handshakes.cookie_required);
+                out.push(Outgoing::Udp {
+                    listener,
+                    to: from,
+                    data: cookie.to_vec(),
+                });
+                None
+            }
+            Err(_) => {
+                self.dropped(listener, |c| &c.malformed);
+                None
+            }
+        }
+    }
+
+    /// The peer a packet is for: an initiation names its sender's static key (found by a partial
+    /// handshake with the listener's key); every other message names our receiver index.
+    fn peer_of_packet(&self, rp: &Listener, packet: Packet<'_>) -> Option<Arc<Peer>> {
+        let peer_index = self.peer_index.read();
+        let receiver_idx = match packet {
+            Packet::HandshakeInit(init) => {
+                let half =
+                    parse_handshake_anon(&rp.static_private, &rp.static_public, &init).ok()?;
+                return peer_index.by_key.get(&half.peer_static_public).cloned();
+            }
+            Packet::HandshakeResponse(p) => p.receiver_idx,
+            Packet::PacketCookieReply(p) => p.receiver_idx,
+            Packet::PacketData(p) => p.receiver_idx,
+        };
+        // boringtun keeps the session number in the low 8 bits of the index.
+        peer_index.by_index.get(&(receiver_idx >> 8)).cloned()
+    }
+
+    /// Runs the datagram through the peer's `Tunn`, sending what it answers (handshake responses,
+    /// queued packets) back to `from`.
+    #[allow(clippy::too_many_arguments)]
+    fn decapsulate(
+        &self,
+        peer: &Peer,
+        state: &mut PeerState,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        buf: &mut [u8],
+        out: &mut Outbox,
+    ) -> Decapsulated {
+        let listener = peer.listener;
+        let mut result = self
+            .tunn(peer, state)
+            .decapsulate(Some(from.ip()), datagram, buf);
+        let mut authenticated = false;
+        loop {
+            match result {
+                TunnResult::Done => return Decapsulated::Authenticated,
+                TunnResult::Err(e) => {
+                    if !matches!(e, WireGuardError::DuplicateCounter) {
+                        self.dropped(listener, |c| &c.wireguard_errors);
+                    }
+                    break;
+                }
+                TunnResult::WriteToNetwork(packet) => {
+                    // A cookie reply proves nothing about the sender; anything else answers a
+                    // packet that passed the noise checks.
+                    authenticated |= packet.first() != Some(&COOKIE_REPLY_TYPE);
+                    out.push(Outgoing::Udp {
+                        listener,
+                        to: from,
+                        data: packet.to_vec(),
+                    });
+                    // Queued packets (sent before the session existed) go out next.
+                    result = self.tunn(peer, state).decapsulate(None, &[], buf);
+                }
+                TunnResult::WriteToTunnelV4(packet, source) => {
+                    if source == peer.client_ip {
+                        if let Some(rp) = self.listeners.get(listener) {
+                            rp.counters.received(packet.len());
+                        }
+                        return Decapsulated::ForDevice(packet.to_vec());
+                    }
+                    self.dropped(listener, |c| &c.spoofed_source);
+                    warn_spoofed(peer, state, source, now);
+                    return Decapsulated::Authenticated;
+                }
+                TunnResult::WriteToTunnelV6(..) => {
+                    self.dropped(listener, |c| &c.no_route);
+                    return Decapsulated::Authenticated;
+                }
+            }
+        }
+        if authenticated {
+            Decapsulated::Authenticated
+        } else {
+            Decapsulated::NotAuthenticated
+        }
+    }
+
     /// A decrypted packet from a device: to another device when policy allows, else to the TUN.
     fn route_from_device(
         &self,
@@ -532,7 +573,7 @@ impl Engine {
             self.dropped(from.listener, |c| &c.malformed);
             return;
         };
-        let target = read(&self.peers).by_ip.get(&destination).cloned();
+        let target = self.peer_index.read().by_ip.get(&destination).cloned();
         match target {
             Some(target) if self.peer_to_peer_allowed(from, &target) => {
                 self.send_to_peer(&target, &packet, now, buf, out);
@@ -549,7 +590,7 @@ impl Engine {
             self.dropped_from_tun(|c| &c.malformed);
             return;
         };
-        let target = read(&self.peers).by_ip.get(&destination).cloned();
+        let target = self.peer_index.read().by_ip.get(&destination).cloned();
         match target {
             Some(target) => self.send_to_peer(&target, packet, now, buf, out),
             None => self.dropped_from_tun(|c| &c.no_route),
@@ -564,7 +605,7 @@ impl Engine {
         buf: &mut [u8],
         out: &mut Outbox,
     ) {
-        let mut state = lock(&peer.state);
+        let mut state = peer.state.lock();
         let Some(endpoint) = state.endpoint else {
             self.dropped(peer.listener, |c| &c.no_endpoint);
             return;
@@ -589,18 +630,20 @@ impl Engine {
     }
 
     fn schedule(&self, peer: &Peer, now: Instant) {
-        let mut state = lock(&peer.state);
+        let mut state = peer.state.lock();
         if state.timer_scheduled {
             return;
         }
         state.timer_scheduled = true;
         drop(state);
-        lock(&self.timers).push(Reverse((now + TIMER_PERIOD, peer.index)));
+        self.timers
+            .lock()
+            .push(Reverse((now + TIMER_PERIOD, peer.index)));
     }
 
     /// When the next timer is due, if any peer is active.
     pub fn next_deadline(&self) -> Option<Instant> {
-        lock(&self.timers).peek().map(|Reverse((at, _))| *at)
+        self.timers.lock().peek().map(|Reverse((at, _))| *at)
     }
 
     /// Runs WireGuard timers of the peers that are due. Only active peers are ever scheduled, so
@@ -608,7 +651,7 @@ impl Engine {
     pub fn run_timers(&self, now: Instant, buf: &mut [u8], out: &mut Outbox) {
         loop {
             let due = {
-                let mut timers = lock(&self.timers);
+                let mut timers = self.timers.lock();
                 match timers.peek() {
                     Some(Reverse((at, index))) if *at <= now => {
                         let index = *index;
@@ -618,10 +661,10 @@ impl Engine {
                     _ => break,
                 }
             };
-            let Some(peer) = read(&self.peers).by_index.get(&due).cloned() else {
+            let Some(peer) = self.peer_index.read().by_index.get(&due).cloned() else {
                 continue;
             };
-            let mut state = lock(&peer.state);
+            let mut state = peer.state.lock();
             state.timer_scheduled = false;
             let endpoint = state.endpoint;
             let Some(tunn) = state.tunn.as_mut() else {
@@ -658,25 +701,29 @@ impl Engine {
         }
     }
 
-    /// Live state of one session's peer.
-    pub fn snapshot(&self, imsi: &str) -> Option<PeerSnapshot> {
-        let peer = read(&self.peers).by_imsi.get(imsi).cloned()?;
-        Some(self.snapshot_of(&peer))
+    /// Live state of one session's peer; `now` (the wall clock) dates its last handshake.
+    pub fn snapshot(&self, imsi: &str, now: SystemTime) -> Option<PeerSnapshot> {
+        let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
+        Some(self.snapshot_of(&peer, now))
     }
 
-    /// Live state of every peer of one rendezvous point.
-    pub fn snapshots(&self, rp_id: &str) -> Vec<PeerSnapshot> {
-        let peers: Vec<Arc<Peer>> = read(&self.peers)
+    /// Live state of every peer of one rendezvous point; `now` as for [`Engine::snapshot`].
+    pub fn snapshots(&self, rp_id: &str, now: SystemTime) -> Vec<PeerSnapshot> {
+        let of_rp: Vec<Arc<Peer>> = self
+            .peer_index
+            .read()
             .by_imsi
             .values()
             .filter(|p| self.listeners[p.listener].rp_id == rp_id)
             .cloned()
             .collect();
-        peers.iter().map(|p| self.snapshot_of(p)).collect()
+        of_rp.iter().map(|p| self.snapshot_of(p, now)).collect()
     }
 
-    fn snapshot_of(&self, peer: &Peer) -> PeerSnapshot {
-        let state = lock(&peer.state);
+    /// boringtun reports the time since the last handshake; the snapshot dates it from `now`,
+    /// given by the caller so that the engine never reads a clock itself.
+    fn snapshot_of(&self, peer: &Peer, now: SystemTime) -> PeerSnapshot {
+        let state = peer.state.lock();
         let (since_handshake, tx_bytes, rx_bytes) = state
             .tunn
             .as_ref()
@@ -691,18 +738,28 @@ impl Engine {
             public_key: peer.public_key,
             client_ip: peer.client_ip,
             endpoint: state.endpoint,
-            last_handshake: since_handshake.and_then(|d| SystemTime::now().checked_sub(d)),
+            last_handshake: since_handshake.and_then(|d| now.checked_sub(d)),
             rx_bytes: rx_bytes as u64,
             tx_bytes: tx_bytes as u64,
         }
     }
 }
 
-fn index_peer(peers: &mut Peers, peer: &Arc<Peer>) {
-    peers.by_index.insert(peer.index, peer.clone());
-    peers.by_key.insert(peer.public_key, peer.clone());
-    peers.by_ip.insert(peer.client_ip, peer.clone());
-    peers.by_imsi.insert(peer.imsi.clone(), peer.clone());
+/// Logs a device packet whose inner source is not the device's address, at most once per
+/// `SPOOF_WARNING_INTERVAL` per peer, so a misbehaving device cannot flood the log.
+fn warn_spoofed(peer: &Peer, state: &mut PeerState, claimed_source: Ipv4Addr, now: Instant) {
+    let quiet = state
+        .last_spoof_warning
+        .is_some_and(|at| now.duration_since(at) < SPOOF_WARNING_INTERVAL);
+    if !quiet {
+        state.last_spoof_warning = Some(now);
+        tracing::warn!(
+            imsi = %peer.imsi,
+            client_ip = %peer.client_ip,
+            %claimed_source,
+            "dropped a device packet whose source is not its own address"
+        );
+    }
 }
 
 fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
@@ -713,18 +770,6 @@ fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
         IpAddr::V4(v4) => Some(v4),
         IpAddr::V6(_) => None,
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(|p| p.into_inner())
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(|p| p.into_inner())
 }
 
 #[path = "engine_resume.rs"]

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{lock, read, Engine, Outbox, Peer};
+use super::{Engine, Outbox, Peer};
 use crate::store::endpoints::SavedEndpoint;
 
 /// What `Engine::resume` did for one saved endpoint.
@@ -22,11 +22,10 @@ pub enum Resumed {
 impl Engine {
     /// Endpoints that changed since they were last saved (`endpoints_saved`), for the store.
     pub fn unsaved_endpoints(&self) -> Vec<SavedEndpoint> {
-        let peers: Vec<Arc<Peer>> = read(&self.peers).by_imsi.values().cloned().collect();
-        peers
-            .iter()
+        let all: Vec<Arc<Peer>> = self.peer_index.read().by_imsi.values().cloned().collect();
+        all.iter()
             .filter_map(|peer| {
-                let state = lock(&peer.state);
+                let state = peer.state.lock();
                 let endpoint = state.endpoint?;
                 (state.saved_endpoint != Some(endpoint)).then(|| SavedEndpoint {
                     imsi: peer.imsi.clone(),
@@ -41,7 +40,7 @@ impl Engine {
     pub fn endpoints_saved(&self, saved: &[SavedEndpoint]) {
         for entry in saved {
             if let Some(peer) = self.peer_of_session(entry) {
-                lock(&peer.state).saved_endpoint = Some(entry.endpoint);
+                peer.state.lock().saved_endpoint = Some(entry.endpoint);
             }
         }
     }
@@ -53,7 +52,7 @@ impl Engine {
             return Resumed::NoSession;
         };
         {
-            let mut state = lock(&peer.state);
+            let mut state = peer.state.lock();
             if state.endpoint.is_some() {
                 return Resumed::AlreadyBack;
             }
@@ -64,7 +63,8 @@ impl Engine {
     }
 
     fn peer_of_session(&self, saved: &SavedEndpoint) -> Option<Arc<Peer>> {
-        read(&self.peers)
+        self.peer_index
+            .read()
             .by_imsi
             .get(&saved.imsi)
             .filter(|peer| peer.session_id == saved.session_id)

@@ -9,8 +9,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::*;
-use crate::dataplane::peer_table::Applied;
-use crate::store::ActiveSession;
+use crate::store::{ActiveSession, PeerChange};
 
 const SERVER_KEY: [u8; 32] = [7u8; 32];
 
@@ -111,6 +110,13 @@ fn connect(engine: &Engine, d: &mut Device, now: Instant) {
         other => panic!("no keepalive: {other:?}"),
     };
     engine.handle_datagram(0, d.addr, &keepalive, now, &mut buf, &mut out);
+}
+
+/// The endpoint the engine knows for a peer (its snapshot's).
+fn endpoint_of(engine: &Engine, imsi: &str) -> Option<SocketAddr> {
+    engine
+        .snapshot(imsi, std::time::SystemTime::now())
+        .and_then(|s| s.endpoint)
 }
 
 fn packet(src: Ipv4Addr, dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
@@ -279,10 +285,7 @@ fn roaming_follows_the_latest_authenticated_packet() {
         b"moved",
         &mut out,
     );
-    assert_eq!(
-        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
-        Some(a.addr)
-    );
+    assert_eq!(endpoint_of(&engine, &a.session.imsi), Some(a.addr));
     // An unauthenticated packet from elsewhere does not move it.
     let mut buf = vec![0u8; BUFFER_SIZE];
     let mut forged = vec![4u8, 0, 0, 0];
@@ -295,10 +298,7 @@ fn roaming_follows_the_latest_authenticated_packet() {
         &mut buf,
         &mut out,
     );
-    assert_eq!(
-        engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint),
-        Some(a.addr)
-    );
+    assert_eq!(endpoint_of(&engine, &a.session.imsi), Some(a.addr));
 }
 
 #[test]
@@ -319,7 +319,7 @@ fn idle_sessions_cost_no_timers_and_active_ones_stop_after_idling() {
     let due = engine.next_deadline().expect("active peer scheduled");
     assert!(due > start && due <= start + TIMER_PERIOD);
     assert_eq!(
-        lock(&engine.timers).len(),
+        engine.timers.lock().len(),
         1,
         "one entry per active peer, not per event"
     );
@@ -418,7 +418,9 @@ fn removed_peer_is_unknown_on_every_index() {
         &mut out,
     );
     assert!(out.is_empty());
-    assert!(engine.snapshot(&a.session.imsi).is_none());
+    assert!(engine
+        .snapshot(&a.session.imsi, std::time::SystemTime::now())
+        .is_none());
 }
 
 #[test]
@@ -438,7 +440,7 @@ fn replayed_initiation_never_moves_the_endpoint() {
         engine.handle_datagram(0, a.addr, &reply, Instant::now(), &mut buf, &mut out);
     }
     let attacker = SocketAddr::from(([203, 0, 113, 66], 4444));
-    let endpoint = |engine: &Engine| engine.snapshot(&a.session.imsi).and_then(|s| s.endpoint);
+    let endpoint = |engine: &Engine| endpoint_of(engine, &a.session.imsi);
     assert_eq!(endpoint(&engine), Some(a.addr));
 
     // Not under load: the replay fails the timestamp check.
@@ -520,3 +522,111 @@ fn only_changed_endpoints_are_saved_and_resume_initiates_toward_a_saved_one() {
         Resumed::NoSession
     );
 }
+
+/// A session of `device(n)` with another key, address or session id (a key is WireGuard base64).
+fn session_with(n: u8, key_seed: u8, ip: [u8; 4], session_id: &str) -> ActiveSession {
+    let mut session = device(n, None).session;
+    let public = PublicKey::from(&StaticSecret::from([key_seed; 32]));
+    session.client_public_key = crate::wgkey::encode(public.as_bytes());
+    session.client_ip = Ipv4Addr::from(ip);
+    session.session_id = session_id.into();
+    session
+}
+
+fn change(engine: &Engine, change: PeerChange) -> Applied {
+    let mut out = Outbox::new();
+    let applied = engine.apply_change(change, Instant::now(), &mut out);
+    assert!(out.is_empty(), "no endpoint known: nothing to send");
+    applied
+}
+
+fn imsi_at(engine: &Engine, ip: [u8; 4]) -> Option<String> {
+    engine
+        .session_by_client_ip(Ipv4Addr::from(ip))
+        .map(|s| s.imsi)
+}
+
+#[test]
+fn upsert_indexes_and_replaces() {
+    let engine = engine_with(&[]);
+    let first = session_with(2, 21, [10, 64, 0, 2], "s1");
+    let key1 = first.client_public_key.clone();
+    assert_eq!(
+        change(&engine, PeerChange::Upsert(first.clone())),
+        Applied::Added(first.clone())
+    );
+    assert_eq!(
+        engine.session_by_public_key(&key1).map(|s| s.imsi),
+        Some(first.imsi.clone())
+    );
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 2]), Some(first.imsi.clone()));
+
+    let renewed = session_with(2, 22, [10, 64, 0, 2], "s2");
+    let key2 = renewed.client_public_key.clone();
+    assert!(matches!(
+        change(&engine, PeerChange::Upsert(renewed.clone())),
+        Applied::NewSession(_)
+    ));
+    assert!(
+        engine.session_by_public_key(&key1).is_none(),
+        "old key must stop matching at once"
+    );
+    assert!(engine.session_by_public_key(&key2).is_some());
+
+    let mut regrouped = renewed;
+    regrouped.group_id = Some("g".into());
+    assert!(matches!(
+        change(&engine, PeerChange::Upsert(regrouped.clone())),
+        Applied::Updated(_)
+    ));
+    assert_eq!(
+        engine.session(&first.imsi),
+        Some(regrouped),
+        "attributes updated"
+    );
+    assert_eq!(engine.peer_count(), 1);
+}
+
+#[test]
+fn remove_clears_every_index() {
+    let engine = engine_with(&[]);
+    let session = session_with(2, 21, [10, 64, 0, 2], "s1");
+    change(&engine, PeerChange::Upsert(session.clone()));
+    let remove = || PeerChange::Remove {
+        imsi: session.imsi.clone(),
+        rp_id: "ap-northeast-1".into(),
+    };
+    assert_eq!(
+        change(&engine, remove()),
+        Applied::Removed(session.imsi.clone())
+    );
+    assert_eq!(engine.peer_count(), 0);
+    assert!(engine.session(&session.imsi).is_none());
+    assert!(engine
+        .session_by_public_key(&session.client_public_key)
+        .is_none());
+    assert!(imsi_at(&engine, [10, 64, 0, 2]).is_none());
+    assert_eq!(
+        change(&engine, remove()),
+        Applied::Unknown(session.imsi.clone())
+    );
+}
+
+#[test]
+fn moved_address_keeps_new_owner() {
+    let engine = engine_with(&[]);
+    let one = session_with(2, 21, [10, 64, 0, 2], "s1");
+    let two = session_with(3, 31, [10, 64, 0, 2], "s2");
+    change(&engine, PeerChange::Upsert(one.clone()));
+    // Peer 2 takes over the address (peer 1 was re-addressed in the same batch).
+    change(&engine, PeerChange::Upsert(two.clone()));
+    change(
+        &engine,
+        PeerChange::Upsert(session_with(2, 21, [10, 64, 0, 3], "s3")),
+    );
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 2]), Some(two.imsi));
+    assert_eq!(imsi_at(&engine, [10, 64, 0, 3]), Some(one.imsi));
+}
+
+#[path = "engine_model_tests.rs"]
+mod model;

@@ -1,13 +1,14 @@
-//! The userspace WireGuard data plane. The peer table is the store's set of active sessions,
-//! rebuilt from SQLite at start and changed by `PeerChange`s sent after each committed write; the
-//! engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous point and the
-//! TUN device.
+//! The userspace WireGuard data plane. The engine's peer index holds the store's set of active
+//! sessions, loaded from SQLite at start and changed by `PeerChange`s sent after each committed
+//! write; the engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous
+//! point and the TUN device.
 
 pub mod egress;
 pub mod engine;
 pub mod host_routes;
+pub mod interface_name;
 mod io;
-mod peer_table;
+mod peer_index;
 pub mod runtime;
 pub mod stats;
 pub mod tun_device;
@@ -15,7 +16,7 @@ pub mod uapi;
 pub mod vpg_plane;
 
 pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};
-pub use peer_table::{Applied, PeerTable};
+pub use peer_index::Applied;
 pub use runtime::{Dataplane, ListenerConfig};
 
 use tokio::sync::mpsc;

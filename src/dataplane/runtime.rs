@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -12,10 +12,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use super::engine::{Engine, Listener, Outbox, Outgoing, Resumed, BUFFER_SIZE};
-use super::peer_table::{Applied, PeerTable};
+use super::peer_index::Applied;
 use super::{RecvBatch, TunIo, TunWrites};
 use crate::store::endpoints::SavedEndpoint;
-use crate::store::PeerChange;
+use crate::store::{ActiveSession, PeerChange};
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
 /// retransmits in the baseline measurements, docs/BENCHMARKS.md "Data-plane baseline").
@@ -68,12 +68,12 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 impl Dataplane {
-    /// Binds every listener, installs the sessions already in `table`, and starts the tasks; then
+    /// Binds every listener, installs `sessions` (the store's active ones), and starts the tasks; then
     /// starts the handshake toward each `resume` endpoint (saved by the previous run), paced.
     pub fn start<T: TunIo>(
         listeners: Vec<ListenerConfig>,
         tun: T,
-        table: Arc<Mutex<PeerTable>>,
+        sessions: Vec<ActiveSession>,
         changes: mpsc::UnboundedReceiver<PeerChange>,
         resume: Vec<SavedEndpoint>,
     ) -> io::Result<Dataplane> {
@@ -100,13 +100,7 @@ impl Dataplane {
         ));
         let now = Instant::now();
         let mut startup = Outbox::new();
-        let initial: Vec<_> = table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .sessions()
-            .cloned()
-            .collect();
-        for session in initial {
+        for session in sessions {
             engine.apply(&Applied::Added(session), now, &mut startup);
         }
         tracing::info!(peers = engine.peer_count(), "data plane peers loaded");
@@ -129,7 +123,6 @@ impl Dataplane {
         tasks.push(tokio::spawn(change_loop(
             engine.clone(),
             io.clone(),
-            table,
             changes,
         )));
         tasks.push(tokio::spawn(resume_loop(
@@ -372,18 +365,13 @@ async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
 async fn change_loop<T: TunIo>(
     engine: Arc<Engine>,
     io: Arc<Io<T>>,
-    table: Arc<Mutex<PeerTable>>,
     mut changes: mpsc::UnboundedReceiver<PeerChange>,
 ) {
     let mut out = Outbox::new();
     let mut to_tun = TunWrites::default();
     while let Some(change) = changes.recv().await {
-        let applied = table
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .apply(change);
+        let applied = engine.apply_change(change, Instant::now(), &mut out);
         super::log_applied(&applied);
-        engine.apply(&applied, Instant::now(), &mut out);
         io.flush(&mut out, &mut to_tun).await;
     }
 }

@@ -102,5 +102,6 @@ pub struct ListenerSnapshot {
     /// Interface-like name used for the control socket, e.g. `arc-apne1`.
     pub name: String,
     pub listen_port: u16,
-    pub peers: Vec<PeerSnapshot>,
+    /// What `wg show` lists as this interface's peers: one snapshot per session served.
+    pub peer_snapshots: Vec<PeerSnapshot>,
 }

@@ -18,10 +18,7 @@ use std::path::Path;
 
 use ipnet::Ipv4Net;
 
-use crate::dataplane::{RecvBatch, TunIo, TUN_HEADROOM};
-
-/// Longest interface name Linux accepts (IFNAMSIZ 16 including the terminating NUL).
-const MAX_NAME_LEN: usize = 15;
+use crate::dataplane::{interface_name, RecvBatch, TunIo, TUN_HEADROOM};
 
 // errno values on Linux (libc is not a direct dependency of arcd).
 const EPERM: i32 = 1;
@@ -102,7 +99,12 @@ impl std::fmt::Debug for TunDevice {
 /// Must be called from within a Tokio runtime (the device is registered with its reactor).
 pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, TunError> {
     let io_err = |action: &str, source: io::Error| classify(name, action, source);
-    validate_name(name).map_err(|source| io_err("invalid device name", source))?;
+    interface_name::validate(name).map_err(|invalid| {
+        io_err(
+            "invalid device name",
+            io::Error::new(io::ErrorKind::InvalidInput, invalid),
+        )
+    })?;
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(io_err(
             "opening the device",
@@ -248,26 +250,6 @@ impl TunIo for TunDevice {
 impl Drop for TunDevice {
     fn drop(&mut self) {
         tracing::info!(device = %self.name, "TUN device closed");
-    }
-}
-
-fn validate_name(name: &str) -> io::Result<()> {
-    let valid = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name != "."
-        && name != ".."
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "an interface name is 1 to {MAX_NAME_LEN} characters of letters, digits, `-`, `_` and `.`"
-            ),
-        ))
     }
 }
 

@@ -37,6 +37,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
+use super::interface_name;
 use super::stats::ListenerSnapshot;
 
 /// Where `wg` looks for userspace interfaces' control sockets.
@@ -50,9 +51,6 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Connections served at once per socket; more are closed at once.
 const MAX_CONNECTIONS: usize = 64;
-
-/// Longest interface name (`IFNAMSIZ` - 1); `wg` truncates longer names.
-const MAX_NAME: usize = 15;
 
 /// errno answered to `set=1`: EPERM, the control socket is read-only.
 pub const SET_ERRNO: i32 = 1;
@@ -83,8 +81,8 @@ pub struct UapiServer {
 
 impl UapiServer {
     /// Binds `<dir>/<name>.sock` and serves it until dropped. `name` is the interface name `wg`
-    /// shows (at most 15 characters, no `/`); see [`socket_name`]. A stale socket file left by a
-    /// dead process is replaced; a socket some live process still answers on is an `AddrInUse`
+    /// shows ([`interface_name::for_rendezvous_point`]; refused unless [`interface_name::validate`]
+    /// accepts it). A stale socket file left by a dead process is replaced; a socket some live process still answers on is an `AddrInUse`
     /// error, and a path that is not a socket is an `AlreadyExists` error.
     pub async fn bind(dir: &Path, name: &str, snapshot: SnapshotFn) -> io::Result<UapiServer> {
         Self::bind_with(dir, name, snapshot, LIMITS).await
@@ -96,7 +94,8 @@ impl UapiServer {
         snapshot: SnapshotFn,
         limits: Limits,
     ) -> io::Result<UapiServer> {
-        validate_name(name)?;
+        interface_name::validate(name)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o755)
@@ -155,26 +154,6 @@ impl Drop for UapiServer {
             accept.abort();
             self.remove_file();
         }
-    }
-}
-
-fn validate_name(name: &str) -> io::Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME
-        && name != "."
-        && name != ".."
-        && !name
-            .bytes()
-            .any(|b| b == b'/' || b == 0 || b.is_ascii_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!(
-                "bad control socket name {name:?}: 1 to {MAX_NAME} characters, no '/' or spaces"
-            ),
-        ))
     }
 }
 
@@ -352,10 +331,10 @@ async fn read_line<R: AsyncBufRead + Unpin>(
 /// The full answer to `get=1`, `errno=0` and the closing blank line included. Never contains a
 /// private key.
 pub fn render_get(snapshot: &ListenerSnapshot) -> String {
-    let mut out = String::with_capacity(32 + snapshot.peers.len() * 320);
+    let mut out = String::with_capacity(32 + snapshot.peer_snapshots.len() * 320);
     // Writing to a String cannot fail.
     let _ = writeln!(out, "listen_port={}", snapshot.listen_port);
-    for peer in &snapshot.peers {
+    for peer in &snapshot.peer_snapshots {
         let _ = writeln!(out, "public_key={}", hex::encode(peer.public_key));
         if let Some(endpoint) = peer.endpoint {
             let _ = writeln!(out, "endpoint={}", unmapped(endpoint));
@@ -390,65 +369,6 @@ fn unix_time(time: Option<SystemTime>) -> (u64, u32) {
         Some(Ok(since)) => (since.as_secs(), since.subsec_nanos()),
         _ => (0, 0),
     }
-}
-
-/// The control socket (interface-like) name for a rendezvous point id: `arc-` + an abbreviation
-/// that keeps the whole name within IFNAMSIZ (15 characters), as AWS abbreviates its regions:
-/// `ap-northeast-1` → `arc-apne1`, `eu-central-1` → `arc-euc1`, `us-west-2` → `arc-usw2`,
-/// `ap-southeast-2` → `arc-apse2`.
-///
-/// Rule: the id is lower-cased and split into words at every character that is not an ASCII
-/// letter or digit. The first word is kept whole; each later word made of compass points
-/// (`north`, `south`, `east`, `west`, e.g. `northeast`) becomes their initials (`ne`); other
-/// later words become their first letter followed by their digits (`central` → `c`, `1` → `1`,
-/// `zone2` → `z2`). If the abbreviation is empty or longer than 11 characters, it is cut to 6
-/// characters and followed by 5 hex digits of a hash of the whole id, so long ids stay distinct.
-pub fn socket_name(rp_id: &str) -> String {
-    const MAX_ABBREV: usize = MAX_NAME - "arc-".len();
-    let lower = rp_id.to_ascii_lowercase();
-    let mut abbrev = String::new();
-    for (i, word) in lower
-        .split(|c: char| !c.is_ascii_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .enumerate()
-    {
-        if i == 0 {
-            abbrev.push_str(word);
-        } else if let Some(initials) = compass_initials(word) {
-            abbrev.push_str(&initials);
-        } else {
-            let mut chars = word.chars();
-            if let Some(first) = chars.next() {
-                abbrev.push(first);
-            }
-            abbrev.extend(chars.filter(|c| c.is_ascii_digit()));
-        }
-    }
-    if abbrev.is_empty() || abbrev.len() > MAX_ABBREV {
-        abbrev.truncate(6);
-        let _ = write!(abbrev, "{:05x}", fnv1a(rp_id.as_bytes()) & 0xf_ffff);
-    }
-    format!("arc-{abbrev}")
-}
-
-/// `northeast` → `ne`, `west` → `w`; `None` when the word is not made only of compass points.
-fn compass_initials(mut word: &str) -> Option<String> {
-    let mut initials = String::new();
-    while !word.is_empty() {
-        let point = ["north", "south", "east", "west"]
-            .into_iter()
-            .find(|p| word.starts_with(p))?;
-        initials.push_str(&point[..1]);
-        word = &word[point.len()..];
-    }
-    (!initials.is_empty()).then_some(initials)
-}
-
-/// 32-bit FNV-1a: small and stable across Rust versions (the name must not change on upgrade).
-fn fnv1a(bytes: &[u8]) -> u32 {
-    bytes.iter().fold(0x811c_9dc5_u32, |hash, &b| {
-        (hash ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    })
 }
 
 #[cfg(test)]
@@ -492,12 +412,12 @@ mod tests {
         }
     }
 
-    fn listener(peers: Vec<PeerSnapshot>) -> ListenerSnapshot {
+    fn listener(peer_snapshots: Vec<PeerSnapshot>) -> ListenerSnapshot {
         ListenerSnapshot {
             rp_id: "ap-northeast-1".into(),
             name: "arc-apne1".into(),
             listen_port: 11010,
-            peers,
+            peer_snapshots,
         }
     }
 
@@ -558,61 +478,6 @@ mod tests {
         assert_eq!(unix_time(Some(UNIX_EPOCH - Duration::from_secs(5))), (0, 0));
         assert_eq!(unix_time(None), (0, 0));
         assert_eq!(unix_time(Some(UNIX_EPOCH + Duration::new(3, 4))), (3, 4));
-    }
-
-    #[test]
-    fn socket_names_of_regions() {
-        for (id, name) in [
-            ("ap-northeast-1", "arc-apne1"),
-            ("eu-central-1", "arc-euc1"),
-            ("us-west-2", "arc-usw2"),
-            ("ap-southeast-2", "arc-apse2"),
-            ("ap-south-1", "arc-aps1"),
-            ("eu-north-1", "arc-eun1"),
-            ("us-east-1", "arc-use1"),
-            ("ca-central-1", "arc-cac1"),
-            ("us-gov-west-1", "arc-usgw1"),
-            ("AP-Northeast-3", "arc-apne3"),
-            ("lab", "arc-lab"),
-            ("osaka_edge.2", "arc-osakae2"),
-            ("zone-az2b", "arc-zonea2"),
-        ] {
-            assert_eq!(socket_name(id), name, "{id}");
-        }
-    }
-
-    #[test]
-    fn socket_names_fit_ifnamsiz_and_stay_distinct() {
-        let long_a = socket_name("a-very-long-rendezvous-point-name-number-1");
-        let long_b = socket_name("a-very-long-rendezvous-point-name-number-2");
-        let weird = socket_name("---");
-        let unicode = socket_name("東京");
-        let first_long = socket_name("rendezvouspoint-1");
-        for name in [&long_a, &long_b, &weird, &unicode, &first_long] {
-            assert!(name.len() <= 15, "{name}");
-            assert!(name.starts_with("arc-"), "{name}");
-            assert!(
-                name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
-                "{name}"
-            );
-            validate_name(name).unwrap();
-        }
-        assert_ne!(long_a, long_b);
-        assert_ne!(weird, unicode);
-        assert!(first_long.starts_with("arc-rendez"), "{first_long}");
-        // Stable across runs and Rust versions.
-        assert_eq!(
-            socket_name("---"),
-            format!("arc-{:05x}", fnv1a(b"---") & 0xf_ffff)
-        );
-    }
-
-    #[test]
-    fn rejects_bad_names() {
-        for name in ["", ".", "..", "a/b", "sixteen-chars-xx", "a b"] {
-            assert!(validate_name(name).is_err(), "{name:?}");
-        }
-        validate_name("fifteen-chars-x").unwrap();
     }
 
     /// Sends `request` and reads until the server's `\n\n`-terminated answer.

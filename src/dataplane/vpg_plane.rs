@@ -3,9 +3,10 @@
 //! and those subnets in the egress NAT. Rebuilt from the whole set of running VPGs at start and
 //! after each committed VPG change, so there is no incremental state to get wrong.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use ipnet::Ipv4Net;
+use parking_lot::{Mutex, MutexGuard};
 
 use super::egress::Egress;
 use super::engine::Engine;
@@ -107,10 +108,8 @@ impl VpgPlane {
         }
     }
 
-    fn host(&self) -> std::sync::MutexGuard<'_, Option<HostSide>> {
-        self.host
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn host(&self) -> MutexGuard<'_, Option<HostSide>> {
+        self.host.lock()
     }
 
     /// Makes the data plane and the host follow `running` (every running VPG).

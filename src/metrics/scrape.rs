@@ -76,7 +76,7 @@ impl Collector for ArcdCollector {
         let mut sessions = Vec::new();
         let mut online = Vec::new();
         for rp in &rps {
-            let peers = self.engine.snapshots(rp);
+            let peers = self.engine.snapshots(rp, now);
             let up = peers
                 .iter()
                 .filter(|p| {

@@ -45,14 +45,10 @@ pub fn identify(ctx: &ServiceContext, source: IpAddr) -> Result<Caller, CallerEr
     let IpAddr::V4(client_ip) = source else {
         return Err(CallerError::Unknown(source));
     };
-    let session = {
-        let peers = ctx
-            .peers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        peers.by_client_ip(client_ip).cloned()
-    };
-    let session = session.ok_or(CallerError::Unknown(source))?;
+    let session = ctx
+        .engine
+        .session_by_client_ip(client_ip)
+        .ok_or(CallerError::Unknown(source))?;
     let (sim, configuration) = ctx.store.read(|conn| {
         let sim = sims::get(conn, &session.operator_id, &session.sim_id)?;
         let configuration = match &sim.group_id {

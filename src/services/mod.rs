@@ -13,13 +13,13 @@ pub mod metadata;
 pub mod unified;
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::task::JoinHandle;
 
 use crate::config::ServicesConfig;
-use crate::dataplane::PeerTable;
+use crate::dataplane::engine::Engine;
 use crate::store::Store;
 
 pub use caller::{Caller, CallerError};
@@ -41,7 +41,8 @@ pub const DNS_PORT: u16 = 53;
 /// What every service needs: who is behind a tunnel address, and the store.
 pub struct ServiceContext {
     pub store: Arc<Store>,
-    pub peers: Arc<Mutex<PeerTable>>,
+    /// The data plane's engine, whose peer index tells who is behind a tunnel address.
+    pub engine: Arc<Engine>,
     pub config: ServicesConfig,
     pub harvest: harvest::HarvestSink,
     pub beam: beam::BeamClient,
@@ -50,17 +51,13 @@ pub struct ServiceContext {
 pub type SharedContext = Arc<ServiceContext>;
 
 impl ServiceContext {
-    pub fn new(
-        store: Arc<Store>,
-        peers: Arc<Mutex<PeerTable>>,
-        config: ServicesConfig,
-    ) -> ServiceContext {
+    pub fn new(store: Arc<Store>, engine: Arc<Engine>, config: ServicesConfig) -> ServiceContext {
         let harvest = harvest::HarvestSink::start(store.clone());
         let beam =
             beam::BeamClient::new(std::time::Duration::from_secs(config.beam_timeout_seconds));
         ServiceContext {
             store,
-            peers,
+            engine,
             config,
             harvest,
             beam,
