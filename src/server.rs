@@ -251,8 +251,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         store: store.clone(),
         config: config.clone(),
         policy,
-        peers: changes,
-        live: dataplane.engine.clone(),
+        peer_changes: changes,
+        engine: dataplane.engine.clone(),
         vpg_plane: vpg_plane.clone(),
         tokens: Default::default(),
     });

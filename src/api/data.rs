@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::get;
-use axum::{Extension, Router};
+use axum::Router;
 use serde::Serialize;
 
 use super::extract::{Path, QueryParams};
@@ -167,7 +167,7 @@ async fn entries_page(
 
 pub async fn get_entries(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id)): Path<(String, String)>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -178,7 +178,7 @@ pub async fn get_entries(
 
 pub async fn get_from_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -190,7 +190,7 @@ pub async fn get_from_sim(
 /// An unknown IMSI (or another operator's) has no data: an empty list, as for `getDataEntries`.
 pub async fn get_from_subscriber(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(imsi): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -204,7 +204,7 @@ pub async fn get_from_subscriber(
 
 pub async fn get_entry(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id, time)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let scope = scope_of(resource_type, resource_id)?;
@@ -218,7 +218,7 @@ pub async fn get_entry(
 /// Deletes every entry of the resource at that millisecond.
 pub async fn delete_entry(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id, time)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let scope = scope_of(resource_type, resource_id)?;
@@ -231,7 +231,7 @@ pub async fn delete_entry(
 
 pub async fn list_resources(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;

@@ -1,6 +1,5 @@
 //! The SORACOM-compatible `/v1` API (plus arcd's marked extensions) on axum over hyper 1.
 
-mod arcd;
 mod auth;
 mod auth_limit;
 mod data;
@@ -8,7 +7,10 @@ mod error;
 mod extract;
 mod groups;
 mod host_header;
+mod iot_sims;
 pub(crate) mod leading_slashes;
+mod openapi;
+mod operator;
 mod rendezvous_points;
 mod request_body;
 mod sims;
@@ -28,8 +30,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::Router;
 
-pub(crate) use arcd::OPENAPI;
 pub use error::ApiError;
+pub(crate) use openapi::OPENAPI;
+pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
 use crate::dataplane::PeerChanges;
@@ -41,10 +44,12 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub policy: SessionPolicy,
-    pub peers: PeerChanges,
+    /// Committed peer changes on their way to the data plane (see `write_notifying`).
+    pub peer_changes: PeerChanges,
     pub tokens: tokens::Tokens,
-    /// Live per-session state from the data plane (handshakes, endpoints, bytes).
-    pub live: Arc<crate::dataplane::engine::Engine>,
+    /// The data plane's engine, read for live per-session figures (handshakes, endpoints,
+    /// bytes); never written from the API.
+    pub engine: Arc<crate::dataplane::engine::Engine>,
     /// Applies committed VPG changes to the data plane and the host's routes.
     pub vpg_plane: Arc<crate::dataplane::vpg_plane::VpgPlane>,
 }
@@ -76,15 +81,13 @@ impl AppState {
         work: impl FnOnce(&Transaction) -> store::Result<T> + Send + 'static,
         changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let peers = self.peers.clone();
-        self.db(move |store| store.write_then(work, |value| peers.send_all(changes_of(value))))
-            .await
+        let peer_changes = self.peer_changes.clone();
+        self.db(move |store| {
+            store.write_then(work, |value| peer_changes.send_all(changes_of(value)))
+        })
+        .await
     }
 }
-
-/// The caller's operator, set by the auth middleware on every `/v1` call except `POST /v1/auth`.
-#[derive(Clone, Debug)]
-pub struct Operator(pub String);
 
 /// Coverage (`jp` or `g`) of the request, chosen by its Host header.
 pub fn request_coverage(config: &Config, headers: &HeaderMap) -> Coverage {
@@ -177,7 +180,7 @@ pub fn router(state: SharedState) -> Router {
             "/arcd/virtual_private_gateways/{vpg_id}/device_to_device",
             put(vpgs::set_device_to_device),
         )
-        .route("/arcd/iot_sims", post(arcd::import_iot_sims))
+        .route("/arcd/iot_sims", post(iot_sims::import_iot_sims))
         .route("/arcd/rendezvous_points", get(rendezvous_points::list))
         .merge(data::routes())
         .route_layer(middleware::from_fn_with_state(
@@ -198,7 +201,7 @@ pub fn router(state: SharedState) -> Router {
 
     Router::new()
         .nest("/v1", v1)
-        .route("/openapi.yaml", get(arcd::openapi))
+        .route("/openapi.yaml", get(openapi::openapi))
         .merge(web::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

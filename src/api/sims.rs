@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{non_null, JsonBody, Path, QueryParams};
@@ -26,7 +25,7 @@ pub struct CreateSimRequest {
 
 pub async fn create_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     headers: HeaderMap,
     body: JsonBody<CreateSimRequest>,
 ) -> Result<Response, ApiError> {
@@ -58,7 +57,7 @@ pub async fn create_sim(
             iccid: &created.sim.sim_id,
             private_key: &created.private_key,
         }),
-        &state.live,
+        &state.engine,
     );
     tracing::info!(sim_id = %created.sim.sim_id, "virtual SIM created");
     Ok(json(StatusCode::CREATED, &view))
@@ -66,13 +65,13 @@ pub async fn create_sim(
 
 pub async fn get_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sim = state
         .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
@@ -81,14 +80,14 @@ pub(super) fn sim_page(state: &AppState, path: &str, page: Vec<SimRecord>, limit
         page,
         limit,
         |s| s.sim_id.clone(),
-        |s| views::sim(s, None, &state.live),
+        |s| views::sim(s, None, &state.engine),
         path,
     )
 }
 
 pub async fn list_sims(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;
@@ -103,7 +102,7 @@ pub async fn list_sims(
 
 pub async fn search_sims(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_at_most(10, 100)?;
@@ -208,7 +207,7 @@ pub struct EmptyObject {}
 
 pub async fn create_arc_session(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
@@ -232,7 +231,7 @@ pub async fn create_arc_session(
 
 pub async fn delete_session(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let policy = state.policy.clone();
@@ -245,7 +244,7 @@ pub async fn delete_session(
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 #[derive(Deserialize)]
@@ -299,7 +298,7 @@ async fn attach_or_renew(
 
 pub async fn renew_credentials(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
@@ -309,7 +308,7 @@ pub async fn renew_credentials(
 /// Deprecated in the official API; behaves as renew so an old key never keeps working.
 pub async fn attach_credentials(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
@@ -318,7 +317,7 @@ pub async fn attach_credentials(
 
 pub async fn remove_credentials(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -332,7 +331,7 @@ pub async fn remove_credentials(
 
 pub async fn terminate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
@@ -342,7 +341,7 @@ pub async fn terminate(
         )
         .await?;
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 async fn termination(
@@ -356,12 +355,12 @@ async fn termination(
             store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
         })
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 pub async fn enable_termination(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, true).await
@@ -369,7 +368,7 @@ pub async fn enable_termination(
 
 pub async fn disable_termination(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, false).await
@@ -384,12 +383,12 @@ async fn change_status(
     let sim = state
         .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 pub async fn activate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Activate).await
@@ -397,7 +396,7 @@ pub async fn activate(
 
 pub async fn deactivate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Deactivate).await
@@ -405,7 +404,7 @@ pub async fn deactivate(
 
 pub async fn suspend(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Suspend).await
@@ -429,12 +428,12 @@ async fn move_to_group(
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 pub async fn set_group(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<SetGroupRequest>,
 ) -> Result<Response, ApiError> {
@@ -444,7 +443,7 @@ pub async fn set_group(
 
 pub async fn unset_group(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     move_to_group(state, operator, sim_id, None).await
@@ -459,7 +458,7 @@ pub struct TagUpdate {
 
 pub async fn put_tags(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<Vec<TagUpdate>>,
 ) -> Result<Response, ApiError> {
@@ -474,12 +473,12 @@ pub async fn put_tags(
     let sim = state
         .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
 }
 
 pub async fn delete_tag(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, tag_name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -490,7 +489,7 @@ pub async fn delete_tag(
 
 pub async fn list_session_events(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -545,7 +544,7 @@ fn valid_ota_tag(tag: &str) -> bool {
 
 pub async fn add_subscription(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, iccid)): Path<(String, String)>,
     body: JsonBody<AddSubscriptionRequest>,
 ) -> Result<Response, ApiError> {
@@ -571,14 +570,14 @@ pub async fn add_subscription(
         )
         .await?;
     tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
-    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.live)
+    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.engine)
         .ok_or_else(ApiError::internal)?;
     Ok(json(StatusCode::OK, &profile))
 }
 
 pub async fn terminate_subscription(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, iccid, imsi)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
