@@ -13,28 +13,38 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
 use serde::Serialize;
 
 use super::extract::{Path, QueryParams};
+use super::routes::{route, Route, Verb};
 use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 
-/// The six operations, merged into the authenticated `/v1` router.
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/data/resources", get(list_resources))
-        .route("/data/{resource_type}/{resource_id}", get(get_entries))
-        .route(
+/// The six operations, part of the authenticated `/v1` route table.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Verb::Get, "/data/resources", list_resources),
+        route(
+            Verb::Get,
+            "/data/{resource_type}/{resource_id}",
+            get_entries,
+        ),
+        route(
+            Verb::Get,
             "/data/{resource_type}/{resource_id}/{time}",
-            get(get_entry).delete(delete_entry),
-        )
-        .route("/sims/{sim_id}/data", get(get_from_sim))
-        .route("/subscribers/{imsi}/data", get(get_from_subscriber))
+            get_entry,
+        ),
+        route(
+            Verb::Delete,
+            "/data/{resource_type}/{resource_id}/{time}",
+            delete_entry,
+        ),
+        route(Verb::Get, "/sims/{sim_id}/data", get_from_sim),
+        route(Verb::Get, "/subscribers/{imsi}/data", get_from_subscriber),
+    ]
 }
 
 /// `resource_type` values of the official API.
