@@ -113,10 +113,12 @@ pub fn authenticated() -> Vec<Route> {
             "/sims/{sim_id}/credentials/arc",
             sims::renew_credentials,
         ),
+        // attachArcCredentials: deprecated in the official API; renews, so an old key never
+        // keeps working.
         route(
             Post,
             "/sims/{sim_id}/credentials/arc",
-            sims::attach_credentials,
+            sims::renew_credentials,
         ),
         route(
             Delete,

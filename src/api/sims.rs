@@ -71,7 +71,12 @@ pub async fn get_sim(
     let sim = state
         .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
+}
+
+/// 200 with the SIM as the official `Sim` (live session figures from the data plane).
+fn sim_response(state: &AppState, sim: &SimRecord) -> Response {
+    json(StatusCode::OK, &views::sim(sim, None, &state.engine))
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
@@ -212,16 +217,7 @@ pub async fn create_arc_session(
     body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
     body.required("{}")?;
-    let policy = state.policy.clone();
-    let (_, sim) = state
-        .write_notifying(
-            move |tx| {
-                let session = sessions::recreate(tx, &operator, &sim_id, &policy, false)?;
-                Ok((session, sims::get(tx, &operator, &sim_id)?))
-            },
-            |(session, _)| vec![PeerChange::Upsert(session.clone())],
-        )
-        .await?;
+    let sim = recreate_session(&state, operator, sim_id, false).await?;
     let status = views::arc_session_status(&sim).ok_or_else(ApiError::internal)?;
     Ok(json(
         StatusCode::OK,
@@ -234,17 +230,30 @@ pub async fn delete_session(
     Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let sim = recreate_session(&state, operator, sim_id, true).await?;
+    Ok(sim_response(&state, &sim))
+}
+
+/// A new session for the SIM (`sessions::recreate`; `require_existing` as there), sent to the
+/// data plane once committed; returns the SIM as it is now.
+async fn recreate_session(
+    state: &AppState,
+    operator: String,
+    sim_id: String,
+    require_existing: bool,
+) -> Result<SimRecord, ApiError> {
     let policy = state.policy.clone();
     let (_, sim) = state
         .write_notifying(
             move |tx| {
-                let session = sessions::recreate(tx, &operator, &sim_id, &policy, true)?;
+                let session =
+                    sessions::recreate(tx, &operator, &sim_id, &policy, require_existing)?;
                 Ok((session, sims::get(tx, &operator, &sim_id)?))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim)
 }
 
 #[derive(Deserialize)]
@@ -262,10 +271,12 @@ struct CredentialsResponse {
     arc_client_peer_private_key: Option<String>,
 }
 
-async fn attach_or_renew(
-    state: SharedState,
-    operator: String,
-    sim_id: String,
+/// `renewArcCredentials`, and `attachArcCredentials` (deprecated in the official API), which
+/// behaves the same so an old key never keeps working.
+pub async fn renew_credentials(
+    State(state): State<SharedState>,
+    Operator(operator): Operator,
+    Path(sim_id): Path<String>,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{} or {"arcClientPeerPublicKey":"..."}"#)?;
@@ -296,25 +307,6 @@ async fn attach_or_renew(
     ))
 }
 
-pub async fn renew_credentials(
-    State(state): State<SharedState>,
-    Operator(operator): Operator,
-    Path(sim_id): Path<String>,
-    body: JsonBody<CredentialsRequest>,
-) -> Result<Response, ApiError> {
-    attach_or_renew(state, operator, sim_id, body).await
-}
-
-/// Deprecated in the official API; behaves as renew so an old key never keeps working.
-pub async fn attach_credentials(
-    State(state): State<SharedState>,
-    Operator(operator): Operator,
-    Path(sim_id): Path<String>,
-    body: JsonBody<CredentialsRequest>,
-) -> Result<Response, ApiError> {
-    attach_or_renew(state, operator, sim_id, body).await
-}
-
 pub async fn remove_credentials(
     State(state): State<SharedState>,
     Operator(operator): Operator,
@@ -341,7 +333,7 @@ pub async fn terminate(
         )
         .await?;
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
 }
 
 async fn termination(
@@ -355,7 +347,7 @@ async fn termination(
             store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
         })
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn enable_termination(
@@ -383,7 +375,7 @@ async fn change_status(
     let sim = state
         .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn activate(
@@ -428,7 +420,7 @@ async fn move_to_group(
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn set_group(
@@ -473,7 +465,7 @@ pub async fn put_tags(
     let sim = state
         .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.engine)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn delete_tag(

@@ -412,13 +412,19 @@ pub struct Group {
     pub last_modified_time: i64,
 }
 
-pub fn group(g: &GroupRecord) -> Group {
-    let mut tags = g.tags.clone();
+/// Tags as the official Group and VirtualPrivateGateway show them: `name` is always there
+/// (empty when never set).
+fn tags_with_name(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut tags = tags.clone();
     tags.entry("name".into()).or_default();
+    tags
+}
+
+pub fn group(g: &GroupRecord) -> Group {
     Group {
         group_id: g.group_id.clone(),
         operator_id: g.operator_id.clone(),
-        tags,
+        tags: tags_with_name(&g.tags),
         configuration: g.configuration.clone(),
         created_time: g.created_at,
         last_modified_time: g.last_modified_at,
@@ -471,8 +477,6 @@ pub struct Vpg {
 }
 
 pub fn vpg(v: &VpgRecord) -> Vpg {
-    let mut tags = v.tags.clone();
-    tags.entry("name".into()).or_default();
     Vpg {
         vpg_id: v.vpg_id.clone(),
         operator_id: v.operator_id.clone(),
@@ -482,7 +486,7 @@ pub fn vpg(v: &VpgRecord) -> Vpg {
         device_subnet_cidr_range: v.device_subnet.to_string(),
         ue_subnet_cidr_range: v.device_subnet.to_string(),
         use_internet_gateway: v.use_internet_gateway,
-        tags,
+        tags: tags_with_name(&v.tags),
         // Counted from the store at the time of the request.
         session_stats: VpgSessionStats {
             online: v.online_sessions,
