@@ -16,7 +16,7 @@ use axum::response::Response;
 use serde::Serialize;
 
 use super::extract::{Path, QueryParams};
-use super::routes::{route, Route, Verb};
+use super::routes::{delete, get, Route};
 use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
@@ -26,24 +26,12 @@ use crate::store::sims;
 /// The six operations, part of the authenticated `/v1` route table.
 pub fn routes() -> Vec<Route> {
     vec![
-        route(Verb::Get, "/data/resources", list_resources),
-        route(
-            Verb::Get,
-            "/data/{resource_type}/{resource_id}",
-            get_entries,
-        ),
-        route(
-            Verb::Get,
-            "/data/{resource_type}/{resource_id}/{time}",
-            get_entry,
-        ),
-        route(
-            Verb::Delete,
-            "/data/{resource_type}/{resource_id}/{time}",
-            delete_entry,
-        ),
-        route(Verb::Get, "/sims/{sim_id}/data", get_from_sim),
-        route(Verb::Get, "/subscribers/{imsi}/data", get_from_subscriber),
+        get("/data/resources", list_resources),
+        get("/data/{resource_type}/{resource_id}", get_entries),
+        get("/data/{resource_type}/{resource_id}/{time}", get_entry),
+        delete("/data/{resource_type}/{resource_id}/{time}", delete_entry),
+        get("/sims/{sim_id}/data", get_from_sim),
+        get("/subscribers/{imsi}/data", get_from_subscriber),
     ]
 }
 

@@ -62,6 +62,22 @@ where
     }
 }
 
+pub fn get<H: Handler<T, SharedState>, T: 'static>(path: &'static str, handler: H) -> Route {
+    route(Verb::Get, path, handler)
+}
+
+pub fn post<H: Handler<T, SharedState>, T: 'static>(path: &'static str, handler: H) -> Route {
+    route(Verb::Post, path, handler)
+}
+
+pub fn put<H: Handler<T, SharedState>, T: 'static>(path: &'static str, handler: H) -> Route {
+    route(Verb::Put, path, handler)
+}
+
+pub fn delete<H: Handler<T, SharedState>, T: 'static>(path: &'static str, handler: H) -> Route {
+    route(Verb::Delete, path, handler)
+}
+
 /// The routes as one router (a path listed twice serves each listed method).
 pub fn into_router(routes: Vec<Route>) -> Router<SharedState> {
     routes
@@ -71,7 +87,7 @@ pub fn into_router(routes: Vec<Route>) -> Router<SharedState> {
 
 /// `POST /v1/auth`, the one operation without a token, behind its failure limiter.
 pub fn sign_in(limiter: Arc<auth_limit::AuthFailureLimiter>) -> Vec<Route> {
-    let mut sign_in = route(Verb::Post, "/auth", auth::auth);
+    let mut sign_in = post("/auth", auth::auth);
     sign_in.endpoint = sign_in.endpoint.layer(middleware::from_fn_with_state(
         limiter,
         auth_limit::limit_failures,
@@ -81,118 +97,79 @@ pub fn sign_in(limiter: Arc<auth_limit::AuthFailureLimiter>) -> Vec<Route> {
 
 /// Every operation that needs a valid token (`auth::require_token`).
 pub fn authenticated() -> Vec<Route> {
-    use Verb::{Delete, Get, Post, Put};
     let mut routes = vec![
-        route(
-            Post,
+        post(
             "/operators/{operator_id}/auth_keys",
             auth::generate_auth_key,
         ),
-        route(
-            Get,
-            "/operators/{operator_id}/auth_keys",
-            auth::list_auth_keys,
-        ),
-        route(
-            Delete,
+        get("/operators/{operator_id}/auth_keys", auth::list_auth_keys),
+        delete(
             "/operators/{operator_id}/auth_keys/{auth_key_id}",
             auth::delete_auth_key,
         ),
-        route(Post, "/auth/logout", auth::logout),
-        route(Post, "/sims", sims::create_sim),
-        route(Get, "/sims", sims::list_sims),
-        route(Get, "/query/sims", sims::search_sims),
-        route(Get, "/sims/{sim_id}", sims::get_sim),
-        route(
-            Post,
-            "/sims/{sim_id}/sessions/arc",
-            sims::create_arc_session,
-        ),
-        route(
-            Put,
-            "/sims/{sim_id}/credentials/arc",
-            sims::renew_credentials,
-        ),
+        post("/auth/logout", auth::logout),
+        post("/sims", sims::create_sim),
+        get("/sims", sims::list_sims),
+        get("/query/sims", sims::search_sims),
+        get("/sims/{sim_id}", sims::get_sim),
+        post("/sims/{sim_id}/sessions/arc", sims::create_arc_session),
+        put("/sims/{sim_id}/credentials/arc", sims::renew_credentials),
         // attachArcCredentials: deprecated in the official API; renews, so an old key never
         // keeps working.
-        route(
-            Post,
-            "/sims/{sim_id}/credentials/arc",
-            sims::renew_credentials,
-        ),
-        route(
-            Delete,
-            "/sims/{sim_id}/credentials/arc",
-            sims::remove_credentials,
-        ),
-        route(Post, "/sims/{sim_id}/delete_session", sims::delete_session),
-        route(Post, "/sims/{sim_id}/terminate", sims::terminate),
-        route(
-            Post,
+        post("/sims/{sim_id}/credentials/arc", sims::renew_credentials),
+        delete("/sims/{sim_id}/credentials/arc", sims::remove_credentials),
+        post("/sims/{sim_id}/delete_session", sims::delete_session),
+        post("/sims/{sim_id}/terminate", sims::terminate),
+        post(
             "/sims/{sim_id}/enable_termination",
             sims::enable_termination,
         ),
-        route(
-            Post,
+        post(
             "/sims/{sim_id}/disable_termination",
             sims::disable_termination,
         ),
-        route(Post, "/sims/{sim_id}/activate", sims::activate),
-        route(Post, "/sims/{sim_id}/deactivate", sims::deactivate),
-        route(Post, "/sims/{sim_id}/suspend", sims::suspend),
-        route(Post, "/sims/{sim_id}/set_group", sims::set_group),
-        route(Post, "/sims/{sim_id}/unset_group", sims::unset_group),
-        route(Put, "/sims/{sim_id}/tags", sims::put_tags),
-        route(Delete, "/sims/{sim_id}/tags/{tag_name}", sims::delete_tag),
-        route(
-            Get,
-            "/sims/{sim_id}/events/sessions",
-            sims::list_session_events,
-        ),
-        route(
-            Post,
+        post("/sims/{sim_id}/activate", sims::activate),
+        post("/sims/{sim_id}/deactivate", sims::deactivate),
+        post("/sims/{sim_id}/suspend", sims::suspend),
+        post("/sims/{sim_id}/set_group", sims::set_group),
+        post("/sims/{sim_id}/unset_group", sims::unset_group),
+        put("/sims/{sim_id}/tags", sims::put_tags),
+        delete("/sims/{sim_id}/tags/{tag_name}", sims::delete_tag),
+        get("/sims/{sim_id}/events/sessions", sims::list_session_events),
+        post(
             "/sims/{sim_id}/profiles/{iccid}/add_subscription",
             sims::add_subscription,
         ),
-        route(
-            Post,
+        post(
             "/sims/{sim_id}/profiles/{iccid}/subscribers/{imsi}/terminate",
             sims::terminate_subscription,
         ),
-        route(Post, "/groups", groups::create),
-        route(Get, "/groups", groups::list),
-        route(Get, "/groups/{group_id}", groups::get),
-        route(Delete, "/groups/{group_id}", groups::delete),
-        route(
-            Put,
+        post("/groups", groups::create),
+        get("/groups", groups::list),
+        get("/groups/{group_id}", groups::get),
+        delete("/groups/{group_id}", groups::delete),
+        put(
             "/groups/{group_id}/configuration/{namespace}",
             groups::put_configuration,
         ),
-        route(
-            Delete,
+        delete(
             "/groups/{group_id}/configuration/{namespace}/{name}",
             groups::delete_configuration,
         ),
-        route(
-            Get,
-            "/groups/{group_id}/subscribers",
-            groups::list_subscribers,
-        ),
-        route(Post, "/virtual_private_gateways", vpgs::create),
-        route(Get, "/virtual_private_gateways", vpgs::list),
-        route(Get, "/virtual_private_gateways/{vpg_id}", vpgs::get),
-        route(
-            Post,
+        get("/groups/{group_id}/subscribers", groups::list_subscribers),
+        post("/virtual_private_gateways", vpgs::create),
+        get("/virtual_private_gateways", vpgs::list),
+        get("/virtual_private_gateways/{vpg_id}", vpgs::get),
+        post(
             "/virtual_private_gateways/{vpg_id}/terminate",
             vpgs::terminate,
         ),
-        route(
-            Put,
+        put(
             "/arcd/virtual_private_gateways/{vpg_id}/device_to_device",
             vpgs::set_device_to_device,
         ),
-        route(Post, "/arcd/iot_sims", iot_sims::import_iot_sims),
-        route(Get, "/arcd/rendezvous_points", rendezvous_points::list),
+        post("/arcd/iot_sims", iot_sims::import_iot_sims),
+        get("/arcd/rendezvous_points", rendezvous_points::list),
     ];
     routes.extend(data::routes());
     routes
