@@ -95,18 +95,14 @@ pub fn sign_in(limiter: Arc<auth_limit::AuthFailureLimiter>) -> Vec<Route> {
     vec![sign_in]
 }
 
-/// Every operation that needs a valid token (`auth::require_token`).
+/// Every operation that needs a valid token (`auth::require_token`). One operation per line, as a
+/// table (hence no rustfmt).
+#[rustfmt::skip]
 pub fn authenticated() -> Vec<Route> {
     let mut routes = vec![
-        post(
-            "/operators/{operator_id}/auth_keys",
-            auth::generate_auth_key,
-        ),
+        post("/operators/{operator_id}/auth_keys", auth::generate_auth_key),
         get("/operators/{operator_id}/auth_keys", auth::list_auth_keys),
-        delete(
-            "/operators/{operator_id}/auth_keys/{auth_key_id}",
-            auth::delete_auth_key,
-        ),
+        delete("/operators/{operator_id}/auth_keys/{auth_key_id}", auth::delete_auth_key),
         post("/auth/logout", auth::logout),
         post("/sims", sims::create_sim),
         get("/sims", sims::list_sims),
@@ -120,14 +116,8 @@ pub fn authenticated() -> Vec<Route> {
         delete("/sims/{sim_id}/credentials/arc", sims::remove_credentials),
         post("/sims/{sim_id}/delete_session", sims::delete_session),
         post("/sims/{sim_id}/terminate", sims::terminate),
-        post(
-            "/sims/{sim_id}/enable_termination",
-            sims::enable_termination,
-        ),
-        post(
-            "/sims/{sim_id}/disable_termination",
-            sims::disable_termination,
-        ),
+        post("/sims/{sim_id}/enable_termination", sims::enable_termination),
+        post("/sims/{sim_id}/disable_termination", sims::disable_termination),
         post("/sims/{sim_id}/activate", sims::activate),
         post("/sims/{sim_id}/deactivate", sims::deactivate),
         post("/sims/{sim_id}/suspend", sims::suspend),
@@ -136,38 +126,20 @@ pub fn authenticated() -> Vec<Route> {
         put("/sims/{sim_id}/tags", sims::put_tags),
         delete("/sims/{sim_id}/tags/{tag_name}", sims::delete_tag),
         get("/sims/{sim_id}/events/sessions", sims::list_session_events),
-        post(
-            "/sims/{sim_id}/profiles/{iccid}/add_subscription",
-            sims::add_subscription,
-        ),
-        post(
-            "/sims/{sim_id}/profiles/{iccid}/subscribers/{imsi}/terminate",
-            sims::terminate_subscription,
-        ),
+        post("/sims/{sim_id}/profiles/{iccid}/add_subscription", sims::add_subscription),
+        post("/sims/{sim_id}/profiles/{iccid}/subscribers/{imsi}/terminate", sims::terminate_subscription),
         post("/groups", groups::create),
         get("/groups", groups::list),
         get("/groups/{group_id}", groups::get),
         delete("/groups/{group_id}", groups::delete),
-        put(
-            "/groups/{group_id}/configuration/{namespace}",
-            groups::put_configuration,
-        ),
-        delete(
-            "/groups/{group_id}/configuration/{namespace}/{name}",
-            groups::delete_configuration,
-        ),
+        put("/groups/{group_id}/configuration/{namespace}", groups::put_configuration),
+        delete("/groups/{group_id}/configuration/{namespace}/{name}", groups::delete_configuration),
         get("/groups/{group_id}/subscribers", groups::list_subscribers),
         post("/virtual_private_gateways", vpgs::create),
         get("/virtual_private_gateways", vpgs::list),
         get("/virtual_private_gateways/{vpg_id}", vpgs::get),
-        post(
-            "/virtual_private_gateways/{vpg_id}/terminate",
-            vpgs::terminate,
-        ),
-        put(
-            "/arcd/virtual_private_gateways/{vpg_id}/device_to_device",
-            vpgs::set_device_to_device,
-        ),
+        post("/virtual_private_gateways/{vpg_id}/terminate", vpgs::terminate),
+        put("/arcd/virtual_private_gateways/{vpg_id}/device_to_device", vpgs::set_device_to_device),
         post("/arcd/iot_sims", iot_sims::import_iot_sims),
         get("/arcd/rendezvous_points", rendezvous_points::list),
     ];
