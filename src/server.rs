@@ -1,8 +1,10 @@
-//! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane's peer table.
+//! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane's peer table
+//! (`start_with`), and stops them in order (`Running::shutdown`).
+
+mod jobs;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,7 +15,6 @@ use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
 use crate::config::Config;
 use crate::dataplane::egress::{self, EgressError};
-use crate::dataplane::engine::Engine;
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
@@ -27,7 +28,9 @@ use crate::services;
 use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
+
 use ipnet::Ipv4Net;
+use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -371,68 +374,6 @@ pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
     let running = store.read(vpgs::running)?;
     plane.apply(&running);
     Ok(running.len())
-}
-
-/// How often the background checkpoint copies committed pages into the database. Often enough
-/// that, under a sustained write load, the writer's bounding checkpoint (`Store::write_then`) finds
-/// most of the log already copied and holds the writer only briefly.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Checkpoints the WAL off the request path (commits no longer do it inline).
-async fn checkpoint_loop(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    loop {
-        tick.tick().await;
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
-        }
-    }
-}
-
-/// How often the devices' endpoints learned since the last save are written (one transaction).
-/// A device that roamed since then is still found at its old endpoint only if it kept it; else it
-/// comes back on its own, as without a saved endpoint.
-const ENDPOINT_SAVE_INTERVAL: Duration = Duration::from_secs(30);
-
-async fn endpoint_save_loop(store: Arc<Store>, engine: Arc<Engine>) {
-    let mut tick = tokio::time::interval(ENDPOINT_SAVE_INTERVAL);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        save_endpoints(&store, &engine).await;
-    }
-}
-
-/// Saves the endpoints that changed since the last save; returns how many sessions took one.
-async fn save_endpoints(store: &Arc<Store>, engine: &Arc<Engine>) -> usize {
-    let changed = engine.unsaved_endpoints();
-    if changed.is_empty() {
-        return 0;
-    }
-    let store = store.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let result = store.write(|tx| endpoints::save(tx, &changed));
-        (changed, result)
-    })
-    .await;
-    match written {
-        Ok((changed, Ok(saved))) => {
-            engine.endpoints_saved(&changed);
-            tracing::debug!(saved, "device endpoints saved");
-            saved
-        }
-        Ok((_, Err(e))) => {
-            tracing::warn!(error = %e, "device endpoints not saved; retrying later");
-            0
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "device endpoint save task failed");
-            0
-        }
-    }
 }
 
 /// The real TUN device with the platform addresses and a gateway address in each client pool
