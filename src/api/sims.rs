@@ -112,6 +112,23 @@ pub async fn search_sims(
 ) -> Result<Response, ApiError> {
     let limit = query.limit_at_most(10, 100)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
+    let filter = search_filter(&query)?;
+    let page = state
+        .db(move |store| {
+            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
+        })
+        .await?;
+    Ok(sim_page(
+        &state,
+        &page_url("/v1/query/sims", &query),
+        page,
+        limit,
+    ))
+}
+
+/// The `searchSims` filter from the query: each parameter's values, the session state and
+/// whether all or any parameter must match; 400 for too many values or too short ones.
+fn search_filter(query: &QueryParams) -> Result<SimQuery, ApiError> {
     let session_online = match query.choice("session_status", &["NA", "ONLINE", "OFFLINE"])? {
         Some("ONLINE") => Some(true),
         Some("OFFLINE") => Some(false),
@@ -152,17 +169,7 @@ pub async fn search_sims(
             "search values of name, sim_id, imsi, msisdn, tag, iccid and group need at least 2 characters",
         ));
     }
-    let page = state
-        .db(move |store| {
-            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
-        })
-        .await?;
-    Ok(sim_page(
-        &state,
-        &page_url("/v1/query/sims", &query),
-        page,
-        limit,
-    ))
+    Ok(filter)
 }
 
 /// Most values one search parameter of `searchSims` may list (comma-separated or repeated). Each
