@@ -1,8 +1,10 @@
-//! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane's peer table.
+//! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane
+//! (`start_with`), and stops them in order (`Running::shutdown`).
+
+mod jobs;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -13,7 +15,6 @@ use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
 use crate::config::Config;
 use crate::dataplane::egress::{self, EgressError};
-use crate::dataplane::engine::Engine;
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
@@ -27,7 +28,9 @@ use crate::services;
 use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
+
 use ipnet::Ipv4Net;
+use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -131,19 +134,81 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     start_with(config, Reinitialize::Refuse).await
 }
 
-/// `start`, optionally allowed to start over on a data directory whose database was lost.
+/// `start`, optionally allowed to start over on a data directory whose database was lost. The
+/// steps run in this order: each one needs what the ones before it made, and the API listens
+/// last, so nothing it acknowledges can reach a data plane that is not there yet.
 pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
-    let store = Arc::new(bootstrap::open_store_with(
-        &config,
-        reinitialize,
-        bootstrap::Integrity::Check,
-    )?);
-    store.disable_auto_checkpoint()?;
+    let store = open_store(&config, reinitialize)?;
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
     let new_root_credentials =
         bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
     let policy = bootstrap::session_policy(&config);
+    let (sessions, resume) = load_sessions(&store)?;
+    let (changes, rx) = PeerChanges::channel();
+    let listeners = listener_configs(&config, &store)?;
+    let (tun, tun_peer) = open_tun(&config)?;
+    let tun_index = tun_index(&tun)?;
+    let dataplane =
+        Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
+    let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
+    let vpg_plane = start_vpg_plane(&config, &store, &dataplane, tun_index)?;
+    let control_sockets = if config.tun.enabled {
+        open_control_sockets(&dataplane).await
+    } else {
+        Vec::new()
+    };
+    let (services, listening_services) = start_services(&config, &store, &dataplane).await?;
+    let harvest_purge = services::harvest_retention::spawn_purge_job(
+        store.clone(),
+        config.services.harvest_retention_days,
+    );
+    let api = bind_api(&config).await?;
+    let metrics_server = start_metrics(&config, &dataplane, &store).await?;
+    let (api_addr, tls) = (api.addr, api.tls.is_some());
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        policy,
+        peer_changes: changes,
+        engine: dataplane.engine.clone(),
+        vpg_plane: vpg_plane.clone(),
+        tokens: Default::default(),
+        config: Arc::new(config),
+    });
+    let (stop, accept_task) = serve_api(api, state);
+    Ok(Running {
+        api_addr,
+        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
+        _metrics: metrics_server,
+        tls,
+        store,
+        dataplane,
+        tun_peer,
+        services,
+        listening_services,
+        harvest_purge,
+        checkpoints,
+        endpoint_saves,
+        vpg_plane,
+        control_sockets,
+        new_root_credentials,
+        stop,
+        accept_task,
+    })
+}
 
+/// The data directory's store, checked, migrated, with SQLite's own checkpoints off (the
+/// `checkpoint_loop` takes over).
+fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>, ServeError> {
+    let store = bootstrap::open_store_with(config, reinitialize, bootstrap::Integrity::Check)?;
+    store.disable_auto_checkpoint()?;
+    Ok(Arc::new(store))
+}
+
+/// The active sessions the data plane starts with, and the devices' endpoints saved by the last
+/// run (so they are reachable before their next handshake).
+fn load_sessions(
+    store: &Store,
+) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
     let sessions = store.read(sessions::list_active_sessions)?;
     let resume = store.read(endpoints::saved)?;
     tracing::info!(
@@ -151,7 +216,11 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         saved_endpoints = resume.len(),
         "active sessions loaded"
     );
-    let (changes, rx) = PeerChanges::channel();
+    Ok((sessions, resume))
+}
+
+/// One data-plane listener per configured rendezvous point, with its key pair from the store.
+fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig>, ServeError> {
     let mut listeners = Vec::new();
     for rp in &config.rendezvous_points {
         tracing::info!(
@@ -170,14 +239,26 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
             private_key,
         });
     }
-    let (tun, tun_peer) = open_tun(&config)?;
-    let tun_index = match &tun {
-        AnyTun::Device(device) => Some(device.device().if_index().map_err(ServeError::Dataplane)?),
-        AnyTun::Memory(_) => None,
-    };
-    let dataplane =
-        Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
-    let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
+    Ok(listeners)
+}
+
+/// The interface index of a real TUN device (for routes); `None` for the in-memory one.
+fn tun_index(tun: &AnyTun) -> Result<Option<u32>, ServeError> {
+    match tun {
+        AnyTun::Device(device) => Ok(Some(
+            device.device().if_index().map_err(ServeError::Dataplane)?,
+        )),
+        AnyTun::Memory(_) => Ok(None),
+    }
+}
+
+/// Egress NAT (when configured) and the VPG plane, with every running VPG already applied.
+fn start_vpg_plane(
+    config: &Config,
+    store: &Store,
+    dataplane: &Dataplane,
+    tun_index: Option<u32>,
+) -> Result<Arc<VpgPlane>, ServeError> {
     let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
     let egress = if config.egress.masquerade && config.tun.enabled {
         Some(egress::enable(&pools, &config.tun.name)?)
@@ -186,33 +267,46 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     };
     let host = tun_index.map(|ifindex| HostSide::new(ifindex, pools, egress));
     let vpg_plane = Arc::new(VpgPlane::new(dataplane.engine.clone(), host));
-    let running_vpgs = load_vpgs(&store, &vpg_plane)?;
+    let running_vpgs = load_vpgs(store, &vpg_plane)?;
     tracing::info!(
         vpgs = running_vpgs,
         "running VPGs applied to the data plane"
     );
-    let control_sockets = if config.tun.enabled {
-        open_control_sockets(&dataplane).await
-    } else {
-        Vec::new()
-    };
-    let service_context = Arc::new(services::ServiceContext::new(
+    Ok(vpg_plane)
+}
+
+/// The platform services' context, and the services themselves when they can listen (they
+/// need the TUN device's addresses).
+async fn start_services(
+    config: &Config,
+    store: &Arc<Store>,
+    dataplane: &Dataplane,
+) -> Result<(services::SharedContext, Option<services::Services>), ServeError> {
+    let context = Arc::new(services::ServiceContext::new(
         store.clone(),
         dataplane.engine.clone(),
         config.services.clone(),
     ));
-    let listening_services = match (config.services.enabled, config.tun.enabled) {
-        (true, true) => Some(services::start(service_context.clone()).await?),
+    let listening = match (config.services.enabled, config.tun.enabled) {
+        (true, true) => Some(services::start(context.clone()).await?),
         (true, false) => {
             tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false)");
             None
         }
         (false, _) => None,
     };
-    let harvest_purge = services::harvest_retention::spawn_purge_job(
-        store.clone(),
-        config.services.harvest_retention_days,
-    );
+    Ok((context, listening))
+}
+
+/// The API's bound socket and, with `api.tls`, its TLS acceptor; not accepting yet.
+struct ApiSocket {
+    listener: TcpListener,
+    addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    limits: listener::Limits,
+}
+
+async fn bind_api(config: &Config) -> Result<ApiSocket, ServeError> {
     let tls = if config.api.tls {
         Some(TlsAcceptor::from(tls::server_config(
             &config.api,
@@ -221,62 +315,52 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     } else {
         None
     };
-    let listener = TcpListener::bind(config.api.listen)
-        .await
-        .map_err(|source| ServeError::Listen {
-            addr: config.api.listen,
-            source,
-        })?;
-    let api_addr = listener.local_addr().map_err(|source| ServeError::Listen {
+    let listen_error = |source| ServeError::Listen {
         addr: config.api.listen,
         source,
-    })?;
-    tracing::info!(addr = %api_addr, tls = tls.is_some(), "API listening");
-    let metrics_server = if config.metrics.enabled {
-        let collector = metrics::ArcdCollector::new(dataplane.engine.clone(), store.wal_path());
-        let addr = config.metrics.listen;
-        let server = metrics::serve(addr, metrics::registry(collector))
-            .await
-            .map_err(|source| ServeError::MetricsListen { addr, source })?;
-        Some(server)
-    } else {
-        None
     };
-
-    let limits = listener::Limits::from_config(&config.api);
-    let config = Arc::new(config);
-    let state = Arc::new(AppState {
-        store: store.clone(),
-        config: config.clone(),
-        policy,
-        peers: changes,
-        live: dataplane.engine.clone(),
-        vpg_plane: vpg_plane.clone(),
-        tokens: Default::default(),
-    });
-    let app = api::router(state);
-    let (stop, stopped) = watch::channel(false);
-    let tls_on = tls.is_some();
-    let accept_task = tokio::spawn(listener::accept_loop(listener, tls, app, limits, stopped));
-    Ok(Running {
-        api_addr,
-        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
-        _metrics: metrics_server,
-        tls: tls_on,
-        store,
-        dataplane,
-        tun_peer,
-        services: service_context,
-        listening_services,
-        harvest_purge,
-        checkpoints,
-        endpoint_saves,
-        vpg_plane,
-        control_sockets,
-        new_root_credentials,
-        stop,
-        accept_task,
+    let listener = TcpListener::bind(config.api.listen)
+        .await
+        .map_err(listen_error)?;
+    let addr = listener.local_addr().map_err(listen_error)?;
+    tracing::info!(addr = %addr, tls = tls.is_some(), "API listening");
+    Ok(ApiSocket {
+        listener,
+        addr,
+        tls,
+        limits: listener::Limits::from_config(&config.api),
     })
+}
+
+/// `GET /metrics` on its own listener, when `metrics.enabled`.
+async fn start_metrics(
+    config: &Config,
+    dataplane: &Dataplane,
+    store: &Store,
+) -> Result<Option<metrics::MetricsServer>, ServeError> {
+    if !config.metrics.enabled {
+        return Ok(None);
+    }
+    let collector = metrics::ArcdCollector::new(dataplane.engine.clone(), store.wal_path());
+    let addr = config.metrics.listen;
+    let server = metrics::serve(addr, metrics::registry(collector))
+        .await
+        .map_err(|source| ServeError::MetricsListen { addr, source })?;
+    Ok(Some(server))
+}
+
+/// Starts accepting API connections (`listener::accept_loop`); the sender stops it.
+fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, stopped) = watch::channel(false);
+    let app = api::router(state);
+    let accept_task = tokio::spawn(listener::accept_loop(
+        api.listener,
+        api.tls,
+        app,
+        api.limits,
+        stopped,
+    ));
+    (stop, accept_task)
 }
 
 /// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
@@ -285,68 +369,6 @@ pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
     let running = store.read(vpgs::running)?;
     plane.apply(&running);
     Ok(running.len())
-}
-
-/// How often the background checkpoint copies committed pages into the database. Often enough
-/// that, under a sustained write load, the writer's bounding checkpoint (`Store::write_then`) finds
-/// most of the log already copied and holds the writer only briefly.
-const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Checkpoints the WAL off the request path (commits no longer do it inline).
-async fn checkpoint_loop(store: Arc<Store>) {
-    let mut tick = tokio::time::interval(CHECKPOINT_INTERVAL);
-    loop {
-        tick.tick().await;
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.checkpoint()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, "WAL checkpoint failed"),
-            Err(e) => tracing::warn!(error = %e, "WAL checkpoint task failed"),
-        }
-    }
-}
-
-/// How often the devices' endpoints learned since the last save are written (one transaction).
-/// A device that roamed since then is still found at its old endpoint only if it kept it; else it
-/// comes back on its own, as without a saved endpoint.
-const ENDPOINT_SAVE_INTERVAL: Duration = Duration::from_secs(30);
-
-async fn endpoint_save_loop(store: Arc<Store>, engine: Arc<Engine>) {
-    let mut tick = tokio::time::interval(ENDPOINT_SAVE_INTERVAL);
-    tick.tick().await;
-    loop {
-        tick.tick().await;
-        save_endpoints(&store, &engine).await;
-    }
-}
-
-/// Saves the endpoints that changed since the last save; returns how many sessions took one.
-async fn save_endpoints(store: &Arc<Store>, engine: &Arc<Engine>) -> usize {
-    let changed = engine.unsaved_endpoints();
-    if changed.is_empty() {
-        return 0;
-    }
-    let store = store.clone();
-    let written = tokio::task::spawn_blocking(move || {
-        let result = store.write(|tx| endpoints::save(tx, &changed));
-        (changed, result)
-    })
-    .await;
-    match written {
-        Ok((changed, Ok(saved))) => {
-            engine.endpoints_saved(&changed);
-            tracing::debug!(saved, "device endpoints saved");
-            saved
-        }
-        Ok((_, Err(e))) => {
-            tracing::warn!(error = %e, "device endpoints not saved; retrying later");
-            0
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "device endpoint save task failed");
-            0
-        }
-    }
 }
 
 /// The real TUN device with the platform addresses and a gateway address in each client pool

@@ -168,6 +168,7 @@ async fn auth_token_timeout_is_honoured() {
     let (status, sims) = short.get("/v1/sims").await;
     expect_status(status, &sims, StatusCode::OK);
 
+    // The sleep is the behaviour under test: the token's one-second lifetime runs out.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let (status, error) = short.get("/v1/sims").await;
     assert_error(status, &error, StatusCode::UNAUTHORIZED);

@@ -71,6 +71,19 @@ fn now_ms() -> i64 {
         .as_millis() as i64
 }
 
+/// Waits until the wall clock (UNIX ms, arcd's clock too) is past `ms`, so that what arcd writes
+/// next carries a later time than one the test recorded.
+async fn wait_for_clock_past(ms: i64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while now_ms() <= ms {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the clock does not pass {ms}"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 fn sim_id(sim: &Value) -> String {
     text(sim, "/simId").to_string()
 }
@@ -619,7 +632,7 @@ async fn create_arc_session_recreates_the_session_each_time() {
     let mut previous_updated = sim["arcSessionStatus"]["lastUpdatedAt"].as_i64().unwrap();
 
     for _ in 0..2 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        wait_for_clock_past(previous_updated).await;
         let (status, body) = api.post(&path, json!({})).await;
         expect_status(status, &body, StatusCode::OK);
         conforms("post", "/sims/{sim_id}/sessions/arc", status, &body);
@@ -702,7 +715,7 @@ async fn delete_session_replaces_the_session_and_records_events() {
     let imsi = virtual_imsi(&sim);
     let old_session = session_id(&sim);
     let old_updated = sim["sessionStatus"]["lastUpdatedAt"].as_i64().unwrap();
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    wait_for_clock_past(old_updated).await;
 
     let (status, body) = api
         .post_empty(&format!("/v1/sims/{id}/delete_session"))
@@ -1293,7 +1306,7 @@ async fn session_events_are_newest_first_paged_and_filtered_by_time() {
     let created_at = created["time"].as_i64().expect("time");
     assert!((created_at - now_ms()).abs() < 60_000, "time is UNIX ms");
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    wait_for_clock_past(created_at).await;
     let (status, body) = api
         .post_empty(&format!("/v1/sims/{id}/delete_session"))
         .await;

@@ -936,6 +936,7 @@ async fn missing_wrong_and_expired_tokens_are_401() {
     let (status, body) = expiring[0].get(&format!("/v1/sims/{sim_id}")).await;
     assert_eq!(status, StatusCode::OK, "fresh short token works: {body}");
     let before = snapshot(&server, &api, &[&sim_id]).await;
+    // The sleep is the behaviour under test: the tokens' one-second lifetime runs out.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for (i, expired) in expiring.iter().enumerate() {
         let what = format!("expired token {i}");

@@ -201,7 +201,7 @@ struct GeneratedAuthKey {
 
 pub async fn generate_auth_key(
     State(state): State<SharedState>,
-    Extension(operator): Extension<Operator>,
+    operator: Operator,
     Path(operator_id): Path<String>,
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
@@ -219,7 +219,7 @@ pub async fn generate_auth_key(
 
 pub async fn list_auth_keys(
     State(state): State<SharedState>,
-    Extension(operator): Extension<Operator>,
+    operator: Operator,
     Path(operator_id): Path<String>,
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
@@ -232,7 +232,7 @@ pub async fn list_auth_keys(
 
 pub async fn delete_auth_key(
     State(state): State<SharedState>,
-    Extension(operator): Extension<Operator>,
+    operator: Operator,
     Path((operator_id, auth_key_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     own_operator(&operator, &operator_id)?;
@@ -251,7 +251,7 @@ pub async fn delete_auth_key(
 /// operator's other tokens keep working.
 pub async fn logout(
     State(state): State<SharedState>,
-    Extension(operator): Extension<Operator>,
+    operator: Operator,
     Extension(signed_in): Extension<SignedIn>,
 ) -> Result<StatusCode, ApiError> {
     let revoked = signed_in.clone();

@@ -8,13 +8,14 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use parking_lot::Mutex;
 
 use super::error::ApiError;
 use crate::config::ApiConfig;
@@ -49,23 +50,16 @@ impl AuthFailureLimiter {
         ))
     }
 
-    fn sources(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Window>> {
-        // The map holds only counters: a panic elsewhere cannot leave it inconsistent.
-        self.sources
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     /// Time until `source` may try again, when it is limited now.
     pub fn blocked_for(&self, source: IpAddr, now: Instant) -> Option<Duration> {
-        let sources = self.sources();
+        let sources = self.sources.lock();
         let window = sources.get(&source)?;
         let ends = window.started + self.window;
         (window.failures >= self.limit && now < ends).then(|| ends - now)
     }
 
     pub fn record_failure(&self, source: IpAddr, now: Instant) {
-        let mut sources = self.sources();
+        let mut sources = self.sources.lock();
         if !sources.contains_key(&source) && sources.len() >= MAX_SOURCES {
             let window = self.window;
             sources.retain(|_, w| now.duration_since(w.started) < window);
@@ -94,7 +88,7 @@ impl AuthFailureLimiter {
 
     #[cfg(test)]
     fn tracked_sources(&self) -> usize {
-        self.sources().len()
+        self.sources.lock().len()
     }
 }
 

@@ -13,28 +13,26 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Extension, Router};
 use serde::Serialize;
 
 use super::extract::{Path, QueryParams};
+use super::routes::{delete, get, Route};
 use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 
-/// The six operations, merged into the authenticated `/v1` router.
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/data/resources", get(list_resources))
-        .route("/data/{resource_type}/{resource_id}", get(get_entries))
-        .route(
-            "/data/{resource_type}/{resource_id}/{time}",
-            get(get_entry).delete(delete_entry),
-        )
-        .route("/sims/{sim_id}/data", get(get_from_sim))
-        .route("/subscribers/{imsi}/data", get(get_from_subscriber))
+/// The six operations, part of the authenticated `/v1` route table.
+pub fn routes() -> Vec<Route> {
+    vec![
+        get("/data/resources", list_resources),
+        get("/data/{resource_type}/{resource_id}", get_entries),
+        get("/data/{resource_type}/{resource_id}/{time}", get_entry),
+        delete("/data/{resource_type}/{resource_id}/{time}", delete_entry),
+        get("/sims/{sim_id}/data", get_from_sim),
+        get("/subscribers/{imsi}/data", get_from_subscriber),
+    ]
 }
 
 /// `resource_type` values of the official API.
@@ -167,7 +165,7 @@ async fn entries_page(
 
 pub async fn get_entries(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id)): Path<(String, String)>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -178,7 +176,7 @@ pub async fn get_entries(
 
 pub async fn get_from_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -190,7 +188,7 @@ pub async fn get_from_sim(
 /// An unknown IMSI (or another operator's) has no data: an empty list, as for `getDataEntries`.
 pub async fn get_from_subscriber(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(imsi): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -204,7 +202,7 @@ pub async fn get_from_subscriber(
 
 pub async fn get_entry(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id, time)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let scope = scope_of(resource_type, resource_id)?;
@@ -218,7 +216,7 @@ pub async fn get_entry(
 /// Deletes every entry of the resource at that millisecond.
 pub async fn delete_entry(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((resource_type, resource_id, time)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     let scope = scope_of(resource_type, resource_id)?;
@@ -231,7 +229,7 @@ pub async fn delete_entry(
 
 pub async fn list_resources(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
@@ -49,7 +48,7 @@ pub struct CreateGroupRequest {
 
 pub async fn create(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     body: JsonBody<CreateGroupRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{} or {"tags":{...},"configuration":{...}}"#)?;
@@ -66,7 +65,7 @@ pub async fn create(
 
 pub async fn list(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;
@@ -89,7 +88,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(group_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let group = state
@@ -100,7 +99,7 @@ pub async fn get(
 
 pub async fn delete(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(group_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -117,7 +116,7 @@ pub struct ConfigurationUpdate {
 
 pub async fn put_configuration(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((group_id, namespace)): Path<(String, String)>,
     body: JsonBody<Vec<ConfigurationUpdate>>,
 ) -> Result<Response, ApiError> {
@@ -140,7 +139,7 @@ pub async fn put_configuration(
 
 pub async fn delete_configuration(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((group_id, namespace, name)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -155,7 +154,7 @@ pub async fn delete_configuration(
 
 pub async fn list_subscribers(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(group_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {

@@ -1,6 +1,5 @@
 //! The SORACOM-compatible `/v1` API (plus arcd's marked extensions) on axum over hyper 1.
 
-mod arcd;
 mod auth;
 mod auth_limit;
 mod data;
@@ -8,9 +7,13 @@ mod error;
 mod extract;
 mod groups;
 mod host_header;
+mod iot_sims;
 pub(crate) mod leading_slashes;
+mod openapi;
+mod operator;
 mod rendezvous_points;
 mod request_body;
+mod routes;
 mod sims;
 mod strict_json;
 mod tokens;
@@ -25,11 +28,12 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
+use axum::routing::get;
 use axum::Router;
 
-pub(crate) use arcd::OPENAPI;
 pub use error::ApiError;
+pub(crate) use openapi::OPENAPI;
+pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
 use crate::dataplane::PeerChanges;
@@ -41,10 +45,12 @@ pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub policy: SessionPolicy,
-    pub peers: PeerChanges,
+    /// Committed peer changes on their way to the data plane (see `write_notifying`).
+    pub peer_changes: PeerChanges,
     pub tokens: tokens::Tokens,
-    /// Live per-session state from the data plane (handshakes, endpoints, bytes).
-    pub live: Arc<crate::dataplane::engine::Engine>,
+    /// The data plane's engine, read for live per-session figures (handshakes, endpoints,
+    /// bytes); never written from the API.
+    pub engine: Arc<crate::dataplane::engine::Engine>,
     /// Applies committed VPG changes to the data plane and the host's routes.
     pub vpg_plane: Arc<crate::dataplane::vpg_plane::VpgPlane>,
 }
@@ -76,15 +82,13 @@ impl AppState {
         work: impl FnOnce(&Transaction) -> store::Result<T> + Send + 'static,
         changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let peers = self.peers.clone();
-        self.db(move |store| store.write_then(work, |value| peers.send_all(changes_of(value))))
-            .await
+        let peer_changes = self.peer_changes.clone();
+        self.db(move |store| {
+            store.write_then(work, |value| peer_changes.send_all(changes_of(value)))
+        })
+        .await
     }
 }
-
-/// The caller's operator, set by the auth middleware on every `/v1` call except `POST /v1/auth`.
-#[derive(Clone, Debug)]
-pub struct Operator(pub String);
 
 /// Coverage (`jp` or `g`) of the request, chosen by its Host header.
 pub fn request_coverage(config: &Config, headers: &HeaderMap) -> Coverage {
@@ -94,111 +98,35 @@ pub fn request_coverage(config: &Config, headers: &HeaderMap) -> Coverage {
     config.coverage_for_host(host)
 }
 
-pub fn router(state: SharedState) -> Router {
-    let authenticated = Router::new()
-        .route(
-            "/operators/{operator_id}/auth_keys",
-            post(auth::generate_auth_key).get(auth::list_auth_keys),
-        )
-        .route(
-            "/operators/{operator_id}/auth_keys/{auth_key_id}",
-            delete(auth::delete_auth_key),
-        )
-        .route("/auth/logout", post(auth::logout))
-        .route("/sims", post(sims::create_sim).get(sims::list_sims))
-        .route("/query/sims", get(sims::search_sims))
-        .route("/sims/{sim_id}", get(sims::get_sim))
-        .route(
-            "/sims/{sim_id}/sessions/arc",
-            post(sims::create_arc_session),
-        )
-        .route(
-            "/sims/{sim_id}/credentials/arc",
-            put(sims::renew_credentials)
-                .post(sims::attach_credentials)
-                .delete(sims::remove_credentials),
-        )
-        .route("/sims/{sim_id}/delete_session", post(sims::delete_session))
-        .route("/sims/{sim_id}/terminate", post(sims::terminate))
-        .route(
-            "/sims/{sim_id}/enable_termination",
-            post(sims::enable_termination),
-        )
-        .route(
-            "/sims/{sim_id}/disable_termination",
-            post(sims::disable_termination),
-        )
-        .route("/sims/{sim_id}/activate", post(sims::activate))
-        .route("/sims/{sim_id}/deactivate", post(sims::deactivate))
-        .route("/sims/{sim_id}/suspend", post(sims::suspend))
-        .route("/sims/{sim_id}/set_group", post(sims::set_group))
-        .route("/sims/{sim_id}/unset_group", post(sims::unset_group))
-        .route("/sims/{sim_id}/tags", put(sims::put_tags))
-        .route("/sims/{sim_id}/tags/{tag_name}", delete(sims::delete_tag))
-        .route(
-            "/sims/{sim_id}/events/sessions",
-            get(sims::list_session_events),
-        )
-        .route(
-            "/sims/{sim_id}/profiles/{iccid}/add_subscription",
-            post(sims::add_subscription),
-        )
-        .route(
-            "/sims/{sim_id}/profiles/{iccid}/subscribers/{imsi}/terminate",
-            post(sims::terminate_subscription),
-        )
-        .route("/groups", post(groups::create).get(groups::list))
-        .route(
-            "/groups/{group_id}",
-            get(groups::get).delete(groups::delete),
-        )
-        .route(
-            "/groups/{group_id}/configuration/{namespace}",
-            put(groups::put_configuration),
-        )
-        .route(
-            "/groups/{group_id}/configuration/{namespace}/{name}",
-            delete(groups::delete_configuration),
-        )
-        .route(
-            "/groups/{group_id}/subscribers",
-            get(groups::list_subscribers),
-        )
-        .route(
-            "/virtual_private_gateways",
-            post(vpgs::create).get(vpgs::list),
-        )
-        .route("/virtual_private_gateways/{vpg_id}", get(vpgs::get))
-        .route(
-            "/virtual_private_gateways/{vpg_id}/terminate",
-            post(vpgs::terminate),
-        )
-        .route(
-            "/arcd/virtual_private_gateways/{vpg_id}/device_to_device",
-            put(vpgs::set_device_to_device),
-        )
-        .route("/arcd/iot_sims", post(arcd::import_iot_sims))
-        .route("/arcd/rendezvous_points", get(rendezvous_points::list))
-        .merge(data::routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_token,
-        ));
+/// Every `/v1` operation the router serves, as (method in lower case, path under `/v1` as
+/// `openapi.yaml` writes it), from the same table `router` is built from.
+pub fn operations() -> Vec<(&'static str, &'static str)> {
+    let unused_limiter = std::sync::Arc::new(auth_limit::AuthFailureLimiter::new(
+        1,
+        std::time::Duration::ZERO,
+    ));
+    routes::sign_in(unused_limiter)
+        .into_iter()
+        .chain(routes::authenticated())
+        .map(|r| (r.verb.name(), r.path))
+        .collect()
+}
 
-    let v1 = Router::new()
-        .route(
-            "/auth",
-            post(auth::auth).layer(middleware::from_fn_with_state(
-                auth_limit::AuthFailureLimiter::from_config(&state.config.api),
-                auth_limit::limit_failures,
-            )),
-        )
+/// The whole HTTP surface: the `/v1` operations of `routes.rs` (every `/v1` route belongs in its
+/// table, which the route-set test compares with `openapi.yaml`), `/openapi.yaml` and the web
+/// page, with the layers every request passes.
+pub fn router(state: SharedState) -> Router {
+    let authenticated = routes::into_router(routes::authenticated()).route_layer(
+        middleware::from_fn_with_state(state.clone(), auth::require_token),
+    );
+    let limiter = auth_limit::AuthFailureLimiter::from_config(&state.config.api);
+    let v1 = routes::into_router(routes::sign_in(limiter))
         .merge(authenticated)
         .method_not_allowed_fallback(method_not_allowed);
 
     Router::new()
         .nest("/v1", v1)
-        .route("/openapi.yaml", get(arcd::openapi))
+        .route("/openapi.yaml", get(openapi::openapi))
         .merge(web::routes())
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(

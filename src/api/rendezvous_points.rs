@@ -7,7 +7,6 @@ use std::time::SystemTime;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::Extension;
 use serde::Serialize;
 
 use super::{json, ApiError, Operator, SharedState};
@@ -43,7 +42,7 @@ fn is_online(peer: &PeerSnapshot, now: SystemTime) -> bool {
 
 pub async fn list(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
 ) -> Result<Response, ApiError> {
     let config = state.config.clone();
     let records = state
@@ -68,17 +67,17 @@ pub async fn list(
         .map(|((rp, imsis), configured)| {
             // Live figures of the caller's peers still on this listener (a peer being moved to
             // another rendezvous point counts where the data plane has it).
-            let peers: Vec<PeerSnapshot> = imsis
+            let snapshots: Vec<PeerSnapshot> = imsis
                 .iter()
-                .filter_map(|imsi| state.live.snapshot(imsi, now))
+                .filter_map(|imsi| state.engine.snapshot(imsi, now))
                 .filter(|peer| peer.rp_id == rp.rp_id)
                 .collect();
             RendezvousPointView {
                 display_name: configured.display_name().to_string(),
                 sessions: imsis.len() as u64,
-                online_devices: peers.iter().filter(|p| is_online(p, now)).count() as u64,
-                rx_bytes: peers.iter().map(|p| p.rx_bytes).sum(),
-                tx_bytes: peers.iter().map(|p| p.tx_bytes).sum(),
+                online_devices: snapshots.iter().filter(|p| is_online(p, now)).count() as u64,
+                rx_bytes: snapshots.iter().map(|p| p.rx_bytes).sum(),
+                tx_bytes: snapshots.iter().map(|p| p.tx_bytes).sum(),
                 rendezvous_point_id: rp.rp_id,
                 endpoint: rp.endpoint,
                 public_key: rp.public_key,

@@ -4,7 +4,6 @@
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{non_null, JsonBody, Path, QueryParams};
@@ -26,7 +25,7 @@ pub struct CreateSimRequest {
 
 pub async fn create_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     headers: HeaderMap,
     body: JsonBody<CreateSimRequest>,
 ) -> Result<Response, ApiError> {
@@ -58,7 +57,7 @@ pub async fn create_sim(
             iccid: &created.sim.sim_id,
             private_key: &created.private_key,
         }),
-        &state.live,
+        &state.engine,
     );
     tracing::info!(sim_id = %created.sim.sim_id, "virtual SIM created");
     Ok(json(StatusCode::CREATED, &view))
@@ -66,13 +65,18 @@ pub async fn create_sim(
 
 pub async fn get_sim(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let sim = state
         .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
+}
+
+/// 200 with the SIM as the official `Sim` (live session figures from the data plane).
+fn sim_response(state: &AppState, sim: &SimRecord) -> Response {
+    json(StatusCode::OK, &views::sim(sim, None, &state.engine))
 }
 
 /// Responds with one page, fetched with one extra row to know whether another page follows.
@@ -81,14 +85,14 @@ pub(super) fn sim_page(state: &AppState, path: &str, page: Vec<SimRecord>, limit
         page,
         limit,
         |s| s.sim_id.clone(),
-        |s| views::sim(s, None, &state.live),
+        |s| views::sim(s, None, &state.engine),
         path,
     )
 }
 
 pub async fn list_sims(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;
@@ -103,11 +107,28 @@ pub async fn list_sims(
 
 pub async fn search_sims(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_at_most(10, 100)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
+    let filter = search_filter(&query)?;
+    let page = state
+        .db(move |store| {
+            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
+        })
+        .await?;
+    Ok(sim_page(
+        &state,
+        &page_url("/v1/query/sims", &query),
+        page,
+        limit,
+    ))
+}
+
+/// The `searchSims` filter from the query: each parameter's values, the session state and
+/// whether all or any parameter must match; 400 for too many values or too short ones.
+fn search_filter(query: &QueryParams) -> Result<SimQuery, ApiError> {
     let session_online = match query.choice("session_status", &["NA", "ONLINE", "OFFLINE"])? {
         Some("ONLINE") => Some(true),
         Some("OFFLINE") => Some(false),
@@ -148,17 +169,7 @@ pub async fn search_sims(
             "search values of name, sim_id, imsi, msisdn, tag, iccid and group need at least 2 characters",
         ));
     }
-    let page = state
-        .db(move |store| {
-            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
-        })
-        .await?;
-    Ok(sim_page(
-        &state,
-        &page_url("/v1/query/sims", &query),
-        page,
-        limit,
-    ))
+    Ok(filter)
 }
 
 /// Most values one search parameter of `searchSims` may list (comma-separated or repeated). Each
@@ -208,21 +219,12 @@ pub struct EmptyObject {}
 
 pub async fn create_arc_session(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
     body.required("{}")?;
-    let policy = state.policy.clone();
-    let (_, sim) = state
-        .write_notifying(
-            move |tx| {
-                let session = sessions::recreate(tx, &operator, &sim_id, &policy, false)?;
-                Ok((session, sims::get(tx, &operator, &sim_id)?))
-            },
-            |(session, _)| vec![PeerChange::Upsert(session.clone())],
-        )
-        .await?;
+    let sim = recreate_session(&state, operator, sim_id, false).await?;
     let status = views::arc_session_status(&sim).ok_or_else(ApiError::internal)?;
     Ok(json(
         StatusCode::OK,
@@ -232,20 +234,33 @@ pub async fn create_arc_session(
 
 pub async fn delete_session(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let sim = recreate_session(&state, operator, sim_id, true).await?;
+    Ok(sim_response(&state, &sim))
+}
+
+/// A new session for the SIM (`sessions::recreate`; `require_existing` as there), sent to the
+/// data plane once committed; returns the SIM as it is now.
+async fn recreate_session(
+    state: &AppState,
+    operator: String,
+    sim_id: String,
+    require_existing: bool,
+) -> Result<SimRecord, ApiError> {
     let policy = state.policy.clone();
     let (_, sim) = state
         .write_notifying(
             move |tx| {
-                let session = sessions::recreate(tx, &operator, &sim_id, &policy, true)?;
+                let session =
+                    sessions::recreate(tx, &operator, &sim_id, &policy, require_existing)?;
                 Ok((session, sims::get(tx, &operator, &sim_id)?))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim)
 }
 
 #[derive(Deserialize)]
@@ -263,10 +278,12 @@ struct CredentialsResponse {
     arc_client_peer_private_key: Option<String>,
 }
 
-async fn attach_or_renew(
-    state: SharedState,
-    operator: String,
-    sim_id: String,
+/// `renewArcCredentials`, and `attachArcCredentials` (deprecated in the official API), which
+/// behaves the same so an old key never keeps working.
+pub async fn renew_credentials(
+    State(state): State<SharedState>,
+    Operator(operator): Operator,
+    Path(sim_id): Path<String>,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{} or {"arcClientPeerPublicKey":"..."}"#)?;
@@ -297,28 +314,9 @@ async fn attach_or_renew(
     ))
 }
 
-pub async fn renew_credentials(
-    State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
-    Path(sim_id): Path<String>,
-    body: JsonBody<CredentialsRequest>,
-) -> Result<Response, ApiError> {
-    attach_or_renew(state, operator, sim_id, body).await
-}
-
-/// Deprecated in the official API; behaves as renew so an old key never keeps working.
-pub async fn attach_credentials(
-    State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
-    Path(sim_id): Path<String>,
-    body: JsonBody<CredentialsRequest>,
-) -> Result<Response, ApiError> {
-    attach_or_renew(state, operator, sim_id, body).await
-}
-
 pub async fn remove_credentials(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -332,7 +330,7 @@ pub async fn remove_credentials(
 
 pub async fn terminate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
@@ -342,7 +340,7 @@ pub async fn terminate(
         )
         .await?;
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
 }
 
 async fn termination(
@@ -356,12 +354,12 @@ async fn termination(
             store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
         })
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn enable_termination(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, true).await
@@ -369,7 +367,7 @@ pub async fn enable_termination(
 
 pub async fn disable_termination(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, false).await
@@ -384,12 +382,12 @@ async fn change_status(
     let sim = state
         .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn activate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Activate).await
@@ -397,7 +395,7 @@ pub async fn activate(
 
 pub async fn deactivate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Deactivate).await
@@ -405,7 +403,7 @@ pub async fn deactivate(
 
 pub async fn suspend(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Suspend).await
@@ -429,12 +427,12 @@ async fn move_to_group(
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn set_group(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<SetGroupRequest>,
 ) -> Result<Response, ApiError> {
@@ -444,7 +442,7 @@ pub async fn set_group(
 
 pub async fn unset_group(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
 ) -> Result<Response, ApiError> {
     move_to_group(state, operator, sim_id, None).await
@@ -459,7 +457,7 @@ pub struct TagUpdate {
 
 pub async fn put_tags(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     body: JsonBody<Vec<TagUpdate>>,
 ) -> Result<Response, ApiError> {
@@ -474,12 +472,12 @@ pub async fn put_tags(
     let sim = state
         .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
         .await?;
-    Ok(json(StatusCode::OK, &views::sim(&sim, None, &state.live)))
+    Ok(sim_response(&state, &sim))
 }
 
 pub async fn delete_tag(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, tag_name)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
@@ -490,7 +488,7 @@ pub async fn delete_tag(
 
 pub async fn list_session_events(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(sim_id): Path<String>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -545,7 +543,7 @@ fn valid_ota_tag(tag: &str) -> bool {
 
 pub async fn add_subscription(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, iccid)): Path<(String, String)>,
     body: JsonBody<AddSubscriptionRequest>,
 ) -> Result<Response, ApiError> {
@@ -571,14 +569,14 @@ pub async fn add_subscription(
         )
         .await?;
     tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
-    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.live)
+    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.engine)
         .ok_or_else(ApiError::internal)?;
     Ok(json(StatusCode::OK, &profile))
 }
 
 pub async fn terminate_subscription(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path((sim_id, iccid, imsi)): Path<(String, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state

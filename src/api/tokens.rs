@@ -7,7 +7,9 @@
 //! the signing key and the logout list are in the store.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
+
+use parking_lot::RwLock;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -45,7 +47,7 @@ struct Loaded {
 #[derive(Default)]
 struct AuthKeys {
     /// Auth keys known to exist -> their operator.
-    live: HashMap<String, String>,
+    existing: HashMap<String, String>,
     /// Auth keys this process deleted. Ids are random and never reused, so a deleted id stays
     /// dead; remembering it stops a check that read the key just before its deletion from
     /// caching it again afterwards.
@@ -96,7 +98,7 @@ impl Tokens {
         let loaded = self.loaded.get()?;
         let payload = format!("{}:{}:{}", key.operator_id, key.auth_key_id, expires_at_ms);
         let signature = hmac::sign(&loaded.key, &signed_bytes(api_key, &payload));
-        self.remember_live_key(&key.auth_key_id, &key.operator_id);
+        self.remember_existing_key(&key.auth_key_id, &key.operator_id);
         Some(format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(payload),
@@ -112,11 +114,11 @@ impl Tokens {
             Ok(claims) => claims,
             Err(answer) => return Some(answer),
         };
-        let auth_keys = self.auth_keys.read().unwrap_or_else(|p| p.into_inner());
+        let auth_keys = self.auth_keys.read();
         if auth_keys.deleted.contains(&claims.auth_key_id) {
             return Some(TokenCheck::Invalid);
         }
-        match auth_keys.live.get(&claims.auth_key_id) {
+        match auth_keys.existing.get(&claims.auth_key_id) {
             Some(operator_id) if *operator_id == claims.operator_id => {
                 Some(TokenCheck::Valid(claims))
             }
@@ -146,7 +148,7 @@ impl Tokens {
         let owner = store.read(|conn| operators::auth_key_operator(conn, &claims.auth_key_id))?;
         match owner {
             Some(operator_id) if operator_id == claims.operator_id => {
-                if self.remember_live_key(&claims.auth_key_id, &operator_id) {
+                if self.remember_existing_key(&claims.auth_key_id, &operator_id) {
                     Ok(TokenCheck::Valid(claims))
                 } else {
                     Ok(TokenCheck::Invalid)
@@ -159,8 +161,8 @@ impl Tokens {
     /// Forgets a deleted auth key: its tokens are refused from the next request on. Call after
     /// the deletion committed.
     pub fn auth_key_deleted(&self, auth_key_id: &str) {
-        let mut auth_keys = self.auth_keys.write().unwrap_or_else(|p| p.into_inner());
-        auth_keys.live.remove(auth_key_id);
+        let mut auth_keys = self.auth_keys.write();
+        auth_keys.existing.remove(auth_key_id);
         auth_keys.deleted.insert(auth_key_id.to_string());
     }
 
@@ -170,7 +172,7 @@ impl Tokens {
             return;
         };
         let now = now_ms();
-        let mut revoked = loaded.revoked.write().unwrap_or_else(|p| p.into_inner());
+        let mut revoked = loaded.revoked.write();
         revoked.retain(|_, expiry| *expiry > now);
         revoked.insert(api_key.to_string(), expires_at_ms);
     }
@@ -181,7 +183,7 @@ impl Tokens {
         if last_used_at_ms.is_some_and(|at| now - at < TOUCH_INTERVAL_MS) {
             return false;
         }
-        let mut touched = self.touched.write().unwrap_or_else(|p| p.into_inner());
+        let mut touched = self.touched.write();
         if touched
             .get(auth_key_id)
             .is_some_and(|at| now - at < TOUCH_INTERVAL_MS)
@@ -196,13 +198,13 @@ impl Tokens {
     }
 
     /// `false` when the key was deleted meanwhile (then it is not remembered).
-    fn remember_live_key(&self, auth_key_id: &str, operator_id: &str) -> bool {
-        let mut auth_keys = self.auth_keys.write().unwrap_or_else(|p| p.into_inner());
+    fn remember_existing_key(&self, auth_key_id: &str, operator_id: &str) -> bool {
+        let mut auth_keys = self.auth_keys.write();
         if auth_keys.deleted.contains(auth_key_id) {
             return false;
         }
         auth_keys
-            .live
+            .existing
             .insert(auth_key_id.to_string(), operator_id.to_string());
         true
     }
@@ -232,7 +234,7 @@ impl Tokens {
             return Err(TokenCheck::Invalid);
         };
         let expires_at_ms: i64 = expiry.parse().map_err(|_| TokenCheck::Invalid)?;
-        let revoked = loaded.revoked.read().unwrap_or_else(|p| p.into_inner());
+        let revoked = loaded.revoked.read();
         if revoked.contains_key(api_key) {
             return Err(TokenCheck::Invalid);
         }

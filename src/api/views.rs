@@ -194,23 +194,23 @@ pub struct ArcdSessionStats {
     pub tx_bytes: u64,
 }
 
-fn session_stats(live: &PeerSnapshot) -> ArcdSessionStats {
-    let since = live
+fn session_stats(snapshot: &PeerSnapshot) -> ArcdSessionStats {
+    let since = snapshot
         .last_handshake
         .and_then(|at| SystemTime::now().duration_since(at).ok());
     ArcdSessionStats {
         device_online: since.is_some_and(|d| d < ONLINE_WINDOW),
-        last_handshake_at: live
+        last_handshake_at: snapshot
             .last_handshake
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map(|d| d.as_millis() as i64),
-        device_endpoint: live.endpoint.map(|e| e.to_string()),
-        rx_bytes: live.rx_bytes,
-        tx_bytes: live.tx_bytes,
+        device_endpoint: snapshot.endpoint.map(|e| e.to_string()),
+        rx_bytes: snapshot.rx_bytes,
+        tx_bytes: snapshot.tx_bytes,
     }
 }
 
-pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Engine) -> Sim {
+pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine) -> Sim {
     let primary_imsi = record.primary_imsi().unwrap_or_default().to_string();
     let mut profiles: BTreeMap<String, SimProfile> = BTreeMap::new();
     for sub in &record.subscribers {
@@ -263,7 +263,7 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Engine) 
         arcd_session_stats: record
             .session
             .as_ref()
-            .and_then(|session| live.snapshot(&session.imsi, SystemTime::now()))
+            .and_then(|session| engine.snapshot(&session.imsi, SystemTime::now()))
             .map(|snapshot| session_stats(&snapshot)),
         termination_enabled: record.termination_enabled,
         created_time: record.created_at,
@@ -362,9 +362,9 @@ pub fn profile_of(
     record: &SimRecord,
     iccid: &str,
     private_key: &str,
-    live: &Engine,
+    engine: &Engine,
 ) -> Option<SimProfile> {
-    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }), live);
+    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }), engine);
     view.profiles.remove(iccid)
 }
 
@@ -412,13 +412,19 @@ pub struct Group {
     pub last_modified_time: i64,
 }
 
-pub fn group(g: &GroupRecord) -> Group {
-    let mut tags = g.tags.clone();
+/// Tags as the official Group and VirtualPrivateGateway show them: `name` is always there
+/// (empty when never set).
+fn tags_with_name(tags: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut tags = tags.clone();
     tags.entry("name".into()).or_default();
+    tags
+}
+
+pub fn group(g: &GroupRecord) -> Group {
     Group {
         group_id: g.group_id.clone(),
         operator_id: g.operator_id.clone(),
-        tags,
+        tags: tags_with_name(&g.tags),
         configuration: g.configuration.clone(),
         created_time: g.created_at,
         last_modified_time: g.last_modified_at,
@@ -471,8 +477,6 @@ pub struct Vpg {
 }
 
 pub fn vpg(v: &VpgRecord) -> Vpg {
-    let mut tags = v.tags.clone();
-    tags.entry("name".into()).or_default();
     Vpg {
         vpg_id: v.vpg_id.clone(),
         operator_id: v.operator_id.clone(),
@@ -482,7 +486,7 @@ pub fn vpg(v: &VpgRecord) -> Vpg {
         device_subnet_cidr_range: v.device_subnet.to_string(),
         ue_subnet_cidr_range: v.device_subnet.to_string(),
         use_internet_gateway: v.use_internet_gateway,
-        tags,
+        tags: tags_with_name(&v.tags),
         // Counted from the store at the time of the request.
         session_stats: VpgSessionStats {
             online: v.online_sessions,

@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use serde::Deserialize;
 
 use super::extract::{non_null, JsonBody, Path, QueryParams};
@@ -60,7 +59,7 @@ fn default_region(coverage: Coverage) -> &'static str {
 
 pub async fn create(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     headers: HeaderMap,
     body: JsonBody<CreateVpgRequest>,
 ) -> Result<Response, ApiError> {
@@ -110,7 +109,7 @@ fn tag_filter(query: &QueryParams) -> Result<Option<TagFilter>, ApiError> {
 
 pub async fn list(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;
@@ -133,7 +132,7 @@ pub async fn list(
 
 pub async fn get(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(vpg_id): Path<String>,
 ) -> Result<Response, ApiError> {
     let vpg = state
@@ -144,7 +143,7 @@ pub async fn get(
 
 pub async fn terminate(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(vpg_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let plane = state.vpg_plane.clone();
@@ -171,7 +170,7 @@ pub struct DeviceToDevice {
 /// arcd extension: `PUT /v1/arcd/virtual_private_gateways/{vpg_id}/device_to_device`.
 pub async fn set_device_to_device(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     Path(vpg_id): Path<String>,
     body: JsonBody<DeviceToDevice>,
 ) -> Result<Response, ApiError> {

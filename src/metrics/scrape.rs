@@ -76,8 +76,8 @@ impl Collector for ArcdCollector {
         let mut sessions = Vec::new();
         let mut online = Vec::new();
         for rp in &rps {
-            let peers = self.engine.snapshots(rp, now);
-            let up = peers
+            let snapshots = self.engine.snapshots(rp, now);
+            let up = snapshots
                 .iter()
                 .filter(|p| {
                     p.last_handshake
@@ -85,7 +85,7 @@ impl Collector for ArcdCollector {
                         .is_some_and(|age| age < ONLINE_WINDOW)
                 })
                 .count();
-            sessions.push((vec![("rendezvous_point", *rp)], peers.len() as u64));
+            sessions.push((vec![("rendezvous_point", *rp)], snapshots.len() as u64));
             online.push((vec![("rendezvous_point", *rp)], up as u64));
         }
         family(

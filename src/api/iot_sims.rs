@@ -1,9 +1,9 @@
-//! arcd's own additions, kept apart from the official surface: IoT SIM import and the OpenAPI file.
+//! `POST /v1/arcd/iot_sims`: arcd's own import of IoT SIMs (an extension, outside the official
+//! surface).
 
 use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::Extension;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
 
 use super::extract::JsonBody;
 use super::{json, request_coverage, views, ApiError, Operator, SharedState};
@@ -18,7 +18,7 @@ pub const MAX_IMPORT_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 pub async fn import_iot_sims(
     State(state): State<SharedState>,
-    Extension(Operator(operator)): Extension<Operator>,
+    Operator(operator): Operator,
     headers: HeaderMap,
     body: JsonBody<Vec<IotSimImport>, MAX_IMPORT_BODY_BYTES>,
 ) -> Result<Response, ApiError> {
@@ -45,13 +45,7 @@ pub async fn import_iot_sims(
         .await??;
     let body: Vec<views::Sim> = sims
         .iter()
-        .map(|s| views::sim(s, None, &state.live))
+        .map(|s| views::sim(s, None, &state.engine))
         .collect();
     Ok(json(StatusCode::CREATED, &body))
-}
-
-pub(crate) const OPENAPI: &str = include_str!("../../openapi.yaml");
-
-pub async fn openapi() -> Response {
-    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI).into_response()
 }
