@@ -172,11 +172,11 @@ fn random_key() -> [u8; 32] {
 
 /// A session as `store::sessions::list_active_sessions` returns it (same field shapes).
 fn session(i: usize, public_key: &[u8; 32], rp_id: &str) -> ActiveSession {
-    let imsi = format!("99999{:010}", i);
+    let imsi = arcd::ids::Imsi::new(format!("99999{:010}", i));
     ActiveSession {
         imsi: imsi.clone(),
         primary_imsi: imsi,
-        sim_id: format!("8942310000{:09}", i),
+        sim_id: format!("8942310000{:09}", i).into(),
         operator_id: "OP0000000001".into(),
         session_id: format!("{:032x}", rand::random::<u128>()),
         rp_id: rp_id.into(),
@@ -384,7 +384,7 @@ fn main() {
     let input = sessions.clone();
     let (rss_input, _) = rss_kib();
     // Dataplane::start: apply each of list_active_sessions(...) to the engine.
-    let engine = Engine::new(vec![Listener::new(RP, server_private)]);
+    let engine = Engine::new(vec![Listener::new(&RP.into(), server_private)]);
     let mut startup = Outbox::new();
     let (_, engine_wall, engine_cpu) = timed(|| {
         let now = Instant::now();
@@ -449,7 +449,7 @@ fn main() {
     drop(engine);
 
     // ---- The rate limiter, checked (see the module comment). --------------------------------
-    let probe = Engine::new(vec![Listener::new(RP, server_private)]);
+    let probe = Engine::new(vec![Listener::new(&RP.into(), server_private)]);
     let mut out = Outbox::new();
     for s in sessions.iter().take(ENGINE_LIMIT * 2) {
         probe.apply(&Applied::Added(s.clone()), Instant::now(), &mut out);
@@ -493,13 +493,13 @@ fn main() {
     let k = n_handshakes.div_ceil(PER_LISTENER).max(1);
     let spread = Engine::new(
         (0..k)
-            .map(|l| Listener::new(&format!("rp-{l}"), server_private))
+            .map(|l| Listener::new(&format!("rp-{l}").into(), server_private))
             .collect(),
     );
     let listener_of = |i: usize| i % k;
     for (i, s) in sessions.iter().enumerate() {
         let mut s = s.clone();
-        s.rp_id = format!("rp-{}", if i < n_handshakes { listener_of(i) } else { 0 });
+        s.rp_id = format!("rp-{}", if i < n_handshakes { listener_of(i) } else { 0 }).into();
         spread.apply(&Applied::Added(s), Instant::now(), &mut out);
     }
     assert_eq!(spread.peer_count(), n_sessions);
@@ -583,7 +583,7 @@ fn main() {
 
     // (B): one listener, under load: every initiation is refused with a cookie reply. A fresh
     // engine, so that (B) to (D) run well inside one 128-second cookie secret period.
-    let engine = Engine::new(vec![Listener::new(RP, server_private)]);
+    let engine = Engine::new(vec![Listener::new(&RP.into(), server_private)]);
     for s in &sessions {
         engine.apply(&Applied::Added(s.clone()), Instant::now(), &mut out);
     }

@@ -312,7 +312,7 @@ fn keep_replaced(db_path: &Path) -> Result<Option<PathBuf>, BackupError> {
 fn stale_credentials_warning(dir: &Path, db_path: &Path) -> Option<String> {
     let file = bootstrap::read_root_credentials(dir)?;
     let conn = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
-    let root: String = conn
+    let root: crate::ids::OperatorId = conn
         .query_row(
             "SELECT value FROM settings WHERE key = 'root_operator_id'",
             [],
@@ -350,7 +350,7 @@ mod tests {
     }
 
     /// A database with one operator at `path`; returns the operator's id.
-    fn database_with_operator(path: &Path) -> String {
+    fn database_with_operator(path: &Path) -> crate::ids::OperatorId {
         let store = Store::open(path).expect("open");
         store.write(operators::create_operator).expect("operator")
     }

@@ -3,6 +3,7 @@
 //! directory, checks the database and refuses to silently start over on a directory that has lived
 //! before (an emptied or replaced database would otherwise get a new root operator and new keys).
 
+use crate::ids::OperatorId;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -143,7 +144,7 @@ fn database_state(db_path: &Path) -> Option<&'static str> {
 #[derive(Serialize, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RootCredentials {
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub auth_key_id: String,
     pub auth_key: String,
 }

@@ -1,5 +1,6 @@
 //! The CLI commands' bodies: each opens the same store `serve` uses (WAL lets them run side by side).
 
+use crate::ids::OperatorId;
 use std::path::Path;
 
 use crate::bootstrap::{self, BootstrapError};
@@ -103,7 +104,7 @@ pub fn restore(config: &Config, input: &Path) -> Result<(), CommandError> {
 #[derive(serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 struct NewCredentials<'a> {
-    operator_id: &'a str,
+    operator_id: &'a OperatorId,
     auth_key_id: &'a str,
     auth_key: &'a str,
 }
@@ -130,7 +131,7 @@ pub fn create_operator(config: &Config) -> Result<(), CommandError> {
     Ok(())
 }
 
-pub fn create_auth_key(config: &Config, operator_id: &str) -> Result<(), CommandError> {
+pub fn create_auth_key(config: &Config, operator_id: &OperatorId) -> Result<(), CommandError> {
     let store = bootstrap::open_store(config)?;
     let key = store.write(|tx| operators::create_auth_key(tx, operator_id))?;
     print_json(&NewCredentials {
@@ -144,7 +145,7 @@ pub fn create_auth_key(config: &Config, operator_id: &str) -> Result<(), Command
 pub fn import_iot_sims(
     config: &Config,
     file: &Path,
-    operator_id: &str,
+    operator_id: &OperatorId,
 ) -> Result<(), CommandError> {
     let rows = iot_sim_csv::read(file)?;
     let store = bootstrap::open_store(config)?;

@@ -196,7 +196,8 @@ impl Default for Config {
             },
             egress: EgressConfig { masquerade: false },
             rendezvous_points: vec![RendezvousPointConfig {
-                id: "ap-northeast-1".into(),
+                id: crate::ids::RendezvousPointId::new("ap-northeast-1"),
+
                 name: None,
                 listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
                 endpoint: "127.0.0.1:11010".into(),

@@ -1,5 +1,10 @@
 //! Identifier formats (docs/ARCHITECTURE.md, "Identities and formats") and the secrets that go
-//! with them.
+//! with them; the id types themselves (`SimId`, `Imsi`, …) are in `typed.rs`.
+
+
+mod typed;
+
+pub use typed::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 
 use rand::distributions::Alphanumeric;
 use rand::Rng;
@@ -55,8 +60,8 @@ pub const VIRTUAL_IMSI_PREFIX: &str = "99999";
 pub const VIRTUAL_IMSI_CAPACITY: u64 = 9_999_999_999;
 
 /// 15-digit virtual IMSI: `99999` + 10 digits.
-pub fn virtual_imsi_from_sequence(sequence: u64) -> String {
-    format!("{VIRTUAL_IMSI_PREFIX}{sequence:010}")
+pub fn virtual_imsi_from_sequence(sequence: u64) -> Imsi {
+    Imsi::new(format!("{VIRTUAL_IMSI_PREFIX}{sequence:010}"))
 }
 
 fn random_alphanumeric(len: usize) -> String {
@@ -67,9 +72,9 @@ fn random_alphanumeric(len: usize) -> String {
         .collect()
 }
 
-pub fn new_operator_id() -> String {
+pub fn new_operator_id() -> OperatorId {
     let n: u64 = rand::thread_rng().gen_range(0..10_000_000_000);
-    format!("OP{n:010}")
+    OperatorId::new(format!("OP{n:010}"))
 }
 
 pub fn new_auth_key_id() -> String {
@@ -84,13 +89,13 @@ pub fn new_api_key() -> String {
     format!("api-{}", uuid::Uuid::new_v4())
 }
 
-pub fn new_group_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+pub fn new_group_id() -> GroupId {
+    GroupId::new(uuid::Uuid::new_v4().to_string())
 }
 
 /// VPG ids are random UUIDs (the official spec gives no format or example).
-pub fn new_vpg_id() -> String {
-    uuid::Uuid::new_v4().to_string()
+pub fn new_vpg_id() -> VpgId {
+    VpgId::new(uuid::Uuid::new_v4().to_string())
 }
 
 pub fn new_session_id() -> String {
@@ -137,7 +142,12 @@ mod tests {
     fn imsis_are_15_digits() {
         let imsi = virtual_imsi_from_sequence(7);
         assert_eq!(imsi, "999990000000007");
-        assert_eq!(virtual_imsi_from_sequence(VIRTUAL_IMSI_CAPACITY).len(), 15);
+        assert_eq!(
+            virtual_imsi_from_sequence(VIRTUAL_IMSI_CAPACITY)
+                .as_str()
+                .len(),
+            15
+        );
     }
 
     #[test]
@@ -147,7 +157,7 @@ mod tests {
         let secret = new_auth_key_secret();
         assert!(secret.starts_with("secret-") && secret.len() == 7 + 64);
         let op = new_operator_id();
-        assert!(op.starts_with("OP") && op.len() == 12);
+        assert!(op.as_str().starts_with("OP") && op.as_str().len() == 12);
         assert!(new_api_key().starts_with("api-"));
     }
 

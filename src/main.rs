@@ -5,6 +5,7 @@ use clap::Parser;
 use arcd::bootstrap::Reinitialize;
 use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand, ServeArgs};
 use arcd::config::{Config, LogFormat};
+use arcd::ids::OperatorId;
 
 /// Exit status for configuration errors, as scripts expect.
 const EXIT_CONFIG: u8 = 2;
@@ -34,10 +35,10 @@ fn main() -> ExitCode {
         }
         Command::Operator(OperatorCommand::Create) => arcd::commands::create_operator(&config),
         Command::Authkey(AuthkeyCommand::Create { operator }) => {
-            arcd::commands::create_auth_key(&config, &operator)
+            arcd::commands::create_auth_key(&config, &OperatorId::new(operator))
         }
         Command::Iotsim(IotsimCommand::Import { file, operator }) => {
-            arcd::commands::import_iot_sims(&config, &file, &operator)
+            arcd::commands::import_iot_sims(&config, &file, &OperatorId::new(operator))
         }
         Command::Backup { output } => arcd::commands::backup(&config, &output),
         Command::Restore { input } => arcd::commands::restore(&config, &input),

@@ -53,9 +53,9 @@ async fn seed(server: &TestServer, device: &Device, entries: &[(i64, &str)]) {
     let entries: Vec<NewEntry> = entries
         .iter()
         .map(|(time, content)| NewEntry {
-            operator_id: device.operator_id.clone(),
-            imsi: device.imsi.clone(),
-            sim_id: device.sim_id.clone(),
+            operator_id: device.operator_id.as_str().into(),
+            imsi: device.imsi.as_str().into(),
+            sim_id: device.sim_id.as_str().into(),
             time: *time,
             content_type: "application/json".to_string(),
             content: format!(r#"{{"v":"{content}"}}"#),

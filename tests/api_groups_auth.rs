@@ -718,7 +718,11 @@ async fn another_operator_can_neither_see_nor_touch_anything() {
     validate_schema("Sim", &body[0]).unwrap_or_else(|e| panic!("{e}"));
 
     let (_, before) = api.get(&format!("/v1/sims/{sim_id}")).await;
-    let peer_before = server.running.dataplane.engine.session(&imsi);
+    let peer_before = server
+        .running
+        .dataplane
+        .engine
+        .session(&imsi.as_str().into());
     assert!(peer_before.is_some());
     let group_before = get_group(&api, &group_id).await;
 
@@ -830,7 +834,11 @@ async fn another_operator_can_neither_see_nor_touch_anything() {
     assert_eq!(after["status"], "active");
     assert_eq!(after["groupId"], group_id);
     assert_eq!(
-        server.running.dataplane.engine.session(&imsi),
+        server
+            .running
+            .dataplane
+            .engine
+            .session(&imsi.as_str().into()),
         peer_before,
         "the data plane is untouched"
     );

@@ -108,7 +108,7 @@ fn client_ip(sim: &Value) -> Ipv4Addr {
 }
 
 fn peer(server: &TestServer, imsi: &str) -> Option<ActiveSession> {
-    server.running.dataplane.engine.session(imsi)
+    server.running.dataplane.engine.session(&imsi.into())
 }
 
 fn peer_by_key(server: &TestServer, key: &str) -> Option<ActiveSession> {
@@ -1175,7 +1175,11 @@ async fn set_and_unset_group_move_the_sim() {
     assert_eq!(body["groupId"], group_id);
     assert_eq!(get_sim(&api, &id).await["groupId"], group_id);
     assert_eq!(
-        peer(&server, &imsi).unwrap().group_id.as_deref(),
+        peer(&server, &imsi)
+            .unwrap()
+            .group_id
+            .as_ref()
+            .map(|g| g.as_str()),
         Some(group_id.as_str()),
         "the data plane learns the group at once"
     );

@@ -66,7 +66,7 @@ fn pool_of(rp: &str) -> Ipv4Net {
 
 async fn server_key(server: &TestServer, rp: &str) -> String {
     let store = server.running.store.clone();
-    let rp = rp.to_string();
+    let rp = arcd::ids::RendezvousPointId::new(rp);
     tokio::task::spawn_blocking(move || {
         store
             .read(|c| arcd::store::rendezvous::get(c, &rp))
@@ -209,7 +209,7 @@ async fn assert_peer_on(server: &TestServer, imsi: &str, rp: &str) {
             .into_iter()
             .filter(|id| {
                 engine
-                    .snapshots(id, std::time::SystemTime::now())
+                    .snapshots(&(*id).into(), std::time::SystemTime::now())
                     .iter()
                     .any(|p| p.imsi == imsi)
             })

@@ -286,9 +286,9 @@ async fn online_backup_is_consistent_and_restores_a_working_server() {
     let harvest_store =
         Arc::new(Store::open(&data_dir.join("arcd.sqlite")).expect("second writer"));
     let device = NewEntry {
-        operator_id: session.operator_id.clone(),
-        imsi: device_imsi.clone(),
-        sim_id: device_sim_id.clone(),
+        operator_id: session.operator_id.as_str().into(),
+        imsi: device_imsi.as_str().into(),
+        sim_id: device_sim_id.as_str().into(),
         time: 0,
         content_type: "application/json".into(),
         content: String::new(),

@@ -460,9 +460,9 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
         .map(|n| {
             let pair = arcd::wgkey::generate();
             let session = ActiveSession {
-                imsi: format!("99999000000000{n}"),
-                primary_imsi: format!("99999000000000{n}"),
-                sim_id: format!("sim{n}"),
+                imsi: format!("99999000000000{n}").into(),
+                primary_imsi: format!("99999000000000{n}").into(),
+                sim_id: format!("sim{n}").into(),
                 operator_id: "OP0000000001".into(),
                 session_id: format!("s{n}"),
                 rp_id: "ap-northeast-1".into(),

@@ -202,9 +202,9 @@ async fn device_to_device_follows_the_vpg_switch() {
     let mut outsider = new_device(&mut server, &api, None).await;
     let mut neighbour = new_device(&mut server, &api, Some((&other_group, other_net))).await;
     let engine = server.running.dataplane.engine.clone();
-    assert!(!engine.allows_device_to_device(&lab));
+    assert!(!engine.allows_device_to_device(&lab.as_str().into()));
     assert!(
-        engine.allows_device_to_device(&other),
+        engine.allows_device_to_device(&other.as_str().into()),
         "created with the switch on"
     );
 
@@ -213,7 +213,7 @@ async fn device_to_device_follows_the_vpg_switch() {
     assert_dropped(&server.running, &mut b, &mut a).await;
 
     switch(&api, &lab, true).await;
-    assert!(engine.allows_device_to_device(&lab));
+    assert!(engine.allows_device_to_device(&lab.as_str().into()));
     assert_delivered(&mut a, &mut b, b"a to b").await;
     assert_delivered(&mut b, &mut a, b"b to a").await;
     for stranger in [&mut outsider, &mut neighbour] {
@@ -224,11 +224,11 @@ async fn device_to_device_follows_the_vpg_switch() {
 
     // Switching it off again isolates them at once.
     switch(&api, &lab, false).await;
-    assert!(!engine.allows_device_to_device(&lab));
+    assert!(!engine.allows_device_to_device(&lab.as_str().into()));
     assert_dropped(&server.running, &mut a, &mut b).await;
     assert_dropped(&server.running, &mut b, &mut a).await;
     // The other VPG's switch was never touched.
-    assert!(engine.allows_device_to_device(&other));
+    assert!(engine.allows_device_to_device(&other.as_str().into()));
     server.running.shutdown().await;
 }
 
@@ -238,12 +238,12 @@ async fn terminating_a_vpg_removes_it_from_the_data_plane() {
     let api = server.login().await;
     let vpg = create_vpg(&api, "10.203.0.0/24", true).await;
     let engine = server.running.dataplane.engine.clone();
-    assert!(engine.allows_device_to_device(&vpg));
+    assert!(engine.allows_device_to_device(&vpg.as_str().into()));
     let (status, body) = api
         .post_empty(&format!("/v1/virtual_private_gateways/{vpg}/terminate"))
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert!(!engine.allows_device_to_device(&vpg));
+    assert!(!engine.allows_device_to_device(&vpg.as_str().into()));
     // A refused switch (the VPG is gone) leaves the data plane alone.
     let (status, _) = api
         .put(
@@ -252,7 +252,7 @@ async fn terminating_a_vpg_removes_it_from_the_data_plane() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert!(!engine.allows_device_to_device(&vpg));
+    assert!(!engine.allows_device_to_device(&vpg.as_str().into()));
     server.running.shutdown().await;
 }
 
@@ -293,10 +293,10 @@ async fn the_switch_survives_a_restart() {
         "same data directory"
     );
     let engine = running.dataplane.engine.clone();
-    assert!(engine.allows_device_to_device(&lab));
-    assert!(engine.allows_device_to_device(&switched_on));
-    assert!(!engine.allows_device_to_device(&switched_off));
-    assert!(!engine.allows_device_to_device(&terminated));
+    assert!(engine.allows_device_to_device(&lab.as_str().into()));
+    assert!(engine.allows_device_to_device(&switched_on.as_str().into()));
+    assert!(!engine.allows_device_to_device(&switched_off.as_str().into()));
+    assert!(!engine.allows_device_to_device(&terminated.as_str().into()));
 
     // The persisted sessions and keys come back, and the devices still reach each other.
     let udp = server_udp(&running);

@@ -306,7 +306,7 @@ async fn check_fixture(version: i64) {
     let server = TestServer::start_prepared(
         dir,
         RootCredentials {
-            operator_id: root.operator_id.clone(),
+            operator_id: root.operator_id.as_str().into(),
             auth_key_id: root.auth_key_id.clone(),
             auth_key: root.auth_key.clone(),
         },

@@ -191,7 +191,7 @@ fn stored_private_key(server: &TestServer, rp_id: &str) -> String {
     server
         .running
         .store
-        .read(|conn| arcd::store::rendezvous::private_key(conn, rp_id))
+        .read(|conn| arcd::store::rendezvous::private_key(conn, &rp_id.into()))
         .expect("stored private key")
 }
 

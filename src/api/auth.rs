@@ -1,6 +1,7 @@
 //! `POST /v1/auth`, `POST /v1/auth/logout`, the token check every other call passes, and
 //! operator auth keys (see `tokens` for what a token is).
 
+use crate::ids::OperatorId;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -33,7 +34,7 @@ pub struct AuthRequest {
 struct AuthResponse {
     api_key: String,
     token: String,
-    operator_id: String,
+    operator_id: OperatorId,
 }
 
 pub async fn auth(
@@ -184,8 +185,8 @@ pub async fn require_token(
 }
 
 /// Another operator's id looks exactly like one that does not exist.
-fn own_operator(operator: &Operator, path_operator: &str) -> Result<(), ApiError> {
-    if operator.0 == path_operator {
+fn own_operator(operator: &Operator, path_operator: &OperatorId) -> Result<(), ApiError> {
+    if operator.0 == *path_operator {
         Ok(())
     } else {
         Err(ApiError::not_found("operator not found"))
@@ -202,7 +203,7 @@ struct GeneratedAuthKey {
 pub async fn generate_auth_key(
     State(state): State<SharedState>,
     operator: Operator,
-    Path(operator_id): Path<String>,
+    Path(operator_id): Path<OperatorId>,
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
     let key = state
@@ -220,7 +221,7 @@ pub async fn generate_auth_key(
 pub async fn list_auth_keys(
     State(state): State<SharedState>,
     operator: Operator,
-    Path(operator_id): Path<String>,
+    Path(operator_id): Path<OperatorId>,
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
     let keys = state
@@ -233,7 +234,7 @@ pub async fn list_auth_keys(
 pub async fn delete_auth_key(
     State(state): State<SharedState>,
     operator: Operator,
-    Path((operator_id, auth_key_id)): Path<(String, String)>,
+    Path((operator_id, auth_key_id)): Path<(OperatorId, String)>,
 ) -> Result<StatusCode, ApiError> {
     own_operator(&operator, &operator_id)?;
     let deleted = auth_key_id.clone();

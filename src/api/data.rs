@@ -15,6 +15,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
+use crate::ids::{Imsi, OperatorId, SimId};
+
 use super::extract::{Path, QueryParams};
 use super::routes::{delete, get, Route};
 use super::{
@@ -93,7 +95,7 @@ fn check_resource_type(resource_type: &str) -> Result<(), ApiError> {
 fn scope_of(resource_type: String, resource_id: String) -> Result<Scope, ApiError> {
     check_resource_type(&resource_type)?;
     Ok(if resource_type == "Sim" {
-        Scope::Sim(resource_id)
+        Scope::Sim(SimId::new(resource_id))
     } else {
         Scope::Resource {
             resource_type,
@@ -136,11 +138,11 @@ fn entry_query(query: &QueryParams) -> Result<(EntryQuery, u32), ApiError> {
 /// One page of `scope`'s entries; `require_sim` makes an unknown or foreign SIM a 404.
 async fn entries_page(
     state: SharedState,
-    operator: String,
+    operator: OperatorId,
     scope: Scope,
     query: QueryParams,
     path: String,
-    require_sim: Option<String>,
+    require_sim: Option<SimId>,
 ) -> Result<Response, ApiError> {
     let (entry_query, limit) = entry_query(&query)?;
     let mut page = state
@@ -177,7 +179,7 @@ pub async fn get_entries(
 pub async fn get_from_sim(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let path = format!("/v1/sims/{sim_id}/data");
@@ -189,13 +191,13 @@ pub async fn get_from_sim(
 pub async fn get_from_subscriber(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(imsi): Path<String>,
+    Path(imsi): Path<Imsi>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let path = format!("/v1/subscribers/{imsi}/data");
     let scope = Scope::Resource {
         resource_type: harvest::SUBSCRIBER.to_string(),
-        resource_id: imsi,
+        resource_id: imsi.into_string(),
     };
     entries_page(state, operator, scope, query, path, None).await
 }

@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{json, page_response, page_url, views, ApiError, Operator, SharedState};
+use crate::ids::GroupId;
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
 
@@ -80,7 +81,7 @@ pub async fn list(
     Ok(page_response(
         page,
         limit,
-        |g| g.group_id.clone(),
+        |g| g.group_id.to_string(),
         views::group,
         &page_url("/v1/groups", &query),
     ))
@@ -89,7 +90,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(group_id): Path<String>,
+    Path(group_id): Path<GroupId>,
 ) -> Result<Response, ApiError> {
     let group = state
         .db(move |store| store.read(|conn| groups::get(conn, &operator, &group_id)))
@@ -100,7 +101,7 @@ pub async fn get(
 pub async fn delete(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(group_id): Path<String>,
+    Path(group_id): Path<GroupId>,
 ) -> Result<StatusCode, ApiError> {
     state
         .db(move |store| store.write(|tx| groups::delete(tx, &operator, &group_id)))
@@ -117,7 +118,7 @@ pub struct ConfigurationUpdate {
 pub async fn put_configuration(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path((group_id, namespace)): Path<(String, String)>,
+    Path((group_id, namespace)): Path<(GroupId, String)>,
     body: JsonBody<Vec<ConfigurationUpdate>>,
 ) -> Result<Response, ApiError> {
     check_namespace(&namespace)?;
@@ -140,7 +141,7 @@ pub async fn put_configuration(
 pub async fn delete_configuration(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path((group_id, namespace, name)): Path<(String, String, String)>,
+    Path((group_id, namespace, name)): Path<(GroupId, String, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
         .db(move |store| {
@@ -155,7 +156,7 @@ pub async fn delete_configuration(
 pub async fn list_subscribers(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(group_id): Path<String>,
+    Path(group_id): Path<GroupId>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;

@@ -9,7 +9,7 @@ use super::error::ApiError;
 /// The caller's operator id, set by the auth middleware on every `/v1` call except
 /// `POST /v1/auth`, and copied onto the response for the request log.
 #[derive(Clone, Debug)]
-pub struct Operator(pub String);
+pub struct Operator(pub crate::ids::OperatorId);
 
 impl<S: Send + Sync> FromRequestParts<S> for Operator {
     type Rejection = ApiError;
@@ -38,7 +38,7 @@ mod tests {
     use super::Operator;
 
     async fn whoami(Operator(operator): Operator) -> String {
-        operator
+        operator.into_string()
     }
 
     async fn answer(router: Router, request: Request<Body>) -> (StatusCode, String) {

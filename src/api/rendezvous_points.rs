@@ -2,6 +2,7 @@
 //! public identity and the caller's live data-plane figures there (rendezvous points are shared
 //! by all operators; each sees only its own sessions). The private key never leaves the store.
 
+use crate::ids::RendezvousPointId;
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -18,7 +19,7 @@ use crate::store::{rendezvous, sessions};
 #[serde(rename_all = "camelCase")]
 pub struct RendezvousPointView {
     /// The placement region id sessions show (`placement.region`).
-    pub rendezvous_point_id: String,
+    pub rendezvous_point_id: RendezvousPointId,
     pub display_name: String,
     /// `host:port` devices are told (`arcServerEndpoint`).
     pub endpoint: String,

@@ -1,6 +1,7 @@
 //! SIM operations: create, read, list/search, Arc sessions and credentials, lifecycle, groups,
 //! tags, session events and secondary virtual subscribers.
 
+use crate::ids::{GroupId, Imsi, OperatorId, SimId};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -54,7 +55,7 @@ pub async fn create_sim(
     let view = views::sim(
         &created.sim,
         Some(views::OneTimeKey {
-            iccid: &created.sim.sim_id,
+            iccid: created.sim.sim_id.as_str(),
             private_key: &created.private_key,
         }),
         &state.engine,
@@ -66,7 +67,7 @@ pub async fn create_sim(
 pub async fn get_sim(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let sim = state
         .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
@@ -84,7 +85,7 @@ pub(super) fn sim_page(state: &AppState, path: &str, page: Vec<SimRecord>, limit
     page_response(
         page,
         limit,
-        |s| s.sim_id.clone(),
+        |s| s.sim_id.to_string(),
         |s| views::sim(s, None, &state.engine),
         path,
     )
@@ -220,7 +221,7 @@ pub struct EmptyObject {}
 pub async fn create_arc_session(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     body: JsonBody<EmptyObject>,
 ) -> Result<Response, ApiError> {
     body.required("{}")?;
@@ -235,7 +236,7 @@ pub async fn create_arc_session(
 pub async fn delete_session(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let sim = recreate_session(&state, operator, sim_id, true).await?;
     Ok(sim_response(&state, &sim))
@@ -245,8 +246,8 @@ pub async fn delete_session(
 /// data plane once committed; returns the SIM as it is now.
 async fn recreate_session(
     state: &AppState,
-    operator: String,
-    sim_id: String,
+    operator: OperatorId,
+    sim_id: SimId,
     require_existing: bool,
 ) -> Result<SimRecord, ApiError> {
     let policy = state.policy.clone();
@@ -283,7 +284,7 @@ struct CredentialsResponse {
 pub async fn renew_credentials(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     body: JsonBody<CredentialsRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{} or {"arcClientPeerPublicKey":"..."}"#)?;
@@ -317,7 +318,7 @@ pub async fn renew_credentials(
 pub async fn remove_credentials(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(
@@ -331,7 +332,7 @@ pub async fn remove_credentials(
 pub async fn terminate(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
@@ -345,8 +346,8 @@ pub async fn terminate(
 
 async fn termination(
     state: SharedState,
-    operator: String,
-    sim_id: String,
+    operator: OperatorId,
+    sim_id: SimId,
     enabled: bool,
 ) -> Result<Response, ApiError> {
     let sim = state
@@ -360,7 +361,7 @@ async fn termination(
 pub async fn enable_termination(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, true).await
 }
@@ -368,15 +369,15 @@ pub async fn enable_termination(
 pub async fn disable_termination(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     termination(state, operator, sim_id, false).await
 }
 
 async fn change_status(
     state: SharedState,
-    operator: String,
-    sim_id: String,
+    operator: OperatorId,
+    sim_id: SimId,
     action: StatusAction,
 ) -> Result<Response, ApiError> {
     let sim = state
@@ -388,7 +389,7 @@ async fn change_status(
 pub async fn activate(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Activate).await
 }
@@ -396,7 +397,7 @@ pub async fn activate(
 pub async fn deactivate(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Deactivate).await
 }
@@ -404,7 +405,7 @@ pub async fn deactivate(
 pub async fn suspend(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     change_status(state, operator, sim_id, StatusAction::Suspend).await
 }
@@ -412,18 +413,18 @@ pub async fn suspend(
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SetGroupRequest {
-    group_id: String,
+    group_id: GroupId,
 }
 
 async fn move_to_group(
     state: SharedState,
-    operator: String,
-    sim_id: String,
-    group_id: Option<String>,
+    operator: OperatorId,
+    sim_id: SimId,
+    group_id: Option<GroupId>,
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::set_group(tx, &operator, &sim_id, group_id.as_deref()),
+            move |tx| sims::set_group(tx, &operator, &sim_id, group_id.as_ref()),
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
@@ -433,7 +434,7 @@ async fn move_to_group(
 pub async fn set_group(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     body: JsonBody<SetGroupRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{"groupId":"..."}"#)?;
@@ -443,7 +444,7 @@ pub async fn set_group(
 pub async fn unset_group(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     move_to_group(state, operator, sim_id, None).await
 }
@@ -458,7 +459,7 @@ pub struct TagUpdate {
 pub async fn put_tags(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     body: JsonBody<Vec<TagUpdate>>,
 ) -> Result<Response, ApiError> {
     let updates = body.required(r#"[{"tagName":"...","tagValue":"..."}]"#)?;
@@ -478,7 +479,7 @@ pub async fn put_tags(
 pub async fn delete_tag(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path((sim_id, tag_name)): Path<(String, String)>,
+    Path((sim_id, tag_name)): Path<(SimId, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
         .db(move |store| store.write(|tx| sims::delete_tag(tx, &operator, &sim_id, &tag_name)))
@@ -489,7 +490,7 @@ pub async fn delete_tag(
 pub async fn list_session_events(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(sim_id): Path<String>,
+    Path(sim_id): Path<SimId>,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let limit = query.limit_clamped(100, 1000)?;
@@ -544,7 +545,7 @@ fn valid_ota_tag(tag: &str) -> bool {
 pub async fn add_subscription(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path((sim_id, iccid)): Path<(String, String)>,
+    Path((sim_id, iccid)): Path<(SimId, String)>,
     body: JsonBody<AddSubscriptionRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{"subscription":"planArc01","type":"virtual"}"#)?;
@@ -577,7 +578,7 @@ pub async fn add_subscription(
 pub async fn terminate_subscription(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path((sim_id, iccid, imsi)): Path<(String, String, String)>,
+    Path((sim_id, iccid, imsi)): Path<(SimId, String, Imsi)>,
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(

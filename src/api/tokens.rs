@@ -6,6 +6,7 @@
 //! process's deletions and logouts update that memory at once; tokens survive a restart because
 //! the signing key and the logout list are in the store.
 
+use crate::ids::OperatorId;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
@@ -29,7 +30,7 @@ pub enum TokenCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenClaims {
     pub api_key: String,
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub auth_key_id: String,
     pub expires_at_ms: i64,
 }
@@ -47,7 +48,7 @@ struct Loaded {
 #[derive(Default)]
 struct AuthKeys {
     /// Auth keys known to exist -> their operator.
-    existing: HashMap<String, String>,
+    existing: HashMap<String, OperatorId>,
     /// Auth keys this process deleted. Ids are random and never reused, so a deleted id stays
     /// dead; remembering it stops a check that read the key just before its deletion from
     /// caching it again afterwards.
@@ -198,14 +199,14 @@ impl Tokens {
     }
 
     /// `false` when the key was deleted meanwhile (then it is not remembered).
-    fn remember_existing_key(&self, auth_key_id: &str, operator_id: &str) -> bool {
+    fn remember_existing_key(&self, auth_key_id: &str, operator_id: &OperatorId) -> bool {
         let mut auth_keys = self.auth_keys.write();
         if auth_keys.deleted.contains(auth_key_id) {
             return false;
         }
         auth_keys
             .existing
-            .insert(auth_key_id.to_string(), operator_id.to_string());
+            .insert(auth_key_id.to_string(), operator_id.clone());
         true
     }
 
@@ -244,7 +245,7 @@ impl Tokens {
         }
         Ok(TokenClaims {
             api_key: api_key.to_string(),
-            operator_id: operator_id.to_string(),
+            operator_id: OperatorId::new(operator_id),
             auth_key_id: auth_key_id.to_string(),
             expires_at_ms,
         })

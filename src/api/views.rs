@@ -1,6 +1,7 @@
 //! JSON shapes of the official API (field names as in soracom-api-arc-subset.yaml), built from
 //! store records. Only this module decides how a record looks on the wire.
 
+use crate::ids::{GroupId, Imsi, OperatorId, SimId, VpgId};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
@@ -18,8 +19,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Sim {
-    pub sim_id: String,
-    pub operator_id: String,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
     #[serde(rename = "type")]
     pub sim_type: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -33,7 +34,7 @@ pub struct Sim {
     pub arc_session_status: Option<ArcSessionStatus>,
     pub session_status: SessionStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub group_id: Option<String>,
+    pub group_id: Option<GroupId>,
     pub tags: BTreeMap<String, String>,
     pub capabilities: Capabilities,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,7 +59,7 @@ const DATA_ONLY: Capabilities = Capabilities {
 #[serde(rename_all = "camelCase")]
 pub struct SimProfile {
     pub iccid: String,
-    pub primary_imsi: String,
+    pub primary_imsi: Imsi,
     pub ota_supported: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arc_client_peer_private_key: Option<String>,
@@ -70,7 +71,7 @@ pub struct SimProfile {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SimplifiedSubscriber {
-    pub imsi: String,
+    pub imsi: Imsi,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub msisdn: Option<String>,
     pub subscription: String,
@@ -105,7 +106,7 @@ pub struct ArcSessionStatus {
     pub last_updated_at: i64,
     pub placement: Placement,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
 }
 
 /// `createArcSession` answer: the five session fields, never a private key.
@@ -137,7 +138,7 @@ impl From<ArcSessionStatus> for ArcSessionCreateResponse {
 pub struct SessionStatus {
     pub online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub imsi: Option<String>,
+    pub imsi: Option<Imsi>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -149,7 +150,7 @@ pub struct SessionStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub placement: Option<Placement>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_updated_at: Option<i64>,
 }
@@ -174,7 +175,7 @@ fn arc_status_of(session: &SessionRecord, subscriber: &SubscriberRecord) -> ArcS
         arc_client_peer_ip_address: session.client_ip.clone(),
         arc_allowed_ips: session.allowed_ips.clone(),
         last_updated_at: session.last_updated_at,
-        placement: placement(&session.rp_id),
+        placement: placement(session.rp_id.as_str()),
         vpg_id: session.vpg_id.clone(),
     }
 }
@@ -211,7 +212,11 @@ fn session_stats(snapshot: &PeerSnapshot) -> ArcdSessionStats {
 }
 
 pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine) -> Sim {
-    let primary_imsi = record.primary_imsi().unwrap_or_default().to_string();
+    // Every SIM has a primary subscriber; the empty IMSI only keeps a broken row answerable.
+    let primary_imsi = record
+        .primary_imsi()
+        .cloned()
+        .unwrap_or_else(|| Imsi::new(""));
     let mut profiles: BTreeMap<String, SimProfile> = BTreeMap::new();
     for sub in &record.subscribers {
         let profile = profiles
@@ -229,7 +234,7 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine
         }
         profile
             .subscribers
-            .insert(sub.imsi.clone(), simplified(sub));
+            .insert(sub.imsi.to_string(), simplified(sub));
     }
     if let Some(key) = one_time_key {
         if let Some(profile) = profiles.get_mut(key.iccid) {
@@ -253,7 +258,7 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine
         module_type: record.module_type.clone(),
         status: record.status.clone(),
         speed_class: is_virtual.then_some("arc.standard"),
-        active_profile_id: record.sim_id.clone(),
+        active_profile_id: record.sim_id.to_string(),
         profiles,
         arc_session_status: arc_session_status(record),
         session_status: session_status(record, &primary_imsi),
@@ -276,11 +281,11 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscriber {
-    pub imsi: String,
+    pub imsi: Imsi,
     pub msisdn: Option<String>,
     pub iccid: String,
-    pub sim_id: String,
-    pub operator_id: String,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
     pub subscription: String,
     pub status: String,
     pub module_type: Option<String>,
@@ -291,7 +296,7 @@ pub struct Subscriber {
     pub apn: Option<String>,
     pub imei_lock: Option<String>,
     pub expiry_time: Option<i64>,
-    pub group_id: Option<String>,
+    pub group_id: Option<GroupId>,
     pub tags: BTreeMap<String, String>,
     pub session_status: SessionStatus,
     pub termination_enabled: bool,
@@ -301,7 +306,7 @@ pub struct Subscriber {
 
 pub fn subscriber(record: &SimRecord) -> Subscriber {
     let primary = record.subscribers.iter().find(|s| s.is_primary);
-    let primary_imsi = primary.map(|s| s.imsi.clone()).unwrap_or_default();
+    let primary_imsi = primary.map_or_else(|| Imsi::new(""), |s| s.imsi.clone());
     let speed_class = primary.filter(|s| s.is_virtual).map(|_| "arc.standard");
     Subscriber {
         imsi: primary_imsi.clone(),
@@ -340,18 +345,19 @@ fn simplified(sub: &SubscriberRecord) -> SimplifiedSubscriber {
 
 /// The platform side of an Arc session is online from creation (docs/ARCHITECTURE.md,
 /// "Sessions"); whether the device has handshaken is live data plane state, reported separately.
-fn session_status(record: &SimRecord, primary_imsi: &str) -> SessionStatus {
+fn session_status(record: &SimRecord, primary_imsi: &Imsi) -> SessionStatus {
     let Some(session) = record.session.as_ref() else {
         return SessionStatus::default();
     };
     SessionStatus {
         online: true,
-        imsi: Some(primary_imsi.to_string()),
+        imsi: Some(primary_imsi.clone()),
+
         session_id: Some(session.session_id.clone()),
         subscription: Some("planArc01".into()),
         ue_ip_address: Some(session.client_ip.clone()),
         dns_servers: Some(vec![services::DNS.to_string()]),
-        placement: Some(placement(&session.rp_id)),
+        placement: Some(placement(session.rp_id.as_str())),
         vpg_id: session.vpg_id.clone(),
         last_updated_at: Some(session.last_updated_at),
     }
@@ -374,15 +380,15 @@ pub struct SessionEvent {
     pub time: i64,
     pub created_time: String,
     pub event: String,
-    pub imsi: String,
-    pub sim_id: String,
-    pub operator_id: String,
+    pub imsi: Imsi,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
     pub session_id: String,
     pub subscription: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ue_ip_address: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
 }
 
 pub fn session_event(e: &SessionEventRecord) -> SessionEvent {
@@ -404,8 +410,8 @@ pub fn session_event(e: &SessionEventRecord) -> SessionEvent {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Group {
-    pub group_id: String,
-    pub operator_id: String,
+    pub group_id: GroupId,
+    pub operator_id: OperatorId,
     pub tags: BTreeMap<String, String>,
     pub configuration: crate::store::groups::Configuration,
     pub created_time: i64,
@@ -459,8 +465,8 @@ pub struct VpgSessionStats {
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Vpg {
-    pub vpg_id: String,
-    pub operator_id: String,
+    pub vpg_id: VpgId,
+    pub operator_id: OperatorId,
     #[serde(rename = "type")]
     pub vpg_type: i64,
     pub status: String,
@@ -482,7 +488,7 @@ pub fn vpg(v: &VpgRecord) -> Vpg {
         operator_id: v.operator_id.clone(),
         vpg_type: v.vpg_type,
         status: v.status.clone(),
-        placement: placement(&v.region),
+        placement: placement(v.region.as_str()),
         device_subnet_cidr_range: v.device_subnet.to_string(),
         ue_subnet_cidr_range: v.device_subnet.to_string(),
         use_internet_gateway: v.use_internet_gateway,

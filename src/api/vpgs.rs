@@ -12,6 +12,7 @@ use super::{
     json, page_response, page_url, request_coverage, views, ApiError, Operator, SharedState,
 };
 use crate::config::Coverage;
+use crate::ids::VpgId;
 use crate::store::vpgs::{self, NewVpg, TagFilter};
 
 #[derive(Deserialize)]
@@ -124,7 +125,7 @@ pub async fn list(
     Ok(page_response(
         page,
         limit,
-        |v| v.vpg_id.clone(),
+        |v| v.vpg_id.to_string(),
         views::vpg,
         &page_url("/v1/virtual_private_gateways", &query),
     ))
@@ -133,7 +134,7 @@ pub async fn list(
 pub async fn get(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(vpg_id): Path<String>,
+    Path(vpg_id): Path<VpgId>,
 ) -> Result<Response, ApiError> {
     let vpg = state
         .db(move |store| store.read(|conn| vpgs::get(conn, &operator, &vpg_id)))
@@ -144,7 +145,7 @@ pub async fn get(
 pub async fn terminate(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(vpg_id): Path<String>,
+    Path(vpg_id): Path<VpgId>,
 ) -> Result<StatusCode, ApiError> {
     let plane = state.vpg_plane.clone();
     state
@@ -171,7 +172,7 @@ pub struct DeviceToDevice {
 pub async fn set_device_to_device(
     State(state): State<SharedState>,
     Operator(operator): Operator,
-    Path(vpg_id): Path<String>,
+    Path(vpg_id): Path<VpgId>,
     body: JsonBody<DeviceToDevice>,
 ) -> Result<Response, ApiError> {
     let enabled = body.required(r#"{"enabled":true}"#)?.enabled;

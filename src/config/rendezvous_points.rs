@@ -8,6 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::ids::RendezvousPointId;
 use crate::subnets::overlaps;
 
 /// UDP port of the first rendezvous point; the n-th (from 0) defaults to this + n.
@@ -22,7 +23,7 @@ const DEFAULT_ALLOWED_IPS: &str = "100.127.0.0/16";
 #[derive(Debug, Clone, Serialize)]
 pub struct RendezvousPointConfig {
     /// Placement region id, e.g. `ap-northeast-1`.
-    pub id: String,
+    pub id: RendezvousPointId,
     /// Display name for people (`Tokyo`); defaults to the region's city for known ids.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -127,7 +128,8 @@ fn with_defaults(entries: Vec<Entry>) -> Result<Vec<RendezvousPointConfig>, Stri
             endpoint: entry
                 .endpoint
                 .unwrap_or_else(|| format!("127.0.0.1:{}", listen.port())),
-            id: entry.id,
+            id: RendezvousPointId::new(entry.id),
+
             name: entry.name,
             listen,
             pool,

@@ -3,6 +3,7 @@
 //! in O(1) by receiver index, by static public key, by client address and by IMSI in the one
 //! `PeerIndex` (peer_index.rs), which also answers the services' "who has this address".
 
+use crate::ids::{Imsi, RendezvousPointId, VpgId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -58,7 +59,7 @@ pub const ONLINE_WINDOW: Duration = Duration::from_secs(180);
 
 /// One rendezvous point's WireGuard identity.
 pub struct Listener {
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     static_private: StaticSecret,
     static_public: PublicKey,
     /// The one handshake rate limit of the rendezvous point, checked before any peer lookup.
@@ -71,11 +72,11 @@ pub struct Listener {
 }
 
 impl Listener {
-    pub fn new(rp_id: &str, private_key: [u8; 32]) -> Listener {
+    pub fn new(rp_id: &RendezvousPointId, private_key: [u8; 32]) -> Listener {
         let static_private = StaticSecret::from(private_key);
         let static_public = PublicKey::from(&static_private);
         Listener {
-            rp_id: rp_id.to_string(),
+            rp_id: rp_id.clone(),
             rate_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT)),
             unlimited: Arc::new(RateLimiter::new(&static_public, u64::MAX)),
             counters: RpCounters::default(),
@@ -123,7 +124,7 @@ pub struct Engine {
     timers: Mutex<BinaryHeap<Reverse<(Instant, u32)>>>,
     /// What each running VPG allows its devices; a device outside any VPG reaches the TUN side
     /// and no other device.
-    vpgs: RwLock<HashMap<String, VpgRules>>,
+    vpgs: RwLock<HashMap<VpgId, VpgRules>>,
     /// Drops of every rendezvous point together, plus those of TUN packets (which belong to none).
     pub counters: Counters,
     /// Drops of packets read from the TUN device that reach no rendezvous point.
@@ -179,7 +180,7 @@ impl Engine {
         *self.vpgs.write() = rules;
     }
 
-    pub fn allows_device_to_device(&self, vpg_id: &str) -> bool {
+    pub fn allows_device_to_device(&self, vpg_id: &VpgId) -> bool {
         self.vpgs
             .read()
             .get(vpg_id)
@@ -192,7 +193,7 @@ impl Engine {
         // read of a lock this thread holds can deadlock behind a waiting writer.
         let from_vpg = from.session.read().vpg_id.clone();
         let to_vpg = to.session.read().vpg_id.clone();
-        match (from_vpg.as_deref(), to_vpg.as_deref()) {
+        match (from_vpg.as_ref(), to_vpg.as_ref()) {
             (Some(a), Some(b)) => a == b && self.allows_device_to_device(a),
             _ => false,
         }
@@ -205,7 +206,7 @@ impl Engine {
             return true;
         }
         let session = from.session.read();
-        match session.vpg_id.as_deref() {
+        match session.vpg_id.as_ref() {
             None => true,
             // A VPG unknown here was terminated after the session was made: no rules, no limits
             // beyond what the session had (it cannot outlive the next re-creation).
@@ -217,8 +218,8 @@ impl Engine {
         }
     }
 
-    fn listener_of(&self, rp_id: &str) -> Option<usize> {
-        self.listeners.iter().position(|l| l.rp_id == rp_id)
+    fn listener_of(&self, rp_id: &RendezvousPointId) -> Option<usize> {
+        self.listeners.iter().position(|l| l.rp_id == *rp_id)
     }
 
     /// Applies a change the store committed: classified against the peer the index holds for the
@@ -246,7 +247,7 @@ impl Engine {
     }
 
     /// The store's session (as last applied) of the peer with this IMSI.
-    pub fn session(&self, imsi: &str) -> Option<ActiveSession> {
+    pub fn session(&self, imsi: &Imsi) -> Option<ActiveSession> {
         let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
         let session = peer.session.read().clone();
         Some(session)
@@ -372,7 +373,7 @@ impl Engine {
         })
     }
 
-    fn remove(&self, imsi: &str) -> Option<Arc<Peer>> {
+    fn remove(&self, imsi: &Imsi) -> Option<Arc<Peer>> {
         self.peer_index.write().remove(imsi)
     }
 
@@ -702,19 +703,19 @@ impl Engine {
     }
 
     /// Live state of one session's peer; `now` (the wall clock) dates its last handshake.
-    pub fn snapshot(&self, imsi: &str, now: SystemTime) -> Option<PeerSnapshot> {
+    pub fn snapshot(&self, imsi: &Imsi, now: SystemTime) -> Option<PeerSnapshot> {
         let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
         Some(self.snapshot_of(&peer, now))
     }
 
     /// Live state of every peer of one rendezvous point; `now` as for [`Engine::snapshot`].
-    pub fn snapshots(&self, rp_id: &str, now: SystemTime) -> Vec<PeerSnapshot> {
+    pub fn snapshots(&self, rp_id: &RendezvousPointId, now: SystemTime) -> Vec<PeerSnapshot> {
         let of_rp: Vec<Arc<Peer>> = self
             .peer_index
             .read()
             .by_imsi
             .values()
-            .filter(|p| self.listeners[p.listener].rp_id == rp_id)
+            .filter(|p| self.listeners[p.listener].rp_id == *rp_id)
             .cloned()
             .collect();
         of_rp.iter().map(|p| self.snapshot_of(p, now)).collect()

@@ -163,7 +163,7 @@ impl World {
                 engine_endpoint: None,
             });
         }
-        let engine = Engine::new(vec![Listener::new("ap-northeast-1", SERVER_KEY)]);
+        let engine = Engine::new(vec![Listener::new(&"ap-northeast-1".into(), SERVER_KEY)]);
         let mut out = Outbox::new();
         for d in &devices {
             let applied = engine.apply_change(
@@ -202,7 +202,7 @@ impl World {
     }
 
     fn vpg_of(&self, i: usize) -> Option<ModelVpg> {
-        let id = self.devices[i].session.vpg_id.as_deref()?;
+        let id = self.devices[i].session.vpg_id.as_ref()?.as_str();
         let v = VPGS.iter().position(|v| *v == id)?;
         Some(self.vpgs[v]).filter(|v| v.running)
     }
@@ -367,7 +367,8 @@ impl World {
                 self.devices[i].addr.set_port(self.next_port);
             }
             Op::MoveSim(i, vpg) => {
-                self.devices[i].session.vpg_id = vpg.map(|v| VPGS[v].to_string());
+                self.devices[i].session.vpg_id = vpg.map(|v| VPGS[v].into());
+
                 let mut out = Outbox::new();
                 let applied = self.engine.apply_change(
                     PeerChange::Upsert(self.devices[i].session.clone()),

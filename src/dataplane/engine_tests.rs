@@ -1,6 +1,7 @@
 //! The engine driven directly, without sockets: devices are boringtun `Tunn`s whose datagrams are
 //! handed to the engine and whose answers are read from the outbox.
 
+use crate::ids::Imsi;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -30,22 +31,22 @@ fn device(n: u8, vpg: Option<&str>) -> Device {
         addr: SocketAddr::from(([192, 0, 2, n], 50_000)),
         ip,
         session: ActiveSession {
-            imsi: format!("99999000000000{n}"),
-            primary_imsi: format!("99999000000000{n}"),
-            sim_id: format!("sim{n}"),
+            imsi: format!("99999000000000{n}").into(),
+            primary_imsi: format!("99999000000000{n}").into(),
+            sim_id: format!("sim{n}").into(),
             operator_id: "OP0000000001".into(),
             session_id: format!("session-{n}"),
             rp_id: "ap-northeast-1".into(),
             client_public_key: crate::wgkey::encode(public.as_bytes()),
             client_ip: ip,
             group_id: None,
-            vpg_id: vpg.map(str::to_string),
+            vpg_id: vpg.map(Into::into),
         },
     }
 }
 
 fn engine_with(devices: &[&Device]) -> Engine {
-    let engine = Engine::new(vec![Listener::new("ap-northeast-1", SERVER_KEY)]);
+    let engine = Engine::new(vec![Listener::new(&"ap-northeast-1".into(), SERVER_KEY)]);
     let mut out = Outbox::new();
     for d in devices {
         engine.apply(&Applied::Added(d.session.clone()), Instant::now(), &mut out);
@@ -113,7 +114,7 @@ fn connect(engine: &Engine, d: &mut Device, now: Instant) {
 }
 
 /// The endpoint the engine knows for a peer (its snapshot's).
-fn endpoint_of(engine: &Engine, imsi: &str) -> Option<SocketAddr> {
+fn endpoint_of(engine: &Engine, imsi: &Imsi) -> Option<SocketAddr> {
     engine
         .snapshot(imsi, std::time::SystemTime::now())
         .and_then(|s| s.endpoint)
@@ -540,7 +541,7 @@ fn change(engine: &Engine, change: PeerChange) -> Applied {
     applied
 }
 
-fn imsi_at(engine: &Engine, ip: [u8; 4]) -> Option<String> {
+fn imsi_at(engine: &Engine, ip: [u8; 4]) -> Option<Imsi> {
     engine
         .session_by_client_ip(Ipv4Addr::from(ip))
         .map(|s| s.imsi)

@@ -6,6 +6,7 @@
 //! Config validation, the TUN device, the control socket and egress NAT all call [`validate`], so
 //! a name that passes `arcd`'s configuration check is never refused later at start.
 
+use crate::ids::RendezvousPointId;
 use std::fmt::Write as _;
 
 /// Longest interface name Linux accepts (IFNAMSIZ 16 including the terminating NUL); `wg`
@@ -53,9 +54,9 @@ pub fn is_plain(name: &str, max_len: usize) -> bool {
 /// `zone2` → `z2`). If the abbreviation is empty or longer than 11 characters, it is cut to 6
 /// characters and followed by 5 hex digits of a hash of the whole id, so long ids stay distinct.
 /// The result always passes [`validate`].
-pub fn for_rendezvous_point(rp_id: &str) -> String {
+pub fn for_rendezvous_point(rp_id: &RendezvousPointId) -> String {
     const MAX_ABBREV: usize = MAX_LEN - "arc-".len();
-    let lower = rp_id.to_ascii_lowercase();
+    let lower = rp_id.as_str().to_ascii_lowercase();
     let mut abbrev = String::new();
     for (i, word) in lower
         .split(|c: char| !c.is_ascii_alphanumeric())
@@ -76,7 +77,11 @@ pub fn for_rendezvous_point(rp_id: &str) -> String {
     }
     if abbrev.is_empty() || abbrev.len() > MAX_ABBREV {
         abbrev.truncate(6);
-        let _ = write!(abbrev, "{:05x}", fnv1a(rp_id.as_bytes()) & 0xf_ffff);
+        let _ = write!(
+            abbrev,
+            "{:05x}",
+            fnv1a(rp_id.as_str().as_bytes()) & 0xf_ffff
+        );
     }
     format!("arc-{abbrev}")
 }
@@ -122,17 +127,17 @@ mod tests {
             ("osaka_edge.2", "arc-osakae2"),
             ("zone-az2b", "arc-zonea2"),
         ] {
-            assert_eq!(for_rendezvous_point(id), name, "{id}");
+            assert_eq!(for_rendezvous_point(&id.into()), name, "{id}");
         }
     }
 
     #[test]
     fn names_fit_ifnamsiz_and_stay_distinct() {
-        let long_a = for_rendezvous_point("a-very-long-rendezvous-point-name-number-1");
-        let long_b = for_rendezvous_point("a-very-long-rendezvous-point-name-number-2");
-        let weird = for_rendezvous_point("---");
-        let unicode = for_rendezvous_point("東京");
-        let first_long = for_rendezvous_point("rendezvouspoint-1");
+        let long_a = for_rendezvous_point(&"a-very-long-rendezvous-point-name-number-1".into());
+        let long_b = for_rendezvous_point(&"a-very-long-rendezvous-point-name-number-2".into());
+        let weird = for_rendezvous_point(&"---".into());
+        let unicode = for_rendezvous_point(&"東京".into());
+        let first_long = for_rendezvous_point(&"rendezvouspoint-1".into());
         for name in [&long_a, &long_b, &weird, &unicode, &first_long] {
             assert!(name.len() <= 15, "{name}");
             assert!(name.starts_with("arc-"), "{name}");
@@ -147,7 +152,7 @@ mod tests {
         assert!(first_long.starts_with("arc-rendez"), "{first_long}");
         // Stable across runs and Rust versions.
         assert_eq!(
-            for_rendezvous_point("---"),
+            for_rendezvous_point(&"---".into()),
             format!("arc-{:05x}", fnv1a(b"---") & 0xf_ffff)
         );
     }

@@ -7,6 +7,7 @@
 //! there is no second table to keep in step: the services read the session from here
 //! (`Engine::session_by_client_ip`), the engine its `Tunn` and endpoint.
 
+use crate::ids::Imsi;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -25,12 +26,12 @@ pub enum Applied {
     NewSession(ActiveSession),
     /// The same session with new attributes (group, VPG): the WireGuard state stays.
     Updated(ActiveSession),
-    Removed(String),
-    Unknown(String),
+    Removed(Imsi),
+    Unknown(Imsi),
 }
 
 pub(super) struct Peer {
-    pub(super) imsi: String,
+    pub(super) imsi: Imsi,
     /// The store's session this peer serves: saved endpoints are tied to it.
     pub(super) session_id: String,
     pub(super) client_ip: Ipv4Addr,
@@ -79,7 +80,7 @@ pub(super) struct PeerIndex {
     pub(super) by_index: HashMap<u32, Arc<Peer>>,
     pub(super) by_key: HashMap<[u8; 32], Arc<Peer>>,
     pub(super) by_ip: HashMap<Ipv4Addr, Arc<Peer>>,
-    pub(super) by_imsi: HashMap<String, Arc<Peer>>,
+    pub(super) by_imsi: HashMap<Imsi, Arc<Peer>>,
 }
 
 impl PeerIndex {
@@ -92,7 +93,7 @@ impl PeerIndex {
 
     /// Takes the IMSI's peer out of every index. A key or address entry that already belongs to
     /// another peer (after a move) stays with that peer.
-    pub(super) fn remove(&mut self, imsi: &str) -> Option<Arc<Peer>> {
+    pub(super) fn remove(&mut self, imsi: &Imsi) -> Option<Arc<Peer>> {
         let old = self.by_imsi.remove(imsi)?;
         self.by_index.remove(&old.index);
         if self

@@ -1,6 +1,7 @@
 //! Runs the engine: one task per rendezvous point socket, one for the TUN device, one for timers
 //! and one applying peer changes. Tasks only move bytes; decisions are the engine's.
 
+use crate::ids::RendezvousPointId;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +24,7 @@ const SOCKET_BUFFER_BYTES: usize = 7 * 1024 * 1024;
 
 /// A rendezvous point to listen for.
 pub struct ListenerConfig {
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     pub bind: SocketAddr,
     pub private_key: [u8; 32],
 }
@@ -31,7 +32,7 @@ pub struct ListenerConfig {
 pub struct Dataplane {
     pub engine: Arc<Engine>,
     /// Bound UDP address of each rendezvous point (useful when configured with port 0).
-    pub udp_addrs: Vec<(String, SocketAddr)>,
+    pub udp_addrs: Vec<(RendezvousPointId, SocketAddr)>,
     tasks: Vec<JoinHandle<()>>,
 }
 

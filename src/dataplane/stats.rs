@@ -1,6 +1,7 @@
 //! Live per-peer state the data plane publishes for the API and `wg show`, kept in memory only
 //! (never written to SQLite per packet).
 
+use crate::ids::{Imsi, RendezvousPointId};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -82,8 +83,8 @@ impl RpCounters {
 /// One peer as seen by the data plane right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerSnapshot {
-    pub imsi: String,
-    pub rp_id: String,
+    pub imsi: Imsi,
+    pub rp_id: RendezvousPointId,
     /// The device's WireGuard public key (32 raw bytes).
     pub public_key: [u8; 32],
     pub client_ip: Ipv4Addr,
@@ -98,7 +99,7 @@ pub struct PeerSnapshot {
 /// A rendezvous point's listener as `wg show` describes an interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenerSnapshot {
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     /// Interface-like name used for the control socket, e.g. `arc-apne1`.
     pub name: String,
     pub listen_port: u16,

@@ -3,6 +3,8 @@
 //! here runs on the packet path; the engine's atomics are only loaded.
 
 use std::fmt;
+
+use crate::ids::RendezvousPointId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -71,7 +73,8 @@ impl Collector for ArcdCollector {
             MetricType::Gauge,
             [(vec![("version", env!("CARGO_PKG_VERSION"))], 1)],
         )?;
-        let rps: Vec<&str> = self.engine.listeners().map(|l| l.rp_id.as_str()).collect();
+        let rps: Vec<&RendezvousPointId> = self.engine.listeners().map(|l| &l.rp_id).collect();
+
         let now = SystemTime::now();
         let mut sessions = Vec::new();
         let mut online = Vec::new();
@@ -85,8 +88,11 @@ impl Collector for ArcdCollector {
                         .is_some_and(|age| age < ONLINE_WINDOW)
                 })
                 .count();
-            sessions.push((vec![("rendezvous_point", *rp)], snapshots.len() as u64));
-            online.push((vec![("rendezvous_point", *rp)], up as u64));
+            sessions.push((
+                vec![("rendezvous_point", rp.as_str())],
+                snapshots.len() as u64,
+            ));
+            online.push((vec![("rendezvous_point", rp.as_str())], up as u64));
         }
         family(
             &mut encoder,

@@ -7,6 +7,7 @@
 //! key = entry point URL, e.g. `http://beam.soracom.io:8888/` or `http://beam.soracom.io:8888/in`;
 //! value = `{"enabled": true, "destination": "https://...", "psk": "...", "customHeaders": {}}`.
 
+use crate::ids::Imsi;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -164,7 +165,7 @@ pub fn target_url(route: &Route, path: &str, query: Option<&str>) -> String {
 
 /// `X-Soracom-Signature`: hex SHA-256 of the pre-shared key followed by the signed headers as
 /// `name=value`, lower-case names in alphabetical order (a virtual SIM has no IMEI to sign).
-pub fn signature(psk: &str, imsi: &str, timestamp: i64) -> String {
+pub fn signature(psk: &str, imsi: &Imsi, timestamp: i64) -> String {
     let mut hasher = Sha256::new();
     hasher.update(psk.as_bytes());
     hasher.update(format!("x-soracom-imsi={imsi}").as_bytes());
@@ -218,8 +219,8 @@ pub fn upstream_headers(
             headers.insert(HeaderName::from_static(name), value);
         }
     };
-    set("x-soracom-imsi", &caller.primary_imsi);
-    set("x-soracom-sim-id", &caller.sim.sim_id);
+    set("x-soracom-imsi", caller.primary_imsi.as_str());
+    set("x-soracom-sim-id", caller.sim.sim_id.as_str());
     set("x-soracom-timestamp", &timestamp.to_string());
     if let Some(psk) = &route.psk {
         set(

@@ -1,6 +1,7 @@
 //! Who is calling a platform service: tunnel source address → session → SIM → group settings.
 //! Traffic of a secondary virtual subscriber counts as its IoT SIM's (the primary IMSI).
 
+use crate::ids::Imsi;
 use std::net::IpAddr;
 
 use serde_json::Value;
@@ -13,9 +14,9 @@ use crate::store::{sims, SimRecord, StoreError};
 /// (a group change applies to the very next request, no session reset needed).
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub primary_imsi: String,
+    pub primary_imsi: Imsi,
     /// The virtual subscriber whose WireGuard session carried the request.
-    pub tunnel_imsi: String,
+    pub tunnel_imsi: Imsi,
     pub sim: SimRecord,
     pub configuration: Configuration,
 }

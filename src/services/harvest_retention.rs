@@ -58,15 +58,17 @@ pub fn spawn_purge_job(store: Arc<Store>, retention_days: u32) -> JoinHandle<()>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::OperatorId;
     use crate::store::harvest::{EntryQuery, NewEntry, Scope};
     use crate::store::operators;
+
     use crate::store::testing::temp_store;
 
-    fn seed(store: &Store, operator_id: &str, times: &[i64]) {
+    fn seed(store: &Store, operator_id: &OperatorId, times: &[i64]) {
         let entries: Vec<NewEntry> = times
             .iter()
             .map(|&time| NewEntry {
-                operator_id: operator_id.to_string(),
+                operator_id: operator_id.clone(),
                 imsi: "999990000000001".into(),
                 sim_id: "8942000000000000001".into(),
                 time,
@@ -79,7 +81,7 @@ mod tests {
             .expect("insert");
     }
 
-    fn times(store: &Store, operator_id: &str) -> Vec<i64> {
+    fn times(store: &Store, operator_id: &OperatorId) -> Vec<i64> {
         let scope = Scope::Sim("8942000000000000001".into());
         let query = EntryQuery {
             limit: 1000,

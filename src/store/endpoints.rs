@@ -1,6 +1,7 @@
 //! Where each session's device was last seen (migration 8), so a restarted arcd can start the
 //! WireGuard handshake toward it instead of waiting for the device to notice the restart.
 
+use crate::ids::Imsi;
 use std::net::SocketAddr;
 
 use rusqlite::{params, Connection, Transaction};
@@ -10,7 +11,7 @@ use super::Result;
 /// A device's last authenticated UDP source address, tied to the session it was seen in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SavedEndpoint {
-    pub imsi: String,
+    pub imsi: Imsi,
     pub session_id: String,
     pub endpoint: SocketAddr,
 }
@@ -41,7 +42,7 @@ pub fn saved(conn: &Connection) -> Result<Vec<SavedEndpoint>> {
     )?;
     let rows = statement.query_map([], |row| {
         Ok((
-            row.get::<_, String>(0)?,
+            row.get::<_, Imsi>(0)?,
             row.get::<_, String>(1)?,
             row.get::<_, String>(2)?,
         ))

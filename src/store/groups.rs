@@ -1,5 +1,6 @@
 //! Groups and their configuration: free-form JSON values per namespace and key.
 
+use crate::ids::{GroupId, OperatorId};
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -12,15 +13,19 @@ pub type Configuration = BTreeMap<String, serde_json::Map<String, Value>>;
 
 #[derive(Debug, Clone)]
 pub struct GroupRecord {
-    pub group_id: String,
-    pub operator_id: String,
+    pub group_id: GroupId,
+    pub operator_id: OperatorId,
     pub tags: BTreeMap<String, String>,
     pub configuration: Configuration,
     pub created_at: i64,
     pub last_modified_at: i64,
 }
 
-pub(crate) fn require_group(conn: &Connection, operator_id: &str, group_id: &str) -> Result<()> {
+pub(crate) fn require_group(
+    conn: &Connection,
+    operator_id: &OperatorId,
+    group_id: &GroupId,
+) -> Result<()> {
     let exists = conn
         .prepare_cached("SELECT 1 FROM groups WHERE group_id = ?1 AND operator_id = ?2")?
         .exists(params![group_id, operator_id])?;
@@ -33,7 +38,7 @@ pub(crate) fn require_group(conn: &Connection, operator_id: &str, group_id: &str
 
 pub fn create(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     tags: &BTreeMap<String, String>,
     configuration: &Configuration,
 ) -> Result<GroupRecord> {
@@ -57,7 +62,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 
 fn put_value(
     tx: &Transaction,
-    group_id: &str,
+    group_id: &GroupId,
     namespace: &str,
     key: &str,
     value: &Value,
@@ -70,7 +75,7 @@ fn put_value(
     Ok(())
 }
 
-pub fn get(conn: &Connection, operator_id: &str, group_id: &str) -> Result<GroupRecord> {
+pub fn get(conn: &Connection, operator_id: &OperatorId, group_id: &GroupId) -> Result<GroupRecord> {
     let row: Option<(String, i64, i64)> = conn
         .prepare_cached(
             "SELECT tags, created_at, last_modified_at FROM groups WHERE group_id = ?1 AND operator_id = ?2",
@@ -101,8 +106,8 @@ pub fn get(conn: &Connection, operator_id: &str, group_id: &str) -> Result<Group
             .insert(key, value);
     }
     Ok(GroupRecord {
-        group_id: group_id.to_string(),
-        operator_id: operator_id.to_string(),
+        group_id: group_id.clone(),
+        operator_id: operator_id.clone(),
         tags: serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(e.to_string()))?,
         configuration,
         created_at,
@@ -112,11 +117,12 @@ pub fn get(conn: &Connection, operator_id: &str, group_id: &str) -> Result<Group
 
 pub fn list(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     after_group_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<GroupRecord>> {
-    let ids: Vec<String> = conn
+    let ids: Vec<GroupId> = conn
+
         .prepare_cached(
             "SELECT group_id FROM groups WHERE operator_id = ?1 AND group_id > ?2 ORDER BY group_id LIMIT ?3",
         )?
@@ -126,7 +132,7 @@ pub fn list(
 }
 
 /// Refused while SIMs are in the group, so no SIM points at a group that is gone.
-pub fn delete(tx: &Transaction, operator_id: &str, group_id: &str) -> Result<()> {
+pub fn delete(tx: &Transaction, operator_id: &OperatorId, group_id: &GroupId) -> Result<()> {
     require_group(tx, operator_id, group_id)?;
     let members: i64 = tx.query_row(
         "SELECT COUNT(*) FROM sims WHERE group_id = ?1",
@@ -143,8 +149,8 @@ pub fn delete(tx: &Transaction, operator_id: &str, group_id: &str) -> Result<()>
 /// Sets (adds or overwrites) keys in one namespace.
 pub fn put_configuration(
     tx: &Transaction,
-    operator_id: &str,
-    group_id: &str,
+    operator_id: &OperatorId,
+    group_id: &GroupId,
     namespace: &str,
     values: &[(String, Value)],
 ) -> Result<GroupRecord> {
@@ -158,8 +164,8 @@ pub fn put_configuration(
 
 pub fn delete_configuration(
     tx: &Transaction,
-    operator_id: &str,
-    group_id: &str,
+    operator_id: &OperatorId,
+    group_id: &GroupId,
     namespace: &str,
     key: &str,
 ) -> Result<()> {
@@ -174,7 +180,7 @@ pub fn delete_configuration(
     touch(tx, group_id)
 }
 
-fn touch(tx: &Transaction, group_id: &str) -> Result<()> {
+fn touch(tx: &Transaction, group_id: &GroupId) -> Result<()> {
     tx.execute(
         "UPDATE groups SET last_modified_at = ?2 WHERE group_id = ?1",
         params![group_id, now_ms()],

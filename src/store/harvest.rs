@@ -1,6 +1,7 @@
 //! Harvest Data entries: what devices post to the Harvest service, read back through the
 //! official data API. Stored under the primary IMSI (resource type `Subscriber`) and the SIM ID.
 
+use crate::ids::{Imsi, OperatorId, SimId};
 use std::collections::BTreeSet;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -13,10 +14,10 @@ pub const SUBSCRIBER: &str = "Subscriber";
 /// One entry to store, as the Harvest service received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     /// The primary IMSI of the device that sent it.
-    pub imsi: String,
-    pub sim_id: String,
+    pub imsi: Imsi,
+    pub sim_id: SimId,
     /// UNIX milliseconds: server time, or the device's `X-Soracom-Timestamp`.
     pub time: i64,
     pub content_type: String,
@@ -61,7 +62,7 @@ pub struct Entry {
     pub entry_id: i64,
     pub resource_type: String,
     pub resource_id: String,
-    pub sim_id: String,
+    pub sim_id: SimId,
     pub time: i64,
     pub content_type: String,
     pub content: String,
@@ -77,7 +78,7 @@ pub enum Scope {
         resource_id: String,
     },
     /// Every entry sent by one SIM, whatever resource it is stored under (`harvest_by_sim`).
-    Sim(String),
+    Sim(SimId),
 }
 
 impl Scope {
@@ -98,7 +99,7 @@ impl Scope {
                 resource_type,
                 resource_id,
             } => (resource_type, resource_id),
-            Scope::Sim(sim_id) => (sim_id, ""),
+            Scope::Sim(sim_id) => (sim_id.as_str(), ""),
         }
     }
 }
@@ -237,7 +238,7 @@ fn bounds(query: &EntryQuery) -> (i64, i64, i64, i64) {
 /// Entries of `scope` for the operator; another operator's entries are never seen.
 pub fn list_entries(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     scope: &Scope,
     query: &EntryQuery,
 ) -> Result<Vec<Entry>> {
@@ -261,7 +262,12 @@ pub fn list_entries(
 }
 
 /// The first entry (by entry ID) of `scope` at `time`.
-pub fn get_entry(conn: &Connection, operator_id: &str, scope: &Scope, time: i64) -> Result<Entry> {
+pub fn get_entry(
+    conn: &Connection,
+    operator_id: &OperatorId,
+    scope: &Scope,
+    time: i64,
+) -> Result<Entry> {
     let (key1, key2) = scope.keys();
     conn.prepare_cached(&format!(
         "SELECT {ENTRY_COLUMNS} FROM harvest_entries WHERE {} AND time = ?4
@@ -279,7 +285,7 @@ type ResourceId = (String, String, String);
 /// entries); returns how many entries went.
 pub fn delete_entries(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     scope: &Scope,
     time: i64,
 ) -> Result<usize> {
@@ -386,7 +392,7 @@ fn resources_sql(filtered: bool) -> String {
 /// The operator's resources ordered by `(resource_type, resource_id)`, optionally of one type.
 pub fn list_resources(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     resource_type: Option<&str>,
     after: Option<&ResourceCursor>,
     limit: u32,

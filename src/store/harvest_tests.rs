@@ -2,21 +2,28 @@
 //! the query plans of the listings.
 
 use super::*;
+use crate::ids::{Imsi, OperatorId, SimId};
 use crate::store::testing::temp_store;
 use crate::store::{operators, Store};
 
 const IMSI: &str = "999990000000001";
 const SIM: &str = "8942000000000000001";
 
-fn operator(store: &Store) -> String {
+fn operator(store: &Store) -> OperatorId {
     store.write(operators::create_operator).expect("operator")
 }
 
-fn entry(operator_id: &str, imsi: &str, sim_id: &str, time: i64, content: &str) -> NewEntry {
+fn entry(
+    operator_id: &OperatorId,
+    imsi: &Imsi,
+    sim_id: &SimId,
+    time: i64,
+    content: &str,
+) -> NewEntry {
     NewEntry {
-        operator_id: operator_id.to_string(),
-        imsi: imsi.to_string(),
-        sim_id: sim_id.to_string(),
+        operator_id: operator_id.clone(),
+        imsi: imsi.clone(),
+        sim_id: sim_id.clone(),
         time,
         content_type: "application/json".to_string(),
         content: content.to_string(),
@@ -27,14 +34,14 @@ fn seed(store: &Store, entries: &[NewEntry]) {
     store.write(|tx| insert(tx, entries)).expect("insert");
 }
 
-fn subscriber(imsi: &str) -> Scope {
+fn subscriber(imsi: &Imsi) -> Scope {
     Scope::Resource {
         resource_type: SUBSCRIBER.to_string(),
         resource_id: imsi.to_string(),
     }
 }
 
-fn list(store: &Store, op: &str, scope: &Scope, query: EntryQuery) -> Vec<Entry> {
+fn list(store: &Store, op: &OperatorId, scope: &Scope, query: EntryQuery) -> Vec<Entry> {
     store
         .read(|conn| list_entries(conn, op, scope, &query))
         .expect("list")
@@ -45,17 +52,17 @@ fn contents(entries: &[Entry]) -> Vec<String> {
 }
 
 /// Times 100, 200 (three entries: a, b, c), 300 for one device.
-fn three_times() -> (tempfile::TempDir, Store, String) {
+fn three_times() -> (tempfile::TempDir, Store, OperatorId) {
     let (dir, store) = temp_store();
     let op = operator(&store);
     seed(
         &store,
         &[
-            entry(&op, IMSI, SIM, 100, "t100"),
-            entry(&op, IMSI, SIM, 200, "a"),
-            entry(&op, IMSI, SIM, 200, "b"),
-            entry(&op, IMSI, SIM, 300, "t300"),
-            entry(&op, IMSI, SIM, 200, "c"),
+            entry(&op, &IMSI.into(), &SIM.into(), 100, "t100"),
+            entry(&op, &IMSI.into(), &SIM.into(), 200, "a"),
+            entry(&op, &IMSI.into(), &SIM.into(), 200, "b"),
+            entry(&op, &IMSI.into(), &SIM.into(), 300, "t300"),
+            entry(&op, &IMSI.into(), &SIM.into(), 200, "c"),
         ],
     );
     (dir, store, op)
@@ -68,7 +75,7 @@ fn lists_in_both_orders_within_bounds() {
         limit: 10,
         ..EntryQuery::default()
     };
-    let scope = subscriber(IMSI);
+    let scope = subscriber(&IMSI.into());
     assert_eq!(
         contents(&list(&store, &op, &scope, all)),
         ["t300", "c", "b", "a", "t100"]
@@ -92,7 +99,7 @@ fn lists_in_both_orders_within_bounds() {
     );
     // The SIM scope sees the same entries; other scopes and operators see none.
     assert_eq!(list(&store, &op, &Scope::Sim(SIM.into()), all).len(), 5);
-    assert!(list(&store, &op, &subscriber("999990000000002"), all).is_empty());
+    assert!(list(&store, &op, &subscriber(&"999990000000002".into()), all).is_empty());
     let other = operator(&store);
     assert!(list(&store, &other, &scope, all).is_empty());
     assert!(list(&store, &other, &Scope::Sim(SIM.into()), all).is_empty());
@@ -101,7 +108,7 @@ fn lists_in_both_orders_within_bounds() {
 #[test]
 fn exact_keys_page_through_a_shared_millisecond() {
     let (_dir, store, op) = three_times();
-    for scope in [subscriber(IMSI), Scope::Sim(SIM.into())] {
+    for scope in [subscriber(&IMSI.into()), Scope::Sim(SIM.into())] {
         for order in [Order::Desc, Order::Asc] {
             let mut seen = Vec::new();
             let mut after = None;
@@ -147,7 +154,7 @@ fn a_key_without_entry_skips_the_whole_millisecond() {
         ..EntryQuery::default()
     };
     assert_eq!(
-        contents(&list(&store, &op, &subscriber(IMSI), desc)),
+        contents(&list(&store, &op, &subscriber(&IMSI.into()), desc)),
         ["t100"]
     );
     let asc = EntryQuery {
@@ -155,7 +162,7 @@ fn a_key_without_entry_skips_the_whole_millisecond() {
         ..desc
     };
     assert_eq!(
-        contents(&list(&store, &op, &subscriber(IMSI), asc)),
+        contents(&list(&store, &op, &subscriber(&IMSI.into()), asc)),
         ["t300"]
     );
 }
@@ -190,7 +197,7 @@ fn malformed_keys_are_refused() {
 #[test]
 fn get_returns_the_first_entry_of_the_millisecond_and_delete_removes_all() {
     let (_dir, store, op) = three_times();
-    let scope = subscriber(IMSI);
+    let scope = subscriber(&IMSI.into());
     let got = store
         .read(|conn| get_entry(conn, &op, &scope, 200))
         .expect("get");
@@ -232,7 +239,7 @@ fn get_returns_the_first_entry_of_the_millisecond_and_delete_removes_all() {
     assert!(resources(&store, &op, None).is_empty());
 }
 
-fn resources(store: &Store, op: &str, resource_type: Option<&str>) -> Vec<Resource> {
+fn resources(store: &Store, op: &OperatorId, resource_type: Option<&str>) -> Vec<Resource> {
     store
         .read(|conn| list_resources(conn, op, resource_type, None, 100))
         .expect("resources")
@@ -244,9 +251,21 @@ fn resources_page_in_key_order() {
     let op = operator(&store);
     let imsis = ["999990000000003", "999990000000001", "999990000000002"];
     for (i, imsi) in imsis.iter().enumerate() {
-        seed(&store, &[entry(&op, imsi, SIM, 10 * (i as i64 + 1), "x")]);
+        seed(
+            &store,
+            &[entry(
+                &op,
+                &(*imsi).into(),
+                &SIM.into(),
+                10 * (i as i64 + 1),
+                "x",
+            )],
+        );
     }
-    seed(&store, &[entry(&op, imsis[0], SIM, 5, "older")]);
+    seed(
+        &store,
+        &[entry(&op, &imsis[0].into(), &SIM.into(), 5, "older")],
+    );
     let all = resources(&store, &op, None);
     let ids: Vec<&str> = all.iter().map(|r| r.resource_id.as_str()).collect();
     assert_eq!(ids, [imsis[1], imsis[2], imsis[0]]);
@@ -275,11 +294,37 @@ fn purge_deletes_old_entries_in_batches_and_drops_empty_resources() {
     let old_only = "999990000000001";
     let mixed = "999990000000002";
     let mut entries: Vec<NewEntry> = (0..7)
-        .map(|t| entry(&op, old_only, "8942000000000000001", t, "old"))
+        .map(|t| {
+            entry(
+                &op,
+                &old_only.into(),
+                &"8942000000000000001".into(),
+                t,
+                "old",
+            )
+        })
         .collect();
-    entries.push(entry(&op, mixed, "8942000000000000002", 50, "old"));
-    entries.push(entry(&op, mixed, "8942000000000000002", 100, "kept"));
-    entries.push(entry(&op, mixed, "8942000000000000002", 150, "kept"));
+    entries.push(entry(
+        &op,
+        &mixed.into(),
+        &"8942000000000000002".into(),
+        50,
+        "old",
+    ));
+    entries.push(entry(
+        &op,
+        &mixed.into(),
+        &"8942000000000000002".into(),
+        100,
+        "kept",
+    ));
+    entries.push(entry(
+        &op,
+        &mixed.into(),
+        &"8942000000000000002".into(),
+        150,
+        "kept",
+    ));
     seed(&store, &entries);
 
     let mut batches = Vec::new();
@@ -297,8 +342,8 @@ fn purge_deletes_old_entries_in_batches_and_drops_empty_resources() {
         limit: 100,
         ..EntryQuery::default()
     };
-    assert!(list(&store, &op, &subscriber(old_only), all).is_empty());
-    let kept = list(&store, &op, &subscriber(mixed), all);
+    assert!(list(&store, &op, &subscriber(&old_only.into()), all).is_empty());
+    let kept = list(&store, &op, &subscriber(&mixed.into()), all);
     assert_eq!(
         kept.iter().map(|e| e.time).collect::<Vec<_>>(),
         [150, 100],
@@ -322,7 +367,7 @@ fn purge_deletes_old_entries_in_batches_and_drops_empty_resources() {
 fn listings_use_their_indexes() {
     let (_dir, store) = temp_store();
     let cases = [
-        (subscriber(IMSI), "harvest_by_resource"),
+        (subscriber(&IMSI.into()), "harvest_by_resource"),
         (Scope::Sim(SIM.into()), "harvest_by_sim"),
     ];
     let plan = |sql: &str| -> Vec<String> {

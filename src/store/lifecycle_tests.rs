@@ -5,6 +5,7 @@ use super::subscriptions::{self, IotSimImport};
 use super::testing::temp_store;
 use super::{operators, rendezvous, sims, Rule, Store, StoreError};
 use crate::config::{Config, Coverage};
+use crate::ids::OperatorId;
 
 fn policy(quarantine_ms: i64) -> SessionPolicy {
     SessionPolicy {
@@ -15,7 +16,7 @@ fn policy(quarantine_ms: i64) -> SessionPolicy {
     }
 }
 
-fn setup_with_pool(pool: &str) -> (tempfile::TempDir, Store, String) {
+fn setup_with_pool(pool: &str) -> (tempfile::TempDir, Store, OperatorId) {
     let (dir, store) = temp_store();
     let mut rps = Config::default().rendezvous_points;
     rps[0].pool = pool.parse().expect("pool");
@@ -28,13 +29,13 @@ fn setup_with_pool(pool: &str) -> (tempfile::TempDir, Store, String) {
     (dir, store, operator)
 }
 
-fn setup() -> (tempfile::TempDir, Store, String) {
+fn setup() -> (tempfile::TempDir, Store, OperatorId) {
     setup_with_pool("10.64.0.0/16")
 }
 
 fn create(
     store: &Store,
-    operator: &str,
+    operator: &OperatorId,
     policy: &SessionPolicy,
 ) -> super::Result<sims::CreatedSim> {
     store.write(|tx| sims::create_virtual(tx, operator, Coverage::Jp, "8942", policy))
@@ -55,8 +56,8 @@ fn created_sims_have_unique_valid_identities() {
     let mut ips = std::collections::HashSet::new();
     for _ in 0..50 {
         let created = create(&store, &op, &p).expect("create");
-        assert!(crate::ids::luhn_valid(&created.sim.sim_id));
-        assert_eq!(created.sim.sim_id.len(), 19);
+        assert!(crate::ids::luhn_valid(created.sim.sim_id.as_str()));
+        assert_eq!(created.sim.sim_id.as_str().len(), 19);
         let imsi = created.sim.primary_imsi().expect("imsi").to_string();
         assert!(imsi.starts_with("99999") && imsi.len() == 15);
         assert!(iccids.insert(created.sim.sim_id.clone()));
@@ -171,15 +172,16 @@ fn secondary_subscriber_reports_primary_imsi() {
         })
         .expect("import");
     let added = store
-        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.iccid, &item.iccid, &p))
+        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.sim_id(), &item.iccid, &p))
         .expect("add");
     assert_eq!(added.session.primary_imsi, item.imsi);
-    assert!(added.session.imsi.starts_with("99999"));
+    assert!(added.session.imsi.as_str().starts_with("99999"));
     let all = store.read(sessions::list_active_sessions).expect("list");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0], added.session);
-    let twice = store
-        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.iccid, &item.iccid, &p));
+    let twice = store.write(|tx| {
+        subscriptions::add_virtual_subscriber(tx, &op, &item.sim_id(), &item.iccid, &p)
+    });
     assert!(matches!(
         twice,
         Err(StoreError::Rule(Rule::AlreadyHasVirtualSubscriber(_)))
@@ -191,7 +193,7 @@ fn import_is_all_or_nothing() {
     let (_dir, store, op) = setup();
     let good = |n: u8| IotSimImport {
         iccid: format!("898110000000000000{n}"),
-        imsi: format!("44010123456789{n}"),
+        imsi: format!("44010123456789{n}").into(),
         msisdn: None,
         subscription: "plan-D".into(),
     };
@@ -259,7 +261,7 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
         })
         .expect("import");
     store
-        .write(|tx| sims::change_status(tx, &op, &iot.iccid, sims::StatusAction::Suspend))
+        .write(|tx| sims::change_status(tx, &op, &iot.sim_id(), sims::StatusAction::Suspend))
         .expect("suspend keeps the SIM counted");
     for sim_id in &created[..2] {
         store
@@ -269,7 +271,7 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
             })
             .expect("terminate");
     }
-    let counted = |operator: &str| -> (i64, i64) {
+    let counted = |operator: &OperatorId| -> (i64, i64) {
         store
             .read(|c| {
                 let kept: i64 = c.query_row(

@@ -1,6 +1,7 @@
 //! Operators, their auth keys (secrets stored hashed) and what API tokens need from the store:
 //! the signing key and the API keys revoked by logout (tokens themselves are never stored).
 
+use crate::ids::OperatorId;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{now_ms, Entity, Result, StoreError};
@@ -27,7 +28,7 @@ pub struct AuthKeyInfo {
     pub last_used_at_ms: Option<i64>,
 }
 
-pub fn create_operator(tx: &Transaction) -> Result<String> {
+pub fn create_operator(tx: &Transaction) -> Result<OperatorId> {
     loop {
         let operator_id = ids::new_operator_id();
         let inserted = tx.execute(
@@ -40,14 +41,14 @@ pub fn create_operator(tx: &Transaction) -> Result<String> {
     }
 }
 
-pub fn operator_exists(conn: &Connection, operator_id: &str) -> Result<bool> {
+pub fn operator_exists(conn: &Connection, operator_id: &OperatorId) -> Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM operators WHERE operator_id = ?1")?
         .exists([operator_id])?)
 }
 
 /// The operator the first `arcd serve` made (whose key is in root-credentials.json), if any.
-pub fn root_operator(conn: &Connection) -> Result<Option<String>> {
+pub fn root_operator(conn: &Connection) -> Result<Option<OperatorId>> {
     Ok(conn
         .query_row(
             "SELECT value FROM settings WHERE key = 'root_operator_id'",
@@ -57,7 +58,7 @@ pub fn root_operator(conn: &Connection) -> Result<Option<String>> {
         .optional()?)
 }
 
-pub fn set_root_operator(tx: &Transaction, operator_id: &str) -> Result<()> {
+pub fn set_root_operator(tx: &Transaction, operator_id: &OperatorId) -> Result<()> {
     tx.execute(
         "INSERT INTO settings(key, value) VALUES ('root_operator_id', ?1)",
         [operator_id],
@@ -65,7 +66,7 @@ pub fn set_root_operator(tx: &Transaction, operator_id: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn create_auth_key(tx: &Transaction, operator_id: &str) -> Result<NewAuthKey> {
+pub fn create_auth_key(tx: &Transaction, operator_id: &OperatorId) -> Result<NewAuthKey> {
     if !operator_exists(tx, operator_id)? {
         return Err(StoreError::NotFound(Entity::Operator));
     }
@@ -86,7 +87,7 @@ pub fn create_auth_key(tx: &Transaction, operator_id: &str) -> Result<NewAuthKey
     Ok(key)
 }
 
-pub fn list_auth_keys(conn: &Connection, operator_id: &str) -> Result<Vec<AuthKeyInfo>> {
+pub fn list_auth_keys(conn: &Connection, operator_id: &OperatorId) -> Result<Vec<AuthKeyInfo>> {
     let mut stmt = conn.prepare_cached(
         "SELECT auth_key_id, created_at, last_used_at FROM auth_keys
          WHERE operator_id = ?1 ORDER BY created_at, auth_key_id",
@@ -101,7 +102,11 @@ pub fn list_auth_keys(conn: &Connection, operator_id: &str) -> Result<Vec<AuthKe
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-pub fn delete_auth_key(tx: &Transaction, operator_id: &str, auth_key_id: &str) -> Result<()> {
+pub fn delete_auth_key(
+    tx: &Transaction,
+    operator_id: &OperatorId,
+    auth_key_id: &str,
+) -> Result<()> {
     let deleted = tx.execute(
         "DELETE FROM auth_keys WHERE operator_id = ?1 AND auth_key_id = ?2",
         params![operator_id, auth_key_id],
@@ -116,7 +121,7 @@ pub fn delete_auth_key(tx: &Transaction, operator_id: &str, auth_key_id: &str) -
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedAuthKey {
     pub auth_key_id: String,
-    pub operator_id: String,
+    pub operator_id: OperatorId,
     pub last_used_at_ms: Option<i64>,
 }
 
@@ -127,7 +132,7 @@ pub fn verify_auth_key(
     auth_key_id: &str,
     secret: &str,
 ) -> Result<Option<VerifiedAuthKey>> {
-    let found: Option<(String, String, Option<i64>)> = conn
+    let found: Option<(OperatorId, String, Option<i64>)> = conn
         .prepare_cached(
             "SELECT operator_id, secret_hash, last_used_at FROM auth_keys WHERE auth_key_id = ?1",
         )?
@@ -157,7 +162,7 @@ pub fn touch_auth_key(tx: &Transaction, auth_key_id: &str, now_ms: i64) -> Resul
 
 /// The operator of auth key `auth_key_id`, while the key exists: tokens live only as long as
 /// the key they were issued from.
-pub fn auth_key_operator(conn: &Connection, auth_key_id: &str) -> Result<Option<String>> {
+pub fn auth_key_operator(conn: &Connection, auth_key_id: &str) -> Result<Option<OperatorId>> {
     Ok(conn
         .prepare_cached("SELECT operator_id FROM auth_keys WHERE auth_key_id = ?1")?
         .query_row([auth_key_id], |row| row.get(0))
@@ -299,7 +304,7 @@ mod tests {
             .write(|tx| delete_auth_key(tx, &a, &key.auth_key_id))
             .expect("own key");
         assert!(store
-            .write(|tx| create_auth_key(tx, "OP0000000000"))
+            .write(|tx| create_auth_key(tx, &"OP0000000000".into()))
             .is_err());
     }
 }

@@ -1,6 +1,7 @@
 //! Rendezvous points: the server key pair is made once and kept; endpoint, pool and allowed IPs
 //! follow the configuration at every start.
 
+use crate::ids::RendezvousPointId;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{now_ms, Result, Rule, StoreError};
@@ -9,7 +10,7 @@ use crate::wgkey;
 
 #[derive(Debug, Clone)]
 pub struct RendezvousPoint {
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     pub public_key: String,
     pub endpoint: String,
     pub pool: ipnet::Ipv4Net,
@@ -39,13 +40,14 @@ pub fn sync(tx: &Transaction, configured: &[RendezvousPointConfig]) -> Result<()
     Ok(())
 }
 
-pub fn get(conn: &Connection, rp_id: &str) -> Result<RendezvousPoint> {
+pub fn get(conn: &Connection, rp_id: &RendezvousPointId) -> Result<RendezvousPoint> {
     conn.prepare_cached(
         "SELECT rp_id, public_key, endpoint, pool, allowed_ips FROM rendezvous_points WHERE rp_id = ?1",
     )?
     .query_row([rp_id], |row| {
         Ok((
-            row.get::<_, String>(0)?,
+            row.get::<_, RendezvousPointId>(0)?,
+
             row.get::<_, String>(1)?,
             row.get::<_, String>(2)?,
             row.get::<_, String>(3)?,
@@ -72,7 +74,7 @@ pub(crate) fn parse_allowed_ips(json: &str) -> Result<Vec<String>> {
 }
 
 /// The server private key, for the data plane only: never logged, never served by the API.
-pub fn private_key(conn: &Connection, rp_id: &str) -> Result<String> {
+pub fn private_key(conn: &Connection, rp_id: &RendezvousPointId) -> Result<String> {
     conn.query_row(
         "SELECT private_key FROM rendezvous_points WHERE rp_id = ?1",
         [rp_id],
@@ -93,20 +95,24 @@ mod tests {
         let (_dir, store) = temp_store();
         let mut rps = Config::default().rendezvous_points;
         store.write(|tx| sync(tx, &rps)).expect("sync");
-        let first = store.read(|c| get(c, "ap-northeast-1")).expect("get");
+        let first = store
+            .read(|c| get(c, &"ap-northeast-1".into()))
+            .expect("get");
         rps[0].endpoint = "rp.example.net:11010".into();
         store.write(|tx| sync(tx, &rps)).expect("resync");
-        let second = store.read(|c| get(c, "ap-northeast-1")).expect("get");
+        let second = store
+            .read(|c| get(c, &"ap-northeast-1".into()))
+            .expect("get");
         assert_eq!(first.public_key, second.public_key);
         assert_eq!(second.endpoint, "rp.example.net:11010");
         assert_eq!(second.allowed_ips, vec!["100.127.0.0/16".to_string()]);
         let private = store
-            .read(|c| private_key(c, "ap-northeast-1"))
+            .read(|c| private_key(c, &"ap-northeast-1".into()))
             .expect("key");
         assert_eq!(
             wgkey::public_from_private(&private).as_deref(),
             Some(first.public_key.as_str())
         );
-        assert!(store.read(|c| get(c, "us-west-2")).is_err());
+        assert!(store.read(|c| get(c, &"us-west-2".into())).is_err());
     }
 }

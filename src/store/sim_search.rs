@@ -2,6 +2,7 @@
 //! clause is assembled from typed pieces: each searchable field says where its value is found and
 //! how it is compared, and every value is bound as a parameter, never written into the SQL.
 
+use crate::ids::OperatorId;
 use rusqlite::types::ToSql;
 use rusqlite::{params_from_iter, Connection};
 
@@ -176,7 +177,7 @@ fn session_clause(online: Option<bool>) -> Option<String> {
 /// One page of the operator's SIMs that match `query`, in SIM ID order, after `after_sim_id`.
 pub fn search(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     query: &SimQuery,
     after_sim_id: Option<&str>,
     limit: u32,

@@ -1,6 +1,7 @@
 //! SIMs: the rows behind the API's `Sim` object, standalone virtual SIM creation, status changes,
 //! termination, groups and tags.
 
+use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
@@ -12,14 +13,14 @@ use crate::wgkey;
 
 #[derive(Debug, Clone)]
 pub struct SimRecord {
-    pub sim_id: String,
-    pub operator_id: String,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
     /// `virtual` for arcd-made SIMs, `uicc` for imported IoT SIMs.
     pub sim_type: String,
     pub module_type: Option<String>,
     pub status: String,
     pub coverage: Coverage,
-    pub group_id: Option<String>,
+    pub group_id: Option<GroupId>,
     pub termination_enabled: bool,
     pub created_at: i64,
     pub last_modified_at: i64,
@@ -31,7 +32,7 @@ pub struct SimRecord {
 
 #[derive(Debug, Clone)]
 pub struct SubscriberRecord {
-    pub imsi: String,
+    pub imsi: Imsi,
     pub iccid: String,
     pub msisdn: Option<String>,
     pub subscription: String,
@@ -43,11 +44,11 @@ pub struct SubscriberRecord {
 
 #[derive(Debug, Clone)]
 pub struct SessionRecord {
-    pub imsi: String,
+    pub imsi: Imsi,
     pub session_id: String,
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     pub client_ip: String,
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
     pub created_at: i64,
     pub last_updated_at: i64,
     pub server_public_key: String,
@@ -56,11 +57,11 @@ pub struct SessionRecord {
 }
 
 impl SimRecord {
-    pub fn primary_imsi(&self) -> Option<&str> {
+    pub fn primary_imsi(&self) -> Option<&Imsi> {
         self.subscribers
             .iter()
             .find(|s| s.is_primary)
-            .map(|s| s.imsi.as_str())
+            .map(|s| &s.imsi)
     }
 
     /// The virtual subscriber carrying the Arc credentials, if the SIM has a live one.
@@ -105,7 +106,7 @@ fn complete(conn: &Connection, mut sim: SimRecord) -> Result<SimRecord> {
 }
 
 /// The SIM's subscribers, primary first.
-fn subscribers_of(conn: &Connection, sim_id: &str) -> Result<Vec<SubscriberRecord>> {
+fn subscribers_of(conn: &Connection, sim_id: &SimId) -> Result<Vec<SubscriberRecord>> {
     Ok(conn
         .prepare_cached(
             "SELECT imsi, iccid, msisdn, subscription, is_primary, is_virtual, status, arc_public_key
@@ -127,7 +128,7 @@ fn subscribers_of(conn: &Connection, sim_id: &str) -> Result<Vec<SubscriberRecor
 }
 
 /// The SIM's Arc session with what a device needs to reach its rendezvous point, if it has one.
-fn session_of(conn: &Connection, sim_id: &str) -> Result<Option<SessionRecord>> {
+fn session_of(conn: &Connection, sim_id: &SimId) -> Result<Option<SessionRecord>> {
     let session = conn
         .prepare_cached(
             "SELECT a.imsi, a.session_id, a.rp_id, a.client_ip, a.vpg_id, a.created_at, a.last_updated_at,
@@ -173,7 +174,7 @@ pub(super) fn sims_page(
     rows.into_iter().map(|sim| complete(conn, sim)).collect()
 }
 
-pub fn get(conn: &Connection, operator_id: &str, sim_id: &str) -> Result<SimRecord> {
+pub fn get(conn: &Connection, operator_id: &OperatorId, sim_id: &SimId) -> Result<SimRecord> {
     let row = conn
         .prepare_cached(&format!(
             "SELECT {SIM_COLUMNS} FROM sims WHERE sim_id = ?1 AND operator_id = ?2"
@@ -187,7 +188,11 @@ pub fn get(conn: &Connection, operator_id: &str, sim_id: &str) -> Result<SimReco
 }
 
 /// 404 unless the operator owns the SIM.
-pub(crate) fn require_sim(conn: &Connection, operator_id: &str, sim_id: &str) -> Result<String> {
+pub(crate) fn require_sim(
+    conn: &Connection,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
+) -> Result<String> {
     conn.prepare_cached("SELECT status FROM sims WHERE sim_id = ?1 AND operator_id = ?2")?
         .query_row(params![sim_id, operator_id], |row| row.get(0))
         .optional()?
@@ -195,14 +200,18 @@ pub(crate) fn require_sim(conn: &Connection, operator_id: &str, sim_id: &str) ->
 }
 
 /// Like `require_sim`, and the SIM must not be terminated.
-pub(crate) fn require_live_sim(conn: &Connection, operator_id: &str, sim_id: &str) -> Result<()> {
+pub(crate) fn require_live_sim(
+    conn: &Connection,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
+) -> Result<()> {
     if require_sim(conn, operator_id, sim_id)? == "terminated" {
         return Err(Rule::SimTerminated.into());
     }
     Ok(())
 }
 
-pub(crate) fn touch(tx: &Transaction, sim_id: &str) -> Result<()> {
+pub(crate) fn touch(tx: &Transaction, sim_id: &SimId) -> Result<()> {
     tx.prepare_cached("UPDATE sims SET last_modified_at = ?2 WHERE sim_id = ?1")?
         .execute(params![sim_id, now_ms()])?;
     Ok(())
@@ -222,7 +231,7 @@ pub struct SimQuotaExceeded {
 /// `limit` SIMs that are not terminated (the count the `operator_sim_counts` triggers keep).
 pub fn check_sim_quota(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     adding: u64,
     limit: u64,
 ) -> Result<std::result::Result<(), SimQuotaExceeded>> {
@@ -249,12 +258,13 @@ pub struct CreatedSim {
 
 pub fn create_virtual(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     coverage: Coverage,
     iccid_prefix: &str,
     policy: &SessionPolicy,
 ) -> Result<CreatedSim> {
-    let sim_id = next_iccid(tx, iccid_prefix)?;
+    // A virtual SIM's id is its ICCID.
+    let sim_id = SimId::new(next_iccid(tx, iccid_prefix)?);
     let imsi = next_virtual_imsi(tx)?;
     let pair = wgkey::generate();
     let now = now_ms();
@@ -269,7 +279,8 @@ pub fn create_virtual(
         &NewSubscriber {
             imsi: &imsi,
             sim_id: &sim_id,
-            iccid: &sim_id,
+            iccid: sim_id.as_str(),
+
             msisdn: None,
             subscription: "planArc01",
             is_primary: true,
@@ -287,8 +298,8 @@ pub fn create_virtual(
 }
 
 pub(crate) struct NewSubscriber<'a> {
-    pub imsi: &'a str,
-    pub sim_id: &'a str,
+    pub imsi: &'a Imsi,
+    pub sim_id: &'a SimId,
     pub iccid: &'a str,
     pub msisdn: Option<&'a str>,
     pub subscription: &'a str,
@@ -334,7 +345,7 @@ fn next_iccid(tx: &Transaction, prefix: &str) -> Result<String> {
     }
 }
 
-pub(crate) fn next_virtual_imsi(tx: &Transaction) -> Result<String> {
+pub(crate) fn next_virtual_imsi(tx: &Transaction) -> Result<Imsi> {
     loop {
         let sequence = next_counter(tx, "virtual_imsi")?;
         if sequence > ids::VIRTUAL_IMSI_CAPACITY {
@@ -353,7 +364,7 @@ pub(crate) fn next_virtual_imsi(tx: &Transaction) -> Result<String> {
 /// One page of the operator's SIMs in SIM ID order, after `after_sim_id`.
 pub fn list(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     after_sim_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SimRecord>> {
@@ -396,8 +407,8 @@ impl StatusAction {
 /// activate / deactivate / suspend: only for IoT SIMs; a virtual SIM is active or terminated.
 pub fn change_status(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     action: StatusAction,
 ) -> Result<SimRecord> {
     let sim = get(tx, operator_id, sim_id)?;
@@ -415,8 +426,8 @@ pub fn change_status(
 /// `enable_termination` (true: protection off) / `disable_termination` (false: protection on).
 pub fn set_termination_enabled(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     enabled: bool,
 ) -> Result<SimRecord> {
     require_sim(tx, operator_id, sim_id)?;
@@ -431,8 +442,8 @@ pub fn set_termination_enabled(
 /// The record stays; its ICCID and IMSIs are never issued again.
 pub fn terminate(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
 ) -> Result<(SimRecord, Vec<PeerChange>)> {
     let sim = get(tx, operator_id, sim_id)?;
     if sim.status == "terminated" {
@@ -461,9 +472,9 @@ pub fn terminate(
 /// placement changes wait for the next session re-creation.
 pub fn set_group(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
-    group_id: Option<&str>,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
+    group_id: Option<&GroupId>,
 ) -> Result<(SimRecord, Option<PeerChange>)> {
     require_sim(tx, operator_id, sim_id)?;
     if let Some(group_id) = group_id {
@@ -477,8 +488,8 @@ pub fn set_group(
 
 pub fn put_tags(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     tags: &[(String, String)],
 ) -> Result<SimRecord> {
     require_sim(tx, operator_id, sim_id)?;
@@ -493,7 +504,12 @@ pub fn put_tags(
     get(tx, operator_id, sim_id)
 }
 
-pub fn delete_tag(tx: &Transaction, operator_id: &str, sim_id: &str, name: &str) -> Result<()> {
+pub fn delete_tag(
+    tx: &Transaction,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
+    name: &str,
+) -> Result<()> {
     require_sim(tx, operator_id, sim_id)?;
     let deleted = tx
         .prepare_cached("DELETE FROM sim_tags WHERE sim_id = ?1 AND name = ?2")?
@@ -507,8 +523,8 @@ pub fn delete_tag(tx: &Transaction, operator_id: &str, sim_id: &str, name: &str)
 /// SIMs of a group, one page in SIM ID order.
 pub fn list_in_group(
     conn: &Connection,
-    operator_id: &str,
-    group_id: &str,
+    operator_id: &OperatorId,
+    group_id: &GroupId,
     after_sim_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SimRecord>> {

@@ -1,5 +1,6 @@
 //! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
 
+use crate::ids::{Imsi, OperatorId, SimId};
 use rusqlite::{params, Transaction};
 
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
@@ -23,7 +24,7 @@ pub const ARC_CAPABLE_PRIMARY: &[&str] = &[
 #[serde(deny_unknown_fields)]
 pub struct IotSimImport {
     pub iccid: String,
-    pub imsi: String,
+    pub imsi: Imsi,
     #[serde(default)]
     pub msisdn: Option<String>,
     pub subscription: String,
@@ -34,15 +35,21 @@ fn all_digits(text: &str) -> bool {
 }
 
 impl IotSimImport {
+    /// An IoT SIM's id is its ICCID.
+    pub fn sim_id(&self) -> SimId {
+        SimId::new(self.iccid.clone())
+    }
+
     /// Shape checks that need no database.
     pub fn check(&self) -> std::result::Result<(), String> {
         if !all_digits(&self.iccid) || !(18..=22).contains(&self.iccid.len()) {
             return Err(format!("iccid `{}` must be 18 to 22 digits", self.iccid));
         }
-        if !all_digits(&self.imsi) || !(14..=15).contains(&self.imsi.len()) {
+        let imsi = self.imsi.as_str();
+        if !all_digits(imsi) || !(14..=15).contains(&imsi.len()) {
             return Err(format!("imsi `{}` must be 14 or 15 digits", self.imsi));
         }
-        if self.imsi.starts_with(crate::ids::VIRTUAL_IMSI_PREFIX) {
+        if imsi.starts_with(crate::ids::VIRTUAL_IMSI_PREFIX) {
             return Err(format!(
                 "imsi `{}` is in the virtual range 99999…, which arcd issues itself",
                 self.imsi
@@ -70,7 +77,7 @@ impl IotSimImport {
 /// Registers all SIMs or none: the first bad item aborts the transaction with its index.
 pub fn import_iot_sims(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     coverage: Coverage,
     items: &[IotSimImport],
 ) -> Result<Vec<SimRecord>> {
@@ -83,7 +90,7 @@ pub fn import_iot_sims(
     }
     items
         .iter()
-        .map(|item| sims::get(tx, operator_id, &item.iccid))
+        .map(|item| sims::get(tx, operator_id, &item.sim_id()))
         .collect()
 }
 
@@ -101,7 +108,7 @@ impl<E: Into<StoreError>> From<E> for ImportFailure {
 
 fn import_one(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     coverage: Coverage,
     item: &IotSimImport,
     now: i64,
@@ -127,7 +134,7 @@ fn import_one(
     }
     let subscriber = NewSubscriber {
         imsi: &item.imsi,
-        sim_id: &item.iccid,
+        sim_id: &item.sim_id(),
         iccid: &item.iccid,
         msisdn: item.msisdn.as_deref().filter(|m| !m.is_empty()),
         subscription: &item.subscription,
@@ -141,7 +148,7 @@ fn import_one(
 pub struct AddedSubscriber {
     pub sim: SimRecord,
     pub iccid: String,
-    pub imsi: String,
+    pub imsi: Imsi,
     pub private_key: String,
     pub session: ActiveSession,
 }
@@ -149,8 +156,8 @@ pub struct AddedSubscriber {
 /// `addSubscription` with planArc01: a virtual subscriber whose traffic counts as the IoT SIM's.
 pub fn add_virtual_subscriber(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     iccid: &str,
     policy: &SessionPolicy,
 ) -> Result<AddedSubscriber> {
@@ -202,7 +209,7 @@ fn check_can_add_virtual(sim: &SimRecord, iccid: &str) -> Result<()> {
         return Err(Rule::NotAnIotSim.into());
     }
     if let Some(existing) = sim.arc_subscriber() {
-        return Err(Rule::AlreadyHasVirtualSubscriber(existing.imsi.clone()).into());
+        return Err(Rule::AlreadyHasVirtualSubscriber(existing.imsi.to_string()).into());
     }
     if !ARC_CAPABLE_PRIMARY.contains(&primary.subscription.as_str()) {
         return Err(Rule::UnsupportedPrimarySubscription(primary.subscription.clone()).into());
@@ -213,16 +220,16 @@ fn check_can_add_virtual(sim: &SimRecord, iccid: &str) -> Result<()> {
 /// `terminateSubscriptionContainer`: ends a secondary virtual subscriber; the IoT SIM stays.
 pub fn terminate_virtual_subscriber(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     iccid: &str,
-    imsi: &str,
+    imsi: &Imsi,
 ) -> Result<Option<PeerChange>> {
     let sim = sims::get(tx, operator_id, sim_id)?;
     let sub = sim
         .subscribers
         .iter()
-        .find(|s| s.imsi == imsi && s.iccid == iccid)
+        .find(|s| &s.imsi == imsi && s.iccid == iccid)
         .ok_or(StoreError::NotFound(Entity::Subscriber))?;
     if sub.is_primary || !sub.is_virtual {
         return Err(Rule::NotSecondaryVirtual.into());

@@ -4,6 +4,7 @@
 //! `VirtualPrivateGateway.status` knows no other value), so a terminated VPG answers like a
 //! missing one.
 
+use crate::ids::{OperatorId, RendezvousPointId, VpgId};
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
@@ -41,10 +42,11 @@ pub struct NewVpg {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VpgRecord {
-    pub vpg_id: String,
-    pub operator_id: String,
+    pub vpg_id: VpgId,
+    pub operator_id: OperatorId,
     pub vpg_type: i64,
-    pub region: String,
+    /// The placement region, which is also the id of the rendezvous point that serves it.
+    pub region: RendezvousPointId,
     pub device_subnet: Ipv4Net,
     pub use_internet_gateway: bool,
     /// arcd extension: devices of this VPG may reach each other.
@@ -123,7 +125,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 /// [`DEFAULT_DEVICE_SUBNET`]): sessions lease their addresses from one scope shared by all VPGs.
 pub fn create(
     tx: &Transaction,
-    operator_id: &str,
+    operator_id: &OperatorId,
     new: &NewVpg,
     rendezvous_points: &[RendezvousPointConfig],
 ) -> Result<VpgRecord> {
@@ -186,7 +188,7 @@ fn finish((mut vpg, subnet, tags): (VpgRecord, String, String)) -> Result<VpgRec
 }
 
 /// The operator's running VPG; a terminated one, or another operator's, is not found.
-pub fn get(conn: &Connection, operator_id: &str, vpg_id: &str) -> Result<VpgRecord> {
+pub fn get(conn: &Connection, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<VpgRecord> {
     let row = conn
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM vpgs v WHERE v.vpg_id = ?1 AND v.operator_id = ?2 AND v.status = ?3"
@@ -207,7 +209,7 @@ pub struct TagFilter {
 /// The operator's running VPGs in id order, after `after_vpg_id`.
 pub fn list(
     conn: &Connection,
-    operator_id: &str,
+    operator_id: &OperatorId,
     tag: Option<&TagFilter>,
     after_vpg_id: Option<&str>,
     limit: u32,
@@ -237,7 +239,7 @@ pub fn list(
 }
 
 /// Groups of the operator whose `SoracomAir` → `vpgId` names the VPG.
-fn groups_naming(conn: &Connection, operator_id: &str, vpg_id: &str) -> Result<u64> {
+fn groups_naming(conn: &Connection, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<u64> {
     let n: i64 = conn
         .prepare_cached(
             "SELECT COUNT(*) FROM group_configuration c JOIN groups g ON g.group_id = c.group_id
@@ -249,7 +251,7 @@ fn groups_naming(conn: &Connection, operator_id: &str, vpg_id: &str) -> Result<u
 
 /// Refused while a group of the operator names the VPG (`SoracomAir` → `vpgId`) or an Arc
 /// session is in it; the row stays with status `terminated`.
-pub fn terminate(tx: &Transaction, operator_id: &str, vpg_id: &str) -> Result<()> {
+pub fn terminate(tx: &Transaction, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<()> {
     let vpg = get(tx, operator_id, vpg_id)?;
     let groups = groups_naming(tx, operator_id, vpg_id)?;
     if groups > 0 || vpg.online_sessions > 0 {
@@ -269,8 +271,8 @@ pub fn terminate(tx: &Transaction, operator_id: &str, vpg_id: &str) -> Result<()
 /// arcd extension: lets devices of the VPG reach each other, or not.
 pub fn set_device_to_device(
     tx: &Transaction,
-    operator_id: &str,
-    vpg_id: &str,
+    operator_id: &OperatorId,
+    vpg_id: &VpgId,
     enabled: bool,
 ) -> Result<VpgRecord> {
     get(tx, operator_id, vpg_id)?;
@@ -284,7 +286,7 @@ pub fn set_device_to_device(
 /// What the data plane needs of one running VPG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningVpg {
-    pub vpg_id: String,
+    pub vpg_id: VpgId,
     pub device_subnet: Ipv4Net,
     pub device_to_device: bool,
     pub use_internet_gateway: bool,
@@ -300,7 +302,7 @@ pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
     )?;
     let rows = stmt.query_map(params![STATUS_RUNNING], |row| {
         Ok((
-            row.get::<_, String>(0)?,
+            row.get::<_, VpgId>(0)?,
             row.get::<_, String>(1)?,
             row.get::<_, bool>(2)?,
             row.get::<_, bool>(3)?,
@@ -492,7 +494,7 @@ mod tests {
             .or_default()
             .insert(
                 "vpgId".into(),
-                serde_json::Value::String(vpg.vpg_id.clone()),
+                serde_json::Value::String(vpg.vpg_id.to_string()),
             );
         let group = store
             .write(|tx| crate::store::groups::create(tx, &op, &BTreeMap::new(), &configuration))

@@ -1,5 +1,6 @@
 //! Reads of the active sessions, as the data plane and the rendezvous point views need them.
 
+use crate::ids::{Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension};
@@ -9,13 +10,17 @@ use crate::store::{Result, StoreError};
 
 /// IMSIs of the operator's sessions at rendezvous point `rp_id` (what an operator may count of
 /// a rendezvous point that all operators share).
-pub fn operator_imsis_at(conn: &Connection, operator_id: &str, rp_id: &str) -> Result<Vec<String>> {
+pub fn operator_imsis_at(
+    conn: &Connection,
+    operator_id: &OperatorId,
+    rp_id: &RendezvousPointId,
+) -> Result<Vec<Imsi>> {
     let mut stmt = conn.prepare_cached(
         "SELECT a.imsi FROM sims s JOIN arc_sessions a ON a.sim_id = s.sim_id
          WHERE s.operator_id = ?1 AND a.rp_id = ?2",
     )?;
     let imsis = stmt.query_map(params![operator_id, rp_id], |row| row.get(0))?;
-    Ok(imsis.collect::<rusqlite::Result<Vec<String>>>()?)
+    Ok(imsis.collect::<rusqlite::Result<Vec<Imsi>>>()?)
 }
 
 /// Every session the data plane must serve, in one query (used at start).
@@ -57,13 +62,13 @@ pub fn list_active_sessions(conn: &Connection) -> Result<Vec<ActiveSession>> {
 /// The active session of a SIM, as the data plane sees it.
 pub(crate) fn active_session_of(
     conn: &Connection,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
 ) -> Result<Option<ActiveSession>> {
     let Some(sub) = arc_subscriber(conn, operator_id, sim_id)? else {
         return Ok(None);
     };
-    let row: Option<(String, String, String, Option<String>)> = conn
+    let row: Option<(String, RendezvousPointId, String, Option<VpgId>)> = conn
         .prepare_cached(
             "SELECT session_id, rp_id, client_ip, vpg_id FROM arc_sessions WHERE imsi = ?1",
         )?
@@ -89,7 +94,7 @@ pub(crate) fn active_session_of(
 }
 
 /// A stored client address; anything else in the column means the database was damaged.
-fn parse_client_ip(text: &str, imsi: &str) -> Result<Ipv4Addr> {
+fn parse_client_ip(text: &str, imsi: &Imsi) -> Result<Ipv4Addr> {
     text.parse()
         .map_err(|_| StoreError::Corrupt(format!("client address of {imsi}")))
 }

@@ -2,6 +2,7 @@
 //! stays in the session's scope and range, released into quarantine before anyone else gets it
 //! (docs/ARCHITECTURE.md, "Addresses and quarantine").
 
+use crate::ids::Imsi;
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, OptionalExtension, Transaction};
@@ -17,7 +18,7 @@ use crate::store::{Result, Rule};
 pub(super) fn lease_address(
     tx: &Transaction,
     placement: &Placement,
-    imsi: &str,
+    imsi: &Imsi,
     now: i64,
     policy: &SessionPolicy,
 ) -> Result<Ipv4Addr> {
@@ -29,8 +30,10 @@ pub(super) fn lease_address(
     }
     let Some(ip) = never_used(tx, placement)? else {
         return Err(match &placement.vpg_id {
-            Some(vpg_id) => Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.clone()),
-            None => Rule::PoolExhausted(placement.pool.to_string(), placement.rp.rp_id.clone()),
+            Some(vpg_id) => {
+                Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.to_string())
+            }
+            None => Rule::PoolExhausted(placement.pool.to_string(), placement.rp.rp_id.to_string()),
         }
         .into());
     };
@@ -42,7 +45,7 @@ pub(super) fn lease_address(
 }
 
 /// Releases `imsi`'s lease, if it has one: the address starts its quarantine at `now`.
-pub(super) fn release_lease(tx: &Transaction, imsi: &str, now: i64) -> Result<()> {
+pub(super) fn release_lease(tx: &Transaction, imsi: &Imsi, now: i64) -> Result<()> {
     tx.prepare_cached("UPDATE address_leases SET imsi = NULL, released_at = ?2 WHERE imsi = ?1")?
         .execute(params![imsi, now])?;
     Ok(())
@@ -53,7 +56,7 @@ pub(super) fn release_lease(tx: &Transaction, imsi: &str, now: i64) -> Result<()
 fn keep_current_lease(
     tx: &Transaction,
     placement: &Placement,
-    imsi: &str,
+    imsi: &Imsi,
     now: i64,
 ) -> Result<Option<u32>> {
     let (low, high) = placement.range;
@@ -76,7 +79,7 @@ fn keep_current_lease(
 fn reuse_released(
     tx: &Transaction,
     placement: &Placement,
-    imsi: &str,
+    imsi: &Imsi,
     released_by: i64,
 ) -> Result<Option<u32>> {
     let scope = placement.scope.as_str();

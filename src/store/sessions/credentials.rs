@@ -1,6 +1,7 @@
 //! The API calls that replace a SIM's session on purpose: re-creation, attaching new Arc
 //! credentials (which starts a new session so the old key stops working), and removing them.
 
+use crate::ids::{Imsi, OperatorId, SimId};
 use rusqlite::{params, Transaction};
 
 use super::rendezvous_selection::SessionPolicy;
@@ -11,8 +12,8 @@ use crate::store::{now_ms, sims, Result, Rule};
 /// With `require_existing`, a SIM without a session is an error (`delete_session` on an offline SIM).
 pub fn recreate(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     policy: &SessionPolicy,
     require_existing: bool,
 ) -> Result<ActiveSession> {
@@ -47,8 +48,8 @@ pub struct RenewedCredentials {
 /// at once, so the old key stops working.
 pub fn renew_credentials(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     client_public_key: Option<String>,
     policy: &SessionPolicy,
 ) -> Result<RenewedCredentials> {
@@ -74,8 +75,8 @@ pub fn renew_credentials(
 /// Deprecated `DELETE /credentials/arc`: the key is gone and so is the session.
 pub fn remove_credentials(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
 ) -> Result<Option<PeerChange>> {
     sims::require_live_sim(tx, operator_id, sim_id)?;
     let sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
@@ -86,8 +87,8 @@ pub fn remove_credentials(
 /// Stores the subscriber's Arc public key (or none) and marks the subscriber and its SIM modified.
 fn set_public_key(
     tx: &Transaction,
-    imsi: &str,
-    sim_id: &str,
+    imsi: &Imsi,
+    sim_id: &SimId,
     public_key: Option<&str>,
 ) -> Result<()> {
     tx.prepare_cached(

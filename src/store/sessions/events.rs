@@ -1,6 +1,7 @@
 //! Session events (`Created` / `Deleted`): written with every session change, listed by
 //! `listSessionEvents`.
 
+use crate::ids::{Imsi, OperatorId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, Transaction};
@@ -11,14 +12,14 @@ use crate::store::Result;
 #[derive(Debug, Clone)]
 pub struct SessionEventRecord {
     pub event_id: i64,
-    pub sim_id: String,
-    pub imsi: String,
-    pub operator_id: String,
+    pub sim_id: SimId,
+    pub imsi: Imsi,
+    pub operator_id: OperatorId,
     pub session_id: String,
     pub event: String,
     pub subscription: String,
     pub ue_ip: Option<String>,
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
     pub time: i64,
 }
 
@@ -28,7 +29,7 @@ pub(super) fn record_event(
     session_id: &str,
     event: &str,
     ue_ip: Option<Ipv4Addr>,
-    vpg_id: Option<&str>,
+    vpg_id: Option<&VpgId>,
     now: i64,
 ) -> Result<()> {
     // Events are listed under the primary IMSI: a secondary subscriber's traffic is the IoT SIM's.
@@ -53,8 +54,8 @@ pub(super) fn record_event(
 /// Newest first; `before_event_id` continues a previous page.
 pub fn list_events(
     conn: &Connection,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     from_ms: Option<i64>,
     to_ms: Option<i64>,
     before_event_id: Option<i64>,

@@ -11,6 +11,7 @@ mod events;
 mod placement;
 mod rendezvous_selection;
 
+use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -29,18 +30,18 @@ use crate::ids;
 /// IMSI, while services attribute traffic to `primary_imsi`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActiveSession {
-    pub imsi: String,
-    pub primary_imsi: String,
-    pub sim_id: String,
-    pub operator_id: String,
+    pub imsi: Imsi,
+    pub primary_imsi: Imsi,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
     /// Changes whenever the session is (re-)created: the data plane then drops the peer's
     /// WireGuard state so the device must handshake again.
     pub session_id: String,
-    pub rp_id: String,
+    pub rp_id: RendezvousPointId,
     pub client_public_key: String,
     pub client_ip: Ipv4Addr,
-    pub group_id: Option<String>,
-    pub vpg_id: Option<String>,
+    pub group_id: Option<GroupId>,
+    pub vpg_id: Option<VpgId>,
 }
 
 /// Emitted only after the transaction that caused it has committed.
@@ -50,26 +51,29 @@ pub enum PeerChange {
     /// installed one means a new session; the same one means only attributes (group) changed.
     Upsert(ActiveSession),
     /// The subscriber has no session any more: forget its peer.
-    Remove { imsi: String, rp_id: String },
+    Remove {
+        imsi: Imsi,
+        rp_id: RendezvousPointId,
+    },
 }
 
 /// The subscriber a session belongs to, as the session functions need it.
 pub(crate) struct ArcSubscriber {
-    pub sim_id: String,
-    pub operator_id: String,
-    pub imsi: String,
-    pub primary_imsi: String,
+    pub sim_id: SimId,
+    pub operator_id: OperatorId,
+    pub imsi: Imsi,
+    pub primary_imsi: Imsi,
     pub subscription: String,
     pub public_key: Option<String>,
     pub coverage: Coverage,
-    pub group_id: Option<String>,
+    pub group_id: Option<GroupId>,
 }
 
 /// The active (not terminated) virtual subscriber of a SIM of `operator_id`.
 pub(crate) fn arc_subscriber(
     conn: &Connection,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
 ) -> Result<Option<ArcSubscriber>> {
     Ok(conn
         .prepare_cached(
@@ -123,7 +127,7 @@ pub(crate) fn open_session(
         .execute(
         params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), placement.vpg_id, now],
     )?;
-    let vpg_id = placement.vpg_id.as_deref();
+    let vpg_id = placement.vpg_id.as_ref();
     events::record_event(
         tx,
         sub,
@@ -150,8 +154,8 @@ pub(crate) fn open_session(
 /// The first session of a virtual subscriber this transaction has just inserted.
 pub(crate) fn open_first_session(
     tx: &Transaction,
-    operator_id: &str,
-    sim_id: &str,
+    operator_id: &OperatorId,
+    sim_id: &SimId,
     policy: &SessionPolicy,
 ) -> Result<ActiveSession> {
     let sub = arc_subscriber(tx, operator_id, sim_id)?
@@ -180,8 +184,12 @@ pub(crate) fn close_session(
 
 /// Deletes the subscriber's session row, if there is one, with its `Deleted` event; returns the
 /// rendezvous point it was at.
-fn delete_session(tx: &Transaction, sub: &ArcSubscriber, now: i64) -> Result<Option<String>> {
-    let existing: Option<(String, String, Option<String>)> = tx
+fn delete_session(
+    tx: &Transaction,
+    sub: &ArcSubscriber,
+    now: i64,
+) -> Result<Option<RendezvousPointId>> {
+    let existing: Option<(String, RendezvousPointId, Option<VpgId>)> = tx
         .prepare_cached("SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
         .query_row([&sub.imsi], |row| {
             Ok((row.get(0)?, row.get(1)?, row.get(2)?))
@@ -190,15 +198,7 @@ fn delete_session(tx: &Transaction, sub: &ArcSubscriber, now: i64) -> Result<Opt
     let Some((session_id, rp_id, vpg_id)) = existing else {
         return Ok(None);
     };
-    events::record_event(
-        tx,
-        sub,
-        &session_id,
-        "Deleted",
-        None,
-        vpg_id.as_deref(),
-        now,
-    )?;
+    events::record_event(tx, sub, &session_id, "Deleted", None, vpg_id.as_ref(), now)?;
     tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
         .execute([&sub.imsi])?;
     Ok(Some(rp_id))

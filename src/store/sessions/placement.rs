@@ -1,6 +1,7 @@
 //! Where a new session goes: the VPG its group names (if any), the rendezvous point, and the
 //! address scope and range its client address comes from.
 
+use crate::ids::{RendezvousPointId, VpgId};
 use rusqlite::{OptionalExtension, Transaction};
 
 use super::rendezvous_selection::{select_rendezvous_point, SessionPolicy};
@@ -17,7 +18,7 @@ const VPG_LEASE_SCOPE: &str = "vpg";
 /// Where a new session goes and which addresses it may have.
 pub(super) struct Placement {
     pub rp: rendezvous::RendezvousPoint,
-    pub vpg_id: Option<String>,
+    pub vpg_id: Option<VpgId>,
     /// Lease scope: `rp:<id>` outside a VPG, [`VPG_LEASE_SCOPE`] inside any VPG.
     pub scope: String,
     pub pool: ipnet::Ipv4Net,
@@ -30,7 +31,7 @@ pub(super) struct Placement {
 /// another operator's, terminated, or not a string) is refused: silently placing the device
 /// outside the VPG its operator asked for would break the isolation and addressing they expect.
 fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
-    let Some(group_id) = sub.group_id.as_deref() else {
+    let Some(group_id) = sub.group_id.as_ref() else {
         return Ok(None);
     };
     let value: Option<String> = tx
@@ -52,12 +53,13 @@ fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecor
     };
     let vpg_id = match serde_json::from_str::<serde_json::Value>(&value) {
         Ok(serde_json::Value::Null) => return Ok(None),
-        Ok(serde_json::Value::String(vpg_id)) => vpg_id,
+        Ok(serde_json::Value::String(vpg_id)) => VpgId::new(vpg_id),
         _ => return Err(unusable(value)),
     };
     match vpgs::get(tx, &sub.operator_id, &vpg_id) {
         Ok(vpg) => Ok(Some(vpg)),
-        Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id)),
+        Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id.into_string())),
+
         Err(other) => Err(other),
     }
 }
@@ -68,7 +70,7 @@ fn rendezvous_point_id<'a>(
     sub: &ArcSubscriber,
     vpg: Option<&'a VpgRecord>,
     policy: &'a SessionPolicy,
-) -> &'a str {
+) -> &'a RendezvousPointId {
     let wanted = select_rendezvous_point(sub.coverage, vpg, policy);
     let Some(vpg) = vpg else {
         return wanted;

@@ -2,21 +2,22 @@
 //! (docs/ARCHITECTURE.md, "Sessions").
 
 use crate::config::Coverage;
+use crate::ids::RendezvousPointId;
 use crate::store::vpgs::VpgRecord;
 
 /// Where new sessions go and how long a released address rests before reuse.
 #[derive(Debug, Clone)]
 pub struct SessionPolicy {
-    pub jp_rendezvous_point: String,
-    pub global_rendezvous_point: String,
+    pub jp_rendezvous_point: RendezvousPointId,
+    pub global_rendezvous_point: RendezvousPointId,
     pub address_quarantine_ms: i64,
     /// Ids of the rendezvous points this process serves. A VPG placed in a region outside this
     /// list cannot host its global-coverage sessions there: they fall back to the global RP.
-    pub rendezvous_points: Vec<String>,
+    pub rendezvous_points: Vec<RendezvousPointId>,
 }
 
 impl SessionPolicy {
-    pub fn rendezvous_point_for(&self, coverage: Coverage) -> &str {
+    pub fn rendezvous_point_for(&self, coverage: Coverage) -> &RendezvousPointId {
         match coverage {
             Coverage::Jp => &self.jp_rendezvous_point,
             Coverage::G => &self.global_rendezvous_point,
@@ -24,7 +25,7 @@ impl SessionPolicy {
     }
 
     /// Whether this process serves rendezvous point `rp_id`.
-    pub(super) fn serves(&self, rp_id: &str) -> bool {
+    pub(super) fn serves(&self, rp_id: &RendezvousPointId) -> bool {
         self.rendezvous_points.iter().any(|id| id == rp_id)
     }
 }
@@ -38,7 +39,7 @@ pub fn select_rendezvous_point<'a>(
     coverage: Coverage,
     vpg: Option<&'a VpgRecord>,
     policy: &'a SessionPolicy,
-) -> &'a str {
+) -> &'a RendezvousPointId {
     match (coverage, vpg) {
         (Coverage::G, Some(vpg)) => &vpg.region,
         (coverage, _) => policy.rendezvous_point_for(coverage),
