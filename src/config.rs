@@ -10,6 +10,8 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+use crate::ids::RendezvousPointId;
+
 mod rendezvous_points;
 pub use rendezvous_points::{RendezvousPointConfig, FIRST_LISTEN_PORT};
 
@@ -96,8 +98,8 @@ pub struct CoverageConfig {
     /// Checked after `global_hosts` (so `g.api.*` wins over `*api.*`).
     #[serde(default)]
     pub jp_hosts: Vec<String>,
-    pub jp_rendezvous_point: String,
-    pub global_rendezvous_point: String,
+    pub jp_rendezvous_point: RendezvousPointId,
+    pub global_rendezvous_point: RendezvousPointId,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -196,7 +198,7 @@ impl Default for Config {
             },
             egress: EgressConfig { masquerade: false },
             rendezvous_points: vec![RendezvousPointConfig {
-                id: crate::ids::RendezvousPointId::new("ap-northeast-1"),
+                id: RendezvousPointId::new("ap-northeast-1"),
 
                 name: None,
                 listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
@@ -415,8 +417,8 @@ impl Config {
         Ok(())
     }
 
-    pub fn rendezvous_point(&self, id: &str) -> Option<&RendezvousPointConfig> {
-        self.rendezvous_points.iter().find(|rp| rp.id == id)
+    pub fn rendezvous_point(&self, id: &RendezvousPointId) -> Option<&RendezvousPointConfig> {
+        self.rendezvous_points.iter().find(|rp| rp.id == *id)
     }
 
     /// The rendezvous point that serves new sessions of `coverage` outside a VPG. A configured id

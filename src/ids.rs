@@ -1,7 +1,6 @@
 //! Identifier formats (docs/ARCHITECTURE.md, "Identities and formats") and the secrets that go
 //! with them; the id types themselves (`SimId`, `Imsi`, …) are in `typed.rs`.
 
-
 mod typed;
 
 pub use typed::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
