@@ -3,13 +3,13 @@
 //! directory, checks the database and refuses to silently start over on a directory that has lived
 //! before (an emptied or replaced database would otherwise get a new root operator and new keys).
 
-use crate::ids::OperatorId;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::config::Config;
+use crate::ids::OperatorId;
 use crate::store::{self, operators, rendezvous, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]

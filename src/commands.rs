@@ -1,10 +1,10 @@
 //! The CLI commands' bodies: each opens the same store `serve` uses (WAL lets them run side by side).
 
-use crate::ids::OperatorId;
 use std::path::Path;
 
 use crate::bootstrap::{self, BootstrapError};
 use crate::config::Config;
+use crate::ids::OperatorId;
 use crate::iot_sim_csv::{self, CsvError};
 use crate::server::{self, ServeError};
 use crate::store::operators;

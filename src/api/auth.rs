@@ -1,7 +1,6 @@
 //! `POST /v1/auth`, `POST /v1/auth/logout`, the token check every other call passes, and
 //! operator auth keys (see `tokens` for what a token is).
 
-use crate::ids::OperatorId;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -16,6 +15,7 @@ use std::time::Duration;
 use super::tokens::TokenCheck;
 use crate::config::MAX_TOKEN_TIMEOUT_SECONDS;
 use crate::ids;
+use crate::ids::OperatorId;
 use crate::store::now_ms;
 use crate::store::operators::{self, VerifiedAuthKey};
 

@@ -15,13 +15,12 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Serialize;
 
-use crate::ids::{Imsi, OperatorId, SimId};
-
 use super::extract::{Path, QueryParams};
 use super::routes::{delete, get, Route};
 use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
+use crate::ids::{Imsi, OperatorId, SimId};
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 

@@ -2,7 +2,6 @@
 //! public identity and the caller's live data-plane figures there (rendezvous points are shared
 //! by all operators; each sees only its own sessions). The private key never leaves the store.
 
-use crate::ids::RendezvousPointId;
 use std::time::SystemTime;
 
 use axum::extract::State;
@@ -13,6 +12,7 @@ use serde::Serialize;
 use super::{json, ApiError, Operator, SharedState};
 use crate::dataplane::engine::ONLINE_WINDOW;
 use crate::dataplane::stats::PeerSnapshot;
+use crate::ids::RendezvousPointId;
 use crate::store::{rendezvous, sessions};
 
 #[derive(Serialize)]

@@ -1,7 +1,6 @@
 //! SIM operations: create, read, list/search, Arc sessions and credentials, lifecycle, groups,
 //! tags, session events and secondary virtual subscribers.
 
-use crate::ids::{GroupId, Imsi, OperatorId, SimId};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -12,6 +11,7 @@ use super::{
     json, page_response, page_url, request_coverage, views, ApiError, AppState, Operator,
     SharedState,
 };
+use crate::ids::{GroupId, Imsi, OperatorId, SimId};
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;

@@ -6,7 +6,6 @@
 //! process's deletions and logouts update that memory at once; tokens survive a restart because
 //! the signing key and the logout list are in the store.
 
-use crate::ids::OperatorId;
 use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
@@ -16,6 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use ring::hmac;
 
+use crate::ids::OperatorId;
 use crate::store::operators::{self, VerifiedAuthKey};
 use crate::store::{now_ms, Store};
 

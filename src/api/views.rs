@@ -1,13 +1,13 @@
 //! JSON shapes of the official API (field names as in soracom-api-arc-subset.yaml), built from
 //! store records. Only this module decides how a record looks on the wire.
 
-use crate::ids::{GroupId, Imsi, OperatorId, SimId, VpgId};
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::dataplane::engine::{Engine, ONLINE_WINDOW};
 use crate::dataplane::stats::PeerSnapshot;
+use crate::ids::{GroupId, Imsi, OperatorId, SimId, VpgId};
 use crate::services;
 use crate::store::groups::GroupRecord;
 use crate::store::operators::AuthKeyInfo;

@@ -3,7 +3,6 @@
 //! in O(1) by receiver index, by static public key, by client address and by IMSI in the one
 //! `PeerIndex` (peer_index.rs), which also answers the services' "who has this address".
 
-use crate::ids::{Imsi, RendezvousPointId, VpgId};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -22,6 +21,7 @@ pub use super::peer_index::Applied;
 use super::peer_index::{Peer, PeerIndex, PeerState};
 use super::stats::PeerSnapshot;
 pub use super::stats::{Counters, HandshakeCounters, RpCounters};
+use crate::ids::{Imsi, RendezvousPointId, VpgId};
 use crate::store::vpgs::RunningVpg;
 use crate::store::{ActiveSession, PeerChange};
 

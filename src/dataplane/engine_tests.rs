@@ -1,7 +1,6 @@
 //! The engine driven directly, without sockets: devices are boringtun `Tunn`s whose datagrams are
 //! handed to the engine and whose answers are read from the outbox.
 
-use crate::ids::Imsi;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -10,6 +9,7 @@ use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::*;
+use crate::ids::Imsi;
 use crate::store::{ActiveSession, PeerChange};
 
 const SERVER_KEY: [u8; 32] = [7u8; 32];

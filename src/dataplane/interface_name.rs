@@ -6,8 +6,9 @@
 //! Config validation, the TUN device, the control socket and egress NAT all call [`validate`], so
 //! a name that passes `arcd`'s configuration check is never refused later at start.
 
-use crate::ids::RendezvousPointId;
 use std::fmt::Write as _;
+
+use crate::ids::RendezvousPointId;
 
 /// Longest interface name Linux accepts (IFNAMSIZ 16 including the terminating NUL); `wg`
 /// truncates longer names.

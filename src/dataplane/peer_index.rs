@@ -7,7 +7,6 @@
 //! there is no second table to keep in step: the services read the session from here
 //! (`Engine::session_by_client_ip`), the engine its `Tunn` and endpoint.
 
-use crate::ids::Imsi;
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -16,6 +15,7 @@ use std::time::Instant;
 use boringtun::noise::Tunn;
 use parking_lot::{Mutex, RwLock};
 
+use crate::ids::Imsi;
 use crate::store::ActiveSession;
 
 /// What applying one change did, for logging and for the engine to react to.

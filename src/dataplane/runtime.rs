@@ -1,7 +1,6 @@
 //! Runs the engine: one task per rendezvous point socket, one for the TUN device, one for timers
 //! and one applying peer changes. Tasks only move bytes; decisions are the engine's.
 
-use crate::ids::RendezvousPointId;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +14,7 @@ use tokio::task::JoinHandle;
 use super::engine::{Engine, Listener, Outbox, Outgoing, Resumed, BUFFER_SIZE};
 use super::peer_index::Applied;
 use super::{RecvBatch, TunIo, TunWrites};
+use crate::ids::RendezvousPointId;
 use crate::store::endpoints::SavedEndpoint;
 use crate::store::{ActiveSession, PeerChange};
 

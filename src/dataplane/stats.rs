@@ -1,10 +1,11 @@
 //! Live per-peer state the data plane publishes for the API and `wg show`, kept in memory only
 //! (never written to SQLite per packet).
 
-use crate::ids::{Imsi, RendezvousPointId};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
+
+use crate::ids::{Imsi, RendezvousPointId};
 
 /// Why packets were dropped, for operators (the metrics scrape) and tests.
 #[derive(Debug, Default)]

@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use crate::ids::RendezvousPointId;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 
 use crate::dataplane::engine::{Engine, ONLINE_WINDOW};
+use crate::ids::RendezvousPointId;
 
 /// The live state of one arcd, for its metrics registry.
 pub struct ArcdCollector {

@@ -7,7 +7,6 @@
 //! key = entry point URL, e.g. `http://beam.soracom.io:8888/` or `http://beam.soracom.io:8888/in`;
 //! value = `{"enabled": true, "destination": "https://...", "psk": "...", "customHeaders": {}}`.
 
-use crate::ids::Imsi;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -27,6 +26,7 @@ use sha2::{Digest, Sha256};
 
 use super::http::{identify, text};
 use super::{Caller, SharedContext, BEAM_HTTP_PORT};
+use crate::ids::Imsi;
 use crate::metrics;
 use crate::store::now_ms;
 

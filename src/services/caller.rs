@@ -1,12 +1,12 @@
 //! Who is calling a platform service: tunnel source address → session → SIM → group settings.
 //! Traffic of a secondary virtual subscriber counts as its IoT SIM's (the primary IMSI).
 
-use crate::ids::Imsi;
 use std::net::IpAddr;
 
 use serde_json::Value;
 
 use super::ServiceContext;
+use crate::ids::Imsi;
 use crate::store::groups::{self, Configuration};
 use crate::store::{sims, SimRecord, StoreError};
 

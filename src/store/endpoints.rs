@@ -1,12 +1,12 @@
 //! Where each session's device was last seen (migration 8), so a restarted arcd can start the
 //! WireGuard handshake toward it instead of waiting for the device to notice the restart.
 
-use crate::ids::Imsi;
 use std::net::SocketAddr;
 
 use rusqlite::{params, Connection, Transaction};
 
 use super::Result;
+use crate::ids::Imsi;
 
 /// A device's last authenticated UDP source address, tied to the session it was seen in.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,5 @@
 //! Groups and their configuration: free-form JSON values per namespace and key.
 
-use crate::ids::{GroupId, OperatorId};
 use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
@@ -8,6 +7,7 @@ use serde_json::Value;
 
 use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::ids;
+use crate::ids::{GroupId, OperatorId};
 
 pub type Configuration = BTreeMap<String, serde_json::Map<String, Value>>;
 

@@ -1,12 +1,12 @@
 //! Harvest Data entries: what devices post to the Harvest service, read back through the
 //! official data API. Stored under the primary IMSI (resource type `Subscriber`) and the SIM ID.
 
-use crate::ids::{Imsi, OperatorId, SimId};
 use std::collections::BTreeSet;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{Entity, Result, StoreError};
+use crate::ids::{Imsi, OperatorId, SimId};
 
 /// The only resource type devices write through the tunnel.
 pub const SUBSCRIBER: &str = "Subscriber";

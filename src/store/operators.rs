@@ -1,11 +1,11 @@
 //! Operators, their auth keys (secrets stored hashed) and what API tokens need from the store:
 //! the signing key and the API keys revoked by logout (tokens themselves are never stored).
 
-use crate::ids::OperatorId;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{now_ms, Entity, Result, StoreError};
 use crate::ids;
+use crate::ids::OperatorId;
 
 /// An auth key's secret exists in clear only in this value, returned once at creation.
 pub struct NewAuthKey {

@@ -1,11 +1,11 @@
 //! Rendezvous points: the server key pair is made once and kept; endpoint, pool and allowed IPs
 //! follow the configuration at every start.
 
-use crate::ids::RendezvousPointId;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::{now_ms, Result, Rule, StoreError};
 use crate::config::RendezvousPointConfig;
+use crate::ids::RendezvousPointId;
 use crate::wgkey;
 
 #[derive(Debug, Clone)]

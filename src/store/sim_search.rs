@@ -2,12 +2,12 @@
 //! clause is assembled from typed pieces: each searchable field says where its value is found and
 //! how it is compared, and every value is bound as a parameter, never written into the SQL.
 
-use crate::ids::OperatorId;
 use rusqlite::types::ToSql;
 use rusqlite::{params_from_iter, Connection};
 
 use super::sims::{sims_page, SimRecord, SIM_COLUMNS};
 use super::Result;
+use crate::ids::OperatorId;
 
 /// Filters of `GET /query/sims`. Each list holds alternatives (OR); lists combine by `match_all`.
 #[derive(Debug, Default, Clone)]

@@ -1,7 +1,6 @@
 //! SIMs: the rows behind the API's `Sim` object, standalone virtual SIM creation, status changes,
 //! termination, groups and tags.
 
-use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
@@ -9,6 +8,7 @@ pub use super::sim_search::{search, SimQuery};
 use super::{next_counter, now_ms, rendezvous, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids;
+use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use crate::wgkey;
 
 #[derive(Debug, Clone)]

@@ -1,12 +1,12 @@
 //! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
 
-use crate::ids::{Imsi, OperatorId, SimId};
 use rusqlite::{params, Transaction};
 
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
 use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::config::Coverage;
+use crate::ids::{Imsi, OperatorId, SimId};
 use crate::wgkey;
 
 /// Primary subscriptions that accept a virtual subscriber (docs/ARCHITECTURE.md, "Sessions").

@@ -4,7 +4,6 @@
 //! `VirtualPrivateGateway.status` knows no other value), so a terminated VPG answers like a
 //! missing one.
 
-use crate::ids::{OperatorId, RendezvousPointId, VpgId};
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
@@ -13,6 +12,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::config::{RendezvousPointConfig, KNOWN_REGIONS};
 use crate::ids;
+use crate::ids::{OperatorId, RendezvousPointId, VpgId};
 use crate::subnets::overlaps;
 
 /// VPG types `createVirtualPrivateGateway` accepts: 14 Type-E, 15 Type-F, 242 Type-F2.

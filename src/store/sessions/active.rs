@@ -1,11 +1,11 @@
 //! Reads of the active sessions, as the data plane and the rendezvous point views need them.
 
-use crate::ids::{Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{arc_subscriber, ActiveSession};
+use crate::ids::{Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use crate::store::{Result, StoreError};
 
 /// IMSIs of the operator's sessions at rendezvous point `rp_id` (what an operator may count of

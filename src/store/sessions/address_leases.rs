@@ -2,13 +2,13 @@
 //! stays in the session's scope and range, released into quarantine before anyone else gets it
 //! (docs/ARCHITECTURE.md, "Addresses and quarantine").
 
-use crate::ids::Imsi;
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::placement::Placement;
 use super::rendezvous_selection::SessionPolicy;
+use crate::ids::Imsi;
 use crate::store::{Result, Rule};
 
 /// Gives `imsi` an address of the placement's scope and range: its current lease if it has one

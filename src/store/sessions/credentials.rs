@@ -1,11 +1,11 @@
 //! The API calls that replace a SIM's session on purpose: re-creation, attaching new Arc
 //! credentials (which starts a new session so the old key stops working), and removing them.
 
-use crate::ids::{Imsi, OperatorId, SimId};
 use rusqlite::{params, Transaction};
 
 use super::rendezvous_selection::SessionPolicy;
 use super::{arc_subscriber, close_session, open_session, ActiveSession, PeerChange};
+use crate::ids::{Imsi, OperatorId, SimId};
 use crate::store::{now_ms, sims, Result, Rule};
 
 /// `createArcSession` / `delete_session`: a new session for the SIM's virtual subscriber.

@@ -1,12 +1,12 @@
 //! Session events (`Created` / `Deleted`): written with every session change, listed by
 //! `listSessionEvents`.
 
-use crate::ids::{Imsi, OperatorId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, Transaction};
 
 use super::ArcSubscriber;
+use crate::ids::{Imsi, OperatorId, SimId, VpgId};
 use crate::store::Result;
 
 #[derive(Debug, Clone)]

@@ -11,10 +11,11 @@ mod events;
 mod placement;
 mod rendezvous_selection;
 
-use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use std::net::Ipv4Addr;
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
+
+use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 
 pub(crate) use active::active_session_of;
 pub use active::{list_active_sessions, operator_imsis_at};

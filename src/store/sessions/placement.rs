@@ -1,11 +1,11 @@
 //! Where a new session goes: the VPG its group names (if any), the rendezvous point, and the
 //! address scope and range its client address comes from.
 
-use crate::ids::{RendezvousPointId, VpgId};
 use rusqlite::{OptionalExtension, Transaction};
 
 use super::rendezvous_selection::{select_rendezvous_point, SessionPolicy};
 use super::ArcSubscriber;
+use crate::ids::{RendezvousPointId, VpgId};
 use crate::store::vpgs::{self, VpgRecord};
 use crate::store::{rendezvous, Entity, Result, Rule, StoreError};
 
