@@ -34,6 +34,15 @@
 //! so that other processes on the machine show up as wall > CPU rather than as a slower figure.
 //! The rate "per core" is computed from CPU time.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -8,6 +8,14 @@
 //! times `BENCH_ATTEMPTS` (default 200) `sims::create_virtual` calls of another operator, each in
 //! its own write transaction as the API does, which all fail with `PoolExhausted`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::time::{Duration, Instant};
 
 use arcd::config::{Config, Coverage};

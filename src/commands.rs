@@ -1,5 +1,8 @@
 //! The CLI commands' bodies: each opens the same store `serve` uses (WAL lets them run side by side).
 
+// The administrative commands answer on stdout/stderr: that is their output, not logging.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
 use std::path::Path;
 
 use crate::bootstrap::{self, BootstrapError};

@@ -203,8 +203,8 @@ impl Default for Config {
                 name: None,
                 listen: SocketAddr::from(([0, 0, 0, 0], 11010)),
                 endpoint: "127.0.0.1:11010".into(),
-                pool: "10.64.0.0/16".parse().expect("literal network"),
-                allowed_ips: vec!["100.127.0.0/16".parse().expect("literal network")],
+                pool: DEFAULT_POOL,
+                allowed_ips: vec![PLATFORM_NETWORK],
             }],
             coverage: CoverageConfig {
                 default: Coverage::Jp,
@@ -253,6 +253,15 @@ const TOP_LEVEL_KEYS: &[&str] = &[
 
 /// Port of the metrics listener when on (next to node_exporter's 9100 family of ports; not one
 /// of the well-known exporters' registered defaults).
+/// The default rendezvous point's client address pool. Built in a constant so an invalid prefix
+/// would fail the build, not a start.
+const DEFAULT_POOL: ipnet::Ipv4Net =
+    ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(10, 64, 0, 0), 16);
+
+/// SORACOM's platform network (the in-tunnel services), a device's default AllowedIPs.
+const PLATFORM_NETWORK: ipnet::Ipv4Net =
+    ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(100, 127, 0, 0), 16);
+
 pub const DEFAULT_METRICS_PORT: u16 = 9469;
 
 /// Largest token lifetime the official API allows.

@@ -1,3 +1,5 @@
+// The binary reports configuration and command errors on stderr before logging exists.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 use std::process::ExitCode;
 
 use clap::Parser;

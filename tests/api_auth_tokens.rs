@@ -3,6 +3,14 @@
 //! tokens live on), and signing in needs no database write (a failed sign-in takes no write
 //! transaction; a correct one works while the database refuses writes).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::path::Path;

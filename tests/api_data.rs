@@ -3,6 +3,14 @@
 //! in-process arcd. Entries are seeded through the store, as the Harvest service writes them, for
 //! a SIM created through the API. Every 2xx JSON body is validated against the official schema.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use arcd::store::harvest::{self, NewEntry};

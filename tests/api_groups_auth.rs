@@ -2,6 +2,14 @@
 //! isolation and the served OpenAPI document, against an in-process arcd. Every 2xx JSON body is
 //! validated against the official SORACOM API schema.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,14 @@
 //! does not document answers 405. With the unit test in src/api/routes.rs (table == document),
 //! the router's routes on documented paths are exactly the documented operations.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

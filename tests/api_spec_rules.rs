@@ -3,6 +3,14 @@
 //! fields, typed query parameters) or, where it is stricter on purpose, says so in the document
 //! it serves (`request_rules` in scripts/openapi-arcd-overlay.yaml).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

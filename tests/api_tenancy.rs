@@ -2,6 +2,14 @@
 //! others: the cap on `searchSims` values and the per-operator SIM quota (`sims.max_per_operator`),
 //! against an in-process arcd.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use reqwest::StatusCode;

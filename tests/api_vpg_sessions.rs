@@ -6,6 +6,14 @@
 //! point pool refused, a group naming an unusable VPG, a VPG region without a rendezvous point,
 //! and terminate refused while a session is in it.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::Ipv4Addr;

@@ -3,6 +3,14 @@
 //! isolation and the in-use refusal of terminate. Every 2xx body is validated against the
 //! official schema, strictly (only `arcd*` extension properties allowed).
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use reqwest::{Method, StatusCode};

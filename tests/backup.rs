@@ -6,6 +6,15 @@
 //! service commits with) writes them into the served database, as the administrative commands do
 //! beside `serve`.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,14 @@
 //! `{"code","message"}` error body and that no row of the store (and no SIM as seen through
 //! getSim) changed.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::time::Duration;

@@ -2,6 +2,14 @@
 //! on the same data directory), CSV import, configuration errors (exit code 2) and the first start
 //! with no configuration at all.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::fs::File;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

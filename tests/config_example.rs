@@ -3,6 +3,14 @@
 //!
 //! `Config::load` also reads `ARCD_*` environment variables; run these tests without any set.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::path::PathBuf;
 
 use arcd::config::Config;

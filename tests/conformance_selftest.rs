@@ -1,6 +1,14 @@
 //! Proves that the conformance helpers accept spec-conforming bodies and, more importantly,
 //! reject non-conforming ones.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 #[path = "support/conformance.rs"]
 mod conformance;
 

@@ -1,6 +1,14 @@
 //! Nothing acknowledged is lost: the real binary is SIGKILLed in the middle of a createSim burst,
 //! restarted on the same data directory, and every SIM whose 201 reached the client is still there.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

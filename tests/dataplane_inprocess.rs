@@ -1,6 +1,14 @@
 //! The data plane end to end inside the test process: sessions made through the HTTPS API, an
 //! in-process boringtun client talking to arcd over loopback UDP, the TUN replaced by memory.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

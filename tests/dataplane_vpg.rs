@@ -4,6 +4,14 @@
 //! (no VPG, or another VPG that allows it) never reach them; the switch survives a restart;
 //! terminating a VPG removes it from the data plane's allowed set.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

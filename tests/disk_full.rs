@@ -3,6 +3,14 @@
 //! writer connection's `max_page_count` is capped at the current size, so any write that needs a
 //! new page fails with SQLITE_FULL exactly as on a file system with no space left.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

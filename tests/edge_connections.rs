@@ -3,6 +3,15 @@
 //! request targets with several leading slashes.
 //! Raw TCP to 127.0.0.1 over plain HTTP (TLS off), so the bytes on the wire are exactly these.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
+
 mod support;
 
 use std::net::SocketAddr;

@@ -2,6 +2,15 @@
 //! answer (no reset), later clients are refused, arcd exits 0 with an empty WAL, and every SIM
 //! whose 201 reached a client is in the database. The SIGKILL counterpart is crash_durability.rs.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
+
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};

@@ -5,6 +5,14 @@
 //! The API, service and store counters are process-wide, so this binary runs one server that
 //! makes requests at a time: the off-by-default test makes no API or service request.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::collections::HashMap;

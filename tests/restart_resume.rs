@@ -2,6 +2,14 @@
 //! known endpoint: a device that does nothing on its own (no keepalive, no new initiation, as a
 //! sleeping device or one whose rekey timer is far off) passes traffic again within 2 s.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

@@ -2,6 +2,15 @@
 //! a child arcd whose NOTIFY_SOCKET names a datagram socket of this test sends `READY=1` only
 //! once its API answers, and `STOPPING=1` as soon as SIGTERM arrives.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;

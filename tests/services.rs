@@ -3,6 +3,14 @@
 //! arcd with its store and peer table. The real sockets on the TUN addresses are proven by
 //! scripts/e2e/netns.sh.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};

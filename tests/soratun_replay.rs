@@ -5,6 +5,14 @@
 //! are base64 of 32 bytes, the endpoint is host:port, every allowed IP is a CIDR, the client
 //! address a plain IP. soratun itself is not run here.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::Ipv4Addr;

@@ -1,6 +1,14 @@
 //! The generated API certificate: a sane lifetime, renewed at start when near expiry or when
 //! `api.hostnames` changed, its key kept at 0600; an operator's own files are never touched.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 use std::collections::BTreeSet;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

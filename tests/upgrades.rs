@@ -3,6 +3,14 @@
 //! written: sign-in with the stored auth keys, SIMs (status, IMSI, group, session, tags), groups
 //! and their configuration, Harvest data, VPGs, and the per-operator live-SIM count.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};

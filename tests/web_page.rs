@@ -1,6 +1,14 @@
 //! The management page served by arcd (static files embedded from web/) and the rendezvous point
 //! listing it shows (arcd extension `GET /v1/arcd/rendezvous_points`), over real HTTPS.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
+
 mod support;
 
 use std::net::Ipv4Addr;

@@ -255,8 +255,7 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> Result<String, EgressError> {
         source,
     };
     let mut child = cmd.spawn().map_err(spawn_err)?;
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("stdin is piped");
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
         // A failed write shows up as the command's own error below.
         let _ = pipe.write_all(input.as_bytes());
     }
