@@ -14,7 +14,8 @@
 # Needs: cargo, wrk, curl, jq, awk (Debian: apt-get install -y --no-install-recommends wrk curl jq).
 # Environment (not ARCD_*, which arcd would read as configuration):
 #              BENCH_PORT (default 18443), BENCH_DURATION (default 20s),
-#              BENCH_SIMS (default 100000), BENCH_KEEP=1 keeps the data directory.
+#              BENCH_SIMS (default 100000), BENCH_KEEP=1 keeps the data directory,
+#              BENCH_ARCD=PATH measures that binary instead of building this checkout's.
 # The default configuration also binds UDP 0.0.0.0:11010 and creates the TUN device arc0 (run as
 # root; no other arcd may run on the machine meanwhile).
 # It prints a summary table; apart from the cargo build it writes only to its temporary directory.
@@ -57,14 +58,21 @@ trap 'exit 130' INT TERM
 section() { printf '\n==== %s ====\n' "$*"; }
 calc() { awk "BEGIN { printf \"%.3f\", $1 }"; }
 
-section "build (cargo build --release --locked)"
-(cd "${repo}" && cargo build --release --locked)
-arcd="${repo}/target/release/arcd"
+if [[ -n ${BENCH_ARCD:-} ]]; then
+    arcd=${BENCH_ARCD}
+else
+    section "build (cargo build --release --locked)"
+    (cd "${repo}" && cargo build --release --locked)
+    arcd="${repo}/target/release/arcd"
+fi
 
 cat > "${work}/bench.toml" <<TOML
-# Defaults (config/arcd.toml) except the data directory, the listen address and a pool big
-# enough for ${target_sims} SIMs.
+# Defaults (config/arcd.toml) except the data directory, the listen address, a pool big enough
+# for ${target_sims} SIMs and an operator quota above that (the default is 10,000 SIMs).
 data_dir = "${work}/data"
+
+[sims]
+max_per_operator = $((target_sims * 2))
 
 [api]
 listen = "127.0.0.1:${port}"
