@@ -9,7 +9,6 @@
     clippy::print_stdout,
     clippy::print_stderr
 )]
-#![allow(unsafe_code)] // libc::kill: the test sends arcd the signal a service manager would
 
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -156,9 +155,7 @@ async fn sigterm_drains_requests_in_flight_and_keeps_every_acknowledged_write() 
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     signalled.store(true, Ordering::SeqCst);
-    let pid = libc::pid_t::try_from(arcd.child.id()).expect("pid");
-    // SAFETY: plain kill(2) on our own child, which is not yet reaped (so the pid is still ours).
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "SIGTERM");
+    arcd.sigterm();
     let signalled_at = Instant::now();
     let status = loop {
         if let Some(status) = arcd.child.try_wait().expect("try_wait") {

@@ -63,6 +63,18 @@ impl ChildArcd {
         std::fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// SIGTERM, what a service manager sends to stop arcd; the caller waits for the exit.
+    #[allow(unsafe_code)]
+    pub fn sigterm(&self) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits in pid_t");
+        // SAFETY: kill(2) on our own child, which is not reaped yet (so the pid is still ours).
+        assert_eq!(
+            unsafe { libc::kill(pid, libc::SIGTERM) },
+            0,
+            "kill -TERM arcd"
+        );
+    }
+
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
     pub fn kill(&mut self) -> ExitStatus {
         self.child.kill().expect("SIGKILL");
