@@ -104,6 +104,13 @@ macro_rules! make_id {
             }
         }
 
+        /// A `$N` parameter of the store's portable SQL (crate::store::db).
+        impl crate::store::db::Param for $name {
+            fn to_value(&self) -> crate::store::db::Value {
+                crate::store::db::Value::Text(self.0.clone())
+            }
+        }
+
         impl rusqlite::types::FromSql for $name {
             fn column_result(
                 value: rusqlite::types::ValueRef<'_>,

@@ -84,6 +84,8 @@ pub enum StoreError {
     Rule(#[from] Rule),
     #[error("database error: {0}")]
     Database(#[from] rusqlite::Error),
+    #[error("database error: {0}")]
+    Postgres(#[from] postgres::Error),
     #[error("database schema version {found} is newer than this arcd ({supported}); upgrade arcd")]
     SchemaTooNew { found: i64, supported: i64 },
     #[error("stored data is corrupt: {0}")]
@@ -107,6 +109,48 @@ impl StoreError {
     /// database reached its page limit. Nothing of the failed transaction was written.
     pub fn is_disk_full(&self) -> bool {
         self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+    }
+
+    /// PostgreSQL answered that this transaction lost a conflict with a concurrent one
+    /// (serialization failure or deadlock): running it again is safe and should succeed.
+    pub fn is_serialization_failure(&self) -> bool {
+        matches!(self.postgres_code(), Some("40001" | "40P01"))
+    }
+
+    /// The engine is unreachable (connection refused or lost, server shutting down or not
+    /// accepting connections yet): the API answers 503; the next call reconnects.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Postgres(e) = self else {
+            return false;
+        };
+        if e.is_closed() {
+            return true;
+        }
+        match e.code().map(|code| code.code()) {
+            Some(code) => {
+                code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
+            }
+            None => std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>()),
+        }
+    }
+
+    /// A UNIQUE or PRIMARY KEY constraint refused the row, on either engine.
+    pub fn is_unique_violation(&self) -> bool {
+        match self {
+            StoreError::Database(rusqlite::Error::SqliteFailure(e, _)) => matches!(
+                e.extended_code,
+                rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+            ),
+            _ => self.postgres_code() == Some("23505"),
+        }
+    }
+
+    fn postgres_code(&self) -> Option<&str> {
+        match self {
+            StoreError::Postgres(e) => e.code().map(|code| code.code()),
+            _ => None,
+        }
     }
 
     /// The file is not a database or its pages do not hold together.

@@ -1,6 +1,7 @@
 //! The store is the truth: one SQLite file, WAL, foreign keys on, every mutation in one transaction.
 //! Reads use a small pool of connections so they never wait behind the single writer.
 
+pub mod db;
 pub mod endpoints;
 mod error;
 pub mod groups;
@@ -8,6 +9,7 @@ pub mod harvest;
 #[cfg(test)]
 mod lifecycle_tests;
 mod migrations;
+mod migrations_pg;
 pub mod operators;
 pub mod rendezvous;
 pub mod sessions;
