@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{json, page_response, page_url, views, ApiError, Operator, SharedState};
 use crate::ids::GroupId;
+use crate::store::db::Backend;
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
 
@@ -58,7 +59,8 @@ pub async fn create(
     }
     let group = state
         .db(move |store| {
-            store.write(|tx| groups::create(tx, &operator, &request.tags, &request.configuration))
+            store
+                .write_db(|db| groups::create(db, &operator, &request.tags, &request.configuration))
         })
         .await?;
     Ok(json(StatusCode::CREATED, &views::group(&group)))
@@ -75,7 +77,7 @@ pub async fn list(
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
         .db(move |store| {
-            store.read(|conn| groups::list(conn, &operator, after.as_deref(), limit + 1))
+            store.read_db(|db| groups::list(db, &operator, after.as_deref(), limit + 1))
         })
         .await?;
     Ok(page_response(
@@ -93,7 +95,7 @@ pub async fn get(
     Path(group_id): Path<GroupId>,
 ) -> Result<Response, ApiError> {
     let group = state
-        .db(move |store| store.read(|conn| groups::get(conn, &operator, &group_id)))
+        .db(move |store| store.read_db(|db| groups::get(db, &operator, &group_id)))
         .await?;
     Ok(json(StatusCode::OK, &views::group(&group)))
 }
@@ -104,7 +106,7 @@ pub async fn delete(
     Path(group_id): Path<GroupId>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .db(move |store| store.write(|tx| groups::delete(tx, &operator, &group_id)))
+        .db(move |store| store.write_db(|db| groups::delete(db, &operator, &group_id)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -130,8 +132,8 @@ pub async fn put_configuration(
         updates.into_iter().map(|u| (u.key, u.value)).collect();
     let group = state
         .db(move |store| {
-            store.write(|tx| {
-                groups::put_configuration(tx, &operator, &group_id, &namespace, &values)
+            store.write_db(|db| {
+                groups::put_configuration(db, &operator, &group_id, &namespace, &values)
             })
         })
         .await?;
@@ -145,8 +147,8 @@ pub async fn delete_configuration(
 ) -> Result<StatusCode, ApiError> {
     state
         .db(move |store| {
-            store.write(|tx| {
-                groups::delete_configuration(tx, &operator, &group_id, &namespace, &name)
+            store.write_db(|db| {
+                groups::delete_configuration(db, &operator, &group_id, &namespace, &name)
             })
         })
         .await?;

@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::ServiceContext;
 use crate::ids::Imsi;
+use crate::store::db::SqliteDb;
 use crate::store::groups::{self, Configuration};
 use crate::store::{sims, SimRecord, StoreError};
 
@@ -53,11 +54,13 @@ pub fn identify(ctx: &ServiceContext, source: IpAddr) -> Result<Caller, CallerEr
     let (sim, configuration) = ctx.store.read(|conn| {
         let sim = sims::get(conn, &session.operator_id, &session.sim_id)?;
         let configuration = match &sim.group_id {
-            Some(group_id) => match groups::get(conn, &sim.operator_id, group_id) {
-                Ok(group) => group.configuration,
-                Err(StoreError::NotFound(_)) => Configuration::new(),
-                Err(e) => return Err(e),
-            },
+            Some(group_id) => {
+                match groups::get(&mut SqliteDb::new(conn), &sim.operator_id, group_id) {
+                    Ok(group) => group.configuration,
+                    Err(StoreError::NotFound(_)) => Configuration::new(),
+                    Err(e) => return Err(e),
+                }
+            }
             None => Configuration::new(),
         };
         Ok((sim, configuration))

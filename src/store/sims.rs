@@ -3,6 +3,7 @@
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use super::db::SqliteDb;
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 pub use super::sim_search::{search, SimQuery};
 use super::{next_counter, now_ms, rendezvous, Entity, Result, Rule, StoreError};
@@ -478,7 +479,7 @@ pub fn set_group(
 ) -> Result<(SimRecord, Option<PeerChange>)> {
     require_sim(tx, operator_id, sim_id)?;
     if let Some(group_id) = group_id {
-        super::groups::require_group(tx, operator_id, group_id)?;
+        super::groups::require_group(&mut SqliteDb::new(tx), operator_id, group_id)?;
     }
     tx.prepare_cached("UPDATE sims SET group_id = ?2, last_modified_at = ?3 WHERE sim_id = ?1")?
         .execute(params![sim_id, group_id, now_ms()])?;
@@ -528,7 +529,7 @@ pub fn list_in_group(
     after_sim_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SimRecord>> {
-    super::groups::require_group(conn, operator_id, group_id)?;
+    super::groups::require_group(&mut SqliteDb::new(conn), operator_id, group_id)?;
     let mut statement = conn.prepare_cached(&format!(
         "SELECT {SIM_COLUMNS} FROM sims WHERE group_id = ?1 AND operator_id = ?2 AND sim_id > ?3
          ORDER BY sim_id LIMIT ?4"

@@ -327,6 +327,7 @@ pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::Backend;
     use crate::store::operators;
     use crate::store::testing::temp_store;
 
@@ -497,7 +498,7 @@ mod tests {
                 serde_json::Value::String(vpg.vpg_id.to_string()),
             );
         let group = store
-            .write(|tx| crate::store::groups::create(tx, &op, &BTreeMap::new(), &configuration))
+            .write_db(|db| crate::store::groups::create(db, &op, &BTreeMap::new(), &configuration))
             .expect("group");
         assert!(matches!(
             store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
@@ -513,9 +514,9 @@ mod tests {
             vpg
         );
         store
-            .write(|tx| {
+            .write_db(|db| {
                 crate::store::groups::delete_configuration(
-                    tx,
+                    db,
                     &op,
                     &group.group_id,
                     "SoracomAir",
