@@ -52,7 +52,7 @@ pg_start() {
     fi
     PG_DIR=$(mktemp -d /tmp/arcd-pg.XXXXXX) || return 1
     chmod 0755 "$PG_DIR"
-    [[ $(id -u) == 0 ]] && chown "$PG_RUN_AS" "$PG_DIR"
+    if [[ $(id -u) == 0 ]]; then chown "$PG_RUN_AS" "$PG_DIR"; fi
     if ! _pg_as "$PG_BIN/initdb" -D "$PG_DIR/data" -U "$PG_USER_NAME" --auth=trust \
         --encoding=UTF8 --locale=C.UTF-8 >"$PG_DIR/initdb.log" 2>&1; then
         cat "$PG_DIR/initdb.log" >&2
