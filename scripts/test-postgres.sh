@@ -3,7 +3,7 @@
 # (scripts/lib/postgres.sh) named by ARCD_TEST_POSTGRES_URL; each test works in a schema of its own.
 # With the variable set, a test that cannot reach the server fails (it never skips).
 #
-#   scripts/test-postgres.sh                         # cargo test --lib -- store::groups store::db
+#   scripts/test-postgres.sh                         # cargo test --lib -- store::
 #   scripts/test-postgres.sh store::groups::tests    # other test name filters
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -12,5 +12,5 @@ source scripts/lib/postgres.sh
 pg_start >/dev/null
 trap pg_stop EXIT
 filters=("$@")
-((${#filters[@]})) || filters=(store::groups store::db)
+((${#filters[@]})) || filters=(store::)
 ARCD_TEST_POSTGRES_URL=$PG_URL cargo test --locked --lib -- "${filters[@]}"

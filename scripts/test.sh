@@ -80,6 +80,7 @@ APT_PACKAGES=(
     chromium        # the management page's browser test (scripts/e2e/web.sh)
     prometheus      # promtool: checks a real metrics scrape in scripts/e2e/netns.sh (stage 6i)
     systemd         # systemd-analyze verify, sysusers, tmpfiles of the package (scripts/e2e/package.sh; nothing is started)
+    postgresql-15   # the store's second engine: scripts/test-postgres.sh starts a throw-away server (initdb in a temp dir)
     acl             # getfacl: checks the /run/wireguard ACL of the package's tmpfiles.d rule (package.sh)
 )
 # Node.js and npm (the page test; npm installs only playwright-core from
@@ -185,6 +186,9 @@ else
         skipped+=("cargo test ${name%: test}: needs root (#[ignore = \"needs root: ...\"])")
     done < <(cargo test --tests --locked -q -- --ignored --list 2>/dev/null | grep ': test$' || true)
 fi
+
+banner "stage 3b/5: the store on PostgreSQL (scripts/test-postgres.sh: a throw-away PostgreSQL 15)"
+scripts/test-postgres.sh
 
 banner "stage 4/5: API fuzzing against the OpenAPI document (scripts/schemathesis.sh)"
 scripts/schemathesis.sh

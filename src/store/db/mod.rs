@@ -148,11 +148,29 @@ pub trait Db {
         Ok(self.query(sql, params)?.into_iter().next())
     }
 
+    /// Transitional (issue 14, removed once every store module is on this seam): the SQLite
+    /// connection under this `Db`, so a converted function can still call one that is not.
+    /// `None` on PostgreSQL; use `unconverted(db)`, which turns that into an error.
+    fn sqlite(&self) -> Option<&rusqlite::Connection> {
+        None
+    }
+
     /// Exactly the first row (a query that always answers one, such as `COUNT(*)`).
     fn query_one(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Row> {
         self.query_opt(sql, params)?
             .ok_or_else(|| StoreError::Corrupt("a query that answers one row answered none".into()))
     }
+}
+
+/// Transitional (see `Db::sqlite`): the SQLite connection of `db`, or an error naming the
+/// operation that PostgreSQL cannot run yet.
+#[allow(dead_code)] // used while modules convert; goes with `Db::sqlite`
+pub(crate) fn unconverted<'d>(db: &'d dyn Db, what: &str) -> Result<&'d rusqlite::Connection> {
+    db.sqlite().ok_or_else(|| {
+        StoreError::Corrupt(format!(
+            "{what} is not yet written for PostgreSQL (issue 14)"
+        ))
+    })
 }
 
 /// A store on one engine: runs a closure in a write transaction or on a read snapshot. The

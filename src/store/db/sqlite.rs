@@ -65,6 +65,10 @@ fn value_of(value: ValueRef<'_>) -> Result<Value> {
 }
 
 impl Db for SqliteDb<'_> {
+    fn sqlite(&self) -> Option<&Connection> {
+        Some(self.conn)
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let mut statement = self.conn.prepare_cached(sql)?;
         bind(&mut statement, params)?;
