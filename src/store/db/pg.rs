@@ -15,10 +15,10 @@ use super::{Backend, Db, Param, Row, Value};
 use crate::store::migrations_pg;
 use crate::store::{Result, StoreError};
 
-/// How many times a write that lost a serialization conflict is run in all; between runs a
-/// random pause that doubles each time (up to 64 ms), so writers that keep colliding drift
-/// apart instead of colliding again.
-const WRITE_ATTEMPTS: u32 = 10;
+/// How long a write that keeps losing serialization conflicts is run again: SQLite's writer
+/// waits as long for its lock (`BUSY_TIMEOUT`). A count of runs is not enough: against writers
+/// that run back to back on one row, the one that pauses loses again and again until they stop.
+const WRITE_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a `PgStore` connects.
 #[derive(Debug, Clone)]
@@ -252,6 +252,7 @@ impl PgStore {
         read_only: bool,
         mut f: impl FnMut(&mut dyn Db) -> Result<T>,
     ) -> Result<T> {
+        let started = std::time::Instant::now();
         let mut attempt = 0;
         // Idle connections found dead at BEGIN (server restarted, connection killed): each is
         // replaced and the call goes on, at most once per pooled connection plus one.
@@ -272,7 +273,9 @@ impl PgStore {
             };
             attempt += 1;
             match outcome {
-                Err(e) if e.is_serialization_failure() && attempt < WRITE_ATTEMPTS => {
+                Err(e)
+                    if e.is_serialization_failure() && started.elapsed() < WRITE_RETRY_BUDGET =>
+                {
                     drop(lent);
                     pause_before_retry(attempt);
                 }
@@ -322,7 +325,8 @@ fn in_transaction<T>(
     )
 }
 
-/// Full jitter: a random pause below 2^attempt ms (at most 64 ms).
+/// Full jitter: a random pause below 2^attempt ms (at most 64 ms), so writers that keep
+/// colliding drift apart.
 fn pause_before_retry(attempt: u32) {
     let ceiling_us = 1000_u64 << attempt.min(6);
     let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ceiling_us);
