@@ -1,5 +1,6 @@
 //! Store-level tests of the SIM lifecycle: identities, sessions, addresses, atomicity.
 
+use super::db::{Backend, SqliteDb};
 use super::sessions::{self, PeerChange, SessionPolicy};
 use super::subscriptions::{self, IotSimImport};
 use super::testing::temp_store;
@@ -22,8 +23,8 @@ fn setup_with_pool(pool: &str) -> (tempfile::TempDir, Store, OperatorId) {
     rps[0].pool = pool.parse().expect("pool");
     let operator = store
         .write(|tx| {
-            rendezvous::sync(tx, &rps)?;
-            operators::create_operator(tx)
+            rendezvous::sync(&mut SqliteDb::new(tx), &rps)?;
+            operators::create_operator(&mut SqliteDb::new(tx))
         })
         .expect("setup");
     (dir, store, operator)
@@ -241,7 +242,7 @@ fn active_sessions_listing_matches_changes() {
 fn live_sim_counts_follow_creates_imports_and_terminations() {
     let (_dir, store, op) = setup();
     let other = store
-        .write(operators::create_operator)
+        .write_db(operators::create_operator)
         .expect("second operator");
     let p = policy(0);
     let mut created = Vec::new();

@@ -327,7 +327,7 @@ pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::db::Backend;
+    use crate::store::db::{Backend, SqliteDb};
     use crate::store::operators;
     use crate::store::testing::temp_store;
 
@@ -348,8 +348,8 @@ mod tests {
         let (op, other) = store
             .write(|tx| {
                 Ok((
-                    operators::create_operator(tx)?,
-                    operators::create_operator(tx)?,
+                    operators::create_operator(&mut SqliteDb::new(tx))?,
+                    operators::create_operator(&mut SqliteDb::new(tx))?,
                 ))
             })
             .expect("operators");
@@ -417,7 +417,9 @@ mod tests {
     #[test]
     fn invalid_requests_write_nothing() {
         let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+        let op = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         let cases = [
             NewVpg {
                 vpg_type: 12,
@@ -485,7 +487,9 @@ mod tests {
     #[test]
     fn terminate_refused_while_a_group_names_it() {
         let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+        let op = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         let vpg = store
             .write(|tx| create(tx, &op, &new_vpg(), &[]))
             .expect("create");
@@ -532,7 +536,9 @@ mod tests {
     #[test]
     fn tag_filter() {
         let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+        let op = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         for name in ["alpha", "alphabet", "beta"] {
             let tags = BTreeMap::from([("name".to_string(), name.to_string())]);
             store

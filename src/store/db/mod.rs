@@ -8,9 +8,11 @@
 //! SQL. Values cross the seam as `Value`; rows come back as `Row`, so no domain module names
 //! rusqlite or postgres types.
 
+mod batch;
 mod pg;
 mod sqlite;
 
+pub use self::batch::{chunks, values_rows};
 pub use self::pg::{default_pool_size, AdvisoryLock, PgDb, PgOptions, PgStore};
 pub use self::sqlite::SqliteDb;
 
@@ -126,6 +128,13 @@ impl Row {
         match self.at(index)? {
             Value::Null => Ok(None),
             _ => self.text(index).map(Some),
+        }
+    }
+
+    pub fn opt_int(&self, index: usize) -> Result<Option<i64>> {
+        match self.at(index)? {
+            Value::Null => Ok(None),
+            _ => self.int(index).map(Some),
         }
     }
 }

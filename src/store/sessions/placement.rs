@@ -96,7 +96,7 @@ pub(super) fn place(
 ) -> Result<Placement> {
     let vpg = vpg_of_group(tx, sub)?;
     let rp_id = rendezvous_point_id(sub, vpg.as_ref(), policy);
-    let rp = rendezvous::get(tx, rp_id)?;
+    let rp = rendezvous::get(&mut crate::store::db::SqliteDb::new(tx), rp_id)?;
     Ok(match vpg {
         // The VPG's network and broadcast addresses are never handed out; every other one is,
         // unless another VPG's device holds it.
