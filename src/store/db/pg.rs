@@ -164,6 +164,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Db for PgDb<'_, '_> {
+    fn json_object_entries(&self, column: &str) -> String {
+        format!("jsonb_each_text({column}::jsonb)")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let statement = self.prepared(sql)?;
         let values = values(params);

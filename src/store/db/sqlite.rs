@@ -69,6 +69,10 @@ impl Db for SqliteDb<'_> {
         Some(self.conn)
     }
 
+    fn json_object_entries(&self, column: &str) -> String {
+        format!("json_each({column})")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let mut statement = self.conn.prepare_cached(sql)?;
         bind(&mut statement, params)?;

@@ -56,7 +56,11 @@ fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecor
         Ok(serde_json::Value::String(vpg_id)) => VpgId::new(vpg_id),
         _ => return Err(unusable(value)),
     };
-    match vpgs::get(tx, &sub.operator_id, &vpg_id) {
+    match vpgs::get(
+        &mut crate::store::db::SqliteDb::new(tx),
+        &sub.operator_id,
+        &vpg_id,
+    ) {
         Ok(vpg) => Ok(Some(vpg)),
         Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id.into_string())),
 
