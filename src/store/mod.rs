@@ -261,14 +261,10 @@ pub fn now_ms() -> i64 {
 }
 
 /// Takes the next value of a named counter. Counters only grow, so identifiers are never reused.
+/// Kept for callers still on rusqlite types; converted code calls `Db::next_number`.
 pub(crate) fn next_counter(tx: &Transaction, name: &str) -> Result<u64> {
-    let value: i64 = tx.query_row(
-        "INSERT INTO counters(name, value) VALUES (?1, 1)
-         ON CONFLICT(name) DO UPDATE SET value = value + 1
-         RETURNING value",
-        [name],
-        |row| row.get(0),
-    )?;
+    use self::db::Db;
+    let value = self::db::SqliteDb::new(tx).next_number(name)?;
     Ok(value as u64)
 }
 

@@ -168,6 +168,15 @@ impl Db for PgDb<'_, '_> {
         format!("jsonb_each_text({column}::jsonb)")
     }
 
+    fn next_number(&mut self, name: &str) -> Result<i64> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+            return Err(StoreError::Corrupt(format!("bad number name {name:?}")));
+        }
+        let sequence = format!("number_{name}");
+        self.query_one("SELECT nextval(CAST($1 AS TEXT)::regclass)", &[&sequence])?
+            .int(0)
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let statement = self.prepared(sql)?;
         let values = values(params);

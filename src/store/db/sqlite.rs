@@ -73,6 +73,16 @@ impl Db for SqliteDb<'_> {
         format!("json_each({column})")
     }
 
+    fn next_number(&mut self, name: &str) -> Result<i64> {
+        self.query_one(
+            "INSERT INTO counters(name, value) VALUES ($1, 1)
+             ON CONFLICT(name) DO UPDATE SET value = value + 1
+             RETURNING value",
+            &[&name],
+        )?
+        .int(0)
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let mut statement = self.conn.prepare_cached(sql)?;
         bind(&mut statement, params)?;
