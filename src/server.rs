@@ -210,7 +210,7 @@ fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>,
 fn load_sessions(
     store: &Store,
 ) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let sessions = store.read(sessions::list_active_sessions)?;
+    let sessions = store.read_db(sessions::list_active_sessions)?;
     let resume = store.read(endpoints::saved)?;
     tracing::info!(
         sessions = sessions.len(),
