@@ -13,7 +13,7 @@ use super::{json, ApiError, Operator, SharedState};
 use crate::dataplane::engine::ONLINE_WINDOW;
 use crate::dataplane::stats::PeerSnapshot;
 use crate::ids::RendezvousPointId;
-use crate::store::db::{unconverted, Backend};
+use crate::store::db::Backend;
 use crate::store::{rendezvous, sessions};
 
 #[derive(Serialize)]
@@ -55,11 +55,7 @@ pub async fn list(
                     .iter()
                     .map(|rp| {
                         let record = rendezvous::get(db, &rp.id)?;
-                        let imsis = sessions::operator_imsis_at(
-                            unconverted(db, "sessions::operator_imsis_at")?,
-                            &operator,
-                            &rp.id,
-                        )?;
+                        let imsis = sessions::operator_imsis_at(db, &operator, &rp.id)?;
                         Ok((record, imsis))
                     })
                     .collect::<Result<Vec<_>, _>>()

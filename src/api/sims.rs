@@ -12,6 +12,7 @@ use super::{
     SharedState,
 };
 use crate::ids::{GroupId, Imsi, OperatorId, SimId};
+use crate::store::db::{Backend, SqliteDb};
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;
@@ -254,8 +255,13 @@ async fn recreate_session(
     let (_, sim) = state
         .write_notifying(
             move |tx| {
-                let session =
-                    sessions::recreate(tx, &operator, &sim_id, &policy, require_existing)?;
+                let session = sessions::recreate(
+                    &mut SqliteDb::new(tx),
+                    &operator,
+                    &sim_id,
+                    &policy,
+                    require_existing,
+                )?;
                 Ok((session, sims::get(tx, &operator, &sim_id)?))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
@@ -302,7 +308,15 @@ pub async fn renew_credentials(
     let policy = state.policy.clone();
     let renewed = state
         .write_notifying(
-            move |tx| sessions::renew_credentials(tx, &operator, &sim_id, client_key, &policy),
+            move |tx| {
+                sessions::renew_credentials(
+                    &mut SqliteDb::new(tx),
+                    &operator,
+                    &sim_id,
+                    client_key,
+                    &policy,
+                )
+            },
             |renewed| vec![PeerChange::Upsert(renewed.session.clone())],
         )
         .await?;
@@ -322,7 +336,7 @@ pub async fn remove_credentials(
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(
-            move |tx| sessions::remove_credentials(tx, &operator, &sim_id),
+            move |tx| sessions::remove_credentials(&mut SqliteDb::new(tx), &operator, &sim_id),
             |change| change.iter().cloned().collect(),
         )
         .await?;
@@ -506,8 +520,8 @@ pub async fn list_session_events(
     let path = page_url(&format!("/v1/sims/{sim_id}/events/sessions"), &query);
     let events = state
         .db(move |store| {
-            store.read(|conn| {
-                sessions::list_events(conn, &operator, &sim_id, from, to, before, limit + 1)
+            store.read_db(|db| {
+                sessions::list_events(db, &operator, &sim_id, from, to, before, limit + 1)
             })
         })
         .await?;

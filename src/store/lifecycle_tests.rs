@@ -75,12 +75,12 @@ fn recreate_keeps_address_and_records_events() {
     let created = create(&store, &op, &p).expect("create");
     let sim_id = created.sim.sim_id.clone();
     let again = store
-        .write(|tx| sessions::recreate(tx, &op, &sim_id, &p, true))
+        .write(|tx| sessions::recreate(&mut SqliteDb::new(tx), &op, &sim_id, &p, true))
         .expect("recreate");
     assert_ne!(again.session_id, created.session.session_id);
     assert_eq!(again.client_ip, created.session.client_ip);
     let events = store
-        .read(|c| sessions::list_events(c, &op, &sim_id, None, None, None, 10))
+        .read(|c| sessions::list_events(&mut SqliteDb::new(c), &op, &sim_id, None, None, None, 10))
         .expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds, ["Created", "Deleted", "Created"]);
@@ -177,7 +177,9 @@ fn secondary_subscriber_reports_primary_imsi() {
         .expect("add");
     assert_eq!(added.session.primary_imsi, item.imsi);
     assert!(added.session.imsi.as_str().starts_with("99999"));
-    let all = store.read(sessions::list_active_sessions).expect("list");
+    let all = store
+        .read(|c| sessions::list_active_sessions(&mut SqliteDb::new(c)))
+        .expect("list");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0], added.session);
     let twice = store.write(|tx| {
@@ -228,9 +230,11 @@ fn active_sessions_listing_matches_changes() {
     }
     let removed = expected.remove(0);
     store
-        .write(|tx| sessions::remove_credentials(tx, &op, &removed.sim_id))
+        .write(|tx| sessions::remove_credentials(&mut SqliteDb::new(tx), &op, &removed.sim_id))
         .expect("remove");
-    let mut listed = store.read(sessions::list_active_sessions).expect("list");
+    let mut listed = store
+        .read(|c| sessions::list_active_sessions(&mut SqliteDb::new(c)))
+        .expect("list");
     listed.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     expected.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     assert_eq!(listed, expected);

@@ -290,7 +290,8 @@ pub fn create_virtual(
         },
         now,
     )?;
-    let session = sessions::open_first_session(tx, operator_id, &sim_id, policy)?;
+    let session =
+        sessions::open_first_session(&mut SqliteDb::new(tx), operator_id, &sim_id, policy)?;
     Ok(CreatedSim {
         sim: get(tx, operator_id, &sim_id)?,
         private_key: pair.private_key.clone(),
@@ -454,8 +455,8 @@ pub fn terminate(
         return Err(Rule::TerminationProtected.into());
     }
     let mut changes = Vec::new();
-    if let Some(sub) = sessions::arc_subscriber(tx, operator_id, sim_id)? {
-        changes.extend(sessions::close_session(tx, &sub, true)?);
+    if let Some(sub) = sessions::arc_subscriber(&mut SqliteDb::new(tx), operator_id, sim_id)? {
+        changes.extend(sessions::close_session(&mut SqliteDb::new(tx), &sub, true)?);
     }
     let now = now_ms();
     tx.prepare_cached(
@@ -483,7 +484,8 @@ pub fn set_group(
     }
     tx.prepare_cached("UPDATE sims SET group_id = ?2, last_modified_at = ?3 WHERE sim_id = ?1")?
         .execute(params![sim_id, group_id, now_ms()])?;
-    let change = sessions::active_session_of(tx, operator_id, sim_id)?.map(PeerChange::Upsert);
+    let change = sessions::active_session_of(&mut SqliteDb::new(tx), operator_id, sim_id)?
+        .map(PeerChange::Upsert);
     Ok((get(tx, operator_id, sim_id)?, change))
 }
 

@@ -2,6 +2,7 @@
 
 use rusqlite::{params, Transaction};
 
+use super::db::SqliteDb;
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
 use super::{now_ms, Entity, Result, Rule, StoreError};
@@ -179,7 +180,8 @@ pub fn add_virtual_subscriber(
         now_ms(),
     )?;
     sims::touch(tx, sim_id)?;
-    let session = sessions::open_first_session(tx, operator_id, sim_id, policy)?;
+    let session =
+        sessions::open_first_session(&mut SqliteDb::new(tx), operator_id, sim_id, policy)?;
     Ok(AddedSubscriber {
         sim: sims::get(tx, operator_id, sim_id)?,
         iccid: iccid.to_string(),
@@ -237,9 +239,9 @@ pub fn terminate_virtual_subscriber(
     if sub.status == "terminated" {
         return Err(StoreError::NotFound(Entity::Subscriber));
     }
-    let arc = sessions::arc_subscriber(tx, operator_id, sim_id)?
+    let arc = sessions::arc_subscriber(&mut SqliteDb::new(tx), operator_id, sim_id)?
         .ok_or(StoreError::NotFound(Entity::Subscriber))?;
-    let change = sessions::close_session(tx, &arc, true)?;
+    let change = sessions::close_session(&mut SqliteDb::new(tx), &arc, true)?;
     tx.execute(
         "UPDATE subscribers SET status = 'terminated', last_modified_at = ?2 WHERE imsi = ?1",
         params![imsi, now_ms()],

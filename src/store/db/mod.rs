@@ -171,6 +171,11 @@ pub trait Db {
         None
     }
 
+    /// Dialect: a table expression listing the entries of the JSON object held (as text) in
+    /// `column`, one row per key with text columns `key` and `value` (string values unquoted).
+    /// SQLite: `json_each(column)`; PostgreSQL: `jsonb_each_text(column::jsonb)`.
+    fn json_object_entries(&self, column: &str) -> String;
+
     /// Exactly the first row (a query that always answers one, such as `COUNT(*)`).
     fn query_one(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Row> {
         self.query_opt(sql, params)?
