@@ -46,6 +46,8 @@ pub enum ServeError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("the store's start task failed: {0}")]
+    StoreTask(String),
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
@@ -138,20 +140,23 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// steps run in this order: each one needs what the ones before it made, and the API listens
 /// last, so nothing it acknowledges can reach a data plane that is not there yet.
 pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
-    let store = open_store(&config, reinitialize)?;
+    let StoreAtStart {
+        store,
+        new_root_credentials,
+        sessions,
+        resume,
+        listeners,
+        running_vpgs,
+    } = load_from_store(&config, reinitialize).await?;
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
-    let new_root_credentials =
-        bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
     let policy = bootstrap::session_policy(&config);
-    let (sessions, resume) = load_sessions(&store)?;
     let (changes, rx) = PeerChanges::channel();
-    let listeners = listener_configs(&config, &store)?;
     let (tun, tun_peer) = open_tun(&config)?;
     let tun_index = tun_index(&tun)?;
     let dataplane =
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
-    let vpg_plane = start_vpg_plane(&config, &store, &dataplane, tun_index)?;
+    let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -194,6 +199,43 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         stop,
         accept_task,
     })
+}
+
+/// What starting needs from the store.
+struct StoreAtStart {
+    store: Arc<Store>,
+    new_root_credentials: Option<RootCredentials>,
+    sessions: Vec<sessions::ActiveSession>,
+    resume: Vec<endpoints::SavedEndpoint>,
+    listeners: Vec<ListenerConfig>,
+    running_vpgs: Vec<vpgs::RunningVpg>,
+}
+
+/// Opens the store and reads what starting needs, on tokio's blocking pool: store calls block
+/// (and PostgreSQL's client must never run on an async worker thread).
+async fn load_from_store(
+    config: &Config,
+    reinitialize: Reinitialize,
+) -> Result<StoreAtStart, ServeError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = open_store(&config, reinitialize)?;
+        let new_root_credentials =
+            bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
+        let (sessions, resume) = load_sessions(&store)?;
+        let listeners = listener_configs(&config, &store)?;
+        let running_vpgs = store.read(vpgs::running)?;
+        Ok(StoreAtStart {
+            store,
+            new_root_credentials,
+            sessions,
+            resume,
+            listeners,
+            running_vpgs,
+        })
+    })
+    .await
+    .map_err(|e| ServeError::StoreTask(e.to_string()))?
 }
 
 /// The data directory's store, checked, migrated, with SQLite's own checkpoints off (the
@@ -255,7 +297,7 @@ fn tun_index(tun: &AnyTun) -> Result<Option<u32>, ServeError> {
 /// Egress NAT (when configured) and the VPG plane, with every running VPG already applied.
 fn start_vpg_plane(
     config: &Config,
-    store: &Store,
+    running_vpgs: &[vpgs::RunningVpg],
     dataplane: &Dataplane,
     tun_index: Option<u32>,
 ) -> Result<Arc<VpgPlane>, ServeError> {
@@ -267,9 +309,9 @@ fn start_vpg_plane(
     };
     let host = tun_index.map(|ifindex| HostSide::new(ifindex, pools, egress));
     let vpg_plane = Arc::new(VpgPlane::new(dataplane.engine.clone(), host));
-    let running_vpgs = load_vpgs(store, &vpg_plane)?;
+    vpg_plane.apply(running_vpgs);
     tracing::info!(
-        vpgs = running_vpgs,
+        vpgs = running_vpgs.len(),
         "running VPGs applied to the data plane"
     );
     Ok(vpg_plane)
@@ -361,14 +403,6 @@ fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, Join
         stopped,
     ));
     (stop, accept_task)
-}
-
-/// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
-/// applied after their commits, in order; returns how many there are.
-pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
-    let running = store.read(vpgs::running)?;
-    plane.apply(&running);
-    Ok(running.len())
 }
 
 /// The real TUN device with the platform addresses and a gateway address in each client pool

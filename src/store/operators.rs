@@ -252,7 +252,7 @@ mod tests {
             .write(|tx| touch_auth_key(tx, &key.auth_key_id, 1234))
             .expect("touch");
         assert_eq!(
-            list_auth_keys(&store.writer.lock(), &op).expect("list")[0].last_used_at_ms,
+            store.read(|c| list_auth_keys(c, &op)).expect("list")[0].last_used_at_ms,
             Some(1234)
         );
         assert_eq!(
