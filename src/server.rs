@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
-use crate::config::Config;
+use crate::config::{Config, RendezvousPointConfig};
 use crate::dataplane::egress::{self, EgressError};
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
@@ -46,6 +46,8 @@ pub enum ServeError {
     Bootstrap(#[from] BootstrapError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("the store's start task failed: {0}")]
     StoreTask(String),
     #[error(transparent)]
@@ -66,7 +68,8 @@ pub enum ServeError {
 
 /// A started arcd. Dropping it does not stop it; call `shutdown`.
 pub struct Running {
-    pub api_addr: SocketAddr,
+    /// Where the API listens; `None` on a node with `[node] api = false`.
+    pub api_addr: Option<SocketAddr>,
     /// Where `GET /metrics` is served, when `metrics.enabled`.
     pub metrics_addr: Option<SocketAddr>,
     _metrics: Option<metrics::MetricsServer>,
@@ -140,6 +143,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// steps run in this order: each one needs what the ones before it made, and the API listens
 /// last, so nothing it acknowledges can reach a data plane that is not there yet.
 pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
+    config.validate()?;
     let StoreAtStart {
         store,
         new_root_credentials,
@@ -167,9 +171,15 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         store.clone(),
         config.services.harvest_retention_days,
     );
-    let api = bind_api(&config).await?;
+    let api = if config.node.api {
+        Some(bind_api(&config).await?)
+    } else {
+        tracing::info!("API not served on this node ([node] api = false)");
+        None
+    };
     let metrics_server = start_metrics(&config, &dataplane, &store).await?;
-    let (api_addr, tls) = (api.addr, api.tls.is_some());
+    let api_addr = api.as_ref().map(|api| api.addr);
+    let tls = api.as_ref().is_some_and(|api| api.tls.is_some());
     let state = Arc::new(AppState {
         store: store.clone(),
         policy,
@@ -222,7 +232,7 @@ async fn load_from_store(
         let store = open_store(&config, reinitialize)?;
         let new_root_credentials =
             bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
-        let (sessions, resume) = load_sessions(&store)?;
+        let (sessions, resume) = load_sessions(&store, &config)?;
         let listeners = listener_configs(&config, &store)?;
         let running_vpgs = store.read(vpgs::running)?;
         Ok(StoreAtStart {
@@ -250,8 +260,10 @@ fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>,
 /// run (so they are reachable before their next handshake).
 fn load_sessions(
     store: &Store,
+    config: &Config,
 ) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let sessions = store.read(sessions::list_active_sessions)?;
+    let mut sessions = store.read(sessions::list_active_sessions)?;
+    sessions.retain(|session| config.node.serves(&session.rp_id));
     let resume = store.read(endpoints::saved)?;
     tracing::info!(
         sessions = sessions.len(),
@@ -261,10 +273,11 @@ fn load_sessions(
     Ok((sessions, resume))
 }
 
-/// One data-plane listener per configured rendezvous point, with its key pair from the store.
+/// One data-plane listener per rendezvous point this node serves, with its key pair from the
+/// store.
 fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig>, ServeError> {
     let mut listeners = Vec::new();
-    for rp in &config.rendezvous_points {
+    for rp in served_rendezvous_points(config) {
         tracing::info!(
             rendezvous_point = %rp.id,
             name = rp.display_name(),
@@ -301,7 +314,7 @@ fn start_vpg_plane(
     dataplane: &Dataplane,
     tun_index: Option<u32>,
 ) -> Result<Arc<VpgPlane>, ServeError> {
-    let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
+    let pools: Vec<Ipv4Net> = served_rendezvous_points(config).map(|rp| rp.pool).collect();
     let egress = if config.egress.masquerade && config.tun.enabled {
         Some(egress::enable(&pools, &config.tun.name)?)
     } else {
@@ -329,10 +342,11 @@ async fn start_services(
         dataplane.engine.clone(),
         config.services.clone(),
     ));
-    let listening = match (config.services.enabled, config.tun.enabled) {
+    let has_tun = config.tun.enabled && served_rendezvous_points(config).next().is_some();
+    let listening = match (config.services.enabled, has_tun) {
         (true, true) => Some(services::start(context.clone()).await?),
         (true, false) => {
-            tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false)");
+            tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false, or this node serves no rendezvous point)");
             None
         }
         (false, _) => None,
@@ -391,9 +405,20 @@ async fn start_metrics(
     Ok(Some(server))
 }
 
-/// Starts accepting API connections (`listener::accept_loop`); the sender stops it.
-fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, JoinHandle<()>) {
-    let (stop, stopped) = watch::channel(false);
+/// Starts accepting API connections (`listener::accept_loop`); the sender stops it. Without an
+/// API (`[node] api = false`) the task only waits for that stop, so `Running::wait` still
+/// means "until shutdown".
+fn serve_api(
+    api: Option<ApiSocket>,
+    state: Arc<AppState>,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let Some(api) = api else {
+        let idle = tokio::spawn(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        return (stop, idle);
+    };
     let app = api::router(state);
     let accept_task = tokio::spawn(listener::accept_loop(
         api.listener,
@@ -405,10 +430,18 @@ fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, Join
     (stop, accept_task)
 }
 
+/// The `[[rendezvous_points]]` this node serves (`[node] rendezvous_points`).
+fn served_rendezvous_points(config: &Config) -> impl Iterator<Item = &RendezvousPointConfig> {
+    config
+        .rendezvous_points
+        .iter()
+        .filter(|rp| config.node.serves(&rp.id))
+}
+
 /// The real TUN device with the platform addresses and a gateway address in each client pool
 /// (which routes the pool to the device), or an in-memory stand-in when disabled.
 fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeError> {
-    if !config.tun.enabled {
+    if !config.tun.enabled || served_rendezvous_points(config).next().is_none() {
         let (tun, peer) = MemoryTun::pair();
         return Ok((AnyTun::Memory(tun), Some(peer)));
     }
@@ -416,7 +449,7 @@ fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeErr
         .iter()
         .map(|ip| Ipv4Net::from(*ip))
         .collect();
-    for rp in &config.rendezvous_points {
+    for rp in served_rendezvous_points(config) {
         let gateway = Ipv4Addr::from(u32::from(rp.pool.network()) + 1);
         let net = Ipv4Net::new(gateway, rp.pool.prefix_len())
             .map_err(|_| StoreError::Corrupt(format!("pool of {}", rp.id)))?;

@@ -80,7 +80,13 @@ impl TestServer {
         dir: tempfile::TempDir,
     ) -> TestServer {
         let scheme = if running.tls { "https" } else { "http" };
-        let base = format!("{scheme}://127.0.0.1:{}", running.api_addr.port());
+        let base = format!(
+            "{scheme}://127.0.0.1:{}",
+            running
+                .api_addr
+                .expect("the test server serves the API")
+                .port()
+        );
         let mut builder = reqwest::Client::builder();
         if running.tls {
             let pem = std::fs::read(data_dir.join("tls-cert.pem")).expect("generated certificate");
