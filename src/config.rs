@@ -423,7 +423,11 @@ impl Config {
                 "must be a DNS name such as arc.internal".into(),
             ));
         }
-        if self.metrics.enabled && self.metrics.listen == self.api.listen {
+        // Port 0 asks the system for a free port each time, so two such listeners never clash.
+        if self.metrics.enabled
+            && self.metrics.listen == self.api.listen
+            && self.api.listen.port() != 0
+        {
             return Err(invalid(
                 "metrics.listen",
                 "must differ from api.listen".into(),
