@@ -202,7 +202,7 @@ pub trait Backend {
     fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T>;
 }
 
-impl Backend for super::Store {
+impl Backend for super::SqliteStore {
     fn write_db<T>(&self, mut f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
         self.write(|tx| f(&mut SqliteDb::new(tx)))
     }
