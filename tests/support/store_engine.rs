@@ -2,23 +2,47 @@
 //! `ARCD_TEST_POSTGRES_URL` set (scripts/test-postgres.sh starts a throw-away PostgreSQL and sets
 //! it), a fresh schema of that server, so the same API tests run on both engines.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use arcd::config::{Config, StoreEngine};
 use arcd::store::db::PgStore;
 
 pub const POSTGRES_URL_VAR: &str = "ARCD_TEST_POSTGRES_URL";
 
-/// Points `config` at a new schema of the test PostgreSQL server when one is named; else leaves
-/// it on SQLite. Named but unreachable fails the test (never a silent SQLite run).
+/// Points `config` at a schema of the test PostgreSQL server when one is named; else leaves it
+/// on SQLite. One schema per data directory, so a test that restarts arcd on its data directory
+/// finds its state again. Named but unreachable fails the test (never a silent SQLite run).
 pub fn use_test_engine(config: &mut Config) {
     let Ok(url) = std::env::var(POSTGRES_URL_VAR) else {
         return;
     };
-    let schema = unique_schema_name();
-    if let Err(e) = PgStore::connect_in_schema(&url, &schema) {
-        panic!("{POSTGRES_URL_VAR}={url} was given but PostgreSQL failed: {e}");
-    }
+    static SCHEMAS: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    let mut schemas = SCHEMAS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let schema = schemas
+        .entry(config.data_dir.clone())
+        .or_insert_with(|| {
+            let schema = unique_schema_name();
+            // On a thread of its own: the blocking client cannot run inside the test's runtime.
+            let created = std::thread::scope(|scope| {
+                scope
+                    .spawn(|| PgStore::connect_in_schema(&url, &schema).map(drop))
+                    .join()
+            });
+            match created {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    panic!("{POSTGRES_URL_VAR}={url} was given but PostgreSQL failed: {e}")
+                }
+                Err(_) => panic!("creating the test schema panicked"),
+            }
+            schema
+        })
+        .clone();
     config.store.engine = StoreEngine::Postgres;
     config.store.url = Some(with_search_path(&url, &schema));
 }

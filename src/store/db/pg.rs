@@ -85,6 +85,24 @@ struct PoolState {
     open: usize,
 }
 
+impl Drop for PoolState {
+    /// Each blocking client owns a small tokio runtime, and a runtime must not be dropped on an
+    /// async thread (tokio panics), which is where the last `Arc<Store>` of a stopping server
+    /// may go: the idle connections close on a thread of their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle);
+        if idle.is_empty() {
+            return;
+        }
+        let closing = std::thread::Builder::new()
+            .name("arcd-pg-close".into())
+            .spawn(move || drop(idle));
+        if let Err(e) = closing {
+            tracing::warn!(error = %e, "no thread to close PostgreSQL connections on");
+        }
+    }
+}
+
 /// A connection lent out of the pool; it goes back on drop, unless it was lost.
 struct Lent<'p> {
     pool: &'p Pool,
