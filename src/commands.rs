@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::ids::OperatorId;
 use crate::iot_sim_csv::{self, CsvError};
 use crate::server::{self, ServeError};
+use crate::store::db::Backend;
 use crate::store::operators;
 use crate::store::subscriptions::{self, IotSimImport};
 use crate::store::{Rule, StoreError};
@@ -159,7 +160,7 @@ pub fn import_iot_sims(
     }
     let coverage = config.coverage.default;
     let imported = store
-        .write(|tx| subscriptions::import_iot_sims(tx, operator_id, coverage, &items))
+        .write_db(|db| subscriptions::import_iot_sims(db, operator_id, coverage, &items))
         .map_err(|e| match e {
             StoreError::Rule(Rule::ImportItem { index, message }) => CommandError::Csv(CsvError {
                 file: file.display().to_string(),

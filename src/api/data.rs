@@ -148,7 +148,11 @@ async fn entries_page(
         .db(move |store| {
             store.read(|conn| {
                 if let Some(sim_id) = &require_sim {
-                    sims::require_sim(conn, &operator, sim_id)?;
+                    sims::require_sim(
+                        &mut crate::store::db::SqliteDb::new(conn),
+                        &operator,
+                        sim_id,
+                    )?;
                 }
                 harvest::list_entries(conn, &operator, &scope, &entry_query)
             })

@@ -12,6 +12,7 @@ use super::{
     SharedState,
 };
 use crate::ids::{GroupId, Imsi, OperatorId, SimId};
+use crate::store::db::{Backend, SqliteDb};
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;
@@ -42,7 +43,7 @@ pub async fn create_sim(
     let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| match sims::check_sim_quota(tx, &operator, 1, limit)? {
+            move |tx| match sims::check_sim_quota(&mut SqliteDb::new(tx), &operator, 1, limit)? {
                 Ok(()) => sims::create_virtual(tx, &operator, coverage, &prefix, &policy).map(Ok),
                 Err(exceeded) => Ok(Err(exceeded)),
             },
@@ -70,7 +71,7 @@ pub async fn get_sim(
     Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let sim = state
-        .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
+        .db(move |store| store.read_db(|db| sims::get(db, &operator, &sim_id)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -99,9 +100,7 @@ pub async fn list_sims(
     let limit = query.limit_clamped(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
-        .db(move |store| {
-            store.read(|conn| sims::list(conn, &operator, after.as_deref(), limit + 1))
-        })
+        .db(move |store| store.read_db(|db| sims::list(db, &operator, after.as_deref(), limit + 1)))
         .await?;
     Ok(sim_page(&state, &page_url("/v1/sims", &query), page, limit))
 }
@@ -116,7 +115,7 @@ pub async fn search_sims(
     let filter = search_filter(&query)?;
     let page = state
         .db(move |store| {
-            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
+            store.read_db(|db| sims::search(db, &operator, &filter, after.as_deref(), limit + 1))
         })
         .await?;
     Ok(sim_page(
@@ -256,7 +255,10 @@ async fn recreate_session(
             move |tx| {
                 let session =
                     sessions::recreate(tx, &operator, &sim_id, &policy, require_existing)?;
-                Ok((session, sims::get(tx, &operator, &sim_id)?))
+                Ok((
+                    session,
+                    sims::get(&mut SqliteDb::new(tx), &operator, &sim_id)?,
+                ))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
@@ -352,7 +354,7 @@ async fn termination(
 ) -> Result<Response, ApiError> {
     let sim = state
         .db(move |store| {
-            store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
+            store.write_db(|db| sims::set_termination_enabled(db, &operator, &sim_id, enabled))
         })
         .await?;
     Ok(sim_response(&state, &sim))
@@ -381,7 +383,7 @@ async fn change_status(
     action: StatusAction,
 ) -> Result<Response, ApiError> {
     let sim = state
-        .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
+        .db(move |store| store.write_db(|db| sims::change_status(db, &operator, &sim_id, action)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -424,7 +426,14 @@ async fn move_to_group(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::set_group(tx, &operator, &sim_id, group_id.as_ref()),
+            move |tx| {
+                sims::set_group(
+                    &mut SqliteDb::new(tx),
+                    &operator,
+                    &sim_id,
+                    group_id.as_ref(),
+                )
+            },
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
@@ -471,7 +480,7 @@ pub async fn put_tags(
         .map(|t| (t.tag_name, t.tag_value))
         .collect();
     let sim = state
-        .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
+        .db(move |store| store.write_db(|db| sims::put_tags(db, &operator, &sim_id, &tags)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -482,7 +491,7 @@ pub async fn delete_tag(
     Path((sim_id, tag_name)): Path<(SimId, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .db(move |store| store.write(|tx| sims::delete_tag(tx, &operator, &sim_id, &tag_name)))
+        .db(move |store| store.write_db(|db| sims::delete_tag(db, &operator, &sim_id, &tag_name)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

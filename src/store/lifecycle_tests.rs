@@ -1,5 +1,6 @@
 //! Store-level tests of the SIM lifecycle: identities, sessions, addresses, atomicity.
 
+use super::db::{Backend, SqliteDb};
 use super::sessions::{self, PeerChange, SessionPolicy};
 use super::subscriptions::{self, IotSimImport};
 use super::testing::temp_store;
@@ -92,7 +93,7 @@ fn terminated_address_waits_for_quarantine() {
     let first = create(&store, &op, &short).expect("create");
     let sim_id = first.sim.sim_id.clone();
     store
-        .write(|tx| sims::set_termination_enabled(tx, &op, &sim_id, true))
+        .write(|tx| sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &sim_id, true))
         .expect("enable");
     let (_, changes) = store
         .write(|tx| sims::terminate(tx, &op, &sim_id))
@@ -142,7 +143,7 @@ fn terminated_identities_are_never_reissued() {
     let sim_id = first.sim.sim_id.clone();
     store
         .write(|tx| {
-            sims::set_termination_enabled(tx, &op, &sim_id, true)?;
+            sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &sim_id, true)?;
             sims::terminate(tx, &op, &sim_id)
         })
         .expect("terminate");
@@ -150,7 +151,7 @@ fn terminated_identities_are_never_reissued() {
     assert_ne!(next.sim.sim_id, first.sim.sim_id);
     assert_ne!(next.sim.primary_imsi(), first.sim.primary_imsi());
     let kept = store
-        .read(|c| sims::get(c, &op, &sim_id))
+        .read_db(|db| sims::get(db, &op, &sim_id))
         .expect("record stays");
     assert_eq!(kept.status, "terminated");
     assert!(kept.session.is_none());
@@ -168,7 +169,12 @@ fn secondary_subscriber_reports_primary_imsi() {
     };
     store
         .write(|tx| {
-            subscriptions::import_iot_sims(tx, &op, Coverage::Jp, std::slice::from_ref(&item))
+            subscriptions::import_iot_sims(
+                &mut SqliteDb::new(tx),
+                &op,
+                Coverage::Jp,
+                std::slice::from_ref(&item),
+            )
         })
         .expect("import");
     let added = store
@@ -202,7 +208,7 @@ fn import_is_all_or_nothing() {
     let err = store
         .write(|tx| {
             subscriptions::import_iot_sims(
-                tx,
+                &mut SqliteDb::new(tx),
                 &op,
                 Coverage::Jp,
                 &[good(1), good(2), duplicate.clone()],
@@ -257,16 +263,28 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
     };
     store
         .write(|tx| {
-            subscriptions::import_iot_sims(tx, &op, Coverage::Jp, std::slice::from_ref(&iot))
+            subscriptions::import_iot_sims(
+                &mut SqliteDb::new(tx),
+                &op,
+                Coverage::Jp,
+                std::slice::from_ref(&iot),
+            )
         })
         .expect("import");
     store
-        .write(|tx| sims::change_status(tx, &op, &iot.sim_id(), sims::StatusAction::Suspend))
+        .write(|tx| {
+            sims::change_status(
+                &mut SqliteDb::new(tx),
+                &op,
+                &iot.sim_id(),
+                sims::StatusAction::Suspend,
+            )
+        })
         .expect("suspend keeps the SIM counted");
     for sim_id in &created[..2] {
         store
             .write(|tx| {
-                sims::set_termination_enabled(tx, &op, sim_id, true)?;
+                sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, sim_id, true)?;
                 sims::terminate(tx, &op, sim_id)
             })
             .expect("terminate");
@@ -295,7 +313,7 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
     );
     assert_eq!(counted(&other), (1, 1));
     let refused = store
-        .read(|c| sims::check_sim_quota(c, &op, 1, 4))
+        .read_db(|db| sims::check_sim_quota(db, &op, 1, 4))
         .expect("check");
     assert_eq!(
         refused,
@@ -307,7 +325,7 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
     );
     assert_eq!(
         store
-            .read(|c| sims::check_sim_quota(c, &other, 3, 4))
+            .read_db(|db| sims::check_sim_quota(db, &other, 3, 4))
             .expect("check"),
         Ok(())
     );
@@ -324,7 +342,7 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
     }
     store
         .write(|tx| {
-            sims::set_termination_enabled(tx, &op, &first, true)?;
+            sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &first, true)?;
             sims::terminate(tx, &op, &first)
         })
         .expect("terminate");

@@ -1,7 +1,10 @@
 //! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
+//! Portable SQL over `Db` (issue 14); the two functions that open or close a session stay on a
+//! rusqlite transaction until the sessions module is on the seam.
 
-use rusqlite::{params, Transaction};
+use rusqlite::Transaction;
 
+use super::db::{Db, SqliteDb};
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
 use super::{now_ms, Entity, Result, Rule, StoreError};
@@ -76,21 +79,21 @@ impl IotSimImport {
 
 /// Registers all SIMs or none: the first bad item aborts the transaction with its index.
 pub fn import_iot_sims(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     items: &[IotSimImport],
 ) -> Result<Vec<SimRecord>> {
     let now = now_ms();
     for (index, item) in items.iter().enumerate() {
-        import_one(tx, operator_id, coverage, item, now).map_err(|failure| match failure {
+        import_one(db, operator_id, coverage, item, now).map_err(|failure| match failure {
             ImportFailure::Item(message) => Rule::ImportItem { index, message }.into(),
             ImportFailure::Store(e) => e,
         })?;
     }
     items
         .iter()
-        .map(|item| sims::get(tx, operator_id, &item.sim_id()))
+        .map(|item| sims::get(db, operator_id, &item.sim_id()))
         .collect()
 }
 
@@ -107,27 +110,27 @@ impl<E: Into<StoreError>> From<E> for ImportFailure {
 }
 
 fn import_one(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     item: &IotSimImport,
     now: i64,
 ) -> std::result::Result<(), ImportFailure> {
     item.check().map_err(ImportFailure::Item)?;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
-                                        termination_enabled, created_at, last_modified_at)
-             VALUES (?1, ?2, 'uicc', NULL, 'active', ?3, NULL, 0, ?4, ?4)",
-        )?
-        .execute(params![item.iccid, operator_id, coverage.as_str(), now])?;
+    let inserted = db.execute(
+        "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+                          termination_enabled, created_at, last_modified_at)
+         VALUES ($1, $2, 'uicc', NULL, 'active', $3, NULL, FALSE, $4, $4)
+         ON CONFLICT DO NOTHING",
+        &[&item.iccid, operator_id, &coverage.as_str(), &now],
+    )?;
     if inserted == 0 {
         let message = format!("iccid {} is already registered", item.iccid);
         return Err(ImportFailure::Item(message));
     }
-    let imsi_taken = tx
-        .prepare_cached("SELECT 1 FROM subscribers WHERE imsi = ?1")?
-        .exists([&item.imsi])?;
+    let imsi_taken = db
+        .query_opt("SELECT 1 FROM subscribers WHERE imsi = $1", &[&item.imsi])?
+        .is_some();
     if imsi_taken {
         let message = format!("imsi {} is already registered", item.imsi);
         return Err(ImportFailure::Item(message));
@@ -142,7 +145,7 @@ fn import_one(
         is_virtual: false,
         arc_public_key: None,
     };
-    Ok(insert_subscriber(tx, &subscriber, now)?)
+    Ok(insert_subscriber(db, &subscriber, now)?)
 }
 
 pub struct AddedSubscriber {
@@ -161,11 +164,12 @@ pub fn add_virtual_subscriber(
     iccid: &str,
     policy: &SessionPolicy,
 ) -> Result<AddedSubscriber> {
-    check_can_add_virtual(&sims::get(tx, operator_id, sim_id)?, iccid)?;
-    let imsi = next_virtual_imsi(tx)?;
+    let db = &mut SqliteDb::new(tx);
+    check_can_add_virtual(&sims::get(db, operator_id, sim_id)?, iccid)?;
+    let imsi = next_virtual_imsi(db)?;
     let pair = wgkey::generate();
     insert_subscriber(
-        tx,
+        db,
         &NewSubscriber {
             imsi: &imsi,
             sim_id,
@@ -178,10 +182,10 @@ pub fn add_virtual_subscriber(
         },
         now_ms(),
     )?;
-    sims::touch(tx, sim_id)?;
+    sims::touch(db, sim_id)?;
     let session = sessions::open_first_session(tx, operator_id, sim_id, policy)?;
     Ok(AddedSubscriber {
-        sim: sims::get(tx, operator_id, sim_id)?,
+        sim: sims::get(db, operator_id, sim_id)?,
         iccid: iccid.to_string(),
         imsi,
         private_key: pair.private_key.clone(),
@@ -225,7 +229,8 @@ pub fn terminate_virtual_subscriber(
     iccid: &str,
     imsi: &Imsi,
 ) -> Result<Option<PeerChange>> {
-    let sim = sims::get(tx, operator_id, sim_id)?;
+    let db = &mut SqliteDb::new(tx);
+    let sim = sims::get(db, operator_id, sim_id)?;
     let sub = sim
         .subscribers
         .iter()
@@ -240,10 +245,10 @@ pub fn terminate_virtual_subscriber(
     let arc = sessions::arc_subscriber(tx, operator_id, sim_id)?
         .ok_or(StoreError::NotFound(Entity::Subscriber))?;
     let change = sessions::close_session(tx, &arc, true)?;
-    tx.execute(
-        "UPDATE subscribers SET status = 'terminated', last_modified_at = ?2 WHERE imsi = ?1",
-        params![imsi, now_ms()],
+    db.execute(
+        "UPDATE subscribers SET status = 'terminated', last_modified_at = $2 WHERE imsi = $1",
+        &[imsi, &now_ms()],
     )?;
-    sims::touch(tx, sim_id)?;
+    sims::touch(db, sim_id)?;
     Ok(change)
 }

@@ -167,6 +167,11 @@ pub trait Db {
         self.query_opt(sql, params)?
             .ok_or_else(|| StoreError::Corrupt("a query that answers one row answered none".into()))
     }
+
+    /// Dialect: an SQL expression for the text at `key` of the JSON object stored as text in
+    /// `column` (NULL when absent). Both are written into the SQL: constants of the caller's,
+    /// never input.
+    fn json_text(&self, column: &str, key: &str) -> String;
 }
 
 /// Transitional (see `Db::sqlite`): the SQLite connection of `db`, or an error naming the

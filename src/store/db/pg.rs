@@ -173,6 +173,10 @@ impl Db for PgDb<'_, '_> {
             .int(0)
     }
 
+    fn json_text(&self, column: &str, key: &str) -> String {
+        format!("(CAST({column} AS jsonb) ->> '{key}')")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let statement = self.prepared(sql)?;
         let values = values(params);

@@ -79,6 +79,10 @@ impl Db for SqliteDb<'_> {
         .int(0)
     }
 
+    fn json_text(&self, column: &str, key: &str) -> String {
+        format!("json_extract({column}, '$.{key}')")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let mut statement = self.conn.prepare_cached(sql)?;
         bind(&mut statement, params)?;

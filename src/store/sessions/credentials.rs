@@ -6,6 +6,7 @@ use rusqlite::{params, Transaction};
 use super::rendezvous_selection::SessionPolicy;
 use super::{arc_subscriber, close_session, open_session, ActiveSession, PeerChange};
 use crate::ids::{Imsi, OperatorId, SimId};
+use crate::store::db::SqliteDb;
 use crate::store::{now_ms, sims, Result, Rule};
 
 /// `createArcSession` / `delete_session`: a new session for the SIM's virtual subscriber.
@@ -17,7 +18,7 @@ pub fn recreate(
     policy: &SessionPolicy,
     require_existing: bool,
 ) -> Result<ActiveSession> {
-    sims::require_live_sim(tx, operator_id, sim_id)?;
+    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
     let Some(sub) = arc_subscriber(tx, operator_id, sim_id)? else {
         return Err(if require_existing {
             Rule::NoSession
@@ -53,7 +54,7 @@ pub fn renew_credentials(
     client_public_key: Option<String>,
     policy: &SessionPolicy,
 ) -> Result<RenewedCredentials> {
-    sims::require_live_sim(tx, operator_id, sim_id)?;
+    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
     let mut sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
     let (public_key, private_key) = match client_public_key {
         Some(key) => (key, None),
@@ -78,7 +79,7 @@ pub fn remove_credentials(
     operator_id: &OperatorId,
     sim_id: &SimId,
 ) -> Result<Option<PeerChange>> {
-    sims::require_live_sim(tx, operator_id, sim_id)?;
+    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
     let sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
     set_public_key(tx, &sub.imsi, sim_id, None)?;
     close_session(tx, &sub, false)
@@ -95,5 +96,5 @@ fn set_public_key(
         "UPDATE subscribers SET arc_public_key = ?2, last_modified_at = ?3 WHERE imsi = ?1",
     )?
     .execute(params![imsi, public_key, now_ms()])?;
-    sims::touch(tx, sim_id)
+    sims::touch(&mut SqliteDb::new(tx), sim_id)
 }

@@ -61,7 +61,11 @@ pub fn list_events(
     before_event_id: Option<i64>,
     limit: u32,
 ) -> Result<Vec<SessionEventRecord>> {
-    crate::store::sims::require_sim(conn, operator_id, sim_id)?;
+    crate::store::sims::require_sim(
+        &mut crate::store::db::SqliteDb::new(conn),
+        operator_id,
+        sim_id,
+    )?;
     let mut stmt = conn.prepare_cached(
         "SELECT event_id, sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time
          FROM session_events
