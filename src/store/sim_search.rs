@@ -6,7 +6,7 @@
 //! from its JSON tags through the engine's `Db::json_text`.
 
 use super::db::{Db, Param, Value};
-use super::sims::{sims_page, SimRecord, SIM_COLUMNS};
+use super::sims::{completed, SimRecord, SIM_COLUMNS};
 use super::Result;
 use crate::ids::OperatorId;
 
@@ -187,7 +187,9 @@ pub fn search(
          ORDER BY s.sim_id LIMIT {limit}"
     );
     let parameters: Vec<&dyn Param> = sql.parameters.iter().map(|v| v as &dyn Param).collect();
-    sims_page(db, &text, &parameters)
+    // Not cached: each combination of filters is its own statement.
+    let rows = db.query_once(&text, &parameters)?;
+    completed(db, &rows)
 }
 
 /// `text` with LIKE's wildcards and the escape character itself escaped, so it matches literally.

@@ -190,6 +190,13 @@ impl Db for PgDb<'_, '_> {
         let rows = self.tx.query(&statement, &refs(&values))?;
         rows.iter().map(row_of).collect()
     }
+
+    fn query_once(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>> {
+        let values = values(params);
+        // Text, not a `Statement`: an unnamed statement that PostgreSQL forgets after the query.
+        let rows = self.tx.query(sql, &refs(&values))?;
+        rows.iter().map(row_of).collect()
+    }
 }
 
 fn row_of(row: &postgres::Row) -> Result<Row> {

@@ -21,8 +21,8 @@ pub use lifecycle::{
 };
 pub(crate) use lifecycle::{require_live_sim, touch};
 pub(crate) use read::require_sim;
+pub(super) use read::{completed, SIM_COLUMNS};
 pub use read::{get, list, list_in_group};
-pub(super) use read::{sims_page, SIM_COLUMNS};
 
 #[derive(Debug, Clone)]
 pub struct SimRecord {

@@ -94,13 +94,14 @@ fn session_of(db: &mut dyn Db, sim_id: &SimId) -> Result<Option<SessionRecord>> 
 }
 
 /// The SIMs a query selecting `SIM_COLUMNS` returns, each completed: how every page of SIMs
-/// (list, group members, search) is read.
-pub(in crate::store) fn sims_page(
-    db: &mut dyn Db,
-    sql: &str,
-    params: &[&dyn Param],
-) -> Result<Vec<SimRecord>> {
+/// (list, group members) is read.
+fn sims_page(db: &mut dyn Db, sql: &str, params: &[&dyn Param]) -> Result<Vec<SimRecord>> {
     let rows = db.query(sql, params)?;
+    completed(db, &rows)
+}
+
+/// Rows of `SIM_COLUMNS`, each completed.
+pub(in crate::store) fn completed(db: &mut dyn Db, rows: &[Row]) -> Result<Vec<SimRecord>> {
     rows.iter()
         .map(|row| complete(db, sim_from_row(row)?))
         .collect()
