@@ -25,6 +25,7 @@ use crate::dataplane::{
 use crate::listener;
 use crate::metrics;
 use crate::services;
+use crate::store::db::Backend;
 use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
@@ -209,7 +210,7 @@ fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>,
 fn load_sessions(
     store: &Store,
 ) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let sessions = store.read(sessions::list_active_sessions)?;
+    let sessions = store.read_db(sessions::list_active_sessions)?;
     let resume = store.read(endpoints::saved)?;
     tracing::info!(
         sessions = sessions.len(),
@@ -366,7 +367,7 @@ fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, Join
 /// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
 /// applied after their commits, in order; returns how many there are.
 pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
-    let running = store.read(vpgs::running)?;
+    let running = store.read_db(vpgs::running)?;
     plane.apply(&running);
     Ok(running.len())
 }

@@ -13,6 +13,7 @@ use super::{json, ApiError, Operator, SharedState};
 use crate::dataplane::engine::ONLINE_WINDOW;
 use crate::dataplane::stats::PeerSnapshot;
 use crate::ids::RendezvousPointId;
+use crate::store::db::SqliteDb;
 use crate::store::{rendezvous, sessions};
 
 #[derive(Serialize)]
@@ -54,7 +55,11 @@ pub async fn list(
                     .iter()
                     .map(|rp| {
                         let record = rendezvous::get(conn, &rp.id)?;
-                        let imsis = sessions::operator_imsis_at(conn, &operator, &rp.id)?;
+                        let imsis = sessions::operator_imsis_at(
+                            &mut SqliteDb::new(conn),
+                            &operator,
+                            &rp.id,
+                        )?;
                         Ok((record, imsis))
                     })
                     .collect::<Result<Vec<_>, _>>()

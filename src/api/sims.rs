@@ -43,9 +43,14 @@ pub async fn create_sim(
     let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| match sims::check_sim_quota(&mut SqliteDb::new(tx), &operator, 1, limit)? {
-                Ok(()) => sims::create_virtual(tx, &operator, coverage, &prefix, &policy).map(Ok),
-                Err(exceeded) => Ok(Err(exceeded)),
+            move |tx| {
+                let db = &mut SqliteDb::new(tx);
+                match sims::check_sim_quota(db, &operator, 1, limit)? {
+                    Ok(()) => {
+                        sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok)
+                    }
+                    Err(exceeded) => Ok(Err(exceeded)),
+                }
             },
             |created| match created {
                 Ok(created) => vec![PeerChange::Upsert(created.session.clone())],
@@ -253,12 +258,10 @@ async fn recreate_session(
     let (_, sim) = state
         .write_notifying(
             move |tx| {
+                let db = &mut SqliteDb::new(tx);
                 let session =
-                    sessions::recreate(tx, &operator, &sim_id, &policy, require_existing)?;
-                Ok((
-                    session,
-                    sims::get(&mut SqliteDb::new(tx), &operator, &sim_id)?,
-                ))
+                    sessions::recreate(db, &operator, &sim_id, &policy, require_existing)?;
+                Ok((session, sims::get(db, &operator, &sim_id)?))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
@@ -304,7 +307,15 @@ pub async fn renew_credentials(
     let policy = state.policy.clone();
     let renewed = state
         .write_notifying(
-            move |tx| sessions::renew_credentials(tx, &operator, &sim_id, client_key, &policy),
+            move |tx| {
+                sessions::renew_credentials(
+                    &mut SqliteDb::new(tx),
+                    &operator,
+                    &sim_id,
+                    client_key,
+                    &policy,
+                )
+            },
             |renewed| vec![PeerChange::Upsert(renewed.session.clone())],
         )
         .await?;
@@ -324,7 +335,7 @@ pub async fn remove_credentials(
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(
-            move |tx| sessions::remove_credentials(tx, &operator, &sim_id),
+            move |tx| sessions::remove_credentials(&mut SqliteDb::new(tx), &operator, &sim_id),
             |change| change.iter().cloned().collect(),
         )
         .await?;
@@ -338,7 +349,7 @@ pub async fn terminate(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::terminate(tx, &operator, &sim_id),
+            move |tx| sims::terminate(&mut SqliteDb::new(tx), &operator, &sim_id),
             |(_, changes)| changes.clone(),
         )
         .await?;
@@ -515,8 +526,8 @@ pub async fn list_session_events(
     let path = page_url(&format!("/v1/sims/{sim_id}/events/sessions"), &query);
     let events = state
         .db(move |store| {
-            store.read(|conn| {
-                sessions::list_events(conn, &operator, &sim_id, from, to, before, limit + 1)
+            store.read_db(|db| {
+                sessions::list_events(db, &operator, &sim_id, from, to, before, limit + 1)
             })
         })
         .await?;
@@ -573,7 +584,8 @@ pub async fn add_subscription(
     let added = state
         .write_notifying(
             move |tx| {
-                subscriptions::add_virtual_subscriber(tx, &operator, &sim_id, &iccid, &policy)
+                let db = &mut SqliteDb::new(tx);
+                subscriptions::add_virtual_subscriber(db, &operator, &sim_id, &iccid, &policy)
             },
             |added| vec![PeerChange::Upsert(added.session.clone())],
         )
@@ -592,7 +604,8 @@ pub async fn terminate_subscription(
     state
         .write_notifying(
             move |tx| {
-                subscriptions::terminate_virtual_subscriber(tx, &operator, &sim_id, &iccid, &imsi)
+                let db = &mut SqliteDb::new(tx);
+                subscriptions::terminate_virtual_subscriber(db, &operator, &sim_id, &iccid, &imsi)
             },
             |change| change.iter().cloned().collect(),
         )

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::config::Coverage;
 use crate::ids::VpgId;
+use crate::store::db::{Backend, SqliteDb};
 use crate::store::vpgs::{self, NewVpg, TagFilter};
 
 #[derive(Deserialize)]
@@ -83,8 +84,9 @@ pub async fn create(
         .db(move |store| {
             store.write_then(
                 |tx| {
-                    let vpg = vpgs::create(tx, &operator, &new, &config.rendezvous_points)?;
-                    Ok((vpg, vpgs::running(tx)?))
+                    let db = &mut SqliteDb::new(tx);
+                    let vpg = vpgs::create(db, &operator, &new, &config.rendezvous_points)?;
+                    Ok((vpg, vpgs::running(db)?))
                 },
                 |(_, running)| plane.apply(running),
             )
@@ -118,8 +120,7 @@ pub async fn list(
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
         .db(move |store| {
-            store
-                .read(|conn| vpgs::list(conn, &operator, tag.as_ref(), after.as_deref(), limit + 1))
+            store.read_db(|db| vpgs::list(db, &operator, tag.as_ref(), after.as_deref(), limit + 1))
         })
         .await?;
     Ok(page_response(
@@ -137,7 +138,7 @@ pub async fn get(
     Path(vpg_id): Path<VpgId>,
 ) -> Result<Response, ApiError> {
     let vpg = state
-        .db(move |store| store.read(|conn| vpgs::get(conn, &operator, &vpg_id)))
+        .db(move |store| store.read_db(|db| vpgs::get(db, &operator, &vpg_id)))
         .await?;
     Ok(json(StatusCode::OK, &views::vpg(&vpg)))
 }
@@ -152,8 +153,9 @@ pub async fn terminate(
         .db(move |store| {
             store.write_then(
                 |tx| {
-                    vpgs::terminate(tx, &operator, &vpg_id)?;
-                    vpgs::running(tx)
+                    let db = &mut SqliteDb::new(tx);
+                    vpgs::terminate(db, &operator, &vpg_id)?;
+                    vpgs::running(db)
                 },
                 |running| plane.apply(running),
             )
@@ -182,8 +184,9 @@ pub async fn set_device_to_device(
             // The data plane follows only what was committed, in commit order.
             store.write_then(
                 |tx| {
-                    let vpg = vpgs::set_device_to_device(tx, &operator, &vpg_id, enabled)?;
-                    Ok((vpg, vpgs::running(tx)?))
+                    let db = &mut SqliteDb::new(tx);
+                    let vpg = vpgs::set_device_to_device(db, &operator, &vpg_id, enabled)?;
+                    Ok((vpg, vpgs::running(db)?))
                 },
                 |(_, running)| plane.apply(running),
             )

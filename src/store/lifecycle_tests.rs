@@ -39,7 +39,7 @@ fn create(
     operator: &OperatorId,
     policy: &SessionPolicy,
 ) -> super::Result<sims::CreatedSim> {
-    store.write(|tx| sims::create_virtual(tx, operator, Coverage::Jp, "8942", policy))
+    store.write_db(|db| sims::create_virtual(db, operator, Coverage::Jp, "8942", policy))
 }
 
 fn count(store: &Store, table: &str) -> i64 {
@@ -75,12 +75,12 @@ fn recreate_keeps_address_and_records_events() {
     let created = create(&store, &op, &p).expect("create");
     let sim_id = created.sim.sim_id.clone();
     let again = store
-        .write(|tx| sessions::recreate(tx, &op, &sim_id, &p, true))
+        .write_db(|db| sessions::recreate(db, &op, &sim_id, &p, true))
         .expect("recreate");
     assert_ne!(again.session_id, created.session.session_id);
     assert_eq!(again.client_ip, created.session.client_ip);
     let events = store
-        .read(|c| sessions::list_events(c, &op, &sim_id, None, None, None, 10))
+        .read_db(|db| sessions::list_events(db, &op, &sim_id, None, None, None, 10))
         .expect("events");
     let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
     assert_eq!(kinds, ["Created", "Deleted", "Created"]);
@@ -96,7 +96,7 @@ fn terminated_address_waits_for_quarantine() {
         .write(|tx| sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &sim_id, true))
         .expect("enable");
     let (_, changes) = store
-        .write(|tx| sims::terminate(tx, &op, &sim_id))
+        .write(|tx| sims::terminate(&mut SqliteDb::new(tx), &op, &sim_id))
         .expect("terminate");
     assert!(matches!(changes.as_slice(), [PeerChange::Remove { .. }]));
 
@@ -144,7 +144,7 @@ fn terminated_identities_are_never_reissued() {
     store
         .write(|tx| {
             sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &sim_id, true)?;
-            sims::terminate(tx, &op, &sim_id)
+            sims::terminate(&mut SqliteDb::new(tx), &op, &sim_id)
         })
         .expect("terminate");
     let next = create(&store, &op, &p).expect("create");
@@ -178,15 +178,29 @@ fn secondary_subscriber_reports_primary_imsi() {
         })
         .expect("import");
     let added = store
-        .write(|tx| subscriptions::add_virtual_subscriber(tx, &op, &item.sim_id(), &item.iccid, &p))
+        .write(|tx| {
+            subscriptions::add_virtual_subscriber(
+                &mut SqliteDb::new(tx),
+                &op,
+                &item.sim_id(),
+                &item.iccid,
+                &p,
+            )
+        })
         .expect("add");
     assert_eq!(added.session.primary_imsi, item.imsi);
     assert!(added.session.imsi.as_str().starts_with("99999"));
-    let all = store.read(sessions::list_active_sessions).expect("list");
+    let all = store.read_db(sessions::list_active_sessions).expect("list");
     assert_eq!(all.len(), 1);
     assert_eq!(all[0], added.session);
     let twice = store.write(|tx| {
-        subscriptions::add_virtual_subscriber(tx, &op, &item.sim_id(), &item.iccid, &p)
+        subscriptions::add_virtual_subscriber(
+            &mut SqliteDb::new(tx),
+            &op,
+            &item.sim_id(),
+            &item.iccid,
+            &p,
+        )
     });
     assert!(matches!(
         twice,
@@ -233,9 +247,9 @@ fn active_sessions_listing_matches_changes() {
     }
     let removed = expected.remove(0);
     store
-        .write(|tx| sessions::remove_credentials(tx, &op, &removed.sim_id))
+        .write_db(|db| sessions::remove_credentials(db, &op, &removed.sim_id))
         .expect("remove");
-    let mut listed = store.read(sessions::list_active_sessions).expect("list");
+    let mut listed = store.read_db(sessions::list_active_sessions).expect("list");
     listed.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     expected.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     assert_eq!(listed, expected);
@@ -285,7 +299,7 @@ fn live_sim_counts_follow_creates_imports_and_terminations() {
         store
             .write(|tx| {
                 sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, sim_id, true)?;
-                sims::terminate(tx, &op, sim_id)
+                sims::terminate(&mut SqliteDb::new(tx), &op, sim_id)
             })
             .expect("terminate");
     }
@@ -343,7 +357,7 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
     store
         .write(|tx| {
             sims::set_termination_enabled(&mut SqliteDb::new(tx), &op, &first, true)?;
-            sims::terminate(tx, &op, &first)
+            sims::terminate(&mut SqliteDb::new(tx), &op, &first)
         })
         .expect("terminate");
     drop(store);

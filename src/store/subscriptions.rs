@@ -1,10 +1,7 @@
 //! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
-//! Portable SQL over `Db` (issue 14); the two functions that open or close a session stay on a
-//! rusqlite transaction until the sessions module is on the seam.
+//! Portable SQL over `Db` (issue 14): the same functions on both engines.
 
-use rusqlite::Transaction;
-
-use super::db::{Db, SqliteDb};
+use super::db::Db;
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
 use super::{now_ms, Entity, Result, Rule, StoreError};
@@ -158,13 +155,12 @@ pub struct AddedSubscriber {
 
 /// `addSubscription` with planArc01: a virtual subscriber whose traffic counts as the IoT SIM's.
 pub fn add_virtual_subscriber(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     iccid: &str,
     policy: &SessionPolicy,
 ) -> Result<AddedSubscriber> {
-    let db = &mut SqliteDb::new(tx);
     check_can_add_virtual(&sims::get(db, operator_id, sim_id)?, iccid)?;
     let imsi = next_virtual_imsi(db)?;
     let pair = wgkey::generate();
@@ -183,7 +179,7 @@ pub fn add_virtual_subscriber(
         now_ms(),
     )?;
     sims::touch(db, sim_id)?;
-    let session = sessions::open_first_session(tx, operator_id, sim_id, policy)?;
+    let session = sessions::open_first_session(db, operator_id, sim_id, policy)?;
     Ok(AddedSubscriber {
         sim: sims::get(db, operator_id, sim_id)?,
         iccid: iccid.to_string(),
@@ -223,13 +219,12 @@ fn check_can_add_virtual(sim: &SimRecord, iccid: &str) -> Result<()> {
 
 /// `terminateSubscriptionContainer`: ends a secondary virtual subscriber; the IoT SIM stays.
 pub fn terminate_virtual_subscriber(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     iccid: &str,
     imsi: &Imsi,
 ) -> Result<Option<PeerChange>> {
-    let db = &mut SqliteDb::new(tx);
     let sim = sims::get(db, operator_id, sim_id)?;
     let sub = sim
         .subscribers
@@ -242,9 +237,9 @@ pub fn terminate_virtual_subscriber(
     if sub.status == "terminated" {
         return Err(StoreError::NotFound(Entity::Subscriber));
     }
-    let arc = sessions::arc_subscriber(tx, operator_id, sim_id)?
+    let arc = sessions::arc_subscriber(db, operator_id, sim_id)?
         .ok_or(StoreError::NotFound(Entity::Subscriber))?;
-    let change = sessions::close_session(tx, &arc, true)?;
+    let change = sessions::close_session(db, &arc, true)?;
     db.execute(
         "UPDATE subscribers SET status = 'terminated', last_modified_at = $2 WHERE imsi = $1",
         &[imsi, &now_ms()],

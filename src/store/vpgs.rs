@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use ipnet::Ipv4Net;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction};
 
+use super::db::{Db, Row};
 use super::{now_ms, Entity, Result, Rule, StoreError};
 use crate::config::{RendezvousPointConfig, KNOWN_REGIONS};
 use crate::ids;
@@ -124,7 +124,7 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 /// `rendezvous_points`. Device subnets of VPGs may overlap each other (every VPG defaults to
 /// [`DEFAULT_DEVICE_SUBNET`]): sessions lease their addresses from one scope shared by all VPGs.
 pub fn create(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     new: &NewVpg,
     rendezvous_points: &[RendezvousPointConfig],
@@ -132,70 +132,66 @@ pub fn create(
     let subnet = validate(new, rendezvous_points)?;
     let vpg_id = ids::new_vpg_id();
     let now = now_ms();
-    tx.execute(
+    db.execute(
         "INSERT INTO vpgs(vpg_id, operator_id, type, region, device_subnet, use_internet_gateway,
                           device_to_device, status, tags, created_at, last_modified_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10)",
-        params![
-            vpg_id,
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)",
+        &[
+            &vpg_id,
             operator_id,
-            new.vpg_type,
-            new.region,
-            subnet.to_string(),
-            new.use_internet_gateway.unwrap_or(true),
-            new.device_to_device,
-            STATUS_RUNNING,
-            to_json(&new.tags)?,
-            now
+            &new.vpg_type,
+            &new.region,
+            &subnet.to_string(),
+            &new.use_internet_gateway.unwrap_or(true),
+            &new.device_to_device,
+            &STATUS_RUNNING,
+            &to_json(&new.tags)?,
+            &now,
         ],
     )?;
-    get(tx, operator_id, &vpg_id)
+    get(db, operator_id, &vpg_id)
 }
 
 const COLUMNS: &str = "v.vpg_id, v.operator_id, v.type, v.region, v.device_subnet,
     v.use_internet_gateway, v.device_to_device, v.status, v.tags, v.created_at, v.last_modified_at,
     (SELECT COUNT(*) FROM arc_sessions a WHERE a.vpg_id = v.vpg_id)";
 
-fn record(row: &Row) -> rusqlite::Result<(VpgRecord, String, String)> {
-    let subnet: String = row.get(4)?;
-    let tags: String = row.get(8)?;
-    Ok((
-        VpgRecord {
-            vpg_id: row.get(0)?,
-            operator_id: row.get(1)?,
-            vpg_type: row.get(2)?,
-            region: row.get(3)?,
-            device_subnet: Ipv4Net::default(),
-            use_internet_gateway: row.get(5)?,
-            device_to_device: row.get(6)?,
-            status: row.get(7)?,
-            tags: BTreeMap::new(),
-            created_at: row.get(9)?,
-            last_modified_at: row.get(10)?,
-            online_sessions: row.get::<_, i64>(11)?.max(0) as u64,
-        },
-        subnet,
-        tags,
-    ))
-}
-
-fn finish((mut vpg, subnet, tags): (VpgRecord, String, String)) -> Result<VpgRecord> {
-    vpg.device_subnet = subnet
+/// A VPG from a row of [`COLUMNS`].
+fn record(row: &Row) -> Result<VpgRecord> {
+    let vpg_id = VpgId::new(row.text(0)?);
+    let subnet = row.text(4)?;
+    let device_subnet = subnet
         .parse()
-        .map_err(|_| StoreError::Corrupt(format!("VPG {} subnet `{subnet}`", vpg.vpg_id)))?;
-    vpg.tags = serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(vpg)
+        .map_err(|_| StoreError::Corrupt(format!("VPG {vpg_id} subnet `{subnet}`")))?;
+    let tags =
+        serde_json::from_str(&row.text(8)?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(VpgRecord {
+        operator_id: OperatorId::new(row.text(1)?),
+        vpg_type: row.int(2)?,
+        region: RendezvousPointId::new(row.text(3)?),
+        device_subnet,
+        use_internet_gateway: row.bool(5)?,
+        device_to_device: row.bool(6)?,
+        status: row.text(7)?,
+        tags,
+        created_at: row.int(9)?,
+        last_modified_at: row.int(10)?,
+        online_sessions: row.int(11)?.max(0) as u64,
+        vpg_id,
+    })
 }
 
 /// The operator's running VPG; a terminated one, or another operator's, is not found.
-pub fn get(conn: &Connection, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<VpgRecord> {
-    let row = conn
-        .prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM vpgs v WHERE v.vpg_id = ?1 AND v.operator_id = ?2 AND v.status = ?3"
-        ))?
-        .query_row(params![vpg_id, operator_id, STATUS_RUNNING], record)
-        .optional()?;
-    finish(row.ok_or(StoreError::NotFound(Entity::Vpg))?)
+pub fn get(db: &mut dyn Db, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<VpgRecord> {
+    let row = db
+        .query_opt(
+            &format!(
+                "SELECT {COLUMNS} FROM vpgs v WHERE v.vpg_id = $1 AND v.operator_id = $2 AND v.status = $3"
+            ),
+            &[vpg_id, operator_id, &STATUS_RUNNING],
+        )?
+        .ok_or(StoreError::NotFound(Entity::Vpg))?;
+    record(&row)
 }
 
 /// Tag filter of `listVirtualPrivateGateways`.
@@ -206,54 +202,57 @@ pub struct TagFilter {
     pub prefix: bool,
 }
 
-/// The operator's running VPGs in id order, after `after_vpg_id`.
+/// The operator's running VPGs in id order, after `after_vpg_id`. Tags are a JSON object in one
+/// column; the engine lists its entries (`Db::json_object_entries`), the rest is portable.
 pub fn list(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     tag: Option<&TagFilter>,
     after_vpg_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<VpgRecord>> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM vpgs v
-         WHERE v.operator_id = ?1 AND v.status = ?2 AND v.vpg_id > ?3
-           AND (?4 IS NULL OR EXISTS (
-                 SELECT 1 FROM json_each(v.tags) t
-                 WHERE t.key = ?4
-                   AND (CASE WHEN ?6 THEN substr(t.value, 1, length(?5)) = ?5 ELSE t.value = ?5 END)))
-         ORDER BY v.vpg_id LIMIT ?7"
-    ))?;
-    let rows = stmt.query_map(
-        params![
+    let tag_entries = db.json_object_entries("v.tags");
+    let rows = db.query(
+        &format!(
+            "SELECT {COLUMNS} FROM vpgs v
+             WHERE v.operator_id = $1 AND v.status = $2 AND v.vpg_id > $3
+               AND (CAST($4 AS TEXT) IS NULL OR EXISTS (
+                     SELECT 1 FROM {tag_entries} t
+                     WHERE t.key = $4
+                       AND (CASE WHEN $6 THEN substr(t.value, 1, length(CAST($5 AS TEXT))) = $5
+                                 ELSE t.value = $5 END)))
+             ORDER BY v.vpg_id LIMIT $7"
+        ),
+        &[
             operator_id,
-            STATUS_RUNNING,
-            after_vpg_id.unwrap_or(""),
-            tag.map(|t| t.name.as_str()),
-            tag.map(|t| t.value.as_str()),
-            tag.is_some_and(|t| t.prefix),
-            limit
+            &STATUS_RUNNING,
+            &after_vpg_id.unwrap_or(""),
+            &tag.map(|t| t.name.as_str()),
+            &tag.map(|t| t.value.as_str()),
+            &tag.is_some_and(|t| t.prefix),
+            &limit,
         ],
-        record,
     )?;
-    rows.map(|row| finish(row?)).collect()
+    rows.iter().map(record).collect()
 }
 
 /// Groups of the operator whose `SoracomAir` → `vpgId` names the VPG.
-fn groups_naming(conn: &Connection, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<u64> {
-    let n: i64 = conn
-        .prepare_cached(
+fn groups_naming(db: &mut dyn Db, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<u64> {
+    let n = db
+        .query_one(
             "SELECT COUNT(*) FROM group_configuration c JOIN groups g ON g.group_id = c.group_id
-             WHERE g.operator_id = ?1 AND c.namespace = 'SoracomAir' AND c.key = 'vpgId' AND c.value = ?2",
+             WHERE g.operator_id = $1 AND c.namespace = 'SoracomAir' AND c.key = 'vpgId' AND c.value = $2",
+            &[operator_id, &to_json(&vpg_id)?],
         )?
-        .query_row(params![operator_id, to_json(&vpg_id)?], |row| row.get(0))?;
+        .int(0)?;
     Ok(n.max(0) as u64)
 }
 
 /// Refused while a group of the operator names the VPG (`SoracomAir` → `vpgId`) or an Arc
 /// session is in it; the row stays with status `terminated`.
-pub fn terminate(tx: &Transaction, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<()> {
-    let vpg = get(tx, operator_id, vpg_id)?;
-    let groups = groups_naming(tx, operator_id, vpg_id)?;
+pub fn terminate(db: &mut dyn Db, operator_id: &OperatorId, vpg_id: &VpgId) -> Result<()> {
+    let vpg = get(db, operator_id, vpg_id)?;
+    let groups = groups_naming(db, operator_id, vpg_id)?;
     if groups > 0 || vpg.online_sessions > 0 {
         return Err(Rule::VpgInUse {
             groups,
@@ -261,26 +260,26 @@ pub fn terminate(tx: &Transaction, operator_id: &OperatorId, vpg_id: &VpgId) -> 
         }
         .into());
     }
-    tx.execute(
-        "UPDATE vpgs SET status = ?2, last_modified_at = ?3 WHERE vpg_id = ?1",
-        params![vpg_id, STATUS_TERMINATED, now_ms()],
+    db.execute(
+        "UPDATE vpgs SET status = $2, last_modified_at = $3 WHERE vpg_id = $1",
+        &[vpg_id, &STATUS_TERMINATED, &now_ms()],
     )?;
     Ok(())
 }
 
 /// arcd extension: lets devices of the VPG reach each other, or not.
 pub fn set_device_to_device(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     vpg_id: &VpgId,
     enabled: bool,
 ) -> Result<VpgRecord> {
-    get(tx, operator_id, vpg_id)?;
-    tx.execute(
-        "UPDATE vpgs SET device_to_device = ?2, last_modified_at = ?3 WHERE vpg_id = ?1",
-        params![vpg_id, enabled, now_ms()],
+    get(db, operator_id, vpg_id)?;
+    db.execute(
+        "UPDATE vpgs SET device_to_device = $2, last_modified_at = $3 WHERE vpg_id = $1",
+        &[vpg_id, &enabled, &now_ms()],
     )?;
-    get(tx, operator_id, vpg_id)
+    get(db, operator_id, vpg_id)
 }
 
 /// What the data plane needs of one running VPG.
@@ -295,41 +294,75 @@ pub struct RunningVpg {
 /// Every running VPG of any operator, by id: what the data plane's VPG rules and the host's
 /// routes are rebuilt from at start and after each VPG change (read in the changing transaction,
 /// so they follow commit order).
-pub fn running(conn: &Connection) -> Result<Vec<RunningVpg>> {
-    let mut stmt = conn.prepare_cached(
+pub fn running(db: &mut dyn Db) -> Result<Vec<RunningVpg>> {
+    let rows = db.query(
         "SELECT vpg_id, device_subnet, device_to_device, use_internet_gateway
-         FROM vpgs WHERE status = ?1 ORDER BY vpg_id",
+         FROM vpgs WHERE status = $1 ORDER BY vpg_id",
+        &[&STATUS_RUNNING],
     )?;
-    let rows = stmt.query_map(params![STATUS_RUNNING], |row| {
-        Ok((
-            row.get::<_, VpgId>(0)?,
-            row.get::<_, String>(1)?,
-            row.get::<_, bool>(2)?,
-            row.get::<_, bool>(3)?,
-        ))
-    })?;
-    let mut vpgs = Vec::new();
-    for row in rows {
-        let (vpg_id, subnet, device_to_device, use_internet_gateway) = row?;
-        let device_subnet = subnet
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("device subnet of VPG {vpg_id}")))?;
-        vpgs.push(RunningVpg {
-            vpg_id,
-            device_subnet,
-            device_to_device,
-            use_internet_gateway,
-        });
-    }
-    Ok(vpgs)
+    rows.iter()
+        .map(|row| {
+            let vpg_id = VpgId::new(row.text(0)?);
+            let device_subnet = row
+                .text(1)?
+                .parse()
+                .map_err(|_| StoreError::Corrupt(format!("device subnet of VPG {vpg_id}")))?;
+            Ok(RunningVpg {
+                vpg_id,
+                device_subnet,
+                device_to_device: row.bool(2)?,
+                use_internet_gateway: row.bool(3)?,
+            })
+        })
+        .collect()
 }
 
+/// The same tests on both engines: `sqlite` always, `postgres` when ARCD_TEST_POSTGRES_URL names a
+/// server (scripts/test-postgres.sh).
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::testing::temp_pg_store;
     use crate::store::db::Backend;
-    use crate::store::operators;
-    use crate::store::testing::temp_store;
+
+    macro_rules! on_both_engines {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    let (_dir, store) = crate::store::testing::temp_store();
+                    super::$name(&store);
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(store) = super::temp_pg_store() {
+                        super::$name(&store);
+                    }
+                }
+            }
+        )*};
+    }
+
+    on_both_engines!(
+        create_defaults_get_list_terminate,
+        invalid_requests_write_nothing,
+        terminate_refused_while_a_group_names_it,
+        tag_filter,
+    );
+
+    fn operator(store: &impl Backend, id: &str) -> OperatorId {
+        let id = OperatorId::new(id);
+        store
+            .write_db(|db| {
+                db.execute(
+                    "INSERT INTO operators(operator_id, created_at) VALUES ($1, $2)",
+                    &[&id, &now_ms()],
+                )
+            })
+            .expect("operator");
+        id
+    }
 
     fn new_vpg() -> NewVpg {
         NewVpg {
@@ -342,82 +375,69 @@ mod tests {
         }
     }
 
-    #[test]
-    fn create_defaults_get_list_terminate() {
-        let (_dir, store) = temp_store();
-        let (op, other) = store
-            .write(|tx| {
-                Ok((
-                    operators::create_operator(tx)?,
-                    operators::create_operator(tx)?,
-                ))
-            })
-            .expect("operators");
+    fn create_defaults_get_list_terminate(store: &impl Backend) {
+        let op = operator(store, "OP0000000001");
+        let other = operator(store, "OP0000000002");
         let vpg = store
-            .write(|tx| create(tx, &op, &new_vpg(), &[]))
+            .write_db(|db| create(db, &op, &new_vpg(), &[]))
             .expect("create");
         assert_eq!(vpg.device_subnet.to_string(), DEFAULT_DEVICE_SUBNET);
         assert!(vpg.use_internet_gateway);
         assert!(!vpg.device_to_device);
         assert_eq!(vpg.status, STATUS_RUNNING);
         assert_eq!(vpg.online_sessions, 0);
-        let got = store.read(|c| get(c, &op, &vpg.vpg_id)).expect("get");
+        let got = store.read_db(|db| get(db, &op, &vpg.vpg_id)).expect("get");
         assert_eq!(got, vpg);
         assert!(matches!(
-            store.read(|c| get(c, &other, &vpg.vpg_id)),
+            store.read_db(|db| get(db, &other, &vpg.vpg_id)),
             Err(StoreError::NotFound(Entity::Vpg))
         ));
         let on = store
-            .write(|tx| set_device_to_device(tx, &op, &vpg.vpg_id, true))
+            .write_db(|db| set_device_to_device(db, &op, &vpg.vpg_id, true))
             .expect("d2d");
         assert!(on.device_to_device);
-        let running_now = store.read(running).expect("running");
+        let running_now = store.read_db(running).expect("running");
         assert_eq!(running_now.len(), 1);
         assert_eq!(running_now[0].vpg_id, vpg.vpg_id);
         assert!(running_now[0].device_to_device);
         assert!(running_now[0].use_internet_gateway);
         assert_eq!(
             store
-                .read(|c| list(c, &op, None, None, 10))
+                .read_db(|db| list(db, &op, None, None, 10))
                 .expect("list")
                 .len(),
             1
         );
         assert!(store
-            .read(|c| list(c, &other, None, None, 10))
+            .read_db(|db| list(db, &other, None, None, 10))
             .expect("list")
             .is_empty());
         store
-            .write(|tx| terminate(tx, &op, &vpg.vpg_id))
+            .write_db(|db| terminate(db, &op, &vpg.vpg_id))
             .expect("terminate");
         assert!(store
-            .read(|c| list(c, &op, None, None, 10))
+            .read_db(|db| list(db, &op, None, None, 10))
             .expect("list")
             .is_empty());
         assert!(
-            store.read(running).expect("running").is_empty(),
+            store.read_db(running).expect("running").is_empty(),
             "a terminated VPG is gone from the data plane"
         );
         assert!(matches!(
-            store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
+            store.write_db(|db| terminate(db, &op, &vpg.vpg_id)),
             Err(StoreError::NotFound(Entity::Vpg))
         ));
-        let status: String = store
-            .read(|c| {
-                Ok(c.query_row(
-                    "SELECT status FROM vpgs WHERE vpg_id = ?1",
-                    [&vpg.vpg_id],
-                    |r| r.get(0),
-                )?)
+        let status = store
+            .read_db(|db| {
+                db.query_one("SELECT status FROM vpgs WHERE vpg_id = $1", &[&vpg.vpg_id])?
+                    .text(0)
             })
             .expect("row kept");
         assert_eq!(status, STATUS_TERMINATED);
     }
 
-    #[test]
-    fn invalid_requests_write_nothing() {
-        let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+    fn invalid_requests_write_nothing(store: &impl Backend) {
+        let op = operator(store, "OP0000000003");
         let cases = [
             NewVpg {
                 vpg_type: 12,
@@ -460,14 +480,14 @@ mod tests {
         let pools = crate::config::Config::default().rendezvous_points;
         assert_eq!(pools[0].pool.to_string(), "10.64.0.0/16");
         for case in cases {
-            let result = store.write(|tx| create(tx, &op, &case, &pools));
+            let result = store.write_db(|db| create(db, &op, &case, &pools));
             assert!(
                 matches!(result, Err(StoreError::Rule(Rule::InvalidVpg(_)))),
                 "{case:?}: {result:?}"
             );
         }
-        let n: i64 = store
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM vpgs", [], |r| r.get(0))?))
+        let n = store
+            .read_db(|db| db.query_one("SELECT COUNT(*) FROM vpgs", &[])?.int(0))
             .expect("count");
         assert_eq!(n, 0);
         // Next to the pool, and the default subnet, are fine.
@@ -477,17 +497,15 @@ mod tests {
                 ..new_vpg()
             };
             store
-                .write(|tx| create(tx, &op, &new, &pools))
+                .write_db(|db| create(db, &op, &new, &pools))
                 .expect("no overlap");
         }
     }
 
-    #[test]
-    fn terminate_refused_while_a_group_names_it() {
-        let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+    fn terminate_refused_while_a_group_names_it(store: &impl Backend) {
+        let op = operator(store, "OP0000000004");
         let vpg = store
-            .write(|tx| create(tx, &op, &new_vpg(), &[]))
+            .write_db(|db| create(db, &op, &new_vpg(), &[]))
             .expect("create");
         let mut configuration = crate::store::groups::Configuration::new();
         configuration
@@ -501,7 +519,7 @@ mod tests {
             .write_db(|db| crate::store::groups::create(db, &op, &BTreeMap::new(), &configuration))
             .expect("group");
         assert!(matches!(
-            store.write(|tx| terminate(tx, &op, &vpg.vpg_id)),
+            store.write_db(|db| terminate(db, &op, &vpg.vpg_id)),
             Err(StoreError::Rule(Rule::VpgInUse {
                 groups: 1,
                 sessions: 0
@@ -509,7 +527,7 @@ mod tests {
         ));
         assert_eq!(
             store
-                .read(|c| get(c, &op, &vpg.vpg_id))
+                .read_db(|db| get(db, &op, &vpg.vpg_id))
                 .expect("still there"),
             vpg
         );
@@ -525,33 +543,58 @@ mod tests {
             })
             .expect("unname");
         store
-            .write(|tx| terminate(tx, &op, &vpg.vpg_id))
+            .write_db(|db| terminate(db, &op, &vpg.vpg_id))
             .expect("terminate");
     }
 
-    #[test]
-    fn tag_filter() {
-        let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
-        for name in ["alpha", "alphabet", "beta"] {
-            let tags = BTreeMap::from([("name".to_string(), name.to_string())]);
+    /// Exact and prefix matches on one tag, case-sensitive on both engines; other tags of the
+    /// same VPG do not match by their value.
+    fn tag_filter(store: &impl Backend) {
+        let op = operator(store, "OP0000000005");
+        for name in ["alpha", "alphabet", "beta", "Alpha"] {
+            let tags = BTreeMap::from([
+                ("name".to_string(), name.to_string()),
+                ("site".to_string(), "alpha".to_string()),
+            ]);
             store
-                .write(|tx| create(tx, &op, &NewVpg { tags, ..new_vpg() }, &[]))
+                .write_db(|db| {
+                    let new = NewVpg {
+                        tags: tags.clone(),
+                        ..new_vpg()
+                    };
+                    create(db, &op, &new, &[])
+                })
                 .expect("create");
         }
-        let count = |value: &str, prefix: bool| {
+        let count = |name: &str, value: &str, prefix: bool| {
             let filter = TagFilter {
-                name: "name".into(),
+                name: name.into(),
                 value: value.into(),
                 prefix,
             };
             store
-                .read(|c| list(c, &op, Some(&filter), None, 10))
+                .read_db(|db| list(db, &op, Some(&filter), None, 10))
                 .expect("list")
                 .len()
         };
-        assert_eq!(count("alpha", false), 1);
-        assert_eq!(count("alpha", true), 2);
-        assert_eq!(count("gamma", true), 0);
+        assert_eq!(count("name", "alpha", false), 1);
+        assert_eq!(count("name", "alpha", true), 2);
+        assert_eq!(count("name", "Alph", true), 1);
+        assert_eq!(count("name", "gamma", true), 0);
+        assert_eq!(count("site", "alpha", false), 4);
+        assert_eq!(count("missing", "alpha", true), 0);
+        // A page after the first VPG id leaves the others.
+        let all = store
+            .read_db(|db| list(db, &op, None, None, 10))
+            .expect("list");
+        assert_eq!(all.len(), 4);
+        let after = all[0].vpg_id.as_str().to_string();
+        assert_eq!(
+            store
+                .read_db(|db| list(db, &op, None, Some(&after), 10))
+                .expect("page")
+                .len(),
+            3
+        );
     }
 }

@@ -130,6 +130,15 @@ impl Row {
     }
 }
 
+impl Row {
+    pub fn opt_int(&self, index: usize) -> Result<Option<i64>> {
+        match self.at(index)? {
+            Value::Null => Ok(None),
+            _ => self.int(index).map(Some),
+        }
+    }
+}
+
 fn wrong_type(index: usize, wanted: &str, found: &Value) -> StoreError {
     StoreError::Corrupt(format!(
         "column {index}: expected {wanted}, found {found:?}"
@@ -161,6 +170,11 @@ pub trait Db {
     fn sqlite(&self) -> Option<&rusqlite::Connection> {
         None
     }
+
+    /// Dialect: a table expression listing the entries of the JSON object held (as text) in
+    /// `column`, one row per key with text columns `key` and `value` (string values unquoted).
+    /// SQLite: `json_each(column)`; PostgreSQL: `jsonb_each_text(column::jsonb)`.
+    fn json_object_entries(&self, column: &str) -> String;
 
     /// Exactly the first row (a query that always answers one, such as `COUNT(*)`).
     fn query_one(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Row> {

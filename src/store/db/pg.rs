@@ -164,6 +164,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Db for PgDb<'_, '_> {
+    fn json_object_entries(&self, column: &str) -> String {
+        format!("jsonb_each_text({column}::jsonb)")
+    }
+
     fn next_number(&mut self, name: &str) -> Result<i64> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
             return Err(StoreError::Corrupt(format!("bad number name {name:?}")));

@@ -69,6 +69,10 @@ impl Db for SqliteDb<'_> {
         Some(self.conn)
     }
 
+    fn json_object_entries(&self, column: &str) -> String {
+        format!("json_each({column})")
+    }
+
     fn next_number(&mut self, name: &str) -> Result<i64> {
         self.query_one(
             "INSERT INTO counters(name, value) VALUES ($1, 1)

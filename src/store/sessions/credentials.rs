@@ -1,25 +1,23 @@
 //! The API calls that replace a SIM's session on purpose: re-creation, attaching new Arc
 //! credentials (which starts a new session so the old key stops working), and removing them.
 
-use rusqlite::{params, Transaction};
-
 use super::rendezvous_selection::SessionPolicy;
 use super::{arc_subscriber, close_session, open_session, ActiveSession, PeerChange};
 use crate::ids::{Imsi, OperatorId, SimId};
-use crate::store::db::SqliteDb;
+use crate::store::db::Db;
 use crate::store::{now_ms, sims, Result, Rule};
 
 /// `createArcSession` / `delete_session`: a new session for the SIM's virtual subscriber.
 /// With `require_existing`, a SIM without a session is an error (`delete_session` on an offline SIM).
 pub fn recreate(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     policy: &SessionPolicy,
     require_existing: bool,
 ) -> Result<ActiveSession> {
-    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
-    let Some(sub) = arc_subscriber(tx, operator_id, sim_id)? else {
+    require_live_sim(db, operator_id, sim_id)?;
+    let Some(sub) = arc_subscriber(db, operator_id, sim_id)? else {
         return Err(if require_existing {
             Rule::NoSession
         } else {
@@ -28,14 +26,12 @@ pub fn recreate(
         .into());
     };
     if require_existing {
-        let has_session = tx
-            .prepare_cached("SELECT 1 FROM arc_sessions WHERE imsi = ?1")?
-            .exists([&sub.imsi])?;
-        if !has_session {
+        let session = db.query_opt("SELECT 1 FROM arc_sessions WHERE imsi = $1", &[&sub.imsi])?;
+        if session.is_none() {
             return Err(Rule::NoSession.into());
         }
     }
-    open_session(tx, &sub, policy)
+    open_session(db, &sub, policy)
 }
 
 /// Result of attaching a client key: the private key only when the server made the pair.
@@ -48,14 +44,14 @@ pub struct RenewedCredentials {
 /// `PUT /credentials/arc`: attach `client_public_key` (or a server-made pair) and start a new session
 /// at once, so the old key stops working.
 pub fn renew_credentials(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     client_public_key: Option<String>,
     policy: &SessionPolicy,
 ) -> Result<RenewedCredentials> {
-    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
-    let mut sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
+    require_live_sim(db, operator_id, sim_id)?;
+    let mut sub = arc_subscriber(db, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
     let (public_key, private_key) = match client_public_key {
         Some(key) => (key, None),
         None => {
@@ -63,9 +59,9 @@ pub fn renew_credentials(
             (pair.public_key.clone(), Some(pair.private_key.clone()))
         }
     };
-    set_public_key(tx, &sub.imsi, sim_id, Some(&public_key))?;
+    set_public_key(db, &sub.imsi, sim_id, Some(&public_key))?;
     sub.public_key = Some(public_key.clone());
-    let session = open_session(tx, &sub, policy)?;
+    let session = open_session(db, &sub, policy)?;
     Ok(RenewedCredentials {
         public_key,
         private_key,
@@ -75,26 +71,31 @@ pub fn renew_credentials(
 
 /// Deprecated `DELETE /credentials/arc`: the key is gone and so is the session.
 pub fn remove_credentials(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
 ) -> Result<Option<PeerChange>> {
-    sims::require_live_sim(&mut SqliteDb::new(tx), operator_id, sim_id)?;
-    let sub = arc_subscriber(tx, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
-    set_public_key(tx, &sub.imsi, sim_id, None)?;
-    close_session(tx, &sub, false)
+    require_live_sim(db, operator_id, sim_id)?;
+    let sub = arc_subscriber(db, operator_id, sim_id)?.ok_or(Rule::NoArcCredentials)?;
+    set_public_key(db, &sub.imsi, sim_id, None)?;
+    close_session(db, &sub, false)
+}
+
+fn require_live_sim(db: &mut dyn Db, operator_id: &OperatorId, sim_id: &SimId) -> Result<()> {
+    sims::require_live_sim(db, operator_id, sim_id)
 }
 
 /// Stores the subscriber's Arc public key (or none) and marks the subscriber and its SIM modified.
 fn set_public_key(
-    tx: &Transaction,
+    db: &mut dyn Db,
     imsi: &Imsi,
     sim_id: &SimId,
     public_key: Option<&str>,
 ) -> Result<()> {
-    tx.prepare_cached(
-        "UPDATE subscribers SET arc_public_key = ?2, last_modified_at = ?3 WHERE imsi = ?1",
-    )?
-    .execute(params![imsi, public_key, now_ms()])?;
-    sims::touch(&mut SqliteDb::new(tx), sim_id)
+    let now = now_ms();
+    db.execute(
+        "UPDATE subscribers SET arc_public_key = $2, last_modified_at = $3 WHERE imsi = $1",
+        &[imsi, &public_key, &now],
+    )?;
+    sims::touch(db, sim_id)
 }

@@ -10,10 +10,10 @@ mod credentials;
 mod events;
 mod placement;
 mod rendezvous_selection;
+#[cfg(test)]
+mod tests;
 
 use std::net::Ipv4Addr;
-
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 
@@ -23,6 +23,7 @@ pub use credentials::{recreate, remove_credentials, renew_credentials, RenewedCr
 pub use events::{list_events, SessionEventRecord};
 pub use rendezvous_selection::{select_rendezvous_point, SessionPolicy};
 
+use super::db::{Db, Row};
 use super::{now_ms, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids;
@@ -72,30 +73,33 @@ pub(crate) struct ArcSubscriber {
 
 /// The active (not terminated) virtual subscriber of a SIM of `operator_id`.
 pub(crate) fn arc_subscriber(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
 ) -> Result<Option<ArcSubscriber>> {
-    Ok(conn
-        .prepare_cached(
-            "SELECT s.sim_id, s.operator_id, v.imsi, v.subscription, v.arc_public_key, s.coverage, s.group_id,
-                    (SELECT p.imsi FROM subscribers p WHERE p.sim_id = s.sim_id AND p.is_primary = 1)
-             FROM sims s JOIN subscribers v ON v.sim_id = s.sim_id
-             WHERE s.sim_id = ?1 AND s.operator_id = ?2 AND v.is_virtual = 1 AND v.status = 'active'",
-        )?
-        .query_row(params![sim_id, operator_id], |row| {
-            Ok(ArcSubscriber {
-                sim_id: row.get(0)?,
-                operator_id: row.get(1)?,
-                imsi: row.get(2)?,
-                subscription: row.get(3)?,
-                public_key: row.get(4)?,
-                coverage: coverage_from_column(&row.get::<_, String>(5)?),
-                group_id: row.get(6)?,
-                primary_imsi: row.get(7)?,
-            })
-        })
-        .optional()?)
+    db.query_opt(
+        "SELECT s.sim_id, s.operator_id, v.imsi, v.subscription, v.arc_public_key, s.coverage, s.group_id,
+                (SELECT p.imsi FROM subscribers p WHERE p.sim_id = s.sim_id AND p.is_primary)
+         FROM sims s JOIN subscribers v ON v.sim_id = s.sim_id
+         WHERE s.sim_id = $1 AND s.operator_id = $2 AND v.is_virtual AND v.status = 'active'",
+        &[sim_id, operator_id],
+    )?
+    .as_ref()
+    .map(arc_subscriber_of)
+    .transpose()
+}
+
+fn arc_subscriber_of(row: &Row) -> Result<ArcSubscriber> {
+    Ok(ArcSubscriber {
+        sim_id: SimId::new(row.text(0)?),
+        operator_id: OperatorId::new(row.text(1)?),
+        imsi: Imsi::new(row.text(2)?),
+        subscription: row.text(3)?,
+        public_key: row.opt_text(4)?,
+        coverage: coverage_from_column(&row.text(5)?),
+        group_id: row.opt_text(6)?.map(GroupId::new),
+        primary_imsi: Imsi::new(row.text(7)?),
+    })
 }
 
 pub(crate) fn coverage_from_column(text: &str) -> Coverage {
@@ -112,25 +116,25 @@ pub(crate) fn coverage_from_column(text: &str) -> Coverage {
 /// or VPG change applies at the next re-creation. The client address is kept unless it is no
 /// longer in the session's rendezvous point pool or VPG subnet.
 pub(crate) fn open_session(
-    tx: &Transaction,
+    db: &mut dyn Db,
     sub: &ArcSubscriber,
     policy: &SessionPolicy,
 ) -> Result<ActiveSession> {
     let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
     let now = now_ms();
-    let placement = placement::place(tx, sub, policy)?;
-    delete_session(tx, sub, now)?;
-    let client_ip = address_leases::lease_address(tx, &placement, &sub.imsi, now, policy)?;
+    let placement = placement::place(db, sub, policy)?;
+    delete_session(db, sub, now)?;
+    let client_ip = address_leases::lease_address(db, &placement, &sub.imsi, now, policy)?;
     let session_id = ids::new_session_id();
-    let rp_id = placement.rp.rp_id.clone();
-    tx.prepare_cached("INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)")?
-        .execute(
-        params![sub.imsi, sub.sim_id, session_id, rp_id, client_ip.to_string(), placement.vpg_id, now],
+    let rp_id = placement.rp_id.clone();
+    db.execute(
+        "INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, vpg_id, created_at, last_updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        &[&sub.imsi, &sub.sim_id, &session_id, &rp_id, &client_ip.to_string(), &placement.vpg_id, &now],
     )?;
     let vpg_id = placement.vpg_id.as_ref();
     events::record_event(
-        tx,
+        db,
         sub,
         &session_id,
         "Created",
@@ -154,29 +158,29 @@ pub(crate) fn open_session(
 
 /// The first session of a virtual subscriber this transaction has just inserted.
 pub(crate) fn open_first_session(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     policy: &SessionPolicy,
 ) -> Result<ActiveSession> {
-    let sub = arc_subscriber(tx, operator_id, sim_id)?
+    let sub = arc_subscriber(db, operator_id, sim_id)?
         .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
-    open_session(tx, &sub, policy)
+    open_session(db, &sub, policy)
 }
 
 /// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless
 /// `release_address` (termination), which starts its quarantine.
 pub(crate) fn close_session(
-    tx: &Transaction,
+    db: &mut dyn Db,
     sub: &ArcSubscriber,
     release_address: bool,
 ) -> Result<Option<PeerChange>> {
     let now = now_ms();
     if release_address {
-        address_leases::release_lease(tx, &sub.imsi, now)?;
+        address_leases::release_lease(db, &sub.imsi, now)?;
     }
     Ok(
-        delete_session(tx, sub, now)?.map(|rp_id| PeerChange::Remove {
+        delete_session(db, sub, now)?.map(|rp_id| PeerChange::Remove {
             imsi: sub.imsi.clone(),
             rp_id,
         }),
@@ -186,21 +190,21 @@ pub(crate) fn close_session(
 /// Deletes the subscriber's session row, if there is one, with its `Deleted` event; returns the
 /// rendezvous point it was at.
 fn delete_session(
-    tx: &Transaction,
+    db: &mut dyn Db,
     sub: &ArcSubscriber,
     now: i64,
 ) -> Result<Option<RendezvousPointId>> {
-    let existing: Option<(String, RendezvousPointId, Option<VpgId>)> = tx
-        .prepare_cached("SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = ?1")?
-        .query_row([&sub.imsi], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let Some((session_id, rp_id, vpg_id)) = existing else {
+    let Some(existing) = db.query_opt(
+        "SELECT session_id, rp_id, vpg_id FROM arc_sessions WHERE imsi = $1",
+        &[&sub.imsi],
+    )?
+    else {
         return Ok(None);
     };
-    events::record_event(tx, sub, &session_id, "Deleted", None, vpg_id.as_ref(), now)?;
-    tx.prepare_cached("DELETE FROM arc_sessions WHERE imsi = ?1")?
-        .execute([&sub.imsi])?;
+    let session_id = existing.text(0)?;
+    let rp_id = RendezvousPointId::new(existing.text(1)?);
+    let vpg_id = existing.opt_text(2)?.map(VpgId::new);
+    events::record_event(db, sub, &session_id, "Deleted", None, vpg_id.as_ref(), now)?;
+    db.execute("DELETE FROM arc_sessions WHERE imsi = $1", &[&sub.imsi])?;
     Ok(Some(rp_id))
 }

@@ -1,13 +1,12 @@
 //! Where a new session goes: the VPG its group names (if any), the rendezvous point, and the
 //! address scope and range its client address comes from.
 
-use rusqlite::{OptionalExtension, Transaction};
-
 use super::rendezvous_selection::{select_rendezvous_point, SessionPolicy};
 use super::ArcSubscriber;
 use crate::ids::{RendezvousPointId, VpgId};
+use crate::store::db::Db;
 use crate::store::vpgs::{self, VpgRecord};
-use crate::store::{rendezvous, Entity, Result, Rule, StoreError};
+use crate::store::{Entity, Result, Rule, StoreError};
 
 /// The one lease scope of every VPG's addresses. The data plane finds a device by its client
 /// address alone and the kernel routes by destination only, so an address must belong to at most
@@ -17,7 +16,7 @@ const VPG_LEASE_SCOPE: &str = "vpg";
 
 /// Where a new session goes and which addresses it may have.
 pub(super) struct Placement {
-    pub rp: rendezvous::RendezvousPoint,
+    pub rp_id: RendezvousPointId,
     pub vpg_id: Option<VpgId>,
     /// Lease scope: `rp:<id>` outside a VPG, [`VPG_LEASE_SCOPE`] inside any VPG.
     pub scope: String,
@@ -30,20 +29,19 @@ pub(super) struct Placement {
 /// value means no VPG. A value that names no running VPG of the subscriber's operator (missing,
 /// another operator's, terminated, or not a string) is refused: silently placing the device
 /// outside the VPG its operator asked for would break the isolation and addressing they expect.
-fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
+fn vpg_of_group(db: &mut dyn Db, sub: &ArcSubscriber) -> Result<Option<VpgRecord>> {
     let Some(group_id) = sub.group_id.as_ref() else {
         return Ok(None);
     };
-    let value: Option<String> = tx
-        .prepare_cached(
-            "SELECT value FROM group_configuration
-             WHERE group_id = ?1 AND namespace = 'SoracomAir' AND key = 'vpgId'",
-        )?
-        .query_row([group_id], |row| row.get(0))
-        .optional()?;
-    let Some(value) = value else {
+    let Some(row) = db.query_opt(
+        "SELECT value FROM group_configuration
+         WHERE group_id = $1 AND namespace = 'SoracomAir' AND key = 'vpgId'",
+        &[group_id],
+    )?
+    else {
         return Ok(None);
     };
+    let value = row.text(0)?;
     let unusable = |vpg_id: String| -> StoreError {
         Rule::GroupVpgUnusable {
             group_id: group_id.to_string(),
@@ -56,7 +54,7 @@ fn vpg_of_group(tx: &Transaction, sub: &ArcSubscriber) -> Result<Option<VpgRecor
         Ok(serde_json::Value::String(vpg_id)) => VpgId::new(vpg_id),
         _ => return Err(unusable(value)),
     };
-    match vpgs::get(tx, &sub.operator_id, &vpg_id) {
+    match vpgs::get(db, &sub.operator_id, &vpg_id) {
         Ok(vpg) => Ok(Some(vpg)),
         Err(StoreError::NotFound(Entity::Vpg)) => Err(unusable(vpg_id.into_string())),
 
@@ -89,14 +87,28 @@ fn rendezvous_point_id<'a>(
     fallback
 }
 
+/// The client address pool of rendezvous point `rp_id`, which must exist: all a placement needs
+/// of the RP (read here rather than through `rendezvous::get`, which also reads keys).
+fn rendezvous_pool(db: &mut dyn Db, rp_id: &RendezvousPointId) -> Result<ipnet::Ipv4Net> {
+    let pool = db
+        .query_opt(
+            "SELECT pool FROM rendezvous_points WHERE rp_id = $1",
+            &[rp_id],
+        )?
+        .ok_or_else(|| Rule::UnknownRendezvousPoint(rp_id.to_string()))?
+        .text(0)?;
+    pool.parse()
+        .map_err(|_| StoreError::Corrupt(format!("pool of {rp_id}")))
+}
+
 pub(super) fn place(
-    tx: &Transaction,
+    db: &mut dyn Db,
     sub: &ArcSubscriber,
     policy: &SessionPolicy,
 ) -> Result<Placement> {
-    let vpg = vpg_of_group(tx, sub)?;
-    let rp_id = rendezvous_point_id(sub, vpg.as_ref(), policy);
-    let rp = rendezvous::get(tx, rp_id)?;
+    let vpg = vpg_of_group(db, sub)?;
+    let rp_id = rendezvous_point_id(sub, vpg.as_ref(), policy).clone();
+    let rp_pool = rendezvous_pool(db, &rp_id)?;
     Ok(match vpg {
         // The VPG's network and broadcast addresses are never handed out; every other one is,
         // unless another VPG's device holds it.
@@ -108,19 +120,19 @@ pub(super) fn place(
                 u32::from(vpg.device_subnet.broadcast()) - 1,
             ),
             vpg_id: Some(vpg.vpg_id),
-            rp,
+            rp_id,
         },
         // The network address, the first host (kept for the server side) and the broadcast
         // address are never handed out.
         None => Placement {
             scope: format!("rp:{rp_id}"),
-            pool: rp.pool,
+            pool: rp_pool,
             range: (
-                u32::from(rp.pool.network()) + 2,
-                u32::from(rp.pool.broadcast()) - 1,
+                u32::from(rp_pool.network()) + 2,
+                u32::from(rp_pool.broadcast()) - 1,
             ),
             vpg_id: None,
-            rp,
+            rp_id,
         },
     })
 }

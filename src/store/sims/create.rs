@@ -1,13 +1,11 @@
 //! Making SIMs: the per-operator quota, standalone virtual SIMs, subscriber rows and the ICCID and
 //! virtual IMSI numbers they get.
 
-use rusqlite::Transaction;
-
 use super::{get, SimRecord};
 use crate::config::Coverage;
 use crate::ids;
 use crate::ids::{Imsi, OperatorId, SimId};
-use crate::store::db::{Db, SqliteDb};
+use crate::store::db::Db;
 use crate::store::sessions::{self, ActiveSession, SessionPolicy};
 use crate::store::{now_ms, Result, Rule};
 use crate::wgkey;
@@ -56,18 +54,15 @@ pub struct CreatedSim {
     pub session: ActiveSession,
 }
 
-/// Transitional (issue 14): still on a rusqlite transaction because `sessions::open_first_session`
-/// is; it moves to `db: &mut dyn Db` with the sessions module.
 pub fn create_virtual(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     iccid_prefix: &str,
     policy: &SessionPolicy,
 ) -> Result<CreatedSim> {
-    let db = &mut SqliteDb::new(tx);
     let (sim_id, private_key) = insert_virtual_sim(db, operator_id, coverage, iccid_prefix)?;
-    let session = sessions::open_first_session(tx, operator_id, &sim_id, policy)?;
+    let session = sessions::open_first_session(db, operator_id, &sim_id, policy)?;
     Ok(CreatedSim {
         sim: get(db, operator_id, &sim_id)?,
         private_key,

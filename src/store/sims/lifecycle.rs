@@ -1,10 +1,8 @@
 //! Changing SIMs: status, termination protection and termination, group, tags.
 
-use rusqlite::Transaction;
-
 use super::{get, require_sim, SimRecord};
 use crate::ids::{GroupId, OperatorId, SimId};
-use crate::store::db::{unconverted, Db, SqliteDb};
+use crate::store::db::Db;
 use crate::store::sessions::{self, PeerChange};
 use crate::store::{now_ms, Entity, Result, Rule, StoreError};
 
@@ -91,15 +89,11 @@ pub fn set_termination_enabled(
 
 /// Ends the SIM for good: every subscriber terminated, sessions deleted, addresses into quarantine.
 /// The record stays; its ICCID and IMSIs are never issued again.
-///
-/// Transitional (issue 14): still on a rusqlite transaction because `sessions::close_session`
-/// is; it moves to `db: &mut dyn Db` with the sessions module.
 pub fn terminate(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
 ) -> Result<(SimRecord, Vec<PeerChange>)> {
-    let db = &mut SqliteDb::new(tx);
     let sim = get(db, operator_id, sim_id)?;
     if sim.status == "terminated" {
         return Err(Rule::SimTerminated.into());
@@ -108,8 +102,8 @@ pub fn terminate(
         return Err(Rule::TerminationProtected.into());
     }
     let mut changes = Vec::new();
-    if let Some(sub) = sessions::arc_subscriber(tx, operator_id, sim_id)? {
-        changes.extend(sessions::close_session(tx, &sub, true)?);
+    if let Some(sub) = sessions::arc_subscriber(db, operator_id, sim_id)? {
+        changes.extend(sessions::close_session(db, &sub, true)?);
     }
     mark_terminated(db, sim_id)?;
     Ok((get(db, operator_id, sim_id)?, changes))
@@ -145,11 +139,7 @@ pub fn set_group(
         "UPDATE sims SET group_id = $2, last_modified_at = $3 WHERE sim_id = $1",
         &[sim_id, &group_id, &now_ms()],
     )?;
-    let session = sessions::active_session_of(
-        unconverted(db, "reading a SIM's session")?,
-        operator_id,
-        sim_id,
-    )?;
+    let session = sessions::active_session_of(db, operator_id, sim_id)?;
     Ok((
         get(db, operator_id, sim_id)?,
         session.map(PeerChange::Upsert),
