@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use arcd::config::{Config, Coverage};
 use arcd::store::db::Backend;
+use arcd::store::db::SqliteDb;
 use arcd::store::sessions::SessionPolicy;
 use arcd::store::{operators, rendezvous, sims, Rule, Store, StoreError};
 
@@ -37,14 +38,14 @@ fn main() {
     let (first, last) = (u32::from(pool.network()), u32::from(pool.broadcast()));
     let operator = store
         .write(|tx| {
-            rendezvous::sync(tx, &config.rendezvous_points)?;
+            rendezvous::sync(&mut SqliteDb::new(tx), &config.rendezvous_points)?;
             tx.execute(
                 "WITH RECURSIVE n(ip) AS (SELECT ?2 UNION ALL SELECT ip + 1 FROM n WHERE ip < ?3)
                  INSERT INTO address_leases(scope, ip, imsi, released_at)
                  SELECT ?1, ip, 'held-' || ip, NULL FROM n",
                 (scope.as_str(), first, last),
             )?;
-            operators::create_operator(tx)
+            operators::create_operator(&mut SqliteDb::new(tx))
         })
         .expect("fill the pool");
     let policy = SessionPolicy {

@@ -340,6 +340,7 @@ fn sync_parent(path: &Path) -> Result<(), BackupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::db::Backend;
     use crate::store::{operators, Store};
 
     fn config(dir: &Path) -> Config {
@@ -352,7 +353,9 @@ mod tests {
     /// A database with one operator at `path`; returns the operator's id.
     fn database_with_operator(path: &Path) -> crate::ids::OperatorId {
         let store = Store::open(path).expect("open");
-        store.write(operators::create_operator).expect("operator")
+        store
+            .write_db(operators::create_operator)
+            .expect("operator")
     }
 
     fn operator_ids(path: &Path) -> Vec<String> {

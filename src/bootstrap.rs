@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::ids::OperatorId;
+use crate::store::db::Backend;
 use crate::store::{self, operators, rendezvous, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -201,9 +202,12 @@ pub fn open_store_with(
     if integrity == Integrity::Check {
         check_database(&store, &db_path)?;
     }
-    store
-        .write(|tx| rendezvous::sync(tx, &config.rendezvous_points))
+    let generated = store
+        .write_db(|db| rendezvous::sync(db, &config.rendezvous_points))
         .map_err(|e| damaged(&db_path, e))?;
+    for key in generated {
+        tracing::info!(rendezvous_point = %key.rp_id, public_key = %key.public_key, "server key pair generated");
+    }
     Ok(store)
 }
 
@@ -239,7 +243,7 @@ pub fn ensure_root_operator(
     data_dir: &Path,
     reinitialize: Reinitialize,
 ) -> Result<Option<RootCredentials>, BootstrapError> {
-    let existing = store.read(operators::root_operator)?;
+    let existing = store.read_db(operators::root_operator)?;
     let path = data_dir.join(ROOT_CREDENTIALS_FILE);
     if existing.is_some() {
         keep_private(&path)?;
@@ -254,11 +258,12 @@ pub fn ensure_root_operator(
         });
     }
     // The file is written inside the transaction: if it cannot be written, no operator exists
-    // whose secret nobody knows.
-    let credentials = store.write(|tx| {
-        let operator_id = operators::create_operator(tx)?;
-        operators::set_root_operator(tx, &operator_id)?;
-        let key = operators::create_auth_key(tx, &operator_id)?;
+    // whose secret nobody knows. A run that is retried (PostgreSQL) writes the file again with
+    // its own credentials, so the file holds those of the run that commits.
+    let credentials = store.write_db(|db| {
+        let operator_id = operators::create_operator(db)?;
+        operators::set_root_operator(db, &operator_id)?;
+        let key = operators::create_auth_key(db, &operator_id)?;
         let credentials = RootCredentials {
             operator_id,
             auth_key_id: key.auth_key_id.clone(),
@@ -349,7 +354,7 @@ mod tests {
         };
         let store = open_store(&config).expect("open");
         let cli_operator = store
-            .write(operators::create_operator)
+            .write_db(operators::create_operator)
             .expect("cli operator");
         let root = ensure_root_operator(&store, &config.data_dir, Reinitialize::Refuse)
             .expect("bootstrap")

@@ -122,9 +122,9 @@ fn print_json<T: serde::Serialize>(value: &T) {
 
 pub fn create_operator(config: &Config) -> Result<(), CommandError> {
     let store = bootstrap::open_store(config)?;
-    let (operator_id, key) = store.write(|tx| {
-        let operator_id = operators::create_operator(tx)?;
-        let key = operators::create_auth_key(tx, &operator_id)?;
+    let (operator_id, key) = store.write_db(|db| {
+        let operator_id = operators::create_operator(db)?;
+        let key = operators::create_auth_key(db, &operator_id)?;
         Ok((operator_id, key))
     })?;
     print_json(&NewCredentials {
@@ -137,7 +137,7 @@ pub fn create_operator(config: &Config) -> Result<(), CommandError> {
 
 pub fn create_auth_key(config: &Config, operator_id: &OperatorId) -> Result<(), CommandError> {
     let store = bootstrap::open_store(config)?;
-    let key = store.write(|tx| operators::create_auth_key(tx, operator_id))?;
+    let key = store.write_db(|db| operators::create_auth_key(db, operator_id))?;
     print_json(&NewCredentials {
         operator_id,
         auth_key_id: &key.auth_key_id,
@@ -155,7 +155,7 @@ pub fn import_iot_sims(
     let store = bootstrap::open_store(config)?;
     let lines: Vec<u64> = rows.iter().map(|(line, _)| *line).collect();
     let items: Vec<IotSimImport> = rows.into_iter().map(|(_, item)| item).collect();
-    if !store.read(|conn| operators::operator_exists(conn, operator_id))? {
+    if !store.read_db(|db| operators::operator_exists(db, operator_id))? {
         return Err(StoreError::NotFound(crate::store::Entity::Operator).into());
     }
     let coverage = config.coverage.default;

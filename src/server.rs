@@ -211,7 +211,7 @@ fn load_sessions(
     store: &Store,
 ) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
     let sessions = store.read_db(sessions::list_active_sessions)?;
-    let resume = store.read(endpoints::saved)?;
+    let resume = store.read_db(endpoints::saved)?;
     tracing::info!(
         sessions = sessions.len(),
         saved_endpoints = resume.len(),
@@ -231,7 +231,7 @@ fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig
             pool = %rp.pool,
             "rendezvous point configured"
         );
-        let private_key = store.read(|conn| rendezvous::private_key(conn, &rp.id))?;
+        let private_key = store.read_db(|db| rendezvous::private_key(db, &rp.id))?;
         let private_key = wgkey::parse_key(&private_key)
             .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
         listeners.push(ListenerConfig {

@@ -13,6 +13,7 @@
 
 mod support;
 
+use arcd::store::db::Backend;
 use arcd::store::harvest::{self, NewEntry};
 use reqwest::header::HeaderMap;
 use reqwest::StatusCode;
@@ -70,7 +71,7 @@ async fn seed(server: &TestServer, device: &Device, entries: &[(i64, &str)]) {
         })
         .collect();
     let store = server.running.store.clone();
-    tokio::task::spawn_blocking(move || store.write(|tx| harvest::insert(tx, &entries)))
+    tokio::task::spawn_blocking(move || store.write_db(|db| harvest::insert(db, &entries)))
         .await
         .expect("join")
         .expect("seed entries");

@@ -73,11 +73,12 @@ fn pool_of(rp: &str) -> Ipv4Net {
 }
 
 async fn server_key(server: &TestServer, rp: &str) -> String {
+    use arcd::store::db::Backend;
     let store = server.running.store.clone();
     let rp = arcd::ids::RendezvousPointId::new(rp);
     tokio::task::spawn_blocking(move || {
         store
-            .read(|c| arcd::store::rendezvous::get(c, &rp))
+            .read_db(|db| arcd::store::rendezvous::get(db, &rp))
             .expect("rendezvous point")
             .public_key
     })

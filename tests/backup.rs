@@ -30,6 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use arcd::store::db::Backend;
 use arcd::store::harvest::{self, NewEntry};
 use arcd::store::Store;
 use support::child_arcd::{free_port, ChildArcd};
@@ -208,10 +209,12 @@ async fn write_burst(
         };
         let content = entry.content.clone();
         let store = harvest_store.clone();
-        tokio::task::spawn_blocking(move || store.write(|tx| harvest::insert(tx, &[entry])))
-            .await
-            .expect("join")
-            .expect("harvest write");
+        tokio::task::spawn_blocking(move || {
+            store.write_db(|db| harvest::insert(db, std::slice::from_ref(&entry)))
+        })
+        .await
+        .expect("join")
+        .expect("harvest write");
         acked.harvest.lock().expect("lock").push(content);
         acked.progress.notify_waiters();
     }

@@ -196,10 +196,11 @@ fn assert_matches_arcd_schema(body: &Value) {
 }
 
 fn stored_private_key(server: &TestServer, rp_id: &str) -> String {
+    use arcd::store::db::Backend;
     server
         .running
         .store
-        .read(|conn| arcd::store::rendezvous::private_key(conn, &rp_id.into()))
+        .read_db(|db| arcd::store::rendezvous::private_key(db, &rp_id.into()))
         .expect("stored private key")
 }
 

@@ -16,6 +16,7 @@ use super::tokens::TokenCheck;
 use crate::config::MAX_TOKEN_TIMEOUT_SECONDS;
 use crate::ids;
 use crate::ids::OperatorId;
+use crate::store::db::Backend;
 use crate::store::now_ms;
 use crate::store::operators::{self, VerifiedAuthKey};
 
@@ -63,7 +64,7 @@ pub async fn auth(
     let verified = state
         .db(move |store| {
             loading.tokens.load(store)?;
-            store.read(|conn| operators::verify_auth_key(conn, &key_id, &secret))
+            store.read_db(|db| operators::verify_auth_key(db, &key_id, &secret))
         })
         .await?
         .ok_or_else(|| ApiError::unauthorized("AUM0002", "invalid authKeyId or authKey"))?;
@@ -103,7 +104,7 @@ async fn record_sign_in(state: &SharedState, key: &VerifiedAuthKey) {
     let auth_key_id = key.auth_key_id.clone();
     let update = tokio::spawn(async move {
         writer
-            .db(move |store| store.write(|tx| operators::touch_auth_key(tx, &auth_key_id, now)))
+            .db(move |store| store.write_db(|db| operators::touch_auth_key(db, &auth_key_id, now)))
             .await
     });
     match tokio::time::timeout(SIGN_IN_RECORD_WAIT, update).await {
@@ -207,7 +208,7 @@ pub async fn generate_auth_key(
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
     let key = state
-        .db(move |store| store.write(|tx| operators::create_auth_key(tx, &operator_id)))
+        .db(move |store| store.write_db(|db| operators::create_auth_key(db, &operator_id)))
         .await?;
     Ok(json(
         StatusCode::CREATED,
@@ -225,7 +226,7 @@ pub async fn list_auth_keys(
 ) -> Result<Response, ApiError> {
     own_operator(&operator, &operator_id)?;
     let keys = state
-        .db(move |store| store.read(|conn| operators::list_auth_keys(conn, &operator_id)))
+        .db(move |store| store.read_db(|db| operators::list_auth_keys(db, &operator_id)))
         .await?;
     let body: Vec<views::AuthKey> = keys.iter().map(views::auth_key).collect();
     Ok(json(StatusCode::OK, &body))
@@ -240,7 +241,7 @@ pub async fn delete_auth_key(
     let deleted = auth_key_id.clone();
     state
         .db(move |store| {
-            store.write(|tx| operators::delete_auth_key(tx, &operator_id, &auth_key_id))
+            store.write_db(|db| operators::delete_auth_key(db, &operator_id, &auth_key_id))
         })
         .await?;
     state.tokens.auth_key_deleted(&deleted);
@@ -258,8 +259,8 @@ pub async fn logout(
     let revoked = signed_in.clone();
     state
         .db(move |store| {
-            store.write(|tx| {
-                operators::revoke_api_key(tx, &revoked.api_key, revoked.expires_at_ms, now_ms())
+            store.write_db(|db| {
+                operators::revoke_api_key(db, &revoked.api_key, revoked.expires_at_ms, now_ms())
             })
         })
         .await?;

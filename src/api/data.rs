@@ -21,6 +21,7 @@ use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
 use crate::ids::{Imsi, OperatorId, SimId};
+use crate::store::db::Backend;
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 
@@ -146,15 +147,11 @@ async fn entries_page(
     let (entry_query, limit) = entry_query(&query)?;
     let mut page = state
         .db(move |store| {
-            store.read(|conn| {
+            store.read_db(|db| {
                 if let Some(sim_id) = &require_sim {
-                    sims::require_sim(
-                        &mut crate::store::db::SqliteDb::new(conn),
-                        &operator,
-                        sim_id,
-                    )?;
+                    sims::require_sim(db, &operator, sim_id)?;
                 }
-                harvest::list_entries(conn, &operator, &scope, &entry_query)
+                harvest::list_entries(db, &operator, &scope, &entry_query)
             })
         })
         .await?;
@@ -213,7 +210,7 @@ pub async fn get_entry(
     let scope = scope_of(resource_type, resource_id)?;
     let time = parse_time(&time)?;
     let entry = state
-        .db(move |store| store.read(|conn| harvest::get_entry(conn, &operator, &scope, time)))
+        .db(move |store| store.read_db(|db| harvest::get_entry(db, &operator, &scope, time)))
         .await?;
     Ok(json(StatusCode::OK, &data_entry(&entry)))
 }
@@ -227,7 +224,7 @@ pub async fn delete_entry(
     let scope = scope_of(resource_type, resource_id)?;
     let time = parse_time(&time)?;
     state
-        .db(move |store| store.write(|tx| harvest::delete_entries(tx, &operator, &scope, time)))
+        .db(move |store| store.write_db(|db| harvest::delete_entries(db, &operator, &scope, time)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -251,9 +248,9 @@ pub async fn list_resources(
         .transpose()?;
     let page = state
         .db(move |store| {
-            store.read(|conn| {
+            store.read_db(|db| {
                 harvest::list_resources(
-                    conn,
+                    db,
                     &operator,
                     resource_type.as_deref(),
                     after.as_ref(),

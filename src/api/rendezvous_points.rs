@@ -13,7 +13,7 @@ use super::{json, ApiError, Operator, SharedState};
 use crate::dataplane::engine::ONLINE_WINDOW;
 use crate::dataplane::stats::PeerSnapshot;
 use crate::ids::RendezvousPointId;
-use crate::store::db::SqliteDb;
+use crate::store::db::Backend;
 use crate::store::{rendezvous, sessions};
 
 #[derive(Serialize)]
@@ -49,17 +49,13 @@ pub async fn list(
     let config = state.config.clone();
     let records = state
         .db(move |store| {
-            store.read(|conn| {
+            store.read_db(|db| {
                 config
                     .rendezvous_points
                     .iter()
                     .map(|rp| {
-                        let record = rendezvous::get(conn, &rp.id)?;
-                        let imsis = sessions::operator_imsis_at(
-                            &mut SqliteDb::new(conn),
-                            &operator,
-                            &rp.id,
-                        )?;
+                        let record = rendezvous::get(db, &rp.id)?;
+                        let imsis = sessions::operator_imsis_at(db, &operator, &rp.id)?;
                         Ok((record, imsis))
                     })
                     .collect::<Result<Vec<_>, _>>()

@@ -16,6 +16,7 @@ use base64::Engine;
 use ring::hmac;
 
 use crate::ids::OperatorId;
+use crate::store::db::Backend;
 use crate::store::operators::{self, VerifiedAuthKey};
 use crate::store::{now_ms, Store};
 
@@ -76,10 +77,10 @@ impl Tokens {
             return Ok(());
         }
         let now = now_ms();
-        let (key, revoked) = store.read(|conn| {
+        let (key, revoked) = store.read_db(|db| {
             Ok((
-                operators::token_signing_key(conn)?,
-                operators::revoked_api_keys(conn, now)?,
+                operators::token_signing_key(db)?,
+                operators::revoked_api_keys(db, now)?,
             ))
         })?;
         let _ = self.loaded.set(Loaded {
@@ -146,7 +147,7 @@ impl Tokens {
             Ok(claims) => claims,
             Err(answer) => return Ok(answer),
         };
-        let owner = store.read(|conn| operators::auth_key_operator(conn, &claims.auth_key_id))?;
+        let owner = store.read_db(|db| operators::auth_key_operator(db, &claims.auth_key_id))?;
         match owner {
             Some(operator_id) if operator_id == claims.operator_id => {
                 if self.remember_existing_key(&claims.auth_key_id, &operator_id) {
@@ -264,13 +265,13 @@ mod tests {
 
     fn signed_in(tokens: &Tokens, store: &Store) -> (VerifiedAuthKey, String, String) {
         let key = store
-            .write(|tx| {
-                let op = operators::create_operator(tx)?;
-                operators::create_auth_key(tx, &op)
+            .write_db(|db| {
+                let op = operators::create_operator(db)?;
+                operators::create_auth_key(db, &op)
             })
             .expect("create");
         let verified = store
-            .read(|c| operators::verify_auth_key(c, &key.auth_key_id, &key.secret))
+            .read_db(|db| operators::verify_auth_key(db, &key.auth_key_id, &key.secret))
             .expect("read")
             .expect("valid");
         tokens.load(store).expect("load");

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dataplane::engine::Engine;
+use crate::store::db::Backend;
 use crate::store::{endpoints, Store};
 
 /// How often the background checkpoint copies committed pages into the database. Often enough
@@ -48,7 +49,7 @@ pub(super) async fn save_endpoints(store: &Arc<Store>, engine: &Arc<Engine>) -> 
     }
     let store = store.clone();
     let written = tokio::task::spawn_blocking(move || {
-        let result = store.write(|tx| endpoints::save(tx, &changed));
+        let result = store.write_db(|db| endpoints::save(db, &changed));
         (changed, result)
     })
     .await;

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::http::{identify, text};
 use super::{Caller, SharedContext};
 use crate::metrics;
+use crate::store::db::Backend;
 use crate::store::harvest::{self, NewEntry};
 use crate::store::{now_ms, Store, StoreError};
 
@@ -122,7 +123,7 @@ fn write_batches(store: &Store, mut pending: mpsc::Receiver<Job>) {
 fn commit_batch(store: &Store, batch: Vec<(NewEntry, Ack)>) {
     let (entries, acks): (Vec<NewEntry>, Vec<Ack>) = batch.into_iter().unzip();
     let result = store
-        .write(|tx| harvest::insert(tx, &entries))
+        .write_db(|db| harvest::insert(db, &entries))
         .map_err(|e: StoreError| {
             if e.is_disk_full() {
                 StoreEntryError::DiskFull
@@ -411,7 +412,9 @@ mod tests {
     #[tokio::test]
     async fn flush_returns_once_everything_queued_before_it_is_committed() {
         let (_dir, store) = temp_store();
-        let operator_id = store.write(operators::create_operator).expect("operator");
+        let operator_id = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         let (queue, pending) = mpsc::channel(QUEUE);
         let sink = HarvestSink { queue };
         const QUEUED: usize = MAX_BATCH + 10;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
+use crate::store::db::Backend;
 use crate::store::{self, harvest, Store};
 
 /// Entries deleted per write transaction.
@@ -21,11 +22,11 @@ pub fn cutoff_ms(now_ms: i64, retention_days: u32) -> i64 {
 
 /// Deletes every entry older than `cutoff_ms`, `batch` entries per transaction; returns how many
 /// went. Blocking: call it off the async threads.
-pub fn purge(store: &Store, cutoff_ms: i64, batch: usize) -> store::Result<usize> {
+pub fn purge(store: &impl Backend, cutoff_ms: i64, batch: usize) -> store::Result<usize> {
     let batch = batch.max(1);
     let mut total = 0;
     loop {
-        let deleted = store.write(|tx| harvest::purge_older_than(tx, cutoff_ms, batch))?;
+        let deleted = store.write_db(|db| harvest::purge_older_than(db, cutoff_ms, batch))?;
         total += deleted;
         if deleted < batch {
             return Ok(total);
@@ -43,7 +44,7 @@ pub fn spawn_purge_job(store: Arc<Store>, retention_days: u32) -> JoinHandle<()>
             tick.tick().await;
             let cutoff = cutoff_ms(store::now_ms(), retention_days);
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || purge(&store, cutoff, BATCH)).await {
+            match tokio::task::spawn_blocking(move || purge(store.as_ref(), cutoff, BATCH)).await {
                 Ok(Ok(0)) => {}
                 Ok(Ok(deleted)) => {
                     tracing::info!(deleted, retention_days, "expired Harvest Data purged")
@@ -77,7 +78,7 @@ mod tests {
             })
             .collect();
         store
-            .write(|tx| harvest::insert(tx, &entries))
+            .write_db(|db| harvest::insert(db, &entries))
             .expect("insert");
     }
 
@@ -88,7 +89,7 @@ mod tests {
             ..EntryQuery::default()
         };
         store
-            .read(|conn| harvest::list_entries(conn, operator_id, &scope, &query))
+            .read_db(|db| harvest::list_entries(db, operator_id, &scope, &query))
             .expect("list")
             .iter()
             .map(|e| e.time)
@@ -104,7 +105,9 @@ mod tests {
     #[test]
     fn purge_loops_over_batches_until_only_recent_entries_remain() {
         let (_dir, store) = temp_store();
-        let op = store.write(operators::create_operator).expect("operator");
+        let op = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         let now = 100 * DAY_MS;
         let cutoff = cutoff_ms(now, 40);
         let old: Vec<i64> = (0..23).map(|i| cutoff - 1 - i).collect();
@@ -119,7 +122,9 @@ mod tests {
     async fn the_job_purges_at_start() {
         let (_dir, store) = temp_store();
         let store = Arc::new(store);
-        let op = store.write(operators::create_operator).expect("operator");
+        let op = store
+            .write_db(operators::create_operator)
+            .expect("operator");
         let now = store::now_ms();
         seed(&store, &op, &[now - 2 * DAY_MS, now]);
         let job = spawn_purge_job(store.clone(), 1);

@@ -1,10 +1,15 @@
 //! Harvest Data entries: what devices post to the Harvest service, read back through the
 //! official data API. Stored under the primary IMSI (resource type `Subscriber`) and the SIM ID.
+//!
+//! Written once for both store engines (see `store::db`). `entry_id` is SQLite's rowid and a
+//! PostgreSQL identity column: both hand ids out in insertion order, but PostgreSQL's in
+//! allocation order, not commit order, so a reader paging while another node commits may see a
+//! lower id appear behind its cursor. Acceptable for Harvest: entries arrive by device time
+//! anyway, and listings page by `(time, entry_id)`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-
+use super::db::{chunks, values_rows, Db, Param, Row};
 use super::{Entity, Result, StoreError};
 use crate::ids::{Imsi, OperatorId, SimId};
 
@@ -24,36 +29,70 @@ pub struct NewEntry {
     pub content: String,
 }
 
-/// Stores `entries` in the caller's transaction (the Harvest service commits many posts at once).
-pub fn insert(tx: &Transaction, entries: &[NewEntry]) -> Result<()> {
-    let mut insert_entry = tx.prepare_cached(
+/// Entries (or resources) written by one multi-row statement: 64 × 7 parameters, well inside
+/// both engines' limits, and few statement texts to cache (see `db::chunks`).
+const ROWS_PER_STATEMENT: usize = 64;
+
+/// Stores `entries` in the caller's transaction (the Harvest service commits many posts at once):
+/// one multi-row INSERT per 64 entries, then one upsert per 64 resources touched.
+pub fn insert(db: &mut dyn Db, entries: &[NewEntry]) -> Result<()> {
+    for chunk in chunks(entries, ROWS_PER_STATEMENT) {
+        let mut params: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 7);
+        for entry in chunk {
+            params.extend([
+                &entry.operator_id as &dyn Param,
+                &SUBSCRIBER,
+                &entry.imsi,
+                &entry.sim_id,
+                &entry.time,
+                &entry.content_type,
+                &entry.content,
+            ]);
+        }
+        db.execute(&insert_sql(chunk.len()), &params)?;
+    }
+    touch_resources(db, entries)
+}
+
+/// Entry rows in the order given, so entries of one millisecond keep the order they came in.
+fn insert_sql(rows: usize) -> String {
+    format!(
         "INSERT INTO harvest_entries(operator_id, resource_type, resource_id, sim_id, time, content_type, content)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )?;
-    let mut touch_resource = tx.prepare_cached(
-        "INSERT INTO harvest_resources(operator_id, resource_type, resource_id, last_modified_time)
-         VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT(operator_id, resource_type, resource_id)
-         DO UPDATE SET last_modified_time = max(last_modified_time, excluded.last_modified_time)",
-    )?;
+         VALUES {}",
+        values_rows(rows, 7)
+    )
+}
+
+/// Raises each resource's `last_modified_time` to its newest entry. One row per resource: a
+/// PostgreSQL upsert may not touch one row twice in a statement.
+fn touch_resources(db: &mut dyn Db, entries: &[NewEntry]) -> Result<()> {
+    let mut newest: BTreeMap<(&OperatorId, &Imsi), i64> = BTreeMap::new();
     for entry in entries {
-        insert_entry.execute(params![
-            entry.operator_id,
-            SUBSCRIBER,
-            entry.imsi,
-            entry.sim_id,
-            entry.time,
-            entry.content_type,
-            entry.content
-        ])?;
-        touch_resource.execute(params![
-            entry.operator_id,
-            SUBSCRIBER,
-            entry.imsi,
-            entry.time
-        ])?;
+        let time = newest
+            .entry((&entry.operator_id, &entry.imsi))
+            .or_insert(entry.time);
+        *time = (*time).max(entry.time);
+    }
+    let newest: Vec<((&OperatorId, &Imsi), i64)> = newest.into_iter().collect();
+    for chunk in chunks(&newest, ROWS_PER_STATEMENT) {
+        let mut params: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 4);
+        for ((operator_id, imsi), time) in chunk {
+            params.extend([operator_id as &dyn Param, &SUBSCRIBER, imsi, time]);
+        }
+        db.execute(&touch_resources_sql(chunk.len()), &params)?;
     }
     Ok(())
+}
+
+fn touch_resources_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO harvest_resources(operator_id, resource_type, resource_id, last_modified_time)
+         VALUES {}
+         ON CONFLICT (operator_id, resource_type, resource_id)
+         DO UPDATE SET last_modified_time = excluded.last_modified_time
+         WHERE excluded.last_modified_time > harvest_resources.last_modified_time",
+        values_rows(rows, 4)
+    )
 }
 
 /// One stored entry.
@@ -82,14 +121,16 @@ pub enum Scope {
 }
 
 impl Scope {
-    /// The `WHERE` terms of the scope: `?1` is the operator, `?2` and `?3` the scope's keys (the
-    /// SIM scope leaves `?3` unused), so every statement numbers its own parameters from `?4`.
+    /// The `WHERE` terms of the scope: `$1` is the operator, `$2` and `$3` the scope's keys, so
+    /// every statement numbers its own parameters from `$4`. The SIM scope has one key; its `$3`
+    /// is bound to '' and named in a term that always holds, because both engines want every
+    /// parameter used (PostgreSQL must also infer its type: hence the cast).
     fn filter(&self) -> &'static str {
         match self {
             Scope::Resource { .. } => {
-                "operator_id = ?1 AND resource_type = ?2 AND resource_id = ?3"
+                "operator_id = $1 AND resource_type = $2 AND resource_id = $3"
             }
-            Scope::Sim(_) => "operator_id = ?1 AND sim_id = ?2",
+            Scope::Sim(_) => "operator_id = $1 AND sim_id = $2 AND CAST($3 AS TEXT) = ''",
         }
     }
 
@@ -169,16 +210,16 @@ pub struct EntryQuery {
 const ENTRY_COLUMNS: &str =
     "entry_id, resource_type, resource_id, sim_id, time, content_type, content, category";
 
-fn entry_from_row(row: &rusqlite::Row) -> rusqlite::Result<Entry> {
+fn entry_from_row(row: &Row) -> Result<Entry> {
     Ok(Entry {
-        entry_id: row.get(0)?,
-        resource_type: row.get(1)?,
-        resource_id: row.get(2)?,
-        sim_id: row.get(3)?,
-        time: row.get(4)?,
-        content_type: row.get(5)?,
-        content: row.get(6)?,
-        category: row.get(7)?,
+        entry_id: row.int(0)?,
+        resource_type: row.text(1)?,
+        resource_id: row.text(2)?,
+        sim_id: SimId::new(row.text(3)?),
+        time: row.int(4)?,
+        content_type: row.text(5)?,
+        content: row.text(6)?,
+        category: row.opt_text(7)?,
     })
 }
 
@@ -191,8 +232,8 @@ fn list_sql(scope: &Scope, order: Order) -> String {
     };
     format!(
         "SELECT {ENTRY_COLUMNS} FROM harvest_entries
-         WHERE {} AND time >= ?4 AND time <= ?5 AND (time, entry_id) {cmp} (?6, ?7)
-         ORDER BY time {dir}, entry_id {dir} LIMIT ?8",
+         WHERE {} AND time >= $4 AND time <= $5 AND (time, entry_id) {cmp} ($6, $7)
+         ORDER BY time {dir}, entry_id {dir} LIMIT $8",
         scope.filter()
     )
 }
@@ -237,46 +278,50 @@ fn bounds(query: &EntryQuery) -> (i64, i64, i64, i64) {
 
 /// Entries of `scope` for the operator; another operator's entries are never seen.
 pub fn list_entries(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     scope: &Scope,
     query: &EntryQuery,
 ) -> Result<Vec<Entry>> {
     let (key1, key2) = scope.keys();
     let (low, high, cursor_time, cursor_entry) = bounds(query);
-    let mut stmt = conn.prepare_cached(&list_sql(scope, query.order))?;
-    let rows = stmt.query_map(
-        params![
+    db.query(
+        &list_sql(scope, query.order),
+        &[
             operator_id,
-            key1,
-            key2,
-            low,
-            high,
-            cursor_time,
-            cursor_entry,
-            query.limit
+            &key1,
+            &key2,
+            &low,
+            &high,
+            &cursor_time,
+            &cursor_entry,
+            &query.limit,
         ],
-        entry_from_row,
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    )?
+    .iter()
+    .map(entry_from_row)
+    .collect()
 }
 
 /// The first entry (by entry ID) of `scope` at `time`.
 pub fn get_entry(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     scope: &Scope,
     time: i64,
 ) -> Result<Entry> {
     let (key1, key2) = scope.keys();
-    conn.prepare_cached(&format!(
-        "SELECT {ENTRY_COLUMNS} FROM harvest_entries WHERE {} AND time = ?4
-         ORDER BY entry_id LIMIT 1",
-        scope.filter()
-    ))?
-    .query_row(params![operator_id, key1, key2, time], entry_from_row)
-    .optional()?
-    .ok_or(StoreError::NotFound(Entity::DataEntry))
+    let row = db
+        .query_opt(
+            &format!(
+                "SELECT {ENTRY_COLUMNS} FROM harvest_entries WHERE {} AND time = $4
+                 ORDER BY entry_id LIMIT 1",
+                scope.filter()
+            ),
+            &[operator_id, &key1, &key2, &time],
+        )?
+        .ok_or(StoreError::NotFound(Entity::DataEntry))?;
+    entry_from_row(&row)
 }
 
 type ResourceId = (String, String, String);
@@ -284,59 +329,66 @@ type ResourceId = (String, String, String);
 /// Deletes every entry of `scope` at `time` (and the resource row of a resource left without
 /// entries); returns how many entries went.
 pub fn delete_entries(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     scope: &Scope,
     time: i64,
 ) -> Result<usize> {
     let (key1, key2) = scope.keys();
-    let touched: Vec<ResourceId> = tx
-        .prepare_cached(&format!(
-            "DELETE FROM harvest_entries WHERE {} AND time = ?4
-             RETURNING operator_id, resource_type, resource_id",
-            scope.filter()
-        ))?
-        .query_map(params![operator_id, key1, key2, time], resource_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
+    let touched = db
+        .query(
+            &format!(
+                "DELETE FROM harvest_entries WHERE {} AND time = $4
+                 RETURNING operator_id, resource_type, resource_id",
+                scope.filter()
+            ),
+            &[operator_id, &key1, &key2, &time],
+        )?
+        .iter()
+        .map(resource_from_row)
+        .collect::<Result<Vec<ResourceId>>>()?;
     if touched.is_empty() {
         return Err(StoreError::NotFound(Entity::DataEntry));
     }
-    drop_empty_resources(tx, touched.iter().cloned().collect())?;
+    drop_empty_resources(db, touched.iter().cloned().collect())?;
     Ok(touched.len())
 }
 
-fn resource_from_row(row: &rusqlite::Row) -> rusqlite::Result<ResourceId> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+fn resource_from_row(row: &Row) -> Result<ResourceId> {
+    Ok((row.text(0)?, row.text(1)?, row.text(2)?))
 }
 
-fn drop_empty_resources(tx: &Transaction, resources: BTreeSet<ResourceId>) -> Result<()> {
-    let mut stmt = tx.prepare_cached(
-        "DELETE FROM harvest_resources
-         WHERE operator_id = ?1 AND resource_type = ?2 AND resource_id = ?3
-           AND NOT EXISTS (SELECT 1 FROM harvest_entries
-                           WHERE operator_id = ?1 AND resource_type = ?2 AND resource_id = ?3)",
-    )?;
+fn drop_empty_resources(db: &mut dyn Db, resources: BTreeSet<ResourceId>) -> Result<()> {
     for (operator_id, resource_type, resource_id) in resources {
-        stmt.execute(params![operator_id, resource_type, resource_id])?;
+        db.execute(
+            "DELETE FROM harvest_resources
+             WHERE operator_id = $1 AND resource_type = $2 AND resource_id = $3
+               AND NOT EXISTS (SELECT 1 FROM harvest_entries
+                               WHERE operator_id = $1 AND resource_type = $2 AND resource_id = $3)",
+            &[&operator_id, &resource_type, &resource_id],
+        )?;
     }
     Ok(())
 }
 
 /// Deletes at most `batch` entries older than `cutoff_ms` (oldest first) and the resource rows
 /// left without entries. Returns how many entries went: the caller repeats, one transaction per
-/// batch, until fewer than `batch` go, so API writes never wait long behind a purge.
-pub fn purge_older_than(tx: &Transaction, cutoff_ms: i64, batch: usize) -> Result<usize> {
+/// batch, until fewer than `batch` go, so API writes never wait long behind a purge (and, on
+/// PostgreSQL, no long transaction holds back the peer-change outbox's watermark).
+pub fn purge_older_than(db: &mut dyn Db, cutoff_ms: i64, batch: usize) -> Result<usize> {
     let batch = i64::try_from(batch).unwrap_or(i64::MAX);
-    let touched: Vec<ResourceId> = tx
-        .prepare_cached(
+    let touched = db
+        .query(
             "DELETE FROM harvest_entries WHERE entry_id IN
-                 (SELECT entry_id FROM harvest_entries WHERE time < ?1 ORDER BY time LIMIT ?2)
+                 (SELECT entry_id FROM harvest_entries WHERE time < $1 ORDER BY time LIMIT $2)
              RETURNING operator_id, resource_type, resource_id",
+            &[&cutoff_ms, &batch],
         )?
-        .query_map(params![cutoff_ms, batch], resource_from_row)?
-        .collect::<rusqlite::Result<_>>()?;
+        .iter()
+        .map(resource_from_row)
+        .collect::<Result<Vec<ResourceId>>>()?;
     let deleted = touched.len();
-    drop_empty_resources(tx, touched.into_iter().collect())?;
+    drop_empty_resources(db, touched.into_iter().collect())?;
     Ok(deleted)
 }
 
@@ -375,23 +427,23 @@ impl ResourceCursor {
     }
 }
 
-/// `?1` operator, `?2`/`?3` the cursor, `?4` the limit, `?5` the resource type (or NULL).
+/// `$1` operator, `$2`/`$3` the cursor, `$4` the limit, `$5` the resource type (or NULL).
 fn resources_sql(filtered: bool) -> String {
     let type_filter = if filtered {
-        "AND resource_type = ?5"
+        "AND resource_type = $5"
     } else {
-        "AND ?5 IS NULL"
+        "AND CAST($5 AS TEXT) IS NULL"
     };
     format!(
         "SELECT resource_type, resource_id, last_modified_time FROM harvest_resources
-         WHERE operator_id = ?1 {type_filter} AND (resource_type, resource_id) > (?2, ?3)
-         ORDER BY resource_type, resource_id LIMIT ?4"
+         WHERE operator_id = $1 {type_filter} AND (resource_type, resource_id) > ($2, $3)
+         ORDER BY resource_type, resource_id LIMIT $4"
     )
 }
 
 /// The operator's resources ordered by `(resource_type, resource_id)`, optionally of one type.
 pub fn list_resources(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     resource_type: Option<&str>,
     after: Option<&ResourceCursor>,
@@ -400,18 +452,19 @@ pub fn list_resources(
     let (after_type, after_id) = after
         .map(|c| (c.resource_type.as_str(), c.resource_id.as_str()))
         .unwrap_or(("", ""));
-    let mut stmt = conn.prepare_cached(&resources_sql(resource_type.is_some()))?;
-    let rows = stmt.query_map(
-        params![operator_id, after_type, after_id, limit, resource_type],
-        |row| {
-            Ok(Resource {
-                resource_type: row.get(0)?,
-                resource_id: row.get(1)?,
-                last_modified_time: row.get(2)?,
-            })
-        },
-    )?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    db.query(
+        &resources_sql(resource_type.is_some()),
+        &[operator_id, &after_type, &after_id, &limit, &resource_type],
+    )?
+    .iter()
+    .map(|row| {
+        Ok(Resource {
+            resource_type: row.text(0)?,
+            resource_id: row.text(1)?,
+            last_modified_time: row.int(2)?,
+        })
+    })
+    .collect()
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Operators, their auth keys (secrets stored hashed) and what API tokens need from the store:
 //! the signing key and the API keys revoked by logout (tokens themselves are never stored).
+//!
+//! Written once for both store engines: every function takes a `&mut dyn Db` (see `store::db`).
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
-
+use super::db::Db;
 use super::{now_ms, Entity, Result, StoreError};
 use crate::ids;
 use crate::ids::OperatorId;
@@ -28,12 +29,13 @@ pub struct AuthKeyInfo {
     pub last_used_at_ms: Option<i64>,
 }
 
-pub fn create_operator(tx: &Transaction) -> Result<OperatorId> {
+pub fn create_operator(db: &mut dyn Db) -> Result<OperatorId> {
     loop {
         let operator_id = ids::new_operator_id();
-        let inserted = tx.execute(
-            "INSERT OR IGNORE INTO operators(operator_id, created_at) VALUES (?1, ?2)",
-            params![operator_id, now_ms()],
+        let inserted = db.execute(
+            "INSERT INTO operators(operator_id, created_at) VALUES ($1, $2)
+             ON CONFLICT (operator_id) DO NOTHING",
+            &[&operator_id, &now_ms()],
         )?;
         if inserted == 1 {
             return Ok(operator_id);
@@ -41,75 +43,75 @@ pub fn create_operator(tx: &Transaction) -> Result<OperatorId> {
     }
 }
 
-pub fn operator_exists(conn: &Connection, operator_id: &OperatorId) -> Result<bool> {
-    Ok(conn
-        .prepare_cached("SELECT 1 FROM operators WHERE operator_id = ?1")?
-        .exists([operator_id])?)
+pub fn operator_exists(db: &mut dyn Db, operator_id: &OperatorId) -> Result<bool> {
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM operators WHERE operator_id = $1",
+            &[operator_id],
+        )?
+        .is_some())
 }
 
 /// The operator the first `arcd serve` made (whose key is in root-credentials.json), if any.
-pub fn root_operator(conn: &Connection) -> Result<Option<OperatorId>> {
-    Ok(conn
-        .query_row(
-            "SELECT value FROM settings WHERE key = 'root_operator_id'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?)
+pub fn root_operator(db: &mut dyn Db) -> Result<Option<OperatorId>> {
+    db.query_opt(
+        "SELECT value FROM settings WHERE key = 'root_operator_id'",
+        &[],
+    )?
+    .map(|row| row.text(0).map(OperatorId::new))
+    .transpose()
 }
 
-pub fn set_root_operator(tx: &Transaction, operator_id: &OperatorId) -> Result<()> {
-    tx.execute(
-        "INSERT INTO settings(key, value) VALUES ('root_operator_id', ?1)",
-        [operator_id],
+pub fn set_root_operator(db: &mut dyn Db, operator_id: &OperatorId) -> Result<()> {
+    db.execute(
+        "INSERT INTO settings(key, value) VALUES ('root_operator_id', $1)",
+        &[operator_id],
     )?;
     Ok(())
 }
 
-pub fn create_auth_key(tx: &Transaction, operator_id: &OperatorId) -> Result<NewAuthKey> {
-    if !operator_exists(tx, operator_id)? {
+pub fn create_auth_key(db: &mut dyn Db, operator_id: &OperatorId) -> Result<NewAuthKey> {
+    if !operator_exists(db, operator_id)? {
         return Err(StoreError::NotFound(Entity::Operator));
     }
     let key = NewAuthKey {
         auth_key_id: ids::new_auth_key_id(),
         secret: ids::new_auth_key_secret(),
     };
-    tx.execute(
+    db.execute(
         "INSERT INTO auth_keys(auth_key_id, operator_id, secret_hash, created_at)
-         VALUES (?1, ?2, ?3, ?4)",
-        params![
-            key.auth_key_id,
+         VALUES ($1, $2, $3, $4)",
+        &[
+            &key.auth_key_id,
             operator_id,
-            ids::secret_hash(&key.secret),
-            now_ms()
+            &ids::secret_hash(&key.secret),
+            &now_ms(),
         ],
     )?;
     Ok(key)
 }
 
-pub fn list_auth_keys(conn: &Connection, operator_id: &OperatorId) -> Result<Vec<AuthKeyInfo>> {
-    let mut stmt = conn.prepare_cached(
+pub fn list_auth_keys(db: &mut dyn Db, operator_id: &OperatorId) -> Result<Vec<AuthKeyInfo>> {
+    db.query(
         "SELECT auth_key_id, created_at, last_used_at FROM auth_keys
-         WHERE operator_id = ?1 ORDER BY created_at, auth_key_id",
-    )?;
-    let rows = stmt.query_map([operator_id], |row| {
+         WHERE operator_id = $1 ORDER BY created_at, auth_key_id",
+        &[operator_id],
+    )?
+    .iter()
+    .map(|row| {
         Ok(AuthKeyInfo {
-            auth_key_id: row.get(0)?,
-            created_at_ms: row.get(1)?,
-            last_used_at_ms: row.get(2)?,
+            auth_key_id: row.text(0)?,
+            created_at_ms: row.int(1)?,
+            last_used_at_ms: row.opt_int(2)?,
         })
-    })?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    })
+    .collect()
 }
 
-pub fn delete_auth_key(
-    tx: &Transaction,
-    operator_id: &OperatorId,
-    auth_key_id: &str,
-) -> Result<()> {
-    let deleted = tx.execute(
-        "DELETE FROM auth_keys WHERE operator_id = ?1 AND auth_key_id = ?2",
-        params![operator_id, auth_key_id],
+pub fn delete_auth_key(db: &mut dyn Db, operator_id: &OperatorId, auth_key_id: &str) -> Result<()> {
+    let deleted = db.execute(
+        "DELETE FROM auth_keys WHERE operator_id = $1 AND auth_key_id = $2",
+        &[operator_id, &auth_key_id],
     )?;
     if deleted == 0 {
         return Err(StoreError::NotFound(Entity::AuthKey));
@@ -128,56 +130,56 @@ pub struct VerifiedAuthKey {
 /// Checks an auth key's secret with reads only (a failed login writes nothing); `None` when the
 /// key does not exist or the secret is wrong.
 pub fn verify_auth_key(
-    conn: &Connection,
+    db: &mut dyn Db,
     auth_key_id: &str,
     secret: &str,
 ) -> Result<Option<VerifiedAuthKey>> {
-    let found: Option<(OperatorId, String, Option<i64>)> = conn
-        .prepare_cached(
-            "SELECT operator_id, secret_hash, last_used_at FROM auth_keys WHERE auth_key_id = ?1",
-        )?
-        .query_row([auth_key_id], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?))
-        })
-        .optional()?;
-    let Some((operator_id, stored_hash, last_used_at_ms)) = found else {
+    let Some(row) = db.query_opt(
+        "SELECT operator_id, secret_hash, last_used_at FROM auth_keys WHERE auth_key_id = $1",
+        &[&auth_key_id],
+    )?
+    else {
         return Ok(None);
     };
-    if !ids::constant_time_eq(&stored_hash, &ids::secret_hash(secret)) {
+    if !ids::constant_time_eq(&row.text(1)?, &ids::secret_hash(secret)) {
         return Ok(None);
     }
     Ok(Some(VerifiedAuthKey {
         auth_key_id: auth_key_id.to_string(),
-        operator_id,
-        last_used_at_ms,
+        operator_id: OperatorId::new(row.text(0)?),
+        last_used_at_ms: row.opt_int(2)?,
     }))
 }
 
 /// Records a sign-in with the key (shown as `lastUsedDateTime`).
-pub fn touch_auth_key(tx: &Transaction, auth_key_id: &str, now_ms: i64) -> Result<()> {
-    tx.prepare_cached("UPDATE auth_keys SET last_used_at = ?1 WHERE auth_key_id = ?2")?
-        .execute(params![now_ms, auth_key_id])?;
+pub fn touch_auth_key(db: &mut dyn Db, auth_key_id: &str, now_ms: i64) -> Result<()> {
+    db.execute(
+        "UPDATE auth_keys SET last_used_at = $1 WHERE auth_key_id = $2",
+        &[&now_ms, &auth_key_id],
+    )?;
     Ok(())
 }
 
 /// The operator of auth key `auth_key_id`, while the key exists: tokens live only as long as
 /// the key they were issued from.
-pub fn auth_key_operator(conn: &Connection, auth_key_id: &str) -> Result<Option<OperatorId>> {
-    Ok(conn
-        .prepare_cached("SELECT operator_id FROM auth_keys WHERE auth_key_id = ?1")?
-        .query_row([auth_key_id], |row| row.get(0))
-        .optional()?)
+pub fn auth_key_operator(db: &mut dyn Db, auth_key_id: &str) -> Result<Option<OperatorId>> {
+    db.query_opt(
+        "SELECT operator_id FROM auth_keys WHERE auth_key_id = $1",
+        &[&auth_key_id],
+    )?
+    .map(|row| row.text(0).map(OperatorId::new))
+    .transpose()
 }
 
 /// The server's secret for signing API tokens, made once by schema migration 5.
-pub fn token_signing_key(conn: &Connection) -> Result<Vec<u8>> {
-    let stored: Option<String> = conn
-        .query_row(
+pub fn token_signing_key(db: &mut dyn Db) -> Result<Vec<u8>> {
+    let stored = db
+        .query_opt(
             "SELECT value FROM settings WHERE key = 'token_signing_key'",
-            [],
-            |row| row.get(0),
-        )
-        .optional()?;
+            &[],
+        )?
+        .map(|row| row.text(0))
+        .transpose()?;
     let key = stored
         .and_then(|hex_key| hex::decode(hex_key).ok())
         .filter(|key| key.len() >= 32)
@@ -188,123 +190,213 @@ pub fn token_signing_key(conn: &Connection) -> Result<Vec<u8>> {
 }
 
 /// API keys signed out with `POST /v1/auth/logout` whose tokens have not yet expired.
-pub fn revoked_api_keys(conn: &Connection, now_ms: i64) -> Result<Vec<(String, i64)>> {
-    let mut stmt = conn
-        .prepare_cached("SELECT api_key, expires_at FROM revoked_api_keys WHERE expires_at > ?1")?;
-    let rows = stmt.query_map([now_ms], |row| Ok((row.get(0)?, row.get(1)?)))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+pub fn revoked_api_keys(db: &mut dyn Db, now_ms: i64) -> Result<Vec<(String, i64)>> {
+    db.query(
+        "SELECT api_key, expires_at FROM revoked_api_keys WHERE expires_at > $1",
+        &[&now_ms],
+    )?
+    .iter()
+    .map(|row| Ok((row.text(0)?, row.int(1)?)))
+    .collect()
 }
 
 /// Revokes an API key (and so its token) until the token's own expiry; entries past their
 /// expiry are dropped here, since an expired token is refused anyway.
 pub fn revoke_api_key(
-    tx: &Transaction,
+    db: &mut dyn Db,
     api_key: &str,
     expires_at_ms: i64,
     now_ms: i64,
 ) -> Result<()> {
-    tx.prepare_cached("DELETE FROM revoked_api_keys WHERE expires_at <= ?1")?
-        .execute([now_ms])?;
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO revoked_api_keys(api_key, expires_at) VALUES (?1, ?2)",
-    )?
-    .execute(params![api_key, expires_at_ms])?;
+    db.execute(
+        "DELETE FROM revoked_api_keys WHERE expires_at <= $1",
+        &[&now_ms],
+    )?;
+    db.execute(
+        "INSERT INTO revoked_api_keys(api_key, expires_at) VALUES ($1, $2)
+         ON CONFLICT (api_key) DO UPDATE SET expires_at = excluded.expires_at",
+        &[&api_key, &expires_at_ms],
+    )?;
     Ok(())
 }
 
+/// The same tests on both engines: `sqlite` always, `postgres` when ARCD_TEST_POSTGRES_URL names a
+/// server (scripts/test-postgres.sh).
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::temp_store;
+    use crate::store::db::testing::temp_pg_store;
+    use crate::store::db::Backend;
 
-    #[test]
-    fn auth_keys_verify_with_reads_and_secrets_are_hashed() {
-        let (_dir, store) = temp_store();
+    macro_rules! on_both_engines {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    let (_dir, store) = crate::store::testing::temp_store();
+                    super::$name(&store);
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(store) = super::temp_pg_store() {
+                        super::$name(&store);
+                    }
+                }
+            }
+        )*};
+    }
+
+    on_both_engines!(
+        auth_keys_verify_with_reads_and_secrets_are_hashed,
+        revoked_api_keys_are_listed_until_their_token_expires,
+        revoking_again_moves_the_expiry,
+        keys_belong_to_their_operator,
+        the_root_operator_is_remembered_once,
+    );
+
+    fn auth_keys_verify_with_reads_and_secrets_are_hashed(store: &impl Backend) {
         let (op, key) = store
-            .write(|tx| {
-                let op = create_operator(tx)?;
-                let key = create_auth_key(tx, &op)?;
+            .write_db(|db| {
+                let op = create_operator(db)?;
+                let key = create_auth_key(db, &op)?;
                 Ok((op, key))
             })
             .expect("create");
-        let stored: String = store
-            .read(|c| Ok(c.query_row("SELECT secret_hash FROM auth_keys", [], |r| r.get(0))?))
+        let stored = store
+            .read_db(|db| {
+                db.query_one("SELECT secret_hash FROM auth_keys", &[])?
+                    .text(0)
+            })
             .expect("read");
         assert!(
             !stored.contains(&key.secret),
             "secret must be stored hashed"
         );
         let bad = store
-            .read(|c| verify_auth_key(c, &key.auth_key_id, "secret-wrong"))
+            .read_db(|db| verify_auth_key(db, &key.auth_key_id, "secret-wrong"))
             .expect("read");
         assert!(bad.is_none());
         let unknown = store
-            .read(|c| verify_auth_key(c, "keyId-unknown", &key.secret))
+            .read_db(|db| verify_auth_key(db, "keyId-unknown", &key.secret))
             .expect("read");
         assert!(unknown.is_none());
         let verified = store
-            .read(|c| verify_auth_key(c, &key.auth_key_id, &key.secret))
+            .read_db(|db| verify_auth_key(db, &key.auth_key_id, &key.secret))
             .expect("read")
             .expect("valid key");
         assert_eq!(verified.operator_id, op);
         assert_eq!(verified.last_used_at_ms, None);
         store
-            .write(|tx| touch_auth_key(tx, &key.auth_key_id, 1234))
+            .write_db(|db| touch_auth_key(db, &key.auth_key_id, 1234))
             .expect("touch");
-        assert_eq!(
-            list_auth_keys(&store.writer.lock(), &op).expect("list")[0].last_used_at_ms,
-            Some(1234)
-        );
+        let listed = store.read_db(|db| list_auth_keys(db, &op)).expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].auth_key_id, key.auth_key_id);
+        assert_eq!(listed[0].last_used_at_ms, Some(1234));
         assert_eq!(
             store
-                .read(|c| auth_key_operator(c, &key.auth_key_id))
+                .read_db(|db| auth_key_operator(db, &key.auth_key_id))
                 .expect("read"),
             Some(op.clone())
         );
-        let signing_key = store.read(token_signing_key).expect("signing key");
+        assert_eq!(
+            store
+                .read_db(|db| auth_key_operator(db, "keyId-unknown"))
+                .expect("read"),
+            None
+        );
+        let signing_key = store.read_db(token_signing_key).expect("signing key");
         assert_eq!(signing_key.len(), 32);
     }
 
-    #[test]
-    fn revoked_api_keys_are_listed_until_their_token_expires() {
-        let (_dir, store) = temp_store();
+    fn revoked_api_keys_are_listed_until_their_token_expires(store: &impl Backend) {
         store
-            .write(|tx| {
-                revoke_api_key(tx, "api-old", 100, 50)?;
-                revoke_api_key(tx, "api-new", 1_000, 50)
+            .write_db(|db| {
+                revoke_api_key(db, "api-old", 100, 50)?;
+                revoke_api_key(db, "api-new", 1_000, 50)
             })
             .expect("revoke");
-        let listed = store.read(|c| revoked_api_keys(c, 200)).expect("read");
+        let listed = store.read_db(|db| revoked_api_keys(db, 200)).expect("read");
         assert_eq!(listed, vec![("api-new".to_string(), 1_000)]);
         store
-            .write(|tx| revoke_api_key(tx, "api-third", 2_000, 500))
+            .write_db(|db| revoke_api_key(db, "api-third", 2_000, 500))
             .expect("revoke and prune");
-        let rows: i64 = store
-            .read(|c| Ok(c.query_row("SELECT COUNT(*) FROM revoked_api_keys", [], |r| r.get(0))?))
-            .expect("count");
-        assert_eq!(rows, 2, "the entry expired at 100 was pruned");
+        assert_eq!(
+            revoked_rows(store),
+            2,
+            "the entry expired at 100 was pruned"
+        );
     }
 
-    #[test]
-    fn keys_belong_to_their_operator() {
-        let (_dir, store) = temp_store();
+    /// Revoking a key that is already revoked replaces its expiry (what `INSERT OR REPLACE` did).
+    fn revoking_again_moves_the_expiry(store: &impl Backend) {
+        store
+            .write_db(|db| revoke_api_key(db, "api-twice", 1_000, 0))
+            .expect("revoke");
+        store
+            .write_db(|db| revoke_api_key(db, "api-twice", 3_000, 0))
+            .expect("revoke again");
+        let listed = store
+            .read_db(|db| revoked_api_keys(db, 2_000))
+            .expect("read");
+        assert_eq!(listed, vec![("api-twice".to_string(), 3_000)]);
+        assert_eq!(revoked_rows(store), 1);
+    }
+
+    fn revoked_rows(store: &impl Backend) -> i64 {
+        store
+            .read_db(|db| {
+                db.query_one("SELECT COUNT(*) FROM revoked_api_keys", &[])?
+                    .int(0)
+            })
+            .expect("count")
+    }
+
+    fn keys_belong_to_their_operator(store: &impl Backend) {
         let (a, b, key) = store
-            .write(|tx| {
-                let a = create_operator(tx)?;
-                let b = create_operator(tx)?;
-                let key = create_auth_key(tx, &a)?;
+            .write_db(|db| {
+                let a = create_operator(db)?;
+                let b = create_operator(db)?;
+                let key = create_auth_key(db, &a)?;
                 Ok((a, b, key))
             })
             .expect("create");
+        assert!(store.read_db(|db| operator_exists(db, &a)).expect("exists"));
         let err = store
-            .write(|tx| delete_auth_key(tx, &b, &key.auth_key_id))
+            .write_db(|db| delete_auth_key(db, &b, &key.auth_key_id))
             .expect_err("other operator");
         assert!(matches!(err, StoreError::NotFound(Entity::AuthKey)));
         store
-            .write(|tx| delete_auth_key(tx, &a, &key.auth_key_id))
+            .write_db(|db| delete_auth_key(db, &a, &key.auth_key_id))
             .expect("own key");
-        assert!(store
-            .write(|tx| create_auth_key(tx, &"OP0000000000".into()))
-            .is_err());
+        let unknown = OperatorId::new("OP0000000000");
+        assert!(!store
+            .read_db(|db| operator_exists(db, &unknown))
+            .expect("exists"));
+        assert!(matches!(
+            store.write_db(|db| create_auth_key(db, &unknown)),
+            Err(StoreError::NotFound(Entity::Operator))
+        ));
+    }
+
+    fn the_root_operator_is_remembered_once(store: &impl Backend) {
+        assert_eq!(store.read_db(root_operator).expect("read"), None);
+        let root = store
+            .write_db(|db| {
+                let op = create_operator(db)?;
+                set_root_operator(db, &op)?;
+                Ok(op)
+            })
+            .expect("root");
+        assert_eq!(store.read_db(root_operator).expect("read"), Some(root));
+        let again = store.write_db(|db| {
+            let op = create_operator(db)?;
+            set_root_operator(db, &op)
+        });
+        match again {
+            Err(e) => assert!(e.is_unique_violation(), "{e}"),
+            Ok(()) => panic!("a second root operator was recorded"),
+        }
     }
 }

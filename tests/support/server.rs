@@ -132,12 +132,13 @@ impl TestServer {
 
     /// A second operator with its own auth key, signed in.
     pub async fn other_operator(&self) -> Api {
+        use arcd::store::db::Backend;
         let store = self.running.store.clone();
         let (key_id, secret) = tokio::task::spawn_blocking(move || {
             store
-                .write(|tx| {
-                    let op = arcd::store::operators::create_operator(tx)?;
-                    let key = arcd::store::operators::create_auth_key(tx, &op)?;
+                .write_db(|db| {
+                    let op = arcd::store::operators::create_operator(db)?;
+                    let key = arcd::store::operators::create_auth_key(db, &op)?;
                     Ok((key.auth_key_id.clone(), key.secret.clone()))
                 })
                 .expect("second operator")

@@ -8,8 +8,11 @@
 //! SQL. Values cross the seam as `Value`; rows come back as `Row`, so no domain module names
 //! rusqlite or postgres types.
 
+mod batch;
 mod pg;
 mod sqlite;
+
+pub use self::batch::{chunks, values_rows};
 
 pub use self::pg::{PgDb, PgStore};
 pub use self::sqlite::SqliteDb;
@@ -128,9 +131,7 @@ impl Row {
             _ => self.text(index).map(Some),
         }
     }
-}
 
-impl Row {
     pub fn opt_int(&self, index: usize) -> Result<Option<i64>> {
         match self.at(index)? {
             Value::Null => Ok(None),
