@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, StoreEngine};
 use crate::ids::OperatorId;
 use crate::store::db::Backend;
 use crate::store::{self, operators, rendezvous, Store, StoreError};
@@ -179,6 +179,9 @@ pub fn open_store_with(
         source,
     };
     create_data_dir(dir)?;
+    if config.store.engine == StoreEngine::Postgres {
+        return open_postgres(config);
+    }
     let db_path = dir.join(DATABASE_FILE);
     if reinitialize == Reinitialize::Refuse {
         if let (Some(state), Some(evidence)) = (database_state(&db_path), earlier_identity(dir)) {
@@ -205,9 +208,24 @@ pub fn open_store_with(
     let generated = store
         .write_db(|db| rendezvous::sync(db, &config.rendezvous_points))
         .map_err(|e| damaged(&db_path, e))?;
+    log_generated_keys(generated);
+    Ok(store)
+}
+
+fn log_generated_keys(generated: Vec<rendezvous::NewServerKey>) {
     for key in generated {
         tracing::info!(rendezvous_point = %key.rp_id, public_key = %key.public_key, "server key pair generated");
     }
+}
+
+/// The shared PostgreSQL store of `[store] url`: migrated if this node is the first of a newer
+/// version (under an advisory lock, so nodes starting together migrate once), rendezvous points
+/// brought in line with the configuration (a server key is made once, by whichever node gets
+/// there first). The data directory still holds this node's TLS files.
+fn open_postgres(config: &Config) -> Result<Store, BootstrapError> {
+    let url = config.store.url.as_deref().unwrap_or_default();
+    let store = Store::connect_postgres(url)?;
+    log_generated_keys(store.write_db(|db| rendezvous::sync(db, &config.rendezvous_points))?);
     Ok(store)
 }
 

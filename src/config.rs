@@ -13,7 +13,9 @@ use serde::{Deserialize, Serialize};
 use crate::ids::RendezvousPointId;
 
 mod rendezvous_points;
+mod store;
 pub use rendezvous_points::{RendezvousPointConfig, FIRST_LISTEN_PORT};
+pub use store::{NodeConfig, StoreConfig, StoreEngine, ALL_RENDEZVOUS_POINTS};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -41,6 +43,8 @@ pub struct Config {
     pub services: ServicesConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub store: StoreConfig,
+    pub node: NodeConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,6 +237,8 @@ impl Default for Config {
                 level: "info".into(),
                 format: LogFormat::Text,
             },
+            store: StoreConfig::default(),
+            node: NodeConfig::default(),
         }
     }
 }
@@ -249,6 +255,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "services",
     "metrics",
     "log",
+    "store",
+    "node",
 ];
 
 /// Port of the metrics listener when on (next to node_exporter's 9100 family of ports; not one
@@ -305,7 +313,8 @@ impl Config {
         Ok(config)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// The checks `load` runs; `server::start` runs them again for configurations built in code.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key: &str, message: String| ConfigError::Invalid {
             key: key.to_string(),
             message,
@@ -414,7 +423,11 @@ impl Config {
                 "must be a DNS name such as arc.internal".into(),
             ));
         }
-        if self.metrics.enabled && self.metrics.listen == self.api.listen {
+        // Port 0 asks the system for a free port each time, so two such listeners never clash.
+        if self.metrics.enabled
+            && self.metrics.listen == self.api.listen
+            && self.api.listen.port() != 0
+        {
             return Err(invalid(
                 "metrics.listen",
                 "must differ from api.listen".into(),
@@ -423,7 +436,9 @@ impl Config {
         if self.tun.mtu < 1280 {
             return Err(invalid("tun.mtu", "must be at least 1280".into()));
         }
-        Ok(())
+        let configured: Vec<&RendezvousPointId> =
+            self.rendezvous_points.iter().map(|rp| &rp.id).collect();
+        store::validate(&self.store, &self.node, &configured)
     }
 
     pub fn rendezvous_point(&self, id: &RendezvousPointId) -> Option<&RendezvousPointConfig> {

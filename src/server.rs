@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::api::{self, AppState};
 use crate::bootstrap::{self, BootstrapError, Reinitialize, RootCredentials};
-use crate::config::Config;
+use crate::config::{Config, RendezvousPointConfig};
 use crate::dataplane::egress::{self, EgressError};
 use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
@@ -48,6 +48,10 @@ pub enum ServeError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("the store's start task failed: {0}")]
+    StoreTask(String),
+    #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
     Services(#[from] services::ServiceBindError),
@@ -65,7 +69,8 @@ pub enum ServeError {
 
 /// A started arcd. Dropping it does not stop it; call `shutdown`.
 pub struct Running {
-    pub api_addr: SocketAddr,
+    /// Where the API listens; `None` on a node with `[node] api = false`.
+    pub api_addr: Option<SocketAddr>,
     /// Where `GET /metrics` is served, when `metrics.enabled`.
     pub metrics_addr: Option<SocketAddr>,
     _metrics: Option<metrics::MetricsServer>,
@@ -139,20 +144,24 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
 /// steps run in this order: each one needs what the ones before it made, and the API listens
 /// last, so nothing it acknowledges can reach a data plane that is not there yet.
 pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Running, ServeError> {
-    let store = open_store(&config, reinitialize)?;
+    config.validate()?;
+    let StoreAtStart {
+        store,
+        new_root_credentials,
+        sessions,
+        resume,
+        listeners,
+        running_vpgs,
+    } = load_from_store(&config, reinitialize).await?;
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
-    let new_root_credentials =
-        bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
     let policy = bootstrap::session_policy(&config);
-    let (sessions, resume) = load_sessions(&store)?;
     let (changes, rx) = PeerChanges::channel();
-    let listeners = listener_configs(&config, &store)?;
     let (tun, tun_peer) = open_tun(&config)?;
     let tun_index = tun_index(&tun)?;
     let dataplane =
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
-    let vpg_plane = start_vpg_plane(&config, &store, &dataplane, tun_index)?;
+    let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -163,9 +172,15 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         store.clone(),
         config.services.harvest_retention_days,
     );
-    let api = bind_api(&config).await?;
+    let api = if config.node.api {
+        Some(bind_api(&config).await?)
+    } else {
+        tracing::info!("API not served on this node ([node] api = false)");
+        None
+    };
     let metrics_server = start_metrics(&config, &dataplane, &store).await?;
-    let (api_addr, tls) = (api.addr, api.tls.is_some());
+    let api_addr = api.as_ref().map(|api| api.addr);
+    let tls = api.as_ref().is_some_and(|api| api.tls.is_some());
     let state = Arc::new(AppState {
         store: store.clone(),
         policy,
@@ -197,6 +212,43 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     })
 }
 
+/// What starting needs from the store.
+struct StoreAtStart {
+    store: Arc<Store>,
+    new_root_credentials: Option<RootCredentials>,
+    sessions: Vec<sessions::ActiveSession>,
+    resume: Vec<endpoints::SavedEndpoint>,
+    listeners: Vec<ListenerConfig>,
+    running_vpgs: Vec<vpgs::RunningVpg>,
+}
+
+/// Opens the store and reads what starting needs, on tokio's blocking pool: store calls block
+/// (and PostgreSQL's client must never run on an async worker thread).
+async fn load_from_store(
+    config: &Config,
+    reinitialize: Reinitialize,
+) -> Result<StoreAtStart, ServeError> {
+    let config = config.clone();
+    tokio::task::spawn_blocking(move || {
+        let store = open_store(&config, reinitialize)?;
+        let new_root_credentials =
+            bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
+        let (sessions, resume) = load_sessions(&store, &config)?;
+        let listeners = listener_configs(&config, &store)?;
+        let running_vpgs = store.read_db(vpgs::running)?;
+        Ok(StoreAtStart {
+            store,
+            new_root_credentials,
+            sessions,
+            resume,
+            listeners,
+            running_vpgs,
+        })
+    })
+    .await
+    .map_err(|e| ServeError::StoreTask(e.to_string()))?
+}
+
 /// The data directory's store, checked, migrated, with SQLite's own checkpoints off (the
 /// `checkpoint_loop` takes over).
 fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>, ServeError> {
@@ -209,8 +261,10 @@ fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>,
 /// run (so they are reachable before their next handshake).
 fn load_sessions(
     store: &Store,
+    config: &Config,
 ) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let sessions = store.read_db(sessions::list_active_sessions)?;
+    let mut sessions = store.read_db(sessions::list_active_sessions)?;
+    sessions.retain(|session| config.node.serves(&session.rp_id));
     let resume = store.read_db(endpoints::saved)?;
     tracing::info!(
         sessions = sessions.len(),
@@ -220,10 +274,11 @@ fn load_sessions(
     Ok((sessions, resume))
 }
 
-/// One data-plane listener per configured rendezvous point, with its key pair from the store.
+/// One data-plane listener per rendezvous point this node serves, with its key pair from the
+/// store.
 fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig>, ServeError> {
     let mut listeners = Vec::new();
-    for rp in &config.rendezvous_points {
+    for rp in served_rendezvous_points(config) {
         tracing::info!(
             rendezvous_point = %rp.id,
             name = rp.display_name(),
@@ -256,11 +311,11 @@ fn tun_index(tun: &AnyTun) -> Result<Option<u32>, ServeError> {
 /// Egress NAT (when configured) and the VPG plane, with every running VPG already applied.
 fn start_vpg_plane(
     config: &Config,
-    store: &Store,
+    running_vpgs: &[vpgs::RunningVpg],
     dataplane: &Dataplane,
     tun_index: Option<u32>,
 ) -> Result<Arc<VpgPlane>, ServeError> {
-    let pools: Vec<Ipv4Net> = config.rendezvous_points.iter().map(|rp| rp.pool).collect();
+    let pools: Vec<Ipv4Net> = served_rendezvous_points(config).map(|rp| rp.pool).collect();
     let egress = if config.egress.masquerade && config.tun.enabled {
         Some(egress::enable(&pools, &config.tun.name)?)
     } else {
@@ -268,9 +323,9 @@ fn start_vpg_plane(
     };
     let host = tun_index.map(|ifindex| HostSide::new(ifindex, pools, egress));
     let vpg_plane = Arc::new(VpgPlane::new(dataplane.engine.clone(), host));
-    let running_vpgs = load_vpgs(store, &vpg_plane)?;
+    vpg_plane.apply(running_vpgs);
     tracing::info!(
-        vpgs = running_vpgs,
+        vpgs = running_vpgs.len(),
         "running VPGs applied to the data plane"
     );
     Ok(vpg_plane)
@@ -288,10 +343,11 @@ async fn start_services(
         dataplane.engine.clone(),
         config.services.clone(),
     ));
-    let listening = match (config.services.enabled, config.tun.enabled) {
+    let has_tun = config.tun.enabled && served_rendezvous_points(config).next().is_some();
+    let listening = match (config.services.enabled, has_tun) {
         (true, true) => Some(services::start(context.clone()).await?),
         (true, false) => {
-            tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false)");
+            tracing::info!("platform services not started: they listen on the TUN device's addresses (tun.enabled = false, or this node serves no rendezvous point)");
             None
         }
         (false, _) => None,
@@ -350,9 +406,20 @@ async fn start_metrics(
     Ok(Some(server))
 }
 
-/// Starts accepting API connections (`listener::accept_loop`); the sender stops it.
-fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, JoinHandle<()>) {
-    let (stop, stopped) = watch::channel(false);
+/// Starts accepting API connections (`listener::accept_loop`); the sender stops it. Without an
+/// API (`[node] api = false`) the task only waits for that stop, so `Running::wait` still
+/// means "until shutdown".
+fn serve_api(
+    api: Option<ApiSocket>,
+    state: Arc<AppState>,
+) -> (watch::Sender<bool>, JoinHandle<()>) {
+    let (stop, mut stopped) = watch::channel(false);
+    let Some(api) = api else {
+        let idle = tokio::spawn(async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        });
+        return (stop, idle);
+    };
     let app = api::router(state);
     let accept_task = tokio::spawn(listener::accept_loop(
         api.listener,
@@ -364,18 +431,18 @@ fn serve_api(api: ApiSocket, state: Arc<AppState>) -> (watch::Sender<bool>, Join
     (stop, accept_task)
 }
 
-/// Applies every running VPG (rules, routes, NAT) before the API serves, so later changes are
-/// applied after their commits, in order; returns how many there are.
-pub fn load_vpgs(store: &Store, plane: &VpgPlane) -> Result<usize, ServeError> {
-    let running = store.read_db(vpgs::running)?;
-    plane.apply(&running);
-    Ok(running.len())
+/// The `[[rendezvous_points]]` this node serves (`[node] rendezvous_points`).
+fn served_rendezvous_points(config: &Config) -> impl Iterator<Item = &RendezvousPointConfig> {
+    config
+        .rendezvous_points
+        .iter()
+        .filter(|rp| config.node.serves(&rp.id))
 }
 
 /// The real TUN device with the platform addresses and a gateway address in each client pool
 /// (which routes the pool to the device), or an in-memory stand-in when disabled.
 fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeError> {
-    if !config.tun.enabled {
+    if !config.tun.enabled || served_rendezvous_points(config).next().is_none() {
         let (tun, peer) = MemoryTun::pair();
         return Ok((AnyTun::Memory(tun), Some(peer)));
     }
@@ -383,7 +450,7 @@ fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeErr
         .iter()
         .map(|ip| Ipv4Net::from(*ip))
         .collect();
-    for rp in &config.rendezvous_points {
+    for rp in served_rendezvous_points(config) {
         let gateway = Ipv4Addr::from(u32::from(rp.pool.network()) + 1);
         let net = Ipv4Net::new(gateway, rp.pool.prefix_len())
             .map_err(|_| StoreError::Corrupt(format!("pool of {}", rp.id)))?;

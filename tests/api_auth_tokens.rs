@@ -95,7 +95,7 @@ async fn logout_revokes_only_the_calling_token_even_across_a_restart() {
         .map(|r| (r.auth_key_id.clone(), r.auth_key.clone()))
         .expect("root credentials");
     let client = client_for(&data_dir);
-    let base = format!("https://127.0.0.1:{}", first.api_addr.port());
+    let base = format!("https://127.0.0.1:{}", first.api_addr.expect("API").port());
     let anonymous = Checked(Api {
         client: client.clone(),
         base: base.clone(),
@@ -130,7 +130,7 @@ async fn logout_revokes_only_the_calling_token_even_across_a_restart() {
     // Same data directory, new process state: the kept token still works, the other does not.
     first.shutdown().await;
     let second = arcd::server::start(config).await.expect("arcd restarts");
-    let base = format!("https://127.0.0.1:{}", second.api_addr.port());
+    let base = format!("https://127.0.0.1:{}", second.api_addr.expect("API").port());
     let staying = with_client(staying, &client, &base);
     let leaving = with_client(leaving, &client, &base);
     assert_eq!(

@@ -50,7 +50,7 @@ async fn plain_server(adjust: impl FnOnce(&mut arcd::config::Config)) -> (TestSe
         adjust(config);
     })
     .await;
-    let addr = server.running.api_addr;
+    let addr = server.running.api_addr.expect("API");
     (server, addr)
 }
 

@@ -51,6 +51,16 @@ impl ApiError {
         )
     }
 
+    /// 503: the store's database (PostgreSQL) cannot be reached; arcd reconnects by itself.
+    pub fn unavailable() -> ApiError {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "COM0503",
+            "the database is unavailable: arcd reconnects by itself, retry shortly (a write cut \
+             off while it committed may or may not have been applied)",
+        )
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -106,6 +116,10 @@ impl From<StoreError> for ApiError {
                 };
                 ApiError::new(StatusCode::BAD_REQUEST, code, rule.to_string())
             }
+            down if down.is_unavailable() => {
+                tracing::warn!(error = %down, "store unavailable");
+                ApiError::unavailable()
+            }
             full if full.is_disk_full() => {
                 tracing::error!(error = %full, "store failure: the disk is full");
                 ApiError::disk_full()
@@ -115,5 +129,76 @@ impl From<StoreError> for ApiError {
                 ApiError::internal()
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::db::testing::temp_pg_store;
+    use crate::store::db::{Backend, PgStore};
+
+    /// PostgreSQL raising `errcode` (a condition name) in a write, as arcd's API answers it.
+    fn answer_to_postgres_error(store: &PgStore, errcode: &str) -> ApiError {
+        let sql = format!("DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{errcode}'; END $$");
+        let error = store
+            .write_db(|db| db.execute(&sql, &[]))
+            .expect_err("raised");
+        ApiError::from(error)
+    }
+
+    #[test]
+    fn an_unreachable_database_is_503() {
+        // Port 1 on loopback: nothing listens there.
+        let Err(error) = PgStore::connect("postgres://arcd@127.0.0.1:1/arcd?connect_timeout=2")
+        else {
+            panic!("connected to port 1");
+        };
+        let answer = ApiError::from(error);
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(answer.code, "COM0503");
+        assert!(
+            answer.message.contains("database is unavailable"),
+            "{}",
+            answer.message
+        );
+    }
+
+    #[test]
+    fn a_server_shutting_down_is_503() {
+        let Some(store) = temp_pg_store() else {
+            return;
+        };
+        for errcode in [
+            "admin_shutdown",
+            "cannot_connect_now",
+            "too_many_connections",
+        ] {
+            let answer = answer_to_postgres_error(&store, errcode);
+            assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{errcode}");
+            assert_eq!(answer.code, "COM0503", "{errcode}");
+        }
+    }
+
+    #[test]
+    fn a_full_postgres_disk_is_507_like_sqlite() {
+        let Some(store) = temp_pg_store() else {
+            return;
+        };
+        for errcode in ["disk_full", "out_of_memory"] {
+            let answer = answer_to_postgres_error(&store, errcode);
+            assert_eq!(answer.status, StatusCode::INSUFFICIENT_STORAGE, "{errcode}");
+            assert_eq!(answer.code, "COM0507", "{errcode}");
+            assert_eq!(answer.message, crate::store::DISK_FULL_MESSAGE);
+        }
+    }
+
+    #[test]
+    fn other_postgres_errors_stay_500() {
+        let Some(store) = temp_pg_store() else {
+            return;
+        };
+        let answer = answer_to_postgres_error(&store, "division_by_zero");
+        assert_eq!(answer.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

@@ -21,8 +21,8 @@ use crate::ids::RendezvousPointId;
 /// The live state of one arcd, for its metrics registry.
 pub struct ArcdCollector {
     engine: Arc<Engine>,
-    /// The SQLite write-ahead log (`arcd.sqlite-wal`).
-    wal_path: PathBuf,
+    /// The SQLite write-ahead log (`arcd.sqlite-wal`); none on PostgreSQL.
+    wal_path: Option<PathBuf>,
 }
 
 impl fmt::Debug for ArcdCollector {
@@ -34,7 +34,7 @@ impl fmt::Debug for ArcdCollector {
 }
 
 impl ArcdCollector {
-    pub fn new(engine: Arc<Engine>, wal_path: PathBuf) -> ArcdCollector {
+    pub fn new(engine: Arc<Engine>, wal_path: Option<PathBuf>) -> ArcdCollector {
         ArcdCollector { engine, wal_path }
     }
 }
@@ -184,15 +184,17 @@ impl Collector for ArcdCollector {
             [("malformed", &tun_drops.malformed), ("no_route", &tun_drops.no_route)]
                 .map(|(reason, c)| (vec![("reason", reason)], load(c))),
         )?;
-        // Missing between a checkpoint's truncation and the next write: then it is empty.
-        let wal_bytes = std::fs::metadata(&self.wal_path).map_or(0, |m| m.len());
-        family(
-            &mut encoder,
-            "arcd_store_wal_bytes",
-            "Size of the SQLite write-ahead log file.",
-            MetricType::Gauge,
-            [(Vec::new(), wal_bytes)],
-        )?;
+        if let Some(wal_path) = &self.wal_path {
+            // Missing between a checkpoint's truncation and the next write: then it is empty.
+            let wal_bytes = std::fs::metadata(wal_path).map_or(0, |m| m.len());
+            family(
+                &mut encoder,
+                "arcd_store_wal_bytes",
+                "Size of the SQLite write-ahead log file.",
+                MetricType::Gauge,
+                [(Vec::new(), wal_bytes)],
+            )?;
+        }
         Ok(())
     }
 }

@@ -90,6 +90,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("{0} needs the SQLite store engine")]
+    NeedsSqlite(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -106,9 +108,12 @@ impl StoreError {
     }
 
     /// SQLite could not grow the database or its WAL: the file system is full (ENOSPC) or the
-    /// database reached its page limit. Nothing of the failed transaction was written.
+    /// database reached its page limit. PostgreSQL: `disk_full` (53100), and `out_of_memory`
+    /// (53200), which a client is answered alike: the server lacks room, retry once it has some.
+    /// Nothing of the failed transaction was written.
     pub fn is_disk_full(&self) -> bool {
         self.sqlite_code() == Some(rusqlite::ErrorCode::DiskFull)
+            || matches!(self.postgres_code(), Some("53100" | "53200"))
     }
 
     /// PostgreSQL answered that this transaction lost a conflict with a concurrent one

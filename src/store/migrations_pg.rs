@@ -251,7 +251,20 @@ pub const LATEST: i64 = MIGRATIONS.len() as i64;
 /// An arbitrary constant: the advisory lock key of schema migration.
 const MIGRATION_LOCK: i64 = 0x0061_7263_646d_6967; // "arcdmig"
 
+/// Makes the schema `schema` (a checked name) if missing, under the migration lock: two
+/// sessions running `CREATE SCHEMA IF NOT EXISTS` at once can both find it missing, and one
+/// then fails on the catalog's unique index.
+pub fn create_schema(client: &mut Client, schema: &str) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))?;
+    tx.commit()?;
+    Ok(())
+}
+
 /// Applies the migrations above the stored version in one transaction; refuses a newer schema.
+/// The transaction-level advisory lock makes nodes that start together migrate one after the
+/// other: the first migrates, the others find the schema current.
 pub fn migrate(client: &mut Client) -> Result<i64> {
     let mut tx = client.transaction()?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
@@ -279,9 +292,390 @@ pub fn migrate(client: &mut Client) -> Result<i64> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::store::db::testing::{temp_pg_store, temp_pg_target};
+    use crate::store::db::{Backend, Db, PgStore};
+    use crate::store::testing::temp_store;
+
     /// Entry N is the same change on both engines, so both lists have the same length.
     #[test]
     fn both_migration_lists_have_the_same_length() {
-        assert_eq!(super::LATEST, crate::store::migrations::LATEST);
+        assert_eq!(LATEST, crate::store::migrations::LATEST);
+    }
+
+    /// Columns that only one engine has, as (table, column): each must exist on its engine and
+    /// is left out of the comparison. None yet (the PostgreSQL outbox's `xid` will be one).
+    const SQLITE_ONLY_COLUMNS: &[(&str, &str)] = &[];
+    const POSTGRES_ONLY_COLUMNS: &[(&str, &str)] = &[];
+
+    /// A schema as sentences such as `column sims.status text not null`,
+    /// `index sims_by_group on sims(group_id,sim_id) partial`, so two schemas compare as sets
+    /// and a failure names what differs.
+    type Facts = BTreeSet<String>;
+
+    fn column_fact(table: &str, column: &str, kind: &str, not_null: bool) -> String {
+        let null = if not_null { " not null" } else { "" };
+        format!("column {table}.{column} {kind}{null}")
+    }
+
+    fn index_fact(name: &str, table: &str, columns: &str, unique: bool, partial: bool) -> String {
+        let unique = if unique { " unique" } else { "" };
+        let partial = if partial { " partial" } else { "" };
+        format!("index {name} on {table}({columns}){unique}{partial}")
+    }
+
+    fn texts(db: &mut dyn Db, sql: &str, param: &str) -> crate::store::Result<Vec<String>> {
+        db.query(sql, &[&param])?
+            .iter()
+            .map(|row| row.text(0))
+            .collect()
+    }
+
+    fn sqlite_facts(db: &mut dyn Db) -> crate::store::Result<Facts> {
+        let mut facts = Facts::new();
+        let tables = texts(
+            db,
+            "SELECT name FROM sqlite_master WHERE type = $1 AND name NOT LIKE 'sqlite%'",
+            "table",
+        )?;
+        for table in &tables {
+            facts.insert(format!("table {table}"));
+            let mut primary_key = Vec::new();
+            let columns = db.query(
+                r#"SELECT name, type, "notnull", pk FROM pragma_table_info($1)"#,
+                &[table],
+            )?;
+            for row in columns {
+                let (name, position) = (row.text(0)?, row.int(3)?);
+                let kind = match row.text(1)?.as_str() {
+                    "INTEGER" => "integer".to_string(),
+                    "TEXT" => "text".to_string(),
+                    "BLOB" => "blob".to_string(),
+                    other => format!("other:{other}"),
+                };
+                // SQLite lets a non-INTEGER primary key hold NULL; PostgreSQL's never does, and
+                // arcd never stores one: both count as NOT NULL.
+                let not_null = row.bool(2)? || position > 0;
+                facts.insert(column_fact(table, &name, &kind, not_null));
+                if position > 0 {
+                    primary_key.push((position, name));
+                }
+            }
+            primary_key.sort();
+            let primary_key: Vec<_> = primary_key.into_iter().map(|(_, name)| name).collect();
+            facts.insert(format!("primary key {table}({})", primary_key.join(",")));
+            let indexes = db.query(
+                r#"SELECT name, "unique", origin, partial FROM pragma_index_list($1)"#,
+                &[table],
+            )?;
+            for index in indexes {
+                let (name, origin) = (index.text(0)?, index.text(2)?);
+                let columns = texts(
+                    db,
+                    "SELECT name FROM pragma_index_info($1) ORDER BY seqno",
+                    &name,
+                )?
+                .join(",");
+                match origin.as_str() {
+                    "pk" => {}
+                    "u" => {
+                        facts.insert(format!("unique {table}({columns})"));
+                    }
+                    _ => {
+                        facts.insert(index_fact(
+                            &name,
+                            table,
+                            &columns,
+                            index.bool(1)?,
+                            index.bool(3)?,
+                        ));
+                    }
+                }
+            }
+            let keys = db.query(
+                r#"SELECT id, "table", "from", "to", on_delete FROM pragma_foreign_key_list($1)
+                   ORDER BY id, seq"#,
+                &[table],
+            )?;
+            let mut by_id: std::collections::BTreeMap<
+                i64,
+                (String, Vec<String>, Vec<String>, String),
+            > = Default::default();
+            for key in keys {
+                let entry = by_id
+                    .entry(key.int(0)?)
+                    .or_insert_with(|| (String::new(), Vec::new(), Vec::new(), String::new()));
+                entry.0 = key.text(1)?;
+                entry.1.push(key.text(2)?);
+                entry.2.push(key.opt_text(3)?.unwrap_or_default());
+                entry.3 = key.text(4)?;
+            }
+            for (target, from, to, on_delete) in by_id.into_values() {
+                facts.insert(format!(
+                    "foreign key {table}({}) -> {target}({}) on delete {on_delete}",
+                    from.join(","),
+                    to.join(",")
+                ));
+            }
+        }
+        for row in db.query(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger'",
+            &[],
+        )? {
+            facts.insert(format!("trigger {} on {}", row.text(0)?, row.text(1)?));
+        }
+        Ok(facts)
+    }
+
+    /// The columns of the index or constraint key `keys` (an int2 array) of relation `rel`.
+    const KEY_COLUMNS: &str = "(SELECT string_agg(a.attname::text, ',' ORDER BY k.n)
+        FROM unnest(KEYS) WITH ORDINALITY AS k(attnum, n)
+        JOIN pg_attribute a ON a.attrelid = REL AND a.attnum = k.attnum)";
+
+    fn key_columns(keys: &str, rel: &str) -> String {
+        KEY_COLUMNS.replace("KEYS", keys).replace("REL", rel)
+    }
+
+    fn postgres_facts(db: &mut dyn Db) -> crate::store::Result<Facts> {
+        let mut facts = Facts::new();
+        // The relation `t` is one of the test's tables (`schema_version` is PostgreSQL's
+        // `user_version`).
+        let in_schema = "t.relnamespace = current_schema()::text::regnamespace
+                         AND t.relname <> 'schema_version'";
+        let tables = db.query(
+            &format!(
+                "SELECT t.relname::text FROM pg_class t WHERE t.relkind = 'r' AND {in_schema}"
+            ),
+            &[],
+        )?;
+        for table in tables {
+            facts.insert(format!("table {}", table.text(0)?));
+        }
+        let columns = db.query(
+            "SELECT table_name::text, column_name::text, data_type::text, is_nullable::text
+             FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name <> 'schema_version'",
+            &[],
+        )?;
+        for row in columns {
+            let kind = match row.text(2)?.as_str() {
+                "bigint" | "boolean" => "integer".to_string(),
+                "text" => "text".to_string(),
+                "bytea" => "blob".to_string(),
+                other => format!("other:{other}"),
+            };
+            let not_null = row.text(3)? == "NO";
+            facts.insert(column_fact(&row.text(0)?, &row.text(1)?, &kind, not_null));
+        }
+        let indexes = db.query(
+            &format!(
+                "SELECT i.relname::text, t.relname::text, x.indisunique, x.indisprimary,
+                        x.indpred IS NOT NULL,
+                        EXISTS (SELECT 1 FROM pg_constraint c
+                                WHERE c.conindid = x.indexrelid AND c.contype = 'u'),
+                        {}
+                 FROM pg_index x
+                 JOIN pg_class i ON i.oid = x.indexrelid
+                 JOIN pg_class t ON t.oid = x.indrelid
+                 WHERE {in_schema}",
+                key_columns("x.indkey::int2[]", "x.indrelid")
+            ),
+            &[],
+        )?;
+        for index in indexes {
+            let (name, table, columns) = (index.text(0)?, index.text(1)?, index.text(6)?);
+            if index.bool(3)? {
+                facts.insert(format!("primary key {table}({columns})"));
+            } else if index.bool(5)? {
+                facts.insert(format!("unique {table}({columns})"));
+            } else {
+                facts.insert(index_fact(
+                    &name,
+                    &table,
+                    &columns,
+                    index.bool(2)?,
+                    index.bool(4)?,
+                ));
+            }
+        }
+        let keys = db.query(
+            &format!(
+                "SELECT t.relname::text, r.relname::text, c.confdeltype::text, {}, {}
+                 FROM pg_constraint c
+                 JOIN pg_class t ON t.oid = c.conrelid
+                 JOIN pg_class r ON r.oid = c.confrelid
+                 WHERE c.contype = 'f' AND {in_schema}",
+                key_columns("c.conkey", "c.conrelid"),
+                key_columns("c.confkey", "c.confrelid")
+            ),
+            &[],
+        )?;
+        for key in keys {
+            let on_delete = match key.text(2)?.as_str() {
+                "a" => "NO ACTION",
+                "r" => "RESTRICT",
+                "c" => "CASCADE",
+                "n" => "SET NULL",
+                "d" => "SET DEFAULT",
+                other => panic!("confdeltype {other}"),
+            };
+            facts.insert(format!(
+                "foreign key {}({}) -> {}({}) on delete {on_delete}",
+                key.text(0)?,
+                key.text(3)?,
+                key.text(1)?,
+                key.text(4)?
+            ));
+        }
+        let triggers = db.query(
+            &format!(
+                "SELECT g.tgname::text, t.relname::text FROM pg_trigger g
+                 JOIN pg_class t ON t.oid = g.tgrelid
+                 WHERE NOT g.tgisinternal AND {in_schema}"
+            ),
+            &[],
+        )?;
+        for row in triggers {
+            facts.insert(format!("trigger {} on {}", row.text(0)?, row.text(1)?));
+        }
+        Ok(facts)
+    }
+
+    /// Takes the listed engine-only columns out of `facts`, failing for one that is not there.
+    fn without_engine_only(mut facts: Facts, only: &[(&str, &str)], engine: &str) -> Facts {
+        for (table, column) in only {
+            let prefix = format!("column {table}.{column} ");
+            let found: Vec<String> = facts
+                .iter()
+                .filter(|fact| fact.starts_with(&prefix))
+                .cloned()
+                .collect();
+            assert_eq!(found.len(), 1, "{engine}-only column {table}.{column}");
+            for fact in found {
+                facts.remove(&fact);
+            }
+        }
+        facts
+    }
+
+    /// Both migration lists build the same schema: every table of each engine exists in the
+    /// other with the same columns (matching types: BIGINT/BOOLEAN ↔ INTEGER, TEXT ↔ TEXT,
+    /// BYTEA ↔ BLOB; the same NOT NULLs), primary keys, indexes (name, columns, uniqueness,
+    /// partial or not), unique constraints, foreign keys with their ON DELETE, and trigger names.
+    /// What the triggers do is checked by behaviour: the store tests run on both engines.
+    #[test]
+    fn both_engines_build_the_same_schema() {
+        let Some(pg) = temp_pg_store() else {
+            return;
+        };
+        let (_dir, sqlite) = temp_store();
+        let sqlite_facts = sqlite
+            .read_db(|db| sqlite_facts(db))
+            .expect("SQLite schema");
+        let postgres_facts = pg
+            .read_db(|db| postgres_facts(db))
+            .expect("PostgreSQL schema");
+        assert!(
+            sqlite_facts
+                .iter()
+                .filter(|f| f.starts_with("table "))
+                .count()
+                >= 17,
+            "{sqlite_facts:#?}"
+        );
+        let sqlite_facts = without_engine_only(sqlite_facts, SQLITE_ONLY_COLUMNS, "SQLite");
+        let postgres_facts =
+            without_engine_only(postgres_facts, POSTGRES_ONLY_COLUMNS, "PostgreSQL");
+        let only_sqlite: Vec<_> = sqlite_facts.difference(&postgres_facts).collect();
+        let only_postgres: Vec<_> = postgres_facts.difference(&sqlite_facts).collect();
+        assert!(
+            only_sqlite.is_empty() && only_postgres.is_empty(),
+            "only in SQLite: {only_sqlite:#?}\nonly in PostgreSQL: {only_postgres:#?}"
+        );
+    }
+
+    fn schema_version(store: &PgStore) -> (i64, i64) {
+        let row = store
+            .read_db(|db| db.query_one("SELECT MAX(version), COUNT(*) FROM schema_version", &[]))
+            .expect("schema_version");
+        (row.int(0).expect("version"), row.int(1).expect("rows"))
+    }
+
+    /// Nodes starting together on a fresh database: all connect, the schema is made once (a
+    /// second run of entry 1 would fail on its first CREATE TABLE).
+    #[test]
+    fn nodes_starting_together_migrate_once() {
+        let Some((url, schema)) = temp_pg_target() else {
+            return;
+        };
+        let start = std::sync::Barrier::new(6);
+        let stores: Vec<PgStore> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        PgStore::connect_in_schema(&url, &schema)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|handle| handle.join().expect("thread").expect("connect"))
+                .collect()
+        });
+        for store in &stores {
+            assert_eq!(schema_version(store), (LATEST, 1));
+        }
+        let keys = stores[0]
+            .read_db(|db| {
+                db.query_one(
+                    "SELECT COUNT(*) FROM settings WHERE key = 'token_signing_key'",
+                    &[],
+                )
+            })
+            .expect("settings");
+        assert_eq!(keys.int(0).expect("count"), 1);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let Some((url, schema)) = temp_pg_target() else {
+            return;
+        };
+        let store = PgStore::connect_in_schema(&url, &schema).expect("first start");
+        store
+            .write_db(|db| db.execute("UPDATE schema_version SET version = $1", &[&(LATEST + 1)]))
+            .expect("bump");
+        match PgStore::connect_in_schema(&url, &schema) {
+            Err(StoreError::SchemaTooNew { found, supported }) => {
+                assert_eq!((found, supported), (LATEST + 1, LATEST));
+            }
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a newer schema was accepted"),
+        }
+    }
+
+    /// The signing key is 32 bytes of hex, like SQLite's, and differs between databases.
+    #[test]
+    fn each_database_gets_its_own_token_signing_key() {
+        let (Some(first), Some(second)) = (temp_pg_store(), temp_pg_store()) else {
+            return;
+        };
+        let key = |store: &PgStore| {
+            store
+                .read_db(|db| {
+                    db.query_one(
+                        "SELECT value FROM settings WHERE key = 'token_signing_key'",
+                        &[],
+                    )?
+                    .text(0)
+                })
+                .expect("key")
+        };
+        let (a, b) = (key(&first), key(&second));
+        assert_eq!(hex::decode(&a).expect("hex").len(), 32);
+        assert_ne!(a, b);
     }
 }

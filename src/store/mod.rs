@@ -1,5 +1,5 @@
-//! The store is the truth: one SQLite file, WAL, foreign keys on, every mutation in one transaction.
-//! Reads use a small pool of connections so they never wait behind the single writer.
+//! The store is the truth: every mutation in one transaction, on SQLite (one file in the data
+//! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
 pub mod db;
 pub mod endpoints;
@@ -18,14 +18,14 @@ pub mod sims;
 pub mod subscriptions;
 pub mod vpgs;
 
-use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+mod sqlite_store;
 
-use parking_lot::Mutex;
-use rusqlite::config::DbConfig;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use std::path::Path;
+
+use rusqlite::{Connection, Transaction};
+
+use db::{Backend, Db, PgStore, SqliteDb};
+pub use sqlite_store::{SqliteStore, WAL_HARD_LIMIT_FRAMES};
 
 pub use error::{Entity, Result, Rule, StoreError, DISK_FULL_MESSAGE};
 pub use sessions::{ActiveSession, PeerChange};
@@ -35,221 +35,141 @@ pub use sims::{SessionRecord, SimRecord, SubscriberRecord};
 /// Older databases are migrated on open; newer ones are refused.
 pub const SCHEMA_VERSION: i64 = migrations::LATEST;
 
-pub struct Store {
-    writer: Mutex<Connection>,
-    /// Frames in the WAL after the last commit, as SQLite reports them to the WAL hook that
-    /// `disable_auto_checkpoint` installs (see `bound_wal`); 0 without it.
-    wal_frames: Arc<AtomicI64>,
-    readers: Mutex<Vec<Connection>>,
-    /// A separate read-write connection for WAL checkpoints, opened on first use.
-    checkpointer: Mutex<Option<Connection>>,
-    path: std::path::PathBuf,
+/// The store on one of its two engines (docs/design/store-engines.md): SQLite, one file in the
+/// data directory (the default), or PostgreSQL, shared by several arcd nodes. Domain functions
+/// run through `Backend::write_db`/`read_db` on either; the SQLite file's upkeep (checkpoints,
+/// integrity check, backups) exists only there.
+pub enum Store {
+    Sqlite(SqliteStore),
+    Postgres(PgStore),
 }
 
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// WAL size (in frames of one page each) past which the writer makes the log start over: under
-/// the writer lock it copies the few frames the background checkpoint has not yet copied, so the
-/// next transaction begins the log anew (SQLite does so once every frame is in the database and
-/// no reader still reads an older one). The background PASSIVE checkpoint alone never gets there
-/// while writes keep coming (new frames land while it copies), so without this bound the log grows
-/// by the full write rate (tens of MB/s under load) for as long as the load lasts.
-const WAL_RESTART_FRAMES: i64 = 4_000;
-
-/// Past this many frames (restarts kept failing because readers held old frames) the writer
-/// waits for those readers and truncates the log: the hard bound, about 48 MiB of 4 KiB pages.
-pub const WAL_HARD_LIMIT_FRAMES: i64 = 12_000;
-
-/// What SQLite leaves of the WAL file when the log starts over (journal_size_limit): overwriting
-/// this much is cheaper than growing the file again, and an idle server keeps no more than this.
-const WAL_KEPT_BYTES: i64 = 16 * 1024 * 1024;
-
 impl Store {
-    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    /// Opens (creating if needed) the SQLite database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Store> {
-        let mut writer = open_connection(path, true)?;
-        let found: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if found > migrations::LATEST {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: migrations::LATEST,
-            });
-        }
-        migrations::migrate(&mut writer)?;
-        writer.pragma_update(None, "journal_size_limit", WAL_KEPT_BYTES)?;
-        Ok(Store {
-            writer: Mutex::new(writer),
-            wal_frames: Arc::new(AtomicI64::new(0)),
-            readers: Mutex::new(Vec::new()),
-            checkpointer: Mutex::new(None),
-            path: path.to_path_buf(),
-        })
+        SqliteStore::open(path).map(Store::Sqlite)
     }
 
-    /// Moves committed pages from the WAL into the database file on the caller's thread, so the
-    /// writer does not: a long-running server calls this from a background task after
-    /// `disable_auto_checkpoint`, keeping fsync stalls out of request latency. PASSIVE never
-    /// blocks readers or the writer.
-    pub fn checkpoint(&self) -> Result<()> {
-        self.read_write_side(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-            Ok(())
-        })
+    /// Connects to PostgreSQL (a libpq URL or `key=value` string, several hosts allowed) and
+    /// brings its schema up to date.
+    pub fn connect_postgres(url: &str) -> Result<Store> {
+        PgStore::connect(url).map(Store::Postgres)
     }
 
-    /// Copies the whole WAL into the database and empties it, waiting for readers (busy timeout):
-    /// the last step of a clean stop, so the next start opens a database with no log to replay.
-    /// Returns whether the log could be emptied (false: a reader still held it).
-    pub fn checkpoint_truncate(&self) -> Result<bool> {
-        self.read_write_side(|conn| {
-            let busy: i64 =
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| row.get(0))?;
-            Ok(busy == 0)
-        })
-    }
-
-    /// `PRAGMA quick_check`: the problems it finds (at most 20), none when the database is sound.
-    pub fn quick_check(&self) -> Result<Vec<String>> {
-        self.read(|conn| {
-            let mut statement = conn.prepare("PRAGMA quick_check(20)")?;
-            let rows = statement.query_map([], |row| row.get::<_, String>(0))?;
-            let problems = rows.collect::<rusqlite::Result<Vec<String>>>()?;
-            Ok(problems.into_iter().filter(|line| line != "ok").collect())
-        })
-    }
-
-    /// Stops commits from checkpointing inline (see `checkpoint`).
-    pub fn disable_auto_checkpoint(&self) -> Result<()> {
-        let mut conn = self.writer.lock();
-        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
-        // The hook replaces SQLite's automatic checkpoint (both use the same slot) and only
-        // records the log's length for `bound_wal`.
-        let frames = self.wal_frames.clone();
-        conn.wal_hook(Some(
-            move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
-                frames.store(i64::from(pages), Ordering::Relaxed);
-                Ok(())
-            },
-        ))?;
-        Ok(())
-    }
-
-    fn read_write_side<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let mut slot = self.checkpointer.lock();
-        if slot.is_none() {
-            *slot = Some(open_connection(&self.path, true)?);
-        }
-        match slot.as_ref() {
-            Some(conn) => f(conn),
-            None => Err(StoreError::Corrupt("checkpoint connection missing".into())),
+    /// The engine's name, as `[store] engine` spells it.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Store::Sqlite(_) => "sqlite",
+            Store::Postgres(_) => "postgres",
         }
     }
 
-    /// Runs `f` in one IMMEDIATE transaction and commits it; any error rolls everything back.
+    /// The SQLite engine, for what only a database file has (WAL, backups, integrity checks).
+    pub fn sqlite(&self) -> Option<&SqliteStore> {
+        match self {
+            Store::Sqlite(store) => Some(store),
+            Store::Postgres(_) => None,
+        }
+    }
+
+    fn sqlite_only(&self, what: &'static str) -> Result<&SqliteStore> {
+        self.sqlite().ok_or(StoreError::NeedsSqlite(what))
+    }
+
+    /// Transitional (issue 14): a write through rusqlite, for store functions not yet on the
+    /// `Db` seam; refused on PostgreSQL.
     pub fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
-        self.write_then(f, |_| {})
+        self.sqlite_only("a write not yet ported to PostgreSQL")?
+            .write(f)
     }
 
-    /// Like `write`, then runs `after_commit` while still holding the writer lock, so whatever it
-    /// publishes (peer changes) is seen in commit order.
+    /// Transitional, like `write`.
     pub fn write_then<T>(
         &self,
         f: impl FnOnce(&Transaction) -> Result<T>,
         after_commit: impl FnOnce(&T),
     ) -> Result<T> {
-        let started = std::time::Instant::now();
-        let result = self.write_then_untimed(f, after_commit);
-        crate::metrics::store_write(started.elapsed());
-        result
+        self.sqlite_only("a write not yet ported to PostgreSQL")?
+            .write_then(f, after_commit)
     }
 
-    /// The SQLite write-ahead log beside the database (its size is a metric).
-    pub fn wal_path(&self) -> std::path::PathBuf {
-        let mut name = self.path.clone().into_os_string();
-        name.push("-wal");
-        name.into()
+    /// Transitional, like `write`.
+    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.sqlite_only("a read not yet ported to PostgreSQL")?
+            .read(f)
     }
 
-    fn write_then_untimed<T>(
+    /// `write_db`, then `after_commit` with the result. On SQLite it runs under the writer lock,
+    /// so what it publishes is seen in commit order; on PostgreSQL concurrent writers may publish
+    /// out of commit order, which is why nodes follow the peer-change outbox there instead.
+    pub fn write_db_then<T>(
         &self,
-        f: impl FnOnce(&Transaction) -> Result<T>,
+        mut f: impl FnMut(&mut dyn Db) -> Result<T>,
         after_commit: impl FnOnce(&T),
     ) -> Result<T> {
-        let mut conn = self.writer.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        after_commit(&value);
-        self.bound_wal(&conn);
-        Ok(value)
-    }
-
-    /// Back-pressure on the WAL, after each commit while the writer lock is still held. Past
-    /// `WAL_RESTART_FRAMES` a PASSIVE checkpoint copies what the background one has not (little:
-    /// it runs every 100 ms and keeps up), so the log starts over at the next transaction and
-    /// journal_size_limit trims the file. Past `WAL_HARD_LIMIT_FRAMES` (readers kept the log from
-    /// starting over) TRUNCATE waits for them (busy timeout; they are single statements) and
-    /// empties it. A failure here loses nothing and is retried by the next commit.
-    fn bound_wal(&self, writer: &Connection) {
-        let frames = self.wal_frames.load(Ordering::Relaxed);
-        if frames < WAL_RESTART_FRAMES {
-            return;
-        }
-        let mode = if frames < WAL_HARD_LIMIT_FRAMES {
-            "PASSIVE"
-        } else {
-            "TRUNCATE"
-        };
-        let result = writer.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
-            Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(2)?))
-        });
-        match result {
-            Ok((0, copied)) => tracing::debug!(mode, frames, copied, "WAL checkpointed"),
-            Ok((_, copied)) => tracing::debug!(
-                mode,
-                frames,
-                copied,
-                "WAL checkpoint busy; retrying on the next commit"
-            ),
-            Err(e) => tracing::warn!(error = %e, mode, frames, "WAL checkpoint failed"),
+        match self {
+            Store::Sqlite(store) => store.write_then(|tx| f(&mut SqliteDb::new(tx)), after_commit),
+            Store::Postgres(store) => {
+                let value = store.write_db(f)?;
+                after_commit(&value);
+                Ok(value)
+            }
         }
     }
 
-    /// Runs `f` on a read connection (a consistent snapshot for the duration of a statement).
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let pooled = self.readers.lock().pop();
-        let conn = match pooled {
-            Some(conn) => conn,
-            None => open_connection(&self.path, false)?,
-        };
-        let value = f(&conn);
-        self.readers.lock().push(conn);
-        value
+    /// SQLite: a PASSIVE WAL checkpoint (see `SqliteStore::checkpoint`). PostgreSQL runs its own.
+    pub fn checkpoint(&self) -> Result<()> {
+        match self {
+            Store::Sqlite(store) => store.checkpoint(),
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// SQLite: empties the WAL at a clean stop; `true` when it could. PostgreSQL: nothing to do.
+    pub fn checkpoint_truncate(&self) -> Result<bool> {
+        match self {
+            Store::Sqlite(store) => store.checkpoint_truncate(),
+            Store::Postgres(_) => Ok(true),
+        }
+    }
+
+    /// SQLite: `PRAGMA quick_check`'s problems. PostgreSQL checks its own pages (checksums,
+    /// WAL replay) and has no cheap equivalent: none.
+    pub fn quick_check(&self) -> Result<Vec<String>> {
+        match self {
+            Store::Sqlite(store) => store.quick_check(),
+            Store::Postgres(_) => Ok(Vec::new()),
+        }
+    }
+
+    /// SQLite: moves WAL checkpoints off the commit path (see `SqliteStore`).
+    pub fn disable_auto_checkpoint(&self) -> Result<()> {
+        match self {
+            Store::Sqlite(store) => store.disable_auto_checkpoint(),
+            Store::Postgres(_) => Ok(()),
+        }
+    }
+
+    /// SQLite's write-ahead log file (its size is a metric); none on PostgreSQL.
+    pub fn wal_path(&self) -> Option<std::path::PathBuf> {
+        self.sqlite().map(SqliteStore::wal_path)
     }
 }
 
-fn open_connection(path: &Path, writable: bool) -> Result<Connection> {
-    let flags = if writable {
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
-    } else {
-        OpenFlags::SQLITE_OPEN_READ_ONLY
-    } | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    if writable {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
+impl Backend for Store {
+    fn write_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.write_db(f),
+            Store::Postgres(store) => store.write_db(f),
+        }
     }
-    // NORMAL in WAL mode: a commit survives a crash of this process (kill -9); only a power loss
-    // can take back the last transactions, which is the usual trade for an appliance.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    // Without the query planner stability guarantee, SQLite re-prepares a cached statement
-    // after its bindings are cleared (as rusqlite's cache does) whenever a `column = ?` term could
-    // change the plan: that re-parse was most of the cost of listing SIMs.
-    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    conn.set_prepared_statement_cache_capacity(64);
-    Ok(conn)
+
+    fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.read_db(f),
+            Store::Postgres(store) => store.read_db(f),
+        }
+    }
 }
 
 /// Current time in UNIX milliseconds, the unit of every time in the API.
@@ -283,6 +203,10 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use parking_lot::Mutex;
+
     use super::testing::temp_store;
     use super::*;
 

@@ -6,4 +6,5 @@ pub mod child_arcd;
 pub mod conformance;
 pub mod paging;
 pub mod server;
+pub mod store_engine;
 pub mod wgclient;

@@ -1,5 +1,6 @@
 //! An arcd started in-process for a test: HTTPS on 127.0.0.1 with its own generated certificate
-//! (which the client trusts, so TLS is verified for real), and a temp-dir SQLite.
+//! (which the client trusts, so TLS is verified for real), and a temp-dir SQLite (or a fresh
+//! PostgreSQL schema, see `store_engine`).
 
 use std::path::PathBuf;
 
@@ -28,6 +29,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     // In-memory TUN (no root, no clash between parallel tests) and an ephemeral WireGuard port.
     config.tun.enabled = false;
     config.rendezvous_points[0].listen = "127.0.0.1:0".parse().expect("literal address");
+    super::store_engine::use_test_engine(&mut config);
     config
 }
 
@@ -78,7 +80,13 @@ impl TestServer {
         dir: tempfile::TempDir,
     ) -> TestServer {
         let scheme = if running.tls { "https" } else { "http" };
-        let base = format!("{scheme}://127.0.0.1:{}", running.api_addr.port());
+        let base = format!(
+            "{scheme}://127.0.0.1:{}",
+            running
+                .api_addr
+                .expect("the test server serves the API")
+                .port()
+        );
         let mut builder = reqwest::Client::builder();
         if running.tls {
             let pem = std::fs::read(data_dir.join("tls-cert.pem")).expect("generated certificate");

@@ -13,8 +13,7 @@ mod pg;
 mod sqlite;
 
 pub use self::batch::{chunks, values_rows};
-
-pub use self::pg::{PgDb, PgStore};
+pub use self::pg::{default_pool_size, AdvisoryLock, PgDb, PgOptions, PgStore};
 pub use self::sqlite::SqliteDb;
 
 use super::{Result, StoreError};
@@ -213,7 +212,7 @@ pub trait Backend {
     fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T>;
 }
 
-impl Backend for super::Store {
+impl Backend for super::SqliteStore {
     fn write_db<T>(&self, mut f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
         self.write(|tx| f(&mut SqliteDb::new(tx)))
     }
@@ -231,11 +230,17 @@ pub(crate) mod testing {
     /// scripts/test-postgres.sh through scripts/lib/postgres.sh).
     pub const POSTGRES_URL_VAR: &str = "ARCD_TEST_POSTGRES_URL";
 
+    /// The server named by `ARCD_TEST_POSTGRES_URL` and a fresh schema name on it, for tests that
+    /// connect with options of their own; `None` when the variable is unset.
+    pub fn temp_pg_target() -> Option<(String, String)> {
+        let url = std::env::var(POSTGRES_URL_VAR).ok()?;
+        Some((url, format!("t_{}", uuid::Uuid::new_v4().simple())))
+    }
+
     /// A PostgreSQL store in a fresh schema of the server named by `ARCD_TEST_POSTGRES_URL`;
     /// `None` when the variable is unset. Set but unreachable is a failure, never a skip.
     pub fn temp_pg_store() -> Option<PgStore> {
-        let url = std::env::var(POSTGRES_URL_VAR).ok()?;
-        let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+        let (url, schema) = temp_pg_target()?;
         match PgStore::connect_in_schema(&url, &schema) {
             Ok(store) => Some(store),
             Err(e) => panic!("{POSTGRES_URL_VAR}={url} was given but PostgreSQL failed: {e}"),
@@ -247,73 +252,6 @@ pub(crate) mod testing {
 mod tests {
     use super::testing::temp_pg_store;
     use super::*;
-    use crate::store::testing::temp_store;
-
-    /// Columns of every table, as (table, column, kind) with kind "integer", "text" or "blob".
-    type Columns = std::collections::BTreeSet<(String, String, String)>;
-
-    fn sqlite_columns(store: &crate::store::Store, tables: &[String]) -> Columns {
-        let mut found = Columns::new();
-        for table in tables {
-            let rows = store
-                .read_db(|db| {
-                    db.query(
-                        "SELECT name, type FROM pragma_table_info($1)",
-                        &[&table.as_str()],
-                    )
-                })
-                .expect("table_info");
-            for row in rows {
-                let kind = match row.text(1).expect("type").as_str() {
-                    "INTEGER" => "integer",
-                    "TEXT" => "text",
-                    "BLOB" => "blob",
-                    other => panic!("SQLite type {other} in {table}"),
-                };
-                found.insert((table.clone(), row.text(0).expect("name"), kind.into()));
-            }
-        }
-        found
-    }
-
-    /// The migration lists stay equal: every table of the PostgreSQL schema exists in SQLite with
-    /// the same columns and matching types (BIGINT/BOOLEAN ↔ INTEGER, TEXT ↔ TEXT, BYTEA ↔ BLOB).
-    /// The spike's PostgreSQL list holds only the tables groups needs; the full work also requires
-    /// the reverse (every SQLite table in PostgreSQL) and compares indexes.
-    #[test]
-    fn postgres_schema_matches_sqlite() {
-        let Some(pg) = temp_pg_store() else {
-            return;
-        };
-        let rows = pg
-            .read_db(|db| {
-                db.query(
-                    "SELECT table_name::text, column_name::text, data_type::text
-                     FROM information_schema.columns
-                     WHERE table_schema = current_schema() AND table_name <> 'schema_version'",
-                    &[],
-                )
-            })
-            .expect("columns");
-        let mut pg_columns = Columns::new();
-        let mut tables = Vec::new();
-        for row in rows {
-            let table = row.text(0).expect("table");
-            let kind = match row.text(2).expect("type").as_str() {
-                "bigint" | "boolean" => "integer",
-                "text" => "text",
-                "bytea" => "blob",
-                other => panic!("PostgreSQL type {other} in {table}"),
-            };
-            if !tables.contains(&table) {
-                tables.push(table.clone());
-            }
-            pg_columns.insert((table, row.text(1).expect("column"), kind.into()));
-        }
-        assert!(tables.len() >= 5, "tables: {tables:?}");
-        let (_dir, sqlite) = temp_store();
-        assert_eq!(sqlite_columns(&sqlite, &tables), pg_columns);
-    }
 
     /// The same test body on SQLite and, with `ARCD_TEST_POSTGRES_URL`, on PostgreSQL.
     macro_rules! on_both_engines {

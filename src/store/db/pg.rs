@@ -1,13 +1,13 @@
 //! `Db` on PostgreSQL through the blocking `postgres` client (every store call already runs on
-//! tokio's blocking pool, as SQLite's do). Spike: one connection behind a mutex, reopened after a
-//! lost connection; a pool comes with the real work. Writes run SERIALIZABLE and are retried on a
-//! serialization failure; reads run in a READ ONLY REPEATABLE READ snapshot, so the several
-//! statements of one read see one state.
+//! tokio's blocking pool, as SQLite's do). A pool of connections, each with its prepared
+//! statements; a lost connection is dropped and the next call opens a new one. Writes run
+//! SERIALIZABLE and are retried on a serialization failure; reads run in a READ ONLY REPEATABLE
+//! READ snapshot, so the several statements of one read see one state.
 
 use std::collections::HashMap;
 
 use bytes::BytesMut;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use postgres::types::{IsNull, ToSql, Type};
 use postgres::{Client, IsolationLevel, NoTls, Statement, Transaction};
 
@@ -15,15 +15,41 @@ use super::{Backend, Db, Param, Row, Value};
 use crate::store::migrations_pg;
 use crate::store::{Result, StoreError};
 
-/// How many times a write that lost a serialization conflict is run in all; between runs a
-/// random pause of up to `attempt` ms, so two writers that keep colliding drift apart.
-const WRITE_ATTEMPTS: u32 = 10;
+/// How long a write that keeps losing serialization conflicts is run again: SQLite's writer
+/// waits as long for its lock (`BUSY_TIMEOUT`). A count of runs is not enough: against writers
+/// that run back to back on one row, the one that pauses loses again and again until they stop.
+const WRITE_RETRY_BUDGET: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How a `PgStore` connects.
+#[derive(Debug, Clone)]
+pub struct PgOptions {
+    /// Connections kept open. A call waits for a free one when all are busy.
+    pub pool_size: usize,
+    /// Tests: a schema of their own on a shared server (letters, digits and `_`; made if missing,
+    /// then the only one on `search_path`).
+    pub schema: Option<String>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            pool_size: default_pool_size(),
+            schema: None,
+        }
+    }
+}
+
+/// Two connections per core, at least 4: a store call holds its connection while it waits on
+/// the network or the server's disk, so more calls than cores keep the CPU busy.
+pub fn default_pool_size() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    (2 * cores).max(4)
+}
 
 pub struct PgStore {
     url: String,
-    /// Tests: a schema of their own on a shared server (created, then first on search_path).
     schema: Option<String>,
-    conn: Mutex<Option<PgConn>>,
+    pool: Pool,
 }
 
 struct PgConn {
@@ -37,9 +63,7 @@ impl PgConn {
     fn open(url: &str, schema: Option<&str>) -> Result<PgConn> {
         let mut client = Client::connect(url, NoTls)?;
         if let Some(schema) = schema {
-            client.batch_execute(&format!(
-                "CREATE SCHEMA IF NOT EXISTS \"{schema}\"; SET search_path TO \"{schema}\""
-            ))?;
+            client.batch_execute(&format!("SET search_path TO \"{schema}\""))?;
         }
         Ok(PgConn {
             client,
@@ -48,44 +72,178 @@ impl PgConn {
     }
 }
 
-impl PgStore {
-    /// Connects (a libpq URL or `key=value` string) and brings the schema up to date.
-    pub fn connect(url: &str) -> Result<PgStore> {
-        PgStore::open(url, None)
-    }
+/// At most `size` open connections; idle ones wait in `idle` (last returned, first reused).
+struct Pool {
+    size: usize,
+    state: Mutex<PoolState>,
+    returned: Condvar,
+}
 
-    /// Like `connect`, in the schema `schema` (letters, digits and `_` only), made if missing.
-    pub fn connect_in_schema(url: &str, schema: &str) -> Result<PgStore> {
-        if schema.is_empty()
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(StoreError::Corrupt(format!("bad schema name {schema:?}")));
+struct PoolState {
+    idle: Vec<PgConn>,
+    /// Idle plus lent out.
+    open: usize,
+}
+
+/// A connection lent out of the pool; it goes back on drop, unless it was lost.
+struct Lent<'p> {
+    pool: &'p Pool,
+    conn: Option<PgConn>,
+    /// Taken from the idle list (it may have died while it waited there) rather than just opened.
+    reused: bool,
+    /// The connection failed as unavailable: close it instead of returning it.
+    lost: bool,
+}
+
+impl Pool {
+    fn new(size: usize, first: PgConn) -> Pool {
+        Pool {
+            size: size.max(1),
+            state: Mutex::new(PoolState {
+                idle: vec![first],
+                open: 1,
+            }),
+            returned: Condvar::new(),
         }
-        PgStore::open(url, Some(schema))
     }
 
-    fn open(url: &str, schema: Option<&str>) -> Result<PgStore> {
-        let mut conn = PgConn::open(url, schema)?;
-        migrations_pg::migrate(&mut conn.client)?;
+    fn lend(&self, url: &str, schema: Option<&str>) -> Result<Lent<'_>> {
+        let mut state = self.state.lock();
+        loop {
+            if let Some(conn) = state.idle.pop() {
+                return Ok(self.lent(conn, true));
+            }
+            if state.open < self.size {
+                state.open += 1;
+                drop(state);
+                return match PgConn::open(url, schema) {
+                    Ok(conn) => Ok(self.lent(conn, false)),
+                    Err(e) => {
+                        self.forget_one();
+                        Err(e)
+                    }
+                };
+            }
+            self.returned.wait(&mut state);
+        }
+    }
+
+    fn lent(&self, conn: PgConn, reused: bool) -> Lent<'_> {
+        Lent {
+            pool: self,
+            conn: Some(conn),
+            reused,
+            lost: false,
+        }
+    }
+
+    /// One connection fewer is open (lost, or never opened): a waiting caller may open one.
+    fn forget_one(&self) {
+        self.state.lock().open -= 1;
+        self.returned.notify_one();
+    }
+}
+
+impl Lent<'_> {
+    fn conn(&mut self) -> Result<&mut PgConn> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("PostgreSQL connection missing".into()))
+    }
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let Some(conn) = self.conn.take() else {
+            return;
+        };
+        if self.lost || conn.client.is_closed() {
+            drop(conn);
+            self.pool.forget_one();
+        } else {
+            self.pool.state.lock().idle.push(conn);
+            self.pool.returned.notify_one();
+        }
+    }
+}
+
+/// A session-level advisory lock held on a connection of its own (not one of the pool's): the
+/// holder of a singleton job (Harvest retention, outbox pruning). Released on drop, or by the
+/// server when the connection is lost, so a job checks `is_lost` between batches.
+pub struct AdvisoryLock {
+    client: Client,
+    key: i64,
+}
+
+impl AdvisoryLock {
+    /// The connection that holds the lock has gone: the lock may now be someone else's.
+    pub fn is_lost(&self) -> bool {
+        self.client.is_closed()
+    }
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        // Unlock explicitly: closing the connection would release it too, but only once the
+        // server has noticed, so a next holder could be refused for a moment.
+        if let Err(e) = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.key])
+        {
+            tracing::debug!(error = %e, key = self.key, "advisory unlock failed; the lock goes with the connection");
+        }
+    }
+}
+
+impl PgStore {
+    /// Connects (a libpq URL or `key=value` string, several hosts allowed) and brings the schema
+    /// up to date.
+    pub fn connect(url: &str) -> Result<PgStore> {
+        PgStore::connect_with(url, &PgOptions::default())
+    }
+
+    /// Like `connect`, in the schema `schema`, made if missing.
+    pub fn connect_in_schema(url: &str, schema: &str) -> Result<PgStore> {
+        PgStore::connect_with(
+            url,
+            &PgOptions {
+                schema: Some(schema.to_string()),
+                ..PgOptions::default()
+            },
+        )
+    }
+
+    pub fn connect_with(url: &str, options: &PgOptions) -> Result<PgStore> {
+        let schema = options.schema.as_deref();
+        if let Some(schema) = schema {
+            if schema.is_empty()
+                || !schema
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(StoreError::Corrupt(format!("bad schema name {schema:?}")));
+            }
+        }
+        let mut first = PgConn::open(url, schema)?;
+        if let Some(schema) = schema {
+            migrations_pg::create_schema(&mut first.client, schema)?;
+        }
+        migrations_pg::migrate(&mut first.client)?;
         Ok(PgStore {
             url: url.to_string(),
-            schema: schema.map(str::to_string),
-            conn: Mutex::new(Some(conn)),
+            schema: options.schema.clone(),
+            pool: Pool::new(options.pool_size, first),
         })
     }
 
-    /// The open connection, reopened if the last one was lost (statements prepared on it go).
-    fn connected<'s>(&self, slot: &'s mut Option<PgConn>) -> Result<&'s mut PgConn> {
-        if slot.as_ref().is_some_and(|conn| conn.client.is_closed()) {
-            *slot = None;
-        }
-        if slot.is_none() {
-            *slot = Some(PgConn::open(&self.url, self.schema.as_deref())?);
-        }
-        slot.as_mut()
-            .ok_or_else(|| StoreError::Corrupt("PostgreSQL connection missing".into()))
+    /// Takes the session-level advisory lock `key` if nobody holds it (`None` if someone does),
+    /// on a connection of its own that lives as long as the returned guard.
+    pub fn try_advisory_lock(&self, key: i64) -> Result<Option<AdvisoryLock>> {
+        let mut client = Client::connect(&self.url, NoTls)?;
+        let taken: bool = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])?
+            .try_get(0)?;
+        Ok(taken.then_some(AdvisoryLock { client, key }))
     }
 
     fn run<T>(
@@ -94,35 +252,85 @@ impl PgStore {
         read_only: bool,
         mut f: impl FnMut(&mut dyn Db) -> Result<T>,
     ) -> Result<T> {
-        let mut slot = self.conn.lock();
+        let started = std::time::Instant::now();
         let mut attempt = 0;
+        // Idle connections found dead at BEGIN (server restarted, connection killed): each is
+        // replaced and the call goes on, at most once per pooled connection plus one.
+        let mut stale = 0;
         loop {
-            attempt += 1;
-            let conn = self.connected(&mut slot)?;
-            let PgConn { client, statements } = conn;
-            let mut tx = client
-                .build_transaction()
-                .isolation_level(isolation)
-                .read_only(read_only)
-                .start()?;
-            let result = f(&mut PgDb {
-                tx: &mut tx,
-                statements,
-            });
-            // An error drops `tx`, which rolls back.
-            let outcome = match result {
-                Ok(value) => tx.commit().map(|()| value).map_err(StoreError::from),
-                Err(e) => Err(e),
-            };
-            match outcome {
-                Err(e) if e.is_serialization_failure() && attempt < WRITE_ATTEMPTS => {
-                    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=attempt * 1000);
-                    std::thread::sleep(std::time::Duration::from_micros(u64::from(pause)));
+            let mut lent = self.pool.lend(&self.url, self.schema.as_deref())?;
+            let outcome = match in_transaction(lent.conn()?, isolation, read_only, &mut f) {
+                Run::NotBegun(e) => {
+                    lent.lost = e.is_unavailable();
+                    // Nothing ran yet: another connection may run it.
+                    if lent.lost && lent.reused && stale <= self.pool.size {
+                        stale += 1;
+                        continue;
+                    }
+                    return Err(e);
                 }
-                other => return other,
+                Run::Ran(outcome) => outcome,
+            };
+            attempt += 1;
+            match outcome {
+                Err(e)
+                    if e.is_serialization_failure() && started.elapsed() < WRITE_RETRY_BUDGET =>
+                {
+                    drop(lent);
+                    pause_before_retry(attempt);
+                }
+                Err(e) => {
+                    lent.lost = e.is_unavailable();
+                    return Err(e);
+                }
+                ok => return ok,
             }
         }
     }
+}
+
+/// What one run of a closure in a transaction came to.
+enum Run<T> {
+    /// BEGIN failed: nothing of the closure ran.
+    NotBegun(StoreError),
+    /// Committed (`Ok`) or rolled back (`Err`).
+    Ran(Result<T>),
+}
+
+fn in_transaction<T>(
+    conn: &mut PgConn,
+    isolation: IsolationLevel,
+    read_only: bool,
+    f: &mut impl FnMut(&mut dyn Db) -> Result<T>,
+) -> Run<T> {
+    let PgConn { client, statements } = conn;
+    let mut tx = match client
+        .build_transaction()
+        .isolation_level(isolation)
+        .read_only(read_only)
+        .start()
+    {
+        Ok(tx) => tx,
+        Err(e) => return Run::NotBegun(e.into()),
+    };
+    // An error drops `tx`, which rolls back.
+    Run::Ran(
+        match f(&mut PgDb {
+            tx: &mut tx,
+            statements,
+        }) {
+            Ok(value) => tx.commit().map(|()| value).map_err(StoreError::from),
+            Err(e) => Err(e),
+        },
+    )
+}
+
+/// Full jitter: a random pause below 2^attempt ms (at most 64 ms), so writers that keep
+/// colliding drift apart.
+fn pause_before_retry(attempt: u32) {
+    let ceiling_us = 1000_u64 << attempt.min(6);
+    let pause = rand::Rng::gen_range(&mut rand::thread_rng(), 0..=ceiling_us);
+    std::thread::sleep(std::time::Duration::from_micros(pause));
 }
 
 impl Backend for PgStore {
@@ -261,4 +469,184 @@ impl ToSql for Value {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::super::testing::{temp_pg_store, temp_pg_target};
+    use super::*;
+
+    fn store_with_pool(size: usize) -> Option<PgStore> {
+        let (url, schema) = temp_pg_target()?;
+        let options = PgOptions {
+            pool_size: size,
+            schema: Some(schema),
+        };
+        Some(PgStore::connect_with(&url, &options).expect("connect"))
+    }
+
+    fn backend_pid(store: &PgStore) -> i64 {
+        store
+            .read_db(|db| db.query_one("SELECT pg_backend_pid()", &[])?.int(0))
+            .expect("pid")
+    }
+
+    #[test]
+    fn the_default_pool_has_two_connections_per_core_and_at_least_four() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(default_pool_size(), (2 * cores).max(4));
+    }
+
+    /// 8 threads write and read at once through a pool of 4: every write lands, every read sees
+    /// at least the thread's own rows.
+    #[test]
+    fn concurrent_writes_and_reads_share_the_pool() {
+        let Some(store) = store_with_pool(4) else {
+            return;
+        };
+        std::thread::scope(|scope| {
+            for thread in 0..8 {
+                let store = &store;
+                scope.spawn(move || {
+                    for n in 0..25_i64 {
+                        let name = format!("t{thread}-{n}");
+                        store
+                            .write_db(|db| {
+                                db.execute(
+                                    "INSERT INTO counters(name, value) VALUES ($1, $2)",
+                                    &[&name, &n],
+                                )
+                            })
+                            .expect("write");
+                        let mine = store
+                            .read_db(|db| {
+                                db.query_one(
+                                    "SELECT COUNT(*) FROM counters WHERE name LIKE $1",
+                                    &[&format!("t{thread}-%")],
+                                )?
+                                .int(0)
+                            })
+                            .expect("read");
+                        assert_eq!(mine, n + 1);
+                    }
+                });
+            }
+        });
+        let all = store
+            .read_db(|db| db.query_one("SELECT COUNT(*) FROM counters", &[])?.int(0))
+            .expect("count");
+        assert_eq!(all, 200);
+    }
+
+    /// Two reads, each waiting inside its transaction for the other to start: only possible when
+    /// they run on two connections at once (one connection behind a lock times out here).
+    #[test]
+    fn calls_run_side_by_side_on_several_connections() {
+        let Some(store) = store_with_pool(2) else {
+            return;
+        };
+        let (first_in, first_seen) = mpsc::channel::<()>();
+        let (second_in, second_seen) = mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            for (arrived, other) in [(first_in, second_seen), (second_in, first_seen)] {
+                let store = &store;
+                scope.spawn(move || {
+                    store
+                        .read_db(|db| {
+                            db.query_one("SELECT 1", &[])?;
+                            let _ = arrived.send(());
+                            other.recv_timeout(Duration::from_secs(20)).map_err(|_| {
+                                StoreError::Corrupt("the other call never ran".into())
+                            })?;
+                            Ok(())
+                        })
+                        .expect("both calls inside a transaction at once");
+                });
+            }
+        });
+    }
+
+    /// The server ends the pool's only connection (as a restart or failover would): the next
+    /// call opens a new one and succeeds, reads and writes alike.
+    #[test]
+    fn a_connection_killed_by_the_server_is_replaced() {
+        let (Some(store), Some(killer)) = (store_with_pool(1), temp_pg_store()) else {
+            return;
+        };
+        let before = backend_pid(&store);
+        let killed = killer
+            .read_db(|db| {
+                db.query_one("SELECT pg_terminate_backend($1, 10000)", &[&before])?
+                    .bool(0)
+            })
+            .expect("terminate");
+        assert!(killed);
+        let after = backend_pid(&store);
+        assert_ne!(after, before);
+        store
+            .write_db(|db| db.next_number("iccid"))
+            .expect("write after the kill");
+    }
+
+    /// The server named by the test URL as (host, port, user, dbname).
+    fn test_server() -> Option<(String, u16, String, String)> {
+        let (url, _) = temp_pg_target()?;
+        let config: postgres::Config = url.parse().expect("test URL");
+        let host = match config.get_hosts().first() {
+            Some(postgres::config::Host::Tcp(host)) => host.clone(),
+            other => panic!("the test URL names no TCP host: {other:?}"),
+        };
+        let port = *config.get_ports().first().expect("port");
+        let user = config.get_user().expect("user").to_string();
+        let dbname = config.get_dbname().unwrap_or(&user).to_string();
+        Some((host, port, user, dbname))
+    }
+
+    /// Both spellings of several hosts: the first is dead (nothing listens on port 1), the
+    /// client goes on to the second, which accepts writes (`target_session_attrs=read-write`).
+    #[test]
+    fn a_multi_host_url_skips_a_dead_first_host() {
+        let Some((host, port, user, dbname)) = test_server() else {
+            return;
+        };
+        let urls = [
+            format!(
+                "host=127.0.0.1,{host} port=1,{port} user={user} dbname={dbname} \
+                 target_session_attrs=read-write connect_timeout=10"
+            ),
+            format!(
+                "postgres://{user}@127.0.0.1:1,{host}:{port}/{dbname}\
+                 ?target_session_attrs=read-write&connect_timeout=10"
+            ),
+        ];
+        for url in urls {
+            let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+            let store = PgStore::connect_in_schema(&url, &schema).expect(&url);
+            let served_by = store
+                .write_db(|db| db.query_one("SELECT inet_server_port()", &[])?.int(0))
+                .expect("write through the second host");
+            assert_eq!(served_by, i64::from(port), "{url}");
+        }
+    }
+
+    #[test]
+    fn an_advisory_lock_has_one_holder_until_it_is_dropped() {
+        let Some(store) = temp_pg_store() else {
+            return;
+        };
+        const KEY: i64 = 0x7465_7374_6c6f_636b; // random per run below, so parallel runs differ
+        let key = KEY ^ i64::from(rand::random::<u32>());
+        let first = store.try_advisory_lock(key).expect("lock").expect("free");
+        assert!(!first.is_lost());
+        assert!(store.try_advisory_lock(key).expect("second try").is_none());
+        drop(first);
+        let second = store.try_advisory_lock(key).expect("lock again");
+        assert!(
+            second.is_some(),
+            "free again once the first holder dropped it"
+        );
+    }
 }

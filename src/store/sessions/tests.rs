@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use super::*;
-use crate::store::db::testing::temp_pg_store;
-use crate::store::db::Backend;
+use crate::store::db::testing::{temp_pg_store, POSTGRES_URL_VAR};
+use crate::store::db::{Backend, PgStore};
 use crate::store::groups::{self, Configuration};
 use crate::store::vpgs::{self, NewVpg};
 use crate::store::{Entity, Store};
@@ -375,11 +375,15 @@ const THREADS: u32 = 4;
 const CREATES_PER_THREAD: u32 = 25;
 
 /// Creates sessions in one pool from several threads at once, each thread through its own store
-/// handle (its own connection on PostgreSQL): every address is handed out once and lies in the
-/// pool. On PostgreSQL the creates conflict under SERIALIZABLE and are retried by `write_db`.
-/// Each thread has an operator of its own: one operator's creates also all update its live-SIM
-/// count row (sims' trigger), a second hot row that is not what this test is about.
-fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
+/// handle (its own connection on PostgreSQL): no address is handed out twice and each lies in the
+/// pool. Each thread has an operator of its own, so the creates meet only in the address pool
+/// (one operator's creates also all update its live-SIM count row, sims' trigger).
+///
+/// On PostgreSQL the creates conflict under SERIALIZABLE and `write_db` retries them; a create can
+/// still lose all of its attempts (measured: a few percent with 4 threads, see
+/// docs/design/store-engines.md, "sessions"). Such a create must fail as a serialization failure
+/// and leave nothing behind; `all_succeed` asks that none fail (SQLite: one writer).
+fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S], all_succeed: bool) {
     setup(stores[0], "10.64.0.0/16");
     let operators: Vec<OperatorId> = (0..THREADS)
         .map(|thread| {
@@ -396,7 +400,7 @@ fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
         })
         .collect();
     let p = policy(0);
-    let created: Vec<ActiveSession> = std::thread::scope(|scope| {
+    let outcomes: Vec<Result<ActiveSession>> = std::thread::scope(|scope| {
         let workers: Vec<_> = stores
             .iter()
             .zip(0..)
@@ -405,7 +409,7 @@ fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
                 let p = &p;
                 scope.spawn(move || {
                     (0..CREATES_PER_THREAD)
-                        .map(|i| create_sim(store, op, thread * 1000 + i, p).expect("create"))
+                        .map(|i| create_sim(store, op, thread * 1000 + i, p))
                         .collect::<Vec<_>>()
                 })
             })
@@ -415,7 +419,20 @@ fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
             .flat_map(|worker| worker.join().expect("worker"))
             .collect()
     });
-    assert_eq!(created.len(), (THREADS * CREATES_PER_THREAD) as usize);
+    let mut created = Vec::new();
+    for outcome in outcomes {
+        match outcome {
+            Ok(session) => created.push(session),
+            Err(e) => assert!(
+                !all_succeed && e.is_serialization_failure(),
+                "a create failed: {e}"
+            ),
+        }
+    }
+    if all_succeed {
+        assert_eq!(created.len(), (THREADS * CREATES_PER_THREAD) as usize);
+    }
+    assert!(!created.is_empty());
     let pool: ipnet::Ipv4Net = "10.64.0.0/16".parse().expect("net");
     let mut addresses: Vec<Ipv4Addr> = created.iter().map(|s| s.client_ip).collect();
     assert!(addresses
@@ -428,9 +445,13 @@ fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
         created.len(),
         "an address was handed out twice"
     );
+    let mut listed = stores[0].read_db(list_active_sessions).expect("list");
+    let mut committed = created.clone();
+    listed.sort_by(|a, b| a.imsi.cmp(&b.imsi));
+    committed.sort_by(|a, b| a.imsi.cmp(&b.imsi));
     assert_eq!(
-        stores[0].read_db(list_active_sessions).expect("list").len(),
-        created.len()
+        listed, committed,
+        "exactly the successful creates are stored"
     );
 }
 
@@ -438,5 +459,21 @@ fn concurrent_creates_get_distinct_addresses<S: Backend + Sync>(stores: &[&S]) {
 fn concurrent_creates_get_distinct_addresses_sqlite() {
     let (_dir, store) = crate::store::testing::temp_store();
     let store: &Store = &store;
-    concurrent_creates_get_distinct_addresses(&vec![store; THREADS as usize]);
+    concurrent_creates_get_distinct_addresses(&vec![store; THREADS as usize], true);
+}
+
+#[test]
+fn concurrent_creates_get_distinct_addresses_postgres() {
+    let Some(first) = temp_pg_store() else {
+        return;
+    };
+    let schema = first
+        .read_db(|db| db.query_one("SELECT current_schema()::text", &[])?.text(0))
+        .expect("schema");
+    let url = std::env::var(POSTGRES_URL_VAR).expect("url");
+    let mut stores = vec![first];
+    for _ in 1..THREADS {
+        stores.push(PgStore::connect_in_schema(&url, &schema).expect("connection"));
+    }
+    concurrent_creates_get_distinct_addresses(&stores.iter().collect::<Vec<_>>(), false);
 }
