@@ -19,6 +19,7 @@
 use std::time::{Duration, Instant};
 
 use arcd::config::{Config, Coverage};
+use arcd::store::db::Backend;
 use arcd::store::db::SqliteDb;
 use arcd::store::sessions::SessionPolicy;
 use arcd::store::{operators, rendezvous, sims, Rule, Store, StoreError};
@@ -57,8 +58,8 @@ fn main() {
     let mut times: Vec<Duration> = Vec::with_capacity(attempts);
     for _ in 0..attempts {
         let started = Instant::now();
-        let result =
-            store.write(|tx| sims::create_virtual(tx, &operator, Coverage::Jp, &prefix, &policy));
+        let result = store
+            .write_db(|db| sims::create_virtual(db, &operator, Coverage::Jp, &prefix, &policy));
         times.push(started.elapsed());
         match result {
             Err(StoreError::Rule(Rule::PoolExhausted(..))) => {}

@@ -160,7 +160,7 @@ pub fn import_iot_sims(
     }
     let coverage = config.coverage.default;
     let imported = store
-        .write(|tx| subscriptions::import_iot_sims(tx, operator_id, coverage, &items))
+        .write_db(|db| subscriptions::import_iot_sims(db, operator_id, coverage, &items))
         .map_err(|e| match e {
             StoreError::Rule(Rule::ImportItem { index, message }) => CommandError::Csv(CsvError {
                 file: file.display().to_string(),

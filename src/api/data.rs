@@ -21,7 +21,7 @@ use super::{
     json, page_response, page_url, trim_page, with_next_key, ApiError, Operator, SharedState,
 };
 use crate::ids::{Imsi, OperatorId, SimId};
-use crate::store::db::{unconverted, Backend};
+use crate::store::db::Backend;
 use crate::store::harvest::{self, Cursor, Entry, EntryQuery, Order, ResourceCursor, Scope};
 use crate::store::sims;
 
@@ -149,7 +149,7 @@ async fn entries_page(
         .db(move |store| {
             store.read_db(|db| {
                 if let Some(sim_id) = &require_sim {
-                    sims::require_sim(unconverted(db, "sims::require_sim")?, &operator, sim_id)?;
+                    sims::require_sim(db, &operator, sim_id)?;
                 }
                 harvest::list_entries(db, &operator, &scope, &entry_query)
             })

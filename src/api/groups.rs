@@ -166,8 +166,8 @@ pub async fn list_subscribers(
     let path = page_url(&format!("/v1/groups/{group_id}/subscribers"), &query);
     let page = state
         .db(move |store| {
-            store.read(|conn| {
-                sims::list_in_group(conn, &operator, &group_id, after.as_deref(), limit + 1)
+            store.read_db(|db| {
+                sims::list_in_group(db, &operator, &group_id, after.as_deref(), limit + 1)
             })
         })
         .await?;

@@ -7,6 +7,7 @@ use axum::response::Response;
 
 use super::extract::JsonBody;
 use super::{json, request_coverage, views, ApiError, Operator, SharedState};
+use crate::store::db::Backend;
 use crate::store::sims;
 use crate::store::subscriptions::{self, IotSimImport};
 
@@ -33,10 +34,10 @@ pub async fn import_iot_sims(
     let limit = state.config.sims.max_per_operator;
     let sims = state
         .db(move |store| {
-            store.write(|tx| {
-                match sims::check_sim_quota(tx, &operator, items.len() as u64, limit)? {
+            store.write_db(|db| {
+                match sims::check_sim_quota(db, &operator, items.len() as u64, limit)? {
                     Ok(()) => {
-                        subscriptions::import_iot_sims(tx, &operator, coverage, &items).map(Ok)
+                        subscriptions::import_iot_sims(db, &operator, coverage, &items).map(Ok)
                     }
                     Err(exceeded) => Ok(Err(exceeded)),
                 }

@@ -43,9 +43,14 @@ pub async fn create_sim(
     let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| match sims::check_sim_quota(tx, &operator, 1, limit)? {
-                Ok(()) => sims::create_virtual(tx, &operator, coverage, &prefix, &policy).map(Ok),
-                Err(exceeded) => Ok(Err(exceeded)),
+            move |tx| {
+                let db = &mut SqliteDb::new(tx);
+                match sims::check_sim_quota(db, &operator, 1, limit)? {
+                    Ok(()) => {
+                        sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok)
+                    }
+                    Err(exceeded) => Ok(Err(exceeded)),
+                }
             },
             |created| match created {
                 Ok(created) => vec![PeerChange::Upsert(created.session.clone())],
@@ -71,7 +76,7 @@ pub async fn get_sim(
     Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let sim = state
-        .db(move |store| store.read(|conn| sims::get(conn, &operator, &sim_id)))
+        .db(move |store| store.read_db(|db| sims::get(db, &operator, &sim_id)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -100,9 +105,7 @@ pub async fn list_sims(
     let limit = query.limit_clamped(100, 1000)?;
     let after = query.first("last_evaluated_key").map(str::to_string);
     let page = state
-        .db(move |store| {
-            store.read(|conn| sims::list(conn, &operator, after.as_deref(), limit + 1))
-        })
+        .db(move |store| store.read_db(|db| sims::list(db, &operator, after.as_deref(), limit + 1)))
         .await?;
     Ok(sim_page(&state, &page_url("/v1/sims", &query), page, limit))
 }
@@ -117,7 +120,7 @@ pub async fn search_sims(
     let filter = search_filter(&query)?;
     let page = state
         .db(move |store| {
-            store.read(|conn| sims::search(conn, &operator, &filter, after.as_deref(), limit + 1))
+            store.read_db(|db| sims::search(db, &operator, &filter, after.as_deref(), limit + 1))
         })
         .await?;
     Ok(sim_page(
@@ -255,14 +258,10 @@ async fn recreate_session(
     let (_, sim) = state
         .write_notifying(
             move |tx| {
-                let session = sessions::recreate(
-                    &mut SqliteDb::new(tx),
-                    &operator,
-                    &sim_id,
-                    &policy,
-                    require_existing,
-                )?;
-                Ok((session, sims::get(tx, &operator, &sim_id)?))
+                let db = &mut SqliteDb::new(tx);
+                let session =
+                    sessions::recreate(db, &operator, &sim_id, &policy, require_existing)?;
+                Ok((session, sims::get(db, &operator, &sim_id)?))
             },
             |(session, _)| vec![PeerChange::Upsert(session.clone())],
         )
@@ -350,7 +349,7 @@ pub async fn terminate(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::terminate(tx, &operator, &sim_id),
+            move |tx| sims::terminate(&mut SqliteDb::new(tx), &operator, &sim_id),
             |(_, changes)| changes.clone(),
         )
         .await?;
@@ -366,7 +365,7 @@ async fn termination(
 ) -> Result<Response, ApiError> {
     let sim = state
         .db(move |store| {
-            store.write(|tx| sims::set_termination_enabled(tx, &operator, &sim_id, enabled))
+            store.write_db(|db| sims::set_termination_enabled(db, &operator, &sim_id, enabled))
         })
         .await?;
     Ok(sim_response(&state, &sim))
@@ -395,7 +394,7 @@ async fn change_status(
     action: StatusAction,
 ) -> Result<Response, ApiError> {
     let sim = state
-        .db(move |store| store.write(|tx| sims::change_status(tx, &operator, &sim_id, action)))
+        .db(move |store| store.write_db(|db| sims::change_status(db, &operator, &sim_id, action)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -438,7 +437,14 @@ async fn move_to_group(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::set_group(tx, &operator, &sim_id, group_id.as_ref()),
+            move |tx| {
+                sims::set_group(
+                    &mut SqliteDb::new(tx),
+                    &operator,
+                    &sim_id,
+                    group_id.as_ref(),
+                )
+            },
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
@@ -485,7 +491,7 @@ pub async fn put_tags(
         .map(|t| (t.tag_name, t.tag_value))
         .collect();
     let sim = state
-        .db(move |store| store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags)))
+        .db(move |store| store.write_db(|db| sims::put_tags(db, &operator, &sim_id, &tags)))
         .await?;
     Ok(sim_response(&state, &sim))
 }
@@ -496,7 +502,7 @@ pub async fn delete_tag(
     Path((sim_id, tag_name)): Path<(SimId, String)>,
 ) -> Result<StatusCode, ApiError> {
     state
-        .db(move |store| store.write(|tx| sims::delete_tag(tx, &operator, &sim_id, &tag_name)))
+        .db(move |store| store.write_db(|db| sims::delete_tag(db, &operator, &sim_id, &tag_name)))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -578,7 +584,8 @@ pub async fn add_subscription(
     let added = state
         .write_notifying(
             move |tx| {
-                subscriptions::add_virtual_subscriber(tx, &operator, &sim_id, &iccid, &policy)
+                let db = &mut SqliteDb::new(tx);
+                subscriptions::add_virtual_subscriber(db, &operator, &sim_id, &iccid, &policy)
             },
             |added| vec![PeerChange::Upsert(added.session.clone())],
         )
@@ -597,7 +604,8 @@ pub async fn terminate_subscription(
     state
         .write_notifying(
             move |tx| {
-                subscriptions::terminate_virtual_subscriber(tx, &operator, &sim_id, &iccid, &imsi)
+                let db = &mut SqliteDb::new(tx);
+                subscriptions::terminate_virtual_subscriber(db, &operator, &sim_id, &iccid, &imsi)
             },
             |change| change.iter().cloned().collect(),
         )

@@ -52,7 +52,11 @@ pub fn identify(ctx: &ServiceContext, source: IpAddr) -> Result<Caller, CallerEr
         .session_by_client_ip(client_ip)
         .ok_or(CallerError::Unknown(source))?;
     let (sim, configuration) = ctx.store.read(|conn| {
-        let sim = sims::get(conn, &session.operator_id, &session.sim_id)?;
+        let sim = sims::get(
+            &mut SqliteDb::new(conn),
+            &session.operator_id,
+            &session.sim_id,
+        )?;
         let configuration = match &sim.group_id {
             Some(group_id) => {
                 match groups::get(&mut SqliteDb::new(conn), &sim.operator_id, group_id) {

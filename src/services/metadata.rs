@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::http::{identify, internal_error, text};
 use super::{Caller, SharedContext};
 use crate::api::views;
+use crate::store::db::Backend;
 use crate::store::sims;
 
 pub const FORBIDDEN: &str = "You are not allowed to access Metadata Server.";
@@ -195,7 +196,7 @@ async fn put_tags(
     let store = ctx.store.clone();
     let (operator, sim_id) = (caller.sim.operator_id.clone(), caller.sim.sim_id.clone());
     let written = tokio::task::spawn_blocking(move || {
-        store.write(|tx| sims::put_tags(tx, &operator, &sim_id, &tags))
+        store.write_db(|db| sims::put_tags(db, &operator, &sim_id, &tags))
     })
     .await;
     match written {

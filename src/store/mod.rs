@@ -181,7 +181,9 @@ pub fn now_ms() -> i64 {
 }
 
 /// Takes the next value of a named counter. Counters only grow, so identifiers are never reused.
-/// Kept for callers still on rusqlite types; converted code calls `Db::next_number`.
+/// Kept for callers still on rusqlite types; converted code calls `Db::next_number`. Only this
+/// module's tests still call it since sims number through `Db::next_number`.
+#[cfg(test)]
 pub(crate) fn next_counter(tx: &Transaction, name: &str) -> Result<u64> {
     use self::db::Db;
     let value = self::db::SqliteDb::new(tx).next_number(name)?;

@@ -1,11 +1,12 @@
 //! `GET /query/sims`: the operator's SIMs matching a filter, one page in SIM ID order. The WHERE
 //! clause is assembled from typed pieces: each searchable field says where its value is found and
 //! how it is compared, and every value is bound as a parameter, never written into the SQL.
+//! Portable over `Db` (issue 14): text is compared case-insensitively as `lower(x) LIKE lower($n)`
+//! (PostgreSQL's LIKE is case-sensitive, SQLite's is not for ASCII), and the group's name is read
+//! from its JSON tags through the engine's `Db::json_text`.
 
-use rusqlite::types::ToSql;
-use rusqlite::{params_from_iter, Connection};
-
-use super::sims::{sims_page, SimRecord, SIM_COLUMNS};
+use super::db::{Db, Param, Value};
+use super::sims::{completed, SimRecord, SIM_COLUMNS};
 use super::Result;
 use crate::ids::OperatorId;
 
@@ -41,9 +42,9 @@ enum Comparison {
 
 /// A searchable field: the SQL expression holding it, and, for values in another table, the
 /// correlated `FROM ... WHERE` that reaches them from the SIM row `s`.
-struct Field {
+struct Field<'e> {
     related: Option<&'static str>,
-    expression: &'static str,
+    expression: &'e str,
     comparison: Comparison,
 }
 
@@ -52,11 +53,11 @@ const NAME_TAG: &str = "sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name'
 const SUBSCRIBERS: &str = "subscribers u WHERE u.sim_id = s.sim_id";
 const GROUP: &str = "groups g WHERE g.group_id = s.group_id";
 
-const fn field(
+const fn field<'e>(
     related: Option<&'static str>,
-    expression: &'static str,
+    expression: &'e str,
     comparison: Comparison,
-) -> Field {
+) -> Field<'e> {
     Field {
         related,
         expression,
@@ -64,12 +65,15 @@ const fn field(
     }
 }
 
-impl Field {
+impl Field<'_> {
     /// The test of one value, bound as parameter `placeholder`.
     fn test(&self, placeholder: &str) -> String {
         let comparison = match self.comparison {
             Comparison::Equal => format!("{} = {placeholder}", self.expression),
-            Comparison::Contains => format!("{} LIKE {placeholder} ESCAPE '\\'", self.expression),
+            Comparison::Contains => format!(
+                "lower({}) LIKE lower({placeholder}) ESCAPE '\\'",
+                self.expression
+            ),
         };
         match self.related {
             Some(related) => format!("EXISTS (SELECT 1 FROM {related} AND {comparison})"),
@@ -87,13 +91,14 @@ impl Field {
 }
 
 /// The query's fields with the values asked for, in the order their clauses are written.
-fn requested_fields(query: &SimQuery) -> [(Field, &[String]); 11] {
+/// `group_name` is the SQL expression of the group's `name` tag (`Db::json_text`).
+fn requested_fields<'q>(
+    query: &'q SimQuery,
+    group_name: &'q str,
+) -> [(Field<'q>, &'q [String]); 11] {
     use Comparison::{Contains, Equal};
     [
-        (
-            field(Some(NAME_TAG), "lower(t.value)", Contains),
-            &query.name,
-        ),
+        (field(Some(NAME_TAG), "t.value", Contains), &query.name),
         (field(None, "s.sim_id", Contains), &query.sim_id),
         (field(Some(SUBSCRIBERS), "u.imsi", Contains), &query.imsi),
         (
@@ -101,10 +106,7 @@ fn requested_fields(query: &SimQuery) -> [(Field, &[String]); 11] {
             &query.msisdn,
         ),
         (field(None, "s.status", Equal), &query.status),
-        (
-            field(Some(SIM_TAGS), "lower(t.value)", Contains),
-            &query.tag,
-        ),
+        (field(Some(SIM_TAGS), "t.value", Contains), &query.tag),
         (field(None, "s.group_id", Equal), &query.group_id),
         (
             field(Some(SUBSCRIBERS), "u.subscription", Equal),
@@ -112,28 +114,21 @@ fn requested_fields(query: &SimQuery) -> [(Field, &[String]); 11] {
         ),
         (field(None, "s.module_type", Equal), &query.module_type),
         (field(Some(SUBSCRIBERS), "u.iccid", Contains), &query.iccid),
-        (
-            field(
-                Some(GROUP),
-                "lower(json_extract(g.tags, '$.name'))",
-                Contains,
-            ),
-            &query.group,
-        ),
+        (field(Some(GROUP), group_name, Contains), &query.group),
     ]
 }
 
-/// SQL text and its positional parameters, numbered in the order they are bound.
+/// SQL text and its parameters, numbered in the order they are bound.
 #[derive(Default)]
 struct BoundSql {
-    parameters: Vec<Box<dyn ToSql>>,
+    parameters: Vec<Value>,
 }
 
 impl BoundSql {
-    /// Binds `value` as the next parameter and returns its placeholder (`?N`).
-    fn bind(&mut self, value: impl ToSql + 'static) -> String {
-        self.parameters.push(Box::new(value));
-        format!("?{}", self.parameters.len())
+    /// Binds `value` as the next parameter and returns its placeholder (`$N`).
+    fn bind(&mut self, value: impl Param) -> String {
+        self.parameters.push(value.to_value());
+        format!("${}", self.parameters.len())
     }
 
     /// `(test OR test ...)` over the values, or nothing when no value is asked for.
@@ -149,13 +144,13 @@ impl BoundSql {
     }
 
     /// `AND (clause AND|OR clause ...)` for the query's filters, empty without any.
-    fn filter(&mut self, query: &SimQuery) -> String {
-        let mut clauses: Vec<String> = requested_fields(query)
+    fn filter(&mut self, query: &SimQuery, group_name: &str) -> String {
+        let mut clauses: Vec<String> = requested_fields(query, group_name)
             .iter()
             .filter_map(|(field, values)| self.any_of(field, values))
             .collect();
         if query.absent_fields {
-            clauses.push("0".into());
+            clauses.push("FALSE".into());
         }
         clauses.extend(session_clause(query.session_online));
         if clauses.is_empty() {
@@ -176,28 +171,25 @@ fn session_clause(online: Option<bool>) -> Option<String> {
 
 /// One page of the operator's SIMs that match `query`, in SIM ID order, after `after_sim_id`.
 pub fn search(
-    conn: &Connection,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     query: &SimQuery,
     after_sim_id: Option<&str>,
     limit: u32,
 ) -> Result<Vec<SimRecord>> {
     let mut sql = BoundSql::default();
-    let operator = sql.bind(operator_id.to_string());
-    let after = sql.bind(after_sim_id.unwrap_or("").to_string());
-    let filter = sql.filter(query);
+    let operator = sql.bind(operator_id);
+    let after = sql.bind(after_sim_id.unwrap_or(""));
+    let filter = sql.filter(query, &db.json_text("g.tags", "name"));
     let limit = sql.bind(limit);
     let text = format!(
         "SELECT {SIM_COLUMNS} FROM sims s WHERE s.operator_id = {operator} AND s.sim_id > {after} {filter}
          ORDER BY s.sim_id LIMIT {limit}"
     );
+    let parameters: Vec<&dyn Param> = sql.parameters.iter().map(|v| v as &dyn Param).collect();
     // Not cached: each combination of filters is its own statement.
-    let mut statement = conn.prepare(&text)?;
-    sims_page(
-        conn,
-        &mut statement,
-        params_from_iter(sql.parameters.iter()),
-    )
+    let rows = db.query_once(&text, &parameters)?;
+    completed(db, &rows)
 }
 
 /// `text` with LIKE's wildcards and the escape character itself escaped, so it matches literally.
@@ -216,6 +208,9 @@ fn escape_like(text: &str) -> String {
 mod tests {
     use super::*;
 
+    /// What `Db::json_text` answers on either engine does not matter to the SQL assembly.
+    const GROUP_NAME: &str = "g_name";
+
     #[test]
     fn values_are_bound_in_order_and_never_written_into_the_sql() {
         let query = SimQuery {
@@ -226,30 +221,25 @@ mod tests {
             ..SimQuery::default()
         };
         let mut sql = BoundSql::default();
-        sql.bind("OP0000000001".to_string());
-        let filter = sql.filter(&query);
+        sql.bind("OP0000000001");
+        let filter = sql.filter(&query, GROUP_NAME);
         assert_eq!(
             filter,
-            "AND ((EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name' AND lower(t.value) LIKE ?2 ESCAPE '\\') \
-             OR EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name' AND lower(t.value) LIKE ?3 ESCAPE '\\')) \
-             AND (s.status = ?4) \
+            "AND ((EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name' AND lower(t.value) LIKE lower($2) ESCAPE '\\') \
+             OR EXISTS (SELECT 1 FROM sim_tags t WHERE t.sim_id = s.sim_id AND t.name = 'name' AND lower(t.value) LIKE lower($3) ESCAPE '\\')) \
+             AND (s.status = $4) \
              AND NOT EXISTS (SELECT 1 FROM arc_sessions a WHERE a.sim_id = s.sim_id))"
         );
-        assert_eq!(sql.parameters.len(), 4);
-        let bound: Vec<rusqlite::types::ToSqlOutput> = sql
-            .parameters
-            .iter()
-            .map(|p| p.to_sql().expect("to_sql"))
-            .collect();
-        let text = |i: usize| match bound[i].clone() {
-            rusqlite::types::ToSqlOutput::Borrowed(value) => {
-                value.as_str().expect("text parameter").to_string()
-            }
-            other => panic!("parameter {i} is not borrowed text: {other:?}"),
-        };
-        assert_eq!(text(1), "%meter\\_1\\%%");
-        assert_eq!(text(2), "%pump%");
-        assert_eq!(text(3), "active");
+        let text = |value: &str| Value::Text(value.to_string());
+        assert_eq!(
+            sql.parameters,
+            [
+                text("OP0000000001"),
+                text("%meter\\_1\\%%"),
+                text("%pump%"),
+                text("active")
+            ]
+        );
     }
 
     #[test]
@@ -261,8 +251,26 @@ mod tests {
             ..SimQuery::default()
         };
         let mut sql = BoundSql::default();
-        assert_eq!(sql.filter(&query), "AND ((s.group_id = ?1) OR 0)");
-        assert_eq!(BoundSql::default().filter(&SimQuery::default()), "");
+        assert_eq!(
+            sql.filter(&query, GROUP_NAME),
+            "AND ((s.group_id = $1) OR FALSE)"
+        );
+        assert_eq!(
+            BoundSql::default().filter(&SimQuery::default(), GROUP_NAME),
+            ""
+        );
+    }
+
+    #[test]
+    fn the_group_name_is_read_through_the_engines_expression() {
+        let query = SimQuery {
+            group: vec!["Fleet".into()],
+            ..SimQuery::default()
+        };
+        assert_eq!(
+            BoundSql::default().filter(&query, GROUP_NAME),
+            "AND ((EXISTS (SELECT 1 FROM groups g WHERE g.group_id = s.group_id AND lower(g_name) LIKE lower($1) ESCAPE '\\')))"
+        );
     }
 
     #[test]

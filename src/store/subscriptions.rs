@@ -1,8 +1,7 @@
 //! Imported IoT SIMs and the virtual subscribers added to them as secondary subscriptions.
+//! Portable SQL over `Db` (issue 14): the same functions on both engines.
 
-use rusqlite::{params, Transaction};
-
-use super::db::SqliteDb;
+use super::db::Db;
 use super::sessions::{self, ActiveSession, PeerChange, SessionPolicy};
 use super::sims::{self, insert_subscriber, next_virtual_imsi, NewSubscriber, SimRecord};
 use super::{now_ms, Entity, Result, Rule, StoreError};
@@ -77,21 +76,21 @@ impl IotSimImport {
 
 /// Registers all SIMs or none: the first bad item aborts the transaction with its index.
 pub fn import_iot_sims(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     items: &[IotSimImport],
 ) -> Result<Vec<SimRecord>> {
     let now = now_ms();
     for (index, item) in items.iter().enumerate() {
-        import_one(tx, operator_id, coverage, item, now).map_err(|failure| match failure {
+        import_one(db, operator_id, coverage, item, now).map_err(|failure| match failure {
             ImportFailure::Item(message) => Rule::ImportItem { index, message }.into(),
             ImportFailure::Store(e) => e,
         })?;
     }
     items
         .iter()
-        .map(|item| sims::get(tx, operator_id, &item.sim_id()))
+        .map(|item| sims::get(db, operator_id, &item.sim_id()))
         .collect()
 }
 
@@ -108,27 +107,27 @@ impl<E: Into<StoreError>> From<E> for ImportFailure {
 }
 
 fn import_one(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     item: &IotSimImport,
     now: i64,
 ) -> std::result::Result<(), ImportFailure> {
     item.check().map_err(ImportFailure::Item)?;
-    let inserted = tx
-        .prepare_cached(
-            "INSERT OR IGNORE INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
-                                        termination_enabled, created_at, last_modified_at)
-             VALUES (?1, ?2, 'uicc', NULL, 'active', ?3, NULL, 0, ?4, ?4)",
-        )?
-        .execute(params![item.iccid, operator_id, coverage.as_str(), now])?;
+    let inserted = db.execute(
+        "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+                          termination_enabled, created_at, last_modified_at)
+         VALUES ($1, $2, 'uicc', NULL, 'active', $3, NULL, FALSE, $4, $4)
+         ON CONFLICT DO NOTHING",
+        &[&item.iccid, operator_id, &coverage.as_str(), &now],
+    )?;
     if inserted == 0 {
         let message = format!("iccid {} is already registered", item.iccid);
         return Err(ImportFailure::Item(message));
     }
-    let imsi_taken = tx
-        .prepare_cached("SELECT 1 FROM subscribers WHERE imsi = ?1")?
-        .exists([&item.imsi])?;
+    let imsi_taken = db
+        .query_opt("SELECT 1 FROM subscribers WHERE imsi = $1", &[&item.imsi])?
+        .is_some();
     if imsi_taken {
         let message = format!("imsi {} is already registered", item.imsi);
         return Err(ImportFailure::Item(message));
@@ -143,7 +142,7 @@ fn import_one(
         is_virtual: false,
         arc_public_key: None,
     };
-    Ok(insert_subscriber(tx, &subscriber, now)?)
+    Ok(insert_subscriber(db, &subscriber, now)?)
 }
 
 pub struct AddedSubscriber {
@@ -156,17 +155,17 @@ pub struct AddedSubscriber {
 
 /// `addSubscription` with planArc01: a virtual subscriber whose traffic counts as the IoT SIM's.
 pub fn add_virtual_subscriber(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     iccid: &str,
     policy: &SessionPolicy,
 ) -> Result<AddedSubscriber> {
-    check_can_add_virtual(&sims::get(tx, operator_id, sim_id)?, iccid)?;
-    let imsi = next_virtual_imsi(tx)?;
+    check_can_add_virtual(&sims::get(db, operator_id, sim_id)?, iccid)?;
+    let imsi = next_virtual_imsi(db)?;
     let pair = wgkey::generate();
     insert_subscriber(
-        tx,
+        db,
         &NewSubscriber {
             imsi: &imsi,
             sim_id,
@@ -179,11 +178,10 @@ pub fn add_virtual_subscriber(
         },
         now_ms(),
     )?;
-    sims::touch(tx, sim_id)?;
-    let session =
-        sessions::open_first_session(&mut SqliteDb::new(tx), operator_id, sim_id, policy)?;
+    sims::touch(db, sim_id)?;
+    let session = sessions::open_first_session(db, operator_id, sim_id, policy)?;
     Ok(AddedSubscriber {
-        sim: sims::get(tx, operator_id, sim_id)?,
+        sim: sims::get(db, operator_id, sim_id)?,
         iccid: iccid.to_string(),
         imsi,
         private_key: pair.private_key.clone(),
@@ -221,13 +219,13 @@ fn check_can_add_virtual(sim: &SimRecord, iccid: &str) -> Result<()> {
 
 /// `terminateSubscriptionContainer`: ends a secondary virtual subscriber; the IoT SIM stays.
 pub fn terminate_virtual_subscriber(
-    tx: &Transaction,
+    db: &mut dyn Db,
     operator_id: &OperatorId,
     sim_id: &SimId,
     iccid: &str,
     imsi: &Imsi,
 ) -> Result<Option<PeerChange>> {
-    let sim = sims::get(tx, operator_id, sim_id)?;
+    let sim = sims::get(db, operator_id, sim_id)?;
     let sub = sim
         .subscribers
         .iter()
@@ -239,13 +237,13 @@ pub fn terminate_virtual_subscriber(
     if sub.status == "terminated" {
         return Err(StoreError::NotFound(Entity::Subscriber));
     }
-    let arc = sessions::arc_subscriber(&mut SqliteDb::new(tx), operator_id, sim_id)?
+    let arc = sessions::arc_subscriber(db, operator_id, sim_id)?
         .ok_or(StoreError::NotFound(Entity::Subscriber))?;
-    let change = sessions::close_session(&mut SqliteDb::new(tx), &arc, true)?;
-    tx.execute(
-        "UPDATE subscribers SET status = 'terminated', last_modified_at = ?2 WHERE imsi = ?1",
-        params![imsi, now_ms()],
+    let change = sessions::close_session(db, &arc, true)?;
+    db.execute(
+        "UPDATE subscribers SET status = 'terminated', last_modified_at = $2 WHERE imsi = $1",
+        &[imsi, &now_ms()],
     )?;
-    sims::touch(tx, sim_id)?;
+    sims::touch(db, sim_id)?;
     Ok(change)
 }

@@ -181,6 +181,16 @@ pub trait Db {
         self.query_opt(sql, params)?
             .ok_or_else(|| StoreError::Corrupt("a query that answers one row answered none".into()))
     }
+
+    /// Like `query`, for a statement built per call (one per combination of a search's filters):
+    /// prepared for this call only, so such statements neither crowd the engine's cache of hot
+    /// ones nor pile up on a long-lived connection.
+    fn query_once(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>>;
+
+    /// Dialect: an SQL expression for the text at `key` of the JSON object stored as text in
+    /// `column` (NULL when absent). Both are written into the SQL: constants of the caller's,
+    /// never input.
+    fn json_text(&self, column: &str, key: &str) -> String;
 }
 
 /// Transitional (see `Db::sqlite`): the SQLite connection of `db`, or an error naming the

@@ -403,6 +403,10 @@ impl Db for PgDb<'_, '_> {
             .int(0)
     }
 
+    fn json_text(&self, column: &str, key: &str) -> String {
+        format!("(CAST({column} AS jsonb) ->> '{key}')")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let statement = self.prepared(sql)?;
         let values = values(params);
@@ -414,6 +418,13 @@ impl Db for PgDb<'_, '_> {
         let statement = self.prepared(sql)?;
         let values = values(params);
         let rows = self.tx.query(&statement, &refs(&values))?;
+        rows.iter().map(row_of).collect()
+    }
+
+    fn query_once(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>> {
+        let values = values(params);
+        // Text, not a `Statement`: an unnamed statement that PostgreSQL forgets after the query.
+        let rows = self.tx.query(sql, &refs(&values))?;
         rows.iter().map(row_of).collect()
     }
 }

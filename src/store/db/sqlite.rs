@@ -83,6 +83,10 @@ impl Db for SqliteDb<'_> {
         .int(0)
     }
 
+    fn json_text(&self, column: &str, key: &str) -> String {
+        format!("json_extract({column}, '$.{key}')")
+    }
+
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {
         let mut statement = self.conn.prepare_cached(sql)?;
         bind(&mut statement, params)?;
@@ -91,18 +95,27 @@ impl Db for SqliteDb<'_> {
 
     fn query(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>> {
         let mut statement = self.conn.prepare_cached(sql)?;
-        bind(&mut statement, params)?;
-        let columns = statement.column_count();
-        let mut rows = statement.raw_query();
-        let mut found = Vec::new();
-        while let Some(row) = rows.next()? {
-            let values = (0..columns)
-                .map(|index| value_of(row.get_ref(index)?))
-                .collect::<Result<Vec<Value>>>()?;
-            found.push(Row(values));
-        }
-        Ok(found)
+        rows_of(&mut statement, params)
     }
+
+    fn query_once(&mut self, sql: &str, params: &[&dyn Param]) -> Result<Vec<Row>> {
+        let mut statement = self.conn.prepare(sql)?;
+        rows_of(&mut statement, params)
+    }
+}
+
+fn rows_of(statement: &mut Statement<'_>, params: &[&dyn Param]) -> Result<Vec<Row>> {
+    bind(statement, params)?;
+    let columns = statement.column_count();
+    let mut rows = statement.raw_query();
+    let mut found = Vec::new();
+    while let Some(row) = rows.next()? {
+        let values = (0..columns)
+            .map(|index| value_of(row.get_ref(index)?))
+            .collect::<Result<Vec<Value>>>()?;
+        found.push(Row(values));
+    }
+    Ok(found)
 }
 
 #[cfg(test)]

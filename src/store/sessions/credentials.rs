@@ -4,7 +4,7 @@
 use super::rendezvous_selection::SessionPolicy;
 use super::{arc_subscriber, close_session, open_session, ActiveSession, PeerChange};
 use crate::ids::{Imsi, OperatorId, SimId};
-use crate::store::db::{unconverted, Db};
+use crate::store::db::Db;
 use crate::store::{now_ms, sims, Result, Rule};
 
 /// `createArcSession` / `delete_session`: a new session for the SIM's virtual subscriber.
@@ -81,13 +81,8 @@ pub fn remove_credentials(
     close_session(db, &sub, false)
 }
 
-/// `sims::require_live_sim` through the transitional hatch until sims.rs is on the seam.
 fn require_live_sim(db: &mut dyn Db, operator_id: &OperatorId, sim_id: &SimId) -> Result<()> {
-    sims::require_live_sim(
-        unconverted(db, "sims::require_live_sim")?,
-        operator_id,
-        sim_id,
-    )
+    sims::require_live_sim(db, operator_id, sim_id)
 }
 
 /// Stores the subscriber's Arc public key (or none) and marks the subscriber and its SIM modified.
@@ -102,10 +97,5 @@ fn set_public_key(
         "UPDATE subscribers SET arc_public_key = $2, last_modified_at = $3 WHERE imsi = $1",
         &[imsi, &public_key, &now],
     )?;
-    // What `sims::touch` does, written here so the whole function runs on both engines.
-    db.execute(
-        "UPDATE sims SET last_modified_at = $2 WHERE sim_id = $1",
-        &[sim_id, &now],
-    )?;
-    Ok(())
+    sims::touch(db, sim_id)
 }

@@ -3,7 +3,7 @@
 
 use std::net::Ipv4Addr;
 
-use crate::store::db::{unconverted, Db};
+use crate::store::db::Db;
 
 use super::ArcSubscriber;
 use crate::ids::{Imsi, OperatorId, SimId, VpgId};
@@ -64,7 +64,7 @@ pub fn list_events(
     before_event_id: Option<i64>,
     limit: u32,
 ) -> Result<Vec<SessionEventRecord>> {
-    crate::store::sims::require_sim(unconverted(db, "sims::require_sim")?, operator_id, sim_id)?;
+    crate::store::sims::require_sim(db, operator_id, sim_id)?;
     let rows = db.query(
         "SELECT event_id, sim_id, imsi, operator_id, session_id, event, subscription, ue_ip, vpg_id, time
          FROM session_events
