@@ -37,6 +37,8 @@ fn main() {
     let scope = format!("rp:{}", rp.id);
     let (first, last) = (u32::from(pool.network()), u32::from(pool.broadcast()));
     let operator = store
+        .sqlite()
+        .expect("a SQLite store")
         .write(|tx| {
             rendezvous::sync(&mut SqliteDb::new(tx), &config.rendezvous_points)?;
             tx.execute(

@@ -165,6 +165,8 @@ async fn signing_in_needs_no_database_write() {
     let holder = std::thread::spawn(move || {
         let other = arcd::store::Store::open(&database).expect("second connection");
         other
+            .sqlite()
+            .expect("a SQLite store")
             .write(|tx| {
                 tx.execute(
                     "UPDATE settings SET value = value WHERE key = 'root_operator_id'",
@@ -211,7 +213,7 @@ async fn signing_in_needs_no_database_write() {
     );
     let store = server.running.store.clone();
     tokio::task::spawn_blocking(move || {
-        store.write(|tx| {
+        store.sqlite().expect("a SQLite store").write(|tx| {
             tx.execute_batch("PRAGMA query_only = ON")?;
             Ok(())
         })

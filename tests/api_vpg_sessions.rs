@@ -16,6 +16,7 @@
 
 mod support;
 
+use arcd::store::db::Backend;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
@@ -91,7 +92,7 @@ async fn count(server: &TestServer, table: &str) -> i64 {
     let sql = format!("SELECT COUNT(*) FROM {table}");
     tokio::task::spawn_blocking(move || {
         store
-            .read(|c| Ok(c.query_row(&sql, [], |r| r.get(0))?))
+            .read_db(|db| db.query_one(&sql, &[])?.int(0))
             .expect("count")
     })
     .await

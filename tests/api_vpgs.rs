@@ -13,6 +13,7 @@
 
 mod support;
 
+use arcd::store::db::Backend;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::checked::{text, Checked};
@@ -34,10 +35,11 @@ async fn vpg_rows(server: &TestServer) -> Vec<(String, String)> {
     let store = server.running.store.clone();
     tokio::task::spawn_blocking(move || {
         store
-            .read(|conn| {
-                let mut stmt = conn.prepare("SELECT vpg_id, status FROM vpgs ORDER BY vpg_id")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-                Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+            .read_db(|db| {
+                db.query("SELECT vpg_id, status FROM vpgs ORDER BY vpg_id", &[])?
+                    .iter()
+                    .map(|row| Ok((row.text(0)?, row.text(1)?)))
+                    .collect::<arcd::store::Result<Vec<_>>>()
             })
             .expect("vpg rows")
     })

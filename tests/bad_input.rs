@@ -12,6 +12,7 @@
 
 mod support;
 
+use arcd::store::db::Backend;
 use std::time::Duration;
 
 use reqwest::{Method, StatusCode};
@@ -39,11 +40,12 @@ async fn counts(server: &TestServer) -> Vec<(&'static str, i64)> {
     let store = server.running.store.clone();
     tokio::task::spawn_blocking(move || {
         store
-            .read(|conn| {
+            .read_db(|db| {
                 let mut out = Vec::new();
                 for table in TABLES {
-                    let n: i64 =
-                        conn.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
+                    let n = db
+                        .query_one(&format!("SELECT COUNT(*) FROM {table}"), &[])?
+                        .int(0)?;
                     out.push((table, n));
                 }
                 Ok(out)

@@ -324,6 +324,8 @@ async fn acknowledged_sims_survive_sigkill() {
     // Exactly one operator, the root one.
     let store = arcd::store::Store::open(&data_dir.join("arcd.sqlite")).expect("open store");
     let operators: Vec<String> = store
+        .sqlite()
+        .expect("a SQLite store")
         .read(|conn| {
             let mut stmt = conn.prepare("SELECT operator_id FROM operators")?;
             let rows = stmt.query_map([], |r| r.get(0))?;

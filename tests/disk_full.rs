@@ -13,6 +13,7 @@
 
 mod support;
 
+use arcd::store::db::Backend;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -24,6 +25,8 @@ use support::server::{assert_error, TestServer};
 
 fn cap_database_at_its_current_size(store: &Store) {
     store
+        .sqlite()
+        .expect("a SQLite store")
         .write(|tx| {
             let pages: i64 = tx.query_row("PRAGMA page_count", [], |r| r.get(0))?;
             let cap: i64 = tx.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |r| {
@@ -38,7 +41,7 @@ fn cap_database_at_its_current_size(store: &Store) {
 async fn sim_count(server: &TestServer) -> i64 {
     let store = server.running.store.clone();
     tokio::task::spawn_blocking(move || {
-        store.read(|conn| Ok(conn.query_row("SELECT count(*) FROM sims", [], |r| r.get(0))?))
+        store.read_db(|db| db.query_one("SELECT count(*) FROM sims", &[])?.int(0))
     })
     .await
     .expect("join")

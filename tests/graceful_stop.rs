@@ -200,6 +200,8 @@ async fn sigterm_drains_requests_in_flight_and_keeps_every_acknowledged_write() 
     let acknowledged = tally.acknowledged.lock().unwrap().clone();
     let store = arcd::store::Store::open(&data_dir.join("arcd.sqlite")).expect("open store");
     let stored: std::collections::BTreeSet<String> = store
+        .sqlite()
+        .expect("a SQLite store")
         .read(|conn| {
             let mut stmt = conn.prepare("SELECT sim_id FROM sims")?;
             let rows = stmt.query_map([], |r| r.get(0))?;

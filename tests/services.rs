@@ -184,34 +184,26 @@ fn post(path: &str, content_type: &str, body: impl Into<Body>) -> Request<Body> 
 }
 
 fn count_entries(server: &TestServer, resource_id: &str) -> i64 {
-    server
-        .running
-        .store
-        .read(|conn| {
-            Ok(conn.query_row(
-                "SELECT count(*) FROM harvest_entries WHERE resource_id = ?1",
-                [resource_id],
-                |row| row.get(0),
-            )?)
-        })
-        .expect("count")
+    server.read_store(|db| {
+        db.query_one(
+            "SELECT count(*) FROM harvest_entries WHERE resource_id = $1",
+            &[&resource_id],
+        )?
+        .int(0)
+    })
 }
 
 fn entries(server: &TestServer, resource_id: &str) -> Vec<(i64, String, String, String)> {
-    server
-        .running
-        .store
-        .read(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT time, content_type, content, sim_id FROM harvest_entries
-                 WHERE resource_id = ?1 ORDER BY entry_id",
-            )?;
-            let rows = stmt.query_map([resource_id], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?;
-            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
-        })
-        .expect("entries")
+    server.read_store(|db| {
+        db.query(
+            "SELECT time, content_type, content, sim_id FROM harvest_entries
+             WHERE resource_id = $1 ORDER BY entry_id",
+            &[&resource_id],
+        )?
+        .iter()
+        .map(|row| Ok((row.int(0)?, row.text(1)?, row.text(2)?, row.text(3)?)))
+        .collect()
+    })
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -332,7 +332,7 @@ async fn check_fixture(version: i64) {
     }
     let store = server.running.store.clone();
     let (schema, counts, live) = tokio::task::spawn_blocking(move || {
-        store.read(|conn| {
+        store.sqlite().expect("a SQLite store").read(|conn| {
             let schema: i64 = conn.query_row("PRAGMA user_version", [], |row| row.get(0))?;
             let pairs = |sql: &str| -> rusqlite::Result<BTreeMap<String, i64>> {
                 let mut statement = conn.prepare(sql)?;

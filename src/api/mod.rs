@@ -37,9 +37,9 @@ pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
 use crate::dataplane::PeerChanges;
+use crate::store::db::Db;
 use crate::store::sessions::SessionPolicy;
 use crate::store::{self, PeerChange, Store};
-use rusqlite::Transaction;
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -79,12 +79,12 @@ impl AppState {
     /// sent to the data plane right after commit, in commit order.
     pub async fn write_notifying<T: Send + 'static>(
         &self,
-        work: impl FnOnce(&Transaction) -> store::Result<T> + Send + 'static,
+        work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
         changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
         let peer_changes = self.peer_changes.clone();
         self.db(move |store| {
-            store.write_then(work, |value| peer_changes.send_all(changes_of(value)))
+            store.write_db_then(work, |value| peer_changes.send_all(changes_of(value)))
         })
         .await
     }

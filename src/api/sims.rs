@@ -12,7 +12,7 @@ use super::{
     SharedState,
 };
 use crate::ids::{GroupId, Imsi, OperatorId, SimId};
-use crate::store::db::{Backend, SqliteDb};
+use crate::store::db::Backend;
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;
@@ -43,14 +43,9 @@ pub async fn create_sim(
     let limit = state.config.sims.max_per_operator;
     let created = state
         .write_notifying(
-            move |tx| {
-                let db = &mut SqliteDb::new(tx);
-                match sims::check_sim_quota(db, &operator, 1, limit)? {
-                    Ok(()) => {
-                        sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok)
-                    }
-                    Err(exceeded) => Ok(Err(exceeded)),
-                }
+            move |db| match sims::check_sim_quota(db, &operator, 1, limit)? {
+                Ok(()) => sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok),
+                Err(exceeded) => Ok(Err(exceeded)),
             },
             |created| match created {
                 Ok(created) => vec![PeerChange::Upsert(created.session.clone())],
@@ -257,8 +252,7 @@ async fn recreate_session(
     let policy = state.policy.clone();
     let (_, sim) = state
         .write_notifying(
-            move |tx| {
-                let db = &mut SqliteDb::new(tx);
+            move |db| {
                 let session =
                     sessions::recreate(db, &operator, &sim_id, &policy, require_existing)?;
                 Ok((session, sims::get(db, &operator, &sim_id)?))
@@ -307,14 +301,8 @@ pub async fn renew_credentials(
     let policy = state.policy.clone();
     let renewed = state
         .write_notifying(
-            move |tx| {
-                sessions::renew_credentials(
-                    &mut SqliteDb::new(tx),
-                    &operator,
-                    &sim_id,
-                    client_key,
-                    &policy,
-                )
+            move |db| {
+                sessions::renew_credentials(db, &operator, &sim_id, client_key.clone(), &policy)
             },
             |renewed| vec![PeerChange::Upsert(renewed.session.clone())],
         )
@@ -335,7 +323,7 @@ pub async fn remove_credentials(
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(
-            move |tx| sessions::remove_credentials(&mut SqliteDb::new(tx), &operator, &sim_id),
+            move |db| sessions::remove_credentials(db, &operator, &sim_id),
             |change| change.iter().cloned().collect(),
         )
         .await?;
@@ -349,7 +337,7 @@ pub async fn terminate(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| sims::terminate(&mut SqliteDb::new(tx), &operator, &sim_id),
+            move |db| sims::terminate(db, &operator, &sim_id),
             |(_, changes)| changes.clone(),
         )
         .await?;
@@ -437,14 +425,7 @@ async fn move_to_group(
 ) -> Result<Response, ApiError> {
     let (sim, _) = state
         .write_notifying(
-            move |tx| {
-                sims::set_group(
-                    &mut SqliteDb::new(tx),
-                    &operator,
-                    &sim_id,
-                    group_id.as_ref(),
-                )
-            },
+            move |db| sims::set_group(db, &operator, &sim_id, group_id.as_ref()),
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
@@ -583,8 +564,7 @@ pub async fn add_subscription(
     let policy = state.policy.clone();
     let added = state
         .write_notifying(
-            move |tx| {
-                let db = &mut SqliteDb::new(tx);
+            move |db| {
                 subscriptions::add_virtual_subscriber(db, &operator, &sim_id, &iccid, &policy)
             },
             |added| vec![PeerChange::Upsert(added.session.clone())],
@@ -603,8 +583,7 @@ pub async fn terminate_subscription(
 ) -> Result<StatusCode, ApiError> {
     state
         .write_notifying(
-            move |tx| {
-                let db = &mut SqliteDb::new(tx);
+            move |db| {
                 subscriptions::terminate_virtual_subscriber(db, &operator, &sim_id, &iccid, &imsi)
             },
             |change| change.iter().cloned().collect(),

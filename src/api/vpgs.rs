@@ -13,7 +13,7 @@ use super::{
 };
 use crate::config::Coverage;
 use crate::ids::VpgId;
-use crate::store::db::{Backend, SqliteDb};
+use crate::store::db::Backend;
 use crate::store::vpgs::{self, NewVpg, TagFilter};
 
 #[derive(Deserialize)]
@@ -82,9 +82,8 @@ pub async fn create(
     let plane = state.vpg_plane.clone();
     let (vpg, _) = state
         .db(move |store| {
-            store.write_then(
-                |tx| {
-                    let db = &mut SqliteDb::new(tx);
+            store.write_db_then(
+                |db| {
                     let vpg = vpgs::create(db, &operator, &new, &config.rendezvous_points)?;
                     Ok((vpg, vpgs::running(db)?))
                 },
@@ -151,9 +150,8 @@ pub async fn terminate(
     let plane = state.vpg_plane.clone();
     state
         .db(move |store| {
-            store.write_then(
-                |tx| {
-                    let db = &mut SqliteDb::new(tx);
+            store.write_db_then(
+                |db| {
                     vpgs::terminate(db, &operator, &vpg_id)?;
                     vpgs::running(db)
                 },
@@ -182,9 +180,8 @@ pub async fn set_device_to_device(
     let (vpg, _) = state
         .db(move |store| {
             // The data plane follows only what was committed, in commit order.
-            store.write_then(
-                |tx| {
-                    let db = &mut SqliteDb::new(tx);
+            store.write_db_then(
+                |db| {
                     let vpg = vpgs::set_device_to_device(db, &operator, &vpg_id, enabled)?;
                     Ok((vpg, vpgs::running(db)?))
                 },

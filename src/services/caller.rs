@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::ServiceContext;
 use crate::ids::Imsi;
-use crate::store::db::SqliteDb;
+use crate::store::db::Backend;
 use crate::store::groups::{self, Configuration};
 use crate::store::{sims, SimRecord, StoreError};
 
@@ -51,20 +51,14 @@ pub fn identify(ctx: &ServiceContext, source: IpAddr) -> Result<Caller, CallerEr
         .engine
         .session_by_client_ip(client_ip)
         .ok_or(CallerError::Unknown(source))?;
-    let (sim, configuration) = ctx.store.read(|conn| {
-        let sim = sims::get(
-            &mut SqliteDb::new(conn),
-            &session.operator_id,
-            &session.sim_id,
-        )?;
+    let (sim, configuration) = ctx.store.read_db(|db| {
+        let sim = sims::get(db, &session.operator_id, &session.sim_id)?;
         let configuration = match &sim.group_id {
-            Some(group_id) => {
-                match groups::get(&mut SqliteDb::new(conn), &sim.operator_id, group_id) {
-                    Ok(group) => group.configuration,
-                    Err(StoreError::NotFound(_)) => Configuration::new(),
-                    Err(e) => return Err(e),
-                }
-            }
+            Some(group_id) => match groups::get(db, &sim.operator_id, group_id) {
+                Ok(group) => group.configuration,
+                Err(StoreError::NotFound(_)) => Configuration::new(),
+                Err(e) => return Err(e),
+            },
             None => Configuration::new(),
         };
         Ok((sim, configuration))

@@ -441,6 +441,8 @@ mod tests {
         std::thread::spawn(move || write_batches(&writer_store, pending));
         flushing.await.expect("task").expect("flushed");
         let stored: i64 = store
+            .sqlite()
+            .expect("a SQLite store")
             .read(|conn| {
                 Ok(conn.query_row("SELECT count(*) FROM harvest_entries", [], |r| r.get(0))?)
             })

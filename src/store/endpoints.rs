@@ -197,6 +197,8 @@ mod tests {
     fn save_looks_sessions_up_by_key() {
         let (_dir, store) = crate::store::testing::temp_store();
         let plan: Vec<String> = store
+            .sqlite()
+            .expect("a SQLite store")
             .read(|conn| {
                 let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {}", save_sql(2)))?;
                 let rows = statement.query_map(["x"; 6], |row| row.get::<_, String>(3))?;

@@ -90,8 +90,6 @@ pub enum StoreError {
     SchemaTooNew { found: i64, supported: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("{0} needs the SQLite store engine")]
-    NeedsSqlite(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

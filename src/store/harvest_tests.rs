@@ -443,6 +443,8 @@ fn listings_use_their_indexes() {
     ];
     let plan = |sql: &str| -> Vec<String> {
         store
+            .sqlite()
+            .expect("a SQLite store")
             .read(|conn| {
                 let mut stmt = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
                 let values: [&dyn rusqlite::ToSql; 8] = [&"op", &"a", &"b", &0, &1, &2, &3, &4];

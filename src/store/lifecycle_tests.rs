@@ -385,6 +385,8 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
     }
     let store = Store::open(&path).expect("reopen migrates");
     let kept: i64 = store
+        .sqlite()
+        .expect("a SQLite store")
         .read(|c| {
             Ok(c.query_row(
                 "SELECT live_sims FROM operator_sim_counts WHERE operator_id = ?1",

@@ -22,8 +22,6 @@ mod sqlite_store;
 
 use std::path::Path;
 
-use rusqlite::{Connection, Transaction};
-
 use db::{Backend, Db, PgStore, SqliteDb};
 pub use sqlite_store::{SqliteStore, WAL_HARD_LIMIT_FRAMES};
 
@@ -70,33 +68,6 @@ impl Store {
             Store::Sqlite(store) => Some(store),
             Store::Postgres(_) => None,
         }
-    }
-
-    fn sqlite_only(&self, what: &'static str) -> Result<&SqliteStore> {
-        self.sqlite().ok_or(StoreError::NeedsSqlite(what))
-    }
-
-    /// Transitional (issue 14): a write through rusqlite, for store functions not yet on the
-    /// `Db` seam; refused on PostgreSQL.
-    pub fn write<T>(&self, f: impl FnOnce(&Transaction) -> Result<T>) -> Result<T> {
-        self.sqlite_only("a write not yet ported to PostgreSQL")?
-            .write(f)
-    }
-
-    /// Transitional, like `write`.
-    pub fn write_then<T>(
-        &self,
-        f: impl FnOnce(&Transaction) -> Result<T>,
-        after_commit: impl FnOnce(&T),
-    ) -> Result<T> {
-        self.sqlite_only("a write not yet ported to PostgreSQL")?
-            .write_then(f, after_commit)
-    }
-
-    /// Transitional, like `write`.
-    pub fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.sqlite_only("a read not yet ported to PostgreSQL")?
-            .read(f)
     }
 
     /// `write_db`, then `after_commit` with the result. On SQLite it runs under the writer lock,
@@ -184,7 +155,7 @@ pub fn now_ms() -> i64 {
 /// Kept for callers still on rusqlite types; converted code calls `Db::next_number`. Only this
 /// module's tests still call it since sims number through `Db::next_number`.
 #[cfg(test)]
-pub(crate) fn next_counter(tx: &Transaction, name: &str) -> Result<u64> {
+pub(crate) fn next_counter(tx: &rusqlite::Transaction, name: &str) -> Result<u64> {
     use self::db::Db;
     let value = self::db::SqliteDb::new(tx).next_number(name)?;
     Ok(value as u64)
@@ -207,8 +178,14 @@ mod tests {
 
     use parking_lot::Mutex;
 
-    use super::testing::temp_store;
     use super::*;
+
+    /// These tests are about the SQLite engine's own upkeep (pragmas, WAL, its writer lock).
+    fn temp_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(&dir.path().join("arcd.sqlite")).expect("open store");
+        (dir, store)
+    }
 
     #[test]
     fn open_sets_pragmas_and_version() {
@@ -230,8 +207,8 @@ mod tests {
     fn reopen_is_idempotent_and_newer_schema_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("arcd.sqlite");
-        drop(Store::open(&path).expect("first open"));
-        let store = Store::open(&path).expect("second open");
+        drop(SqliteStore::open(&path).expect("first open"));
+        let store = SqliteStore::open(&path).expect("second open");
         store
             .write(|tx| {
                 tx.pragma_update(None, "user_version", migrations::LATEST + 1)?;
@@ -240,7 +217,7 @@ mod tests {
             .expect("bump");
         drop(store);
         assert!(matches!(
-            Store::open(&path),
+            SqliteStore::open(&path),
             Err(StoreError::SchemaTooNew { .. })
         ));
     }

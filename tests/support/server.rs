@@ -104,6 +104,19 @@ impl TestServer {
         }
     }
 
+    /// Reads the server's store from a plain thread: the PostgreSQL engine's blocking client
+    /// must not run on the test's async runtime (and SQLite's reads should not block it either).
+    pub fn read_store<T: Send>(
+        &self,
+        read: impl FnMut(&mut dyn arcd::store::db::Db) -> arcd::store::Result<T> + Send,
+    ) -> T {
+        use arcd::store::db::Backend;
+        let store = &self.running.store;
+        std::thread::scope(|scope| scope.spawn(move || store.read_db(read)).join())
+            .expect("store read thread")
+            .expect("store read")
+    }
+
     pub fn client(&self) -> reqwest::Client {
         self.client.clone()
     }

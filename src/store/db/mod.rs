@@ -164,13 +164,6 @@ pub trait Db {
     /// because numbers are only ever required to be unused.
     fn next_number(&mut self, name: &str) -> Result<i64>;
 
-    /// Transitional (issue 14, removed once every store module is on this seam): the SQLite
-    /// connection under this `Db`, so a converted function can still call one that is not.
-    /// `None` on PostgreSQL; use `unconverted(db)`, which turns that into an error.
-    fn sqlite(&self) -> Option<&rusqlite::Connection> {
-        None
-    }
-
     /// Dialect: a table expression listing the entries of the JSON object held (as text) in
     /// `column`, one row per key with text columns `key` and `value` (string values unquoted).
     /// SQLite: `json_each(column)`; PostgreSQL: `jsonb_each_text(column::jsonb)`.
@@ -191,17 +184,6 @@ pub trait Db {
     /// `column` (NULL when absent). Both are written into the SQL: constants of the caller's,
     /// never input.
     fn json_text(&self, column: &str, key: &str) -> String;
-}
-
-/// Transitional (see `Db::sqlite`): the SQLite connection of `db`, or an error naming the
-/// operation that PostgreSQL cannot run yet.
-#[allow(dead_code)] // used while modules convert; goes with `Db::sqlite`
-pub(crate) fn unconverted<'d>(db: &'d dyn Db, what: &str) -> Result<&'d rusqlite::Connection> {
-    db.sqlite().ok_or_else(|| {
-        StoreError::Corrupt(format!(
-            "{what} is not yet written for PostgreSQL (issue 14)"
-        ))
-    })
 }
 
 /// A store on one engine: runs a closure in a write transaction or on a read snapshot. The

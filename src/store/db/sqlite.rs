@@ -65,10 +65,6 @@ fn value_of(value: ValueRef<'_>) -> Result<Value> {
 }
 
 impl Db for SqliteDb<'_> {
-    fn sqlite(&self) -> Option<&Connection> {
-        Some(self.conn)
-    }
-
     fn json_object_entries(&self, column: &str) -> String {
         format!("json_each({column})")
     }
