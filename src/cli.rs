@@ -57,8 +57,27 @@ pub enum Command {
         #[arg(long, short = 'i', value_name = "FILE")]
         input: PathBuf,
     },
+    /// Move a box's state between store engines.
+    #[command(subcommand)]
+    Store(StoreCommand),
     /// Print the version.
     Version,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum StoreCommand {
+    /// Copy the SQLite store of one configuration into the empty PostgreSQL store of another,
+    /// offline (stop `arcd serve` on the source first; its data directory stays locked for the
+    /// copy). Every row moves as it is: devices keep their keys, addresses and sessions. Copy
+    /// root-credentials.json and the TLS files of the data directory separately.
+    Copy {
+        /// Configuration whose `[store]` is SQLite (its data_dir holds arcd.sqlite).
+        #[arg(long, value_name = "SQLITE_CONFIG")]
+        from: PathBuf,
+        /// Configuration whose `[store]` is PostgreSQL (engine = "postgres", url).
+        #[arg(long, value_name = "POSTGRES_CONFIG")]
+        to: PathBuf,
+    },
 }
 
 #[derive(clap::Args, Debug, Default)]

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use crate::bootstrap::{self, BootstrapError};
-use crate::config::Config;
+use crate::config::{Config, StoreEngine};
 use crate::ids::OperatorId;
 use crate::iot_sim_csv::{self, CsvError};
 use crate::server::{self, ServeError};
@@ -29,6 +29,8 @@ pub enum CommandError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Csv(#[from] CsvError),
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Runs the server with the data directory locked for the whole process: a second `serve` on
@@ -92,6 +94,34 @@ async fn shutdown_signal() {
 pub fn backup(config: &Config, output: &Path) -> Result<(), CommandError> {
     let summary = crate::backup::backup(config, output)?;
     print_json(&summary);
+    Ok(())
+}
+
+/// `arcd store copy`: the SQLite store of `from` into the empty PostgreSQL store of `to`, with
+/// `from`'s data directory locked (no `arcd serve` on it during the copy); prints rows per table
+/// as JSON.
+pub fn copy_store(from: &Config, to: &Config) -> Result<(), CommandError> {
+    let engines = (from.store.engine, to.store.engine);
+    if engines != (StoreEngine::Sqlite, StoreEngine::Postgres) {
+        return Err(CommandError::Usage(format!(
+            "store copy goes from a SQLite configuration to a PostgreSQL one; got {:?} to {:?}",
+            engines.0, engines.1
+        )));
+    }
+    let _lock = bootstrap::lock_data_dir(&from.data_dir)?;
+    // Opening a missing database would create an empty one and "copy" nothing.
+    let database = from.data_dir.join(bootstrap::DATABASE_FILE);
+    if !database.exists() {
+        return Err(CommandError::Usage(format!(
+            "store copy: the source has no database ({} does not exist)",
+            database.display()
+        )));
+    }
+    let source = bootstrap::open_store(from)?;
+    let destination = bootstrap::open_store(to)?;
+    let summary = crate::store::copy::copy(&source, &destination)?;
+    tracing::info!(tables = summary.rows.len(), "store copied");
+    print_json(&summary.rows);
     Ok(())
 }
 

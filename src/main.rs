@@ -5,7 +5,9 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use arcd::bootstrap::Reinitialize;
-use arcd::cli::{AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand, ServeArgs};
+use arcd::cli::{
+    AuthkeyCommand, Cli, Command, IotsimCommand, OperatorCommand, ServeArgs, StoreCommand,
+};
 use arcd::config::{Config, LogFormat};
 use arcd::ids::OperatorId;
 
@@ -44,6 +46,16 @@ fn main() -> ExitCode {
         }
         Command::Backup { output } => arcd::commands::backup(&config, &output),
         Command::Restore { input } => arcd::commands::restore(&config, &input),
+        Command::Store(StoreCommand::Copy { from, to }) => {
+            let (from, to) = match (Config::load(Some(&from)), Config::load(Some(&to))) {
+                (Ok(from), Ok(to)) => (from, to),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("arcd: {e}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            arcd::commands::copy_store(&from, &to)
+        }
         Command::Version => Ok(()),
     };
     match result {

@@ -1,6 +1,7 @@
 //! The store is the truth: every mutation in one transaction, on SQLite (one file in the data
 //! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
+pub mod copy;
 pub mod db;
 pub mod endpoints;
 mod error;
