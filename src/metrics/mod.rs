@@ -202,7 +202,7 @@ pub fn registry(collector: ArcdCollector) -> Registry {
     );
     registry.register(
         "arcd_store_write_duration_seconds",
-        "SQLite write transactions, writer lock wait and commit included",
+        "Store write transactions, waits, retries and commit included",
         events.store_write_seconds.clone(),
     );
     registry.register_collector(Box::new(collector));

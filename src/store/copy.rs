@@ -405,13 +405,15 @@ mod tests {
         for _ in 0..3 {
             created.push(
                 store
-                    .write(|tx| sims::create_virtual(tx, &operator, Coverage::Jp, "8942", &policy))
+                    .write_db(|tx| {
+                        sims::create_virtual(tx, &operator, Coverage::Jp, "8942", &policy)
+                    })
                     .expect("create"),
             );
         }
         let first = created[0].sim.sim_id.clone();
         store
-            .write(|tx| {
+            .write_db(|tx| {
                 sims::put_tags(tx, &operator, &first, &[("name".into(), "pump".into())])?;
                 sims::set_group(tx, &operator, &first, Some(&group.group_id))?;
                 sims::set_termination_enabled(tx, &operator, &created[2].sim.sim_id, true)?;
@@ -428,7 +430,7 @@ mod tests {
             subscription: "plan-D".into(),
         };
         store
-            .write(|tx| {
+            .write_db(|tx| {
                 subscriptions::import_iot_sims(
                     tx,
                     &operator,

@@ -353,7 +353,10 @@ fn pause_before_retry(attempt: u32) {
 
 impl Backend for PgStore {
     fn write_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
-        self.run(IsolationLevel::Serializable, false, f)
+        let started = std::time::Instant::now();
+        let result = self.run(IsolationLevel::Serializable, false, f);
+        crate::metrics::store_write(started.elapsed());
+        result
     }
 
     fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
