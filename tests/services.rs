@@ -797,7 +797,14 @@ async fn a_secondary_virtual_subscriber_is_the_iot_sims_imsi_everywhere() {
         .get(&format!("/v1/subscribers/{virtual_imsi}/data"))
         .await;
     assert_eq!(none, json!([]));
-    let identified = services::caller::identify(&ctx, device.ip.into()).expect("caller");
+    // The caller lookup blocks on the store: off the test's runtime, as the services run it.
+    let identified = std::thread::scope(|scope| {
+        scope
+            .spawn(|| services::caller::identify(&ctx, device.ip.into()))
+            .join()
+    })
+    .expect("caller thread")
+    .expect("caller");
     assert_eq!(identified.tunnel_imsi, virtual_imsi);
     assert_eq!(identified.primary_imsi, device.imsi);
 }
