@@ -12,6 +12,7 @@ mod lifecycle_tests;
 mod migrations;
 mod migrations_pg;
 pub mod operators;
+pub mod outbox;
 pub mod rendezvous;
 pub mod sessions;
 mod sim_search;

@@ -393,6 +393,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Db for PgDb<'_, '_> {
+    fn dialect(&self) -> super::Dialect {
+        super::Dialect::Postgres
+    }
+
     fn json_object_entries(&self, column: &str) -> String {
         format!("jsonb_each_text({column}::jsonb)")
     }
