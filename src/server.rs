@@ -1,6 +1,7 @@
 //! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane
 //! (`start_with`), and stops them in order (`Running::shutdown`).
 
+pub mod follower;
 mod jobs;
 
 use std::net::SocketAddr;
@@ -26,12 +27,13 @@ use crate::listener;
 use crate::metrics;
 use crate::services;
 use crate::store::db::Backend;
-use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
+use crate::store::{endpoints, outbox, rendezvous, sessions, vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
 use crate::wgkey;
 
 use ipnet::Ipv4Net;
-use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
+use follower::{Follower, Following};
+use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -86,6 +88,9 @@ pub struct Running {
     harvest_purge: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     endpoint_saves: JoinHandle<()>,
+    /// The peer-change follower: the only path from committed changes to this data plane.
+    following: Option<Following>,
+    outbox_prune: JoinHandle<()>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
     control_sockets: Vec<UapiServer>,
@@ -108,6 +113,10 @@ impl Running {
         tracing::info!("stopping: draining API requests");
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
+        if let Some(following) = self.following.take() {
+            following.stop();
+        }
+        self.outbox_prune.abort();
         drop(self.listening_services.take());
         self.harvest_purge.abort();
         if let Err(e) = self.services.harvest.flush().await {
@@ -152,6 +161,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         resume,
         listeners,
         running_vpgs,
+        cursor,
     } = load_from_store(&config, reinitialize).await?;
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
     let policy = bootstrap::session_policy(&config);
@@ -162,6 +172,17 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
+    let (follower, following) = follower::start(
+        Follower {
+            store: store.clone(),
+            node: config.node.clone(),
+            engine: dataplane.engine.clone(),
+            changes,
+            vpg_plane: vpg_plane.clone(),
+        },
+        cursor,
+    );
+    let outbox_prune = tokio::spawn(outbox_prune_loop(store.clone()));
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -184,9 +205,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let state = Arc::new(AppState {
         store: store.clone(),
         policy,
-        peer_changes: changes,
+        follower,
         engine: dataplane.engine.clone(),
-        vpg_plane: vpg_plane.clone(),
         tokens: Default::default(),
         config: Arc::new(config),
     });
@@ -204,6 +224,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         harvest_purge,
         checkpoints,
         endpoint_saves,
+        following: Some(following),
+        outbox_prune,
         vpg_plane,
         control_sockets,
         new_root_credentials,
@@ -220,6 +242,8 @@ struct StoreAtStart {
     resume: Vec<endpoints::SavedEndpoint>,
     listeners: Vec<ListenerConfig>,
     running_vpgs: Vec<vpgs::RunningVpg>,
+    /// Where the follower starts: taken in the snapshot the sessions and VPGs were read in.
+    cursor: outbox::Cursor,
 }
 
 /// Opens the store and reads what starting needs, on tokio's blocking pool: store calls block
@@ -233,16 +257,16 @@ async fn load_from_store(
         let store = open_store(&config, reinitialize)?;
         let new_root_credentials =
             bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
-        let (sessions, resume) = load_sessions(&store, &config)?;
+        let (loaded, resume) = load_sessions(&store, &config)?;
         let listeners = listener_configs(&config, &store)?;
-        let running_vpgs = store.read_db(vpgs::running)?;
         Ok(StoreAtStart {
             store,
             new_root_credentials,
-            sessions,
+            sessions: loaded.sessions,
             resume,
             listeners,
-            running_vpgs,
+            running_vpgs: loaded.vpgs,
+            cursor: loaded.cursor,
         })
     })
     .await
@@ -257,21 +281,25 @@ fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>,
     Ok(Arc::new(store))
 }
 
-/// The active sessions the data plane starts with, and the devices' endpoints saved by the last
-/// run (so they are reachable before their next handshake).
+/// The active sessions this node serves and the running VPGs the data plane starts with, with
+/// the outbox cursor of the same snapshot (so no change between loading and following is lost),
+/// and the devices' endpoints saved by the last run (so they are reachable before their next
+/// handshake).
 fn load_sessions(
     store: &Store,
     config: &Config,
-) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let mut sessions = store.read_db(sessions::list_active_sessions)?;
-    sessions.retain(|session| config.node.serves(&session.rp_id));
+) -> Result<(outbox::Snapshot, Vec<endpoints::SavedEndpoint>), ServeError> {
+    let mut loaded = store.read_db(outbox::snapshot)?;
+    loaded
+        .sessions
+        .retain(|session| config.node.serves(&session.rp_id));
     let resume = store.read_db(endpoints::saved)?;
     tracing::info!(
-        sessions = sessions.len(),
+        sessions = loaded.sessions.len(),
         saved_endpoints = resume.len(),
         "active sessions loaded"
     );
-    Ok((sessions, resume))
+    Ok((loaded, resume))
 }
 
 /// One data-plane listener per rendezvous point this node serves, with its key pair from the

@@ -24,8 +24,9 @@ use crate::ids::{Imsi, RendezvousPointId};
 /// reloads every session instead of reading the rows (`server::follower`).
 pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// PostgreSQL's NOTIFY channel is this followed by the schema's name (channels are per database,
-/// schemas are not): a wake-up only, the rows are the truth.
+/// PostgreSQL's NOTIFY channel is this followed by the MD5 of the schema's name (channels are per
+/// database, schemas are not; the hash keeps it a valid identifier whatever the schema is
+/// called): a wake-up only, the rows are the truth.
 pub const NOTIFY_CHANNEL_PREFIX: &str = "arcd_peer_outbox_";
 
 const KIND_PEER: &str = "peer";
@@ -110,7 +111,7 @@ pub fn record(db: &mut dyn Db, changes: &[OutboxChange]) -> Result<Option<Positi
     }
     if highest.is_some() && db.dialect() == Dialect::Postgres {
         db.execute(
-            &format!("SELECT pg_notify('{NOTIFY_CHANNEL_PREFIX}' || current_schema(), '')"),
+            &format!("SELECT pg_notify('{NOTIFY_CHANNEL_PREFIX}' || md5(current_schema()), '')"),
             &[],
         )?;
     }
