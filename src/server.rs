@@ -31,8 +31,8 @@ use crate::store::{endpoints, outbox, rendezvous, sessions, vpgs, Store, StoreEr
 use crate::tls::{self, TlsError};
 use crate::wgkey;
 
-use ipnet::Ipv4Net;
 use follower::{Follower, Following};
+use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
 use std::net::Ipv4Addr;
 use std::path::Path;
@@ -90,6 +90,8 @@ pub struct Running {
     endpoint_saves: JoinHandle<()>,
     /// The peer-change follower: the only path from committed changes to this data plane.
     following: Option<Following>,
+    /// Wakes this node's follower and tells when it has read a change (what the API waits on).
+    pub follower: follower::FollowerHandle,
     outbox_prune: JoinHandle<()>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
@@ -205,7 +207,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let state = Arc::new(AppState {
         store: store.clone(),
         policy,
-        follower,
+        follower: follower.clone(),
         engine: dataplane.engine.clone(),
         tokens: Default::default(),
         config: Arc::new(config),
@@ -225,6 +227,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         checkpoints,
         endpoint_saves,
         following: Some(following),
+        follower,
         outbox_prune,
         vpg_plane,
         control_sockets,

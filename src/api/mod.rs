@@ -100,7 +100,8 @@ impl AppState {
         &self,
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.write_recording(work, |_| vec![OutboxChange::Vpgs]).await
+        self.write_recording(work, |_| vec![OutboxChange::Vpgs])
+            .await
     }
 
     async fn write_recording<T: Send + 'static>(

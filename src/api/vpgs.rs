@@ -80,9 +80,7 @@ pub async fn create(
     };
     let config = state.config.clone();
     let vpg = state
-        .write_changing_vpgs(move |db| {
-            vpgs::create(db, &operator, &new, &config.rendezvous_points)
-        })
+        .write_changing_vpgs(move |db| vpgs::create(db, &operator, &new, &config.rendezvous_points))
         .await?;
     Ok(json(StatusCode::CREATED, &views::vpg(&vpg)))
 }
@@ -161,9 +159,7 @@ pub async fn set_device_to_device(
 ) -> Result<Response, ApiError> {
     let enabled = body.required(r#"{"enabled":true}"#)?.enabled;
     let vpg = state
-        .write_changing_vpgs(move |db| {
-            vpgs::set_device_to_device(db, &operator, &vpg_id, enabled)
-        })
+        .write_changing_vpgs(move |db| vpgs::set_device_to_device(db, &operator, &vpg_id, enabled))
         .await?;
     Ok(json(StatusCode::OK, &views::vpg(&vpg)))
 }

@@ -60,8 +60,7 @@ impl FollowerHandle {
         }
         self.wake();
         let mut followed = self.followed.clone();
-        let waited =
-            tokio::time::timeout(limit, followed.wait_for(|c| c.has_read(position))).await;
+        let waited = tokio::time::timeout(limit, followed.wait_for(|c| c.has_read(position))).await;
         matches!(waited, Ok(Ok(_)))
     }
 }
@@ -102,7 +101,11 @@ pub(super) fn start(follower: Follower, cursor: Cursor) -> (FollowerHandle, Foll
             wake.clone(),
         )));
     }
-    tasks.push(tokio::spawn(follower.run(cursor, wake.clone(), followed_tx)));
+    tasks.push(tokio::spawn(follower.run(
+        cursor,
+        wake.clone(),
+        followed_tx,
+    )));
     let handle = FollowerHandle {
         wake,
         followed,
@@ -171,8 +174,8 @@ impl Follower {
     /// Reads the rows after `cursor` and applies the current state of what they name.
     async fn step(&self, cursor: Cursor) -> Result<Step, FollowError> {
         let store = self.store.clone();
-        let followed = blocking(move || store.read_db(|db| outbox::follow(db, cursor, BATCH)))
-            .await?;
+        let followed =
+            blocking(move || store.read_db(|db| outbox::follow(db, cursor, BATCH))).await?;
         let more = followed.rows.len() >= BATCH as usize;
         let next = followed.cursor;
         self.apply(followed).await;
@@ -217,13 +220,7 @@ impl Follower {
     /// The current session of `imsi` goes to this node's data plane, or its peer goes. A remove
     /// is sent whenever the session is not served here: the engine may not show yet a peer whose
     /// upsert is still in the channel, and removing an unknown peer does nothing.
-    fn apply_peer(
-        &self,
-        rows: &[OutboxRow],
-        imsi: Imsi,
-        session: Option<ActiveSession>,
-        now: i64,
-    ) {
+    fn apply_peer(&self, rows: &[OutboxRow], imsi: Imsi, session: Option<ActiveSession>, now: i64) {
         let mut committed_at = None;
         let mut row_rp = None;
         for row in rows {
@@ -278,7 +275,9 @@ impl Follower {
                 }
             }
             for listener in self.engine.listeners() {
-                let held = self.engine.snapshots(&listener.rp_id, std::time::SystemTime::now());
+                let held = self
+                    .engine
+                    .snapshots(&listener.rp_id, std::time::SystemTime::now());
                 for peer in held {
                     if !kept.contains(&peer.imsi) {
                         self.changes.send(PeerChange::Remove {

@@ -89,7 +89,9 @@ pub(super) async fn outbox_prune_loop(store: Arc<Store>) {
         match tokio::task::spawn_blocking(move || prune_outbox(&store)).await {
             Ok(Ok(0)) => {}
             Ok(Ok(pruned)) => tracing::debug!(pruned, "old peer-change outbox rows pruned"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "peer-change outbox not pruned; retrying later"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "peer-change outbox not pruned; retrying later")
+            }
             Err(e) => tracing::warn!(error = %e, "peer-change outbox prune task failed"),
         }
     }

@@ -28,7 +28,9 @@ pub(super) async fn listen_loop(url: String, schema: Option<String>, wake: Arc<N
         if outage.is_none() {
             match &ended {
                 Ok(()) => tracing::warn!("the outbox LISTEN connection closed; listening again"),
-                Err(e) => tracing::warn!(error = %e, "the outbox LISTEN connection failed; listening again with backoff (the follower polls meanwhile)"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox LISTEN connection failed; listening again with backoff (the follower polls meanwhile)")
+                }
             }
             outage = Some(Instant::now());
         }
@@ -72,7 +74,9 @@ async fn listen_once(
             )
             .await?
             .get(0);
-        client.batch_execute(&format!("LISTEN \"{channel}\"")).await?;
+        client
+            .batch_execute(&format!("LISTEN \"{channel}\""))
+            .await?;
         Ok::<_, tokio_postgres::Error>(channel)
     };
     let channel = match listening.await {
