@@ -3,6 +3,7 @@
 
 pub mod follower;
 mod jobs;
+mod load;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,20 +21,17 @@ use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
 use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
-use crate::dataplane::{
-    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, RecvBatch, TunIo,
-};
+use crate::dataplane::{Dataplane, MemoryTun, MemoryTunPeer, PeerChanges, RecvBatch, TunIo};
 use crate::listener;
 use crate::metrics;
 use crate::services;
-use crate::store::db::Backend;
-use crate::store::{endpoints, outbox, rendezvous, sessions, vpgs, Store, StoreError};
+use crate::store::{vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
-use crate::wgkey;
 
 use follower::{Follower, Following};
 use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
+use load::{load_from_store, StoreAtStart};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -235,98 +233,6 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         stop,
         accept_task,
     })
-}
-
-/// What starting needs from the store.
-struct StoreAtStart {
-    store: Arc<Store>,
-    new_root_credentials: Option<RootCredentials>,
-    sessions: Vec<sessions::ActiveSession>,
-    resume: Vec<endpoints::SavedEndpoint>,
-    listeners: Vec<ListenerConfig>,
-    running_vpgs: Vec<vpgs::RunningVpg>,
-    /// Where the follower starts: taken in the snapshot the sessions and VPGs were read in.
-    cursor: outbox::Cursor,
-}
-
-/// Opens the store and reads what starting needs, on tokio's blocking pool: store calls block
-/// (and PostgreSQL's client must never run on an async worker thread).
-async fn load_from_store(
-    config: &Config,
-    reinitialize: Reinitialize,
-) -> Result<StoreAtStart, ServeError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = open_store(&config, reinitialize)?;
-        let new_root_credentials =
-            bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
-        let (loaded, resume) = load_sessions(&store, &config)?;
-        let listeners = listener_configs(&config, &store)?;
-        Ok(StoreAtStart {
-            store,
-            new_root_credentials,
-            sessions: loaded.sessions,
-            resume,
-            listeners,
-            running_vpgs: loaded.vpgs,
-            cursor: loaded.cursor,
-        })
-    })
-    .await
-    .map_err(|e| ServeError::StoreTask(e.to_string()))?
-}
-
-/// The data directory's store, checked, migrated, with SQLite's own checkpoints off (the
-/// `checkpoint_loop` takes over).
-fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>, ServeError> {
-    let store = bootstrap::open_store_with(config, reinitialize, bootstrap::Integrity::Check)?;
-    store.disable_auto_checkpoint()?;
-    Ok(Arc::new(store))
-}
-
-/// The active sessions this node serves and the running VPGs the data plane starts with, with
-/// the outbox cursor of the same snapshot (so no change between loading and following is lost),
-/// and the devices' endpoints saved by the last run (so they are reachable before their next
-/// handshake).
-fn load_sessions(
-    store: &Store,
-    config: &Config,
-) -> Result<(outbox::Snapshot, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let mut loaded = store.read_db(outbox::snapshot)?;
-    loaded
-        .sessions
-        .retain(|session| config.node.serves(&session.rp_id));
-    let resume = store.read_db(endpoints::saved)?;
-    tracing::info!(
-        sessions = loaded.sessions.len(),
-        saved_endpoints = resume.len(),
-        "active sessions loaded"
-    );
-    Ok((loaded, resume))
-}
-
-/// One data-plane listener per rendezvous point this node serves, with its key pair from the
-/// store.
-fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig>, ServeError> {
-    let mut listeners = Vec::new();
-    for rp in served_rendezvous_points(config) {
-        tracing::info!(
-            rendezvous_point = %rp.id,
-            name = rp.display_name(),
-            endpoint = %rp.endpoint,
-            pool = %rp.pool,
-            "rendezvous point configured"
-        );
-        let private_key = store.read_db(|db| rendezvous::private_key(db, &rp.id))?;
-        let private_key = wgkey::parse_key(&private_key)
-            .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
-        listeners.push(ListenerConfig {
-            rp_id: rp.id.clone(),
-            bind: rp.listen,
-            private_key,
-        });
-    }
-    Ok(listeners)
 }
 
 /// The interface index of a real TUN device (for routes); `None` for the in-memory one.

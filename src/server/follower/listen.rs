@@ -49,7 +49,8 @@ async fn listen_once(
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
     let notified = wake.clone();
     // The connection object does the I/O; polling its messages drives it and yields NOTIFYs.
-    let driver = tokio::spawn(async move {
+    // Aborted with this call (also when the follower stops and aborts the loop around it).
+    let mut driver = AbortOnDrop(tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => notified.notify_one(),
@@ -58,7 +59,7 @@ async fn listen_once(
                 None => return Ok(()),
             }
         }
-    });
+    }));
     let listening = async {
         if let Some(schema) = schema {
             client
@@ -79,13 +80,7 @@ async fn listen_once(
             .await?;
         Ok::<_, tokio_postgres::Error>(channel)
     };
-    let channel = match listening.await {
-        Ok(channel) => channel,
-        Err(e) => {
-            driver.abort();
-            return Err(e);
-        }
-    };
+    let channel = listening.await?;
     if let Some(since) = outage.take() {
         tracing::info!(
             outage_ms = since.elapsed().as_millis() as u64,
@@ -95,11 +90,19 @@ async fn listen_once(
         tracing::debug!(%channel, "listening for outbox notifications");
     }
     wake.notify_one();
-    let ended = driver.await;
+    let ended = (&mut driver.0).await;
     drop(client);
     match ended {
         Ok(result) => result,
         // Only an abort or a panic ends the task otherwise; neither is a connection error.
         Err(_) => Ok(()),
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
