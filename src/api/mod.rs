@@ -43,8 +43,10 @@ use crate::store::sessions::SessionPolicy;
 use crate::store::{self, PeerChange, Store};
 
 /// How long a write waits for this node's data plane to take its change before answering
-/// (`write_notifying`); past it the answer goes anyway and the change still arrives.
-const OWN_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// (`write_notifying`); past it the answer goes anyway and the change still arrives. As long as
+/// a write waits for the store's locks: only a write transaction left open on the database (which
+/// holds PostgreSQL's outbox watermark back) comes near it.
+const OWN_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct AppState {
     pub store: Arc<Store>,
@@ -81,7 +83,7 @@ impl AppState {
 impl AppState {
     /// One write transaction that also records its peer changes (picked out of its result by
     /// `changes_of`) in the outbox, which every node's follower reads (docs/ARCHITECTURE.md, "A
-    /// peer change"). The answer waits, boundedly, until this node's follower has taken them, so
+    /// peer change"). The answer waits, at most 5 s, until this node's follower has taken them, so
     /// a device can handshake with this node as soon as its session is acknowledged.
     pub async fn write_notifying<T: Send + 'static>(
         &self,

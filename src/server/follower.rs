@@ -33,6 +33,11 @@ use crate::store::{now_ms, ActiveSession, PeerChange, Store, StoreError};
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// Rows read per step; a full step is followed by the next at once.
 const BATCH: u32 = 1000;
+/// How soon to read again when committed rows wait behind another open transaction on
+/// PostgreSQL (doubling up to `MAX_CATCH_UP`): its end wakes nobody if it writes no row, and an
+/// API answer may be waiting for those rows.
+const FIRST_CATCH_UP: Duration = Duration::from_millis(2);
+const MAX_CATCH_UP: Duration = Duration::from_millis(50);
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -114,10 +119,12 @@ pub(super) fn start(follower: Follower, cursor: Cursor) -> (FollowerHandle, Foll
     (handle, Following { tasks })
 }
 
-/// Reads that took one step: where the cursor goes next, and whether more rows are waiting.
+/// Reads that took one step: where the cursor goes next, whether more rows are waiting (a full
+/// batch), and whether committed rows wait behind an open transaction.
 struct Step {
     cursor: Cursor,
     more: bool,
+    held_back: bool,
 }
 
 impl Follower {
@@ -129,11 +136,12 @@ impl Follower {
         let mut last_read = Instant::now();
         let mut outage: Option<Instant> = None;
         let mut backoff = FIRST_BACKOFF;
+        let mut catch_up: Option<Duration> = None;
         loop {
-            let pause = if outage.is_some() {
-                backoff
-            } else {
-                POLL_INTERVAL
+            let pause = match (outage, catch_up) {
+                (Some(_), _) => backoff,
+                (None, Some(soon)) => soon,
+                (None, None) => POLL_INTERVAL,
             };
             tokio::select! {
                 () = wake.notified() => {}
@@ -159,6 +167,11 @@ impl Follower {
                     if step.more {
                         wake.notify_one();
                     }
+                    catch_up = if step.held_back {
+                        Some(catch_up.map_or(FIRST_CATCH_UP, |d| (d * 2).min(MAX_CATCH_UP)))
+                    } else {
+                        None
+                    };
                 }
                 Err(e) => {
                     if outage.is_none() {
@@ -177,9 +190,13 @@ impl Follower {
         let followed =
             blocking(move || store.read_db(|db| outbox::follow(db, cursor, BATCH))).await?;
         let more = followed.rows.len() >= BATCH as usize;
-        let next = followed.cursor;
+        let (next, held_back) = (followed.cursor, followed.held_back);
         self.apply(followed).await;
-        Ok(Step { cursor: next, more })
+        Ok(Step {
+            cursor: next,
+            more,
+            held_back,
+        })
     }
 
     async fn apply(&self, followed: Followed) {
@@ -296,6 +313,7 @@ impl Follower {
         Ok(Step {
             cursor: snapshot.cursor,
             more: false,
+            held_back: false,
         })
     }
 }

@@ -184,6 +184,22 @@ pub fn read_after(db: &mut dyn Db, cursor: Cursor, limit: u32) -> Result<(Vec<Ou
     Ok((all, Cursor(cut.0 + 1)))
 }
 
+/// Whether committed rows already wait at or past `cursor` that a read could not return yet: on
+/// PostgreSQL, rows above the watermark that some other transaction still open holds back (it may
+/// write no outbox row, so nothing will wake the follower when it ends). Never on SQLite.
+pub fn held_back(db: &mut dyn Db, cursor: Cursor) -> Result<bool> {
+    match db.dialect() {
+        Dialect::Sqlite => Ok(false),
+        Dialect::Postgres => db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM peer_outbox
+                                WHERE xid >= CAST(CAST(CAST($1 AS BIGINT) AS TEXT) AS xid8))",
+                &[&cursor.0],
+            )?
+            .bool(0),
+    }
+}
+
 /// Deletes up to `batch` rows written before `older_than` (UNIX ms); returns how many went.
 pub fn prune(db: &mut dyn Db, older_than: i64, batch: u32) -> Result<u64> {
     db.execute(
@@ -202,6 +218,8 @@ pub struct Followed {
     pub cursor: Cursor,
     pub sessions: Vec<(Imsi, Option<ActiveSession>)>,
     pub vpgs: Option<Vec<RunningVpg>>,
+    /// Rows are committed past `cursor` but not readable yet (`held_back`): read again soon.
+    pub held_back: bool,
 }
 
 /// One follower step (run it in a read snapshot: `read_db`).
@@ -225,11 +243,13 @@ pub fn follow(db: &mut dyn Db, cursor: Cursor, limit: u32) -> Result<Followed> {
     } else {
         None
     };
+    let held_back = held_back(db, next)?;
     Ok(Followed {
         rows,
         cursor: next,
         sessions,
         vpgs,
+        held_back,
     })
 }
 

@@ -247,6 +247,10 @@ fn an_open_transaction_holds_the_watermark_back_on_postgres() {
             !next.has_read(t2),
             "the cursor moved past T2 while T1 was open"
         );
+        assert!(
+            second.read_db(|db| held_back(db, next)).expect("held back"),
+            "T2's row waits behind T1: the follower must read again soon"
+        );
         cursor = next;
         go.send(()).expect("T1 waits");
         let t1 = t1.join().expect("T1 thread").expect("T1's position");
@@ -256,5 +260,6 @@ fn an_open_transaction_holds_the_watermark_back_on_postgres() {
         assert!(next.has_read(t1) && next.has_read(t2));
         let (again, _) = read(&second, next, 100);
         assert!(again.is_empty(), "read twice: {again:?}");
+        assert!(!second.read_db(|db| held_back(db, next)).expect("held back"));
     });
 }
