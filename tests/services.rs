@@ -797,14 +797,14 @@ async fn a_secondary_virtual_subscriber_is_the_iot_sims_imsi_everywhere() {
         .get(&format!("/v1/subscribers/{virtual_imsi}/data"))
         .await;
     assert_eq!(none, json!([]));
-    // The caller lookup blocks on the store: off the test's runtime, as the services run it.
-    let identified = std::thread::scope(|scope| {
-        scope
-            .spawn(|| services::caller::identify(&ctx, device.ip.into()))
-            .join()
-    })
-    .expect("caller thread")
-    .expect("caller");
+    // Off the test's runtime: the lookup reads the store (PostgreSQL's client must not block it).
+    let lookup = ctx.clone();
+    let ip = device.ip;
+    let identified =
+        tokio::task::spawn_blocking(move || services::caller::identify(&lookup, ip.into()))
+            .await
+            .expect("lookup task")
+            .expect("caller");
     assert_eq!(identified.tunnel_imsi, virtual_imsi);
     assert_eq!(identified.primary_imsi, device.imsi);
 }

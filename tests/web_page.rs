@@ -195,6 +195,7 @@ fn assert_matches_arcd_schema(body: &Value) {
     }
 }
 
+/// Read off the test's runtime (`read_store`): PostgreSQL's client must not block it.
 fn stored_private_key(server: &TestServer, rp_id: &str) -> String {
     server.read_store(|db| arcd::store::rendezvous::private_key(db, &rp_id.into()))
 }
