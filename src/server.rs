@@ -2,6 +2,7 @@
 //! (`start_with`), and stops them in order (`Running::shutdown`).
 
 mod jobs;
+mod live_publisher;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::wgkey;
 
 use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
+use live_publisher::{LivePublisherTask, PUBLISH_PERIOD};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -86,6 +88,8 @@ pub struct Running {
     harvest_purge: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     endpoint_saves: JoinHandle<()>,
+    /// Publishes this node's live session figures for API nodes (PostgreSQL, serving an RP).
+    live_publisher: Option<LivePublisherTask>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
     control_sockets: Vec<UapiServer>,
@@ -114,6 +118,9 @@ impl Running {
             tracing::warn!(error = %e, "Harvest writer not flushed");
         }
         self.dataplane.stop().await;
+        if let Some(publisher) = self.live_publisher.take() {
+            publisher.stop().await;
+        }
         self.control_sockets.clear();
         self.vpg_plane.remove_host_side();
         self.endpoint_saves.abort();
@@ -161,6 +168,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let dataplane =
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
+    let live_publisher = start_live_publisher(&store, &dataplane);
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
@@ -204,12 +212,22 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         harvest_purge,
         checkpoints,
         endpoint_saves,
+        live_publisher,
         vpg_plane,
         control_sockets,
         new_root_credentials,
         stop,
         accept_task,
     })
+}
+
+/// Live figures go to the store only where other nodes read them: on PostgreSQL, from a node
+/// that holds peers. A single SQLite box answers from its own data plane.
+fn start_live_publisher(store: &Arc<Store>, dataplane: &Dataplane) -> Option<LivePublisherTask> {
+    let shared = matches!(**store, Store::Postgres(_));
+    let holds_peers = dataplane.engine.listeners().next().is_some();
+    (shared && holds_peers)
+        .then(|| LivePublisherTask::spawn(store.clone(), dataplane.engine.clone(), PUBLISH_PERIOD))
 }
 
 /// What starting needs from the store.

@@ -5,10 +5,20 @@
 //! PostgreSQL deployments write it (a single SQLite box reads its own data plane).
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::db::{chunks, values_rows, Db, Param};
 use super::Result;
 use crate::ids::{Imsi, RendezvousPointId};
+
+/// How often a node serving rendezvous points publishes: a published state is at most two
+/// periods old when read (one until the next round, plus the round's own time).
+pub const PUBLISH_PERIOD: Duration = Duration::from_secs(1);
+
+/// A rendezvous point whose heartbeat is older than this has a silent publisher (its node
+/// stopped, crashed or lost the store): readers show its devices offline, keeping the last
+/// figures. Three missed rounds plus a margin for a slow commit and clock skew between nodes.
+pub const SILENT_AFTER: Duration = Duration::from_secs(3 * PUBLISH_PERIOD.as_secs() + 2);
 
 /// What a rendezvous point's data plane sees of one session's device.
 #[derive(Debug, Clone, PartialEq, Eq)]
