@@ -24,7 +24,7 @@ fi
 BOTH_ENGINES=(
     api_data api_groups_auth api_routes api_sims api_smoke api_spec_rules api_tenancy
     api_vpg_sessions api_vpgs bad_input dataplane_inprocess dataplane_vpg edge_connections metrics
-    node_roles restart_resume services soratun_replay store_copy web_page
+    live_state node_roles restart_resume services soratun_replay store_copy web_page
 )
 cargo test --locked --lib -- store:: api::
 tests=()
