@@ -26,7 +26,7 @@ BOTH_ENGINES=(
     api_vpg_sessions api_vpgs bad_input dataplane_inprocess dataplane_vpg edge_connections metrics
     live_state node_roles restart_resume services soratun_replay store_copy web_page
 )
-cargo test --locked --lib -- store:: api::
+cargo test --locked --lib -- store:: api:: services::harvest_retention server::
 tests=()
 for name in "${BOTH_ENGINES[@]}"; do tests+=(--test "$name"); done
 cargo test --locked "${tests[@]}"
