@@ -221,3 +221,7 @@ impl LivePublisherTask {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "live_publisher_tests.rs"]
+mod tests;

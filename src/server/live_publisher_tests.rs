@@ -1,0 +1,163 @@
+//! The publisher against a real engine (peers loaded, no traffic) and a store on each engine.
+
+use std::net::Ipv4Addr;
+use std::time::Instant;
+
+use super::*;
+use crate::dataplane::engine::Listener;
+use crate::store::{ActiveSession, PeerChange};
+
+const RP: &str = "ap-northeast-1";
+
+fn session(n: u8, session_id: &str) -> ActiveSession {
+    ActiveSession {
+        imsi: format!("99999000000000{n}").into(),
+        primary_imsi: format!("99999000000000{n}").into(),
+        sim_id: format!("sim{n}").into(),
+        operator_id: "OP0000000001".into(),
+        session_id: session_id.into(),
+        rp_id: RP.into(),
+        client_public_key: crate::wgkey::encode(&[n; 32]),
+        client_ip: Ipv4Addr::new(10, 64, 0, n),
+        group_id: None,
+        vpg_id: None,
+    }
+}
+
+fn change(engine: &Engine, change: PeerChange) {
+    let mut out = Vec::new();
+    engine.apply_change(change, Instant::now(), &mut out);
+}
+
+fn published(store: &Store, imsis: &[&str]) -> HashMap<Imsi, live::PublishedLive> {
+    let imsis: Vec<Imsi> = imsis.iter().map(|i| Imsi::new(*i)).collect();
+    store
+        .read_db(|db| live::published(db, &imsis))
+        .expect("read")
+}
+
+/// The first round clears what an earlier run left for the served rendezvous point and publishes
+/// every peer; an unchanged round writes only the heartbeat; a peer that left loses its row; a
+/// re-created session is published again.
+fn rounds_publish_changes_only(store: Store) {
+    let store = Arc::new(store);
+    let leftover = SessionLive {
+        imsi: "leftover".into(),
+        session_id: "old".into(),
+        rp_id: RP.into(),
+        last_handshake_at: Some(1),
+        device_endpoint: None,
+        rx_bytes: 5,
+        tx_bytes: 5,
+    };
+    let elsewhere = SessionLive {
+        imsi: "elsewhere".into(),
+        rp_id: "eu-central-1".into(),
+        ..leftover.clone()
+    };
+    store
+        .write_db(|db| live::publish(db, &[leftover.clone(), elsewhere.clone()], 1))
+        .expect("rows of an earlier run");
+    let engine = Arc::new(Engine::new(vec![Listener::new(&RP.into(), [7; 32])]));
+    for n in 1..=3 {
+        change(&engine, PeerChange::Upsert(session(n, "s")));
+    }
+    let mut publisher = LivePublisher::new(store.clone(), engine.clone());
+
+    let first = publisher.round().expect("first round");
+    assert_eq!(
+        first,
+        Round {
+            upserted: 3,
+            removed: 0
+        }
+    );
+    let all = [
+        "999990000000001",
+        "999990000000002",
+        "999990000000003",
+        "leftover",
+        "elsewhere",
+    ];
+    let found = published(&store, &all);
+    assert_eq!(
+        found.len(),
+        4,
+        "leftover cleared, the other RP's row kept: {found:?}"
+    );
+    let one = &found[&Imsi::new("999990000000001")];
+    assert_eq!((one.live.rx_bytes, one.live.last_handshake_at), (0, None));
+    let first_beat = one.heartbeat_at.expect("heartbeat");
+
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(publisher.round().expect("unchanged"), Round::default());
+    let beat = published(&store, &all)[&Imsi::new("999990000000001")].heartbeat_at;
+    assert!(
+        beat.is_some_and(|at| at > first_beat),
+        "heartbeat every round"
+    );
+
+    change(
+        &engine,
+        PeerChange::Remove {
+            imsi: "999990000000002".into(),
+            rp_id: RP.into(),
+        },
+    );
+    change(&engine, PeerChange::Upsert(session(3, "s-new")));
+    assert_eq!(
+        publisher.round().expect("changes"),
+        Round {
+            upserted: 1,
+            removed: 1
+        }
+    );
+    let found = published(&store, &all);
+    assert!(!found.contains_key(&Imsi::new("999990000000002")));
+    assert_eq!(
+        found[&Imsi::new("999990000000003")].live.session_id,
+        "s-new"
+    );
+}
+
+#[test]
+fn rounds_publish_changes_only_sqlite() {
+    let (_dir, store) = crate::store::testing::temp_store();
+    rounds_publish_changes_only(store);
+}
+
+#[test]
+fn rounds_publish_changes_only_postgres() {
+    if let Some(store) = crate::store::db::testing::temp_pg_store() {
+        rounds_publish_changes_only(Store::Postgres(store));
+    }
+}
+
+#[test]
+fn a_handshake_time_moving_by_jitter_is_no_change() {
+    let base = SessionLive {
+        imsi: "a".into(),
+        session_id: "s".into(),
+        rp_id: RP.into(),
+        last_handshake_at: Some(10_000),
+        device_endpoint: Some("192.0.2.1:1".into()),
+        rx_bytes: 1,
+        tx_bytes: 1,
+    };
+    let jitter = SessionLive {
+        last_handshake_at: Some(10_000 + HANDSHAKE_JITTER_MS),
+        ..base.clone()
+    };
+    let rekeyed = SessionLive {
+        last_handshake_at: Some(10_000 + HANDSHAKE_JITTER_MS + 1),
+        ..base.clone()
+    };
+    let more_traffic = SessionLive {
+        rx_bytes: 2,
+        ..base.clone()
+    };
+    assert!(changed(None, &base));
+    assert!(!changed(Some(&base), &jitter));
+    assert!(changed(Some(&base), &rekeyed));
+    assert!(changed(Some(&base), &more_traffic));
+}
