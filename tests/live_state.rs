@@ -132,6 +132,19 @@ async fn an_api_node_shows_the_live_state_an_rp_node_publishes() {
         .expect("listed");
     assert!(online_with_traffic(&listed["arcdSessionStats"]), "{listed}");
 
+    // The web page's network view: the caller's devices at the rendezvous point B serves.
+    let (_, rps) = api.get("/v1/arcd/rendezvous_points").await;
+    let tokyo = rps
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|rp| rp["rendezvousPointId"] == "ap-northeast-1")
+        .expect("ap-northeast-1");
+    assert_eq!(tokyo["sessions"], 1, "{tokyo}");
+    assert_eq!(tokyo["onlineDevices"], 1, "{tokyo}");
+    assert_eq!(tokyo["rxBytes"], stats["rxBytes"], "{tokyo}");
+    assert_eq!(tokyo["txBytes"], stats["txBytes"], "{tokyo}");
+
     // A clean stop publishes once more; then B is silent and A shows the device offline after
     // the threshold, with the last figures kept.
     node_b.shutdown().await;
@@ -155,5 +168,7 @@ async fn an_api_node_shows_the_live_state_an_rp_node_publishes() {
     let last = &sim["arcdSessionStats"];
     assert_eq!(last["lastHandshakeAt"], stats["lastHandshakeAt"], "{sim}");
     assert!(last["rxBytes"].as_u64().is_some_and(|n| n > 0), "{sim}");
+    let (_, rps) = api.get("/v1/arcd/rendezvous_points").await;
+    assert_eq!(rps[0]["onlineDevices"], 0, "{rps}");
     node_a.running.shutdown().await;
 }

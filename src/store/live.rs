@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use super::db::{chunks, values_rows, Db, Param};
 use super::Result;
-use crate::ids::{Imsi, RendezvousPointId};
+use crate::ids::{Imsi, OperatorId, RendezvousPointId};
 
 /// How often a node serving rendezvous points publishes: a published state is at most two
 /// periods old when read (one until the next round, plus the round's own time).
@@ -172,6 +172,46 @@ pub fn published(db: &mut dyn Db, imsis: &[Imsi]) -> Result<HashMap<Imsi, Publis
         }
     }
     Ok(found)
+}
+
+/// One operator's published figures at one rendezvous point, summed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct LiveTotals {
+    /// Devices with a handshake at or after `online_since` whose publisher beat at or after
+    /// `heard_since`.
+    pub online_devices: u64,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+/// Sums the published figures of the operator's current sessions at `rp_id` (rows of an older
+/// session of the same IMSI do not count), for a rendezvous point another node serves. One
+/// statement, whatever the number of sessions.
+pub fn operator_totals_at(
+    db: &mut dyn Db,
+    operator_id: &OperatorId,
+    rp_id: &RendezvousPointId,
+    online_since: i64,
+    heard_since: i64,
+) -> Result<LiveTotals> {
+    let row = db.query_one(
+        "SELECT CAST(COALESCE(SUM(CASE WHEN l.last_handshake_at >= $3 AND h.published_at >= $4
+                                      THEN 1 ELSE 0 END), 0) AS BIGINT),
+                CAST(COALESCE(SUM(l.rx_bytes), 0) AS BIGINT),
+                CAST(COALESCE(SUM(l.tx_bytes), 0) AS BIGINT)
+         FROM sims s
+         JOIN arc_sessions a ON a.sim_id = s.sim_id
+         JOIN session_live l ON l.imsi = a.imsi AND l.session_id = a.session_id
+         LEFT JOIN live_publishers h ON h.rp_id = l.rp_id
+         WHERE s.operator_id = $1 AND a.rp_id = $2 AND l.rp_id = $2",
+        &[operator_id, rp_id, &online_since, &heard_since],
+    )?;
+    let count = |index| row.int(index).map(|n| u64::try_from(n).unwrap_or(0));
+    Ok(LiveTotals {
+        online_devices: count(0)?,
+        rx_bytes: count(1)?,
+        tx_bytes: count(2)?,
+    })
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! server (scripts/test-postgres.sh).
 
 use super::*;
+use crate::ids::OperatorId;
 use crate::store::db::testing::temp_pg_store;
 use crate::store::db::Backend;
+use crate::store::operators;
 
 macro_rules! on_both_engines {
     ($($name:ident),* $(,)?) => {$(
@@ -30,6 +32,7 @@ on_both_engines!(
     removal_leaves_a_newer_session_row_alone,
     clearing_a_rendezvous_point_leaves_the_others,
     a_batch_longer_than_one_statement_is_published_whole,
+    totals_count_the_operators_current_sessions_only,
 );
 
 fn live(imsi: &str, session_id: &str, rp: &str, rx: u64) -> SessionLive {
@@ -180,4 +183,83 @@ fn a_batch_longer_than_one_statement_is_published_whole(store: &impl Backend) {
         .collect();
     store.write_db(|db| remove(db, &gone)).expect("remove");
     assert_eq!(read(store, &names).len(), 50);
+}
+
+/// Sessions of a new operator at rendezvous point `rp` with the least of their neighbours the
+/// foreign keys ask for; each IMSI is also its SIM ID and ICCID. Returns the operator.
+fn insert_sessions(store: &impl Backend, rp: &str, sessions: &[(&str, &str)]) -> OperatorId {
+    store
+        .write_db(|db| {
+            let operator_id = operators::create_operator(db)?;
+            db.execute(
+                "INSERT INTO rendezvous_points(rp_id, private_key, public_key, endpoint, pool, allowed_ips, created_at)
+                 VALUES ($1, 'private', 'public', 'rp.example:11010', '10.0.0.0/16', '[]', 0)
+                 ON CONFLICT (rp_id) DO NOTHING",
+                &[&rp],
+            )?;
+            for (imsi, session_id) in sessions {
+                db.execute(
+                    "INSERT INTO sims(sim_id, operator_id, sim_type, status, coverage, created_at, last_modified_at)
+                     VALUES ($1, $2, 'virtual', 'active', 'jp', 0, 0)",
+                    &[imsi, &operator_id],
+                )?;
+                db.execute(
+                    "INSERT INTO subscribers(imsi, sim_id, iccid, subscription, is_primary, is_virtual, status, created_at, last_modified_at)
+                     VALUES ($1, $1, $1, 'planArc01', $2, $2, 'active', 0, 0)",
+                    &[imsi, &true],
+                )?;
+                db.execute(
+                    "INSERT INTO arc_sessions(imsi, sim_id, session_id, rp_id, client_ip, created_at, last_updated_at)
+                     VALUES ($1, $1, $2, $3, '10.0.0.2', 0, 0)",
+                    &[imsi, session_id, &rp],
+                )?;
+            }
+            Ok(operator_id)
+        })
+        .expect("insert sessions")
+}
+
+fn totals_count_the_operators_current_sessions_only(store: &impl Backend) {
+    let mine = insert_sessions(store, "rp-1", &[("a", "s-a"), ("b", "s-b"), ("c", "s-c")]);
+    insert_sessions(store, "rp-1", &[("other", "s-o")]);
+    let at = |imsi: &str, session: &str, handshake: i64, rx: u64| SessionLive {
+        last_handshake_at: Some(handshake),
+        rx_bytes: rx,
+        tx_bytes: rx + 1,
+        ..live(imsi, session, "rp-1", rx)
+    };
+    store
+        .write_db(|db| {
+            publish(
+                db,
+                &[
+                    at("a", "s-a", 9_000, 10),
+                    at("b", "s-old", 9_000, 100),
+                    at("c", "s-c", 1_000, 20),
+                    at("other", "s-o", 9_000, 1_000),
+                ],
+                9_500,
+            )?;
+            heartbeat(db, &["rp-1".into()], 9_800)
+        })
+        .expect("publish");
+    let totals = |online_since, heard_since| {
+        store
+            .read_db(|db| operator_totals_at(db, &mine, &"rp-1".into(), online_since, heard_since))
+            .expect("totals")
+    };
+    assert_eq!(
+        totals(5_000, 9_000),
+        LiveTotals {
+            online_devices: 1,
+            rx_bytes: 30,
+            tx_bytes: 32,
+        },
+        "a online, c's handshake too old, b's row of an older session and the other operator's left out"
+    );
+    assert_eq!(totals(5_000, 9_900).online_devices, 0, "publisher silent");
+    let none = store
+        .read_db(|db| operator_totals_at(db, &mine, &"rp-2".into(), 0, 0))
+        .expect("totals");
+    assert_eq!(none, LiveTotals::default());
 }
