@@ -103,9 +103,9 @@ impl Running {
     /// Stops arcd cleanly, in the order that loses nothing: the API drains (requests already
     /// received finish, bounded by `api.shutdown_grace_seconds`; new connections are refused),
     /// the device services stop and the Harvest writer commits what is queued, the data plane
-    /// stops (its sockets and the TUN device close), arcd's routes and NAT leave the host, each
-    /// device's last endpoint is saved for the next start, and the WAL is emptied into the
-    /// database.
+    /// stops (its sockets and the TUN device close), its last live figures are published (shared
+    /// store), arcd's routes and NAT leave the host, each device's last endpoint is saved for the
+    /// next start, and the WAL is emptied into the database.
     pub async fn shutdown(mut self) {
         // `commands::serve` has already told systemd STOPPING=1, so `systemctl stop` shows
         // "deactivating" while arcd drains.

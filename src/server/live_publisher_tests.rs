@@ -161,3 +161,61 @@ fn a_handshake_time_moving_by_jitter_is_no_change() {
     assert!(changed(Some(&base), &rekeyed));
     assert!(changed(Some(&base), &more_traffic));
 }
+
+/// The cost of one round with 10,000 changed sessions on PostgreSQL: first as new rows (a node's
+/// cold start), then as updates (every session re-created). A measurement, not a check: run it
+/// with `scripts/test-postgres.sh --lib -- --ignored --nocapture publish_cost`.
+#[test]
+#[ignore = "measurement; needs ARCD_TEST_POSTGRES_URL"]
+fn publish_cost_of_ten_thousand_changed_sessions() {
+    const SESSIONS: u32 = 10_000;
+    let Some(store) = crate::store::db::testing::temp_pg_store() else {
+        return;
+    };
+    let store = Arc::new(Store::Postgres(store));
+    let engine = Arc::new(Engine::new(vec![Listener::new(&RP.into(), [7; 32])]));
+    let sessions: Vec<ActiveSession> = (0..SESSIONS)
+        .map(|n| {
+            let [_, b, c, d] = n.to_be_bytes();
+            let mut key = [0u8; 32];
+            key[..4].copy_from_slice(&n.to_be_bytes());
+            ActiveSession {
+                imsi: format!("99999{n:010}").into(),
+                primary_imsi: format!("99999{n:010}").into(),
+                sim_id: format!("sim{n}").into(),
+                client_public_key: crate::wgkey::encode(&key),
+                client_ip: Ipv4Addr::new(10, b, c, d),
+                ..session(1, "first")
+            }
+        })
+        .collect();
+    for s in &sessions {
+        change(&engine, PeerChange::Upsert(s.clone()));
+    }
+    let mut publisher = LivePublisher::new(store.clone(), engine.clone());
+    let started = Instant::now();
+    let figures = engine.live_figures(SystemTime::now());
+    let read_took = started.elapsed();
+    assert_eq!(figures.len(), SESSIONS as usize);
+    let started = Instant::now();
+    let inserted = publisher.round().expect("first round");
+    let insert_took = started.elapsed();
+    for s in &sessions {
+        let mut renewed = s.clone();
+        renewed.session_id = "second".into();
+        change(&engine, PeerChange::Upsert(renewed));
+    }
+    let started = Instant::now();
+    let updated = publisher.round().expect("second round");
+    let update_took = started.elapsed();
+    let started = Instant::now();
+    let idle = publisher.round().expect("idle round");
+    let idle_took = started.elapsed();
+    assert_eq!(inserted.upserted, SESSIONS as usize);
+    assert_eq!(updated.upserted, SESSIONS as usize);
+    assert_eq!(idle, Round::default());
+    eprintln!(
+        "{SESSIONS} sessions: engine figures read {read_took:?}; round inserting all {insert_took:?}; \
+         round updating all {update_took:?}; unchanged round {idle_took:?}"
+    );
+}
