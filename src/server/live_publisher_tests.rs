@@ -167,6 +167,7 @@ fn a_handshake_time_moving_by_jitter_is_no_change() {
 /// with `scripts/test-postgres.sh --lib -- --ignored --nocapture publish_cost`.
 #[test]
 #[ignore = "measurement; needs ARCD_TEST_POSTGRES_URL"]
+#[allow(clippy::print_stderr)] // a measurement reports its figures
 fn publish_cost_of_ten_thousand_changed_sessions() {
     const SESSIONS: u32 = 10_000;
     let Some(store) = crate::store::db::testing::temp_pg_store() else {
