@@ -139,6 +139,56 @@ mod tests {
 
     const NOW: i64 = 1_000_000_000;
 
+    fn sim_with_session(session_id: &str) -> SimRecord {
+        SimRecord {
+            sim_id: "sim".into(),
+            operator_id: "OP0000000001".into(),
+            sim_type: "virtual".into(),
+            module_type: None,
+            status: "active".into(),
+            coverage: crate::config::Coverage::Jp,
+            group_id: None,
+            termination_enabled: false,
+            created_at: 0,
+            last_modified_at: 0,
+            tags: Vec::new(),
+            subscribers: Vec::new(),
+            session: Some(SessionRecord {
+                imsi: "001".into(),
+                session_id: session_id.into(),
+                rp_id: "rp".into(),
+                client_ip: "10.64.0.2".into(),
+                vpg_id: None,
+                created_at: 0,
+                last_updated_at: 0,
+                server_public_key: String::new(),
+                server_endpoint: String::new(),
+                allowed_ips: Vec::new(),
+            }),
+        }
+    }
+
+    /// The published row counts only for the session it was taken in; a SIM without a session
+    /// or whose peer nobody holds has no figures.
+    #[test]
+    fn a_row_of_another_session_is_not_shown() {
+        let engine = Engine::new(Vec::new());
+        let mut live = Live::local(&engine);
+        live.published.insert(
+            "001".into(),
+            row(Some(unix_ms(live.now)), Some(unix_ms(live.now))),
+        );
+        let current = live.stats(&sim_with_session("s")).expect("same session");
+        assert!(current.device_online);
+        assert!(live.stats(&sim_with_session("s-recreated")).is_none());
+        let no_session = SimRecord {
+            session: None,
+            ..sim_with_session("s")
+        };
+        assert!(live.stats(&no_session).is_none());
+        assert!(Live::local(&engine).stats(&sim_with_session("s")).is_none());
+    }
+
     #[test]
     fn a_recent_handshake_from_a_live_publisher_is_online() {
         let stats = published_stats(&row(Some(NOW - 1_000), Some(NOW - 1_000)), NOW);
