@@ -29,6 +29,9 @@ const ROWS_PER_TRANSACTION: usize = 4096;
 /// seconds after the previous one (WireGuard's rekey timing), so smaller moves are not changes.
 const HANDSHAKE_JITTER_MS: i64 = 1_000;
 
+/// The longest a stopping node waits for its final publish.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 /// What was last committed per session, to publish only changes.
 pub struct LivePublisher {
     store: Arc<Store>,
@@ -213,11 +216,17 @@ impl LivePublisherTask {
     }
 
     /// Publishes the final figures (after the data plane stopped: nothing changes any more) and
-    /// ends the task.
-    pub async fn stop(self) {
+    /// ends the task. A store that does not answer does not hold the stop up for more than
+    /// `STOP_WAIT`: the API nodes then show the devices offline once the heartbeat is old.
+    pub async fn stop(mut self) {
         let _ = self.stop.send(true);
-        if let Err(e) = self.task.await {
-            tracing::warn!(error = %e, "live state publisher ended abnormally");
+        match tokio::time::timeout(STOP_WAIT, &mut self.task).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "live state publisher ended abnormally"),
+            Err(_) => {
+                self.task.abort();
+                tracing::warn!("final live state not published: the store did not answer in time");
+            }
         }
     }
 }
