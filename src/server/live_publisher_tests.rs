@@ -133,6 +133,60 @@ fn rounds_publish_changes_only_postgres() {
     }
 }
 
+/// A round the store refused (here: its table is away) changes nothing the publisher remembers,
+/// so the next round sends what is still different: nothing lost, nothing sent twice.
+fn a_failed_round_is_made_up_by_the_next(store: Store) {
+    let store = Arc::new(store);
+    let engine = Arc::new(Engine::new(vec![Listener::new(&RP.into(), [7; 32])]));
+    for n in 1..=2 {
+        change(&engine, PeerChange::Upsert(session(n, "s")));
+    }
+    let mut publisher = LivePublisher::new(store.clone(), engine.clone());
+    assert_eq!(publisher.round().expect("first").upserted, 2);
+    let rename = |from: &str, to: &str| {
+        let sql = format!("ALTER TABLE {from} RENAME TO {to}");
+        store.write_db(|db| db.execute(&sql, &[])).expect("rename");
+    };
+    rename("session_live", "session_live_away");
+    change(&engine, PeerChange::Upsert(session(1, "s-new")));
+    change(
+        &engine,
+        PeerChange::Remove {
+            imsi: "999990000000002".into(),
+            rp_id: RP.into(),
+        },
+    );
+    assert!(publisher.round().is_err(), "the store refused the round");
+    rename("session_live_away", "session_live");
+    assert_eq!(
+        publisher.round().expect("store back"),
+        Round {
+            upserted: 1,
+            removed: 1
+        }
+    );
+    let found = published(&store, &["999990000000001", "999990000000002"]);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[&Imsi::new("999990000000001")].live.session_id,
+        "s-new"
+    );
+    assert_eq!(publisher.round().expect("then quiet"), Round::default());
+}
+
+#[test]
+fn a_failed_round_is_made_up_by_the_next_sqlite() {
+    let (_dir, store) = crate::store::testing::temp_store();
+    a_failed_round_is_made_up_by_the_next(store);
+}
+
+#[test]
+fn a_failed_round_is_made_up_by_the_next_postgres() {
+    if let Some(store) = crate::store::db::testing::temp_pg_store() {
+        a_failed_round_is_made_up_by_the_next(Store::Postgres(store));
+    }
+}
+
 #[test]
 fn a_handshake_time_moving_by_jitter_is_no_change() {
     let base = SessionLive {
