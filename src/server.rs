@@ -33,7 +33,7 @@ use crate::wgkey;
 
 use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
-use live_publisher::{LivePublisherTask, PUBLISH_PERIOD};
+use live_publisher::LivePublisherTask;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -168,7 +168,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let dataplane =
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
-    let live_publisher = start_live_publisher(&store, &dataplane);
+    let live_publisher = LivePublisherTask::start_if_shared(&store, &dataplane.engine);
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
@@ -219,15 +219,6 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         stop,
         accept_task,
     })
-}
-
-/// Live figures go to the store only where other nodes read them: on PostgreSQL, from a node
-/// that holds peers. A single SQLite box answers from its own data plane.
-fn start_live_publisher(store: &Arc<Store>, dataplane: &Dataplane) -> Option<LivePublisherTask> {
-    let shared = matches!(**store, Store::Postgres(_));
-    let holds_peers = dataplane.engine.listeners().next().is_some();
-    (shared && holds_peers)
-        .then(|| LivePublisherTask::spawn(store.clone(), dataplane.engine.clone(), PUBLISH_PERIOD))
 }
 
 /// What starting needs from the store.

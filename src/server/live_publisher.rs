@@ -191,6 +191,15 @@ pub struct LivePublisherTask {
 }
 
 impl LivePublisherTask {
+    /// Live figures go to the store only where other nodes read them: on PostgreSQL, from a
+    /// node that holds peers. A single SQLite box answers from its own data plane.
+    pub fn start_if_shared(store: &Arc<Store>, engine: &Arc<Engine>) -> Option<LivePublisherTask> {
+        let shared = matches!(**store, Store::Postgres(_));
+        let holds_peers = engine.listeners().next().is_some();
+        (shared && holds_peers)
+            .then(|| LivePublisherTask::spawn(store.clone(), engine.clone(), PUBLISH_PERIOD))
+    }
+
     /// Starts publishing every `period` (the first round at once).
     pub fn spawn(store: Arc<Store>, engine: Arc<Engine>, period: Duration) -> LivePublisherTask {
         let (stop, mut stopped) = watch::channel(false);
