@@ -4,6 +4,7 @@
 pub mod follower;
 mod jobs;
 mod load;
+mod live_publisher;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use follower::{Follower, Following};
 use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
 use load::{load_from_store, StoreAtStart};
+use live_publisher::LivePublisherTask;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -91,6 +93,8 @@ pub struct Running {
     /// Wakes this node's follower and tells when it has read a change (what the API waits on).
     pub follower: follower::FollowerHandle,
     outbox_prune: JoinHandle<()>,
+    /// Publishes this node's live session figures for API nodes (PostgreSQL, serving an RP).
+    live_publisher: Option<LivePublisherTask>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
     control_sockets: Vec<UapiServer>,
@@ -104,9 +108,9 @@ impl Running {
     /// Stops arcd cleanly, in the order that loses nothing: the API drains (requests already
     /// received finish, bounded by `api.shutdown_grace_seconds`; new connections are refused),
     /// the device services stop and the Harvest writer commits what is queued, the data plane
-    /// stops (its sockets and the TUN device close), arcd's routes and NAT leave the host, each
-    /// device's last endpoint is saved for the next start, and the WAL is emptied into the
-    /// database.
+    /// stops (its sockets and the TUN device close), its last live figures are published (shared
+    /// store), arcd's routes and NAT leave the host, each device's last endpoint is saved for the
+    /// next start, and the WAL is emptied into the database.
     pub async fn shutdown(mut self) {
         // `commands::serve` has already told systemd STOPPING=1, so `systemctl stop` shows
         // "deactivating" while arcd drains.
@@ -123,6 +127,9 @@ impl Running {
             tracing::warn!(error = %e, "Harvest writer not flushed");
         }
         self.dataplane.stop().await;
+        if let Some(publisher) = self.live_publisher.take() {
+            publisher.stop().await;
+        }
         self.control_sockets.clear();
         self.vpg_plane.remove_host_side();
         self.endpoint_saves.abort();
@@ -171,6 +178,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let dataplane =
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
+    let live_publisher = LivePublisherTask::start_if_shared(&store, &dataplane.engine);
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
     let (follower, following) = follower::start(
         Follower {
@@ -227,6 +235,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         following: Some(following),
         follower,
         outbox_prune,
+        live_publisher,
         vpg_plane,
         control_sockets,
         new_root_credentials,

@@ -9,6 +9,7 @@ mod groups;
 mod host_header;
 mod iot_sims;
 pub(crate) mod leading_slashes;
+mod live;
 mod openapi;
 mod operator;
 mod rendezvous_points;

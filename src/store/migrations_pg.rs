@@ -258,6 +258,24 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX peer_outbox_by_xid ON peer_outbox(xid, seq);
     CREATE INDEX peer_outbox_by_age ON peer_outbox(committed_at);
     "#,
+    // 11: live state across nodes (see migrations.rs).
+    r#"
+    CREATE TABLE session_live (
+        imsi               TEXT COLLATE "C" PRIMARY KEY,
+        session_id         TEXT COLLATE "C" NOT NULL,
+        rp_id              TEXT COLLATE "C" NOT NULL,
+        last_handshake_at  BIGINT,
+        device_endpoint    TEXT COLLATE "C",
+        rx_bytes           BIGINT NOT NULL,
+        tx_bytes           BIGINT NOT NULL,
+        published_at       BIGINT NOT NULL
+    );
+    CREATE INDEX session_live_by_rp ON session_live(rp_id);
+    CREATE TABLE live_publishers (
+        rp_id         TEXT COLLATE "C" PRIMARY KEY,
+        published_at  BIGINT NOT NULL
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

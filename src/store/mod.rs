@@ -9,6 +9,7 @@ pub mod groups;
 pub mod harvest;
 #[cfg(test)]
 mod lifecycle_tests;
+pub mod live;
 mod migrations;
 mod migrations_pg;
 pub mod operators;
