@@ -161,8 +161,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index]
 }
 
-/// Commit→applied for 300 createSims written straight to the store: on SQLite woken as the API
-/// wakes its follower, on PostgreSQL by NOTIFY only (the path of a change from another node).
+/// Commit→applied for 300 createSims written straight to the store, as the API writes them: on
+/// SQLite woken as the API wakes its follower, on PostgreSQL by the NOTIFY after the commit only
+/// (the path of a change from another node).
 #[tokio::test]
 async fn commit_to_applied_latency() {
     let server = TestServer::start().await;
@@ -172,18 +173,20 @@ async fn commit_to_applied_latency() {
     let mut latencies = Vec::new();
     for _ in 0..300 {
         let (operator, policy) = (operator.clone(), policy.clone());
-        let imsi = on_store(server.running.store.clone(), move |store| {
-            store
+        let (imsi, committed) = on_store(server.running.store.clone(), move |store| {
+            let imsi = store
                 .write_db(|db| {
                     let created =
                         sims::create_virtual(db, &operator, Coverage::Jp, "8942", &policy)?;
                     outbox::record(db, &[(&PeerChange::Upsert(created.session.clone())).into()])?;
                     Ok(created.session.imsi)
                 })
-                .unwrap()
+                .unwrap();
+            let committed = Instant::now();
+            outbox::notify_followers(store).unwrap();
+            (imsi, committed)
         })
         .await;
-        let committed = Instant::now();
         if !on_postgres() {
             server.running.follower.wake();
         }

@@ -2,7 +2,9 @@
 # createSim-shaped writes on a throw-away PostgreSQL 15 (scripts/lib/postgres.sh): one transaction
 # of 4 inserts + 1 update (scripts/bench/pg/createsim.sql; createsim-counters.sql adds today's two
 # counter-row updates) over the unix socket and over loopback TCP, with 1 and 16 clients, synchronous_commit on (the default). Prints transactions/s and
-# p50/p99 latency (ms) from pgbench's per-transaction log.
+# p50/p99 latency (ms) from pgbench's per-transaction log. PG_BENCH_SCRIPTS picks scripts of
+# scripts/bench/pg/ (createsim-outbox*: with the peer-change outbox row, and its NOTIFY inside or after
+# the transaction).
 #
 #   scripts/bench/pg-createsim.sh [SECONDS]     # default 10 s per run
 set -euo pipefail

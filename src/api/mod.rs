@@ -83,9 +83,10 @@ impl AppState {
 
 impl AppState {
     /// One write transaction that also records its peer changes (picked out of its result by
-    /// `changes_of`) in the outbox, which every node's follower reads (docs/ARCHITECTURE.md, "A
-    /// peer change"). The answer waits, at most 5 s, until this node's follower has taken them, so
-    /// a device can handshake with this node as soon as its session is acknowledged.
+    /// `changes_of`) in the outbox, which every node's follower reads (docs/ARCHITECTURE.md,
+    /// section 3, step 8); on PostgreSQL a NOTIFY after the commit wakes the other nodes. The
+    /// answer waits, at most 5 s, until this node's follower has taken them, so a device can
+    /// handshake with this node as soon as its session is acknowledged.
     pub async fn write_notifying<T: Send + 'static>(
         &self,
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
@@ -116,11 +117,17 @@ impl AppState {
         // fresh transaction, so it records its rows afresh and a failed run's rows are gone.
         let (value, position) = self
             .db(move |store| {
-                store.write_db(|db| {
+                let (value, position) = store.write_db(|db| {
                     let value = work(db)?;
                     let position = outbox::record(db, &rows_of(&value))?;
                     Ok((value, position))
-                })
+                })?;
+                if position.is_some() {
+                    if let Err(e) = outbox::notify_followers(store) {
+                        tracing::warn!(error = %e, "other nodes not notified of a committed change; they read it at their next poll");
+                    }
+                }
+                Ok((value, position))
             })
             .await?;
         if let Some(position) = position {
