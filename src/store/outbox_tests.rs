@@ -96,7 +96,9 @@ fn rows_are_read_once_in_order_after_the_cursor(store: &impl Backend) {
     assert!(rows.iter().all(|row| row.committed_at > 0));
     let (again, same) = read(store, next, 100);
     assert!(again.is_empty(), "read twice: {again:?}");
-    assert_eq!(same, next);
+    // PostgreSQL's cursor is the server-wide xmin: other tests' transactions move it on even
+    // when no row of this schema came; it never goes back.
+    assert!(same >= next, "the cursor went back: {same:?} < {next:?}");
     write(store, &[peer(3)]);
     let (rows, _) = read_until(store, next, 1);
     assert_eq!(changes(&rows), [peer(3)]);
