@@ -119,6 +119,8 @@ _pg_launch() {
     # -k: the unix socket in PG_DIR; -h: the TCP address(es). Logs to a file in PG_DIR.
     opts="-k $PG_DIR -h $listen -p $PG_PORT -c max_connections=100"
     for setting in ${PG_SETTINGS:-}; do opts+=" -c $setting"; done
+    # Kept for a start again after a stop (pg_ctl start -o "$(cat PG_DIR/server.opts)").
+    printf '%s\n' "$opts" | _pg_as tee "$PG_DIR/server.opts" >/dev/null
     _pg_as "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 30 \
         -o "$opts" start >/dev/null ||
         {
