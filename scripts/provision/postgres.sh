@@ -109,7 +109,10 @@ if [[ $mode == background ]]; then
     printf '%s\n' "$PG_PID" >"$pid_file.tmp.$$"
     mv -f "$pid_file.tmp.$$" "$pid_file"
     if [[ -z $standby_of && $database != postgres ]]; then
-        psql "$PG_SOCKET_URL" -XAtq -v ON_ERROR_STOP=1 -c "CREATE DATABASE $database OWNER $user" ||
+        # synchronous_commit = local: with a synchronous standby named, a commit would otherwise
+        # wait for a standby that cannot exist before the primary does.
+        psql "$PG_SOCKET_URL" -XAtq -v ON_ERROR_STOP=1 -c "SET synchronous_commit = local" \
+            -c "CREATE DATABASE $database OWNER $user" ||
             die "CREATE DATABASE $database failed"
     fi
     log "PostgreSQL ($role) running: PID $PG_PID (in $pid_file), $listen:$port, data $dir/data, log $dir/server.log"

@@ -76,8 +76,9 @@ cleanup() {
     trap - EXIT INT TERM
     exec 1>&3 2>&4
     stop_recorded
-    for entry in ${PG_PIDFILES[@]+"${PG_PIDFILES[@]}"}; do
-        pid=$(cat "$entry" 2>/dev/null) && pg_kill "$pid" INT
+    # The PID files postgres.sh wrote, and the servers' own (a start cut short writes no file).
+    for entry in ${PG_PIDFILES[@]+"${PG_PIDFILES[@]}"} ${WORK:+"$WORK"/pg-*/data/postmaster.pid}; do
+        pid=$(head -n 1 "$entry" 2>/dev/null) && [[ $pid =~ ^[0-9]+$ ]] && pg_kill "$pid" INT
     done
     wait 2>/dev/null
     for ns in ${NAMESPACES[@]+"${NAMESPACES[@]}"}; do
