@@ -60,10 +60,11 @@ pids_before="${NODE_PID[api]} ${NODE_PID[tokyo]}"
 stage "4. createSim in a loop, kill -9 the primary, promote the standby"
 # writer: createSim after createSim; one line per answer: "<UNIX ms> <HTTP status> <simId or ->".
 writer() {
-    local id out
+    local id
     while [[ ! -e $WORK/writer.stop ]]; do
-        if out=$(API_OUT=$WORK/writer-last.json create_sim 2>/dev/null); then
-            id=$(jq -r '.simId // "-"' <<<"$out" 2>/dev/null) || id=-
+        # (Not in $(...): API_STATUS must be set in this shell.)
+        if API_OUT=$WORK/writer-last.json create_sim >"$WORK/writer-sim.json" 2>/dev/null; then
+            id=$(jq -r '.simId // "-"' "$WORK/writer-sim.json" 2>/dev/null) || id=-
             echo "$(now_ms) $API_STATUS $id"
         else
             echo "$(now_ms) $API_STATUS -"

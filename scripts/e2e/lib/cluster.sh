@@ -261,7 +261,8 @@ RP_LIST=(--rendezvous-point "$RP_TOKYO,0.0.0.0:$PORT_TOKYO,$ADDR_TOKYO:$PORT_TOK
 # kill: the same config and data directory.
 declare -A NODE_PID=()
 node_start() {
-    local node=$1 api=$2 rps=$3 pidf=$WORK/$node.pid t0
+    local node=$1 api=$2 rps=$3 pidf t0
+    pidf=$WORK/$node.pid
     [[ " ${PIDFILES[*]} " == *" $pidf:"* ]] || PIDFILES+=("$pidf:$(basename "$ARCD")")
     t0=$(now_ms)
     nsx "$node" env "${ARCD_ENV_UNSET[@]}" "$PROV/rendezvous.sh" --arcd "$ARCD" \
