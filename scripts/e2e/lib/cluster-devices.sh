@@ -47,25 +47,45 @@ ping_until() {
 
 # ping_count DEV COUNT INTERVAL: replies out of COUNT probes (one every INTERVAL s).
 ping_count() {
-    nsx "$1" timeout $(($2 + 10)) ping -n -q -c "$2" -i "$3" -W 1 "$PLATFORM_ADDR" 2>/dev/null |
-        sed -n 's/.* transmitted, \([0-9]*\) received.*/\1/p' | grep . || echo 0
+    local out n
+    out=$(nsx "$1" timeout $(($2 + 10)) ping -n -q -c "$2" -i "$3" -W 1 "$PLATFORM_ADDR" 2>/dev/null) || true
+    n=$(sed -n 's/.* transmitted, \([0-9]*\) received.*/\1/p' <<<"$out")
+    echo "${n:-0}"
 }
 
-# ping_bg_start DEV: a continuous ping (every 100 ms, one line a probe) from DEV in the
-# background, for the outage stages; ping_bg_stop DEV prints "sent received".
+# ping_bg_start DEV: a continuous ping (every 100 ms) from DEV in the background, for the outage
+# stages; ping_bg_stop DEV stops it (SIGINT: ping prints its summary) and sets BG_TX and BG_RX.
 declare -A PING_BG=()
 ping_bg_start() {
-    spawn "$1" "$WORK/ping-bg-$1.out" ping ping -n -i 0.1 -W 1 "$PLATFORM_ADDR"
+    # -O: a line for a probe that got no answer too, so ping_bg_wait counts every probe.
+    # -D: each line stamped (UNIX s.us), for bg_first_reply_after.
+    spawn "$1" "$WORK/ping-bg-$1.out" ping ping -n -D -O -i 0.1 -W 1 "$PLATFORM_ADDR"
     PING_BG[$1]=$SPAWNED_PID
+}
+# ping_bg_wait DEV N: until DEV's background ping has sent at least N probes (the observation
+# window of an outage stage).
+ping_bg_wait() {
+    local dev=$1 n=$2 t0
+    t0=$(now_ms)
+    until (($(grep -c 'icmp_seq=' "$WORK/ping-bg-$dev.out" 2>/dev/null || true) >= n)); do
+        (($(now_ms) - t0 < n * 100 + 10000)) || fail "$dev's background ping" "fewer than $n probes sent"
+        sleep 0.1
+    done
 }
 ping_bg_stop() {
     local pid=${PING_BG[$1]} out=$WORK/ping-bg-$1.out
-    kill -INT "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null
-    local tx rx
-    tx=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$out")
-    rx=$(sed -n 's/.* transmitted, \([0-9]*\) received.*/\1/p' "$out")
-    echo "${tx:-0} ${rx:-0}"
+    kill -INT "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    BG_TX=$(sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p' "$out")
+    BG_RX=$(sed -n 's/.* transmitted, \([0-9]*\) received.*/\1/p' "$out")
+    BG_TX=${BG_TX:-0} BG_RX=${BG_RX:-0}
+}
+
+# bg_first_reply_after DEV MS: UNIX ms of the first reply in DEV's background ping after MS;
+# status 1 when there is none yet.
+bg_first_reply_after() {
+    awk -v t="$2" '/bytes from/ { gsub(/[\[\]]/, "", $1); ms = $1 * 1000; if (ms > t) { printf "%.0f\n", ms; found = 1; exit } }
+        END { exit !found }' "$WORK/ping-bg-$1.out"
 }
 
 # expect_pings DEV NAME: 5 of 5 probes answered through DEV's tunnel.
