@@ -1,7 +1,7 @@
 # cluster.sh — what scripts/e2e/multinode.sh and pg-failover.sh share: a lab LAN of network
 # namespaces, PostgreSQL and arcd nodes in them (started by the provisioning scripts the Vagrant
 # VMs run), devices, API calls, output and the cleanup. Sourced, not run.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034 # the constants are for the scripts that source this file
 #
 # The LAN: namespace <p>lan holds a bridge; every host (database, arcd node, device) is a
 # namespace <p>NAME with one veth "eth0" on that bridge and an address of 10.98.0.0/24. No
@@ -148,7 +148,7 @@ cluster_init() {
     WORK=$(mktemp -d "/tmp/$E2E_NAME.XXXXXX")
     # The database servers run as user postgres and need to pass through to their directories.
     chmod 711 "$WORK"
-    cd "$REPO_DIR"
+    cd "$REPO_DIR" || exit 1
     arcd_env_unset_list
 }
 
