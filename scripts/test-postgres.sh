@@ -24,9 +24,10 @@ fi
 BOTH_ENGINES=(
     api_data api_groups_auth api_routes api_sims api_smoke api_spec_rules api_tenancy
     api_vpg_sessions api_vpgs bad_input dataplane_inprocess dataplane_vpg edge_connections metrics
-    node_roles restart_resume services soratun_replay store_copy web_page
+    live_state node_roles peer_follower restart_resume services soratun_replay store_copy
+    store_outage two_nodes web_page
 )
-cargo test --locked --lib -- store:: api::
+cargo test --locked --lib -- store:: api:: services::harvest_retention server::
 tests=()
 for name in "${BOTH_ENGINES[@]}"; do tests+=(--test "$name"); done
 cargo test --locked "${tests[@]}"

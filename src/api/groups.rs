@@ -171,5 +171,5 @@ pub async fn list_subscribers(
             })
         })
         .await?;
-    Ok(super::sims::sim_page(&state, &path, page, limit))
+    super::sims::sim_page(&state, &path, page, limit).await
 }

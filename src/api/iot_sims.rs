@@ -6,6 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 
 use super::extract::JsonBody;
+use super::live::Live;
 use super::{json, request_coverage, views, ApiError, Operator, SharedState};
 use crate::store::db::Backend;
 use crate::store::sims;
@@ -46,7 +47,7 @@ pub async fn import_iot_sims(
         .await??;
     let body: Vec<views::Sim> = sims
         .iter()
-        .map(|s| views::sim(s, None, &state.engine))
+        .map(|s| views::sim(s, None, &Live::local(&state.engine)))
         .collect();
     Ok(json(StatusCode::CREATED, &body))
 }

@@ -7,9 +7,10 @@ use axum::response::Response;
 use serde::Deserialize;
 
 use super::extract::{non_null, JsonBody, Path, QueryParams};
+use super::live::Live;
 use super::{
-    json, page_response, page_url, request_coverage, views, ApiError, AppState, Operator,
-    SharedState,
+    json, page_response, page_url, request_coverage, trim_page, views, with_next_key, ApiError,
+    AppState, Operator, SharedState,
 };
 use crate::ids::{GroupId, Imsi, OperatorId, SimId};
 use crate::store::db::Backend;
@@ -59,7 +60,7 @@ pub async fn create_sim(
             iccid: created.sim.sim_id.as_str(),
             private_key: &created.private_key,
         }),
-        &state.engine,
+        &Live::local(&state.engine),
     );
     tracing::info!(sim_id = %created.sim.sim_id, "virtual SIM created");
     Ok(json(StatusCode::CREATED, &view))
@@ -73,23 +74,28 @@ pub async fn get_sim(
     let sim = state
         .db(move |store| store.read_db(|db| sims::get(db, &operator, &sim_id)))
         .await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
-/// 200 with the SIM as the official `Sim` (live session figures from the data plane).
-fn sim_response(state: &AppState, sim: &SimRecord) -> Response {
-    json(StatusCode::OK, &views::sim(sim, None, &state.engine))
+/// 200 with the SIM as the official `Sim` (live session figures from the data plane holding its
+/// peer, see `api::live`).
+async fn sim_response(state: &AppState, sim: &SimRecord) -> Result<Response, ApiError> {
+    let live = state.live_for(std::slice::from_ref(sim)).await?;
+    Ok(json(StatusCode::OK, &views::sim(sim, None, &live)))
 }
 
-/// Responds with one page, fetched with one extra row to know whether another page follows.
-pub(super) fn sim_page(state: &AppState, path: &str, page: Vec<SimRecord>, limit: u32) -> Response {
-    page_response(
-        page,
-        limit,
-        |s| s.sim_id.to_string(),
-        |s| views::sim(s, None, &state.engine),
-        path,
-    )
+/// Responds with one page, fetched with one extra row to know whether another page follows; the
+/// live figures of the page's SIMs are read in one batch.
+pub(super) async fn sim_page(
+    state: &AppState,
+    path: &str,
+    mut page: Vec<SimRecord>,
+    limit: u32,
+) -> Result<Response, ApiError> {
+    let next_key = trim_page(&mut page, limit, |s| s.sim_id.to_string());
+    let live = state.live_for(&page).await?;
+    let body: Vec<views::Sim> = page.iter().map(|s| views::sim(s, None, &live)).collect();
+    Ok(with_next_key(json(StatusCode::OK, &body), path, next_key))
 }
 
 pub async fn list_sims(
@@ -102,7 +108,7 @@ pub async fn list_sims(
     let page = state
         .db(move |store| store.read_db(|db| sims::list(db, &operator, after.as_deref(), limit + 1)))
         .await?;
-    Ok(sim_page(&state, &page_url("/v1/sims", &query), page, limit))
+    sim_page(&state, &page_url("/v1/sims", &query), page, limit).await
 }
 
 pub async fn search_sims(
@@ -118,12 +124,7 @@ pub async fn search_sims(
             store.read_db(|db| sims::search(db, &operator, &filter, after.as_deref(), limit + 1))
         })
         .await?;
-    Ok(sim_page(
-        &state,
-        &page_url("/v1/query/sims", &query),
-        page,
-        limit,
-    ))
+    sim_page(&state, &page_url("/v1/query/sims", &query), page, limit).await
 }
 
 /// The `searchSims` filter from the query: each parameter's values, the session state and
@@ -238,7 +239,7 @@ pub async fn delete_session(
     Path(sim_id): Path<SimId>,
 ) -> Result<Response, ApiError> {
     let sim = recreate_session(&state, operator, sim_id, true).await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 /// A new session for the SIM (`sessions::recreate`; `require_existing` as there), sent to the
@@ -342,7 +343,7 @@ pub async fn terminate(
         )
         .await?;
     tracing::info!(sim_id = %sim.sim_id, "SIM terminated");
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 async fn termination(
@@ -356,7 +357,7 @@ async fn termination(
             store.write_db(|db| sims::set_termination_enabled(db, &operator, &sim_id, enabled))
         })
         .await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 pub async fn enable_termination(
@@ -384,7 +385,7 @@ async fn change_status(
     let sim = state
         .db(move |store| store.write_db(|db| sims::change_status(db, &operator, &sim_id, action)))
         .await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 pub async fn activate(
@@ -429,7 +430,7 @@ async fn move_to_group(
             |(_, change)| change.iter().cloned().collect(),
         )
         .await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 pub async fn set_group(
@@ -474,7 +475,7 @@ pub async fn put_tags(
     let sim = state
         .db(move |store| store.write_db(|db| sims::put_tags(db, &operator, &sim_id, &tags)))
         .await?;
-    Ok(sim_response(&state, &sim))
+    sim_response(&state, &sim).await
 }
 
 pub async fn delete_tag(
@@ -571,8 +572,13 @@ pub async fn add_subscription(
         )
         .await?;
     tracing::info!(sim_id = %added.sim.sim_id, imsi = %added.imsi, "virtual subscriber added");
-    let profile = views::profile_of(&added.sim, &added.iccid, &added.private_key, &state.engine)
-        .ok_or_else(ApiError::internal)?;
+    let profile = views::profile_of(
+        &added.sim,
+        &added.iccid,
+        &added.private_key,
+        &Live::local(&state.engine),
+    )
+    .ok_or_else(ApiError::internal)?;
     Ok(json(StatusCode::OK, &profile))
 }
 

@@ -5,8 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::dataplane::engine::{Engine, ONLINE_WINDOW};
-use crate::dataplane::stats::PeerSnapshot;
+use super::live::Live;
 use crate::ids::{GroupId, Imsi, OperatorId, SimId, VpgId};
 use crate::services;
 use crate::store::groups::GroupRecord;
@@ -14,7 +13,6 @@ use crate::store::operators::AuthKeyInfo;
 use crate::store::sessions::SessionEventRecord;
 use crate::store::vpgs::VpgRecord;
 use crate::store::{SessionRecord, SimRecord, SubscriberRecord};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -195,23 +193,7 @@ pub struct ArcdSessionStats {
     pub tx_bytes: u64,
 }
 
-fn session_stats(snapshot: &PeerSnapshot) -> ArcdSessionStats {
-    let since = snapshot
-        .last_handshake
-        .and_then(|at| SystemTime::now().duration_since(at).ok());
-    ArcdSessionStats {
-        device_online: since.is_some_and(|d| d < ONLINE_WINDOW),
-        last_handshake_at: snapshot
-            .last_handshake
-            .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
-            .map(|d| d.as_millis() as i64),
-        device_endpoint: snapshot.endpoint.map(|e| e.to_string()),
-        rx_bytes: snapshot.rx_bytes,
-        tx_bytes: snapshot.tx_bytes,
-    }
-}
-
-pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine) -> Sim {
+pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, live: &Live) -> Sim {
     // Every SIM has a primary subscriber; the empty IMSI only keeps a broken row answerable.
     let primary_imsi = record
         .primary_imsi()
@@ -265,11 +247,7 @@ pub fn sim(record: &SimRecord, one_time_key: Option<OneTimeKey>, engine: &Engine
         group_id: record.group_id.clone(),
         tags,
         capabilities: DATA_ONLY,
-        arcd_session_stats: record
-            .session
-            .as_ref()
-            .and_then(|session| engine.snapshot(&session.imsi, SystemTime::now()))
-            .map(|snapshot| session_stats(&snapshot)),
+        arcd_session_stats: live.stats(record),
         termination_enabled: record.termination_enabled,
         created_time: record.created_at,
         last_modified_time: record.last_modified_at,
@@ -368,9 +346,9 @@ pub fn profile_of(
     record: &SimRecord,
     iccid: &str,
     private_key: &str,
-    engine: &Engine,
+    live: &Live,
 ) -> Option<SimProfile> {
-    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }), engine);
+    let mut view = sim(record, Some(OneTimeKey { iccid, private_key }), live);
     view.profiles.remove(iccid)
 }
 

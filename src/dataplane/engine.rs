@@ -777,6 +777,9 @@ fn ipv4_destination(packet: &[u8]) -> Option<Ipv4Addr> {
 mod resume;
 pub use resume::Resumed;
 
+#[path = "engine_live.rs"]
+mod live;
+
 #[cfg(test)]
 #[path = "engine_tests.rs"]
 mod tests;

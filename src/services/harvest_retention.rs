@@ -1,5 +1,7 @@
 //! Harvest Data retention: entries older than `services.harvest_retention_days` are purged once at
-//! start and then hourly, in small transactions so API writes never wait long behind a purge.
+//! start and then hourly, in small transactions so API writes never wait long behind a purge. On
+//! PostgreSQL every node runs the job, and a round runs on the node that takes the advisory lock
+//! `PURGE_LOCK`; the others skip that round (one purger, no duplicate deletes racing each other).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,6 +16,8 @@ pub const BATCH: usize = 5_000;
 /// Time between two purges.
 pub const PERIOD: Duration = Duration::from_secs(3600);
 const DAY_MS: i64 = 86_400_000;
+/// The PostgreSQL advisory lock key of the purge: an arbitrary constant ("arcdhvst").
+pub const PURGE_LOCK: i64 = 0x6172_6364_6876_7374;
 
 /// The oldest time kept at `now_ms` (entries strictly older go).
 pub fn cutoff_ms(now_ms: i64, retention_days: u32) -> i64 {
@@ -34,7 +38,29 @@ pub fn purge(store: &impl Backend, cutoff_ms: i64, batch: usize) -> store::Resul
     }
 }
 
-/// Runs `purge` now and then every `PERIOD` until the task is aborted (or the runtime stops).
+/// One round of the job: `purge`, on PostgreSQL only while holding `PURGE_LOCK` (`None`: another
+/// node holds it and purges). Checks between batches that the lock's connection is still there,
+/// so a node that lost it stops rather than purging beside the next holder. Blocking.
+pub fn purge_round(store: &Store, cutoff_ms: i64, batch: usize) -> store::Result<Option<usize>> {
+    let Store::Postgres(pg) = store else {
+        return purge(store, cutoff_ms, batch).map(Some);
+    };
+    let Some(lock) = pg.try_advisory_lock(PURGE_LOCK)? else {
+        return Ok(None);
+    };
+    let batch = batch.max(1);
+    let mut total = 0;
+    while !lock.is_lost() {
+        let deleted = store.write_db(|db| harvest::purge_older_than(db, cutoff_ms, batch))?;
+        total += deleted;
+        if deleted < batch {
+            break;
+        }
+    }
+    Ok(Some(total))
+}
+
+/// Runs `purge_round` now and then every `PERIOD` until the task is aborted (or the runtime stops).
 /// Failures are logged and retried at the next period.
 pub fn spawn_purge_job(store: Arc<Store>, retention_days: u32) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -44,9 +70,12 @@ pub fn spawn_purge_job(store: Arc<Store>, retention_days: u32) -> JoinHandle<()>
             tick.tick().await;
             let cutoff = cutoff_ms(store::now_ms(), retention_days);
             let store = store.clone();
-            match tokio::task::spawn_blocking(move || purge(store.as_ref(), cutoff, BATCH)).await {
-                Ok(Ok(0)) => {}
-                Ok(Ok(deleted)) => {
+            match tokio::task::spawn_blocking(move || purge_round(&store, cutoff, BATCH)).await {
+                Ok(Ok(None)) => {
+                    tracing::debug!("Harvest Data purge skipped: another node holds its lock")
+                }
+                Ok(Ok(Some(0))) => {}
+                Ok(Ok(Some(deleted))) => {
                     tracing::info!(deleted, retention_days, "expired Harvest Data purged")
                 }
                 Ok(Err(e)) => tracing::warn!(error = %e, "Harvest Data purge failed"),
@@ -116,6 +145,47 @@ mod tests {
         assert_eq!(purge(&store, cutoff, 5).expect("purge"), 23);
         assert_eq!(times(&store, &op), [now, cutoff]);
         assert_eq!(purge(&store, cutoff, 5).expect("purge"), 0);
+    }
+
+    /// Two nodes' stores on one schema: while one holds the purge lock the other's round is
+    /// skipped and deletes nothing; once it is free, the other's round purges.
+    #[test]
+    fn on_postgres_one_node_purges_at_a_time() {
+        let Some((url, schema)) = crate::store::db::testing::temp_pg_target() else {
+            return;
+        };
+        let connect = || {
+            crate::store::db::PgStore::connect_in_schema(&url, &schema)
+                .map(Store::Postgres)
+                .expect("connect")
+        };
+        let (node_a, node_b) = (connect(), connect());
+        let op = node_a
+            .write_db(operators::create_operator)
+            .expect("operator");
+        let now = 100 * DAY_MS;
+        let cutoff = cutoff_ms(now, 1);
+        seed(&node_a, &op, &[cutoff - 2, cutoff - 1, now]);
+        let Store::Postgres(pg_a) = &node_a else {
+            unreachable!("connected to PostgreSQL")
+        };
+        let held = pg_a
+            .try_advisory_lock(PURGE_LOCK)
+            .expect("lock")
+            .expect("free");
+        assert!(
+            pg_a.try_advisory_lock(PURGE_LOCK).expect("try").is_none(),
+            "only one holder, even on the same node"
+        );
+        assert_eq!(purge_round(&node_b, cutoff, 1).expect("round"), None);
+        assert_eq!(
+            times(&node_b, &op).len(),
+            3,
+            "nothing purged beside the holder"
+        );
+        drop(held);
+        assert_eq!(purge_round(&node_b, cutoff, 1).expect("round"), Some(2));
+        assert_eq!(times(&node_a, &op), [now]);
     }
 
     #[tokio::test]

@@ -379,6 +379,8 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
              DROP TRIGGER sims_count_update; DROP TABLE operator_sim_counts;
              ALTER TABLE arc_sessions DROP COLUMN last_endpoint; -- migration 8
              CREATE INDEX sims_by_operator_status ON sims(operator_id, status); -- undo 9
+             DROP TABLE peer_outbox; -- undo 10
+             DROP TABLE session_live; DROP TABLE live_publishers; -- undo 11
              PRAGMA user_version = 6;",
         )
         .expect("back to version 6");

@@ -240,6 +240,43 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX sims_by_operator_status;
     "#,
+    // 10: the peer-change outbox (docs/design/store-engines.md): one row per peer (or VPG)
+    // change, written in the transaction that made it; every node's follower reads the rows
+    // after its cursor and applies the current state of what they name. AUTOINCREMENT: a number
+    // is never handed out again after pruning, so a cursor never skips a new row.
+    r#"
+    CREATE TABLE peer_outbox (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind          TEXT NOT NULL,
+        rp_id         TEXT,
+        imsi          TEXT,
+        committed_at  INTEGER NOT NULL
+    );
+    CREATE INDEX peer_outbox_by_age ON peer_outbox(committed_at);
+    "#,
+    // 11: live state across nodes (PostgreSQL, several nodes): what the node serving a session's
+    // rendezvous point sees of its device, published in batches so API-only nodes can answer
+    // getSim/listSims with it. One row per IMSI, tied to the session it was seen in (a row of
+    // another session_id is ignored); times in ms. `live_publishers` is each rendezvous point's
+    // heartbeat: the rows of a rendezvous point whose publisher went silent show offline. A single
+    // SQLite box reads its own data plane and leaves both tables empty.
+    r#"
+    CREATE TABLE session_live (
+        imsi               TEXT PRIMARY KEY,
+        session_id         TEXT NOT NULL,
+        rp_id              TEXT NOT NULL,
+        last_handshake_at  INTEGER,
+        device_endpoint    TEXT,
+        rx_bytes           INTEGER NOT NULL,
+        tx_bytes           INTEGER NOT NULL,
+        published_at       INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX session_live_by_rp ON session_live(rp_id);
+    CREATE TABLE live_publishers (
+        rp_id         TEXT PRIMARY KEY,
+        published_at  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;
