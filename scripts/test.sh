@@ -80,7 +80,8 @@ APT_PACKAGES=(
     chromium        # the management page's browser test (scripts/e2e/web.sh)
     prometheus      # promtool: checks a real metrics scrape in scripts/e2e/netns.sh (stage 6i)
     systemd         # systemd-analyze verify, sysusers, tmpfiles of the package (scripts/e2e/package.sh; nothing is started)
-    postgresql-15   # the store's second engine: scripts/test-postgres.sh starts a throw-away server (initdb in a temp dir)
+    postgresql-15   # the store's second engine: scripts/test-postgres.sh starts a throw-away server (initdb in a temp dir); multinode.sh and pg-failover.sh run servers and a streaming standby in namespaces
+    procps          # ps --ppid: the PostgreSQL servers' children, killed by PID (scripts/e2e/multinode.sh, pg-failover.sh)
     acl             # getfacl: checks the /run/wireguard ACL of the package's tmpfiles.d rule (package.sh)
 )
 # Node.js and npm (the page test; npm installs only playwright-core from

@@ -10,7 +10,12 @@
 #      validate-only mode (PROVISION_VALIDATE_ONLY=1: arguments parsed and checked, nothing
 #      done); the rendezvous VM runs rendezvous.sh with its own address as the endpoint, the
 #      devices run device.sh against that address; every provisioning script the Vagrantfile
-#      uses is also run by scripts/e2e/netns.sh (which runs them for real in CI).
+#      uses is also run by scripts/e2e/netns.sh or by multinode.sh / pg-failover.sh (through
+#      scripts/e2e/lib/cluster*.sh), which run them for real in CI. Twice more with
+#      LAB_TOPOLOGY=multinode: a postgres VM running postgres.sh; api, tokyo and frankfurt running
+#      build-arcd.sh and rendezvous.sh with the postgres VM in --store-url, the same
+#      --rendezvous-point list (each endpoint the VM serving it) and their [node] roles; devices
+#      on api's API, one of them asking for global coverage.
 #   3. `vagrant validate` when Vagrant is installed.
 #
 #   scripts/e2e/vagrantfile.sh              # check ./Vagrantfile of this repository
@@ -43,7 +48,7 @@ check_model() { # check_model LABEL [VAR=VALUE...]: evaluate and check, with the
     local label=$1
     shift
     log "evaluating the Vagrantfile ($label)"
-    env -u LAB_ARCD_BIN -u LAB_NET -u LAB_BOX "$@" \
+    env -u LAB_ARCD_BIN -u LAB_NET -u LAB_BOX -u LAB_TOPOLOGY "$@" \
         ruby - "$VAGRANTFILE" "$REPO_DIR" <<'RUBY' || fail "the Vagrantfile's definitions ($label): see above"
 require "shellwords"
 
@@ -109,8 +114,10 @@ exit 1 unless root_vm
 check(!root_vm.__attrs["box"].to_s.empty?, "a box is set (#{root_vm.__attrs["box"]})")
 
 machines = root_vm.__calls.select { |c| c[0] == "define" }.to_h { |c| [c[1][0].to_s, c[3]] }
-devices = machines.keys - ["rendezvous"]
-check(machines.key?("rendezvous"), "a VM named rendezvous")
+multi = ENV["LAB_TOPOLOGY"] == "multinode"
+servers = multi ? %w[postgres api tokyo frankfurt] : ["rendezvous"]
+devices = machines.keys - servers
+servers.each { |s| check(machines.key?(s), "a VM named #{s}") }
 check(devices.size >= 2, "at least two device VMs (#{devices.join(", ")})")
 
 # Provisioner: [name, type, inline] from `provision NAME, type: T, inline: ...` or a block.
@@ -175,26 +182,63 @@ def arg(words, opt)
   i && words[i + 1]
 end
 
-rv_ip = ips["rendezvous"]
-rv_cmd = commands["rendezvous"].find { |s, _| s == "rendezvous.sh" }
-check(!rv_cmd.nil?, "rendezvous runs rendezvous.sh")
-if rv_cmd
-  check(arg(rv_cmd[1], "--rp-endpoint").to_s.split(":").first == rv_ip,
-        "rendezvous.sh tells devices to connect to the rendezvous VM (#{arg(rv_cmd[1], "--rp-endpoint")})")
+def args_of(words, opt)
+  words.each_index.select { |i| words[i] == opt }.map { |i| words[i + 1] }
 end
-check(commands["rendezvous"].any? { |s, _| s == "build-arcd.sh" }, "rendezvous runs build-arcd.sh (the arcd binary)")
+
+if multi
+  # The multi-node lab: one database VM, three arcd nodes sharing it, devices through the API VM.
+  check(commands["postgres"].any? { |s, _| s == "postgres.sh" }, "postgres runs postgres.sh")
+  want_serves = { "api" => "none", "tokyo" => "ap-northeast-1", "frankfurt" => "eu-central-1" }
+  lists = {}
+  want_serves.each do |node, serves|
+    check(commands[node].any? { |s, _| s == "build-arcd.sh" }, "#{node} runs build-arcd.sh (the arcd binary)")
+    cmd = commands[node].find { |s, _| s == "rendezvous.sh" }
+    check(!cmd.nil?, "#{node} runs rendezvous.sh")
+    next unless cmd
+
+    url = arg(cmd[1], "--store-url").to_s
+    check(url.match?(%r{\Apostgres://[^@]+@#{Regexp.escape(ips["postgres"].to_s)}:5432/}), "#{node}: [store] url names the postgres VM (#{url})")
+    check(arg(cmd[1], "--node-api") == (node == "api" ? "yes" : "no"), "#{node}: [node] api = #{node == "api"}")
+    check(arg(cmd[1], "--node-rendezvous-points") == serves, "#{node}: [node] rendezvous_points = #{serves}")
+    lists[node] = args_of(cmd[1], "--rendezvous-point")
+  end
+  check(lists.values.uniq.size == 1 && lists.values.first.to_a.size == 2, "every arcd VM gets the same two [[rendezvous_points]]")
+  (lists.values.first || []).each do |rp|
+    id, _listen, endpoint, = rp.split(",")
+    node = want_serves.key(id)
+    check(!node.nil? && endpoint.to_s.split(":").first == ips[node], "#{id}'s endpoint is the VM that serves it (#{endpoint})")
+  end
+else
+  rv_ip = ips["rendezvous"]
+  rv_cmd = commands["rendezvous"].find { |s, _| s == "rendezvous.sh" }
+  check(!rv_cmd.nil?, "rendezvous runs rendezvous.sh")
+  if rv_cmd
+    check(arg(rv_cmd[1], "--rp-endpoint").to_s.split(":").first == rv_ip,
+          "rendezvous.sh tells devices to connect to the rendezvous VM (#{arg(rv_cmd[1], "--rp-endpoint")})")
+  end
+  check(commands["rendezvous"].any? { |s, _| s == "build-arcd.sh" }, "rendezvous runs build-arcd.sh (the arcd binary)")
+end
+rv_ip = ips[multi ? "api" : "rendezvous"]
 devices.each do |d|
   dev_cmd = commands[d].find { |s, _| s == "device.sh" }
   check(!dev_cmd.nil?, "#{d} runs device.sh")
   next unless dev_cmd
 
   api = arg(dev_cmd[1], "--api").to_s
-  check(api.match?(%r{\Ahttps?://#{Regexp.escape(rv_ip.to_s)}:\d+\z}), "#{d}: device.sh uses the rendezvous VM's API (#{api})")
+  check(api.match?(%r{\Ahttps?://#{Regexp.escape(rv_ip.to_s)}:\d+\z}), "#{d}: device.sh uses the API VM's API (#{api})")
+end
+if multi
+  check(devices.any? { |d| arg(commands[d].find { |s, _| s == "device.sh" }.to_a[1].to_a, "--host-header").to_s.start_with?("g.api.") },
+        "a device asks for global coverage (--host-header g.api.*: its SIM lands on frankfurt)")
 end
 
-netns = File.read(File.join(repo, "scripts/e2e/netns.sh"))
+# The namespace tests that run the same scripts for real: netns.sh (single box) and
+# multinode.sh / pg-failover.sh (their helpers in scripts/e2e/lib/cluster*.sh).
+ci_files = ["scripts/e2e/netns.sh", *Dir[File.join(repo, "scripts/e2e/lib/cluster*.sh")].map { |f| f.delete_prefix(repo + "/") }]
+ci = ci_files.map { |f| File.read(File.join(repo, f)) }.join("\n")
 used_scripts.each_key do |s|
-  check(netns.include?("$PROV/#{s}"), "scripts/e2e/netns.sh runs #{s} too (the same setup in CI)")
+  check(ci.include?("$PROV/#{s}"), "#{ci_files.join(" or ")} runs #{s} too (the same setup in CI)")
 end
 
 exit($errors.empty? ? 0 : 1)
@@ -204,6 +248,9 @@ RUBY
 check_model "as is"
 # The other branch of the rendezvous VM: a prebuilt binary (any existing file will do here).
 check_model "LAB_ARCD_BIN set" LAB_ARCD_BIN="$VAGRANTFILE"
+# The multi-node lab (LAB_TOPOLOGY=multinode), both branches of the arcd VMs too.
+check_model "LAB_TOPOLOGY=multinode" LAB_TOPOLOGY=multinode
+check_model "LAB_TOPOLOGY=multinode, LAB_ARCD_BIN set" LAB_TOPOLOGY=multinode LAB_ARCD_BIN="$VAGRANTFILE"
 
 # ------------------------------------------------------ 3. vagrant validate --
 if command -v vagrant >/dev/null 2>&1; then

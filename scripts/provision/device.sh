@@ -24,6 +24,9 @@
 #   --auth FILE          credentials for the API: arcd's root-credentials.json (authKeyId and
 #                        authKey: POST /v1/auth is called) or a POST /v1/auth answer (apiKey, token)
 #   --cacert FILE        certificate to trust for an https API (arcd's DATA_DIR/tls-cert.pem)
+#   --host-header NAME   Host header of the API requests: arcd gives a new SIM the coverage its
+#                        Host names ([coverage] global_hosts, e.g. g.api.example: global coverage,
+#                        placed on the global rendezvous point) [the --api URL's host]
 #   --sim-body JSON      createSim body [{"type":"virtual","subscription":"planArc01"}]
 #   --add-subscription ICCID
 #                        instead of createSim: add a virtual subscriber (planArc01) to the IoT SIM
@@ -63,6 +66,7 @@ api_url=""
 auth_file=""
 cacert=""
 sim_body='{"type":"virtual","subscription":"planArc01"}'
+host_header=""
 new_sim=0
 add_subscription=""
 sim_json_in=""
@@ -84,6 +88,7 @@ while (($#)); do
         --auth) auth_file=${2:?--auth needs a value}; shift ;;
         --cacert) cacert=${2:?--cacert needs a value}; shift ;;
         --sim-body) sim_body=${2:?--sim-body needs a value}; shift ;;
+        --host-header) host_header=${2:?--host-header needs a value}; shift ;;
         --new-sim) new_sim=1 ;;
         --add-subscription) add_subscription=${2:?--add-subscription needs a value}; shift ;;
         --sim-json) sim_json_in=${2:?--sim-json needs a value}; shift ;;
@@ -111,6 +116,7 @@ done
 [[ -n $state ]] || usage_error "STATE_DIR is missing"
 check_arg STATE_DIR "$state" is_plain
 check_arg --interface "$ifname" is_ifname
+[[ -z $host_header ]] || check_arg --host-header "$host_header" is_plain
 check_arg --mtu "$mtu" is_uint
 check_arg --keepalive "$keepalive" is_uint
 check_arg --check-timeout "$check_timeout" is_uint
@@ -178,6 +184,7 @@ api() {
     out=$(mktemp -p "$state" .api.XXXXXX)
     args=(-sS -m 15 -X "$method" -o "$out" -w '%{http_code}' -H 'Accept: application/json')
     [[ -n $cacert ]] && args+=(--cacert "$cacert")
+    [[ -n $host_header ]] && args+=(-H "Host: $host_header")
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary @-)
     # (The process substitution must sit on curl's own command line: its pipe lives as long as
     # the command it appears in.)

@@ -21,8 +21,20 @@
 #                          (names or IPv4 addresses clients use) [localhost]
 #   --rp-id ID             rendezvous point id [ap-northeast-1]
 #   --rp-listen ADDR:PORT  its UDP listener [0.0.0.0:11010]
-#   --rp-endpoint H:PORT   what devices are told to connect to (arcServerEndpoint) (required)
+#   --rp-endpoint H:PORT   what devices are told to connect to (arcServerEndpoint) (required
+#                          unless --rendezvous-point is given)
 #   --pool CIDR            client address pool [10.64.0.0/16]
+#   --rendezvous-point ID,LISTEN,ENDPOINT,POOL
+#                          one entry of [[rendezvous_points]]; repeat for several. Replaces the
+#                          one of --rp-id, --rp-listen, --rp-endpoint and --pool. Every node of a
+#                          multi-node lab gets the same list
+#   --store-url URL        [store] engine = "postgres" with this url (a libpq URL without spaces,
+#                          several hosts allowed: postgres://arcd@h1:5432,h2:5432/arcd?
+#                          target_session_attrs=read-write) [SQLite in --data-dir]
+#   --node-api yes|no      [node] api: this node serves the API [yes]
+#   --node-rendezvous-points IDS
+#                          [node] rendezvous_points: comma-separated ids this node serves, '*'
+#                          for all, 'none' for an API-only node [*]
 #   --allowed-ips CIDR,..  arcAllowedIPs [100.127.0.0/16]
 #   --tun-name NAME        TUN interface [arc0]
 #   --mtu N                TUN MTU [1420]
@@ -44,8 +56,9 @@
 #   --install              install missing Debian packages (PROVISION_INSTALL=1)
 #   -h, --help             this text
 #
-# Ready means: root-credentials.json in data_dir, the API answers (GET /openapi.yaml), the UDP
-# port listens and the TUN device exists. The script then prints where the API and the
+# Ready means: root-credentials.json in data_dir (SQLite only: on PostgreSQL the node that starts
+# first writes it), the API answers (GET /openapi.yaml) when the node serves it, and when it
+# serves rendezvous points, their UDP ports listen and the TUN device exists. The script then prints where the API and the
 # credentials are. Exit status 1 when arcd does not get ready (its log's tail is shown), 2 on bad
 # arguments. ARCD_* variables of the caller never reach arcd (it would read them as configuration).
 set -euo pipefail
@@ -73,6 +86,11 @@ pid_file=""
 log_file=""
 timeout=30
 packages=()
+rps=()
+store_url=""
+node_api=yes
+node_rps='*'
+
 while (($#)); do
     case $1 in
         --arcd) arcd=${2:?--arcd needs a value}; shift ;;
@@ -85,6 +103,10 @@ while (($#)); do
         --rp-listen) rp_listen=${2:?--rp-listen needs a value}; shift ;;
         --rp-endpoint) rp_endpoint=${2:?--rp-endpoint needs a value}; shift ;;
         --pool) pool=${2:?--pool needs a value}; shift ;;
+        --rendezvous-point) rps+=("${2:?--rendezvous-point needs a value}"); shift ;;
+        --store-url) store_url=${2:?--store-url needs a value}; shift ;;
+        --node-api) node_api=${2:?--node-api needs a value}; shift ;;
+        --node-rendezvous-points) node_rps=${2:?--node-rendezvous-points needs a value}; shift ;;
         --allowed-ips) allowed_ips=${2:?--allowed-ips needs a value}; shift ;;
         --tun-name) tun_name=${2:?--tun-name needs a value}; shift ;;
         --mtu) mtu=${2:?--mtu needs a value}; shift ;;
@@ -102,11 +124,26 @@ while (($#)); do
     esac
     shift
 done
-[[ -n $rp_endpoint ]] || usage_error "--rp-endpoint is required"
+[[ -n $rp_endpoint || ${#rps[@]} -gt 0 ]] || usage_error "--rp-endpoint is required"
+((${#rps[@]})) || rps=("$rp_id,$rp_listen,$rp_endpoint,$pool")
+for r in "${rps[@]}"; do
+    IFS=, read -r r_id r_listen r_endpoint r_pool r_more <<<"$r"
+    [[ -n $r_pool && -z $r_more ]] || usage_error "--rendezvous-point: ID,LISTEN,ENDPOINT,POOL, not '$r'"
+    check_arg "--rendezvous-point id" "$r_id" is_plain
+    check_arg "--rendezvous-point listen" "$r_listen" is_host_port
+    check_arg "--rendezvous-point endpoint" "$r_endpoint" is_host_port
+    check_arg "--rendezvous-point pool" "$r_pool" is_cidr
+done
+# A libpq URL goes into TOML between double quotes: no quotes, backslashes or spaces.
+url_re='^postgres(ql)?://[A-Za-z0-9._:/@+=,%?&-]+$'
+[[ -z $store_url || $store_url =~ $url_re ]] ||
+    usage_error "--store-url: a postgres:// URL without spaces or quotes, not '$store_url'"
+[[ $node_api == yes || $node_api == no ]] || usage_error "--node-api: yes or no, not '$node_api'"
+[[ $node_rps == '*' || $node_rps == none ]] || check_arg --node-rendezvous-points "$node_rps" is_plain
 check_arg --api-listen "$api_listen" is_host_port
 [[ -z $metrics_listen ]] || check_arg --metrics-listen "$metrics_listen" is_host_port
 check_arg --rp-listen "$rp_listen" is_host_port
-check_arg --rp-endpoint "$rp_endpoint" is_host_port
+[[ -z $rp_endpoint ]] || check_arg --rp-endpoint "$rp_endpoint" is_host_port
 check_arg --pool "$pool" is_cidr
 check_arg --tun-name "$tun_name" is_ifname
 check_arg --mtu "$mtu" is_uint
@@ -130,7 +167,7 @@ for p in "${packages[@]}"; do check_arg --package "$p" is_package_name; done
 mode=systemd
 [[ -n $pid_file ]] && mode=background
 [[ -z $run_as || $mode == background ]] || usage_error "--run-as needs --pid-file (the systemd unit of the Debian package runs arcd as user arcd)"
-validate_only_exit "arcd ($mode) with $config: API ${api_listen} (tls $api_tls, names ${hostnames[*]}), rendezvous point $rp_id on $rp_listen, endpoint $rp_endpoint, pool $pool"
+validate_only_exit "arcd ($mode) with $config: API ${api_listen} (tls $api_tls, names ${hostnames[*]}, served: $node_api), rendezvous points ${rps[*]} (served here: $node_rps), store ${store_url:-SQLite in $data_dir}"
 
 # ------------------------------------------------------------------- tools --
 [[ $EUID -eq 0 ]] || die "needs root (arcd makes a TUN device; systemd unit)"
@@ -196,16 +233,24 @@ mtu = $mtu
 [egress]
 masquerade = $([[ $egress == yes ]] && echo true || echo false)
 
-[[rendezvous_points]]
-id = "$rp_id"
-listen = "$rp_listen"
-endpoint = "$rp_endpoint"
-pool = "$pool"
-allowed_ips = $(toml_list "${allowed[@]}")
-
 [log]
 level = "$log_level"
 EOF
+for r in "${rps[@]}"; do
+    IFS=, read -r r_id r_listen r_endpoint r_pool <<<"$r"
+    printf '\n[[rendezvous_points]]\nid = "%s"\nlisten = "%s"\nendpoint = "%s"\npool = "%s"\nallowed_ips = %s\n' \
+        "$r_id" "$r_listen" "$r_endpoint" "$r_pool" "$(toml_list "${allowed[@]}")" >>"$config.tmp.$$"
+done
+if [[ -n $store_url ]]; then
+    printf '\n[store]\nengine = "postgres"\nurl = "%s"\n' "$store_url" >>"$config.tmp.$$"
+fi
+case $node_rps in
+    '*') served=("*") ;;
+    none) served=() ;;
+    *) IFS=, read -r -a served <<<"$node_rps" ;;
+esac
+printf '\n[node]\napi = %s\nrendezvous_points = %s\n' "$([[ $node_api == yes ]] && echo true || echo false)" \
+    "$(toml_list ${served[@]+"${served[@]}"})" >>"$config.tmp.$$"
 if [[ -n $metrics_listen ]]; then
     printf '\n[metrics]\nenabled = true\nlisten = "%s"\n' "$metrics_listen" >>"$config.tmp.$$"
 fi
@@ -271,14 +316,22 @@ api_port=${api_listen##*:}
 scheme=https
 [[ $api_tls == no ]] && scheme=http
 probe_url="$scheme://$api_host:$api_port"
-rp_port=${rp_listen##*:}
+# The UDP ports of the rendezvous points this node serves.
+rp_ports=()
+for r in "${rps[@]}"; do
+    IFS=, read -r r_id r_listen _ <<<"$r"
+    [[ $node_rps == '*' || ,$node_rps, == *",$r_id,"* ]] && rp_ports+=("${r_listen##*:}")
+done
 
 ready() {
-    [[ -s $data_dir/root-credentials.json ]] || return 1
+    [[ -n $store_url || -s $data_dir/root-credentials.json ]] || return 1
     # -k: a liveness probe of the local listener; clients check the certificate (device.sh --cacert).
-    curl -fsSk -o /dev/null -m 2 "$probe_url/openapi.yaml" || return 1
-    ss -Hlun "sport = :$rp_port" | grep -q . || return 1
-    ip link show "$tun_name" >/dev/null 2>&1 || return 1
+    [[ $node_api == no ]] || curl -fsSk -o /dev/null -m 2 "$probe_url/openapi.yaml" || return 1
+    local p
+    for p in ${rp_ports[@]+"${rp_ports[@]}"}; do
+        ss -Hlun "sport = :$p" | grep -q . || return 1
+    done
+    ((${#rp_ports[@]} == 0)) || ip link show "$tun_name" >/dev/null 2>&1 || return 1
 }
 t0=$(now_ms)
 deadline=$((SECONDS + timeout))
@@ -289,11 +342,11 @@ until ready >/dev/null 2>&1; do
     fi
     if ((SECONDS >= deadline)); then
         show_log
-        die "arcd not ready after ${timeout} s (want root-credentials.json, GET $probe_url/openapi.yaml, UDP :$rp_port, TUN $tun_name)"
+        die "arcd not ready after ${timeout} s (want root-credentials.json, GET $probe_url/openapi.yaml, UDP ${rp_ports[*]:-none}, TUN $tun_name)"
     fi
     sleep 0.1
 done
-log "arcd ready in $(($(now_ms) - t0)) ms: API $probe_url (listen $api_listen), rendezvous point $rp_id on UDP $rp_listen (endpoint $rp_endpoint), TUN $tun_name"
-log "root credentials (POST /v1/auth): $data_dir/root-credentials.json"
+log "arcd ready in $(($(now_ms) - t0)) ms: API $([[ $node_api == yes ]] && echo "$probe_url (listen $api_listen)" || echo "not served here"), rendezvous points served here: $node_rps of ${rps[*]}, TUN $tun_name"
+[[ ! -s $data_dir/root-credentials.json ]] || log "root credentials (POST /v1/auth): $data_dir/root-credentials.json"
 [[ $api_tls == yes ]] && log "API certificate (curl --cacert): $data_dir/tls-cert.pem"
 exit 0
