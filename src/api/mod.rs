@@ -37,7 +37,7 @@ pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
 use crate::dataplane::PeerChanges;
-use crate::store::db::Db;
+use crate::store::db::{Db, WriteIsolation};
 use crate::store::sessions::SessionPolicy;
 use crate::store::{self, PeerChange, Store};
 
@@ -82,9 +82,23 @@ impl AppState {
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
         changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
+        self.write_notifying_at(WriteIsolation::Serializable, work, changes_of)
+            .await
+    }
+
+    /// `write_notifying` at the given isolation: `ReadCommitted` for a hot path whose store
+    /// function guards its own reads (see `Backend::write_db_read_committed`).
+    pub async fn write_notifying_at<T: Send + 'static>(
+        &self,
+        isolation: WriteIsolation,
+        work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
+        changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let peer_changes = self.peer_changes.clone();
         self.db(move |store| {
-            store.write_db_then(work, |value| peer_changes.send_all(changes_of(value)))
+            store.write_db_then_at(isolation, work, |value| {
+                peer_changes.send_all(changes_of(value))
+            })
         })
         .await
     }

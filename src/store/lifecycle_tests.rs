@@ -73,7 +73,10 @@ fn create(
     operator: &OperatorId,
     policy: &SessionPolicy,
 ) -> super::Result<sims::CreatedSim> {
-    store.write_db(|db| sims::create_virtual(db, operator, Coverage::Jp, "8942", policy))
+    // createSim's isolation (api/sims.rs): READ COMMITTED on PostgreSQL.
+    store.write_db_read_committed(|db| {
+        sims::create_virtual(db, operator, Coverage::Jp, "8942", policy)
+    })
 }
 
 fn count(store: &impl Backend, table: &str) -> i64 {

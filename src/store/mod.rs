@@ -2,6 +2,8 @@
 //! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
 pub mod copy;
+#[cfg(test)]
+mod create_concurrency_tests;
 pub mod db;
 pub mod endpoints;
 mod error;
@@ -23,7 +25,7 @@ mod sqlite_store;
 
 use std::path::Path;
 
-use db::{Backend, Db, PgStore, SqliteDb};
+use db::{Backend, Db, PgStore, SqliteDb, WriteIsolation};
 pub use sqlite_store::{SqliteStore, WAL_HARD_LIMIT_FRAMES};
 
 pub use error::{Entity, Result, Rule, StoreError, DISK_FULL_MESSAGE};
@@ -76,13 +78,27 @@ impl Store {
     /// out of commit order, which is why nodes follow the peer-change outbox there instead.
     pub fn write_db_then<T>(
         &self,
+        f: impl FnMut(&mut dyn Db) -> Result<T>,
+        after_commit: impl FnOnce(&T),
+    ) -> Result<T> {
+        self.write_db_then_at(WriteIsolation::Serializable, f, after_commit)
+    }
+
+    /// `write_db_then` at the given isolation (`ReadCommitted`: see
+    /// `Backend::write_db_read_committed`; SQLite's single writer is the same either way).
+    pub fn write_db_then_at<T>(
+        &self,
+        isolation: WriteIsolation,
         mut f: impl FnMut(&mut dyn Db) -> Result<T>,
         after_commit: impl FnOnce(&T),
     ) -> Result<T> {
         match self {
             Store::Sqlite(store) => store.write_then(|tx| f(&mut SqliteDb::new(tx)), after_commit),
             Store::Postgres(store) => {
-                let value = store.write_db(f)?;
+                let value = match isolation {
+                    WriteIsolation::Serializable => store.write_db(f)?,
+                    WriteIsolation::ReadCommitted => store.write_db_read_committed(f)?,
+                };
                 after_commit(&value);
                 Ok(value)
             }
@@ -140,6 +156,13 @@ impl Backend for Store {
         match self {
             Store::Sqlite(store) => store.read_db(f),
             Store::Postgres(store) => store.read_db(f),
+        }
+    }
+
+    fn write_db_read_committed<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.write_db(f),
+            Store::Postgres(store) => store.write_db_read_committed(f),
         }
     }
 }
