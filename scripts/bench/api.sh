@@ -177,10 +177,35 @@ record() { # name: copies the last run's figures
     result[$1.errors]=$((r[non2xx] + r[connect_err] + r[read_err] + r[write_err] + r[timeouts]))
 }
 
+# CPU seconds (user + system) used so far by arcd and, on PostgreSQL, by the server: the
+# postmaster with its exited children and every live backend. Per request, this is the cost
+# of createSim on this machine whatever else runs on it (the rates above depend on the share of
+# the 2 cores the other work leaves).
+cpu_seconds() {
+    local pids=("${arcd_pid}") total=0 pid fields utime stime cutime cstime
+    if [[ ${engine} == postgres ]]; then
+        mapfile -t -O 1 pids < <(echo "${PG_PID}"; pgrep -P "${PG_PID}")
+    fi
+    for pid in "${pids[@]}"; do
+        # Fields 14-17 of /proc/PID/stat (utime stime cutime cstime, clock ticks), counted
+        # after the command name, which may hold spaces.
+        fields=$(awk '{ sub(/^.*\) /, ""); print $12, $13, $14, $15 }' "/proc/${pid}/stat" 2>/dev/null) || continue
+        [[ -n ${fields} ]] || continue
+        read -r utime stime cutime cstime <<<"${fields}"
+        total=$((total + utime + stime))
+        # The postmaster's children that have exited are in its cutime/cstime.
+        if [[ ${pid} == "${PG_PID:-}" ]]; then total=$((total + cutime + cstime)); fi
+    done
+    calc "${total} / $(getconf CLK_TCK)"
+}
+
 created=0
 section "(a) createSim: POST /v1/sims"
+cpu_before=$(cpu_seconds)
 run_wrk create create_sim.lua "${base}/v1/sims"
 record create
+create_cpu_ms=$(calc "($(cpu_seconds) - ${cpu_before}) * 1000 / ${r[requests]}")
+echo "CPU of arcd$([[ ${engine} == postgres ]] && echo ' + PostgreSQL') per createSim: ${create_cpu_ms} ms"
 created=$((created + r[requests] - r[non2xx]))
 # The same at a bounded offered rate (16 connections, 8 ms pause between requests): the
 # latency a client sees at ~1,500/s rather than the queueing of a saturated closed loop.
@@ -306,5 +331,6 @@ wrk_row list100c1 "(c) listSims ?limit=100 (wrk -c1)" "first page < 20 ms" "$(ve
 wrk_row listdefault "(c) listSims default limit (wrk)" "first page < 20 ms" "$(verdict "${result[listdefault.p99]}" '<' 20) (p99)"
 row list-cold "(c) listSims ?limit=100 cold (curl)" "-" "${cold_total_ms}" "-" "-" "first page < 20 ms" "$(verdict "${cold_total_ms}" '<' 20) (time_total)"
 row list-cold-server "    same, after TLS to first byte" "-" "${cold_server_ms}" "-" "-" "" ""
+row create-cpu "(a) CPU ms per createSim (server side)" "-" "${create_cpu_ms}" "-" "-" "< 2 ms (2 cores / 1000/s)" "$(verdict "${create_cpu_ms}" '<' 2)"
 row cold-start "(d) cold start, ${count} sessions" "-" "${cold_start_ms}" "-" "-" "< 5000 ms" "$(verdict "${cold_start_ms}" '<' 5000)"
 cat "${work}/rows.txt"
