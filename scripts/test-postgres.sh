@@ -24,7 +24,8 @@ fi
 BOTH_ENGINES=(
     api_data api_groups_auth api_routes api_sims api_smoke api_spec_rules api_tenancy
     api_vpg_sessions api_vpgs bad_input dataplane_inprocess dataplane_vpg edge_connections metrics
-    node_roles restart_resume services soratun_replay store_copy web_page
+    node_roles peer_follower restart_resume services soratun_replay store_copy store_outage
+    two_nodes web_page
 )
 cargo test --locked --lib -- store:: api::
 tests=()

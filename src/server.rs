@@ -1,7 +1,9 @@
 //! `arcd serve`: wires store, API listener (TLS or plain HTTP) and the data plane
 //! (`start_with`), and stops them in order (`Running::shutdown`).
 
+pub mod follower;
 mod jobs;
+mod load;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,19 +21,17 @@ use crate::dataplane::stats::ListenerSnapshot;
 use crate::dataplane::tun_device::{self, TunDevice, TunError};
 use crate::dataplane::uapi::{self, UapiServer};
 use crate::dataplane::vpg_plane::{HostSide, VpgPlane};
-use crate::dataplane::{
-    Dataplane, ListenerConfig, MemoryTun, MemoryTunPeer, PeerChanges, RecvBatch, TunIo,
-};
+use crate::dataplane::{Dataplane, MemoryTun, MemoryTunPeer, PeerChanges, RecvBatch, TunIo};
 use crate::listener;
 use crate::metrics;
 use crate::services;
-use crate::store::db::Backend;
-use crate::store::{endpoints, rendezvous, sessions, vpgs, Store, StoreError};
+use crate::store::{vpgs, Store, StoreError};
 use crate::tls::{self, TlsError};
-use crate::wgkey;
 
+use follower::{Follower, Following};
 use ipnet::Ipv4Net;
-use jobs::{checkpoint_loop, endpoint_save_loop, save_endpoints};
+use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
+use load::{load_from_store, StoreAtStart};
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -86,6 +86,11 @@ pub struct Running {
     harvest_purge: JoinHandle<()>,
     checkpoints: JoinHandle<()>,
     endpoint_saves: JoinHandle<()>,
+    /// The peer-change follower: the only path from committed changes to this data plane.
+    following: Option<Following>,
+    /// Wakes this node's follower and tells when it has read a change (what the API waits on).
+    pub follower: follower::FollowerHandle,
+    outbox_prune: JoinHandle<()>,
     /// Owns the VPG routes and the egress NAT (removed when arcd stops).
     pub vpg_plane: Arc<VpgPlane>,
     control_sockets: Vec<UapiServer>,
@@ -108,6 +113,10 @@ impl Running {
         tracing::info!("stopping: draining API requests");
         let _ = self.stop.send(true);
         let _ = self.accept_task.await;
+        if let Some(following) = self.following.take() {
+            following.stop();
+        }
+        self.outbox_prune.abort();
         drop(self.listening_services.take());
         self.harvest_purge.abort();
         if let Err(e) = self.services.harvest.flush().await {
@@ -152,6 +161,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         resume,
         listeners,
         running_vpgs,
+        cursor,
     } = load_from_store(&config, reinitialize).await?;
     let checkpoints = tokio::spawn(checkpoint_loop(store.clone()));
     let policy = bootstrap::session_policy(&config);
@@ -162,6 +172,17 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
+    let (follower, following) = follower::start(
+        Follower {
+            store: store.clone(),
+            node: config.node.clone(),
+            engine: dataplane.engine.clone(),
+            changes,
+            vpg_plane: vpg_plane.clone(),
+        },
+        cursor,
+    );
+    let outbox_prune = tokio::spawn(outbox_prune_loop(store.clone()));
     let control_sockets = if config.tun.enabled {
         open_control_sockets(&dataplane).await
     } else {
@@ -184,9 +205,8 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let state = Arc::new(AppState {
         store: store.clone(),
         policy,
-        peer_changes: changes,
+        follower: follower.clone(),
         engine: dataplane.engine.clone(),
-        vpg_plane: vpg_plane.clone(),
         tokens: Default::default(),
         config: Arc::new(config),
     });
@@ -204,98 +224,15 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         harvest_purge,
         checkpoints,
         endpoint_saves,
+        following: Some(following),
+        follower,
+        outbox_prune,
         vpg_plane,
         control_sockets,
         new_root_credentials,
         stop,
         accept_task,
     })
-}
-
-/// What starting needs from the store.
-struct StoreAtStart {
-    store: Arc<Store>,
-    new_root_credentials: Option<RootCredentials>,
-    sessions: Vec<sessions::ActiveSession>,
-    resume: Vec<endpoints::SavedEndpoint>,
-    listeners: Vec<ListenerConfig>,
-    running_vpgs: Vec<vpgs::RunningVpg>,
-}
-
-/// Opens the store and reads what starting needs, on tokio's blocking pool: store calls block
-/// (and PostgreSQL's client must never run on an async worker thread).
-async fn load_from_store(
-    config: &Config,
-    reinitialize: Reinitialize,
-) -> Result<StoreAtStart, ServeError> {
-    let config = config.clone();
-    tokio::task::spawn_blocking(move || {
-        let store = open_store(&config, reinitialize)?;
-        let new_root_credentials =
-            bootstrap::ensure_root_operator(&store, &config.data_dir, reinitialize)?;
-        let (sessions, resume) = load_sessions(&store, &config)?;
-        let listeners = listener_configs(&config, &store)?;
-        let running_vpgs = store.read_db(vpgs::running)?;
-        Ok(StoreAtStart {
-            store,
-            new_root_credentials,
-            sessions,
-            resume,
-            listeners,
-            running_vpgs,
-        })
-    })
-    .await
-    .map_err(|e| ServeError::StoreTask(e.to_string()))?
-}
-
-/// The data directory's store, checked, migrated, with SQLite's own checkpoints off (the
-/// `checkpoint_loop` takes over).
-fn open_store(config: &Config, reinitialize: Reinitialize) -> Result<Arc<Store>, ServeError> {
-    let store = bootstrap::open_store_with(config, reinitialize, bootstrap::Integrity::Check)?;
-    store.disable_auto_checkpoint()?;
-    Ok(Arc::new(store))
-}
-
-/// The active sessions the data plane starts with, and the devices' endpoints saved by the last
-/// run (so they are reachable before their next handshake).
-fn load_sessions(
-    store: &Store,
-    config: &Config,
-) -> Result<(Vec<sessions::ActiveSession>, Vec<endpoints::SavedEndpoint>), ServeError> {
-    let mut sessions = store.read_db(sessions::list_active_sessions)?;
-    sessions.retain(|session| config.node.serves(&session.rp_id));
-    let resume = store.read_db(endpoints::saved)?;
-    tracing::info!(
-        sessions = sessions.len(),
-        saved_endpoints = resume.len(),
-        "active sessions loaded"
-    );
-    Ok((sessions, resume))
-}
-
-/// One data-plane listener per rendezvous point this node serves, with its key pair from the
-/// store.
-fn listener_configs(config: &Config, store: &Store) -> Result<Vec<ListenerConfig>, ServeError> {
-    let mut listeners = Vec::new();
-    for rp in served_rendezvous_points(config) {
-        tracing::info!(
-            rendezvous_point = %rp.id,
-            name = rp.display_name(),
-            endpoint = %rp.endpoint,
-            pool = %rp.pool,
-            "rendezvous point configured"
-        );
-        let private_key = store.read_db(|db| rendezvous::private_key(db, &rp.id))?;
-        let private_key = wgkey::parse_key(&private_key)
-            .ok_or_else(|| StoreError::Corrupt(format!("server key of {}", rp.id)))?;
-        listeners.push(ListenerConfig {
-            rp_id: rp.id.clone(),
-            bind: rp.listen,
-            private_key,
-        });
-    }
-    Ok(listeners)
 }
 
 /// The interface index of a real TUN device (for routes); `None` for the in-memory one.

@@ -797,7 +797,14 @@ async fn a_secondary_virtual_subscriber_is_the_iot_sims_imsi_everywhere() {
         .get(&format!("/v1/subscribers/{virtual_imsi}/data"))
         .await;
     assert_eq!(none, json!([]));
-    let identified = services::caller::identify(&ctx, device.ip.into()).expect("caller");
+    // Off the test's runtime: the lookup reads the store (PostgreSQL's client must not block it).
+    let lookup = ctx.clone();
+    let ip = device.ip;
+    let identified =
+        tokio::task::spawn_blocking(move || services::caller::identify(&lookup, ip.into()))
+            .await
+            .expect("lookup task")
+            .expect("caller");
     assert_eq!(identified.tunnel_imsi, virtual_imsi);
     assert_eq!(identified.primary_imsi, device.imsi);
 }

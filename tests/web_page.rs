@@ -195,13 +195,9 @@ fn assert_matches_arcd_schema(body: &Value) {
     }
 }
 
+/// Read off the test's runtime (`read_store`): PostgreSQL's client must not block it.
 fn stored_private_key(server: &TestServer, rp_id: &str) -> String {
-    use arcd::store::db::Backend;
-    server
-        .running
-        .store
-        .read_db(|db| arcd::store::rendezvous::private_key(db, &rp_id.into()))
-        .expect("stored private key")
+    server.read_store(|db| arcd::store::rendezvous::private_key(db, &rp_id.into()))
 }
 
 #[tokio::test]

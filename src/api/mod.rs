@@ -36,23 +36,29 @@ pub(crate) use openapi::OPENAPI;
 pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
-use crate::dataplane::PeerChanges;
-use crate::store::db::{Db, WriteIsolation};
+use crate::server::follower::FollowerHandle;
+use crate::store::db::{Backend, Db, WriteIsolation};
+use crate::store::outbox::{self, OutboxChange, Position};
 use crate::store::sessions::SessionPolicy;
 use crate::store::{self, PeerChange, Store};
+
+/// How long a write waits for this node's data plane to take its change before answering
+/// (`write_notifying`); past it the answer goes anyway and the change still arrives. As long as
+/// a write waits for the store's locks: only a write transaction left open on the database (which
+/// holds PostgreSQL's outbox watermark back) comes near it.
+const OWN_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct AppState {
     pub store: Arc<Store>,
     pub config: Arc<Config>,
     pub policy: SessionPolicy,
-    /// Committed peer changes on their way to the data plane (see `write_notifying`).
-    pub peer_changes: PeerChanges,
+    /// This node's outbox follower, which alone brings committed changes to its data plane
+    /// (see `write_notifying`).
+    pub follower: FollowerHandle,
     pub tokens: tokens::Tokens,
     /// The data plane's engine, read for live per-session figures (handshakes, endpoints,
     /// bytes); never written from the API.
     pub engine: Arc<crate::dataplane::engine::Engine>,
-    /// Applies committed VPG changes to the data plane and the host's routes.
-    pub vpg_plane: Arc<crate::dataplane::vpg_plane::VpgPlane>,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -75,12 +81,14 @@ impl AppState {
 }
 
 impl AppState {
-    /// One write transaction whose peer changes (picked out of its result by `changes_of`) are
-    /// sent to the data plane right after commit, in commit order.
+    /// One write transaction that also records its peer changes (picked out of its result by
+    /// `changes_of`) in the outbox, which every node's follower reads (docs/ARCHITECTURE.md, "A
+    /// peer change"). The answer waits, at most 5 s, until this node's follower has taken them, so
+    /// a device can handshake with this node as soon as its session is acknowledged.
     pub async fn write_notifying<T: Send + 'static>(
         &self,
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
-        changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
+        changes_of: impl Fn(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
         self.write_notifying_at(WriteIsolation::Serializable, work, changes_of)
             .await
@@ -92,15 +100,60 @@ impl AppState {
         &self,
         isolation: WriteIsolation,
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
-        changes_of: impl FnOnce(&T) -> Vec<PeerChange> + Send + 'static,
+        changes_of: impl Fn(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let peer_changes = self.peer_changes.clone();
-        self.db(move |store| {
-            store.write_db_then_at(isolation, work, |value| {
-                peer_changes.send_all(changes_of(value))
-            })
+        self.write_recording(isolation, work, move |value| {
+            changes_of(value).iter().map(OutboxChange::from).collect()
         })
         .await
+    }
+
+    /// A VPG write (made, terminated, switched): recorded in the outbox like `write_notifying`,
+    /// so every node's follower rebuilds its VPG rules and routes from the running set.
+    pub async fn write_changing_vpgs<T: Send + 'static>(
+        &self,
+        work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.write_recording(WriteIsolation::Serializable, work, |_| {
+            vec![OutboxChange::Vpgs]
+        })
+        .await
+    }
+
+    async fn write_recording<T: Send + 'static>(
+        &self,
+        isolation: WriteIsolation,
+        mut work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
+        rows_of: impl Fn(&T) -> Vec<OutboxChange> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        // The closure may run again (PostgreSQL retries a serialization failure): each run is a
+        // fresh transaction, so it records its rows afresh and a failed run's rows are gone.
+        let (value, position) = self
+            .db(move |store| {
+                let run = |db: &mut dyn Db| {
+                    let value = work(db)?;
+                    let position = outbox::record(db, &rows_of(&value))?;
+                    Ok((value, position))
+                };
+                match isolation {
+                    WriteIsolation::Serializable => store.write_db(run),
+                    WriteIsolation::ReadCommitted => store.write_db_read_committed(run),
+                }
+            })
+            .await?;
+        if let Some(position) = position {
+            self.wait_applied(position).await;
+        }
+        Ok(value)
+    }
+
+    async fn wait_applied(&self, position: Position) {
+        if !self.follower.wait_applied(position, OWN_CHANGE_WAIT).await {
+            tracing::warn!(
+                wait_ms = OWN_CHANGE_WAIT.as_millis() as u64,
+                "this node's data plane has not taken a committed change yet; answering anyway (it follows the outbox)"
+            );
+        }
     }
 }
 

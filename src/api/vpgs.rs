@@ -79,17 +79,8 @@ pub async fn create(
         tags: request.tags,
     };
     let config = state.config.clone();
-    let plane = state.vpg_plane.clone();
-    let (vpg, _) = state
-        .db(move |store| {
-            store.write_db_then(
-                |db| {
-                    let vpg = vpgs::create(db, &operator, &new, &config.rendezvous_points)?;
-                    Ok((vpg, vpgs::running(db)?))
-                },
-                |(_, running)| plane.apply(running),
-            )
-        })
+    let vpg = state
+        .write_changing_vpgs(move |db| vpgs::create(db, &operator, &new, &config.rendezvous_points))
         .await?;
     Ok(json(StatusCode::CREATED, &views::vpg(&vpg)))
 }
@@ -147,17 +138,8 @@ pub async fn terminate(
     Operator(operator): Operator,
     Path(vpg_id): Path<VpgId>,
 ) -> Result<StatusCode, ApiError> {
-    let plane = state.vpg_plane.clone();
     state
-        .db(move |store| {
-            store.write_db_then(
-                |db| {
-                    vpgs::terminate(db, &operator, &vpg_id)?;
-                    vpgs::running(db)
-                },
-                |running| plane.apply(running),
-            )
-        })
+        .write_changing_vpgs(move |db| vpgs::terminate(db, &operator, &vpg_id))
         .await?;
     Ok(StatusCode::OK)
 }
@@ -176,18 +158,8 @@ pub async fn set_device_to_device(
     body: JsonBody<DeviceToDevice>,
 ) -> Result<Response, ApiError> {
     let enabled = body.required(r#"{"enabled":true}"#)?.enabled;
-    let plane = state.vpg_plane.clone();
-    let (vpg, _) = state
-        .db(move |store| {
-            // The data plane follows only what was committed, in commit order.
-            store.write_db_then(
-                |db| {
-                    let vpg = vpgs::set_device_to_device(db, &operator, &vpg_id, enabled)?;
-                    Ok((vpg, vpgs::running(db)?))
-                },
-                |(_, running)| plane.apply(running),
-            )
-        })
+    let vpg = state
+        .write_changing_vpgs(move |db| vpgs::set_device_to_device(db, &operator, &vpg_id, enabled))
         .await?;
     Ok(json(StatusCode::OK, &views::vpg(&vpg)))
 }

@@ -1,6 +1,6 @@
 //! The userspace WireGuard data plane. The engine's peer index holds the store's set of active
-//! sessions, loaded from SQLite at start and changed by `PeerChange`s sent after each committed
-//! write; the engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous
+//! sessions this node serves, loaded from the store at start and changed by the `PeerChange`s the
+//! outbox follower (`server::follower`) sends for each committed change; the engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous
 //! point and the TUN device.
 
 pub mod egress;
@@ -23,8 +23,9 @@ use tokio::sync::mpsc;
 
 use crate::store::PeerChange;
 
-/// The API's end of the peer-change channel. Sending never blocks a request: the channel is
-/// unbounded because every change must arrive, and changes are small and rare next to packets.
+/// The outbox follower's end of the peer-change channel. Sending never blocks the follower: the
+/// channel is unbounded because every change must arrive, and changes are small and rare next to
+/// packets.
 #[derive(Clone, Debug)]
 pub struct PeerChanges {
     tx: mpsc::UnboundedSender<PeerChange>,
@@ -36,16 +37,10 @@ impl PeerChanges {
         (PeerChanges { tx }, rx)
     }
 
-    /// Call only after the transaction that made `change` has committed.
+    /// Only with a committed session's state (the follower reads it after the commit).
     pub fn send(&self, change: PeerChange) {
         if self.tx.send(change).is_err() {
             tracing::error!("data plane is gone; peer change dropped");
-        }
-    }
-
-    pub fn send_all(&self, changes: impl IntoIterator<Item = PeerChange>) {
-        for change in changes {
-            self.send(change);
         }
     }
 }

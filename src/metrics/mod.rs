@@ -58,6 +58,7 @@ struct Events {
     dns_replies: Family<RcodeLabels, Counter>,
     metadata_requests: Family<ResultLabels, Counter>,
     store_write_seconds: Histogram,
+    peer_change_propagation_seconds: Histogram,
 }
 
 static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
@@ -68,6 +69,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     dns_replies: Family::default(),
     metadata_requests: Family::default(),
     store_write_seconds: latency_histogram(),
+    peer_change_propagation_seconds: latency_histogram(),
 });
 
 /// One finished API request; `operation` comes from `operation_of` (bounded set of values).
@@ -142,6 +144,14 @@ pub fn store_write(elapsed: Duration) {
     EVENTS.store_write_seconds.observe(elapsed.as_secs_f64());
 }
 
+/// A committed peer (or VPG) change reached this node's data plane `elapsed_ms` after the
+/// writing transaction recorded it (clocks of two nodes may differ: a negative value counts as 0).
+pub fn peer_change_propagated(elapsed_ms: i64) {
+    EVENTS
+        .peer_change_propagation_seconds
+        .observe(elapsed_ms.max(0) as f64 / 1000.0);
+}
+
 /// The registry of one arcd: the process-wide event counters plus `collector`'s live state.
 pub fn registry(collector: ArcdCollector) -> Registry {
     let mut registry = Registry::default();
@@ -204,6 +214,11 @@ pub fn registry(collector: ArcdCollector) -> Registry {
         "arcd_store_write_duration_seconds",
         "Store write transactions, waits, retries and commit included",
         events.store_write_seconds.clone(),
+    );
+    registry.register(
+        "arcd_peer_change_propagation_seconds",
+        "Committed peer and VPG changes, from the writing transaction to this node's data plane (outbox follower)",
+        events.peer_change_propagation_seconds.clone(),
     );
     registry.register_collector(Box::new(collector));
     registry

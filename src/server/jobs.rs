@@ -1,12 +1,13 @@
 //! The background jobs of a running arcd that keep the store in shape: the WAL checkpoint and
-//! the periodic save of the devices' endpoints (also run once more at shutdown).
+//! the periodic save of the devices' endpoints (also run once more at shutdown), and the pruning
+//! of the peer-change outbox.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::dataplane::engine::Engine;
 use crate::store::db::Backend;
-use crate::store::{endpoints, Store};
+use crate::store::{endpoints, outbox, Store};
 
 /// How often the background checkpoint copies committed pages into the database. Often enough
 /// that, under a sustained write load, the writer's bounding checkpoint (`Store::write_then`) finds
@@ -68,4 +69,54 @@ pub(super) async fn save_endpoints(store: &Arc<Store>, engine: &Arc<Engine>) -> 
             0
         }
     }
+}
+
+/// How often old outbox rows are pruned, and how many go per transaction (short transactions:
+/// on PostgreSQL an open one holds every follower's watermark back).
+const OUTBOX_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+const OUTBOX_PRUNE_BATCH: u32 = 1000;
+/// The advisory lock that makes one node of those sharing a PostgreSQL store the pruner ("arcdoutb").
+const OUTBOX_PRUNE_LOCK: i64 = 0x6172_6364_6f75_7462;
+
+/// Deletes outbox rows older than `outbox::RETENTION`, every minute. A follower that could not
+/// read for half that long reloads every session instead of reading rows (`follower`), so no
+/// follower needs a pruned row.
+pub(super) async fn outbox_prune_loop(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(OUTBOX_PRUNE_INTERVAL);
+    loop {
+        tick.tick().await;
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || prune_outbox(&store)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(pruned)) => tracing::debug!(pruned, "old peer-change outbox rows pruned"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "peer-change outbox not pruned; retrying later")
+            }
+            Err(e) => tracing::warn!(error = %e, "peer-change outbox prune task failed"),
+        }
+    }
+}
+
+/// One pruning pass in batches; on PostgreSQL only by the node holding the advisory lock.
+fn prune_outbox(store: &Store) -> crate::store::Result<u64> {
+    let lock = match store {
+        Store::Postgres(pg) => match pg.try_advisory_lock(OUTBOX_PRUNE_LOCK)? {
+            Some(lock) => Some(lock),
+            None => return Ok(0),
+        },
+        Store::Sqlite(_) => None,
+    };
+    let older_than = crate::store::now_ms() - outbox::RETENTION.as_millis() as i64;
+    let mut pruned = 0;
+    loop {
+        if lock.as_ref().is_some_and(|lock| lock.is_lost()) {
+            break;
+        }
+        let batch = store.write_db(|db| outbox::prune(db, older_than, OUTBOX_PRUNE_BATCH))?;
+        pruned += batch;
+        if batch < u64::from(OUTBOX_PRUNE_BATCH) {
+            break;
+        }
+    }
+    Ok(pruned)
 }

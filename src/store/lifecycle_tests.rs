@@ -383,6 +383,7 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
              DROP TRIGGER sims_count_update; DROP TABLE operator_sim_counts;
              ALTER TABLE arc_sessions DROP COLUMN last_endpoint; -- migration 8
              CREATE INDEX sims_by_operator_status ON sims(operator_id, status); -- undo 9
+             DROP TABLE peer_outbox; -- undo 10
              PRAGMA user_version = 6;",
         )
         .expect("back to version 6");

@@ -240,7 +240,21 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX sims_by_operator_status;
     "#,
-    // 10: the live-SIM count gets a shard number, so PostgreSQL can spread one operator's count
+    // 10: the peer-change outbox (docs/design/store-engines.md): one row per peer (or VPG)
+    // change, written in the transaction that made it; every node's follower reads the rows
+    // after its cursor and applies the current state of what they name. AUTOINCREMENT: a number
+    // is never handed out again after pruning, so a cursor never skips a new row.
+    r#"
+    CREATE TABLE peer_outbox (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        kind          TEXT NOT NULL,
+        rp_id         TEXT,
+        imsi          TEXT,
+        committed_at  INTEGER NOT NULL
+    );
+    CREATE INDEX peer_outbox_by_age ON peer_outbox(committed_at);
+    "#,
+    // 11: the live-SIM count gets a shard number, so PostgreSQL can spread one operator's count
     // over several rows (concurrent creates would all queue on one row's lock); the quota sums
     // the shards. SQLite's single writer has nothing to spread: its triggers keep shard 0. The
     // table is rebuilt because SQLite cannot change a primary key; the triggers go first so

@@ -244,7 +244,21 @@ const MIGRATIONS: &[&str] = &[
     "",
     "",
     "",
-    // 10: one operator's live-SIM count spread over up to 16 shard rows: each change adds +1 or
+    // 10: the peer-change outbox. `seq` is allocation order only; `xid` is what the followers'
+    // cursor (an xid watermark, see store::outbox) reads by, so no row is shared by writers.
+    r#"
+    CREATE TABLE peer_outbox (
+        seq           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        xid           xid8 NOT NULL DEFAULT pg_current_xact_id(),
+        kind          TEXT COLLATE "C" NOT NULL,
+        rp_id         TEXT COLLATE "C",
+        imsi          TEXT COLLATE "C",
+        committed_at  BIGINT NOT NULL
+    );
+    CREATE INDEX peer_outbox_by_xid ON peer_outbox(xid, seq);
+    CREATE INDEX peer_outbox_by_age ON peer_outbox(committed_at);
+    "#,
+    // 11: one operator's live-SIM count spread over up to 16 shard rows: each change adds +1 or
     // -1 to a random shard, so concurrent creates of one operator rarely wait on each other's
     // row lock (held until commit, which is the WAL flush: one row would cap createSim at about
     // one commit flush each, see docs/design/store-engines.md). The quota sums the shards; a
@@ -344,7 +358,7 @@ mod tests {
     /// Columns that only one engine has, as (table, column): each must exist on its engine and
     /// is left out of the comparison. None yet (the PostgreSQL outbox's `xid` will be one).
     const SQLITE_ONLY_COLUMNS: &[(&str, &str)] = &[];
-    const POSTGRES_ONLY_COLUMNS: &[(&str, &str)] = &[];
+    const POSTGRES_ONLY_COLUMNS: &[(&str, &str)] = &[("peer_outbox", "xid")];
 
     /// A schema as sentences such as `column sims.status text not null`,
     /// `index sims_by_group on sims(group_id,sim_id) partial`, so two schemas compare as sets
@@ -579,7 +593,9 @@ mod tests {
         Ok(facts)
     }
 
-    /// Takes the listed engine-only columns out of `facts`, failing for one that is not there.
+    /// Takes the listed engine-only columns out of `facts`, with the indexes over them (an
+    /// index on a column the other engine lacks cannot exist there), failing for a column that
+    /// is not there.
     fn without_engine_only(mut facts: Facts, only: &[(&str, &str)], engine: &str) -> Facts {
         for (table, column) in only {
             let prefix = format!("column {table}.{column} ");
@@ -589,11 +605,29 @@ mod tests {
                 .cloned()
                 .collect();
             assert_eq!(found.len(), 1, "{engine}-only column {table}.{column}");
-            for fact in found {
+            let indexes: Vec<String> = facts
+                .iter()
+                .filter(|fact| indexes_column(fact, table, column))
+                .cloned()
+                .collect();
+            for fact in found.into_iter().chain(indexes) {
                 facts.remove(&fact);
             }
         }
         facts
+    }
+
+    /// Whether `fact` is an index of `table` with `column` among its columns.
+    fn indexes_column(fact: &str, table: &str, column: &str) -> bool {
+        let Some(rest) = fact.strip_prefix("index ") else {
+            return false;
+        };
+        let Some((_, on)) = rest.split_once(&format!(" on {table}(")) else {
+            return false;
+        };
+        on.split(')')
+            .next()
+            .is_some_and(|columns| columns.split(',').any(|c| c == column))
     }
 
     /// Both migration lists build the same schema: every table of each engine exists in the

@@ -14,6 +14,7 @@ mod lifecycle_tests;
 mod migrations;
 mod migrations_pg;
 pub mod operators;
+pub mod outbox;
 pub mod rendezvous;
 pub mod sessions;
 mod sim_search;
@@ -25,7 +26,7 @@ mod sqlite_store;
 
 use std::path::Path;
 
-use db::{Backend, Db, PgStore, SqliteDb, WriteIsolation};
+use db::{Backend, Db, PgStore};
 pub use sqlite_store::{SqliteStore, WAL_HARD_LIMIT_FRAMES};
 
 pub use error::{Entity, Result, Rule, StoreError, DISK_FULL_MESSAGE};
@@ -70,38 +71,6 @@ impl Store {
         match self {
             Store::Sqlite(store) => Some(store),
             Store::Postgres(_) => None,
-        }
-    }
-
-    /// `write_db`, then `after_commit` with the result. On SQLite it runs under the writer lock,
-    /// so what it publishes is seen in commit order; on PostgreSQL concurrent writers may publish
-    /// out of commit order, which is why nodes follow the peer-change outbox there instead.
-    pub fn write_db_then<T>(
-        &self,
-        f: impl FnMut(&mut dyn Db) -> Result<T>,
-        after_commit: impl FnOnce(&T),
-    ) -> Result<T> {
-        self.write_db_then_at(WriteIsolation::Serializable, f, after_commit)
-    }
-
-    /// `write_db_then` at the given isolation (`ReadCommitted`: see
-    /// `Backend::write_db_read_committed`; SQLite's single writer is the same either way).
-    pub fn write_db_then_at<T>(
-        &self,
-        isolation: WriteIsolation,
-        mut f: impl FnMut(&mut dyn Db) -> Result<T>,
-        after_commit: impl FnOnce(&T),
-    ) -> Result<T> {
-        match self {
-            Store::Sqlite(store) => store.write_then(|tx| f(&mut SqliteDb::new(tx)), after_commit),
-            Store::Postgres(store) => {
-                let value = match isolation {
-                    WriteIsolation::Serializable => store.write_db(f)?,
-                    WriteIsolation::ReadCommitted => store.write_db_read_committed(f)?,
-                };
-                after_commit(&value);
-                Ok(value)
-            }
         }
     }
 

@@ -7,4 +7,5 @@ pub mod conformance;
 pub mod paging;
 pub mod server;
 pub mod store_engine;
+pub mod tcp_proxy;
 pub mod wgclient;

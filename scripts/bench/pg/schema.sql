@@ -42,3 +42,12 @@ INSERT INTO operator_sim_counts VALUES ('OP0000000001', 0);
 INSERT INTO rendezvous_points VALUES ('ap-northeast-1');
 CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
 INSERT INTO counters VALUES ('iccid', 0), ('virtual_imsi', 0);
+-- The peer-change outbox as migrations_pg.rs entry 10 makes it.
+CREATE TABLE peer_outbox (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    kind TEXT COLLATE "C" NOT NULL, rp_id TEXT COLLATE "C", imsi TEXT COLLATE "C",
+    committed_at BIGINT NOT NULL
+);
+CREATE INDEX peer_outbox_by_xid ON peer_outbox(xid, seq);
+CREATE INDEX peer_outbox_by_age ON peer_outbox(committed_at);

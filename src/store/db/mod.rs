@@ -145,8 +145,18 @@ fn wrong_type(index: usize, wanted: &str, found: &Value) -> StoreError {
     ))
 }
 
+/// Which engine a `Db` runs on, for the few statements that cannot be the same text on both
+/// (the peer-change outbox's cursor: a sequence on SQLite, transaction ids on PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
 /// One open transaction (writes) or read snapshot (reads) on either engine.
 pub trait Db {
+    fn dialect(&self) -> Dialect;
+
     /// Runs one statement; returns the number of rows it changed.
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64>;
     /// Runs one query and collects its rows.

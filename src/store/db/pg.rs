@@ -254,6 +254,12 @@ impl PgStore {
         })
     }
 
+    /// The URL and the schema (tests) this store connects with, for a connection of another
+    /// client to the same place (the outbox follower's LISTEN).
+    pub fn target(&self) -> (&str, Option<&str>) {
+        (&self.url, self.schema.as_deref())
+    }
+
     /// Takes the session-level advisory lock `key` if nobody holds it (`None` if someone does),
     /// on a connection of its own that lives as long as the returned guard.
     pub fn try_advisory_lock(&self, key: i64) -> Result<Option<AdvisoryLock>> {
@@ -408,6 +414,10 @@ fn refs(values: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 }
 
 impl Db for PgDb<'_, '_> {
+    fn dialect(&self) -> super::Dialect {
+        super::Dialect::Postgres
+    }
+
     fn json_object_entries(&self, column: &str) -> String {
         format!("jsonb_each_text({column}::jsonb)")
     }

@@ -65,6 +65,10 @@ fn value_of(value: ValueRef<'_>) -> Result<Value> {
 }
 
 impl Db for SqliteDb<'_> {
+    fn dialect(&self) -> super::Dialect {
+        super::Dialect::Sqlite
+    }
+
     fn json_object_entries(&self, column: &str) -> String {
         format!("json_each({column})")
     }

@@ -24,21 +24,30 @@ pub fn operator_imsis_at(
     .collect()
 }
 
+/// The columns `listed_session` reads, over the sessions and what they join.
+const LISTED_SESSIONS: &str =
+    "SELECT a.imsi, a.sim_id, s.operator_id, a.session_id, a.rp_id, v.arc_public_key, a.client_ip,
+            s.group_id, a.vpg_id,
+            (SELECT p.imsi FROM subscribers p WHERE p.sim_id = a.sim_id AND p.is_primary)
+     FROM arc_sessions a
+     JOIN subscribers v ON v.imsi = a.imsi
+     JOIN sims s ON s.sim_id = a.sim_id";
+
 /// Every session the data plane must serve, in one query (used at start).
 pub fn list_active_sessions(db: &mut dyn Db) -> Result<Vec<ActiveSession>> {
-    db.query(
-        "SELECT a.imsi, a.sim_id, s.operator_id, a.session_id, a.rp_id, v.arc_public_key, a.client_ip,
-                s.group_id, a.vpg_id,
-                (SELECT p.imsi FROM subscribers p WHERE p.sim_id = a.sim_id AND p.is_primary)
-         FROM arc_sessions a
-         JOIN subscribers v ON v.imsi = a.imsi
-         JOIN sims s ON s.sim_id = a.sim_id
-         ORDER BY a.imsi",
-        &[],
-    )?
-    .iter()
-    .map(listed_session)
-    .collect()
+    db.query(&format!("{LISTED_SESSIONS} ORDER BY a.imsi"), &[])?
+        .iter()
+        .map(listed_session)
+        .collect()
+}
+
+/// The session of the virtual subscriber `imsi` as the data plane serves it, if it has one
+/// (what the outbox follower applies for a row naming that IMSI).
+pub fn active_session_by_imsi(db: &mut dyn Db, imsi: &Imsi) -> Result<Option<ActiveSession>> {
+    db.query_opt(&format!("{LISTED_SESSIONS} WHERE a.imsi = $1"), &[imsi])?
+        .as_ref()
+        .map(listed_session)
+        .transpose()
 }
 
 /// One row of `list_active_sessions`' query.
