@@ -559,7 +559,7 @@ mod tests {
         assert_eq!(summary.rows["sims"], 4);
         assert_eq!(summary.rows["arc_sessions"], 3);
 
-        // The live-SIM counts are per shard on PostgreSQL (migration 10): compared as sums
+        // The live-SIM counts are per shard on PostgreSQL (migration 11): compared as sums
         // (by the copy itself, which refuses to commit otherwise, and here).
         let tables: Vec<String> = source_tables(&source)
             .into_iter()

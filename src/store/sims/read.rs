@@ -93,9 +93,8 @@ fn complete_all(db: &mut dyn Db, sims: &mut [SimRecord]) -> Result<()> {
             &params,
         )? {
             // One session a SIM (its first, as a single-SIM read takes it).
-            let sim_id = row.text(0)?;
-            if !sessions.contains_key(&sim_id) {
-                sessions.insert(sim_id, session_from_row(&row)?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(row.text(0)?) {
+                slot.insert(session_from_row(&row)?);
             }
         }
     }
