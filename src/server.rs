@@ -3,8 +3,8 @@
 
 pub mod follower;
 mod jobs;
-mod load;
 mod live_publisher;
+mod load;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,8 +32,8 @@ use crate::tls::{self, TlsError};
 use follower::{Follower, Following};
 use ipnet::Ipv4Net;
 use jobs::{checkpoint_loop, endpoint_save_loop, outbox_prune_loop, save_endpoints};
-use load::{load_from_store, StoreAtStart};
 use live_publisher::LivePublisherTask;
+use load::{load_from_store, StoreAtStart};
 use std::net::Ipv4Addr;
 use std::path::Path;
 

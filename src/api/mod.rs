@@ -38,7 +38,7 @@ pub use operator::Operator;
 
 use crate::config::{Config, Coverage};
 use crate::server::follower::FollowerHandle;
-use crate::store::db::{Backend, Db};
+use crate::store::db::{Backend, Db, WriteIsolation};
 use crate::store::outbox::{self, OutboxChange, Position};
 use crate::store::sessions::SessionPolicy;
 use crate::store::{self, PeerChange, Store};
@@ -92,7 +92,19 @@ impl AppState {
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
         changes_of: impl Fn(&T) -> Vec<PeerChange> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.write_recording(work, move |value| {
+        self.write_notifying_at(WriteIsolation::Serializable, work, changes_of)
+            .await
+    }
+
+    /// `write_notifying` at the given isolation: `ReadCommitted` for a hot path whose store
+    /// function guards its own reads (see `Backend::write_db_read_committed`).
+    pub async fn write_notifying_at<T: Send + 'static>(
+        &self,
+        isolation: WriteIsolation,
+        work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
+        changes_of: impl Fn(&T) -> Vec<PeerChange> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        self.write_recording(isolation, work, move |value| {
             changes_of(value).iter().map(OutboxChange::from).collect()
         })
         .await
@@ -104,12 +116,15 @@ impl AppState {
         &self,
         work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
     ) -> Result<T, ApiError> {
-        self.write_recording(work, |_| vec![OutboxChange::Vpgs])
-            .await
+        self.write_recording(WriteIsolation::Serializable, work, |_| {
+            vec![OutboxChange::Vpgs]
+        })
+        .await
     }
 
     async fn write_recording<T: Send + 'static>(
         &self,
+        isolation: WriteIsolation,
         mut work: impl FnMut(&mut dyn Db) -> store::Result<T> + Send + 'static,
         rows_of: impl Fn(&T) -> Vec<OutboxChange> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -117,11 +132,15 @@ impl AppState {
         // fresh transaction, so it records its rows afresh and a failed run's rows are gone.
         let (value, position) = self
             .db(move |store| {
-                let (value, position) = store.write_db(|db| {
+                let run = |db: &mut dyn Db| {
                     let value = work(db)?;
                     let position = outbox::record(db, &rows_of(&value))?;
                     Ok((value, position))
-                })?;
+                };
+                let (value, position) = match isolation {
+                    WriteIsolation::Serializable => store.write_db(run),
+                    WriteIsolation::ReadCommitted => store.write_db_read_committed(run),
+                }?;
                 if position.is_some() {
                     if let Err(e) = outbox::notify_followers(store) {
                         tracing::warn!(error = %e, "other nodes not notified of a committed change; they read it at their next poll");

@@ -13,7 +13,7 @@ use super::{
     AppState, Operator, SharedState,
 };
 use crate::ids::{GroupId, Imsi, OperatorId, SimId};
-use crate::store::db::Backend;
+use crate::store::db::{Backend, WriteIsolation};
 use crate::store::sims::{self, SimQuery, StatusAction};
 use crate::store::{sessions, subscriptions, PeerChange, SimRecord};
 use crate::wgkey;
@@ -42,8 +42,13 @@ pub async fn create_sim(
     let prefix = state.config.sims.iccid_prefix.clone();
     let policy = state.policy.clone();
     let limit = state.config.sims.max_per_operator;
+    // READ COMMITTED on PostgreSQL: concurrent creates share no row (sharded live-SIM count,
+    // address tickets, numbers from sequences), and under SERIALIZABLE they would still abort
+    // each other over index pages (docs/design/store-engines.md, createSim). The quota is then
+    // a soft limit there: concurrent creates may pass it by at most their number.
     let created = state
-        .write_notifying(
+        .write_notifying_at(
+            WriteIsolation::ReadCommitted,
             move |db| match sims::check_sim_quota(db, &operator, 1, limit)? {
                 Ok(()) => sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok),
                 Err(exceeded) => Ok(Err(exceeded)),

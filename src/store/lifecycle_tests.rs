@@ -41,6 +41,7 @@ on_both_engines!(
     import_is_all_or_nothing,
     active_sessions_listing_matches_changes,
     live_sim_counts_follow_creates_imports_and_terminations,
+    a_listed_page_completes_each_sim_with_its_own_rows,
 );
 
 fn policy(quarantine_ms: i64) -> SessionPolicy {
@@ -73,7 +74,10 @@ fn create(
     operator: &OperatorId,
     policy: &SessionPolicy,
 ) -> super::Result<sims::CreatedSim> {
-    store.write_db(|db| sims::create_virtual(db, operator, Coverage::Jp, "8942", policy))
+    // createSim's isolation (api/sims.rs): READ COMMITTED on PostgreSQL.
+    store.write_db_read_committed(|db| {
+        sims::create_virtual(db, operator, Coverage::Jp, "8942", policy)
+    })
 }
 
 fn count(store: &impl Backend, table: &str) -> i64 {
@@ -398,4 +402,59 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
         })
         .expect("count");
     assert_eq!(kept, 3);
+}
+
+/// A page is completed a chunk of SIMs at a time (sims/read.rs): each SIM must get its own tags,
+/// subscribers and session, the same as reading it alone; pages shorter than a chunk are padded
+/// with repeats, which must not duplicate anything.
+fn a_listed_page_completes_each_sim_with_its_own_rows(store: &impl Backend) {
+    let op = setup(store);
+    let p = policy(0);
+    let created: Vec<_> = (0..5)
+        .map(|_| create(store, &op, &p).expect("create").sim.sim_id)
+        .collect();
+    for (n, sim_id) in created.iter().enumerate().step_by(2) {
+        let tags = vec![
+            ("name".to_string(), format!("sim{n}")),
+            ("n".into(), n.to_string()),
+        ];
+        store
+            .write_db(|db| sims::put_tags(db, &op, sim_id, &tags))
+            .expect("tags");
+    }
+    terminate(store, &op, &created[1]);
+    let shape = |sim: &crate::store::SimRecord| {
+        let subscribers: Vec<_> = sim
+            .subscribers
+            .iter()
+            .map(|s| (s.imsi.clone(), s.is_primary))
+            .collect();
+        let session = sim
+            .session
+            .as_ref()
+            .map(|s| (s.imsi.clone(), s.client_ip.clone()));
+        (sim.sim_id.clone(), sim.tags.clone(), subscribers, session)
+    };
+    for limit in [3, 5, 10] {
+        let page = store
+            .read_db(|db| sims::list(db, &op, None, limit))
+            .expect("list");
+        assert_eq!(page.len(), (limit as usize).min(5));
+        for listed in &page {
+            let alone = store
+                .read_db(|db| sims::get(db, &op, &listed.sim_id))
+                .expect("get");
+            assert_eq!(shape(listed), shape(&alone));
+            assert_eq!(listed.subscribers.len(), 1);
+        }
+    }
+    let all = store
+        .read_db(|db| sims::list(db, &op, None, 10))
+        .expect("list");
+    assert_eq!(all[0].tags.len(), 2);
+    assert!(
+        all[1].tags.is_empty() && all[1].session.is_none(),
+        "terminated, untagged"
+    );
+    assert!(all[2].session.is_some());
 }

@@ -277,6 +277,46 @@ const MIGRATIONS: &[&str] = &[
         published_at  INTEGER NOT NULL
     ) WITHOUT ROWID;
     "#,
+    // 12: the live-SIM count gets a shard number, so PostgreSQL can spread one operator's count
+    // over several rows (concurrent creates would all queue on one row's lock); the quota sums
+    // the shards. SQLite's single writer has nothing to spread: its triggers keep shard 0. The
+    // table is rebuilt because SQLite cannot change a primary key; the triggers go first so
+    // none refers to the table while it is renamed.
+    r#"
+    DROP TRIGGER sims_count_insert;
+    DROP TRIGGER sims_count_delete;
+    DROP TRIGGER sims_count_update;
+    ALTER TABLE operator_sim_counts RENAME TO operator_sim_counts_unsharded;
+    CREATE TABLE operator_sim_counts (
+        operator_id  TEXT NOT NULL REFERENCES operators(operator_id),
+        shard        INTEGER NOT NULL,
+        live_sims    INTEGER NOT NULL,
+        PRIMARY KEY (operator_id, shard)
+    ) WITHOUT ROWID;
+    INSERT INTO operator_sim_counts(operator_id, shard, live_sims)
+        SELECT operator_id, 0, live_sims FROM operator_sim_counts_unsharded;
+    DROP TABLE operator_sim_counts_unsharded;
+    CREATE TRIGGER sims_count_insert AFTER INSERT ON sims WHEN NEW.status <> 'terminated'
+    BEGIN
+        INSERT INTO operator_sim_counts(operator_id, shard, live_sims) VALUES (NEW.operator_id, 0, 1)
+            ON CONFLICT(operator_id, shard) DO UPDATE SET live_sims = live_sims + 1;
+    END;
+    CREATE TRIGGER sims_count_delete AFTER DELETE ON sims WHEN OLD.status <> 'terminated'
+    BEGIN
+        UPDATE operator_sim_counts SET live_sims = live_sims - 1
+            WHERE operator_id = OLD.operator_id AND shard = 0;
+    END;
+    CREATE TRIGGER sims_count_update AFTER UPDATE OF status, operator_id ON sims
+        WHEN (OLD.status <> 'terminated') <> (NEW.status <> 'terminated')
+          OR OLD.operator_id <> NEW.operator_id
+    BEGIN
+        UPDATE operator_sim_counts SET live_sims = live_sims - 1
+            WHERE operator_id = OLD.operator_id AND shard = 0 AND OLD.status <> 'terminated';
+        INSERT INTO operator_sim_counts(operator_id, shard, live_sims)
+            SELECT NEW.operator_id, 0, 1 WHERE NEW.status <> 'terminated'
+            ON CONFLICT(operator_id, shard) DO UPDATE SET live_sims = live_sims + 1;
+    END;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -276,6 +276,42 @@ const MIGRATIONS: &[&str] = &[
         published_at  BIGINT NOT NULL
     );
     "#,
+    // 12: one operator's live-SIM count spread over up to 16 shard rows: each change adds +1 or
+    // -1 to a random shard, so concurrent creates of one operator rarely wait on each other's
+    // row lock (held until commit, which is the WAL flush: one row would cap createSim at about
+    // one commit flush each, see docs/design/store-engines.md). The quota sums the shards; a
+    // shard may go negative, the sum is the count. The trigger functions keep their names.
+    r#"
+    ALTER TABLE operator_sim_counts ADD COLUMN shard BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE operator_sim_counts ALTER COLUMN shard DROP DEFAULT;
+    ALTER TABLE operator_sim_counts DROP CONSTRAINT operator_sim_counts_pkey;
+    ALTER TABLE operator_sim_counts ADD PRIMARY KEY (operator_id, shard);
+    CREATE OR REPLACE FUNCTION operator_sim_count_add(owner TEXT, delta BIGINT) RETURNS void
+    LANGUAGE plpgsql AS $fn$
+    BEGIN
+        INSERT INTO operator_sim_counts AS c (operator_id, shard, live_sims)
+            VALUES (owner, floor(random() * 16)::bigint, delta)
+            ON CONFLICT (operator_id, shard) DO UPDATE SET live_sims = c.live_sims + delta;
+    END
+    $fn$;
+    CREATE OR REPLACE FUNCTION sims_count_delete() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        PERFORM operator_sim_count_add(OLD.operator_id, -1);
+        RETURN NULL;
+    END
+    $fn$;
+    CREATE OR REPLACE FUNCTION sims_count_update() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+        IF OLD.status <> 'terminated' THEN
+            PERFORM operator_sim_count_add(OLD.operator_id, -1);
+        END IF;
+        IF NEW.status <> 'terminated' THEN
+            PERFORM operator_sim_count_add(NEW.operator_id, 1);
+        END IF;
+        RETURN NULL;
+    END
+    $fn$;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

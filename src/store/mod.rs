@@ -2,6 +2,8 @@
 //! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
 pub mod copy;
+#[cfg(test)]
+mod create_concurrency_tests;
 pub mod db;
 pub mod endpoints;
 mod error;
@@ -124,6 +126,13 @@ impl Backend for Store {
         match self {
             Store::Sqlite(store) => store.read_db(f),
             Store::Postgres(store) => store.read_db(f),
+        }
+    }
+
+    fn write_db_read_committed<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        match self {
+            Store::Sqlite(store) => store.write_db(f),
+            Store::Postgres(store) => store.write_db_read_committed(f),
         }
     }
 }

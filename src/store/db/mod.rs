@@ -194,6 +194,25 @@ pub trait Db {
     /// `column` (NULL when absent). Both are written into the SQL: constants of the caller's,
     /// never input.
     fn json_text(&self, column: &str, key: &str) -> String;
+
+    /// Dialect: what ends a `SELECT … LIMIT n` that picks rows to update, so that concurrent
+    /// writers each get a different row instead of the same one: PostgreSQL's
+    /// ` FOR UPDATE SKIP LOCKED` (rows another transaction locked are passed over, and under
+    /// READ COMMITTED a row changed meanwhile is checked again against the WHERE). Empty on
+    /// SQLite, whose single writer already excludes concurrent writers.
+    fn skip_locked(&self) -> &'static str;
+
+    /// The next ticket of the never-decreasing sequence named by `key` (any text), which
+    /// `start` gives its first value when the first ticket is asked for; `None` on an engine
+    /// without such sequences (SQLite, whose single writer makes "highest taken + 1" a safe
+    /// read). PostgreSQL: a sequence per key (its tickets are taken without a row lock and a
+    /// rolled-back ticket is a gap, never handed out twice), made under an advisory lock on the
+    /// key, so writers that find it missing together make it once.
+    fn take_ticket(
+        &mut self,
+        key: &str,
+        start: &mut dyn FnMut(&mut dyn Db) -> Result<i64>,
+    ) -> Result<Option<i64>>;
 }
 
 /// A store on one engine: runs a closure in a write transaction or on a read snapshot. The
@@ -202,6 +221,22 @@ pub trait Db {
 pub trait Backend {
     fn write_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T>;
     fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T>;
+
+    /// A write whose closure guards its own reads (unique keys, `Db::skip_locked`,
+    /// `Db::take_ticket`) instead of relying on the engine to serialise it: READ COMMITTED on
+    /// PostgreSQL, where SERIALIZABLE would make concurrent writers of one hot path abort each
+    /// other; the same single-writer transaction as `write_db` on SQLite. Retried like
+    /// `write_db` on a deadlock or serialization failure.
+    fn write_db_read_committed<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        self.write_db(f)
+    }
+}
+
+/// How a write transaction is isolated (see `Backend::write_db_read_committed`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteIsolation {
+    Serializable,
+    ReadCommitted,
 }
 
 impl Backend for super::SqliteStore {

@@ -368,6 +368,21 @@ impl Backend for PgStore {
     fn read_db<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
         self.run(IsolationLevel::RepeatableRead, true, f)
     }
+
+    fn write_db_read_committed<T>(&self, f: impl FnMut(&mut dyn Db) -> Result<T>) -> Result<T> {
+        let started = std::time::Instant::now();
+        let result = self.run(IsolationLevel::ReadCommitted, false, f);
+        crate::metrics::store_write(started.elapsed());
+        result
+    }
+}
+
+/// The sequence of a `take_ticket` key: `ticket_` and 32 hex digits of the key's SHA-256, so any
+/// key makes a valid identifier (at most 63 bytes) and distinct keys distinct names.
+fn ticket_sequence(key: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    format!("ticket_{}", hex::encode(&digest[..16]))
 }
 
 /// One open PostgreSQL transaction as a `Db`.
@@ -418,6 +433,42 @@ impl Db for PgDb<'_, '_> {
 
     fn json_text(&self, column: &str, key: &str) -> String {
         format!("(CAST({column} AS jsonb) ->> '{key}')")
+    }
+
+    fn skip_locked(&self) -> &'static str {
+        " FOR UPDATE SKIP LOCKED"
+    }
+
+    fn take_ticket(
+        &mut self,
+        key: &str,
+        start: &mut dyn FnMut(&mut dyn Db) -> Result<i64>,
+    ) -> Result<Option<i64>> {
+        let sequence = ticket_sequence(key);
+        // nextval(NULL) is NULL: one round trip while the sequence exists, which is always
+        // but the first time.
+        let take = "SELECT nextval(to_regclass(CAST($1 AS TEXT)))";
+        if let Some(ticket) = self.query_one(take, &[&sequence])?.opt_int(0)? {
+            return Ok(Some(ticket));
+        }
+        // Writers that find it missing together make it one after the other: the second waits
+        // here until the first commits, then its IF NOT EXISTS finds the sequence. (A look-up
+        // by name would not do after the wait: the backend's catalog cache may still hold "no
+        // such relation"; CREATE checks the catalog afresh.) A first transaction that rolls
+        // back takes its sequence with it, and the next one makes it again.
+        self.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(CAST($1 AS TEXT), 0))",
+            &[&sequence],
+        )?;
+        let first = start(self)?;
+        // The name is made above from hex digits; the start is an integer.
+        self.tx.batch_execute(&format!(
+            "CREATE SEQUENCE IF NOT EXISTS {sequence} AS BIGINT MINVALUE {first} START WITH {first}"
+        ))?;
+        self.query_one(take, &[&sequence])?
+            .opt_int(0)?
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt(format!("sequence {sequence} missing after CREATE")))
     }
 
     fn execute(&mut self, sql: &str, params: &[&dyn Param]) -> Result<u64> {

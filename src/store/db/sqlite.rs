@@ -73,6 +73,18 @@ impl Db for SqliteDb<'_> {
         format!("json_each({column})")
     }
 
+    fn skip_locked(&self) -> &'static str {
+        ""
+    }
+
+    fn take_ticket(
+        &mut self,
+        _key: &str,
+        _start: &mut dyn FnMut(&mut dyn Db) -> Result<i64>,
+    ) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     fn next_number(&mut self, name: &str) -> Result<i64> {
         self.query_one(
             "INSERT INTO counters(name, value) VALUES ($1, 1)

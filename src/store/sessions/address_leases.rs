@@ -15,9 +15,12 @@ use crate::store::{Result, Rule, StoreError};
 /// after the highest leased in the range, or, when that is past the range, the lowest free one:
 /// in the shared VPG scope other VPGs' leases may sit anywhere in an overlapping range).
 ///
-/// Both engines run this as one read-then-insert: SQLite's single writer serialises it; on
-/// PostgreSQL, SERIALIZABLE aborts one of two concurrent creates in the same scope (they read the
-/// same highest address) and `write_db` runs it again, so no address is handed out twice.
+/// Safe under any isolation, so createSim can run READ COMMITTED on PostgreSQL: a released
+/// address is taken with `Db::skip_locked` and only while it is still free, a never-used one
+/// comes from a ticket of the scope's range (`Db::take_ticket`: no two writers get the same, and
+/// none waits for another) and is inserted only if no row holds it, and the primary key
+/// (scope, ip) stands behind all of it. SQLite's single writer needs none of this, so there the
+/// highest leased address is read as before.
 pub(super) fn lease_address(
     db: &mut dyn Db,
     placement: &Placement,
@@ -31,20 +34,30 @@ pub(super) fn lease_address(
     if let Some(ip) = reuse_released(db, placement, imsi, now - policy.address_quarantine_ms)? {
         return Ok(Ipv4Addr::from(ip));
     }
-    let Some(ip) = never_used(db, placement)? else {
-        return Err(match &placement.vpg_id {
-            Some(vpg_id) => {
-                Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.to_string())
+    loop {
+        let Some(ip) = never_used(db, placement)? else {
+            return Err(match &placement.vpg_id {
+                Some(vpg_id) => {
+                    Rule::VpgSubnetExhausted(placement.pool.to_string(), vpg_id.to_string())
+                }
+                None => {
+                    Rule::PoolExhausted(placement.pool.to_string(), placement.rp_id.to_string())
+                }
             }
-            None => Rule::PoolExhausted(placement.pool.to_string(), placement.rp_id.to_string()),
+            .into());
+        };
+        // No row: the address is ours. A row: another range of the shared VPG scope, or a
+        // concurrent writer's gap search, got it first; look again (each turn, someone else
+        // took an address, so this ends).
+        let inserted = db.execute(
+            "INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES ($1, $2, $3, NULL)
+             ON CONFLICT (scope, ip) DO NOTHING",
+            &[&placement.scope, &ip, imsi],
+        )?;
+        if inserted == 1 {
+            return Ok(Ipv4Addr::from(ip));
         }
-        .into());
-    };
-    db.execute(
-        "INSERT INTO address_leases(scope, ip, imsi, released_at) VALUES ($1, $2, $3, NULL)",
-        &[&placement.scope, &ip, imsi],
-    )?;
-    Ok(Ipv4Addr::from(ip))
+    }
 }
 
 /// Releases `imsi`'s lease, if it has one: the address starts its quarantine at `now`.
@@ -102,40 +115,65 @@ fn reuse_released(
 ) -> Result<Option<u32>> {
     let scope = placement.scope.as_str();
     let (low, high) = placement.range;
-    let Some(row) = db.query_opt(
-        "SELECT ip FROM address_leases
-         WHERE scope = $1 AND imsi IS NULL AND released_at <= $2 AND ip BETWEEN $3 AND $4
-         ORDER BY released_at LIMIT 1",
-        &[&scope, &released_by, &low, &high],
-    )?
-    else {
-        return Ok(None);
-    };
-    let reusable = address(&row, 0)?;
-    if let Some(ip) = reusable {
-        db.execute(
-            "UPDATE address_leases SET imsi = $3, released_at = NULL WHERE scope = $1 AND ip = $2",
+    loop {
+        let Some(row) = db.query_opt(
+            &format!(
+                "SELECT ip FROM address_leases
+                 WHERE scope = $1 AND imsi IS NULL AND released_at <= $2 AND ip BETWEEN $3 AND $4
+                 ORDER BY released_at LIMIT 1{}",
+                db.skip_locked()
+            ),
+            &[&scope, &released_by, &low, &high],
+        )?
+        else {
+            return Ok(None);
+        };
+        let Some(ip) = address(&row, 0)? else {
+            return Ok(None);
+        };
+        // Still free (the row lock above makes it so on PostgreSQL; the condition keeps the
+        // statement right on its own): else someone took it meanwhile, look again.
+        let taken = db.execute(
+            "UPDATE address_leases SET imsi = $3, released_at = NULL
+             WHERE scope = $1 AND ip = $2 AND imsi IS NULL",
             &[&scope, &ip, imsi],
         )?;
+        if taken == 1 {
+            return Ok(Some(ip));
+        }
     }
-    Ok(reusable)
 }
 
-/// An address of the range that has never been leased in the scope, if any is left.
+/// An address of the range that has never been leased in the scope, if any is left: the next
+/// ticket of the scope's range where the engine has tickets (it starts after the highest
+/// address leased when it is made), else the one after the highest leased; past the range, the
+/// lowest free one.
 fn never_used(db: &mut dyn Db, placement: &Placement) -> Result<Option<u32>> {
     let scope = placement.scope.as_str();
     let (low, high) = placement.range;
-    let row = db.query_one(
-        "SELECT MAX(ip) FROM address_leases WHERE scope = $1 AND ip BETWEEN $2 AND $3",
-        &[&scope, &low, &high],
-    )?;
-    let highest = address(&row, 0)?;
-    let next = match highest.map_or(Some(low), |ip| ip.checked_add(1)) {
+    let key = format!("address {scope} {low}-{high}");
+    let ticket = db.take_ticket(&key, &mut |db| {
+        Ok(highest_leased(db, scope, low, high)?.map_or(i64::from(low), |ip| i64::from(ip) + 1))
+    })?;
+    let next = match ticket {
+        Some(ticket) => u32::try_from(ticket).ok().filter(|ip| *ip >= low),
+        None => highest_leased(db, scope, low, high)?.map_or(Some(low), |ip| ip.checked_add(1)),
+    };
+    let next = match next {
         Some(ip) if ip <= high => Some(ip),
         _ if range_fully_leased(db, scope, low, high)? => None,
         _ => lowest_free(db, scope, low, high)?,
     };
     Ok(next.filter(|&ip| ip <= high))
+}
+
+/// The highest address of `low..=high` with a lease row of `scope`.
+fn highest_leased(db: &mut dyn Db, scope: &str, low: u32, high: u32) -> Result<Option<u32>> {
+    let row = db.query_one(
+        "SELECT MAX(ip) FROM address_leases WHERE scope = $1 AND ip BETWEEN $2 AND $3",
+        &[&scope, &low, &high],
+    )?;
+    address(&row, 0)
 }
 
 /// Whether every address in `low..=high` has a lease row of `scope` (held, quarantined or free:

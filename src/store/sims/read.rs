@@ -1,6 +1,8 @@
 //! Reading SIMs: one row of `sims` completed with its tags, subscribers and session, alone or a
 //! page at a time. Portable SQL over `Db` (both engines).
 
+use std::collections::HashMap;
+
 use super::{SessionRecord, SimRecord, SubscriberRecord};
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 use crate::store::db::{Db, Param, Row};
@@ -29,68 +31,111 @@ fn sim_from_row(row: &Row) -> Result<SimRecord> {
     })
 }
 
-/// Fills tags, subscribers and session of a SIM row.
-fn complete(db: &mut dyn Db, mut sim: SimRecord) -> Result<SimRecord> {
-    sim.tags = db
-        .query(
-            "SELECT name, value FROM sim_tags WHERE sim_id = $1 ORDER BY name",
-            &[&sim.sim_id],
-        )?
-        .iter()
-        .map(|row| Ok((row.text(0)?, row.text(1)?)))
-        .collect::<Result<_>>()?;
-    sim.subscribers = subscribers_of(db, &sim.sim_id)?;
-    sim.session = session_of(db, &sim.sim_id)?;
-    Ok(sim)
+/// `$1, $2, …, $n`: the parameters of an `IN (…)` list.
+fn parameter_list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
-/// The SIM's subscribers, primary first.
-fn subscribers_of(db: &mut dyn Db, sim_id: &SimId) -> Result<Vec<SubscriberRecord>> {
-    db.query(
-        "SELECT imsi, iccid, msisdn, subscription, is_primary, is_virtual, status, arc_public_key
-         FROM subscribers WHERE sim_id = $1 ORDER BY is_primary DESC, created_at, imsi",
-        &[sim_id],
-    )?
-    .iter()
-    .map(|row| {
-        Ok(SubscriberRecord {
-            imsi: Imsi::new(row.text(0)?),
-            iccid: row.text(1)?,
-            msisdn: row.opt_text(2)?,
-            subscription: row.text(3)?,
-            is_primary: row.bool(4)?,
-            is_virtual: row.bool(5)?,
-            status: row.text(6)?,
-            arc_public_key: row.opt_text(7)?,
-        })
+/// Largest number of SIMs whose tags, subscribers and sessions one statement reads. A shorter
+/// list is padded to the next power of two by repeating its last SIM (harmless in `IN`), so each
+/// query has at most 8 texts in the statement caches and a page of 101 SIMs is one statement.
+const COMPLETE_CHUNK: usize = 128;
+
+/// Fills tags, subscribers and session of SIM rows: three statements per chunk of SIMs rather
+/// than three per SIM, since on PostgreSQL each statement is a round trip (a page of 100 SIMs
+/// was 300 of them).
+fn complete_all(db: &mut dyn Db, sims: &mut [SimRecord]) -> Result<()> {
+    let ids: Vec<SimId> = sims.iter().map(|sim| sim.sim_id.clone()).collect();
+    let mut tags: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut subscribers: HashMap<String, Vec<SubscriberRecord>> = HashMap::new();
+    let mut sessions: HashMap<String, SessionRecord> = HashMap::new();
+    for chunk in ids.chunks(COMPLETE_CHUNK) {
+        let width = chunk.len().next_power_of_two();
+        let list = parameter_list(width);
+        let params: Vec<&dyn Param> = (0..width)
+            .map(|i| &chunk[i.min(chunk.len() - 1)] as &dyn Param)
+            .collect();
+        for row in db.query(
+            &format!(
+                "SELECT sim_id, name, value FROM sim_tags WHERE sim_id IN ({list})
+                 ORDER BY sim_id, name"
+            ),
+            &params,
+        )? {
+            tags.entry(row.text(0)?)
+                .or_default()
+                .push((row.text(1)?, row.text(2)?));
+        }
+        for row in db.query(
+            &format!(
+                "SELECT sim_id, imsi, iccid, msisdn, subscription, is_primary, is_virtual, status,
+                        arc_public_key
+                 FROM subscribers WHERE sim_id IN ({list})
+                 ORDER BY sim_id, is_primary DESC, created_at, imsi"
+            ),
+            &params,
+        )? {
+            subscribers
+                .entry(row.text(0)?)
+                .or_default()
+                .push(subscriber_from_row(&row)?);
+        }
+        for row in db.query(
+            &format!(
+                "SELECT a.sim_id, a.imsi, a.session_id, a.rp_id, a.client_ip, a.vpg_id, a.created_at,
+                        a.last_updated_at, r.public_key, r.endpoint, r.allowed_ips
+                 FROM arc_sessions a JOIN rendezvous_points r ON r.rp_id = a.rp_id
+                 WHERE a.sim_id IN ({list}) ORDER BY a.sim_id"
+            ),
+            &params,
+        )? {
+            // One session a SIM (its first, as a single-SIM read takes it).
+            if let std::collections::hash_map::Entry::Vacant(slot) = sessions.entry(row.text(0)?) {
+                slot.insert(session_from_row(&row)?);
+            }
+        }
+    }
+    for sim in sims {
+        let id = sim.sim_id.as_str();
+        sim.tags = tags.remove(id).unwrap_or_default();
+        sim.subscribers = subscribers.remove(id).unwrap_or_default();
+        sim.session = sessions.remove(id);
+    }
+    Ok(())
+}
+
+/// A subscriber from columns 1.. of `complete_all`'s query (column 0 is its SIM).
+fn subscriber_from_row(row: &Row) -> Result<SubscriberRecord> {
+    Ok(SubscriberRecord {
+        imsi: Imsi::new(row.text(1)?),
+        iccid: row.text(2)?,
+        msisdn: row.opt_text(3)?,
+        subscription: row.text(4)?,
+        is_primary: row.bool(5)?,
+        is_virtual: row.bool(6)?,
+        status: row.text(7)?,
+        arc_public_key: row.opt_text(8)?,
     })
-    .collect()
 }
 
-/// The SIM's Arc session with what a device needs to reach its rendezvous point, if it has one.
-fn session_of(db: &mut dyn Db, sim_id: &SimId) -> Result<Option<SessionRecord>> {
-    let Some(row) = db.query_opt(
-        "SELECT a.imsi, a.session_id, a.rp_id, a.client_ip, a.vpg_id, a.created_at, a.last_updated_at,
-                r.public_key, r.endpoint, r.allowed_ips
-         FROM arc_sessions a JOIN rendezvous_points r ON r.rp_id = a.rp_id
-         WHERE a.sim_id = $1",
-        &[sim_id],
-    )?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(SessionRecord {
-        imsi: Imsi::new(row.text(0)?),
-        session_id: row.text(1)?,
-        rp_id: RendezvousPointId::new(row.text(2)?),
-        client_ip: row.text(3)?,
-        vpg_id: row.opt_text(4)?.map(VpgId::new),
-        created_at: row.int(5)?,
-        last_updated_at: row.int(6)?,
-        server_public_key: row.text(7)?,
-        server_endpoint: row.text(8)?,
-        allowed_ips: rendezvous::parse_allowed_ips(&row.text(9)?)?,
-    }))
+/// A session with what a device needs to reach its rendezvous point, from columns 1.. of
+/// `complete_all`'s query (column 0 is its SIM).
+fn session_from_row(row: &Row) -> Result<SessionRecord> {
+    Ok(SessionRecord {
+        imsi: Imsi::new(row.text(1)?),
+        session_id: row.text(2)?,
+        rp_id: RendezvousPointId::new(row.text(3)?),
+        client_ip: row.text(4)?,
+        vpg_id: row.opt_text(5)?.map(VpgId::new),
+        created_at: row.int(6)?,
+        last_updated_at: row.int(7)?,
+        server_public_key: row.text(8)?,
+        server_endpoint: row.text(9)?,
+        allowed_ips: rendezvous::parse_allowed_ips(&row.text(10)?)?,
+    })
 }
 
 /// The SIMs a query selecting `SIM_COLUMNS` returns, each completed: how every page of SIMs
@@ -102,9 +147,9 @@ fn sims_page(db: &mut dyn Db, sql: &str, params: &[&dyn Param]) -> Result<Vec<Si
 
 /// Rows of `SIM_COLUMNS`, each completed.
 pub(in crate::store) fn completed(db: &mut dyn Db, rows: &[Row]) -> Result<Vec<SimRecord>> {
-    rows.iter()
-        .map(|row| complete(db, sim_from_row(row)?))
-        .collect()
+    let mut sims = rows.iter().map(sim_from_row).collect::<Result<Vec<_>>>()?;
+    complete_all(db, &mut sims)?;
+    Ok(sims)
 }
 
 pub fn get(db: &mut dyn Db, operator_id: &OperatorId, sim_id: &SimId) -> Result<SimRecord> {
@@ -112,10 +157,13 @@ pub fn get(db: &mut dyn Db, operator_id: &OperatorId, sim_id: &SimId) -> Result<
         &format!("SELECT {SIM_COLUMNS} FROM sims WHERE sim_id = $1 AND operator_id = $2"),
         &[sim_id, operator_id],
     )?;
-    match row {
-        Some(row) => complete(db, sim_from_row(&row)?),
-        None => Err(StoreError::NotFound(Entity::Sim)),
-    }
+    let Some(row) = row else {
+        return Err(StoreError::NotFound(Entity::Sim));
+    };
+    let mut sims = [sim_from_row(&row)?];
+    complete_all(db, &mut sims)?;
+    let [sim] = sims;
+    Ok(sim)
 }
 
 /// One page of the operator's SIMs in SIM ID order, after `after_sim_id`.
