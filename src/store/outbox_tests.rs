@@ -109,8 +109,30 @@ fn the_start_cursor_skips_what_its_snapshot_holds(store: &impl Backend) {
     write(store, &[peer(1)]);
     let loaded = store.read_db(snapshot).expect("snapshot");
     write(store, &[peer(2)]);
-    let (rows, _) = read_until(store, loaded.cursor, 1);
-    assert_eq!(changes(&rows), [peer(2)]);
+    let mut cursor = loaded.cursor;
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !seen.contains(&peer(2)) && std::time::Instant::now() < deadline {
+        let (rows, next) = read(store, cursor, 100);
+        seen.extend(changes(&rows));
+        cursor = next;
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let exact = store
+        .read_db(|db| Ok(db.dialect() == Dialect::Sqlite))
+        .expect("dialect");
+    if exact {
+        assert_eq!(seen, [peer(2)]);
+    } else {
+        // PostgreSQL: a row the snapshot already held comes again when a transaction elsewhere on
+        // the server (other tests) held the watermark back at the snapshot; applying the current
+        // state twice changes nothing. Never anything else, and the later change always comes.
+        assert!(seen.contains(&peer(2)), "{seen:?}");
+        assert!(
+            seen.iter().all(|c| *c == peer(1) || *c == peer(2)),
+            "{seen:?}"
+        );
+    }
 }
 
 fn a_limit_splits_the_rows_without_losing_any(store: &impl Backend) {
