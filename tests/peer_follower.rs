@@ -183,7 +183,7 @@ async fn commit_to_applied_latency() {
                 })
                 .unwrap();
             let committed = Instant::now();
-            outbox::notify_followers(store).unwrap();
+            outbox::notify_followers(store);
             (imsi, committed)
         })
         .await;

@@ -142,9 +142,7 @@ impl AppState {
                     WriteIsolation::ReadCommitted => store.write_db_read_committed(run),
                 }?;
                 if position.is_some() {
-                    if let Err(e) = outbox::notify_followers(store) {
-                        tracing::warn!(error = %e, "other nodes not notified of a committed change; they read it at their next poll");
-                    }
+                    outbox::notify_followers(store);
                 }
                 Ok((value, position))
             })

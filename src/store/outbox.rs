@@ -112,30 +112,23 @@ pub fn record(db: &mut dyn Db, changes: &[OutboxChange]) -> Result<Option<Positi
     Ok(highest)
 }
 
-/// Wakes the other nodes' followers after a commit that recorded rows: PostgreSQL's NOTIFY, in
-/// a read-only transaction of its own (nothing on SQLite, whose one follower the API wakes
-/// in-process). Not in the writing transaction: PostgreSQL holds one database-wide lock from a
-/// notifying transaction's pre-commit until its commit is flushed, so notifying writers would
-/// queue on each other's flushes (measured: concurrent createSim-shaped writes fell from about
-/// 3,400/s to 700-1,800/s); a transaction without an xid writes no WAL and holds it only briefly.
-/// A failed NOTIFY only delays the others until their next poll.
-pub fn notify_followers(store: &super::Store) -> Result<()> {
-    match store {
-        super::Store::Sqlite(_) => Ok(()),
-        super::Store::Postgres(pg) => {
-            use super::db::Backend;
-            pg.read_db(|db| {
-                db.execute(
-                    &format!(
-                        "SELECT pg_notify('{NOTIFY_CHANNEL_PREFIX}' || md5(current_schema()), '')"
-                    ),
-                    &[],
-                )
-                .map(drop)
-            })
-        }
+/// Wakes the other nodes' followers after a commit that recorded rows: PostgreSQL's NOTIFY
+/// (nothing on SQLite, whose one follower the API wakes in-process). Not in the writing
+/// transaction: PostgreSQL holds one database-wide lock from a notifying transaction's pre-commit
+/// until its commit is flushed, so notifying writers would queue on each other's flushes
+/// (measured: concurrent createSim-shaped writes fell from about 3,400/s to 700-1,800/s). Not a
+/// transaction per write either: the store's after-commit thread sends it once per burst of
+/// commits, in autocommit (`PgStore::send_after_commit`). A lost NOTIFY only delays the others
+/// until their next poll.
+pub fn notify_followers(store: &super::Store) {
+    if let super::Store::Postgres(pg) = store {
+        pg.send_after_commit(NOTIFY_SQL);
     }
 }
+
+/// The NOTIFY of `notify_followers`, on the channel `NOTIFY_CHANNEL_PREFIX` + md5 of the schema
+/// (a literal: the after-commit thread takes `'static` statements; a test checks the prefix).
+const NOTIFY_SQL: &str = "SELECT pg_notify('arcd_peer_outbox_' || md5(current_schema()), '')";
 
 /// The cursor a follower starts from when it loads the sessions in the same read snapshot:
 /// every row it would read from there was committed after the snapshot or is harmlessly read

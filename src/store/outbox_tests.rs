@@ -287,3 +287,54 @@ fn an_open_transaction_holds_the_watermark_back_on_postgres() {
         assert!(!second.read_db(|db| held_back(db, next)).expect("held back"));
     });
 }
+
+/// A burst of commits is announced by NOTIFY on the schema's channel, at least once and after
+/// the last request of the burst, off the writers' path (`PgStore::send_after_commit`).
+#[test]
+fn commits_are_announced_on_the_schemas_channel_on_postgres() {
+    let Some((url, schema)) = temp_pg_target() else {
+        return;
+    };
+    let store =
+        super::super::Store::Postgres(PgStore::connect_in_schema(&url, &schema).expect("connect"));
+    let mut listener = postgres::Client::connect(&url, postgres::NoTls).expect("listener");
+    listener
+        .batch_execute(&format!("SET search_path TO \"{schema}\""))
+        .expect("search_path");
+    let channel: String = listener
+        .query_one(
+            &format!("SELECT '{NOTIFY_CHANNEL_PREFIX}' || md5(current_schema())"),
+            &[],
+        )
+        .expect("channel")
+        .get(0);
+    listener
+        .batch_execute(&format!("LISTEN \"{channel}\""))
+        .expect("listen");
+    let count_within = |listener: &mut postgres::Client, wait: Duration| {
+        use postgres::fallible_iterator::FallibleIterator;
+        let mut count = 0;
+        let mut notifications = listener.notifications();
+        let mut arrived = notifications.timeout_iter(wait);
+        while let Ok(Some(n)) = arrived.next() {
+            assert_eq!(n.channel(), channel);
+            count += 1;
+        }
+        count
+    };
+    for _ in 0..50 {
+        notify_followers(&store);
+    }
+    let burst = count_within(&mut listener, Duration::from_secs(2));
+    assert!(
+        (1..=50).contains(&burst),
+        "a burst of 50 requests announced {burst} times"
+    );
+    assert_eq!(count_within(&mut listener, Duration::from_millis(300)), 0);
+    notify_followers(&store);
+    assert_eq!(
+        count_within(&mut listener, Duration::from_secs(2)),
+        1,
+        "a later commit is announced again"
+    );
+}

@@ -10,6 +10,7 @@
 
 mod batch;
 mod pg;
+mod pg_notify;
 mod sqlite;
 
 pub use self::batch::{chunks, values_rows};

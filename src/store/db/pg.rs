@@ -50,6 +50,7 @@ pub struct PgStore {
     url: String,
     schema: Option<String>,
     pool: Pool,
+    after_commit: super::pg_notify::AfterCommitSender,
 }
 
 struct PgConn {
@@ -251,7 +252,14 @@ impl PgStore {
             url: url.to_string(),
             schema: options.schema.clone(),
             pool: Pool::new(options.pool_size, first),
+            after_commit: super::pg_notify::AfterCommitSender::new(url, schema),
         })
+    }
+
+    /// Sends `statement` (autocommit) once after now, on a thread of the store's own, never on
+    /// the caller's path: requests made while one is pending share its send (see `pg_notify`).
+    pub fn send_after_commit(&self, statement: &'static str) {
+        self.after_commit.request(statement);
     }
 
     /// The URL and the schema (tests) this store connects with, for a connection of another
