@@ -27,9 +27,12 @@ pub(super) fn lease_address(
     imsi: &Imsi,
     now: i64,
     policy: &SessionPolicy,
+    may_hold_lease: bool,
 ) -> Result<Ipv4Addr> {
-    if let Some(ip) = keep_current_lease(db, placement, imsi, now)? {
-        return Ok(Ipv4Addr::from(ip));
+    if may_hold_lease {
+        if let Some(ip) = keep_current_lease(db, placement, imsi, now)? {
+            return Ok(Ipv4Addr::from(ip));
+        }
     }
     if let Some(ip) = reuse_released(db, placement, imsi, now - policy.address_quarantine_ms)? {
         return Ok(Ipv4Addr::from(ip));

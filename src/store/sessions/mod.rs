@@ -120,11 +120,33 @@ pub(crate) fn open_session(
     sub: &ArcSubscriber,
     policy: &SessionPolicy,
 ) -> Result<ActiveSession> {
+    open_session_of(db, sub, policy, Subscriber::MayHaveSession)
+}
+
+/// Whether the subscriber may already hold a session and an address lease.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Subscriber {
+    MayHaveSession,
+    /// Inserted by this transaction with an IMSI never handed out before (numbers never go
+    /// back), so it has neither: createSim skips the two lookups (it is the hot write).
+    JustInserted,
+}
+
+fn open_session_of(
+    db: &mut dyn Db,
+    sub: &ArcSubscriber,
+    policy: &SessionPolicy,
+    subscriber: Subscriber,
+) -> Result<ActiveSession> {
     let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
     let now = now_ms();
     let placement = placement::place(db, sub, policy)?;
-    delete_session(db, sub, now)?;
-    let client_ip = address_leases::lease_address(db, &placement, &sub.imsi, now, policy)?;
+    let may_hold_lease = subscriber == Subscriber::MayHaveSession;
+    if may_hold_lease {
+        delete_session(db, sub, now)?;
+    }
+    let client_ip =
+        address_leases::lease_address(db, &placement, &sub.imsi, now, policy, may_hold_lease)?;
     let session_id = ids::new_session_id();
     let rp_id = placement.rp_id.clone();
     db.execute(
@@ -165,7 +187,7 @@ pub(crate) fn open_first_session(
 ) -> Result<ActiveSession> {
     let sub = arc_subscriber(db, operator_id, sim_id)?
         .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
-    open_session(db, &sub, policy)
+    open_session_of(db, &sub, policy, Subscriber::JustInserted)
 }
 
 /// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless
