@@ -78,20 +78,35 @@ pub(super) fn insert_virtual_sim(
     coverage: Coverage,
     iccid_prefix: &str,
 ) -> Result<(SimId, String)> {
-    // A virtual SIM's id is its ICCID.
-    let sim_id = SimId::new(next_iccid(db, iccid_prefix)?);
-    let imsi = next_virtual_imsi(db)?;
-    let pair = wgkey::generate();
+    // A virtual SIM's id is its ICCID. A number an imported SIM already holds is skipped: the
+    // insert that finds it taken writes nothing and the next number is tried (no lookup first:
+    // this is createSim's hot path).
     let now = now_ms();
-    db.execute(
-        "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
-                          termination_enabled, created_at, last_modified_at)
-         VALUES ($1, $2, 'virtual', 'virtual', 'active', $3, NULL, FALSE, $4, $4)",
-        &[&sim_id, operator_id, &coverage.as_str(), &now],
-    )?;
-    insert_subscriber(
-        db,
-        &NewSubscriber {
+    let sim_id = loop {
+        let sim_id = SimId::new(ids::iccid_from_sequence(
+            iccid_prefix,
+            next_in_capacity(db, "iccid", ids::iccid_capacity(iccid_prefix), "ICCID")?,
+        ));
+        let inserted = db.execute(
+            "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
+                              termination_enabled, created_at, last_modified_at)
+             VALUES ($1, $2, 'virtual', 'virtual', 'active', $3, NULL, FALSE, $4, $4)
+             ON CONFLICT (sim_id) DO NOTHING",
+            &[&sim_id, operator_id, &coverage.as_str(), &now],
+        )?;
+        if inserted == 1 {
+            break sim_id;
+        }
+    };
+    let pair = wgkey::generate();
+    loop {
+        let imsi = ids::virtual_imsi_from_sequence(next_in_capacity(
+            db,
+            "virtual_imsi",
+            ids::VIRTUAL_IMSI_CAPACITY,
+            "virtual IMSI",
+        )?);
+        let subscriber = NewSubscriber {
             imsi: &imsi,
             sim_id: &sim_id,
             iccid: sim_id.as_str(),
@@ -100,9 +115,11 @@ pub(super) fn insert_virtual_sim(
             is_primary: true,
             is_virtual: true,
             arc_public_key: Some(&pair.public_key),
-        },
-        now,
-    )?;
+        };
+        if insert_subscriber_unless_taken(db, &subscriber, now)? {
+            break;
+        }
+    }
     Ok((sim_id, pair.private_key.clone()))
 }
 
@@ -117,11 +134,33 @@ pub(crate) struct NewSubscriber<'a> {
     pub arc_public_key: Option<&'a str>,
 }
 
+macro_rules! insert_subscriber_sql {
+    ($tail:literal) => {
+        concat!(
+            "INSERT INTO subscribers(imsi, sim_id, iccid, msisdn, subscription, is_primary,
+                                     is_virtual, status, arc_public_key, created_at,
+                                     last_modified_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $9)",
+            $tail
+        )
+    };
+}
+const INSERT_SUBSCRIBER: &str = insert_subscriber_sql!("");
+const INSERT_SUBSCRIBER_UNLESS_TAKEN: &str =
+    insert_subscriber_sql!(" ON CONFLICT (imsi) DO NOTHING");
+
 pub(crate) fn insert_subscriber(db: &mut dyn Db, s: &NewSubscriber, now: i64) -> Result<()> {
+    insert_subscriber_with(db, INSERT_SUBSCRIBER, s, now).map(drop)
+}
+
+/// Inserts the subscriber unless its IMSI is taken (then nothing is written: `false`).
+fn insert_subscriber_unless_taken(db: &mut dyn Db, s: &NewSubscriber, now: i64) -> Result<bool> {
+    Ok(insert_subscriber_with(db, INSERT_SUBSCRIBER_UNLESS_TAKEN, s, now)? == 1)
+}
+
+fn insert_subscriber_with(db: &mut dyn Db, sql: &str, s: &NewSubscriber, now: i64) -> Result<u64> {
     db.execute(
-        "INSERT INTO subscribers(imsi, sim_id, iccid, msisdn, subscription, is_primary, is_virtual,
-                                 status, arc_public_key, created_at, last_modified_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', $8, $9, $9)",
+        sql,
         &[
             s.imsi,
             s.sim_id,
@@ -133,25 +172,7 @@ pub(crate) fn insert_subscriber(db: &mut dyn Db, s: &NewSubscriber, now: i64) ->
             &s.arc_public_key,
             &now,
         ],
-    )?;
-    Ok(())
-}
-
-/// Next ICCID from the never-decreasing counter, skipping any an imported SIM already holds.
-fn next_iccid(db: &mut dyn Db, prefix: &str) -> Result<String> {
-    loop {
-        let sequence = number(db, "iccid")?;
-        if sequence > ids::iccid_capacity(prefix) {
-            return Err(Rule::IdentifiersExhausted("ICCID").into());
-        }
-        let iccid = ids::iccid_from_sequence(prefix, sequence);
-        if db
-            .query_opt("SELECT 1 FROM sims WHERE sim_id = $1", &[&iccid])?
-            .is_none()
-        {
-            return Ok(iccid);
-        }
-    }
+    )
 }
 
 pub(crate) fn next_virtual_imsi(db: &mut dyn Db) -> Result<Imsi> {
@@ -174,4 +195,13 @@ pub(crate) fn next_virtual_imsi(db: &mut dyn Db) -> Result<Imsi> {
 /// sequence on PostgreSQL, where a rolled-back or retried create leaves a harmless gap).
 fn number(db: &mut dyn Db, name: &str) -> Result<u64> {
     Ok(db.next_number(name)?.max(0) as u64)
+}
+
+/// The next value of the number `name` (see `number`), refused past `capacity`.
+fn next_in_capacity(db: &mut dyn Db, name: &str, capacity: u64, what: &'static str) -> Result<u64> {
+    let sequence = number(db, name)?;
+    if sequence > capacity {
+        return Err(Rule::IdentifiersExhausted(what).into());
+    }
+    Ok(sequence)
 }
