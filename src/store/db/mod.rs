@@ -11,6 +11,7 @@
 mod batch;
 mod pg;
 mod pg_notify;
+mod pg_pool;
 mod sqlite;
 
 pub use self::batch::{chunks, values_rows};
