@@ -80,20 +80,7 @@ async fn an_api_node_shows_the_live_state_an_rp_node_publishes() {
     let mut node_b = arcd::server::start(config_b).await.expect("node B starts");
     assert_eq!(node_b.api_addr, None);
 
-    let status = &sim["arcSessionStatus"];
-    let device_ip: Ipv4Addr = status["arcClientPeerIpAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut device = WgClient::new(
-        sim["profiles"][&sim_id]["arcClientPeerPrivateKey"]
-            .as_str()
-            .expect("private key"),
-        status["arcServerPeerPublicKey"].as_str().unwrap(),
-        node_b.dataplane.udp_addrs[0].1,
-    )
-    .await;
+    let (mut device, device_ip) = WgClient::for_sim(&sim, node_b.dataplane.udp_addrs[0].1).await;
     let started = Instant::now();
     let hello = udp_packet(device_ip, METADATA, 40000, 80, b"hello node B");
     assert!(device.connect(&hello, WAIT).await, "handshake with node B");

@@ -36,29 +36,8 @@ fn imsi_of(sim: &Value) -> Imsi {
     Imsi::new(sim["profiles"][sim_id]["primaryImsi"].as_str().unwrap())
 }
 
-/// A device for `sim` (the createSim answer) talking to `server`.
-async fn device(sim: &Value, server: SocketAddr) -> (WgClient, Ipv4Addr) {
-    let sim_id = sim["simId"].as_str().unwrap();
-    let private = sim["profiles"][sim_id]["arcClientPeerPrivateKey"]
-        .as_str()
-        .unwrap();
-    let status = &sim["arcSessionStatus"];
-    let ip: Ipv4Addr = status["arcClientPeerIpAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let client = WgClient::new(
-        private,
-        status["arcServerPeerPublicKey"].as_str().unwrap(),
-        server,
-    )
-    .await;
-    (client, ip)
-}
-
 async fn handshakes(sim: &Value, server: SocketAddr) -> bool {
-    let (mut client, ip) = device(sim, server).await;
+    let (mut client, ip) = WgClient::for_sim(sim, server).await;
     client
         .connect(&udp_packet(ip, METADATA, 40000, 80, b"hi"), WAIT)
         .await

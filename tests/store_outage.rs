@@ -28,22 +28,7 @@ const WAIT: Duration = Duration::from_secs(3);
 
 /// A device with a session, connected, and the address it sends from.
 async fn connected_device(server: &TestServer, sim: &Value) -> (WgClient, Ipv4Addr) {
-    let sim_id = sim["simId"].as_str().expect("simId");
-    let private = sim["profiles"][sim_id]["arcClientPeerPrivateKey"]
-        .as_str()
-        .expect("private key");
-    let session = &sim["arcSessionStatus"];
-    let ip: Ipv4Addr = session["arcClientPeerIpAddress"]
-        .as_str()
-        .expect("client ip")
-        .parse()
-        .expect("ipv4");
-    let mut device = WgClient::new(
-        private,
-        session["arcServerPeerPublicKey"].as_str().expect("key"),
-        server.running.dataplane.udp_addrs[0].1,
-    )
-    .await;
+    let (mut device, ip) = WgClient::for_sim(sim, server.running.dataplane.udp_addrs[0].1).await;
     // A new peer reaches the data plane shortly after the API answered: retry the handshake.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let hello = udp_packet(ip, METADATA, 40000, 80, b"hello");

@@ -46,21 +46,7 @@ async fn wait_for_peer(engine: &Engine, imsi: &Imsi, present: bool) -> Option<Du
 }
 
 async fn handshakes(sim: &Value, server: SocketAddr) -> bool {
-    let sim_id = sim["simId"].as_str().unwrap();
-    let status = &sim["arcSessionStatus"];
-    let ip: Ipv4Addr = status["arcClientPeerIpAddress"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let mut client = WgClient::new(
-        sim["profiles"][sim_id]["arcClientPeerPrivateKey"]
-            .as_str()
-            .unwrap(),
-        status["arcServerPeerPublicKey"].as_str().unwrap(),
-        server,
-    )
-    .await;
+    let (mut client, ip) = WgClient::for_sim(sim, server).await;
     client
         .connect(
             &udp_packet(ip, METADATA, 40000, 80, b"hi"),

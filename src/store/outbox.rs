@@ -27,7 +27,16 @@ pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(3600);
 /// PostgreSQL's NOTIFY channel is this followed by the MD5 of the schema's name (channels are per
 /// database, schemas are not; the hash keeps it a valid identifier whatever the schema is
 /// called): a wake-up only, the rows are the truth.
-pub const NOTIFY_CHANNEL_PREFIX: &str = "arcd_peer_outbox_";
+/// The channel's name as SQL: the prefix and an MD5 of the schema, so it is an identifier of
+/// fixed length whatever the schema is called, and schemas sharing a database do not wake each
+/// other. One expression for the writers' NOTIFY and the followers' LISTEN.
+macro_rules! channel_expr {
+    () => {
+        "'arcd_peer_outbox_' || md5(current_schema())"
+    };
+}
+/// Selects the name of this schema's outbox channel (what a follower LISTENs on).
+pub const NOTIFY_CHANNEL_SQL: &str = concat!("SELECT ", channel_expr!());
 
 const KIND_PEER: &str = "peer";
 const KIND_VPGS: &str = "vpgs";
@@ -126,9 +135,8 @@ pub fn notify_followers(store: &super::Store) {
     }
 }
 
-/// The NOTIFY of `notify_followers`, on the channel `NOTIFY_CHANNEL_PREFIX` + md5 of the schema
-/// (a literal: the after-commit thread takes `'static` statements; a test checks the prefix).
-const NOTIFY_SQL: &str = "SELECT pg_notify('arcd_peer_outbox_' || md5(current_schema()), '')";
+/// The NOTIFY of `notify_followers`, on the channel of `NOTIFY_CHANNEL_SQL`.
+const NOTIFY_SQL: &str = concat!("SELECT pg_notify(", channel_expr!(), ", '')");
 
 /// The cursor a follower starts from when it loads the sessions in the same read snapshot:
 /// every row it would read from there was committed after the snapshot or is harmlessly read

@@ -302,10 +302,7 @@ fn commits_are_announced_on_the_schemas_channel_on_postgres() {
         .batch_execute(&format!("SET search_path TO \"{schema}\""))
         .expect("search_path");
     let channel: String = listener
-        .query_one(
-            &format!("SELECT '{NOTIFY_CHANNEL_PREFIX}' || md5(current_schema())"),
-            &[],
-        )
+        .query_one(NOTIFY_CHANNEL_SQL, &[])
         .expect("channel")
         .get(0);
     listener

@@ -21,6 +21,25 @@ fn key(text: &str) -> [u8; 32] {
 }
 
 impl WgClient {
+    /// The device of `sim` (a createSim or getSim answer: its key and session) toward `server`,
+    /// and the address it sends from.
+    pub async fn for_sim(sim: &serde_json::Value, server: SocketAddr) -> (WgClient, Ipv4Addr) {
+        let sim_id = sim["simId"].as_str().expect("simId");
+        let private = sim["profiles"][sim_id]["arcClientPeerPrivateKey"]
+            .as_str()
+            .expect("the device's private key");
+        let session = &sim["arcSessionStatus"];
+        let ip: Ipv4Addr = session["arcClientPeerIpAddress"]
+            .as_str()
+            .expect("client address")
+            .parse()
+            .expect("IPv4 client address");
+        let server_key = session["arcServerPeerPublicKey"]
+            .as_str()
+            .expect("server key");
+        (WgClient::new(private, server_key, server).await, ip)
+    }
+
     pub async fn new(private_key: &str, server_public_key: &str, server: SocketAddr) -> WgClient {
         let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
         let tunn = Tunn::new(

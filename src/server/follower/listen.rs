@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 
-use crate::store::outbox::NOTIFY_CHANNEL_PREFIX;
+use crate::store::outbox::NOTIFY_CHANNEL_SQL;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -66,15 +66,7 @@ async fn listen_once(
                 .batch_execute(&format!("SET search_path TO \"{schema}\""))
                 .await?;
         }
-        // The writers' channel (`store::outbox::record`): the prefix and an MD5 of the schema,
-        // so it is an identifier of fixed length whatever the schema is called.
-        let channel: String = client
-            .query_one(
-                &format!("SELECT '{NOTIFY_CHANNEL_PREFIX}' || md5(current_schema())"),
-                &[],
-            )
-            .await?
-            .get(0);
+        let channel: String = client.query_one(NOTIFY_CHANNEL_SQL, &[]).await?.get(0);
         client
             .batch_execute(&format!("LISTEN \"{channel}\""))
             .await?;

@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
-use postgres::{Client, NoTls};
+use postgres::Client;
+
+use super::pg_pool::PgConn;
 
 #[derive(Default)]
 struct Pending {
@@ -109,17 +111,10 @@ fn send(
     url: &str,
     schema: Option<&str>,
     statement: &str,
-) -> Result<(), postgres::Error> {
+) -> crate::store::Result<()> {
     let connected = match client {
         Some(c) if !c.is_closed() => c,
-        _ => {
-            let mut fresh = Client::connect(url, NoTls)?;
-            if let Some(schema) = schema {
-                // Schema names are checked at connect (letters, digits, `_`).
-                fresh.batch_execute(&format!("SET search_path TO \"{schema}\""))?;
-            }
-            client.insert(fresh)
-        }
+        _ => client.insert(PgConn::open(url, schema)?.client),
     };
-    connected.batch_execute(statement)
+    Ok(connected.batch_execute(statement)?)
 }
