@@ -249,6 +249,11 @@ try {
   await page.fill('#search-text', IOT_IMSI.slice(0, 8));
   await page.press('#search-text', 'Enter');
   await page.waitForSelector(`#sim-rows tr[data-sim-id="${IOT_ICCID}"]`);
+  // The IoT SIM's row is in the unfiltered list too: wait for the search's own render (the
+  // check below still fails if more than its row stays).
+  await page
+    .waitForFunction(() => document.querySelectorAll('#sim-rows tr').length === 1, null, { timeout: 10000 })
+    .catch(() => {});
   const found = await page.locator('#sim-rows tr').count();
   check(found === 1, `IMSI search shows only the IoT SIM (${found} rows)`);
   pass('IMSI search (keyboard Enter) finds the IoT SIM', `${found} row`);
