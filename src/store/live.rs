@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::db::{chunks, values_rows, Db, Param};
+use super::db::{chunks, parameter_list, values_rows, Db, Param};
 use super::Result;
 use crate::ids::{Imsi, OperatorId, RendezvousPointId};
 
@@ -139,14 +139,13 @@ pub fn published(db: &mut dyn Db, imsis: &[Imsi]) -> Result<HashMap<Imsi, Publis
     let mut found = HashMap::with_capacity(imsis.len());
     for chunk in chunks(imsis, ROWS_PER_STATEMENT) {
         let params: Vec<&dyn Param> = chunk.iter().map(|imsi| imsi as &dyn Param).collect();
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let rows = db.query(
             &format!(
                 "SELECT l.imsi, l.session_id, l.rp_id, l.last_handshake_at, l.device_endpoint,
                         l.rx_bytes, l.tx_bytes, l.published_at, h.published_at
                  FROM session_live l LEFT JOIN live_publishers h ON h.rp_id = l.rp_id
                  WHERE l.imsi IN ({})",
-                placeholders.join(", ")
+                parameter_list(chunk.len())
             ),
             &params,
         )?;

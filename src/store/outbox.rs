@@ -245,19 +245,23 @@ pub struct Followed {
 /// One follower step (run it in a read snapshot: `read_db`).
 pub fn follow(db: &mut dyn Db, cursor: Cursor, limit: u32) -> Result<Followed> {
     let (rows, next) = read_after(db, cursor, limit)?;
-    let mut imsis: Vec<&Imsi> = rows
+    let mut imsis: Vec<Imsi> = rows
         .iter()
         .filter_map(|row| match &row.change {
-            OutboxChange::Peer { imsi, .. } => Some(imsi),
+            OutboxChange::Peer { imsi, .. } => Some(imsi.clone()),
             OutboxChange::Vpgs => None,
         })
         .collect();
     imsis.sort();
     imsis.dedup();
-    let mut sessions = Vec::with_capacity(imsis.len());
-    for imsi in imsis {
-        sessions.push((imsi.clone(), sessions::active_session_by_imsi(db, imsi)?));
-    }
+    let mut current = sessions::active_sessions_by_imsis(db, &imsis)?;
+    let sessions = imsis
+        .into_iter()
+        .map(|imsi| {
+            let session = current.remove(&imsi);
+            (imsi, session)
+        })
+        .collect();
     let vpgs = if rows.iter().any(|row| row.change == OutboxChange::Vpgs) {
         Some(vpgs::running(db)?)
     } else {

@@ -37,6 +37,7 @@ on_both_engines!(
     the_start_cursor_skips_what_its_snapshot_holds,
     a_limit_splits_the_rows_without_losing_any,
     follow_reads_the_current_session_of_each_named_imsi,
+    follow_reads_many_imsis_in_one_step,
     prune_deletes_only_old_rows_in_batches,
 );
 
@@ -205,6 +206,44 @@ fn follow_reads_the_current_session_of_each_named_imsi(store: &impl Backend) {
     let after = follow_until(store, followed.cursor);
     assert_eq!(after.sessions, [(created.session.imsi.clone(), None)]);
     assert_eq!(after.vpgs, Some(Vec::new()));
+}
+
+/// More IMSIs than one statement reads (they are read in chunks), one of them without a session:
+/// every named IMSI comes back once, in IMSI order, with its own session or none.
+fn follow_reads_many_imsis_in_one_step(store: &impl Backend) {
+    let cursor = start(store);
+    let rps = Config::default().rendezvous_points;
+    let created = store
+        .write_db(|db| {
+            rendezvous::sync(db, &rps)?;
+            let op = operators::create_operator(db)?;
+            let mut sessions = Vec::new();
+            for _ in 0..70 {
+                sessions
+                    .push(sims::create_virtual(db, &op, Coverage::Jp, "8942", &policy())?.session);
+            }
+            let mut rows: Vec<OutboxChange> = sessions
+                .iter()
+                .map(|session| (&PeerChange::Upsert(session.clone())).into())
+                .collect();
+            // A repeated IMSI and one that has no session.
+            rows.push((&PeerChange::Upsert(sessions[0].clone())).into());
+            rows.push(OutboxChange::Peer {
+                rp_id: sessions[0].rp_id.clone(),
+                imsi: Imsi::new("295050999999999"),
+            });
+            record(db, &rows)?;
+            Ok(sessions)
+        })
+        .expect("create");
+    let followed = follow_until(store, cursor);
+    let mut expected: Vec<(Imsi, Option<ActiveSession>)> = created
+        .into_iter()
+        .map(|session| (session.imsi.clone(), Some(session)))
+        .collect();
+    expected.push((Imsi::new("295050999999999"), None));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(followed.sessions, expected);
 }
 
 /// `follow` from `cursor` until it returns rows (see `read_until`).

@@ -16,6 +16,14 @@ pub fn values_rows(rows: usize, width: usize) -> String {
         .join(", ")
 }
 
+/// `$1, $2, …, $n`: the parameters of an `IN (…)` list.
+pub fn parameter_list(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Cuts `items` into chunks for multi-row statements: chunks of `max` (a power of two), then the
 /// rest in decreasing powers of two. Both engines cache prepared statements by their text, so a
 /// caller builds at most log2(max) + 1 different statements whatever the batch sizes it sees.
@@ -44,6 +52,12 @@ mod tests {
     fn values_rows_number_parameters_row_by_row() {
         assert_eq!(values_rows(1, 3), "($1, $2, $3)");
         assert_eq!(values_rows(2, 2), "($1, $2), ($3, $4)");
+    }
+
+    #[test]
+    fn parameter_list_numbers_from_one() {
+        assert_eq!(parameter_list(1), "$1");
+        assert_eq!(parameter_list(3), "$1, $2, $3");
     }
 
     #[test]

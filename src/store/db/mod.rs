@@ -14,7 +14,7 @@ mod pg_notify;
 mod pg_pool;
 mod sqlite;
 
-pub use self::batch::{chunks, values_rows};
+pub use self::batch::{chunks, parameter_list, values_rows};
 pub use self::pg::{default_pool_size, AdvisoryLock, PgDb, PgOptions, PgStore};
 pub use self::sqlite::SqliteDb;
 

@@ -1,10 +1,11 @@
 //! Reads of the active sessions, as the data plane and the rendezvous point views need them.
 
+use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{arc_subscriber, ActiveSession};
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
-use crate::store::db::{Db, Row};
+use crate::store::db::{chunks, parameter_list, Db, Param, Row};
 use crate::store::{Result, StoreError};
 
 /// IMSIs of the operator's sessions at rendezvous point `rp_id` (what an operator may count of
@@ -41,13 +42,29 @@ pub fn list_active_sessions(db: &mut dyn Db) -> Result<Vec<ActiveSession>> {
         .collect()
 }
 
-/// The session of the virtual subscriber `imsi` as the data plane serves it, if it has one
-/// (what the outbox follower applies for a row naming that IMSI).
-pub fn active_session_by_imsi(db: &mut dyn Db, imsi: &Imsi) -> Result<Option<ActiveSession>> {
-    db.query_opt(&format!("{LISTED_SESSIONS} WHERE a.imsi = $1"), &[imsi])?
-        .as_ref()
-        .map(listed_session)
-        .transpose()
+/// Largest number of IMSIs one statement of `active_sessions_by_imsis` reads.
+const IMSIS_PER_STATEMENT: usize = 64;
+
+/// The sessions of these virtual subscribers, by IMSI; an IMSI without a session is absent. What
+/// the outbox follower applies for the rows it read: one statement per chunk of IMSIs (a round
+/// trip each on PostgreSQL) rather than one per IMSI.
+pub fn active_sessions_by_imsis(
+    db: &mut dyn Db,
+    imsis: &[Imsi],
+) -> Result<HashMap<Imsi, ActiveSession>> {
+    let mut found = HashMap::with_capacity(imsis.len());
+    for chunk in chunks(imsis, IMSIS_PER_STATEMENT) {
+        let params: Vec<&dyn Param> = chunk.iter().map(|imsi| imsi as &dyn Param).collect();
+        let sql = format!(
+            "{LISTED_SESSIONS} WHERE a.imsi IN ({})",
+            parameter_list(chunk.len())
+        );
+        for row in db.query(&sql, &params)? {
+            let session = listed_session(&row)?;
+            found.insert(session.imsi.clone(), session);
+        }
+    }
+    Ok(found)
 }
 
 /// One row of `list_active_sessions`' query.

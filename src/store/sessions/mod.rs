@@ -18,7 +18,7 @@ use std::net::Ipv4Addr;
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
 
 pub(crate) use active::active_session_of;
-pub use active::{active_session_by_imsi, list_active_sessions, operator_imsis_at};
+pub use active::{active_sessions_by_imsis, list_active_sessions, operator_imsis_at};
 pub use credentials::{recreate, remove_credentials, renew_credentials, RenewedCredentials};
 pub use events::{list_events, SessionEventRecord};
 pub use rendezvous_selection::{select_rendezvous_point, SessionPolicy};

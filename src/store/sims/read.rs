@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use super::{SessionRecord, SimRecord, SubscriberRecord};
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
-use crate::store::db::{Db, Param, Row};
+use crate::store::db::{parameter_list, Db, Param, Row};
 use crate::store::{rendezvous, sessions, Entity, Result, StoreError};
 
 /// The columns `sim_from_row` reads, in its order.
@@ -29,14 +29,6 @@ fn sim_from_row(row: &Row) -> Result<SimRecord> {
         subscribers: Vec::new(),
         session: None,
     })
-}
-
-/// `$1, $2, …, $n`: the parameters of an `IN (…)` list.
-fn parameter_list(n: usize) -> String {
-    (1..=n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// Largest number of SIMs whose tags, subscribers and sessions one statement reads. A shorter
