@@ -42,6 +42,7 @@ on_both_engines!(
     active_sessions_listing_matches_changes,
     live_sim_counts_follow_creates_imports_and_terminations,
     a_listed_page_completes_each_sim_with_its_own_rows,
+    created_sim_answer_is_what_a_read_returns,
 );
 
 fn policy(quarantine_ms: i64) -> SessionPolicy {
@@ -457,4 +458,25 @@ fn a_listed_page_completes_each_sim_with_its_own_rows(store: &impl Backend) {
         "terminated, untagged"
     );
     assert!(all[2].session.is_some());
+}
+
+/// createSim answers from what it wrote instead of reading it back: the answer must be exactly
+/// what `get` reads afterwards, for either coverage.
+fn created_sim_answer_is_what_a_read_returns(store: &impl Backend) {
+    let op = setup(store);
+    for coverage in [Coverage::Jp, Coverage::G] {
+        let created = store
+            .write_db_read_committed(|db| {
+                sims::create_virtual(db, &op, coverage, "8942", &policy(0))
+            })
+            .expect("create");
+        let read = store
+            .read_db(|db| sims::get(db, &op, &created.sim.sim_id))
+            .expect("get");
+        assert_eq!(created.sim, read);
+        let session = read.session.as_ref().expect("session");
+        assert!(!session.server_public_key.is_empty());
+        assert!(!session.allowed_ips.is_empty());
+        assert_eq!(session.session_id, created.session.session_id);
+    }
 }

@@ -24,6 +24,7 @@ pub use events::{list_events, SessionEventRecord};
 pub use rendezvous_selection::{select_rendezvous_point, SessionPolicy};
 
 use super::db::{Db, Row};
+use super::sims::SessionRecord;
 use super::{now_ms, Result, Rule, StoreError};
 use crate::config::Coverage;
 use crate::ids;
@@ -120,7 +121,13 @@ pub(crate) fn open_session(
     sub: &ArcSubscriber,
     policy: &SessionPolicy,
 ) -> Result<ActiveSession> {
-    open_session_of(db, sub, policy, Subscriber::MayHaveSession)
+    Ok(open_session_of(db, sub, policy, Subscriber::MayHaveSession)?.active)
+}
+
+/// A session just opened: as the data plane serves it, and as the API shows it with its SIM.
+pub(crate) struct OpenedSession {
+    pub active: ActiveSession,
+    pub record: SessionRecord,
 }
 
 /// Whether the subscriber may already hold a session and an address lease.
@@ -137,7 +144,7 @@ fn open_session_of(
     sub: &ArcSubscriber,
     policy: &SessionPolicy,
     subscriber: Subscriber,
-) -> Result<ActiveSession> {
+) -> Result<OpenedSession> {
     let public_key = sub.public_key.clone().ok_or(Rule::NoArcCredentials)?;
     let now = now_ms();
     let placement = placement::place(db, sub, policy)?;
@@ -164,7 +171,19 @@ fn open_session_of(
         vpg_id,
         now,
     )?;
-    Ok(ActiveSession {
+    let record = SessionRecord {
+        imsi: sub.imsi.clone(),
+        session_id: session_id.clone(),
+        rp_id: rp_id.clone(),
+        client_ip: client_ip.to_string(),
+        vpg_id: placement.vpg_id.clone(),
+        created_at: now,
+        last_updated_at: now,
+        server_public_key: placement.server.public_key,
+        server_endpoint: placement.server.endpoint,
+        allowed_ips: placement.server.allowed_ips,
+    };
+    let active = ActiveSession {
         imsi: sub.imsi.clone(),
         primary_imsi: sub.primary_imsi.clone(),
         sim_id: sub.sim_id.clone(),
@@ -175,7 +194,8 @@ fn open_session_of(
         client_ip,
         group_id: sub.group_id.clone(),
         vpg_id: placement.vpg_id,
-    })
+    };
+    Ok(OpenedSession { active, record })
 }
 
 /// The first session of a virtual subscriber this transaction has just inserted.
@@ -187,7 +207,17 @@ pub(crate) fn open_first_session(
 ) -> Result<ActiveSession> {
     let sub = arc_subscriber(db, operator_id, sim_id)?
         .ok_or_else(|| StoreError::Corrupt("new subscriber vanished".into()))?;
-    open_session_of(db, &sub, policy, Subscriber::JustInserted)
+    Ok(open_session_of(db, &sub, policy, Subscriber::JustInserted)?.active)
+}
+
+/// The first session of `sub`, a virtual subscriber this transaction has just inserted and
+/// describes in full (createSim: no read of what it wrote).
+pub(crate) fn open_inserted_subscriber_session(
+    db: &mut dyn Db,
+    sub: &ArcSubscriber,
+    policy: &SessionPolicy,
+) -> Result<OpenedSession> {
+    open_session_of(db, sub, policy, Subscriber::JustInserted)
 }
 
 /// Ends the subscriber's session if it has one (`Deleted` event). The address lease stays unless

@@ -6,7 +6,7 @@ use super::ArcSubscriber;
 use crate::ids::{RendezvousPointId, VpgId};
 use crate::store::db::Db;
 use crate::store::vpgs::{self, VpgRecord};
-use crate::store::{Entity, Result, Rule, StoreError};
+use crate::store::{rendezvous, Entity, Result, Rule, StoreError};
 
 /// The one lease scope of every VPG's addresses. The data plane finds a device by its client
 /// address alone and the kernel routes by destination only, so an address must belong to at most
@@ -23,6 +23,15 @@ pub(super) struct Placement {
     pub pool: ipnet::Ipv4Net,
     /// Lowest and highest address that may be handed out.
     pub range: (u32, u32),
+    /// The rendezvous point's side of the session, as the API shows it with the session.
+    pub server: ServerSide,
+}
+
+/// What a device is told of its rendezvous point (read with the pool: one statement).
+pub(super) struct ServerSide {
+    pub public_key: String,
+    pub endpoint: String,
+    pub allowed_ips: Vec<String>,
 }
 
 /// The VPG the subscriber's group puts it in (`SoracomAir` → `vpgId`), if any. A JSON `null`
@@ -87,18 +96,29 @@ fn rendezvous_point_id<'a>(
     fallback
 }
 
-/// The client address pool of rendezvous point `rp_id`, which must exist: all a placement needs
-/// of the RP (read here rather than through `rendezvous::get`, which also reads keys).
-fn rendezvous_pool(db: &mut dyn Db, rp_id: &RendezvousPointId) -> Result<ipnet::Ipv4Net> {
-    let pool = db
+/// The client address pool and the public side of rendezvous point `rp_id`, which must exist:
+/// all a placement needs of the RP (read here rather than through `rendezvous::get`, which also
+/// reads its private key).
+fn rendezvous_point(
+    db: &mut dyn Db,
+    rp_id: &RendezvousPointId,
+) -> Result<(ipnet::Ipv4Net, ServerSide)> {
+    let row = db
         .query_opt(
-            "SELECT pool FROM rendezvous_points WHERE rp_id = $1",
+            "SELECT pool, public_key, endpoint, allowed_ips FROM rendezvous_points WHERE rp_id = $1",
             &[rp_id],
         )?
-        .ok_or_else(|| Rule::UnknownRendezvousPoint(rp_id.to_string()))?
-        .text(0)?;
-    pool.parse()
-        .map_err(|_| StoreError::Corrupt(format!("pool of {rp_id}")))
+        .ok_or_else(|| Rule::UnknownRendezvousPoint(rp_id.to_string()))?;
+    let pool = row
+        .text(0)?
+        .parse()
+        .map_err(|_| StoreError::Corrupt(format!("pool of {rp_id}")))?;
+    let server = ServerSide {
+        public_key: row.text(1)?,
+        endpoint: row.text(2)?,
+        allowed_ips: rendezvous::parse_allowed_ips(&row.text(3)?)?,
+    };
+    Ok((pool, server))
 }
 
 pub(super) fn place(
@@ -108,7 +128,7 @@ pub(super) fn place(
 ) -> Result<Placement> {
     let vpg = vpg_of_group(db, sub)?;
     let rp_id = rendezvous_point_id(sub, vpg.as_ref(), policy).clone();
-    let rp_pool = rendezvous_pool(db, &rp_id)?;
+    let (rp_pool, server) = rendezvous_point(db, &rp_id)?;
     Ok(match vpg {
         // The VPG's network and broadcast addresses are never handed out; every other one is,
         // unless another VPG's device holds it.
@@ -121,6 +141,7 @@ pub(super) fn place(
             ),
             vpg_id: Some(vpg.vpg_id),
             rp_id,
+            server,
         },
         // The network address, the first host (kept for the server side) and the broadcast
         // address are never handed out.
@@ -133,6 +154,7 @@ pub(super) fn place(
             ),
             vpg_id: None,
             rp_id,
+            server,
         },
     })
 }

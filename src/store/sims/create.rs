@@ -1,12 +1,12 @@
 //! Making SIMs: the per-operator quota, standalone virtual SIMs, subscriber rows and the ICCID and
 //! virtual IMSI numbers they get.
 
-use super::{get, SimRecord};
+use super::{SimRecord, SubscriberRecord};
 use crate::config::Coverage;
 use crate::ids;
 use crate::ids::{Imsi, OperatorId, SimId};
 use crate::store::db::Db;
-use crate::store::sessions::{self, ActiveSession, SessionPolicy};
+use crate::store::sessions::{self, ActiveSession, ArcSubscriber, SessionPolicy};
 use crate::store::{now_ms, Result, Rule};
 use crate::wgkey;
 
@@ -61,23 +61,72 @@ pub fn create_virtual(
     iccid_prefix: &str,
     policy: &SessionPolicy,
 ) -> Result<CreatedSim> {
-    let (sim_id, private_key) = insert_virtual_sim(db, operator_id, coverage, iccid_prefix)?;
-    let session = sessions::open_first_session(db, operator_id, &sim_id, policy)?;
+    let inserted = insert_virtual_sim(db, operator_id, coverage, iccid_prefix)?;
+    let subscriber = ArcSubscriber {
+        sim_id: inserted.sim_id.clone(),
+        operator_id: operator_id.clone(),
+        imsi: inserted.imsi.clone(),
+        primary_imsi: inserted.imsi.clone(),
+        subscription: VIRTUAL_SUBSCRIPTION.to_string(),
+        public_key: Some(inserted.public_key.clone()),
+        coverage,
+        group_id: None,
+    };
+    let opened = sessions::open_inserted_subscriber_session(db, &subscriber, policy)?;
+    // The answer is built from what this transaction wrote rather than read back: createSim is
+    // the hot write, and on PostgreSQL every read is a round trip (a test compares it with `get`).
+    let sim = SimRecord {
+        sim_id: inserted.sim_id.clone(),
+        operator_id: operator_id.clone(),
+        sim_type: "virtual".to_string(),
+        module_type: Some("virtual".to_string()),
+        status: "active".to_string(),
+        coverage,
+        group_id: None,
+        termination_enabled: false,
+        created_at: inserted.created_at,
+        last_modified_at: inserted.created_at,
+        tags: Vec::new(),
+        subscribers: vec![SubscriberRecord {
+            imsi: inserted.imsi,
+            iccid: inserted.sim_id.into_string(),
+            msisdn: None,
+            subscription: VIRTUAL_SUBSCRIPTION.to_string(),
+            is_primary: true,
+            is_virtual: true,
+            status: "active".to_string(),
+            arc_public_key: Some(inserted.public_key),
+        }],
+        session: Some(opened.record),
+    };
     Ok(CreatedSim {
-        sim: get(db, operator_id, &sim_id)?,
-        private_key,
-        session,
+        sim,
+        private_key: inserted.private_key,
+        session: opened.active,
     })
 }
 
-/// The SIM and its primary virtual subscriber, without a session yet; returns the SIM's id and
-/// the subscriber's private key.
+/// The subscription of a standalone virtual SIM's subscriber.
+const VIRTUAL_SUBSCRIPTION: &str = "planArc01";
+
+/// A standalone virtual SIM and its primary virtual subscriber as `insert_virtual_sim` wrote
+/// them.
+pub(super) struct InsertedVirtualSim {
+    pub sim_id: SimId,
+    pub imsi: Imsi,
+    pub public_key: String,
+    /// Returned once to the caller, never stored.
+    pub private_key: String,
+    pub created_at: i64,
+}
+
+/// The SIM and its primary virtual subscriber, without a session yet.
 pub(super) fn insert_virtual_sim(
     db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     iccid_prefix: &str,
-) -> Result<(SimId, String)> {
+) -> Result<InsertedVirtualSim> {
     // A virtual SIM's id is its ICCID. A number an imported SIM already holds is skipped: the
     // insert that finds it taken writes nothing and the next number is tried (no lookup first:
     // this is createSim's hot path).
@@ -99,7 +148,7 @@ pub(super) fn insert_virtual_sim(
         }
     };
     let pair = wgkey::generate();
-    loop {
+    let imsi = loop {
         let imsi = ids::virtual_imsi_from_sequence(next_in_capacity(
             db,
             "virtual_imsi",
@@ -111,16 +160,22 @@ pub(super) fn insert_virtual_sim(
             sim_id: &sim_id,
             iccid: sim_id.as_str(),
             msisdn: None,
-            subscription: "planArc01",
+            subscription: VIRTUAL_SUBSCRIPTION,
             is_primary: true,
             is_virtual: true,
             arc_public_key: Some(&pair.public_key),
         };
         if insert_subscriber_unless_taken(db, &subscriber, now)? {
-            break;
+            break imsi;
         }
-    }
-    Ok((sim_id, pair.private_key.clone()))
+    };
+    Ok(InsertedVirtualSim {
+        sim_id,
+        imsi,
+        public_key: pair.public_key.clone(),
+        private_key: pair.private_key.clone(),
+        created_at: now,
+    })
 }
 
 pub(crate) struct NewSubscriber<'a> {

@@ -24,7 +24,7 @@ pub(crate) use read::require_sim;
 pub(super) use read::{completed, SIM_COLUMNS};
 pub use read::{get, list, list_in_group};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimRecord {
     pub sim_id: SimId,
     pub operator_id: OperatorId,
@@ -43,7 +43,7 @@ pub struct SimRecord {
     pub session: Option<SessionRecord>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberRecord {
     pub imsi: Imsi,
     pub iccid: String,
@@ -55,7 +55,7 @@ pub struct SubscriberRecord {
     pub arc_public_key: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub imsi: Imsi,
     pub session_id: String,

@@ -153,9 +153,10 @@ fn import_is_all_or_nothing(store: &impl Backend) {
 
 fn virtual_numbers_are_valid_unique_and_skip_taken_iccids(store: &impl Backend) {
     let op = operator(store, "OP0000000004");
-    let (first, _) = store
+    let first = store
         .write_db(|db| insert_virtual_sim(db, &op, Coverage::Jp, "8942"))
-        .expect("virtual");
+        .expect("virtual")
+        .sim_id;
     assert!(crate::ids::luhn_valid(first.as_str()));
     assert_eq!(first.as_str().len(), 19);
     // An imported SIM holds the ICCID the counter gives next: creation skips it.
@@ -165,9 +166,10 @@ fn virtual_numbers_are_valid_unique_and_skip_taken_iccids(store: &impl Backend) 
         ..iot(7)
     };
     import(store, &op, &[taken]);
-    let (second, private_key) = store
+    let second = store
         .write_db(|db| insert_virtual_sim(db, &op, Coverage::G, "8942"))
         .expect("virtual");
+    let (second, private_key) = (second.sim_id, second.private_key);
     assert_eq!(second.as_str(), crate::ids::iccid_from_sequence("8942", 3));
     assert!(!private_key.is_empty());
     let sim = store.read_db(|db| get(db, &op, &second)).expect("get");
@@ -279,9 +281,10 @@ fn status_changes_only_for_live_iot_sims(store: &impl Backend) {
             .expect("change");
         assert_eq!(sim.status, status);
     }
-    let (virtual_sim, _) = store
+    let virtual_sim = store
         .write_db(|db| insert_virtual_sim(db, &op, Coverage::Jp, "8942"))
-        .expect("virtual");
+        .expect("virtual")
+        .sim_id;
     assert!(matches!(
         store.write_db(|db| change_status(db, &op, &virtual_sim, StatusAction::Suspend)),
         Err(StoreError::Rule(Rule::VirtualStatusChange("suspend")))
