@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 
 use super::{arc_subscriber, ActiveSession};
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
-use crate::store::db::{chunks, parameter_list, Db, Param, Row};
+use crate::store::db::{parameter_list, Db, Param, Row};
 use crate::store::{Result, StoreError};
 
 /// IMSIs of the operator's sessions at rendezvous point `rp_id` (what an operator may count of
@@ -53,11 +53,16 @@ pub fn active_sessions_by_imsis(
     imsis: &[Imsi],
 ) -> Result<HashMap<Imsi, ActiveSession>> {
     let mut found = HashMap::with_capacity(imsis.len());
-    for chunk in chunks(imsis, IMSIS_PER_STATEMENT) {
-        let params: Vec<&dyn Param> = chunk.iter().map(|imsi| imsi as &dyn Param).collect();
+    for chunk in imsis.chunks(IMSIS_PER_STATEMENT) {
+        // Padded to a power of two by repeating the last IMSI (harmless in `IN`): at most 7
+        // statement texts in the caches, and still one statement per chunk.
+        let width = chunk.len().next_power_of_two();
+        let params: Vec<&dyn Param> = (0..width)
+            .map(|i| &chunk[i.min(chunk.len() - 1)] as &dyn Param)
+            .collect();
         let sql = format!(
             "{LISTED_SESSIONS} WHERE a.imsi IN ({})",
-            parameter_list(chunk.len())
+            parameter_list(width)
         );
         for row in db.query(&sql, &params)? {
             let session = listed_session(&row)?;
