@@ -109,42 +109,33 @@ fn keep_current_lease(
 }
 
 /// Takes for `imsi` the address of the range released longest ago, if that was at or before
-/// `released_by` (the end of its quarantine).
+/// `released_by` (the end of its quarantine). One statement: on PostgreSQL the candidate row is
+/// locked (`Db::skip_locked`) so no other writer takes it meanwhile; a candidate changed by a
+/// writer that committed first is re-checked and dropped, and then a never-used address is taken
+/// instead, which is never wrong.
 fn reuse_released(
     db: &mut dyn Db,
     placement: &Placement,
     imsi: &Imsi,
     released_by: i64,
 ) -> Result<Option<u32>> {
-    let scope = placement.scope.as_str();
     let (low, high) = placement.range;
-    loop {
-        let Some(row) = db.query_opt(
-            &format!(
-                "SELECT ip FROM address_leases
+    let Some(row) = db.query_opt(
+        &format!(
+            "UPDATE address_leases SET imsi = $5, released_at = NULL
+             WHERE scope = $1 AND imsi IS NULL AND ip = (
+                 SELECT ip FROM address_leases
                  WHERE scope = $1 AND imsi IS NULL AND released_at <= $2 AND ip BETWEEN $3 AND $4
-                 ORDER BY released_at LIMIT 1{}",
-                db.skip_locked()
-            ),
-            &[&scope, &released_by, &low, &high],
-        )?
-        else {
-            return Ok(None);
-        };
-        let Some(ip) = address(&row, 0)? else {
-            return Ok(None);
-        };
-        // Still free (the row lock above makes it so on PostgreSQL; the condition keeps the
-        // statement right on its own): else someone took it meanwhile, look again.
-        let taken = db.execute(
-            "UPDATE address_leases SET imsi = $3, released_at = NULL
-             WHERE scope = $1 AND ip = $2 AND imsi IS NULL",
-            &[&scope, &ip, imsi],
-        )?;
-        if taken == 1 {
-            return Ok(Some(ip));
-        }
-    }
+                 ORDER BY released_at LIMIT 1{})
+             RETURNING ip",
+            db.skip_locked()
+        ),
+        &[&placement.scope, &released_by, &low, &high, imsi],
+    )?
+    else {
+        return Ok(None);
+    };
+    address(&row, 0)
 }
 
 /// An address of the range that has never been leased in the scope, if any is left: the next
