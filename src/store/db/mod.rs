@@ -176,6 +176,12 @@ pub trait Db {
     /// because numbers are only ever required to be unused.
     fn next_number(&mut self, name: &str) -> Result<i64>;
 
+    /// The next values of two named numbers (see `next_number`), in one round trip where the
+    /// engine has them as sequences: createSim draws an ICCID and a virtual IMSI together.
+    fn next_number_pair(&mut self, first: &str, second: &str) -> Result<(i64, i64)> {
+        Ok((self.next_number(first)?, self.next_number(second)?))
+    }
+
     /// Dialect: a table expression listing the entries of the JSON object held (as text) in
     /// `column`, one row per key with text columns `key` and `value` (string values unquoted).
     /// SQLite: `json_each(column)`; PostgreSQL: `jsonb_each_text(column::jsonb)`.

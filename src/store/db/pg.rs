@@ -298,12 +298,18 @@ impl Db for PgDb<'_, '_> {
     }
 
     fn next_number(&mut self, name: &str) -> Result<i64> {
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
-            return Err(StoreError::Corrupt(format!("bad number name {name:?}")));
-        }
-        let sequence = format!("number_{name}");
+        let sequence = number_sequence(name)?;
         self.query_one("SELECT nextval(CAST($1 AS TEXT)::regclass)", &[&sequence])?
             .int(0)
+    }
+
+    fn next_number_pair(&mut self, first: &str, second: &str) -> Result<(i64, i64)> {
+        let (first, second) = (number_sequence(first)?, number_sequence(second)?);
+        let row = self.query_one(
+            "SELECT nextval(CAST($1 AS TEXT)::regclass), nextval(CAST($2 AS TEXT)::regclass)",
+            &[&first, &second],
+        )?;
+        Ok((row.int(0)?, row.int(1)?))
     }
 
     fn json_text(&self, column: &str, key: &str) -> String {
@@ -426,6 +432,15 @@ impl ToSql for Value {
     }
 
     postgres::types::to_sql_checked!();
+}
+
+/// The sequence behind the named number (`Db::next_number`); the name is checked because it is
+/// turned into a relation name.
+fn number_sequence(name: &str) -> Result<String> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+        return Err(StoreError::Corrupt(format!("bad number name {name:?}")));
+    }
+    Ok(format!("number_{name}"))
 }
 
 #[cfg(test)]

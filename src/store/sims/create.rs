@@ -131,10 +131,18 @@ pub(super) fn insert_virtual_sim(
     // insert that finds it taken writes nothing and the next number is tried (no lookup first:
     // this is createSim's hot path).
     let now = now_ms();
+    // Both numbers in one draw (one round trip on PostgreSQL); a number found taken below is
+    // replaced by the next one alone.
+    let (first_iccid, first_imsi) = db.next_number_pair("iccid", "virtual_imsi")?;
+    let (mut iccid_drawn, mut imsi_drawn) = (Some(first_iccid), Some(first_imsi));
     let sim_id = loop {
+        let drawn = match iccid_drawn.take() {
+            Some(drawn) => drawn,
+            None => db.next_number("iccid")?,
+        };
         let sim_id = SimId::new(ids::iccid_from_sequence(
             iccid_prefix,
-            next_in_capacity(db, "iccid", ids::iccid_capacity(iccid_prefix), "ICCID")?,
+            within_capacity(drawn, ids::iccid_capacity(iccid_prefix), "ICCID")?,
         ));
         let inserted = db.execute(
             "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
@@ -149,9 +157,12 @@ pub(super) fn insert_virtual_sim(
     };
     let pair = wgkey::generate();
     let imsi = loop {
-        let imsi = ids::virtual_imsi_from_sequence(next_in_capacity(
-            db,
-            "virtual_imsi",
+        let drawn = match imsi_drawn.take() {
+            Some(drawn) => drawn,
+            None => db.next_number("virtual_imsi")?,
+        };
+        let imsi = ids::virtual_imsi_from_sequence(within_capacity(
+            drawn,
             ids::VIRTUAL_IMSI_CAPACITY,
             "virtual IMSI",
         )?);
@@ -252,9 +263,9 @@ fn number(db: &mut dyn Db, name: &str) -> Result<u64> {
     Ok(db.next_number(name)?.max(0) as u64)
 }
 
-/// The next value of the number `name` (see `number`), refused past `capacity`.
-fn next_in_capacity(db: &mut dyn Db, name: &str, capacity: u64, what: &'static str) -> Result<u64> {
-    let sequence = number(db, name)?;
+/// A drawn number (`Db::next_number`), refused past `capacity`.
+fn within_capacity(drawn: i64, capacity: u64, what: &'static str) -> Result<u64> {
+    let sequence = drawn.max(0) as u64;
     if sequence > capacity {
         return Err(Rule::IdentifiersExhausted(what).into());
     }

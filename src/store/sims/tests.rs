@@ -189,6 +189,29 @@ fn virtual_numbers_are_valid_unique_and_skip_taken_iccids(store: &impl Backend) 
     let subscriber = sim.arc_subscriber().expect("virtual subscriber");
     assert_eq!(subscriber.subscription, "planArc01");
     assert!(subscriber.arc_public_key.is_some());
+    // A subscriber row already holds the virtual IMSI the number gives next (a restored or
+    // copied store; numbers are drawn in pairs: a third create draws the ICCID 4 and the IMSI
+    // 3): creation skips that IMSI too.
+    let holder = import(store, &op, &[iot(8)]).remove(0).sim_id;
+    store
+        .write_db(|db| {
+            db.execute(
+                "INSERT INTO subscribers(imsi, sim_id, iccid, msisdn, subscription, is_primary,
+                                         is_virtual, status, arc_public_key, created_at,
+                                         last_modified_at)
+                 VALUES ($1, $2, $2, NULL, 'planArc01', FALSE, TRUE, 'active', 'key', 0, 0)",
+                &[&crate::ids::virtual_imsi_from_sequence(3), &holder],
+            )
+        })
+        .expect("holder of the next virtual IMSI");
+    let third = store
+        .write_db(|db| insert_virtual_sim(db, &op, Coverage::Jp, "8942"))
+        .expect("virtual");
+    assert_eq!(
+        third.sim_id.as_str(),
+        crate::ids::iccid_from_sequence("8942", 4)
+    );
+    assert_eq!(third.imsi, crate::ids::virtual_imsi_from_sequence(4));
 }
 
 /// The quota reads the count the schema's triggers keep (one row per operator on SQLite; summed,
