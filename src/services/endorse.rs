@@ -197,6 +197,10 @@ pub fn router(ctx: SharedContext) -> Router {
     Router::new()
         .fallback(any(issue))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::map_response(|response: Response| async {
+            crate::metrics::endorse_request(response.status().as_u16());
+            response
+        }))
         .with_state(ctx)
 }
 
