@@ -224,6 +224,34 @@ mod tests {
         assert!(!format!("{first:?}").contains("key_pair"));
     }
 
+    /// Nodes sharing a store that all make a key at once end up signing with the one kept.
+    fn racing_first_uses_agree_on_one_key(store: &Store) {
+        let kids: Vec<String> = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..4)
+                .map(|_| scope.spawn(|| load_or_create(store).expect("key").kid().to_string()))
+                .collect();
+            racers
+                .into_iter()
+                .map(|r| r.join().expect("racer"))
+                .collect()
+        });
+        assert!(kids.iter().all(|kid| *kid == kids[0]), "{kids:?}");
+        assert_eq!(load_or_create(store).expect("key").kid(), kids[0]);
+    }
+
+    #[test]
+    fn racing_first_uses_agree_on_one_key_sqlite() {
+        let (_dir, store) = crate::store::testing::temp_store();
+        racing_first_uses_agree_on_one_key(&store);
+    }
+
+    #[test]
+    fn racing_first_uses_agree_on_one_key_postgres() {
+        if let Some(pg) = crate::store::db::testing::temp_pg_store() {
+            racing_first_uses_agree_on_one_key(&Store::Postgres(pg));
+        }
+    }
+
     #[test]
     fn a_corrupt_stored_key_is_an_error_not_a_new_key() {
         assert!(matches!(
