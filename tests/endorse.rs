@@ -34,6 +34,7 @@ const WAIT: Duration = Duration::from_secs(3);
 struct Answer {
     status: StatusCode,
     location: Option<String>,
+    allow_origin: Option<String>,
     body: Vec<u8>,
 }
 
@@ -61,10 +62,13 @@ async fn ask(server: &TestServer, from: Ipv4Addr, request: Request<Body>) -> Ans
         .await
         .expect("infallible");
     let status = response.status();
-    let location = response
-        .headers()
-        .get("location")
-        .map(|l| l.to_str().expect("ASCII").to_string());
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map(|l| l.to_str().expect("ASCII").to_string())
+    };
+    let (location, allow_origin) = (header("location"), header("access-control-allow-origin"));
     let body = to_bytes(response.into_body(), usize::MAX)
         .await
         .expect("body")
@@ -72,6 +76,7 @@ async fn ask(server: &TestServer, from: Ipv4Addr, request: Request<Body>) -> Ans
     Answer {
         status,
         location,
+        allow_origin,
         body,
     }
 }
@@ -204,6 +209,27 @@ async fn a_device_gets_a_token_that_verifies_with_the_published_key() {
     let now = arcd::store::now_ms() as u64 / 1000;
     assert!(iat.is_some_and(|iat| iat.abs_diff(now) <= 5));
     assert_eq!(claims["nbf"].as_u64(), iat.map(|iat| iat - 60));
+
+    // allowOrigin: the answer and a browser's preflight carry it.
+    let preflight = endorse::router(server.running.services.clone())
+        .layer(MockConnectInfo(SocketAddr::from((ip, 40_000))))
+        .oneshot(
+            Request::options("/")
+                .header("origin", "https://app.example.com")
+                .body(Body::empty())
+                .expect("request"),
+        )
+        .await
+        .expect("infallible");
+    assert_eq!(preflight.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        preflight.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
+    assert_eq!(
+        answer.allow_origin.as_deref(),
+        Some("https://app.example.com")
+    );
 
     // A POST body adds its fields the same way; every token has its own jti.
     let posted = ask(

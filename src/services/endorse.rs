@@ -212,7 +212,7 @@ async fn issue(
     headers: axum::http::HeaderMap,
     body: Bytes,
 ) -> Response {
-    if method != Method::GET && method != Method::POST {
+    if ![Method::GET, Method::POST, Method::OPTIONS].contains(&method) {
         return text(StatusCode::METHOD_NOT_ALLOWED, "Endorse takes GET or POST");
     }
     let caller = match identify(&ctx, remote, || text(StatusCode::FORBIDDEN, DISABLED)).await {
@@ -222,6 +222,20 @@ async fn issue(
     let settings = Settings::of(caller.configuration.get(NAMESPACE));
     if !settings.enabled {
         return text(StatusCode::FORBIDDEN, DISABLED);
+    }
+    if method == Method::OPTIONS {
+        // A browser's preflight before a cross-origin POST of JSON (`allowOrigin`).
+        let mut response = StatusCode::NO_CONTENT.into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("content-type"),
+        );
+        return with_allow_origin(response, settings.allow_origin.as_deref());
     }
     let mut parameters = query_parameters(&uri);
     let redirect_url = parameters.remove("redirect_url").and_then(|v| match v {
