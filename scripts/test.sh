@@ -83,6 +83,8 @@ APT_PACKAGES=(
     postgresql-15   # the store's second engine: scripts/test-postgres.sh starts a throw-away server (initdb in a temp dir); multinode.sh and pg-failover.sh run servers and a streaming standby in namespaces
     procps          # ps --ppid: the PostgreSQL servers' children, killed by PID (scripts/e2e/multinode.sh, pg-failover.sh)
     acl             # getfacl: checks the /run/wireguard ACL of the package's tmpfiles.d rule (package.sh)
+    python3-jwt     # PyJWT: the verifier outside arcd of Endorse's tokens (scripts/e2e/lib/endorse-verify.py)
+    python3-cryptography # PyJWT's RS256 (RSA) support
 )
 # Node.js and npm (the page test; npm installs only playwright-core from
 # tests/web/package-lock.json and never downloads a browser) only when missing: a machine with

@@ -216,6 +216,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         follower: follower.clone(),
         engine: dataplane.engine.clone(),
         tokens: Default::default(),
+        endorse_keys: crate::services::endorse_key::EndorseKeys::new(store.clone()),
         config: Arc::new(config),
     });
     let (stop, accept_task) = serve_api(api, state);

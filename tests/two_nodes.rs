@@ -2,7 +2,8 @@
 //! node B only the rendezvous points. A change made through A reaches B's data plane through
 //! the outbox, also after B's connections (its LISTEN among them) were killed. PostgreSQL only:
 //! without `ARCD_TEST_POSTGRES_URL` it returns at once, with a note (scripts/test-postgres.sh
-//! runs it with the variable set, where it cannot skip).
+//! runs it with the variable set, where it cannot skip). Endorse: the API node publishes the key
+//! the rendezvous node signs with.
 
 #![allow(
     clippy::unwrap_used,
@@ -140,6 +141,43 @@ async fn a_change_through_the_api_node_reaches_the_rendezvous_node() {
             .int(0)
     });
     assert!(outbox_rows >= 3, "{outbox_rows}");
+    rp_node.shutdown().await;
+    api_node.running.shutdown().await;
+}
+
+/// Endorse's key is the store's: the rendezvous node that signs a device's first token makes it,
+/// and the API-only node publishes that same key for verifiers.
+#[tokio::test]
+async fn the_api_node_publishes_the_key_the_rendezvous_node_signs_with() {
+    if !on_postgres() {
+        eprintln!("two_nodes: PostgreSQL only (set ARCD_TEST_POSTGRES_URL, or run scripts/test-postgres.sh); skipped");
+        return;
+    }
+    let mut shared_url = None;
+    let api_node = TestServer::start_with(|config| {
+        config.node.rendezvous_points = Vec::new();
+        shared_url = config.store.url.clone();
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.store.url = shared_url;
+    config.node.api = false;
+    config.node.rendezvous_points = vec!["*".into()];
+    let rp_node = arcd::server::start(config).await.expect("node B starts");
+
+    let signing = rp_node.services.endorse_keys.current().await.expect("key");
+    let api = api_node.login().await;
+    let published: Value = api_node
+        .client()
+        .get(format!("{}/v1/arcd/endorse/jwks", api.base))
+        .send()
+        .await
+        .expect("JWKS")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(published["keys"], serde_json::json!([signing.jwk()]));
     rp_node.shutdown().await;
     api_node.running.shutdown().await;
 }

@@ -40,6 +40,16 @@ fn check_namespace(namespace: &str) -> Result<(), ApiError> {
     }
 }
 
+/// A value a platform service would not understand is refused when it is set, not met by a
+/// device later; each service with documented keys checks its own namespace.
+fn check_value(namespace: &str, key: &str, value: &serde_json::Value) -> Result<(), ApiError> {
+    let checked = match namespace {
+        crate::services::endorse::NAMESPACE => crate::services::endorse::check_setting(key, value),
+        _ => Ok(()),
+    };
+    checked.map_err(|message| ApiError::bad_request(format!("{namespace}.{key} {message}")))
+}
+
 #[derive(Deserialize)]
 pub struct CreateGroupRequest {
     #[serde(default)]
@@ -54,8 +64,11 @@ pub async fn create(
     body: JsonBody<CreateGroupRequest>,
 ) -> Result<Response, ApiError> {
     let request = body.required(r#"{} or {"tags":{...},"configuration":{...}}"#)?;
-    for namespace in request.configuration.keys() {
+    for (namespace, values) in &request.configuration {
         check_namespace(namespace)?;
+        for (key, value) in values {
+            check_value(namespace, key, value)?;
+        }
     }
     let group = state
         .db(move |store| {
@@ -127,6 +140,9 @@ pub async fn put_configuration(
     let updates = body.required(r#"[{"key":"...","value":...}]"#)?;
     if updates.iter().any(|u| u.key.is_empty()) {
         return Err(ApiError::bad_request("key must not be empty"));
+    }
+    for update in &updates {
+        check_value(&namespace, &update.key, &update.value)?;
     }
     let values: Vec<(String, serde_json::Value)> =
         updates.into_iter().map(|u| (u.key, u.value)).collect();

@@ -3,6 +3,7 @@
 mod auth;
 mod auth_limit;
 mod data;
+mod endorse;
 mod error;
 mod extract;
 mod groups;
@@ -60,6 +61,8 @@ pub struct AppState {
     /// The data plane's engine, read for live per-session figures (handshakes, endpoints,
     /// bytes); never written from the API.
     pub engine: Arc<crate::dataplane::engine::Engine>,
+    /// Endorse's signing key, whose public half `GET /v1/arcd/endorse/jwks` publishes.
+    pub endorse_keys: crate::services::endorse_key::EndorseKeys,
 }
 
 pub type SharedState = Arc<AppState>;
@@ -180,6 +183,7 @@ pub fn operations() -> Vec<(&'static str, &'static str)> {
     ));
     routes::sign_in(unused_limiter)
         .into_iter()
+        .chain(routes::public())
         .chain(routes::authenticated())
         .map(|r| (r.verb.name(), r.path))
         .collect()
@@ -194,6 +198,7 @@ pub fn router(state: SharedState) -> Router {
     );
     let limiter = auth_limit::AuthFailureLimiter::from_config(&state.config.api);
     let v1 = routes::into_router(routes::sign_in(limiter))
+        .merge(routes::into_router(routes::public()))
         .merge(authenticated)
         .method_not_allowed_fallback(method_not_allowed);
 

@@ -9,7 +9,9 @@ use axum::middleware;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use super::{auth, auth_limit, data, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState};
+use super::{
+    auth, auth_limit, data, endorse, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState,
+};
 
 /// The HTTP methods the API routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -93,6 +95,12 @@ pub fn sign_in(limiter: Arc<auth_limit::AuthFailureLimiter>) -> Vec<Route> {
         auth_limit::limit_failures,
     ));
     vec![sign_in]
+}
+
+/// Operations anyone may call: public keys, which a backend verifying Endorse tokens fetches
+/// without an account.
+pub fn public() -> Vec<Route> {
+    vec![get("/arcd/endorse/jwks", endorse::jwks)]
 }
 
 /// Every operation that needs a valid token (`auth::require_token`). One operation per line, as a

@@ -57,6 +57,7 @@ struct Events {
     beam_forwards: Family<ResultLabels, Counter>,
     dns_replies: Family<RcodeLabels, Counter>,
     metadata_requests: Family<ResultLabels, Counter>,
+    endorse_requests: Family<ResultLabels, Counter>,
     store_write_seconds: Histogram,
     peer_change_propagation_seconds: Histogram,
 }
@@ -68,6 +69,7 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     beam_forwards: Family::default(),
     dns_replies: Family::default(),
     metadata_requests: Family::default(),
+    endorse_requests: Family::default(),
     store_write_seconds: latency_histogram(),
     peer_change_propagation_seconds: latency_histogram(),
 });
@@ -118,6 +120,21 @@ pub fn metadata_request(status: u16) {
     };
     EVENTS
         .metadata_requests
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+/// An Endorse request by result: `issued` (a token, or the redirect carrying one), `forbidden`
+/// (off for the caller's group, or no session behind the address), `bad_request`, `error`.
+pub fn endorse_request(status: u16) {
+    let result = match status {
+        200..=399 => "issued",
+        403 => "forbidden",
+        400..=499 => "bad_request",
+        _ => "error",
+    };
+    EVENTS
+        .endorse_requests
         .get_or_create(&ResultLabels { result })
         .inc();
 }
@@ -173,6 +190,11 @@ pub fn registry(collector: ArcdCollector) -> Registry {
             .metadata_requests
             .get_or_create_owned(&ResultLabels { result });
     }
+    for result in ["issued", "forbidden", "bad_request", "error"] {
+        events
+            .endorse_requests
+            .get_or_create_owned(&ResultLabels { result });
+    }
     for rcode in [
         "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED",
     ] {
@@ -209,6 +231,11 @@ pub fn registry(collector: ArcdCollector) -> Registry {
         "arcd_metadata_requests",
         "Metadata service requests from devices by result",
         events.metadata_requests.clone(),
+    );
+    registry.register(
+        "arcd_endorse_requests",
+        "Endorse token requests from devices by result",
+        events.endorse_requests.clone(),
     );
     registry.register(
         "arcd_store_write_duration_seconds",

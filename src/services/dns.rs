@@ -20,13 +20,13 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
-use super::{BEAM, HARVEST, PONG_AND_METADATA, UNIFIED};
+use super::{BEAM, ENDORSE, HARVEST, PONG_AND_METADATA, UNIFIED};
 
 pub const FUNNEL: Ipv4Addr = Ipv4Addr::new(100, 127, 65, 43);
 pub const NTP: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 123);
 
 /// First labels of the platform names, each answered under `soracom.io` and the local domain.
-const PLATFORM_NAMES: [(&str, Ipv4Addr); 9] = [
+const PLATFORM_NAMES: [(&str, Ipv4Addr); 10] = [
     ("metadata", PONG_AND_METADATA),
     ("pong", PONG_AND_METADATA),
     ("harvest", HARVEST),
@@ -37,6 +37,7 @@ const PLATFORM_NAMES: [(&str, Ipv4Addr); 9] = [
     // SORACOM publishes no address for Funk; the unified endpoint is the entry arcd offers for it.
     ("funk", UNIFIED),
     ("ntp", NTP),
+    ("endorse", ENDORSE),
 ];
 
 const TTL: u32 = 60;

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use super::*;
 
 /// Written out rather than taken from the constants, so a wrong constant fails here.
-const EXPECTED: [(&str, [u8; 4]); 9] = [
+const EXPECTED: [(&str, [u8; 4]); 10] = [
     ("metadata", [100, 127, 100, 127]),
     ("pong", [100, 127, 100, 127]),
     ("harvest", [100, 127, 111, 111]),
@@ -23,6 +23,7 @@ const EXPECTED: [(&str, [u8; 4]); 9] = [
     ("funnel", [100, 127, 65, 43]),
     ("funk", [100, 127, 69, 42]),
     ("ntp", [100, 127, 0, 123]),
+    ("endorse", [100, 127, 120, 120]),
 ];
 
 fn query_message(name: &str, record_type: RecordType, id: u16) -> Message {

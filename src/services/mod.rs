@@ -1,4 +1,4 @@
-//! Platform services inside the tunnel (metadata, Harvest, Beam, DNS, the unified endpoint; pong
+//! Platform services inside the tunnel (metadata, Harvest, Beam, Endorse, DNS, the unified endpoint; pong
 //! is the kernel answering ICMP on the TUN address). They listen on SORACOM's fixed addresses,
 //! which the TUN device carries, and identify a caller by its tunnel source address, always as
 //! the primary IMSI.
@@ -6,6 +6,8 @@
 pub mod beam;
 pub mod caller;
 pub mod dns;
+pub mod endorse;
+pub mod endorse_key;
 pub mod harvest;
 pub mod harvest_retention;
 mod http;
@@ -29,9 +31,13 @@ pub const DNS: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 53);
 pub const HARVEST: Ipv4Addr = Ipv4Addr::new(100, 127, 111, 111);
 pub const BEAM: Ipv4Addr = Ipv4Addr::new(100, 127, 127, 100);
 pub const UNIFIED: Ipv4Addr = Ipv4Addr::new(100, 127, 69, 42);
+/// SORACOM publishes no in-network address for `endorse.soracom.io` (its devices reach it over
+/// HTTPS); arcd serves it here, and its DNS answers the name with this address.
+pub const ENDORSE: Ipv4Addr = Ipv4Addr::new(100, 127, 120, 120);
 
 /// Carried by the TUN device as local addresses so the kernel (and arcd's services) answer.
-pub const PLATFORM_ADDRESSES: [Ipv4Addr; 5] = [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED];
+pub const PLATFORM_ADDRESSES: [Ipv4Addr; 6] =
+    [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED, ENDORSE];
 
 pub const HTTP_PORT: u16 = 80;
 pub const HARVEST_RAW_PORT: u16 = 8514;
@@ -46,6 +52,7 @@ pub struct ServiceContext {
     pub config: ServicesConfig,
     pub harvest: harvest::HarvestSink,
     pub beam: beam::BeamClient,
+    pub endorse_keys: endorse_key::EndorseKeys,
 }
 
 pub type SharedContext = Arc<ServiceContext>;
@@ -55,12 +62,14 @@ impl ServiceContext {
         let harvest = harvest::HarvestSink::start(store.clone());
         let beam =
             beam::BeamClient::new(std::time::Duration::from_secs(config.beam_timeout_seconds));
+        let endorse_keys = endorse_key::EndorseKeys::new(store.clone());
         ServiceContext {
             store,
             engine,
             config,
             harvest,
             beam,
+            endorse_keys,
         }
     }
 }
@@ -99,6 +108,7 @@ pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
         ("harvest", HARVEST, HTTP_PORT, harvest::router(ctx.clone())),
         ("beam", BEAM, BEAM_HTTP_PORT, beam::router(ctx.clone())),
         ("unified", UNIFIED, HTTP_PORT, unified::router(ctx.clone())),
+        ("endorse", ENDORSE, HTTP_PORT, endorse::router(ctx.clone())),
     ];
     for (service, ip, port, router) in http_services {
         let listener = bind_tcp(service, ip, port).await?;

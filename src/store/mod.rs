@@ -5,6 +5,7 @@ pub mod copy;
 #[cfg(test)]
 mod create_concurrency_tests;
 pub mod db;
+pub mod endorse;
 pub mod endpoints;
 mod error;
 pub mod groups;
