@@ -9,7 +9,10 @@ use axum::middleware;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use super::{auth, auth_limit, data, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState};
+use super::{
+    auth, auth_limit, data, groups, iot_sims, rendezvous_points, sim_counts, sims, vpgs,
+    SharedState,
+};
 
 /// The HTTP methods the API routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,6 +145,7 @@ pub fn authenticated() -> Vec<Route> {
         put("/arcd/virtual_private_gateways/{vpg_id}/device_to_device", vpgs::set_device_to_device),
         post("/arcd/iot_sims", iot_sims::import_iot_sims),
         get("/arcd/rendezvous_points", rendezvous_points::list),
+        get("/arcd/sim_counts", sim_counts::get),
     ];
     routes.extend(data::routes());
     routes
