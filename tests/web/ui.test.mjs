@@ -166,7 +166,10 @@ try {
   await page.selectOption('#sim-group', groupValue);
   await page.click('#set-group');
   const groupFact = page.locator('#sim-facts dd[data-fact="Group"] span');
-  await page.waitForSelector('#sim-facts dd[data-fact="Group"]:text-is("web-e2e-harvest")');
+  await page.waitForFunction(() => {
+    const dd = document.querySelector('#sim-facts dd[data-fact="Group"]');
+    return dd && dd.textContent === 'web-e2e-harvest';
+  });
   check(await groupFact.getAttribute('title') === groupValue, 'the group id shows on hover');
   check(!(await page.locator('#sim-group option', { hasText: groupValue }).count()), 'group options show names, not ids');
   await page.goto(`${BASE}/#/sims`);
@@ -424,6 +427,10 @@ try {
 } catch (err) {
   failed = true;
   console.log(`FAIL  ${err.message}`);
+  console.log(String(err.stack || '').split('\n').filter((line) => line.includes('ui.test.mjs')).slice(0, 2).join('\n'));
+  for (const p of browser.contexts().flatMap((c) => c.pages())) {
+    await p.screenshot({ path: path.join(SHOTS, 'failure.png'), fullPage: true }).catch(() => {});
+  }
 } finally {
   await browser.close();
 }
