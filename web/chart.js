@@ -59,9 +59,9 @@ export const RANGES = [
 const MINUTE = 60_000;
 const HOUR = 60 * MINUTE;
 const DAY = 24 * HOUR;
-// Tick steps a time axis may use; the first giving at most MAX_TIME_TICKS ticks is taken.
-const TIME_STEPS = [MINUTE, 5 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 3 * HOUR, 6 * HOUR, 12 * HOUR, DAY, 2 * DAY, 7 * DAY];
-const MAX_TIME_TICKS = 6;
+// Tick steps a time axis may use; the first giving at most `maxTicks` ticks is taken.
+const TIME_STEPS = [MINUTE, 2 * MINUTE, 5 * MINUTE, 10 * MINUTE, 15 * MINUTE, 30 * MINUTE, HOUR, 2 * HOUR, 3 * HOUR, 6 * HOUR,
+  12 * HOUR, DAY, 2 * DAY, 7 * DAY];
 
 // Round steps (1, 2, 5 × 10^n) for a value axis with about `count` ticks.
 export function valueTicks(min, max, count = 3) {
@@ -74,8 +74,8 @@ export function valueTicks(min, max, count = 3) {
 }
 
 // Ticks at round local times between t0 and t1.
-export function timeTicks(t0, t1) {
-  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= MAX_TIME_TICKS) || Math.ceil((t1 - t0) / MAX_TIME_TICKS / DAY) * DAY;
+export function timeTicks(t0, t1, maxTicks = 6) {
+  const step = TIME_STEPS.find((s) => (t1 - t0) / s <= maxTicks) || Math.ceil((t1 - t0) / maxTicks / DAY) * DAY;
   // Local midnight-aligned for day steps, else aligned to the step within the local day.
   const offset = new Date(t0).getTimezoneOffset() * MINUTE;
   const first = Math.ceil((t0 - offset) / step) * step + offset;
@@ -109,12 +109,14 @@ export function renderChart(entries, window = null) {
     const pad = (10 * MINUTE - (t1 - t0)) / 2;
     [t0, t1] = [t0 - pad, t1 + pad];
   }
-  const [W, left, right, top, panelH, gap, bottom] = [640, 64, 16, 8, 96, 18, 34];
+  // Drawn at the width it is shown at (up to 760 px), so 10-px ticks stay 10 px on a phone.
+  const W = Math.round(Math.min(760, Math.max(300, window.innerWidth - 64)));
+  const [left, right, top, panelH, gap, bottom] = [56, 16, 8, 96, 18, 34];
   const H = top + names.length * (panelH + gap) - gap + bottom;
   const x = (t) => left + ((t - t0) / (t1 - t0)) * (W - left - right);
   const chart = svg('svg', { viewBox: `0 0 ${W} ${H}`, class: 'chart', role: 'img', 'aria-label': `Chart of ${names.join(', ')} over time`, id: 'harvest-chart' });
   const axisY = H - bottom;
-  const xTicks = timeTicks(t0, t1);
+  const xTicks = timeTicks(t0, t1, Math.max(3, Math.floor(W / 110)));
   xTicks.forEach((t, i) => {
     chart.append(
       svg('line', { x1: x(t), y1: top, x2: x(t), y2: axisY, class: 'grid' }),

@@ -186,7 +186,7 @@ export function rateTracker() {
 }
 
 export function rateText(rate) {
-  return rate ? `↓ ${formatRate(rate.rx)} ↑ ${formatRate(rate.tx)}` : '…';
+  return rate ? `↓ ${formatRate(rate.rx)} ↑ ${formatRate(rate.tx)}` : 'measuring…';
 }
 
 // "Last seen": the latest packet from the device (arcd's lastSeenAt), else its last handshake.
