@@ -150,8 +150,16 @@ export async function renderSimDetail(main, simId) {
   const enabledReason = h('p', { class: 'muted', id: 'sim-enabled-reason' });
   enabled.addEventListener('change', async () => {
     const action = enabled.checked ? 'activate' : 'deactivate';
-    const updated = await busy(enabled, statusSlot, () => api.post(`${path}/${action}`), 'Saving…');
-    if (updated) { sim = updated; paintHead(); toast(`Status: ${sim.status}`); } else paintSwitch();
+    enabled.disabled = true;
+    statusSlot.hidden = true;
+    try {
+      sim = await api.post(`${path}/${action}`);
+      paintHead();
+      toast(`Status: ${sim.status}`);
+    } catch (err) {
+      showError(statusSlot, err);
+      paintSwitch();
+    }
   });
   function paintSwitch() {
     enabled.checked = sim.status === 'active';
