@@ -96,14 +96,14 @@ function timeLabel(t, previous, span) {
 }
 
 // One panel per numeric field, each with its own value axis, over one dated time axis: fields
-// of different units (°C, %) stay readable. `window` is [from, to] of the chosen range (the
+// of different units (°C, %) stay readable. `span` is [from, to] of the chosen range (the
 // axis spans it), or null to span the data.
-export function renderChart(entries, window = null) {
+export function renderChart(entries, span = null) {
   const series = seriesOf(entries);
   const names = Object.keys(series);
   if (!names.length) return h('p', { class: 'muted', id: 'harvest-chart-empty' }, 'No numeric JSON fields to plot in this time range.');
   const times = names.flatMap((n) => series[n].map((p) => p[0]));
-  let [t0, t1] = window || [Math.min(...times), Math.max(...times)];
+  let [t0, t1] = span || [Math.min(...times), Math.max(...times)];
   if (t1 - t0 < 10 * MINUTE) {
     // Entries seconds apart: a ten-minute axis around them keeps round, readable ticks.
     const pad = (10 * MINUTE - (t1 - t0)) / 2;

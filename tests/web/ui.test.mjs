@@ -199,6 +199,14 @@ try {
   check(axes === 2, `one value axis per series (${axes} for temperature and humidity)`);
   const valueTicks = await page.locator('#harvest-chart .y-axis[data-series="temperature"] .tick').allTextContents();
   check(valueTicks.length >= 2 && valueTicks.every((t) => /^-?\d+(\.\d+)?$/.test(t)), `temperature ticks ${valueTicks.join(', ')}`);
+  // Every point lies inside the plot: right of the value axes, within the drawing.
+  const plotted = await page.$eval('#harvest-chart', (svg) => {
+    const box = svg.viewBox.baseVal;
+    const axisX = Number(svg.querySelector('.y-axis line').getAttribute('x1'));
+    return [...svg.querySelectorAll('circle')].map((c) => [Number(c.getAttribute('cx')), Number(c.getAttribute('cy'))])
+      .every(([x, y]) => x >= axisX && x <= box.width && y >= 0 && y <= box.height) && box.width > 0;
+  });
+  check(plotted, 'every Harvest point is drawn inside the plot area');
   const timeLabels = await page.locator('#harvest-chart .tick.x').allTextContents();
   check(timeLabels.length >= 3 && /[A-Z][a-z]{2} \d{1,2}/.test(timeLabels[0]), `dated time axis: ${timeLabels.join(' | ')}`);
   // Another time range reloads the entries of that range.
