@@ -169,7 +169,7 @@ export async function renderSimDetail(main, simId) {
     else if (sim.type === 'virtual') {
       reason = 'A virtual SIM cannot be disabled: the API refuses deactivate for virtual SIMs (they are active until terminated). '
         + 'To cut this device off, renew its credentials (its old key stops working) or terminate the SIM.';
-    } else reason = 'Off = deactivate (inactive: the device cannot connect), on = activate.';
+    } else reason = 'Off = deactivate (status inactive), on = activate. This is the IoT SIM\'s own status: its virtual subscriber\'s Arc session is not changed by it.';
     enabled.disabled = sim.type === 'virtual' || sim.status === 'terminated';
     enabledReason.textContent = reason;
   }
