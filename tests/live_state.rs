@@ -110,6 +110,12 @@ async fn an_api_node_shows_the_live_state_an_rp_node_publishes() {
         Some(device.socket.local_addr().unwrap().to_string().as_str())
     );
     assert!(stats["lastHandshakeAt"].as_i64().is_some_and(|t| t > 0));
+    // "Last seen" (the device's latest packet, here its data after the handshake) reaches the
+    // API-only node too, never before the handshake.
+    assert!(
+        stats["lastSeenAt"].as_i64() >= stats["lastHandshakeAt"].as_i64(),
+        "{stats}"
+    );
     let (_, page) = api.get("/v1/sims").await;
     let listed = page
         .as_array()

@@ -168,6 +168,35 @@ async fn rendezvous_points_need_a_token() {
     assert_error(status, &body, StatusCode::UNAUTHORIZED);
 }
 
+/// The list's total (arcd extension `GET /v1/arcd/sim_counts`): the caller's SIMs only, a
+/// terminated one in `total` but not in `notTerminated`, and only with a token.
+#[tokio::test]
+async fn sim_counts_count_the_callers_sims() {
+    let server = TestServer::start().await;
+    let (status, _, body) = read(fetch(&server, "/v1/arcd/sim_counts").await).await;
+    assert_error(status, &body, StatusCode::UNAUTHORIZED);
+    let api = server.login().await;
+    let counts = |body: Value| (body["total"].as_u64(), body["notTerminated"].as_u64());
+    let (status, body) = api.get("/v1/arcd/sim_counts").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(counts(body), (Some(0), Some(0)));
+    let first = api.create_sim().await;
+    api.create_sim().await;
+    server.other_operator().await.create_sim().await;
+    let sim_id = first["simId"].as_str().expect("simId");
+    let (status, body) = api
+        .post_empty(&format!("/v1/sims/{sim_id}/enable_termination"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api
+        .post_empty(&format!("/v1/sims/{sim_id}/terminate"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = api.get("/v1/arcd/sim_counts").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(counts(body), (Some(2), Some(1)));
+}
+
 /// The official subset (tests/support/conformance.rs) has no arcd extensions: the listing is
 /// checked against arcd's own openapi.yaml, where the extension is documented and marked.
 fn assert_matches_arcd_schema(body: &Value) {

@@ -34,8 +34,8 @@ function editor(group, vpgs, onSaved) {
   const beamPsk = h('input', { type: 'password', id: 'cfg-beam-psk', autocomplete: 'off', placeholder: beam.psk ? '(unchanged)' : 'optional' });
   const vpgId = conf(group, 'SoracomAir', 'vpgId') || '';
   const vpg = h('select', { id: 'cfg-vpg' }, h('option', { value: '' }, '(no VPG)'),
-    vpgs.filter((v) => v.status !== 'terminated').map((v) => h('option', { value: v.vpgId, selected: v.vpgId === vpgId },
-      `${tagName(v) || '(no name)'} · ${v.vpgId} · ${v.deviceSubnetCidrRange}`)));
+    vpgs.filter((v) => v.status !== 'terminated').map((v) => h('option', { value: v.vpgId, title: v.vpgId, selected: v.vpgId === vpgId },
+      `${tagName(v) || '(no name)'} · ${v.deviceSubnetCidrRange}`)));
   const slot = errorSlot();
   const save = h('button', { type: 'submit', class: 'primary', id: 'cfg-save' }, 'Save configuration');
   const form = h('form', { class: 'card', id: 'group-editor' },

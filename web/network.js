@@ -27,14 +27,15 @@ export async function renderNetwork(main) {
   const vpgBox = h('div', { class: 'table-wrap', id: 'vpg-box' });
   const vpgSlot = errorSlot();
 
-  const name = h('input', { id: 'vpg-name', placeholder: 'name', 'aria-label': 'VPG name' });
-  const region = h('select', { id: 'vpg-region', 'aria-label': 'Region' }, REGIONS.map((r) => h('option', { value: r }, r)));
-  const subnet = h('input', { id: 'vpg-subnet', placeholder: '10.128.0.0/9', 'aria-label': 'Device subnet' });
+  const name = h('input', { id: 'vpg-name', placeholder: 'e.g. factory-lan' });
+  const region = h('select', { id: 'vpg-region' }, REGIONS.map((r) => h('option', { value: r }, r)));
+  const subnet = h('input', { id: 'vpg-subnet', placeholder: '10.128.0.0/9' });
   const d2d = h('input', { type: 'checkbox', id: 'vpg-d2d' });
   const internet = h('input', { type: 'checkbox', id: 'vpg-internet', checked: true });
   const create = h('button', { type: 'submit', class: 'primary', id: 'create-vpg' }, 'Create VPG');
   const form = h('form', { class: 'inline-form', id: 'new-vpg-form' },
-    name, region, field('Device subnet', subnet), h('label', { class: 'inline' }, d2d, ' device-to-device'),
+    field('Name', name), field('Region', region), field('Device subnet (CIDR)', subnet, 'Empty: 10.128.0.0/9'),
+    h('label', { class: 'inline' }, d2d, ' device-to-device'),
     h('label', { class: 'inline' }, internet, ' internet gateway'), create);
   form.addEventListener('submit', async (event) => {
     event.preventDefault();

@@ -2,22 +2,36 @@
 // session events and its Harvest data (table + chart).
 
 import * as api from './api.js';
-import { h, clear, busy, errorSlot, showError, field, formatBytes, ago, dateTime, tagName, typedConfirm, toast } from './ui.js';
+import {
+  h, clear, busy, errorSlot, showError, field, formatBytes, ago, dateTime, tagName, typedConfirm, toast,
+  rateTracker, rateText, lastSeenAt, groupNames, primaryImsi,
+} from './ui.js';
 import { renderDeviceConfig } from './device-config.js';
-import { renderChart, renderDataTable } from './chart.js';
+import { renderChart, renderDataTable, RANGES } from './chart.js';
 
 const REFRESH_MS = 3000;
 
-function facts(sim) {
+// When: "12 s ago (5/12/2026, 10:00:00)", or "never".
+const when = (ms) => (ms ? `${ago(ms)} (${dateTime(ms)})` : 'never');
+
+function facts(sim, groups, rate) {
   const arc = sim.arcSessionStatus;
   const stats = sim.arcdSessionStats;
   const online = !!(stats && stats.deviceOnline);
+  const imsis = Object.values(sim.profiles || {}).flatMap((p) => Object.values(p.subscribers || {}))
+    .filter((sub) => sub.status !== 'terminated').map((sub) => sub.imsi);
+  const group = sim.groupId ? h('span', { title: sim.groupId }, groups.get(sim.groupId) || sim.groupId) : '–';
   const rows = [
     ['Status', sim.status],
     ['Type', sim.type],
-    ['Group', sim.groupId || '–'],
+    ['IMSI', primaryImsi(sim) || '–'],
+    imsis.length > 1 ? ['Subscriber IMSIs', imsis.join(', ')] : null,
+    ['Created', dateTime(sim.createdTime)],
+    ['Group', group],
     ['Device', online ? '● online' : (arc ? '○ offline' : '– no session')],
-    ['Last handshake', stats && stats.lastHandshakeAt ? `${ago(stats.lastHandshakeAt)} (${dateTime(stats.lastHandshakeAt)})` : 'never'],
+    ['Last seen', when(lastSeenAt(stats))],
+    ['Last handshake', when(stats && stats.lastHandshakeAt)],
+    ['Throughput', stats ? rateText(rate) : '–'],
     ['Device endpoint', (stats && stats.deviceEndpoint) || '–'],
     ['RX / TX', stats ? `${formatBytes(stats.rxBytes)} / ${formatBytes(stats.txBytes)}` : '–'],
     ['Rendezvous point', arc ? `${arc.placement.region} (${arc.arcServerEndpoint})` : '–'],
@@ -26,7 +40,7 @@ function facts(sim) {
     ['Client public key', arc ? arc.arcClientPeerPublicKey : '–'],
     ['Termination protection', sim.terminationEnabled ? 'off (can be terminated)' : 'on'],
   ];
-  return h('dl', { class: 'facts', id: 'sim-facts' }, rows.flatMap(([k, v]) => [h('dt', {}, k), h('dd', { dataset: { fact: k } }, v)]));
+  return h('dl', { class: 'facts', id: 'sim-facts' }, rows.filter(Boolean).flatMap(([k, v]) => [h('dt', {}, k), h('dd', { dataset: { fact: k } }, v)]));
 }
 
 function section(title, id, ...children) {
@@ -37,6 +51,9 @@ export async function renderSimDetail(main, simId) {
   const path = `/v1/sims/${api.enc(simId)}`;
   let sim = await api.get(path);
   const groups = await api.all('/v1/groups').catch(() => []);
+  const names = groupNames(groups);
+  const rate = rateTracker();
+  let lastRate = rate(simId, sim.arcdSessionStats);
   const head = h('div', { class: 'view-head' });
   const factsBox = h('div', {});
   const configBox = h('div', { id: 'renew-result' });
@@ -46,8 +63,10 @@ export async function renderSimDetail(main, simId) {
 
   function paintHead() {
     clear(head, h('h1', {}, tagName(sim) || sim.simId, ' ', h('small', { class: 'mono' }, sim.simId)), h('a', { href: '#/sims' }, '← SIMs'));
-    clear(factsBox, facts(sim));
+    clear(factsBox, facts(sim, names, lastRate));
     paintTags();
+    paintSwitch();
+    paintActions();
   }
 
   // Rename and tags.
@@ -75,6 +94,7 @@ export async function renderSimDetail(main, simId) {
     const entries = Object.entries(sim.tags || {}).filter(([k]) => k !== 'name');
     clear(tagsBox, entries.length ? h('ul', { class: 'tags' }, entries.map(([k, v]) => {
       const remove = h('button', { type: 'button', class: 'link', 'aria-label': `Remove tag ${k}` }, '×');
+      remove.disabled = sim.status === 'terminated';
       remove.addEventListener('click', () => busy(remove, tagSlot, async () => {
         await api.del(`${path}/tags/${api.enc(k)}`);
         sim = await api.get(path);
@@ -86,7 +106,7 @@ export async function renderSimDetail(main, simId) {
 
   // Group.
   const groupSelect = h('select', { id: 'sim-group' }, h('option', { value: '' }, '(no group)'),
-    groups.map((g) => h('option', { value: g.groupId, selected: g.groupId === sim.groupId }, `${tagName(g) || '(no name)'} · ${g.groupId}`)));
+    groups.map((g) => h('option', { value: g.groupId, title: g.groupId, selected: g.groupId === sim.groupId }, tagName(g) || '(no name)')));
   const groupSlot = errorSlot();
   const setGroup = h('button', { type: 'submit', id: 'set-group' }, 'Apply');
   const groupForm = h('form', { class: 'inline-form' }, field('Group', groupSelect, 'A VPG change in the group applies at the next session reset.'), setGroup, groupSlot);
@@ -121,9 +141,38 @@ export async function renderSimDetail(main, simId) {
     pubKey.value = '';
   });
 
-  // Status: the official activate / deactivate / suspend operations, for IoT SIMs (a virtual
-  // SIM is active until terminated).
+  // Enabled: the official activate / deactivate operations as one switch. Only IoT SIMs have
+  // them: the API refuses to deactivate a virtual SIM (SEM0032), which is active until
+  // terminated, so its switch stays on, disabled, with the reason next to it.
   const statusSlot = errorSlot();
+  const enabled = h('input', { type: 'checkbox', role: 'switch', id: 'sim-enabled' });
+  const enabledLabel = h('span', { id: 'sim-enabled-state' });
+  const enabledReason = h('p', { class: 'muted', id: 'sim-enabled-reason' });
+  enabled.addEventListener('change', async () => {
+    const action = enabled.checked ? 'activate' : 'deactivate';
+    enabled.disabled = true;
+    statusSlot.hidden = true;
+    try {
+      sim = await api.post(`${path}/${action}`);
+      paintHead();
+      toast(`Status: ${sim.status}`);
+    } catch (err) {
+      showError(statusSlot, err);
+      paintSwitch();
+    }
+  });
+  function paintSwitch() {
+    enabled.checked = sim.status === 'active';
+    enabledLabel.textContent = sim.status === 'active' ? 'Enabled' : `Disabled (${sim.status})`;
+    let reason = '';
+    if (sim.status === 'terminated') reason = 'A terminated SIM cannot be enabled again.';
+    else if (sim.type === 'virtual') {
+      reason = 'A virtual SIM cannot be disabled: the API refuses deactivate for virtual SIMs (they are active until terminated). '
+        + 'To cut this device off, renew its credentials (its old key stops working) or terminate the SIM.';
+    } else reason = 'Off = deactivate (status inactive), on = activate. This is the IoT SIM\'s own status: its virtual subscriber\'s Arc session is not changed by it.';
+    enabled.disabled = sim.type === 'virtual' || sim.status === 'terminated';
+    enabledReason.textContent = reason;
+  }
   const statusButtons = ['activate', 'deactivate', 'suspend'].map((action) => {
     const button = h('button', { type: 'button', id: `status-${action}` }, action[0].toUpperCase() + action.slice(1));
     button.addEventListener('click', async () => {
@@ -170,7 +219,7 @@ export async function renderSimDetail(main, simId) {
     }
     const done = await typedConfirm('Terminate SIM', 'The SIM stops working at once and cannot be used again.', sim.simId,
       async () => { sim = await api.post(`${path}/terminate`); });
-    if (done) { paintHead(); toast('SIM terminated'); }
+    if (done) { paintHead(); loadEvents(); toast('SIM terminated'); }
   });
 
   // Session events.
@@ -187,24 +236,42 @@ export async function renderSimDetail(main, simId) {
     }
   }
 
-  // Harvest data.
+  // Harvest data: the entries of the chosen time range (newest 1000 at most).
   const dataRefresh = h('button', { type: 'button', id: 'harvest-refresh' }, 'Refresh data');
+  const range = h('select', { id: 'harvest-range' }, RANGES.map(([value, label]) => h('option', { value, selected: value === '86400000' }, label)));
   const dataSlot = errorSlot();
   async function loadData() {
-    const entries = await api.get(`${path}/data?limit=100&sort=desc`);
-    clear(dataBox, renderChart(entries), renderDataTable(entries));
+    const span = Number(range.value);
+    const to = Date.now();
+    const query = span ? `&from=${to - span}&to=${to}` : '';
+    const entries = await api.get(`${path}/data?limit=1000&sort=desc${query}`);
+    clear(dataBox, renderChart(entries, span ? [to - span, to] : null), renderDataTable(entries));
   }
   dataRefresh.addEventListener('click', () => busy(dataRefresh, dataSlot, loadData, 'Loading…'));
+  range.addEventListener('change', () => busy(dataRefresh, dataSlot, loadData, 'Loading…'));
 
-  clear(main, head, factsBox, configBox,
+  // A terminated SIM takes no more changes (the API answers SEM0031): its actions are disabled,
+  // with the reason shown once.
+  const terminatedNote = h('p', { class: 'notice', id: 'terminated-note', role: 'status' },
+    'This SIM is terminated: it can no longer be renamed, tagged, regrouped, reset, renewed or terminated.');
+  function paintActions() {
+    const over = sim.status === 'terminated';
+    terminatedNote.hidden = !over;
+    for (const control of [nameInput, rename, tagKey, tagValue, addTag, groupSelect, setGroup, reset, pubKey, renew, protect, terminate, ...statusButtons]) {
+      control.disabled = over;
+    }
+  }
+
+  clear(main, head, terminatedNote, factsBox, configBox,
     section('Name and tags', 'sim-tags', renameForm, tagsBox, tagForm),
     section('Group', 'sim-group-box', groupForm),
     section('Session', 'sim-session', h('div', { class: 'actions' }, reset), renewForm, sessionSlot),
-    sim.type === 'virtual' ? null : section('Status', 'sim-status', h('div', { class: 'actions' }, ...statusButtons), statusSlot),
+    section('Enabled', 'sim-switch', h('label', { class: 'switch' }, enabled, enabledLabel), enabledReason,
+      sim.type === 'virtual' ? null : h('div', { class: 'actions', id: 'sim-status' }, ...statusButtons), statusSlot),
     sim.type === 'virtual' ? null : section('Virtual subscriber', 'sim-subscribers', subscriberBox, subscriberSlot),
     section('Termination', 'sim-termination', h('div', { class: 'actions' }, protect, terminate), termSlot),
     section('Session events', 'sim-events', eventsBox),
-    section('Harvest data', 'sim-harvest', h('div', { class: 'actions' }, dataRefresh), dataSlot, dataBox));
+    section('Harvest data', 'sim-harvest', h('div', { class: 'range' }, field('Time range', range), dataRefresh), dataSlot, dataBox));
   paintHead();
   await Promise.all([loadEvents(), loadData().catch((err) => showError(dataSlot, err))]);
 
@@ -214,7 +281,7 @@ export async function renderSimDetail(main, simId) {
     if (document.hidden || stopped) return;
     try {
       const fresh = await api.get(path);
-      if (!stopped) { sim = fresh; clear(factsBox, facts(sim)); }
+      if (!stopped) { sim = fresh; lastRate = rate(simId, sim.arcdSessionStats); clear(factsBox, facts(sim, names, lastRate)); }
     } catch {
       // Shown by the next action; a 401 already returned to the sign-in page.
     }

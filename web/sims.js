@@ -2,14 +2,16 @@
 // "new SIM" form (standalone virtual SIM, or a virtual subscriber added to an IoT SIM).
 
 import * as api from './api.js';
-import { h, clear, busy, errorSlot, showError, field, formatBytes, ago, tagName } from './ui.js';
+import {
+  h, clear, busy, errorSlot, showError, field, formatBytes, ago, tagName, rateTracker, rateText, lastSeenAt, groupNames, primaryImsi,
+} from './ui.js';
 import { renderDeviceConfig } from './device-config.js';
 
 const PAGE_SIZE = 50; // listSims allows 1000, searchSims 100: 50 rows keep the DOM small
 const REFRESH_MS = 3000;
 
 // The list's state survives navigation to a SIM and back (filters and page).
-const state = { field: 'name', text: '', status: '', keys: [null] };
+const state = { field: 'name', text: '', status: '', keys: [null], sort: { index: null, dir: 'ascending' } };
 
 const SEARCH_FIELDS = [
   ['name', 'Name'],
@@ -32,71 +34,73 @@ function listPath(key) {
 }
 
 // The live part of a SIM row, from the official session fields and arcd's arcdSessionStats.
-function liveCells(sim) {
+function liveCells(sim, rate) {
   const stats = sim.arcdSessionStats;
   const arc = sim.arcSessionStatus;
   const online = !!(stats && stats.deviceOnline);
+  const seen = lastSeenAt(stats);
   return {
     online: online ? '● online' : (arc ? '○ offline' : '– no session'),
     onlineClass: online ? 'dev-online' : 'dev-offline',
+    seen: seen ? ago(seen) : 'never',
     handshake: stats && stats.lastHandshakeAt ? ago(stats.lastHandshakeAt) : 'never',
     endpoint: (stats && stats.deviceEndpoint) || '–',
+    rate: stats ? rateText(rate) : '–',
     traffic: stats ? `${formatBytes(stats.rxBytes)} / ${formatBytes(stats.txBytes)}` : '–',
     rp: arc && arc.placement ? arc.placement.region : '–',
     address: arc ? arc.arcClientPeerIpAddress : '–',
   };
 }
 
-function primaryImsi(sim) {
-  const profile = sim.profiles && sim.profiles[sim.activeProfileId];
-  return profile ? profile.primaryImsi : '';
-}
-
+// [label, class, sort value or null]: the page's rows sort by any column with a value.
+const stats = (sim) => sim.arcdSessionStats || {};
 const COLUMNS = [
-  ['Name', 'name'], ['SIM ID', 'simid narrow-hide'], ['IMSI', 'imsi narrow-hide'], ['Type', 'type wide-only'],
-  ['Status', 'status'], ['Group', 'group narrow-hide'], ['Device', 'online'],
-  ['Last handshake', 'handshake'], ['Device endpoint', 'endpoint narrow-hide'],
-  ['RX / TX', 'traffic narrow-hide'], ['Rendezvous point', 'rp narrow-hide'], ['Client address', 'address'],
+  ['Name', 'name', (sim) => tagName(sim).toLowerCase()],
+  ['SIM ID', 'simid narrow-hide', (sim) => sim.simId],
+  ['IMSI', 'imsi narrow-hide', primaryImsi],
+  ['Type', 'type wide-only', (sim) => sim.type],
+  ['Status', 'status', (sim) => sim.status],
+  ['Group', 'group narrow-hide', (sim, ctx) => (sim.groupId ? ctx.groups.get(sim.groupId) || sim.groupId : '').toLowerCase()],
+  ['Device', 'online', (sim) => (stats(sim).deviceOnline ? 0 : sim.arcSessionStatus ? 1 : 2)],
+  ['Last seen', 'seen', (sim) => -lastSeenAt(stats(sim))],
+  ['Last handshake', 'handshake narrow-hide', (sim) => -(stats(sim).lastHandshakeAt || 0)],
+  ['Throughput', 'rate narrow-hide', (sim, ctx) => { const r = ctx.rates.get(sim.simId); return r ? -(r.rx + r.tx) : 0; }],
+  ['Device endpoint', 'endpoint narrow-hide', (sim) => stats(sim).deviceEndpoint || ''],
+  ['RX / TX', 'traffic wide-only', (sim) => -((stats(sim).rxBytes || 0) + (stats(sim).txBytes || 0))],
+  ['Rendezvous point', 'rp wide-only', (sim) => (sim.arcSessionStatus ? sim.arcSessionStatus.placement.region : '')],
+  ['Client address', 'address', (sim) => (sim.arcSessionStatus ? sim.arcSessionStatus.arcClientPeerIpAddress : '')],
 ];
+const LIVE_KEYS = ['online', 'seen', 'handshake', 'rate', 'endpoint', 'traffic', 'rp', 'address'];
 
-function simRow(sim) {
-  const live = liveCells(sim);
+function simRow(sim, ctx) {
+  const live = liveCells(sim, ctx.rates.get(sim.simId));
   const name = tagName(sim);
   const link = h('a', { href: `#/sims/${encodeURIComponent(sim.simId)}` }, name || '(no name)');
-  const cells = {
-    online: h('td', { class: `online ${live.onlineClass}` }, live.online),
-    handshake: h('td', { class: 'handshake' }, live.handshake),
-    endpoint: h('td', { class: 'endpoint narrow-hide' }, live.endpoint),
-    traffic: h('td', { class: 'traffic narrow-hide' }, live.traffic),
-    rp: h('td', { class: 'rp narrow-hide' }, live.rp),
-    address: h('td', { class: 'address' }, live.address),
-  };
+  const classOf = (key) => COLUMNS.find(([, cls]) => cls.split(' ')[0] === key)[1];
+  const cells = Object.fromEntries(LIVE_KEYS.map((key) => [key, h('td', { class: classOf(key) }, live[key])]));
+  cells.online.className = `online ${live.onlineClass}`;
+  const groupName = sim.groupId ? ctx.groups.get(sim.groupId) || sim.groupId : '–';
   const row = h('tr', { dataset: { simId: sim.simId } },
     h('td', { class: 'name' }, link),
     h('td', { class: 'simid mono narrow-hide' }, sim.simId),
     h('td', { class: 'imsi mono narrow-hide' }, primaryImsi(sim)),
     h('td', { class: 'type wide-only' }, sim.type),
     h('td', { class: `status status-${sim.status}` }, sim.status),
-    h('td', { class: 'group narrow-hide mono' }, sim.groupId || '–'),
-    cells.online, cells.handshake, cells.endpoint, cells.traffic, cells.rp, cells.address);
+    h('td', { class: 'group narrow-hide', title: sim.groupId || undefined }, groupName),
+    LIVE_KEYS.map((key) => cells[key]));
   row.liveCells = cells;
   return row;
 }
 
 // Updates the live cells of rows already shown; false when the page's rows changed.
-function refreshRows(tbody, sims) {
+function refreshRows(tbody, sims, ctx) {
   const rows = [...tbody.rows];
   if (rows.length !== sims.length || rows.some((row, i) => row.dataset.simId !== sims[i].simId)) return false;
   sims.forEach((sim, i) => {
-    const live = liveCells(sim);
+    const live = liveCells(sim, ctx.rates.get(sim.simId));
     const cells = rows[i].liveCells;
-    cells.online.textContent = live.online;
+    for (const key of LIVE_KEYS) cells[key].textContent = live[key];
     cells.online.className = `online ${live.onlineClass}`;
-    cells.handshake.textContent = live.handshake;
-    cells.endpoint.textContent = live.endpoint;
-    cells.traffic.textContent = live.traffic;
-    cells.rp.textContent = live.rp;
-    cells.address.textContent = live.address;
   });
   return true;
 }
@@ -114,24 +118,64 @@ export async function renderSimList(main) {
   const prev = h('button', { type: 'button', id: 'page-prev' }, '‹ Previous');
   const next = h('button', { type: 'button', id: 'page-next' }, 'Next ›');
   const pageInfo = h('span', { class: 'page-info', id: 'page-info' });
+  const total = h('span', { class: 'count', id: 'sim-total' });
   const tbody = h('tbody', { id: 'sim-rows' });
-  const table = h('table', { class: 'sims', id: 'sim-table' },
-    h('thead', {}, h('tr', {}, COLUMNS.map(([label, cls]) => h('th', { class: cls, scope: 'col' }, label)))),
-    tbody);
+  const headers = COLUMNS.map(([label, cls], index) => {
+    const button = h('button', { type: 'button', title: `Sort this page by ${label}` }, label);
+    const th = h('th', { class: `${cls} sortable`, scope: 'col', dataset: { sort: String(index) } }, button);
+    button.addEventListener('click', () => {
+      state.sort = { index, dir: state.sort.index === index && state.sort.dir === 'ascending' ? 'descending' : 'ascending' };
+      paint(lastItems);
+    });
+    return th;
+  });
+  const table = h('table', { class: 'sims', id: 'sim-table' }, h('thead', {}, h('tr', {}, headers)), tbody);
   const refreshed = h('span', { class: 'muted', id: 'refreshed' });
 
   clear(main,
     h('div', { class: 'view-head' },
-      h('h1', {}, 'SIMs'),
+      h('h1', {}, 'SIMs ', total),
       h('a', { class: 'button primary', href: '#/new-sim', id: 'new-sim' }, '+ New virtual SIM')),
     h('form', { class: 'filters', id: 'sim-search' }, fieldSelect, text, status, search, reset),
     slot,
     h('div', { class: 'table-wrap' }, table),
     h('div', { class: 'pager' }, prev, pageInfo, next, refreshed));
 
+  const ctx = { groups: new Map(), rates: new Map() };
+  const rate = rateTracker();
+  let lastItems = [];
   let nextKey = null;
   let loading = false;
   let stopped = false;
+
+  // Sorting orders the rows of the page shown (the API pages by SIM ID and has no sort).
+  function sorted(items) {
+    if (state.sort.index === null) return items;
+    const value = COLUMNS[state.sort.index][2];
+    const sign = state.sort.dir === 'descending' ? -1 : 1;
+    return [...items].sort((a, b) => {
+      const [x, y] = [value(a, ctx), value(b, ctx)];
+      return sign * (x < y ? -1 : x > y ? 1 : 0) || (a.simId < b.simId ? -1 : 1);
+    });
+  }
+
+  function paint(items, live = false) {
+    lastItems = items;
+    const rows = sorted(items);
+    headers.forEach((th, i) => {
+      if (i === state.sort.index) th.setAttribute('aria-sort', state.sort.dir);
+      else th.removeAttribute('aria-sort');
+    });
+    if (!live || !refreshRows(tbody, rows, ctx)) {
+      clear(tbody, rows.length ? rows.map((sim) => simRow(sim, ctx))
+        : h('tr', {}, h('td', { colspan: COLUMNS.length, class: 'empty' }, 'No SIMs match.')));
+    }
+  }
+
+  async function loadTotal() {
+    const counts = await api.get('/v1/arcd/sim_counts');
+    total.textContent = `· ${counts.total} in all, ${counts.notTerminated} not terminated`;
+  }
 
   async function load({ live = false } = {}) {
     if (loading) return;
@@ -142,10 +186,8 @@ export async function renderSimList(main) {
       const result = await api.page(listPath(key));
       if (stopped) return;
       nextKey = result.nextKey;
-      if (!live || !refreshRows(tbody, result.items)) {
-        clear(tbody, result.items.length ? result.items.map(simRow)
-          : h('tr', {}, h('td', { colspan: COLUMNS.length, class: 'empty' }, 'No SIMs match.')));
-      }
+      for (const sim of result.items) ctx.rates.set(sim.simId, rate(sim.simId, sim.arcdSessionStats));
+      paint(result.items, live);
       pageInfo.textContent = `Page ${state.keys.length} · ${result.items.length} SIM${result.items.length === 1 ? '' : 's'}`;
       prev.disabled = state.keys.length <= 1;
       next.disabled = !nextKey;
@@ -186,7 +228,13 @@ export async function renderSimList(main) {
     busy(prev, slot, () => load(), 'Loading…');
   });
 
+  // The rows first (the first render is what a 10k-SIM operator waits for); group names and the
+  // total follow, then the rows are repainted with the names.
   await load();
+  Promise.all([
+    api.all('/v1/groups').then((groups) => { ctx.groups = groupNames(groups); if (!stopped) paint(lastItems); }),
+    loadTotal(),
+  ]).catch((err) => { if (!stopped) showError(slot, err); });
   // Live columns: the rows shown (the current page, one request) every few seconds.
   const timer = setInterval(() => { if (!document.hidden) load({ live: true }); }, REFRESH_MS);
   return () => {
@@ -202,7 +250,7 @@ export async function renderNewSim(main) {
   const name = h('input', { id: 'new-sim-name', placeholder: 'e.g. sensor-12', maxlength: 200 });
   const iotSim = h('input', { id: 'new-sim-iot', placeholder: 'SIM ID (ICCID) of an imported IoT SIM', class: 'mono' });
   const group = h('select', { id: 'new-sim-group' }, h('option', { value: '' }, '(no group)'),
-    groups.map((g) => h('option', { value: g.groupId }, `${tagName(g) || '(no name)'} · ${g.groupId}`)));
+    groups.map((g) => h('option', { value: g.groupId, title: g.groupId }, tagName(g) || '(no name)')));
   const iotField = field('IoT SIM', iotSim, 'Adds a virtual subscriber (planArc01) to this SIM: the device is seen as the IoT SIM.');
   iotField.hidden = true;
   const slot = errorSlot();

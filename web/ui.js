@@ -160,3 +160,46 @@ export function copyText(text) {
 export function tagName(obj) {
   return (obj && obj.tags && obj.tags.name) || '';
 }
+
+// "1.2 KB/s" from bytes per second.
+export function formatRate(bytesPerSecond) {
+  return `${formatBytes(Math.round(bytesPerSecond))}/s`;
+}
+
+// Throughput per device from two readings of its byte counters (arcd gives totals, not rates):
+// rate(key, stats) → { rx, tx } in bytes per second since the previous reading of `key`, or
+// null for the first reading, or when the counters went back (a new session starts from zero).
+export function rateTracker() {
+  const previous = new Map();
+  return (key, stats) => {
+    if (!stats) {
+      previous.delete(key);
+      return null;
+    }
+    const now = performance.now();
+    const last = previous.get(key);
+    previous.set(key, { at: now, rx: stats.rxBytes, tx: stats.txBytes });
+    if (!last || now - last.at < 500 || stats.rxBytes < last.rx || stats.txBytes < last.tx) return null;
+    const seconds = (now - last.at) / 1000;
+    return { rx: (stats.rxBytes - last.rx) / seconds, tx: (stats.txBytes - last.tx) / seconds };
+  };
+}
+
+export function rateText(rate) {
+  return rate ? `↓ ${formatRate(rate.rx)} ↑ ${formatRate(rate.tx)}` : 'measuring…';
+}
+
+// "Last seen": the latest packet from the device (arcd's lastSeenAt), else its last handshake.
+export function lastSeenAt(stats) {
+  return (stats && (stats.lastSeenAt || stats.lastHandshakeAt)) || 0;
+}
+
+// Group names by id, for lists that show a name with the id on hover.
+export function groupNames(groups) {
+  return new Map(groups.map((g) => [g.groupId, tagName(g) || '(no name)']));
+}
+
+export function primaryImsi(sim) {
+  const profile = sim.profiles && sim.profiles[sim.activeProfileId];
+  return profile ? profile.primaryImsi : '';
+}

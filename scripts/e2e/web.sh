@@ -21,8 +21,14 @@
 # new key pair shown) → terminate with typed confirmation → a virtual subscriber added to an
 # imported IoT SIM on the page, found by an IMSI search, suspended and activated, its virtual
 # subscriber terminated → expired token and
-# sign-out go back to sign-in. Screenshots of each main view land in target/screenshots/ (CI
-# artifacts, not committed). Any request to another origin fails the test.
+# sign-out go back to sign-in. Along the way (issue 15): sign-in shows no navigation and Tab skips
+# it, the IoT SIM field shows only when chosen, groups show by name (id on hover), the list's total
+# and column sorting, IMSI and creation time, last seen (lastSeenAt) and a live throughput while
+# the device sends pings, the enabled switch (disabled with its reason for a virtual SIM; it
+# deactivates and activates the IoT SIM), the Harvest range picker and per-series axes with dated
+# ticks, VPG form labels, a terminated SIM's events reloaded and actions disabled, and every view
+# no wider than a 390-px viewport. Screenshots of each main view (and phone-*.png) land in
+# target/screenshots/ (CI artifacts, not committed). Any request to another origin fails the test.
 #
 # Environment:
 #   ARCD_BIN=PATH   use this arcd binary instead of `cargo build --release --locked`

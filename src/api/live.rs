@@ -64,6 +64,7 @@ fn local_stats(snapshot: &PeerSnapshot, now: SystemTime) -> ArcdSessionStats {
     ArcdSessionStats {
         device_online: since.is_some_and(|d| d < ONLINE_WINDOW),
         last_handshake_at: snapshot.last_handshake.map(unix_ms),
+        last_seen_at: snapshot.last_received.map(unix_ms),
         device_endpoint: snapshot.endpoint.map(|e| e.to_string()),
         rx_bytes: snapshot.rx_bytes,
         tx_bytes: snapshot.tx_bytes,
@@ -83,6 +84,7 @@ fn published_stats(row: &PublishedLive, now_ms: i64) -> ArcdSessionStats {
     ArcdSessionStats {
         device_online: heard && recent_handshake,
         last_handshake_at: row.live.last_handshake_at,
+        last_seen_at: row.live.last_seen_at,
         device_endpoint: row.live.device_endpoint.clone(),
         rx_bytes: row.live.rx_bytes,
         tx_bytes: row.live.tx_bytes,
@@ -128,6 +130,7 @@ mod tests {
                 session_id: "s".into(),
                 rp_id: "rp".into(),
                 last_handshake_at: handshake_at,
+                last_seen_at: Some(NOW - 500),
                 device_endpoint: Some("192.0.2.1:4500".into()),
                 rx_bytes: 7,
                 tx_bytes: 9,
@@ -194,6 +197,11 @@ mod tests {
         let stats = published_stats(&row(Some(NOW - 1_000), Some(NOW - 1_000)), NOW);
         assert!(stats.device_online);
         assert_eq!(stats.last_handshake_at, Some(NOW - 1_000));
+        assert_eq!(
+            stats.last_seen_at,
+            Some(NOW - 500),
+            "last seen passed through"
+        );
         assert_eq!(stats.device_endpoint.as_deref(), Some("192.0.2.1:4500"));
         assert_eq!((stats.rx_bytes, stats.tx_bytes), (7, 9));
     }

@@ -16,6 +16,7 @@ mod operator;
 mod rendezvous_points;
 mod request_body;
 mod routes;
+mod sim_counts;
 mod sims;
 mod strict_json;
 mod tokens;

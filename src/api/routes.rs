@@ -10,7 +10,8 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use super::{
-    auth, auth_limit, data, endorse, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState,
+    auth, auth_limit, data, endorse, groups, iot_sims, rendezvous_points, sim_counts, sims, vpgs,
+    SharedState,
 };
 
 /// The HTTP methods the API routes.
@@ -150,6 +151,7 @@ pub fn authenticated() -> Vec<Route> {
         put("/arcd/virtual_private_gateways/{vpg_id}/device_to_device", vpgs::set_device_to_device),
         post("/arcd/iot_sims", iot_sims::import_iot_sims),
         get("/arcd/rendezvous_points", rendezvous_points::list),
+        get("/arcd/sim_counts", sim_counts::get),
     ];
     routes.extend(data::routes());
     routes

@@ -187,6 +187,9 @@ pub struct ArcdSessionStats {
     pub device_online: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_handshake_at: Option<i64>,
+    /// UNIX ms of the device's latest authenticated packet (keepalives included): "last seen".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_seen_at: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub device_endpoint: Option<String>,
     pub rx_bytes: u64,

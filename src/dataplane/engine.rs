@@ -419,6 +419,7 @@ impl Engine {
             Decapsulated::ForDevice(packet) => {
                 state.endpoint = Some(from);
                 state.last_activity = now;
+                state.last_received = Some(now);
                 drop(state);
                 self.route_from_device(&peer, packet, now, buf, out);
                 self.schedule(&peer, now);
@@ -439,6 +440,7 @@ impl Engine {
             // Roaming: the endpoint follows the latest authenticated packet.
             state.endpoint = Some(from);
             state.last_activity = now;
+            state.last_received = Some(now);
         }
         drop(state);
         if authenticated {
@@ -721,8 +723,9 @@ impl Engine {
         of_rp.iter().map(|p| self.snapshot_of(p, now)).collect()
     }
 
-    /// boringtun reports the time since the last handshake; the snapshot dates it from `now`,
-    /// given by the caller so that the engine never reads a clock itself.
+    /// boringtun reports the time since the last handshake (its own monotonic clock); the
+    /// snapshot dates it, and the latest packet's age on the same clock, from the caller's wall
+    /// clock `now`.
     fn snapshot_of(&self, peer: &Peer, now: SystemTime) -> PeerSnapshot {
         let state = peer.state.lock();
         let (since_handshake, tx_bytes, rx_bytes) = state
@@ -740,6 +743,9 @@ impl Engine {
             client_ip: peer.client_ip,
             endpoint: state.endpoint,
             last_handshake: since_handshake.and_then(|d| now.checked_sub(d)),
+            last_received: state
+                .last_received
+                .and_then(|at| now.checked_sub(Instant::now().saturating_duration_since(at))),
             rx_bytes: rx_bytes as u64,
             tx_bytes: tx_bytes as u64,
         }

@@ -23,6 +23,10 @@ impl Engine {
                         .last_handshake
                         .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
                         .and_then(|d| i64::try_from(d.as_millis()).ok()),
+                    last_seen_at: snapshot
+                        .last_received
+                        .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
+                        .and_then(|d| i64::try_from(d.as_millis()).ok()),
                     device_endpoint: snapshot.endpoint.map(|e| e.to_string()),
                     rx_bytes: snapshot.rx_bytes,
                     tx_bytes: snapshot.tx_bytes,

@@ -631,3 +631,6 @@ fn moved_address_keeps_new_owner() {
 
 #[path = "engine_model_tests.rs"]
 mod model;
+
+#[path = "engine_last_seen_tests.rs"]
+mod last_seen;

@@ -55,6 +55,9 @@ pub(super) struct PeerState {
     /// The endpoint as last written to the store (see `unsaved_endpoints`).
     pub(super) saved_endpoint: Option<SocketAddr>,
     pub(super) last_activity: Instant,
+    /// When the device's latest authenticated packet arrived (keepalives included): "last seen",
+    /// finer than the last handshake, which a device repeats only every 2 minutes.
+    pub(super) last_received: Option<Instant>,
     pub(super) timer_scheduled: bool,
     /// When a spoofed source was last logged for this peer: one warning a minute at most, so a
     /// misbehaving device cannot flood the log.
@@ -68,6 +71,7 @@ impl PeerState {
             endpoint: None,
             saved_endpoint: None,
             last_activity: now,
+            last_received: None,
             timer_scheduled: false,
             last_spoof_warning: None,
         }

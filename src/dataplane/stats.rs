@@ -92,6 +92,8 @@ pub struct PeerSnapshot {
     /// Where the device's latest authenticated packet came from.
     pub endpoint: Option<SocketAddr>,
     pub last_handshake: Option<SystemTime>,
+    /// When the device's latest authenticated packet (data, keepalive or handshake) arrived.
+    pub last_received: Option<SystemTime>,
     /// Bytes of decrypted payload received from / sent to the device.
     pub rx_bytes: u64,
     pub tx_bytes: u64,

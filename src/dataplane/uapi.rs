@@ -394,6 +394,7 @@ mod tests {
             client_ip: Ipv4Addr::new(10, 64, 0, 2),
             endpoint: Some("192.0.2.7:51820".parse().unwrap()),
             last_handshake: Some(UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789)),
+            last_received: Some(UNIX_EPOCH + Duration::new(1_700_000_010, 0)),
             rx_bytes: 1000,
             tx_bytes: 2048,
         }
@@ -407,6 +408,7 @@ mod tests {
             client_ip: Ipv4Addr::new(10, 64, 0, 3),
             endpoint: None,
             last_handshake: None,
+            last_received: None,
             rx_bytes: 0,
             tx_bytes: 0,
         }

@@ -55,11 +55,14 @@ fn changed(old: Option<&SessionLive>, new: &SessionLive) -> bool {
     let Some(old) = old else {
         return true;
     };
-    let handshake_moved = match (old.last_handshake_at, new.last_handshake_at) {
+    // Both times are dated from the wall clock at each round: the same instant may read a few
+    // ms apart, which is not a change.
+    let moved = |a: Option<i64>, b: Option<i64>| match (a, b) {
         (Some(a), Some(b)) => (a - b).abs() > HANDSHAKE_JITTER_MS,
         (a, b) => a != b,
     };
-    handshake_moved
+    moved(old.last_handshake_at, new.last_handshake_at)
+        || moved(old.last_seen_at, new.last_seen_at)
         || old.session_id != new.session_id
         || old.rp_id != new.rp_id
         || old.device_endpoint != new.device_endpoint

@@ -46,6 +46,7 @@ fn rounds_publish_changes_only(store: Store) {
         session_id: "old".into(),
         rp_id: RP.into(),
         last_handshake_at: Some(1),
+        last_seen_at: None,
         device_endpoint: None,
         rx_bytes: 5,
         tx_bytes: 5,
@@ -194,16 +195,19 @@ fn a_handshake_time_moving_by_jitter_is_no_change() {
         session_id: "s".into(),
         rp_id: RP.into(),
         last_handshake_at: Some(10_000),
+        last_seen_at: None,
         device_endpoint: Some("192.0.2.1:1".into()),
         rx_bytes: 1,
         tx_bytes: 1,
     };
     let jitter = SessionLive {
         last_handshake_at: Some(10_000 + HANDSHAKE_JITTER_MS),
+        last_seen_at: None,
         ..base.clone()
     };
     let rekeyed = SessionLive {
         last_handshake_at: Some(10_000 + HANDSHAKE_JITTER_MS + 1),
+        last_seen_at: None,
         ..base.clone()
     };
     let more_traffic = SessionLive {
@@ -214,6 +218,17 @@ fn a_handshake_time_moving_by_jitter_is_no_change() {
     assert!(!changed(Some(&base), &jitter));
     assert!(changed(Some(&base), &rekeyed));
     assert!(changed(Some(&base), &more_traffic));
+    // "Last seen" moves with every keepalive: a move past the jitter is a change, jitter is not.
+    let seen = |at| SessionLive {
+        last_seen_at: Some(at),
+        ..base.clone()
+    };
+    assert!(changed(Some(&base), &seen(20_000)));
+    assert!(!changed(
+        Some(&seen(20_000)),
+        &seen(20_000 + HANDSHAKE_JITTER_MS)
+    ));
+    assert!(changed(Some(&seen(20_000)), &seen(45_000)));
 }
 
 /// The cost of one round with 10,000 changed sessions on PostgreSQL: first as new rows (a node's

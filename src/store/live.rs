@@ -29,6 +29,8 @@ pub struct SessionLive {
     pub rp_id: RendezvousPointId,
     /// UNIX ms of the latest completed handshake.
     pub last_handshake_at: Option<i64>,
+    /// UNIX ms of the device's latest authenticated packet (migration 13).
+    pub last_seen_at: Option<i64>,
     /// `ip:port` of the device's latest authenticated packet.
     pub device_endpoint: Option<String>,
     pub rx_bytes: u64,
@@ -46,7 +48,7 @@ pub struct PublishedLive {
     pub heartbeat_at: Option<i64>,
 }
 
-/// Rows per multi-row statement: 64 × 8 parameters.
+/// Rows per multi-row statement: 64 × 9 parameters.
 const ROWS_PER_STATEMENT: usize = 64;
 
 /// Byte counters are u64 in the data plane, BIGINT in the store; 2^63 bytes is never reached,
@@ -64,13 +66,14 @@ pub fn publish(db: &mut dyn Db, rows: &[SessionLive], published_at: i64) -> Resu
             .iter()
             .map(|r| (stored_bytes(r.rx_bytes), stored_bytes(r.tx_bytes)))
             .collect();
-        let mut params: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 8);
+        let mut params: Vec<&dyn Param> = Vec::with_capacity(chunk.len() * 9);
         for (row, (rx, tx)) in chunk.iter().zip(&bytes) {
             params.extend([
                 &row.imsi as &dyn Param,
                 &row.session_id,
                 &row.rp_id,
                 &row.last_handshake_at,
+                &row.last_seen_at,
                 &row.device_endpoint,
                 rx,
                 tx,
@@ -84,14 +87,15 @@ pub fn publish(db: &mut dyn Db, rows: &[SessionLive], published_at: i64) -> Resu
 
 fn publish_sql(rows: usize) -> String {
     format!(
-        "INSERT INTO session_live(imsi, session_id, rp_id, last_handshake_at, device_endpoint,
-                                  rx_bytes, tx_bytes, published_at)
+        "INSERT INTO session_live(imsi, session_id, rp_id, last_handshake_at, last_seen_at,
+                                  device_endpoint, rx_bytes, tx_bytes, published_at)
          VALUES {}
          ON CONFLICT (imsi) DO UPDATE SET session_id = excluded.session_id,
              rp_id = excluded.rp_id, last_handshake_at = excluded.last_handshake_at,
+             last_seen_at = excluded.last_seen_at,
              device_endpoint = excluded.device_endpoint, rx_bytes = excluded.rx_bytes,
              tx_bytes = excluded.tx_bytes, published_at = excluded.published_at",
-        values_rows(rows, 8)
+        values_rows(rows, 9)
     )
 }
 
@@ -142,7 +146,7 @@ pub fn published(db: &mut dyn Db, imsis: &[Imsi]) -> Result<HashMap<Imsi, Publis
         let rows = db.query(
             &format!(
                 "SELECT l.imsi, l.session_id, l.rp_id, l.last_handshake_at, l.device_endpoint,
-                        l.rx_bytes, l.tx_bytes, l.published_at, h.published_at
+                        l.rx_bytes, l.tx_bytes, l.published_at, h.published_at, l.last_seen_at
                  FROM session_live l LEFT JOIN live_publishers h ON h.rp_id = l.rp_id
                  WHERE l.imsi IN ({})",
                 parameter_list(chunk.len())
@@ -156,6 +160,7 @@ pub fn published(db: &mut dyn Db, imsis: &[Imsi]) -> Result<HashMap<Imsi, Publis
                 session_id: row.text(1)?,
                 rp_id: RendezvousPointId::new(row.text(2)?),
                 last_handshake_at: row.opt_int(3)?,
+                last_seen_at: row.opt_int(9)?,
                 device_endpoint: row.opt_text(4)?,
                 rx_bytes: u64::try_from(row.int(5)?).unwrap_or(0),
                 tx_bytes: u64::try_from(row.int(6)?).unwrap_or(0),

@@ -41,6 +41,7 @@ fn live(imsi: &str, session_id: &str, rp: &str, rx: u64) -> SessionLive {
         session_id: session_id.into(),
         rp_id: rp.into(),
         last_handshake_at: Some(1_700_000_000_000 + rx as i64),
+        last_seen_at: Some(1_700_000_030_000 + rx as i64),
         device_endpoint: Some(format!("192.0.2.1:{}", 1000 + rx)),
         rx_bytes: rx,
         tx_bytes: rx * 2,
@@ -58,6 +59,7 @@ fn published_figures_read_back_with_their_heartbeat(store: &impl Backend) {
     let a = live("a", "s-a", "rp-1", 10);
     let never = SessionLive {
         last_handshake_at: None,
+        last_seen_at: None,
         device_endpoint: None,
         rx_bytes: 0,
         tx_bytes: 0,
@@ -100,6 +102,7 @@ fn a_later_publication_replaces_the_row(store: &impl Backend) {
     let recreated = SessionLive {
         device_endpoint: None,
         last_handshake_at: None,
+        last_seen_at: None,
         ..live("a", "s-2", "rp-2", 3)
     };
     store
@@ -224,6 +227,7 @@ fn totals_count_the_operators_current_sessions_only(store: &impl Backend) {
     insert_sessions(store, "rp-1", &[("other", "s-o")]);
     let at = |imsi: &str, session: &str, handshake: i64, rx: u64| SessionLive {
         last_handshake_at: Some(handshake),
+        last_seen_at: None,
         rx_bytes: rx,
         tx_bytes: rx + 1,
         ..live(imsi, session, "rp-1", rx)

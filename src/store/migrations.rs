@@ -317,6 +317,11 @@ const MIGRATIONS: &[&str] = &[
             ON CONFLICT(operator_id, shard) DO UPDATE SET live_sims = live_sims + 1;
     END;
     "#,
+    // 13: "last seen" across nodes: the device's latest authenticated packet (keepalives too), which
+    // the management page shows finer than the last handshake (repeated only every 2 minutes).
+    r#"
+    ALTER TABLE session_live ADD COLUMN last_seen_at INTEGER;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

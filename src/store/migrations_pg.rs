@@ -312,6 +312,11 @@ const MIGRATIONS: &[&str] = &[
     END
     $fn$;
     "#,
+    // 13: "last seen" across nodes: the device's latest authenticated packet (keepalives too), which
+    // the management page shows finer than the last handshake (repeated only every 2 minutes).
+    r#"
+    ALTER TABLE session_live ADD COLUMN last_seen_at BIGINT;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -9,6 +9,8 @@
 #                                and MTU set with `ip`, one route per AllowedIPs entry
 #   web-device.sh harvest JSON   POST JSON from the device to Harvest (http://100.127.111.111/);
 #                                prints the HTTP status
+#   web-device.sh traffic SECS   SECS seconds of 1000-byte pings through the tunnel (answered or
+#                                not, arcd counts them), for the page's throughput figures
 #
 # Environment (set by web.sh): WEB_DEVICE_NS (network namespace), WEB_DEVICE_IF (interface),
 # WEB_WORK (run directory: wireguard-go.pid, wireguard-go.log, device.setconf). Runs inside
@@ -59,8 +61,14 @@ case ${1:-} in
         nsx curl -sS -m 10 -o /dev/null -w '%{http_code}' -X POST \
             -H 'Content-Type: application/json' --data-binary "$body" http://100.127.111.111/ || echo 000
         ;;
+    traffic)
+        seconds=${2:?traffic needs a number of seconds}
+        [[ $seconds =~ ^[0-9]+$ ]] || { echo "web-device.sh: traffic SECS: not a number: $seconds" >&2; exit 2; }
+        nsx ping -n -q -s 1000 -i 0.2 -w "$seconds" 100.127.100.127 >/dev/null 2>&1 || true
+        echo "sent ${seconds}s of pings"
+        ;;
     *)
-        echo "usage: web-device.sh up CONF | harvest JSON" >&2
+        echo "usage: web-device.sh up CONF | harvest JSON | traffic SECS" >&2
         exit 2
         ;;
 esac

@@ -22,7 +22,7 @@ pub use lifecycle::{
 pub(crate) use lifecycle::{require_live_sim, touch};
 pub(crate) use read::require_sim;
 pub(super) use read::{completed, SIM_COLUMNS};
-pub use read::{get, list, list_in_group};
+pub use read::{count, get, list, list_in_group, SimCounts};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SimRecord {

@@ -207,3 +207,25 @@ pub(crate) fn require_sim(
     .ok_or(StoreError::NotFound(Entity::Sim))?
     .text(0)
 }
+
+/// How many SIMs an operator has: all of them, and those not terminated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimCounts {
+    pub total: u64,
+    pub not_terminated: u64,
+}
+
+/// One pass over the operator's rows (the `sims` index by operator); the management page shows
+/// it next to the list, whose pages carry no total.
+pub fn count(db: &mut dyn Db, operator_id: &OperatorId) -> Result<SimCounts> {
+    let row = db.query_one(
+        "SELECT CAST(COUNT(*) AS BIGINT),
+                CAST(COALESCE(SUM(CASE WHEN status <> 'terminated' THEN 1 ELSE 0 END), 0) AS BIGINT)
+         FROM sims WHERE operator_id = $1",
+        &[operator_id],
+    )?;
+    Ok(SimCounts {
+        total: u64::try_from(row.int(0)?).unwrap_or(0),
+        not_terminated: u64::try_from(row.int(1)?).unwrap_or(0),
+    })
+}

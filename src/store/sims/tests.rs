@@ -255,6 +255,26 @@ fn quota_counts_live_sims_per_operator(store: &impl Backend) {
             adding: 2
         })
     );
+    // The page's total: every SIM of the operator, and those not terminated.
+    let counts = |operator: &OperatorId| {
+        store
+            .read_db(|db| super::count(db, operator))
+            .expect("count")
+    };
+    assert_eq!(
+        counts(&op),
+        SimCounts {
+            total: 4,
+            not_terminated: 3
+        }
+    );
+    assert_eq!(
+        counts(&other),
+        SimCounts {
+            total: 1,
+            not_terminated: 1
+        }
+    );
 }
 
 fn tags_put_overwrite_and_delete(store: &impl Backend) {
