@@ -98,6 +98,19 @@ pub(super) fn start(follower: Follower, cursor: Cursor) -> (FollowerHandle, Foll
     let (followed_tx, followed) = watch::channel(cursor);
     let applies = follower.serves_any();
     let mut tasks = Vec::new();
+    if !applies {
+        // Nothing here would apply a row: reading the outbox and listening for its NOTIFY would
+        // only cost the database round trips on every burst of commits.
+        tracing::info!(
+            "this node serves no rendezvous point; it does not follow the peer-change outbox"
+        );
+        let handle = FollowerHandle {
+            wake,
+            followed,
+            applies,
+        };
+        return (handle, Following { tasks });
+    }
     if let Store::Postgres(pg) = &*follower.store {
         let (url, schema) = pg.target();
         tasks.push(tokio::spawn(listen::listen_loop(
