@@ -1,0 +1,339 @@
+//! Reconnect-storm load generator (issue 16): N emulated WireGuard devices that all come back at
+//! once, as a fleet does after an outage or a server restart.
+//!
+//!   storm keys --count N --network 10.64.0.0/14 --server-key FILE --devices OUT --wg-conf OUT
+//!   storm provision --api http://HOST:PORT --credentials root-credentials.json --count N --devices OUT
+//!   storm run --devices FILE --endpoint IP:PORT --sources IP,IP,... --target IP [--server-pid PID]
+//!
+//! `run` prepares every device (its own UDP socket, so its own source port; a boringtun `Tunn`;
+//! a first initiation), starts them at the same instant, and reports the time until 50/90/99/100 %
+//! of the fleet had a session (handshake response received) and had its data packet (an ICMP echo
+//! to `--target` through the tunnel) answered, the server's CPU time over the storm (utime+stime of
+//! `--server-pid`, all threads, from /proc/PID/stat), the generator's own CPU time, and the cookie
+//! replies received. The last line, `STORM_RESULT key=value ...`, is for scripts
+//! (scripts/bench/storm.sh). fleet.rs says how a device behaves.
+//!
+//! Why an example and not a `[[bench]]`: it is a tool a script runs with arguments, as root in a
+//! network namespace; `cargo build --release --example storm` gives it a fixed path
+//! (target/release/examples/storm), whereas a bench binary's name carries a hash and cargo passes
+//! it `--bench`. `cargo test --all-targets` (CI) compiles it, and tests/storm_generator.rs runs its
+//! fleet against an in-process arcd, so the tool cannot rot unnoticed.
+//!
+//! 100,000 devices need 100,000 sockets: the open-file limit must allow it (`ulimit -n`; the run
+//! refuses to start otherwise) and one address has about 64,000 ports, so `--sources` lists
+//! several addresses, each used for `--ports-per-source` devices.
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool: its output is its result
+
+mod devices;
+mod fleet;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fleet::{time_to_percent, DeviceOutcome, Progress, StormConfig, Summary};
+
+#[derive(Parser)]
+#[command(about = "Reconnect-storm load generator for WireGuard servers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Key pairs and addresses for a server configured with `wg setconf`, and its configuration.
+    Keys {
+        #[arg(long)]
+        count: usize,
+        /// The tunnel network: the server has its second host, devices the following ones.
+        #[arg(long)]
+        network: ipnet::Ipv4Net,
+        /// The server's private key (as `wg genkey` writes it).
+        #[arg(long)]
+        server_key: PathBuf,
+        #[arg(long, default_value_t = 51820)]
+        listen_port: u16,
+        #[arg(long)]
+        devices: PathBuf,
+        #[arg(long)]
+        wg_conf: PathBuf,
+    },
+    /// Virtual SIMs created through arcd's API (POST /v1/sims), one device each.
+    Provision {
+        /// Base URL of the API, e.g. http://10.216.0.1:8443
+        #[arg(long)]
+        api: String,
+        /// arcd's root-credentials.json (authKeyId, authKey).
+        #[arg(long)]
+        credentials: PathBuf,
+        #[arg(long)]
+        count: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+        #[arg(long)]
+        devices: PathBuf,
+    },
+    /// The storm: every device initiates at once.
+    Run {
+        #[arg(long)]
+        devices: PathBuf,
+        /// Use only the first N devices of the file.
+        #[arg(long)]
+        count: Option<usize>,
+        #[arg(long)]
+        endpoint: SocketAddr,
+        /// Source addresses, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        sources: Vec<IpAddr>,
+        /// First source port on each address (0: the kernel chooses).
+        #[arg(long, default_value_t = 20_000)]
+        first_port: u16,
+        #[arg(long, default_value_t = 40_000)]
+        ports_per_source: usize,
+        /// In-tunnel address that answers ICMP echo.
+        #[arg(long)]
+        target: Ipv4Addr,
+        /// The server process, for its CPU time.
+        #[arg(long)]
+        server_pid: Option<u32>,
+        /// Seconds until devices give up (a real client tries for 90 s).
+        #[arg(long, default_value_t = 90)]
+        deadline: u64,
+        /// Threads that prepare devices and run the fleet.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = |threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .enable_all()
+            .build()
+    };
+    let result: Result<(), String> = match cli.command {
+        Command::Keys {
+            count,
+            network,
+            server_key,
+            listen_port,
+            devices,
+            wg_conf,
+        } => devices::make_keys(count, network, &server_key, listen_port, &devices, &wg_conf)
+            .map_err(|e| e.to_string()),
+        Command::Provision {
+            api,
+            credentials,
+            count,
+            concurrency,
+            devices,
+        } => runtime(2).map_err(|e| e.to_string()).and_then(|rt| {
+            rt.block_on(devices::provision(
+                &api,
+                &credentials,
+                count,
+                concurrency,
+                &devices,
+            ))
+            .map_err(|e| e.to_string())
+        }),
+        Command::Run {
+            devices,
+            count,
+            endpoint,
+            sources,
+            first_port,
+            ports_per_source,
+            target,
+            server_pid,
+            deadline,
+            threads,
+        } => {
+            let mut config = StormConfig::wireguard_timers(endpoint, sources, target);
+            config.first_port = first_port;
+            config.ports_per_source = ports_per_source;
+            config.deadline = Duration::from_secs(deadline);
+            runtime(threads)
+                .map_err(|e| e.to_string())
+                .and_then(|rt| rt.block_on(run(&devices, count, config, server_pid, threads)))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("storm: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(
+    devices_path: &std::path::Path,
+    count: Option<usize>,
+    config: StormConfig,
+    server_pid: Option<u32>,
+    threads: usize,
+) -> Result<(), String> {
+    let mut specs = devices::read(devices_path).map_err(|e| e.to_string())?;
+    if let Some(count) = count {
+        if count > specs.len() {
+            return Err(format!(
+                "--count {count}: the file has {} devices",
+                specs.len()
+            ));
+        }
+        specs.truncate(count);
+    }
+    let needed = specs.len() as u64 + 64;
+    match open_file_limit() {
+        Some(limit) if limit >= needed => {}
+        limit => return Err(format!(
+            "{} devices need {needed} open files; the limit is {limit:?} (raise it with ulimit -n)",
+            specs.len()
+        )),
+    }
+    eprintln!("preparing {} devices", specs.len());
+    let prepared = tokio::task::block_in_place(|| fleet::prepare(&specs, &config, threads))
+        .map_err(|e| e.to_string())?;
+    drop(specs);
+    let progress = Arc::new(Progress::default());
+    let reporter = tokio::spawn(report_progress(progress.clone()));
+    let server_before = server_pid.and_then(cpu_seconds_of);
+    let self_before = cpu_seconds_of_self();
+    let (outcomes, start) = fleet::run(prepared, &config, progress)
+        .await
+        .map_err(|e| e.to_string())?;
+    let elapsed = start.elapsed();
+    let server_cpu = server_pid
+        .and_then(cpu_seconds_of)
+        .zip(server_before)
+        .map(|(after, before)| after - before);
+    let self_cpu = cpu_seconds_of_self().zip(self_before).map(|(a, b)| a - b);
+    reporter.abort();
+    print_report(&outcomes, elapsed, server_cpu, self_cpu);
+    Ok(())
+}
+
+async fn report_progress(progress: Arc<Progress>) {
+    let start = tokio::time::Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eprintln!(
+            "  {:>5.1} s: {} sessions, {} echoes answered, {} initiations sent, {} cookie replies",
+            start.elapsed().as_secs_f64(),
+            progress.sessions.load(Ordering::Relaxed),
+            progress.answered.load(Ordering::Relaxed),
+            progress.initiations.load(Ordering::Relaxed),
+            progress.cookies.load(Ordering::Relaxed),
+        );
+    }
+}
+
+fn print_report(
+    outcomes: &[DeviceOutcome],
+    elapsed: Duration,
+    server_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+) {
+    let summary = Summary::of(outcomes);
+    let sessions: Vec<_> = outcomes.iter().map(|o| o.session_at).collect();
+    let answered: Vec<_> = outcomes.iter().map(|o| o.answered_at).collect();
+    let secs =
+        |d: Option<Duration>| d.map_or("-".to_string(), |d| format!("{:.3}", d.as_secs_f64()));
+    let cpu = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{c:.2}"));
+    println!(
+        "{} devices: {} sessions, {} echoes answered in {:.3} s",
+        summary.devices,
+        summary.sessions,
+        summary.answered,
+        elapsed.as_secs_f64()
+    );
+    println!(
+        "{:<30} {:>8} {:>8} {:>8} {:>8}",
+        "seconds until", "50 %", "90 %", "99 %", "100 %"
+    );
+    for (name, times) in [
+        ("session (response received)", &sessions),
+        ("echo answered", &answered),
+    ] {
+        println!(
+            "{:<30} {:>8} {:>8} {:>8} {:>8}",
+            name,
+            secs(time_to_percent(times, 50.0)),
+            secs(time_to_percent(times, 90.0)),
+            secs(time_to_percent(times, 99.0)),
+            secs(time_to_percent(times, 100.0)),
+        );
+    }
+    println!(
+        "initiations sent {}, handshake responses {}, cookie replies {} (to {} devices); \
+         server CPU {} s, generator CPU {} s",
+        summary.initiations,
+        summary.responses,
+        summary.cookies,
+        summary.devices_with_cookie,
+        cpu(server_cpu),
+        cpu(self_cpu)
+    );
+    let all = time_to_percent(&answered, 100.0);
+    println!(
+        "STORM_RESULT devices={} sessions={} answered={} s50={} s90={} s99={} s100={} a50={} a90={} \
+         a99={} a100={} rate={} initiations={} responses={} cookies={} cookie_devices={} \
+         server_cpu_s={} generator_cpu_s={} elapsed_s={:.3}",
+        summary.devices,
+        summary.sessions,
+        summary.answered,
+        secs(time_to_percent(&sessions, 50.0)),
+        secs(time_to_percent(&sessions, 90.0)),
+        secs(time_to_percent(&sessions, 99.0)),
+        secs(time_to_percent(&sessions, 100.0)),
+        secs(time_to_percent(&answered, 50.0)),
+        secs(time_to_percent(&answered, 90.0)),
+        secs(time_to_percent(&answered, 99.0)),
+        secs(all),
+        all.map_or("-".to_string(), |d| format!("{:.0}", summary.devices as f64 / d.as_secs_f64())),
+        summary.initiations,
+        summary.responses,
+        summary.cookies,
+        summary.devices_with_cookie,
+        cpu(server_cpu),
+        cpu(self_cpu),
+        elapsed.as_secs_f64()
+    );
+}
+
+/// USER_HZ, the unit of /proc/PID/stat's times: 100 in Linux's ABI on every architecture.
+const USER_HZ: f64 = 100.0;
+
+/// utime+stime of a process, all its threads (dead ones included), in seconds.
+fn cpu_seconds_of(pid: u32) -> Option<f64> {
+    cpu_seconds(&format!("/proc/{pid}/stat"))
+}
+
+fn cpu_seconds_of_self() -> Option<f64> {
+    cpu_seconds("/proc/self/stat")
+}
+
+fn cpu_seconds(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after "(comm) ": state is the first; utime and stime are the 12th and 13th.
+    let rest = stat.rsplit_once(") ")?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / USER_HZ)
+}
+
+/// The soft limit on open files (/proc/self/limits).
+fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
