@@ -144,7 +144,9 @@ pub async fn provision(
     let root: serde_json::Value =
         serde_json::from_slice(&std::fs::read(credentials).map_err(io_error(credentials))?)
             .map_err(|e| DevicesError::Api(format!("{}: {e}", credentials.display())))?;
-    let client = reqwest::Client::new();
+    // reqwest is built without a TLS provider of its own; rustls' ring provider is the crate's.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder().build().map_err(api_error)?;
     let auth: serde_json::Value = client
         .post(format!("{api}/v1/auth"))
         .json(&serde_json::json!({"authKeyId": root["authKeyId"], "authKey": root["authKey"]}))

@@ -87,9 +87,10 @@ enum Command {
         count: Option<usize>,
         #[arg(long)]
         endpoint: SocketAddr,
-        /// Source addresses, comma-separated.
+        /// Source addresses, comma-separated; a network (10.220.0.0/14) stands for its hosts
+        /// (with a local route for it, `ip route add local NET dev lo`, every one can be bound).
         #[arg(long, value_delimiter = ',', required = true)]
-        sources: Vec<IpAddr>,
+        sources: Vec<String>,
         /// First source port on each address (0: the kernel chooses).
         #[arg(long, default_value_t = 20_000)]
         first_port: u16,
@@ -156,6 +157,13 @@ fn main() -> ExitCode {
             deadline,
             threads,
         } => {
+            let sources = match source_addresses(&sources) {
+                Ok(sources) => sources,
+                Err(message) => {
+                    eprintln!("storm: {message}");
+                    return ExitCode::FAILURE;
+                }
+            };
             let mut config = StormConfig::wireguard_timers(endpoint, sources, target);
             config.first_port = first_port;
             config.ports_per_source = ports_per_source;
@@ -172,6 +180,21 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--sources`: addresses, and networks standing for their hosts.
+fn source_addresses(items: &[String]) -> Result<Vec<IpAddr>, String> {
+    let mut sources = Vec::new();
+    for item in items {
+        if item.contains('/') {
+            let network: ipnet::Ipv4Net =
+                item.parse().map_err(|e| format!("--sources {item}: {e}"))?;
+            sources.extend(network.hosts().map(IpAddr::V4));
+        } else {
+            sources.push(item.parse().map_err(|e| format!("--sources {item}: {e}"))?);
+        }
+    }
+    Ok(sources)
 }
 
 async fn run(
@@ -194,10 +217,12 @@ async fn run(
     let needed = specs.len() as u64 + 64;
     match open_file_limit() {
         Some(limit) if limit >= needed => {}
-        limit => return Err(format!(
+        limit => {
+            return Err(format!(
             "{} devices need {needed} open files; the limit is {limit:?} (raise it with ulimit -n)",
             specs.len()
-        )),
+        ))
+        }
     }
     eprintln!("preparing {} devices", specs.len());
     let prepared = tokio::task::block_in_place(|| fleet::prepare(&specs, &config, threads))
