@@ -3,7 +3,7 @@
 //!
 //!   storm keys --count N --network 10.64.0.0/14 --server-key FILE --devices OUT --wg-conf OUT
 //!   storm provision --api http://HOST:PORT --credentials root-credentials.json --count N --devices OUT
-//!   storm run --devices FILE --endpoint IP:PORT --sources IP,IP,... --target IP [--server-pid PID]
+//!   storm run --devices FILE --endpoint IP:PORT --sources IP|NET,... --target IP [--server-pid PID]
 //!
 //! `run` prepares every device (its own UDP socket, so its own source port; a boringtun `Tunn`;
 //! a first initiation), starts them at the same instant, and reports the time until 50/90/99/100 %
@@ -20,8 +20,9 @@
 //! fleet against an in-process arcd, so the tool cannot rot unnoticed.
 //!
 //! 100,000 devices need 100,000 sockets: the open-file limit must allow it (`ulimit -n`; the run
-//! refuses to start otherwise) and one address has about 64,000 ports, so `--sources` lists
-//! several addresses, each used for `--ports-per-source` devices.
+//! refuses to start otherwise). Device i sends from address `i / --ports-per-source` of
+//! `--sources` (a list of addresses or networks), port `--first-port + i % --ports-per-source`;
+//! storm.sh gives one address per device out of a locally routed /14.
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a command-line tool: its output is its result
 
 mod devices;
