@@ -331,9 +331,13 @@ impl Device {
                         self.tunn
                             .decapsulate(Some(from.ip()), &datagram[..len], &mut buf);
                     let mut answered = false;
+                    // boringtun answers a handshake response it accepted (and only such) with
+                    // the keepalive that confirms the session.
+                    let established = kind == HANDSHAKE_RESPONSE
+                        && matches!(result, TunnResult::WriteToNetwork(_));
                     loop {
                         match result {
-                            // The keepalive that confirms the session, then the queued echo.
+                            // The keepalive, then the queued echo.
                             TunnResult::WriteToNetwork(packet) => {
                                 let _ = self.socket.send_to(packet, self.config.endpoint).await;
                                 result = self.tunn.decapsulate(None, &[], &mut buf);
@@ -345,10 +349,7 @@ impl Device {
                             _ => break,
                         }
                     }
-                    if kind == HANDSHAKE_RESPONSE
-                        && self.outcome.session_at.is_none()
-                        && self.tunn.time_since_last_handshake().is_some()
-                    {
+                    if established && self.outcome.session_at.is_none() {
                         self.outcome.session_at = Some(now - start);
                         self.progress.sessions.fetch_add(1, Ordering::Relaxed);
                         next_initiation = None;
