@@ -92,7 +92,7 @@ async fn a_fleet_of_fifty_connects_and_is_answered() {
     let config = fast_config(&server, Duration::from_secs(30));
     let prepared = fleet::prepare(&specs, &config, 2).unwrap();
     let progress = Arc::new(Progress::default());
-    let (outcomes, _start) = fleet::run(prepared, &config, progress.clone())
+    let (outcomes, _start) = fleet::run(prepared, &config, progress.clone(), None)
         .await
         .unwrap();
     let summary = Summary::of(&outcomes);
@@ -123,7 +123,7 @@ async fn a_fleet_of_fifty_connects_and_is_answered() {
     };
     let config = fast_config(&server, Duration::from_secs(2));
     let prepared = fleet::prepare(&[stranger], &config, 1).unwrap();
-    let (outcomes, _) = fleet::run(prepared, &config, Arc::new(Progress::default()))
+    let (outcomes, _) = fleet::run(prepared, &config, Arc::new(Progress::default()), None)
         .await
         .unwrap();
     let summary = Summary::of(&outcomes);

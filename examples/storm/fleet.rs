@@ -60,6 +60,9 @@ pub struct StormConfig {
     pub echo_retry: Duration,
     /// Devices without an echo reply by then give up.
     pub deadline: Duration,
+    /// The fleet's first device is device number `first_index` (for its source address, port,
+    /// boringtun index and ICMP id): several generator processes share one fleet.
+    pub first_index: usize,
 }
 
 impl StormConfig {
@@ -75,6 +78,7 @@ impl StormConfig {
             rekey_jitter: Duration::from_millis(333),
             echo_retry: Duration::from_secs(1),
             deadline: Duration::from_secs(90),
+            first_index: 0,
         }
     }
 
@@ -145,7 +149,7 @@ pub fn prepare(
     threads: usize,
 ) -> Result<Vec<PreparedDevice>, StormError> {
     let per = config.ports_per_source.max(1);
-    if specs.len() > config.sources.len() * per {
+    if config.first_index + specs.len() > config.sources.len() * per {
         return Err(StormError::TooFewSources {
             devices: specs.len(),
             sources: config.sources.len(),
@@ -183,6 +187,7 @@ fn prepare_one(
     spec: &DeviceSpec,
     config: &StormConfig,
 ) -> Result<PreparedDevice, StormError> {
+    let index = config.first_index + index;
     let source = config.source_of(index).ok_or(StormError::TooFewSources {
         devices: index + 1,
         sources: config.sources.len(),
@@ -219,12 +224,14 @@ fn prepare_one(
     })
 }
 
-/// Starts every device at once and waits until each has its echo answered or gave up.
+/// Starts every device at once (at `start_at` when given: the moment other generator processes
+/// of the same fleet start too) and waits until each has its echo answered or gave up.
 /// Returns the outcomes in device order and the instant of the start.
 pub async fn run(
     devices: Vec<PreparedDevice>,
     config: &StormConfig,
     progress: Arc<Progress>,
+    start_at: Option<std::time::SystemTime>,
 ) -> std::io::Result<(Vec<DeviceOutcome>, Instant)> {
     // Every task registers its socket and then waits at the gate, so that the start is one
     // moment for the whole fleet rather than the time it takes to spawn it.
@@ -252,6 +259,10 @@ pub async fn run(
         }));
     }
     tokio::task::yield_now().await;
+    if let Some(wait) = start_at.and_then(|at| at.duration_since(std::time::SystemTime::now()).ok())
+    {
+        tokio::time::sleep(wait).await;
+    }
     let start = Instant::now();
     gate.send_replace(Some(start));
     let mut outcomes = Vec::with_capacity(tasks.len());

@@ -109,6 +109,25 @@ enum Command {
         /// Threads that prepare devices and run the fleet.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Skip the file's first N devices; the rest keep their numbers (source address, port):
+        /// how several processes share a fleet larger than one process's open-file limit.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        /// Start at this time (milliseconds since the UNIX epoch), the same for every process.
+        #[arg(long)]
+        start_at: Option<u64>,
+        /// After preparing, print "ready" and wait until this file exists; it holds the start
+        /// time (milliseconds since the UNIX epoch), written once every process is ready.
+        #[arg(long)]
+        wait_for: Option<PathBuf>,
+        /// Also write each device's outcome there, for `merge`.
+        #[arg(long)]
+        outcomes: Option<PathBuf>,
+    },
+    /// One report for a fleet run by several processes (their --outcomes files).
+    Merge {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
 }
 
@@ -157,6 +176,10 @@ fn main() -> ExitCode {
             server_pid,
             deadline,
             threads,
+            skip,
+            start_at,
+            wait_for,
+            outcomes,
         } => {
             let sources = match source_addresses(&sources) {
                 Ok(sources) => sources,
@@ -169,10 +192,20 @@ fn main() -> ExitCode {
             config.first_port = first_port;
             config.ports_per_source = ports_per_source;
             config.deadline = Duration::from_secs(deadline);
+            config.first_index = skip;
+            let options = RunOptions {
+                count,
+                server_pid,
+                threads,
+                start_at: start_at.map(|ms| std::time::UNIX_EPOCH + Duration::from_millis(ms)),
+                wait_for,
+                outcomes,
+            };
             runtime(threads)
                 .map_err(|e| e.to_string())
-                .and_then(|rt| rt.block_on(run(&devices, count, config, server_pid, threads)))
+                .and_then(|rt| rt.block_on(run(&devices, config, options)))
         }
+        Command::Merge { files } => merge(&files),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -198,18 +231,33 @@ fn source_addresses(items: &[String]) -> Result<Vec<IpAddr>, String> {
     Ok(sources)
 }
 
-async fn run(
-    devices_path: &std::path::Path,
+struct RunOptions {
     count: Option<usize>,
-    config: StormConfig,
     server_pid: Option<u32>,
     threads: usize,
+    start_at: Option<std::time::SystemTime>,
+    wait_for: Option<PathBuf>,
+    outcomes: Option<PathBuf>,
+}
+
+async fn run(
+    devices_path: &std::path::Path,
+    config: StormConfig,
+    options: RunOptions,
 ) -> Result<(), String> {
     let mut specs = devices::read(devices_path).map_err(|e| e.to_string())?;
-    if let Some(count) = count {
+    let skip = config.first_index;
+    if skip > specs.len() {
+        return Err(format!(
+            "--skip {skip}: the file has {} devices",
+            specs.len()
+        ));
+    }
+    specs.drain(..skip);
+    if let Some(count) = options.count {
         if count > specs.len() {
             return Err(format!(
-                "--count {count}: the file has {} devices",
+                "--count {count}: the file has {} devices after --skip",
                 specs.len()
             ));
         }
@@ -220,30 +268,134 @@ async fn run(
         Some(limit) if limit >= needed => {}
         limit => {
             return Err(format!(
-            "{} devices need {needed} open files; the limit is {limit:?} (raise it with ulimit -n)",
-            specs.len()
-        ))
+                "{} devices need {needed} open files; the limit is {limit:?} (raise it with \
+                 ulimit -n, or split the fleet over processes with --skip/--count)",
+                specs.len()
+            ))
         }
     }
     eprintln!("preparing {} devices", specs.len());
+    let threads = options.threads;
     let prepared = tokio::task::block_in_place(|| fleet::prepare(&specs, &config, threads))
         .map_err(|e| e.to_string())?;
     drop(specs);
+    let mut start_at = options.start_at;
+    if let Some(path) = &options.wait_for {
+        eprintln!("ready");
+        start_at = Some(wait_for_start(path).await);
+    }
     let progress = Arc::new(Progress::default());
     let reporter = tokio::spawn(report_progress(progress.clone()));
-    let server_before = server_pid.and_then(cpu_seconds_of);
+    let server_before = options.server_pid.and_then(cpu_seconds_of);
     let self_before = cpu_seconds_of_self();
-    let (outcomes, start) = fleet::run(prepared, &config, progress)
+    let (outcomes, start) = fleet::run(prepared, &config, progress, start_at)
         .await
         .map_err(|e| e.to_string())?;
     let elapsed = start.elapsed();
-    let server_cpu = server_pid
+    let server_cpu = options
+        .server_pid
         .and_then(cpu_seconds_of)
         .zip(server_before)
         .map(|(after, before)| after - before);
     let self_cpu = cpu_seconds_of_self().zip(self_before).map(|(a, b)| a - b);
     reporter.abort();
+    if let Some(path) = &options.outcomes {
+        write_outcomes(path, &outcomes, elapsed, server_cpu, self_cpu)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     print_report(&outcomes, elapsed, server_cpu, self_cpu);
+    Ok(())
+}
+
+/// Polls `path` until it holds a start time (milliseconds since the UNIX epoch).
+async fn wait_for_start(path: &std::path::Path) -> std::time::SystemTime {
+    loop {
+        if let Some(ms) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse::<u64>().ok())
+        {
+            return std::time::UNIX_EPOCH + Duration::from_millis(ms);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `#run ELAPSED SERVER_CPU GENERATOR_CPU`, then one device a line:
+/// `SESSION ANSWERED INITIATIONS RESPONSES COOKIES` (seconds, or `-`).
+fn write_outcomes(
+    path: &std::path::Path,
+    outcomes: &[DeviceOutcome],
+    elapsed: Duration,
+    server_cpu: Option<f64>,
+    self_cpu: Option<f64>,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| v.to_string());
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    writeln!(
+        out,
+        "#run {} {} {}",
+        elapsed.as_secs_f64(),
+        opt(server_cpu),
+        opt(self_cpu)
+    )?;
+    for o in outcomes {
+        writeln!(
+            out,
+            "{} {} {} {} {}",
+            opt(o.session_at.map(|d| d.as_secs_f64())),
+            opt(o.answered_at.map(|d| d.as_secs_f64())),
+            o.initiations,
+            o.responses,
+            o.cookies
+        )?;
+    }
+    out.flush()
+}
+
+/// The report of several processes' outcomes: the server's CPU is the largest of their windows
+/// (all started at the same moment), the generator's the sum.
+fn merge(files: &[PathBuf]) -> Result<(), String> {
+    let mut outcomes = Vec::new();
+    let (mut elapsed, mut server_cpu, mut self_cpu) = (0f64, None::<f64>, None::<f64>);
+    for path in files {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bad = |n: usize| format!("{} line {}: not an outcome", path.display(), n + 1);
+        for (n, line) in text.lines().enumerate() {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let time = |f: &str| f.parse::<f64>().ok();
+            if let Some(run) = line.strip_prefix("#run ") {
+                let f: Vec<Option<f64>> = run.split_whitespace().map(time).collect();
+                elapsed = elapsed.max(f.first().copied().flatten().unwrap_or(0.0));
+                let server = f.get(1).copied().flatten();
+                server_cpu = match (server_cpu, server) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                if let Some(own) = f.get(2).copied().flatten() {
+                    self_cpu = Some(self_cpu.unwrap_or(0.0) + own);
+                }
+                continue;
+            }
+            let [session, answered, initiations, responses, cookies] = fields[..] else {
+                return Err(bad(n));
+            };
+            let count = |f: &str| f.parse::<u32>().map_err(|_| bad(n));
+            outcomes.push(DeviceOutcome {
+                session_at: time(session).map(Duration::from_secs_f64),
+                answered_at: time(answered).map(Duration::from_secs_f64),
+                initiations: count(initiations)?,
+                responses: count(responses)?,
+                cookies: count(cookies)?,
+            });
+        }
+    }
+    print_report(
+        &outcomes,
+        Duration::from_secs_f64(elapsed),
+        server_cpu,
+        self_cpu,
+    );
     Ok(())
 }
 

@@ -48,6 +48,7 @@
 #   DP_GOTATUN=PATH    gotatun binary (default: `gotatun` on PATH, else $DP_CARGO_ROOT/bin/gotatun,
 #                      installed there with cargo install gotatun-cli 0.10.2 when missing)
 #   DP_CARGO_ROOT=DIR  (default /opt/wgbench/cargo)    DP_KEEP=1  keep the scratch directory
+#   DP_PER_PROC=N      devices per generator process (default: the open-file limit less 256)
 #
 # Everything this script starts is recorded by PID and stopped by PID on exit, INT and TERM;
 # namespaces and scratch files (which hold the devices' private keys, mode 0600) are removed.
@@ -85,6 +86,7 @@ SRV_IP=10.216.0.1
 CLI_IP=10.216.0.2
 SOURCE_NET=10.220.0.0/14
 PER_SOURCE=1
+GEN_THREADS=2
 UAPI_DIR=/var/run/wireguard
 
 WORK=""
@@ -299,11 +301,38 @@ storm() { # storm IMPL ROUND
     rlog=$OUT/logs/storm-$impl-$round.log
     drops0=$(rcvbuf_errors)
     load=$(loadavg1)
+    # The fleet in PROCS processes of at most PER_PROC devices (the open-file limit), each
+    # preparing its share and then waiting for the common start time in $WORK/go.
+    local p first n gen_pids=() outcome_files=() waited
+    rm -f "$WORK/go" "$WORK"/outcomes-*
+    for ((p = 0; p < PROCS; p++)); do
+        first=$((p * PER_PROC))
+        n=$((DEVICES - first < PER_PROC ? DEVICES - first : PER_PROC))
+        spawn "$NS_C" "$OUT/logs/storm-$impl-$round-p$p.log" storm "$STORM" run --devices "$devices" \
+            --skip "$first" --count "$n" --threads "$GEN_THREADS" --endpoint "$SRV_IP:$WG_PORT" \
+            --sources "$SOURCE_NET" --ports-per-source "$PER_SOURCE" --target "$TUN_IP" \
+            --server-pid "$SRV_PID" --deadline "$DEADLINE" --wait-for "$WORK/go" \
+            --outcomes "$WORK/outcomes-$p"
+        gen_pids+=("$SPAWNED_PID")
+        outcome_files+=("$WORK/outcomes-$p")
+    done
+    for ((waited = 0; waited < 6000; waited++)); do
+        n=0
+        for ((p = 0; p < PROCS; p++)); do
+            grep -q '^ready$' "$OUT/logs/storm-$impl-$round-p$p.log" 2>/dev/null && n=$((n + 1))
+            kill -0 "${gen_pids[p]}" 2>/dev/null || die "storm run $p exited early: $(tail -3 "$OUT/logs/storm-$impl-$round-p$p.log")"
+        done
+        ((n == PROCS)) && break
+        sleep 0.1
+    done
+    ((n == PROCS)) || die "the generator processes were not ready after 600 s"
     s0=$(sys_ticks)
-    spawn "$NS_C" "$rlog" storm "$STORM" run --devices "$devices" --endpoint "$SRV_IP:$WG_PORT" \
-        --sources "$SOURCE_NET" --ports-per-source "$PER_SOURCE" --target "$TUN_IP" \
-        --server-pid "$SRV_PID" --deadline "$DEADLINE"
-    wait "$SPAWNED_PID" || log "warning: storm run against $impl exited with $? (see $rlog)"
+    echo $(($(date +%s%3N) + 1000)) >"$WORK/go.tmp" # written whole, then renamed: read whole
+    mv "$WORK/go.tmp" "$WORK/go"
+    for p in "${gen_pids[@]}"; do
+        wait "$p" || log "warning: a storm run against $impl exited with $?"
+    done
+    "$STORM" merge "${outcome_files[@]}" >"$rlog" || die "storm merge failed"
     s1=$(sys_ticks)
     drops1=$(rcvbuf_errors)
     stop_server
@@ -389,8 +418,15 @@ done
 for tool in ip wg jq curl unshare nsenter timeout awk; do
     command -v "$tool" >/dev/null || die "missing $tool"
 done
-# One socket per device: the generator (and only what this script starts) gets the room.
-ulimit -n $((DEVICES + 4096)) 2>/dev/null || die "cannot raise the open-file limit to $((DEVICES + 4096))"
+# One socket per device. The soft open-file limit goes up to the hard one (raising the hard one
+# needs CAP_SYS_RESOURCE, which a container may lack); a fleet larger than that is split over
+# processes that start at the same moment (storm run --skip/--count/--wait-for, storm merge).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+PER_PROC=${DP_PER_PROC:-$(($(ulimit -n) - 256))}
+((PER_PROC > 0)) || die "open-file limit $(ulimit -n) is too low"
+((PER_PROC < DEVICES)) || PER_PROC=$DEVICES
+PROCS=$(((DEVICES + PER_PROC - 1) / PER_PROC))
+((PROCS == 1)) || GEN_THREADS=1
 
 OUT=${OUT:-/tmp/arcd-storm-$(date +%Y%m%d-%H%M%S)}
 mkdir -p "$OUT/logs"
@@ -452,6 +488,7 @@ fi
     echo "# wireguard-go: $(wireguard-go --version 2>&1 | head -1)"
     [[ -n $GOTATUN ]] && echo "# gotatun: $("$GOTATUN" --version 2>&1 | head -1)"
     echo "# net.core.rmem_max=$(sysctl -n net.core.rmem_max) rmem_default=$(sysctl -n net.core.rmem_default)"
+    echo "# generator: $PROCS process(es) of at most $PER_PROC devices (open-file limit $(ulimit -n)), $GEN_THREADS thread(s) each"
     printf 'time\timpl\tround\tdevices\tsessions\tanswered\ts50\ts90\ts99\ts100\ta50\ta90\ta99\ta100\trate\tinitiations\tcookies\tcookie_devices\tserver_cpu_s\tgenerator_cpu_s\tsrv_rcvbuf_drops\tmachine_busy_pct\tload1\n'
 } >"$OUT/results.tsv"
 grep '^#' "$OUT/results.tsv" >&2
