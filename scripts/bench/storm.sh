@@ -413,6 +413,10 @@ IFS=, read -r -a IMPLS <<<"$SERVERS"
 for impl in "${IMPLS[@]}"; do
     case $impl in arcd | wireguard-go | gotatun) ;; *) die "unknown server '$impl' (arcd, wireguard-go, gotatun)" ;; esac
 done
+# wireguard-go refuses a peer beyond MaxPeers (1 << 16): "failed to create new peer: too many peers".
+if [[ " ${IMPLS[*]} " == *" wireguard-go "* ]] && ((DEVICES > 65536)); then
+    die "wireguard-go holds at most 65,536 peers; leave it out (-s arcd,gotatun) for $DEVICES devices"
+fi
 [[ $EUID -eq 0 ]] || die "needs root (network namespaces, TUN devices)"
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing"
 for tool in ip wg jq curl unshare nsenter timeout awk; do
