@@ -9,7 +9,7 @@ use axum::middleware;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use super::{auth, auth_limit, data, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState};
+use super::{auth, auth_limit, credentials, data, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState};
 
 /// The HTTP methods the API routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -142,6 +142,10 @@ pub fn authenticated() -> Vec<Route> {
         put("/arcd/virtual_private_gateways/{vpg_id}/device_to_device", vpgs::set_device_to_device),
         post("/arcd/iot_sims", iot_sims::import_iot_sims),
         get("/arcd/rendezvous_points", rendezvous_points::list),
+        get("/credentials", credentials::list),
+        post("/credentials/{credentials_id}", credentials::create),
+        put("/credentials/{credentials_id}", credentials::update),
+        delete("/credentials/{credentials_id}", credentials::delete),
     ];
     routes.extend(data::routes());
     routes

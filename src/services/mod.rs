@@ -5,6 +5,7 @@
 
 pub mod beam;
 pub mod caller;
+pub mod destination;
 pub mod dns;
 pub mod harvest;
 pub mod harvest_retention;

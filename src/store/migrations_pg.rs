@@ -312,6 +312,19 @@ const MIGRATIONS: &[&str] = &[
     END
     $fn$;
     "#,
+    // 13: destination credentials of Funnel and Funk (see migrations.rs).
+    r#"
+    CREATE TABLE credentials (
+        operator_id     TEXT COLLATE "C" NOT NULL REFERENCES operators(operator_id),
+        credentials_id  TEXT COLLATE "C" NOT NULL,
+        type            TEXT NOT NULL,
+        description     TEXT NOT NULL,
+        secret          TEXT NOT NULL,
+        created_at      BIGINT NOT NULL,
+        updated_at      BIGINT NOT NULL,
+        PRIMARY KEY (operator_id, credentials_id)
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -2,6 +2,7 @@
 //! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
 pub mod copy;
+pub mod credentials;
 #[cfg(test)]
 mod create_concurrency_tests;
 pub mod db;
