@@ -238,7 +238,10 @@ mod tests {
             updated_at: 2_000,
         };
         let shown = view(&record).to_string();
-        assert!(!shown.contains("hunter2") && !shown.contains("password\""), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("password\""),
+            "{shown}"
+        );
         assert_eq!(view(&record)["createDateTime"], 1);
     }
 }

@@ -9,7 +9,10 @@ use axum::middleware;
 use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
-use super::{auth, auth_limit, credentials, data, groups, iot_sims, rendezvous_points, sims, vpgs, SharedState};
+use super::{
+    auth, auth_limit, credentials, data, groups, iot_sims, rendezvous_points, sims, vpgs,
+    SharedState,
+};
 
 /// The HTTP methods the API routes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -114,9 +114,10 @@ fn target_of(namespace: &str, destination: &Value) -> Result<Target, String> {
         .parse()
         .map_err(|e| format!("{namespace}.destination.resourceUrl `{url}` is not a URL: {e}"))?;
     let scheme = uri.scheme_str().unwrap_or("");
-    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| {
-        format!("{namespace}.destination.resourceUrl `{url}` has no host")
-    })?;
+    let host = uri
+        .host()
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| format!("{namespace}.destination.resourceUrl `{url}` has no host"))?;
     match (namespace, provider, scheme) {
         (FUNNEL, "mqtt", "mqtt" | "mqtts") => {
             let tls = scheme == "mqtts";
@@ -273,11 +274,21 @@ mod tests {
             }))
         );
         assert!(matches!(
-            target(FUNNEL, json!({"provider": "mqtt", "resourceUrl": "mqtts://b.example:9000/t"})),
-            Ok(Some(Target::Mqtt { tls: true, port: 9000, .. }))
+            target(
+                FUNNEL,
+                json!({"provider": "mqtt", "resourceUrl": "mqtts://b.example:9000/t"})
+            ),
+            Ok(Some(Target::Mqtt {
+                tls: true,
+                port: 9000,
+                ..
+            }))
         ));
         assert!(matches!(
-            target(FUNNEL, json!({"provider": "http", "resourceUrl": "https://sink.example/in"})),
+            target(
+                FUNNEL,
+                json!({"provider": "http", "resourceUrl": "https://sink.example/in"})
+            ),
             Ok(Some(Target::Http { .. }))
         ));
     }
@@ -285,16 +296,37 @@ mod tests {
     #[test]
     fn unusable_destinations_are_refused_with_a_reason() {
         for (namespace, destination) in [
-            (FUNNEL, json!({"provider": "aws", "service": "kinesis", "resourceUrl": "https://kinesis.x/s"})),
-            (FUNNEL, json!({"provider": "mqtt", "resourceUrl": "mqtt://broker:1883/"})),
-            (FUNNEL, json!({"provider": "mqtt", "resourceUrl": "mqtt://broker/a/#"})),
-            (FUNNEL, json!({"provider": "mqtt", "resourceUrl": "http://broker/a"})),
-            (FUNNEL, json!({"provider": "http", "resourceUrl": "not a url"})),
+            (
+                FUNNEL,
+                json!({"provider": "aws", "service": "kinesis", "resourceUrl": "https://kinesis.x/s"}),
+            ),
+            (
+                FUNNEL,
+                json!({"provider": "mqtt", "resourceUrl": "mqtt://broker:1883/"}),
+            ),
+            (
+                FUNNEL,
+                json!({"provider": "mqtt", "resourceUrl": "mqtt://broker/a/#"}),
+            ),
+            (
+                FUNNEL,
+                json!({"provider": "mqtt", "resourceUrl": "http://broker/a"}),
+            ),
+            (
+                FUNNEL,
+                json!({"provider": "http", "resourceUrl": "not a url"}),
+            ),
             (FUNNEL, json!({"provider": "http"})),
-            (FUNK, json!({"provider": "mqtt", "resourceUrl": "mqtt://broker/a"})),
+            (
+                FUNK,
+                json!({"provider": "mqtt", "resourceUrl": "mqtt://broker/a"}),
+            ),
         ] {
             let answer = target(namespace, destination.clone());
-            assert!(answer.is_err(), "{namespace} accepted {destination}: {answer:?}");
+            assert!(
+                answer.is_err(),
+                "{namespace} accepted {destination}: {answer:?}"
+            );
         }
         let no_destination = configuration(FUNK, json!({"enabled": true}));
         assert!(route(&no_destination, FUNK).is_err());
@@ -307,7 +339,10 @@ mod tests {
             json!({"destination": destination}),
             json!({"enabled": false, "destination": "garbage"}),
         ] {
-            assert!(matches!(route(&configuration(FUNK, values), FUNK), Ok(None)));
+            assert!(matches!(
+                route(&configuration(FUNK, values), FUNK),
+                Ok(None)
+            ));
         }
         assert!(matches!(route(&Configuration::new(), FUNNEL), Ok(None)));
         let stringly = configuration(FUNK, json!({"enabled": "yes", "destination": destination}));
@@ -346,7 +381,9 @@ mod tests {
             port: 1883,
             topic: "t".into(),
         };
-        let http = Target::Http { url: "http://x/".into() };
+        let http = Target::Http {
+            url: "http://x/".into(),
+        };
         let token = record("api-token-credentials", json!({"token": "s3cret"}));
         assert!(secret_for(&mqtt, &token).is_err());
         let secret = secret_for(&http, &token).expect("token for http");

@@ -269,10 +269,11 @@ mod tests {
         store
             .write_db(|db| create(db, &owner, "shared-name", &new))
             .expect("create");
+        assert!(store.read_db(|db| get(db, &other, "shared-name")).is_err());
         assert!(store
-            .read_db(|db| get(db, &other, "shared-name"))
-            .is_err());
-        assert!(store.read_db(|db| list(db, &other)).expect("list").is_empty());
+            .read_db(|db| list(db, &other))
+            .expect("list")
+            .is_empty());
         // The same id is free for another operator.
         store
             .write_db(|db| create(db, &other, "shared-name", &new))

@@ -2,9 +2,9 @@
 //! directory, the default) or PostgreSQL (shared by several nodes); see `Store`.
 
 pub mod copy;
-pub mod credentials;
 #[cfg(test)]
 mod create_concurrency_tests;
+pub mod credentials;
 pub mod db;
 pub mod endpoints;
 mod error;
