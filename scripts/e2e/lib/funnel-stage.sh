@@ -1,5 +1,6 @@
 # funnel-stage.sh — the stage shared by scripts/e2e/funnel.sh and scripts/bench/funnel.sh.
-# Sourced, not run. shellcheck shell=bash
+# Sourced, not run.
+# shellcheck shell=bash disable=SC2034 # the variables are the callers'
 #
 #   ┌── netns <tag>-<pid>-dev ──┐ veth ┌── netns <tag>-<pid>-rv ──────┐ veth ┌── netns <tag>-<pid>-dst ──┐
 #   │ wireguard-go: a virtual   │──────│ arcd (rendezvous.sh): API    │──────│ Mosquitto 10.97.2.2:1883  │
@@ -61,6 +62,16 @@ nsx() {
     local ns=$1
     shift
     nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@"
+}
+
+# bg_in NS COMM cmd...: cmd in the background in NS, recorded as PID:COMM. No function or
+# subshell in between: nsenter and `ip netns exec` exec, so $! becomes the program itself.
+bg_in() {
+    local ns=$1 comm=$2
+    shift 2
+    nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@" &
+    LAST_BG=$!
+    PIDS+=("$LAST_BG:$comm")
 }
 
 api() { # METHOD PATH [BODY]: body on stdout, fails on a non-2xx answer
@@ -125,11 +136,9 @@ log_type warning
 log_type notice
 log_type subscribe
 CONF
-    nsx "$NS_DST" "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.out" 2>&1 &
-    PIDS+=("$!:mosquitto")
-    nsx "$NS_DST" python3 "$REPO_DIR/scripts/e2e/funnel-sink.py" --listen "$DST_ADDR:8080" \
-        --log "$WORK/sink.jsonl" >"$WORK/sink.out" 2>&1 &
-    PIDS+=("$!:python3")
+    bg_in "$NS_DST" mosquitto "$MOSQUITTO" -c "$WORK/mosquitto.conf" >"$WORK/mosquitto.out" 2>&1
+    bg_in "$NS_DST" python3 python3 "$REPO_DIR/scripts/e2e/funnel-sink.py" --listen "$DST_ADDR:8080" \
+        --log "$WORK/sink.jsonl" >"$WORK/sink.out" 2>&1
     wait_for 10 nsx "$NS_DST" nc -z "$DST_ADDR" 1883 || die "Mosquitto does not listen: $(cat "$WORK/mosquitto.out" "$WORK/mosquitto.log" 2>/dev/null | tail -n 5)"
     wait_for 10 nsx "$NS_DST" nc -z "$DST_ADDR" 8080 || die "funnel-sink.py does not listen: $(tail -n 5 "$WORK/sink.out")"
 
@@ -170,9 +179,8 @@ subscribe_mqtt() {
     local id="sub-$RANDOM"
     local args=(-h "$DST_ADDR" -u "$MQTT_USER" -P "$MQTT_PASSWORD" -i "$id" -q 1 -t "$topic")
     [[ -n $count ]] && args+=(-C "$count")
-    nsx "$NS_DST" mosquitto_sub "${args[@]}" >"$out" 2>"$out.err" &
-    SUB_PID=$!
-    PIDS+=("$SUB_PID:mosquitto_sub")
+    bg_in "$NS_DST" mosquitto_sub mosquitto_sub "${args[@]}" >"$out" 2>"$out.err"
+    SUB_PID=$LAST_BG
     wait_for 10 grep -q "$id 1 $topic" "$WORK/mosquitto.log" ||
         die "mosquitto_sub never subscribed: $(tail -n 5 "$WORK/mosquitto.log" "$out.err")"
 }
