@@ -15,7 +15,7 @@
 //! attempt that failed), `dropped` (the queue was full: the device got 503).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, Semaphore};
 use super::beam::{tls_client_config, BeamClient};
 use super::destination::{Secret, Target};
 use crate::metrics;
+use crate::store::now_ms;
 
 pub const MQTT_QUEUE: usize = 10_000;
 pub const WEBHOOK_QUEUE: usize = 10_000;
@@ -39,6 +40,9 @@ const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Pause after a failed MQTT connection attempt before the next one.
 const MQTT_RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 const MQTT_INFLIGHT: u16 = 1000;
+/// A broker client unused this long is closed (a group moved to another destination, or a
+/// broker that never came up); the next message for it starts a new one.
+const BROKER_IDLE_MS: i64 = 10 * 60 * 1000;
 /// A webhook's answer is not used; reading more of it only costs memory.
 const WEBHOOK_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -84,9 +88,17 @@ struct BrokerKey {
     secret: Option<Secret>,
 }
 
+/// One broker's client and when a message was last queued for it (UNIX ms).
+struct Broker {
+    client: AsyncClient,
+    last_used: Arc<AtomicI64>,
+}
+
+type Brokers = Arc<Mutex<HashMap<BrokerKey, Broker>>>;
+
 pub struct Delivery {
     webhooks: mpsc::Sender<WebhookJob>,
-    brokers: Mutex<HashMap<BrokerKey, AsyncClient>>,
+    brokers: Brokers,
     pub stats: Arc<DeliveryStats>,
     /// Distinguishes this process's MQTT sessions from another node's or an earlier run's.
     client_id_prefix: String,
@@ -100,7 +112,7 @@ impl Delivery {
         tokio::spawn(run_webhooks(http, queue, webhooks.clone(), stats.clone()));
         Delivery {
             webhooks,
-            brokers: Mutex::new(HashMap::new()),
+            brokers: Arc::new(Mutex::new(HashMap::new())),
             stats,
             client_id_prefix: format!("arcd-funnel-{:08x}", rand::random::<u32>()),
         }
@@ -153,8 +165,9 @@ impl Delivery {
     /// The client of one broker and login, started on first use.
     fn broker(&self, key: BrokerKey) -> AsyncClient {
         let mut brokers = self.brokers.lock();
-        if let Some(client) = brokers.get(&key) {
-            return client.clone();
+        if let Some(broker) = brokers.get(&key) {
+            broker.last_used.store(now_ms(), Ordering::Relaxed);
+            return broker.client.clone();
         }
         let client_id = format!("{}-{}", self.client_id_prefix, brokers.len());
         let mut options = MqttOptions::new(client_id, key.host.clone(), key.port);
@@ -171,19 +184,49 @@ impl Delivery {
             ));
         }
         let (client, eventloop) = AsyncClient::new(options, MQTT_QUEUE);
-        let broker = format!("{}:{}", key.host, key.port);
-        tokio::spawn(run_broker(broker, eventloop, self.stats.clone()));
-        brokers.insert(key, client.clone());
+        let last_used = Arc::new(AtomicI64::new(now_ms()));
+        tokio::spawn(run_broker(
+            key.clone(),
+            eventloop,
+            self.stats.clone(),
+            self.brokers.clone(),
+            last_used.clone(),
+        ));
+        brokers.insert(
+            key,
+            Broker {
+                client: client.clone(),
+                last_used,
+            },
+        );
         client
     }
 }
 
 /// Drives one broker connection: counts PUBACKs, reconnects after a pause when it fails (the
-/// failure logged once until the connection is back).
-async fn run_broker(broker: String, mut eventloop: rumqttc::EventLoop, stats: Arc<DeliveryStats>) {
+/// failure logged once until the connection is back), and ends once the client has been idle
+/// for `BROKER_IDLE_MS` (keep-alive pings, or the retries of a failing connection, wake it at
+/// least every 30 s to notice).
+async fn run_broker(
+    key: BrokerKey,
+    mut eventloop: rumqttc::EventLoop,
+    stats: Arc<DeliveryStats>,
+    brokers: Brokers,
+    last_used: Arc<AtomicI64>,
+) {
+    let broker = format!("{}:{}", key.host, key.port);
     let mut connected = false;
     let mut failing = false;
     loop {
+        if now_ms() - last_used.load(Ordering::Relaxed) > BROKER_IDLE_MS {
+            let mut brokers = brokers.lock();
+            // Checked again under the lock: a message queued meanwhile keeps the client.
+            if now_ms() - last_used.load(Ordering::Relaxed) > BROKER_IDLE_MS {
+                brokers.remove(&key);
+                tracing::info!(service = "funnel", %broker, "idle MQTT client closed");
+                return;
+            }
+        }
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::PubAck(_))) => stats.count("delivered"),
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
