@@ -168,11 +168,7 @@ pub async fn accept(
         Ok(Some(resolved)) => resolved,
         Ok(None) => return Outcome::Disabled,
         Err(StoreError::Rule(Rule::InvalidServiceConfiguration(reason))) => {
-            ctx.funnel
-                .stats
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            crate::metrics::funnel_delivery("failed");
+            ctx.funnel.stats.count("failed");
             tracing::warn!(service = "funnel", sim_id = %caller.sim.sim_id, %reason, "Funnel destination unusable");
             return Outcome::Unusable(reason);
         }

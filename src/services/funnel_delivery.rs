@@ -56,7 +56,7 @@ pub struct DeliveryStats {
 }
 
 impl DeliveryStats {
-    fn count(&self, result: &'static str) {
+    pub(crate) fn count(&self, result: &'static str) {
         let counter = match result {
             "delivered" => &self.delivered,
             "retried" => &self.retried,
