@@ -637,6 +637,20 @@ async fn funk_returns_the_functions_answer_and_refuses_when_off() {
     let body: Value = serde_json::from_slice(&both.body).expect("JSON");
     assert_eq!(body["body"]["detail"]["funnel"]["statusCode"], 204);
     assert_eq!(body["body"]["detail"]["funk"]["body"]["command"], "reboot");
+    // The same over UDP 23080: the unified JSON, as the device sent one message to both.
+    let reply = udp(
+        SocketAddr::from((device.ip, 40_005)),
+        br#"{"n":2}"#.to_vec(),
+    )
+    .await;
+    let reply: Value = serde_json::from_slice(&reply).expect("unified JSON over UDP");
+    assert_eq!(reply["statusCode"], 200, "{reply}");
+    assert_eq!(reply["body"]["detail"]["funnel"]["statusCode"], 204);
+    assert_eq!(
+        reply["body"]["detail"]["funk"]["body"]["function"],
+        Value::Null
+    );
+    assert_eq!(reply["body"]["detail"]["funk"]["body"]["command"], "reboot");
     wait_for("Funnel's delivery", || {
         (!delivered.lock().expect("log").is_empty()).then_some(())
     })
