@@ -1,4 +1,4 @@
-//! Funnel, Funk and the credentials API in-process: the services' routers and raw handlers are
+//! Funnel and Funk in-process (the credentials API is tests/credentials_api.rs): the services' routers and raw handlers are
 //! called as a device behind a tunnel address would call them, against a real arcd (store, peer
 //! table, delivery queue), with real destinations on loopback: an HTTP sink, a function, and a
 //! Mosquitto broker when it is installed (required when ARCD_REQUIRE_E2E is set). The sockets on
@@ -205,102 +205,6 @@ fn closed_port() -> u16 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// credentials API
-
-#[tokio::test]
-async fn credentials_are_stored_never_returned_and_checked_against_groups() {
-    let server = TestServer::start().await;
-    let api = server.login().await;
-    let login = json!({"type": "username-password-credentials", "description": "broker",
-                       "credentials": {"username": "funnel", "password": "s3cret-pw"}});
-    let (status, created) = api.post("/v1/credentials/broker", login.clone()).await;
-    assert_eq!(status, StatusCode::CREATED, "{created}");
-    assert_eq!(created["credentialsId"], "broker");
-    assert_eq!(created["type"], "username-password-credentials");
-    let (status, again) = api.post("/v1/credentials/broker", login.clone()).await;
-    assert_eq!(
-        (status, again["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("CRD0001"))
-    );
-    let (status, listed) = api.get("/v1/credentials").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(listed.as_array().map(Vec::len), Some(1));
-    assert!(!listed.to_string().contains("s3cret-pw"), "{listed}");
-    for (path, body) in [
-        (
-            "/v1/credentials/x",
-            json!({"type": "aws-credentials", "credentials": {"accessKeyId": "a"}}),
-        ),
-        (
-            "/v1/credentials/x",
-            json!({"type": "api-token-credentials", "credentials": {}}),
-        ),
-        (
-            "/v1/credentials/a%20b",
-            json!({"type": "api-token-credentials", "credentials": {"token": "t"}}),
-        ),
-    ] {
-        let (status, answer) = api.post(path, body).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
-    }
-    let (status, updated) = api
-        .put(
-            "/v1/credentials/broker",
-            json!({"type": "username-password-credentials",
-              "credentials": {"username": "funnel", "password": "rotated-pw"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{updated}");
-    assert!(!updated.to_string().contains("rotated-pw"));
-    let (status, _) = api.put("/v1/credentials/nobody", login.clone()).await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-
-    // A group naming unknown credentials, or a destination arcd cannot deliver to, is refused.
-    let mqtt = |credentials_id: &str| {
-        json!({"SoracomFunnel": {"enabled": true, "credentialsId": credentials_id,
-        "destination": {"provider": "mqtt", "resourceUrl": "mqtt://127.0.0.1:1883/t"}}})
-    };
-    let (status, refused) = api
-        .post("/v1/groups", json!({"configuration": mqtt("missing")}))
-        .await;
-    assert_eq!(
-        (status, refused["code"].as_str()),
-        (StatusCode::BAD_REQUEST, Some("GRM0020")),
-        "{refused}"
-    );
-    let (status, refused) = api
-        .post("/v1/groups", json!({"configuration": {"SoracomFunnel": {"enabled": true,
-            "destination": {"provider": "aws", "service": "kinesis", "resourceUrl": "https://kinesis.example/s"}}}}))
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
-    let (status, group) = api
-        .post("/v1/groups", json!({"configuration": mqtt("broker")}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{group}");
-    // The group's MQTT destination cannot take a token, and cannot lose its credentials.
-    let (status, refused) = api
-        .put(
-            "/v1/credentials/broker",
-            json!({"type": "api-token-credentials", "credentials": {"token": "t"}}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
-    let (status, refused) = api.delete("/v1/credentials/broker").await;
-    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
-    let group_id = group["groupId"].as_str().expect("groupId");
-    let (status, _) = api
-        .delete(&format!(
-            "/v1/groups/{group_id}/configuration/SoracomFunnel/enabled"
-        ))
-        .await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = api.delete("/v1/credentials/broker").await;
-    assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = api.delete("/v1/credentials/broker").await;
-    assert_eq!(status, StatusCode::NOT_FOUND);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Funnel
 
 #[tokio::test]
@@ -443,72 +347,9 @@ async fn funnel_is_refused_when_off_and_never_keeps_a_device_waiting_for_a_bad_d
     .await;
 }
 
-/// Mosquitto on a loopback port with one login, stopped (by PID) on drop.
-struct Mosquitto {
-    child: std::process::Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn mosquitto_binary() -> Option<std::path::PathBuf> {
-    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .iter()
-        .map(std::path::PathBuf::from)
-        .find(|p| p.exists())
-}
-
-fn start_mosquitto() -> Option<Mosquitto> {
-    let Some(binary) = mosquitto_binary() else {
-        assert!(
-            std::env::var_os("ARCD_REQUIRE_E2E").is_none(),
-            "mosquitto is not installed but ARCD_REQUIRE_E2E is set"
-        );
-        eprintln!("SKIPPED: mosquitto is not installed");
-        return None;
-    };
-    let dir = tempfile::tempdir().expect("tempdir");
-    let passwords = dir.path().join("passwords");
-    let made = std::process::Command::new("mosquitto_passwd")
-        .args(["-b", "-c"])
-        .arg(&passwords)
-        .args(["funnel", "broker-pw"])
-        .status()
-        .expect("mosquitto_passwd runs");
-    assert!(made.success());
-    let port = closed_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\npersistence false\n",
-            passwords.display()
-        ),
-    )
-    .expect("config");
-    let child = std::process::Command::new(binary)
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mosquitto starts");
-    Some(Mosquitto {
-        child,
-        port,
-        _dir: dir,
-    })
-}
-
 #[tokio::test]
 async fn funnel_publishes_to_a_real_mosquitto_with_the_stored_login() {
-    let Some(broker) = start_mosquitto() else {
+    let Some(broker) = support::mosquitto::start() else {
         return;
     };
     let server = TestServer::start().await;
