@@ -82,6 +82,8 @@ APT_PACKAGES=(
     systemd         # systemd-analyze verify, sysusers, tmpfiles of the package (scripts/e2e/package.sh; nothing is started)
     postgresql-15   # the store's second engine: scripts/test-postgres.sh starts a throw-away server (initdb in a temp dir); multinode.sh and pg-failover.sh run servers and a streaming standby in namespaces
     procps          # ps --ppid: the PostgreSQL servers' children, killed by PID (scripts/e2e/multinode.sh, pg-failover.sh)
+    mosquitto       # the MQTT broker Funnel delivers to (tests/funnel_funk.rs, scripts/e2e/funnel.sh)
+    mosquitto-clients # mosquitto_sub, mosquitto_passwd: the broker's side of scripts/e2e/funnel.sh
     acl             # getfacl: checks the /run/wireguard ACL of the package's tmpfiles.d rule (package.sh)
     python3-jwt     # PyJWT: the verifier outside arcd of Endorse's tokens (scripts/e2e/lib/endorse-verify.py)
     python3-cryptography # PyJWT's RS256 (RSA) support

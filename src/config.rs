@@ -148,6 +148,8 @@ pub struct ServicesConfig {
     pub harvest_retention_days: u32,
     /// Longest wait for a Beam destination before the device gets 504.
     pub beam_timeout_seconds: u64,
+    /// Longest wait for a Funk function before the device gets 504.
+    pub funk_timeout_seconds: u64,
 }
 
 /// Prometheus metrics on a listener of their own (plain HTTP `GET /metrics`), off by default.
@@ -228,6 +230,7 @@ impl Default for Config {
                 dns_upstreams: Vec::new(),
                 harvest_retention_days: 40,
                 beam_timeout_seconds: 10,
+                funk_timeout_seconds: 10,
             },
             metrics: MetricsConfig {
                 enabled: false,
@@ -408,6 +411,12 @@ impl Config {
         if !(1..=300).contains(&self.services.beam_timeout_seconds) {
             return Err(invalid(
                 "services.beam_timeout_seconds",
+                "must be between 1 and 300".into(),
+            ));
+        }
+        if !(1..=300).contains(&self.services.funk_timeout_seconds) {
+            return Err(invalid(
+                "services.funk_timeout_seconds",
                 "must be between 1 and 300".into(),
             ));
         }

@@ -113,6 +113,8 @@ impl From<StoreError> for ApiError {
                     Rule::VpgInUse { .. } => "VPG0001",
                     Rule::GroupVpgUnusable { .. } => "VPG0002",
                     Rule::VpgSubnetExhausted(..) => "VPG0003",
+                    Rule::CredentialsExist(_) => "CRD0001",
+                    Rule::InvalidServiceConfiguration(_) => "GRM0020",
                 };
                 ApiError::new(StatusCode::BAD_REQUEST, code, rule.to_string())
             }

@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::extract::{JsonBody, Path, QueryParams};
 use super::{json, page_response, page_url, views, ApiError, Operator, SharedState};
 use crate::ids::GroupId;
+use crate::services::destination;
 use crate::store::db::Backend;
 use crate::store::groups::{self, Configuration};
 use crate::store::sims;
@@ -72,8 +73,11 @@ pub async fn create(
     }
     let group = state
         .db(move |store| {
-            store
-                .write_db(|db| groups::create(db, &operator, &request.tags, &request.configuration))
+            store.write_db(|db| {
+                let group = groups::create(db, &operator, &request.tags, &request.configuration)?;
+                destination::check_configuration(db, &operator, &group.configuration)?;
+                Ok(group)
+            })
         })
         .await?;
     Ok(json(StatusCode::CREATED, &views::group(&group)))
@@ -149,7 +153,11 @@ pub async fn put_configuration(
     let group = state
         .db(move |store| {
             store.write_db(|db| {
-                groups::put_configuration(db, &operator, &group_id, &namespace, &values)
+                let group =
+                    groups::put_configuration(db, &operator, &group_id, &namespace, &values)?;
+                // Funnel and Funk destinations are checked as a whole, once every key is in.
+                destination::check_configuration(db, &operator, &group.configuration)?;
+                Ok(group)
             })
         })
         .await?;
@@ -164,7 +172,9 @@ pub async fn delete_configuration(
     state
         .db(move |store| {
             store.write_db(|db| {
-                groups::delete_configuration(db, &operator, &group_id, &namespace, &name)
+                groups::delete_configuration(db, &operator, &group_id, &namespace, &name)?;
+                let group = groups::get(db, &operator, &group_id)?;
+                destination::check_configuration(db, &operator, &group.configuration)
             })
         })
         .await?;

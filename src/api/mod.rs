@@ -2,6 +2,7 @@
 
 mod auth;
 mod auth_limit;
+mod credentials;
 mod data;
 mod endorse;
 mod error;

@@ -10,7 +10,8 @@ use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 
 use super::{
-    auth, auth_limit, data, endorse, groups, iot_sims, rendezvous_points, sim_counts, sims, vpgs,
+    auth, auth_limit, credentials, data, endorse, groups, iot_sims, rendezvous_points, sim_counts,
+    sims, vpgs,
     SharedState,
 };
 
@@ -152,6 +153,10 @@ pub fn authenticated() -> Vec<Route> {
         post("/arcd/iot_sims", iot_sims::import_iot_sims),
         get("/arcd/rendezvous_points", rendezvous_points::list),
         get("/arcd/sim_counts", sim_counts::get),
+        get("/credentials", credentials::list),
+        post("/credentials/{credentials_id}", credentials::create),
+        put("/credentials/{credentials_id}", credentials::update),
+        delete("/credentials/{credentials_id}", credentials::delete),
     ];
     routes.extend(data::routes());
     routes

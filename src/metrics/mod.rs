@@ -55,6 +55,8 @@ struct Events {
     api_latency: Family<OperationLabels, Histogram, fn() -> Histogram>,
     harvest_entries: Family<ResultLabels, Counter>,
     beam_forwards: Family<ResultLabels, Counter>,
+    funnel_deliveries: Family<ResultLabels, Counter>,
+    funk_invocations: Family<ResultLabels, Counter>,
     dns_replies: Family<RcodeLabels, Counter>,
     metadata_requests: Family<ResultLabels, Counter>,
     endorse_requests: Family<ResultLabels, Counter>,
@@ -67,6 +69,8 @@ static EVENTS: LazyLock<Events> = LazyLock::new(|| Events {
     api_latency: Family::new_with_constructor(latency_histogram),
     harvest_entries: Family::default(),
     beam_forwards: Family::default(),
+    funnel_deliveries: Family::default(),
+    funk_invocations: Family::default(),
     dns_replies: Family::default(),
     metadata_requests: Family::default(),
     endorse_requests: Family::default(),
@@ -105,6 +109,24 @@ pub fn harvest_entry(written: bool) {
 pub fn beam_forward(result: &'static str) {
     EVENTS
         .beam_forwards
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+/// One Funnel delivery event: `delivered`, `retried`, `failed`, `dropped` (see
+/// `services::funnel_delivery`).
+pub fn funnel_delivery(result: &'static str) {
+    EVENTS
+        .funnel_deliveries
+        .get_or_create(&ResultLabels { result })
+        .inc();
+}
+
+/// How a Funk invocation ended: `answered`, `disabled`, `invalid_json`, `upstream_error`,
+/// `timeout`.
+pub fn funk_invocation(result: &'static str) {
+    EVENTS
+        .funk_invocations
         .get_or_create(&ResultLabels { result })
         .inc();
 }
@@ -185,6 +207,22 @@ pub fn registry(collector: ArcdCollector) -> Registry {
             .beam_forwards
             .get_or_create_owned(&ResultLabels { result });
     }
+    for result in ["delivered", "retried", "failed", "dropped"] {
+        events
+            .funnel_deliveries
+            .get_or_create_owned(&ResultLabels { result });
+    }
+    for result in [
+        "answered",
+        "disabled",
+        "invalid_json",
+        "upstream_error",
+        "timeout",
+    ] {
+        events
+            .funk_invocations
+            .get_or_create_owned(&ResultLabels { result });
+    }
     for result in ["ok", "not_found", "forbidden", "bad_request", "error"] {
         events
             .metadata_requests
@@ -221,6 +259,16 @@ pub fn registry(collector: ArcdCollector) -> Registry {
         "arcd_beam_requests",
         "Beam requests from devices by result (forwarded, not_configured, upstream_error, timeout)",
         events.beam_forwards.clone(),
+    );
+    registry.register(
+        "arcd_funnel_deliveries",
+        "Funnel deliveries by result (delivered, retried, failed, dropped: queue full)",
+        events.funnel_deliveries.clone(),
+    );
+    registry.register(
+        "arcd_funk_invocations",
+        "Funk function invocations by result (answered, disabled, invalid_json, upstream_error, timeout)",
+        events.funk_invocations.clone(),
     );
     registry.register(
         "arcd_dns_replies",

@@ -45,31 +45,9 @@ pub struct BeamClient {
 
 impl BeamClient {
     pub fn new(timeout: Duration) -> BeamClient {
-        let mut roots = rustls::RootCertStore::empty();
-        let found = rustls_native_certs::load_native_certs();
-        for error in &found.errors {
-            tracing::warn!(%error, "could not read some system root certificates");
-        }
-        let (added, _) = roots.add_parsable_certificates(found.certs);
-        if added == 0 {
-            tracing::warn!("no system root certificates: Beam to https:// destinations will fail");
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
-        let tls = match tls {
-            Ok(tls) => tls,
-            Err(e) => {
-                // Only possible with a provider lacking every default protocol version.
-                tracing::error!(error = %e, "TLS client configuration failed");
-                rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth()
-            }
-        };
+        let tls = tls_client_config();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
+            .with_tls_config((*tls).clone())
             .https_or_http()
             .enable_http1()
             .build();
@@ -77,6 +55,80 @@ impl BeamClient {
             client: Client::builder(TokioExecutor::new()).build(connector),
             timeout,
         }
+    }
+}
+
+/// The TLS client configuration of every upstream arcd's services reach (Beam, Funnel, Funk):
+/// the system's root certificates, ring as the provider.
+pub fn tls_client_config() -> std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            let found = rustls_native_certs::load_native_certs();
+            for error in &found.errors {
+                tracing::warn!(%error, "could not read some system root certificates");
+            }
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                tracing::warn!(
+                    "no system root certificates: https:// and mqtts:// destinations will fail"
+                );
+            }
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let tls = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map(|builder| builder.with_root_certificates(roots).with_no_client_auth());
+            let tls = match tls {
+                Ok(tls) => tls,
+                Err(e) => {
+                    // Only possible with a provider lacking every default protocol version.
+                    tracing::error!(error = %e, "TLS client configuration failed");
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth()
+                }
+            };
+            std::sync::Arc::new(tls)
+        })
+        .clone()
+}
+
+/// How an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("no answer within the timeout")]
+    Timeout,
+}
+
+impl BeamClient {
+    /// Sends `request` and reads the whole answer (at most `max_answer` bytes), within the
+    /// client's timeout; used by Funnel's webhooks and Funk.
+    pub async fn exchange(
+        &self,
+        request: hyper::Request<Full<Bytes>>,
+        max_answer: usize,
+    ) -> Result<(axum::http::response::Parts, Bytes), ExchangeError> {
+        let exchange = async {
+            let answer = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| ExchangeError::Failed(e.to_string()))?;
+            let (parts, body) = answer.into_parts();
+            let body = Limited::new(body, max_answer)
+                .collect()
+                .await
+                .map_err(|e| ExchangeError::Failed(format!("reading the answer: {e}")))?
+                .to_bytes();
+            Ok((parts, body))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| ExchangeError::Timeout)?
     }
 }
 

@@ -22,7 +22,7 @@ use tracing::{debug, warn};
 
 use super::{BEAM, ENDORSE, HARVEST, PONG_AND_METADATA, UNIFIED};
 
-pub const FUNNEL: Ipv4Addr = Ipv4Addr::new(100, 127, 65, 43);
+pub const FUNNEL: Ipv4Addr = super::FUNNEL;
 pub const NTP: Ipv4Addr = Ipv4Addr::new(100, 127, 0, 123);
 
 /// First labels of the platform names, each answered under `soracom.io` and the local domain.

@@ -1,17 +1,22 @@
-//! Platform services inside the tunnel (metadata, Harvest, Beam, Endorse, DNS, the unified endpoint; pong
-//! is the kernel answering ICMP on the TUN address). They listen on SORACOM's fixed addresses,
+//! Platform services inside the tunnel (metadata, Harvest, Beam, Endorse, Funnel, Funk, DNS, the
+//! unified endpoint; pong is the kernel answering ICMP on the TUN address). They listen on SORACOM's fixed addresses,
 //! which the TUN device carries, and identify a caller by its tunnel source address, always as
 //! the primary IMSI.
 
 pub mod beam;
 pub mod caller;
+pub mod destination;
 pub mod dns;
 pub mod endorse;
 pub mod endorse_key;
+pub mod funk;
+pub mod funnel;
+pub mod funnel_delivery;
 pub mod harvest;
 pub mod harvest_retention;
 mod http;
 pub mod metadata;
+mod raw;
 pub mod unified;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -34,15 +39,18 @@ pub const UNIFIED: Ipv4Addr = Ipv4Addr::new(100, 127, 69, 42);
 /// SORACOM publishes no in-network address for `endorse.soracom.io` (its devices reach it over
 /// HTTPS); arcd serves it here, and its DNS answers the name with this address.
 pub const ENDORSE: Ipv4Addr = Ipv4Addr::new(100, 127, 120, 120);
+pub const FUNNEL: Ipv4Addr = Ipv4Addr::new(100, 127, 65, 43);
 
 /// Carried by the TUN device as local addresses so the kernel (and arcd's services) answer.
-pub const PLATFORM_ADDRESSES: [Ipv4Addr; 6] =
-    [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED, ENDORSE];
+pub const PLATFORM_ADDRESSES: [Ipv4Addr; 7] =
+    [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED, ENDORSE, FUNNEL];
 
 pub const HTTP_PORT: u16 = 80;
 pub const HARVEST_RAW_PORT: u16 = 8514;
 pub const BEAM_HTTP_PORT: u16 = 8888;
 pub const DNS_PORT: u16 = 53;
+/// Funnel's and the unified endpoint's raw TCP/UDP port.
+pub const RAW_PORT: u16 = 23080;
 
 /// What every service needs: who is behind a tunnel address, and the store.
 pub struct ServiceContext {
@@ -53,6 +61,10 @@ pub struct ServiceContext {
     pub harvest: harvest::HarvestSink,
     pub beam: beam::BeamClient,
     pub endorse_keys: endorse_key::EndorseKeys,
+    /// Funnel's background delivery (queues, MQTT clients, counts).
+    pub funnel: funnel_delivery::Delivery,
+    /// The HTTP client Funk calls functions with (its own timeout).
+    pub funk: beam::BeamClient,
 }
 
 pub type SharedContext = Arc<ServiceContext>;
@@ -63,6 +75,10 @@ impl ServiceContext {
         let beam =
             beam::BeamClient::new(std::time::Duration::from_secs(config.beam_timeout_seconds));
         let endorse_keys = endorse_key::EndorseKeys::new(store.clone());
+        // Webhooks get Beam's timeout: a destination slower than that is retried.
+        let funnel = funnel_delivery::Delivery::start(beam.clone());
+        let funk =
+            beam::BeamClient::new(std::time::Duration::from_secs(config.funk_timeout_seconds));
         ServiceContext {
             store,
             engine,
@@ -70,6 +86,8 @@ impl ServiceContext {
             harvest,
             beam,
             endorse_keys,
+            funnel,
+            funk,
         }
     }
 }
@@ -95,6 +113,9 @@ impl Drop for Services {
     }
 }
 
+/// Makes a raw TCP/UDP entry point's handler for one protocol.
+type RawHandlerFor = fn(SharedContext, funnel::Protocol) -> raw::Handler;
+
 /// Binds every service on its platform address (the TUN device must already carry them).
 pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
     let mut tasks = Vec::new();
@@ -109,6 +130,7 @@ pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
         ("beam", BEAM, BEAM_HTTP_PORT, beam::router(ctx.clone())),
         ("unified", UNIFIED, HTTP_PORT, unified::router(ctx.clone())),
         ("endorse", ENDORSE, HTTP_PORT, endorse::router(ctx.clone())),
+        ("funnel", FUNNEL, HTTP_PORT, funnel::router(ctx.clone())),
     ];
     for (service, ip, port, router) in http_services {
         let listener = bind_tcp(service, ip, port).await?;
@@ -118,6 +140,18 @@ pub async fn start(ctx: SharedContext) -> Result<Services, ServiceBindError> {
     tasks.push(tokio::spawn(harvest::serve_tcp(ctx.clone(), harvest_tcp)));
     let harvest_udp = bind_udp("harvest", HARVEST, HARVEST_RAW_PORT).await?;
     tasks.push(tokio::spawn(harvest::serve_udp(ctx.clone(), harvest_udp)));
+    let raw_entries: [(&'static str, Ipv4Addr, RawHandlerFor); 2] = [
+        ("funnel", FUNNEL, funnel::raw_handler),
+        ("unified", UNIFIED, unified::raw_handler),
+    ];
+    for (service, ip, handler) in raw_entries {
+        let tcp = bind_tcp(service, ip, RAW_PORT).await?;
+        let on_tcp = handler(ctx.clone(), funnel::Protocol::Tcp);
+        tasks.push(tokio::spawn(raw::serve_tcp(service, tcp, on_tcp)));
+        let udp = bind_udp(service, ip, RAW_PORT).await?;
+        let on_udp = handler(ctx.clone(), funnel::Protocol::Udp);
+        tasks.push(tokio::spawn(raw::serve_udp(service, udp, on_udp)));
+    }
     let dns = Arc::new(dns::DnsService::new(
         &ctx.config.local_domain,
         ctx.config.dns_upstreams.clone(),

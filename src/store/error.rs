@@ -14,6 +14,7 @@ pub enum Entity {
     ConfigurationParameter,
     DataEntry,
     Vpg,
+    Credentials,
 }
 
 impl Entity {
@@ -29,6 +30,7 @@ impl Entity {
             Entity::ConfigurationParameter => "configuration parameter",
             Entity::DataEntry => "data entry",
             Entity::Vpg => "VPG",
+            Entity::Credentials => "credentials",
         }
     }
 }
@@ -74,6 +76,10 @@ pub enum Rule {
     VpgInUse { groups: u64, sessions: u64 },
     #[error("item {index}: {message}")]
     ImportItem { index: usize, message: String },
+    #[error("credentials `{0}` already exist; update them with PUT /v1/credentials/{0}")]
+    CredentialsExist(String),
+    #[error("{0}")]
+    InvalidServiceConfiguration(String),
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -386,6 +386,7 @@ fn migration_7_fills_live_sim_counts_from_existing_rows() {
              CREATE INDEX sims_by_operator_status ON sims(operator_id, status); -- undo 9
              DROP TABLE peer_outbox; -- undo 10
              DROP TABLE session_live; DROP TABLE live_publishers; -- undo 11
+             DROP TABLE credentials; -- undo 13
              PRAGMA user_version = 6;",
         )
         .expect("back to version 6");

@@ -322,6 +322,22 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE session_live ADD COLUMN last_seen_at INTEGER;
     "#,
+    // 14: credentials of the destinations Funnel and Funk deliver to (SORACOM's
+    // `/v1/credentials`), one row per operator and credentials id. `secret` is the JSON object of
+    // the secret fields (arcd must send them, so it cannot keep a hash); the API never returns
+    // it. The database file is 0600 in the data directory.
+    r#"
+    CREATE TABLE credentials (
+        operator_id     TEXT NOT NULL REFERENCES operators(operator_id),
+        credentials_id  TEXT NOT NULL,
+        type            TEXT NOT NULL,
+        description     TEXT NOT NULL,
+        secret          TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL,
+        PRIMARY KEY (operator_id, credentials_id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -317,6 +317,19 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE session_live ADD COLUMN last_seen_at BIGINT;
     "#,
+    // 14: destination credentials of Funnel and Funk (see migrations.rs).
+    r#"
+    CREATE TABLE credentials (
+        operator_id     TEXT COLLATE "C" NOT NULL REFERENCES operators(operator_id),
+        credentials_id  TEXT COLLATE "C" NOT NULL,
+        type            TEXT COLLATE "C" NOT NULL,
+        description     TEXT COLLATE "C" NOT NULL,
+        secret          TEXT COLLATE "C" NOT NULL,
+        created_at      BIGINT NOT NULL,
+        updated_at      BIGINT NOT NULL,
+        PRIMARY KEY (operator_id, credentials_id)
+    );
+    "#,
 ];
 
 pub const LATEST: i64 = MIGRATIONS.len() as i64;

@@ -4,6 +4,7 @@
 pub mod copy;
 #[cfg(test)]
 mod create_concurrency_tests;
+pub mod credentials;
 pub mod db;
 pub mod endorse;
 pub mod endpoints;
