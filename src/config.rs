@@ -34,6 +34,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub api: ApiConfig,
     pub tun: TunConfig,
+    pub dataplane: DataplaneConfig,
     pub egress: EgressConfig,
     /// Entries need only `id`; see `rendezvous_points` for the defaults of the other fields.
     #[serde(deserialize_with = "rendezvous_points::deserialize")]
@@ -84,6 +85,31 @@ pub struct TunConfig {
     pub enabled: bool,
     pub name: String,
     pub mtu: u16,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Packet workers: each has its own UDP socket per rendezvous point (SO_REUSEPORT, so the
+    /// kernel spreads devices over them), its own queue of the TUN device and its own handshake
+    /// task. Absent: one per core (`DataplaneConfig::worker_count`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+/// Most packet workers accepted: far above any core count arcd is run on, low enough that a typo
+/// does not open thousands of sockets and TUN queues.
+pub const MAX_DATAPLANE_WORKERS: usize = 256;
+
+impl DataplaneConfig {
+    /// The configured workers, or one per core the process may run on (1 when unknown).
+    pub fn worker_count(&self) -> usize {
+        self.workers.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(MAX_DATAPLANE_WORKERS)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +228,7 @@ impl Default for Config {
                 name: "arc0".into(),
                 mtu: 1420,
             },
+            dataplane: DataplaneConfig::default(),
             egress: EgressConfig { masquerade: false },
             rendezvous_points: vec![RendezvousPointConfig {
                 id: RendezvousPointId::new("ap-northeast-1"),
@@ -251,6 +278,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "data_dir",
     "api",
     "tun",
+    "dataplane",
     "egress",
     "rendezvous_points",
     "coverage",
@@ -401,6 +429,14 @@ impl Config {
         }
         if let Err(e) = crate::dataplane::interface_name::validate(&self.tun.name) {
             return Err(invalid("tun.name", e.to_string()));
+        }
+        if let Some(workers) = self.dataplane.workers {
+            if !(1..=MAX_DATAPLANE_WORKERS).contains(&workers) {
+                return Err(invalid(
+                    "dataplane.workers",
+                    format!("must be between 1 and {MAX_DATAPLANE_WORKERS}"),
+                ));
+            }
         }
         if self.services.harvest_retention_days == 0 {
             return Err(invalid(
@@ -591,6 +627,22 @@ mod tests {
         let ok =
             Config::load_with_env(None, env_from(&[("TUN__NAME", "arct_1.x")])).expect("valid");
         assert_eq!(ok.tun.name, "arct_1.x");
+    }
+
+    #[test]
+    fn dataplane_workers_default_to_the_cores_and_are_bounded() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let default = Config::load_with_env(None, env_from(&[])).expect("valid");
+        assert_eq!(default.dataplane.workers, None);
+        assert_eq!(default.dataplane.worker_count(), cores);
+        let one =
+            Config::load_with_env(None, env_from(&[("DATAPLANE__WORKERS", "1")])).expect("valid");
+        assert_eq!(one.dataplane.worker_count(), 1);
+        for bad in ["0", "257"] {
+            let err = Config::load_with_env(None, env_from(&[("DATAPLANE__WORKERS", bad)]))
+                .expect_err(bad);
+            assert!(err.to_string().contains("dataplane.workers"), "{err}");
+        }
     }
 
     #[test]

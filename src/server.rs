@@ -175,8 +175,15 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
     let (changes, rx) = PeerChanges::channel();
     let (tun, tun_peer) = open_tun(&config)?;
     let tun_index = tun_index(&tun)?;
-    let dataplane =
-        Dataplane::start(listeners, tun, sessions, rx, resume).map_err(ServeError::Dataplane)?;
+    let dataplane = Dataplane::start(
+        listeners,
+        tun,
+        sessions,
+        rx,
+        resume,
+        config.dataplane.worker_count(),
+    )
+    .map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));
     let live_publisher = LivePublisherTask::start_if_shared(&store, &dataplane.engine);
     let vpg_plane = start_vpg_plane(&config, &running_vpgs, &dataplane, tun_index)?;
@@ -405,7 +412,12 @@ fn open_tun(config: &Config) -> Result<(AnyTun, Option<MemoryTunPeer>), ServeErr
             addresses.push(net);
         }
     }
-    let device = tun_device::open(&config.tun.name, config.tun.mtu, &addresses)?;
+    let device = tun_device::open(
+        &config.tun.name,
+        config.tun.mtu,
+        &addresses,
+        config.dataplane.worker_count(),
+    )?;
     Ok((AnyTun::Device(device), None))
 }
 
@@ -448,24 +460,31 @@ impl TunIo for AnyTun {
         }
     }
 
-    async fn recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<()> {
+    fn queues(&self) -> usize {
         match self {
-            AnyTun::Device(d) => d.recv_batch(batch).await,
-            AnyTun::Memory(m) => m.recv_batch(batch).await,
+            AnyTun::Device(d) => d.queues(),
+            AnyTun::Memory(m) => m.queues(),
         }
     }
 
-    fn try_recv_batch(&self, batch: &mut RecvBatch) -> std::io::Result<()> {
+    async fn recv_batch(&self, queue: usize, batch: &mut RecvBatch) -> std::io::Result<()> {
         match self {
-            AnyTun::Device(d) => d.try_recv_batch(batch),
-            AnyTun::Memory(m) => m.try_recv_batch(batch),
+            AnyTun::Device(d) => d.recv_batch(queue, batch).await,
+            AnyTun::Memory(m) => m.recv_batch(queue, batch).await,
         }
     }
 
-    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> std::io::Result<()> {
+    fn try_recv_batch(&self, queue: usize, batch: &mut RecvBatch) -> std::io::Result<()> {
         match self {
-            AnyTun::Device(d) => d.send_batch(packets).await,
-            AnyTun::Memory(m) => m.send_batch(packets).await,
+            AnyTun::Device(d) => d.try_recv_batch(queue, batch),
+            AnyTun::Memory(m) => m.try_recv_batch(queue, batch),
+        }
+    }
+
+    async fn send_batch(&self, queue: usize, packets: &mut [Vec<u8>]) -> std::io::Result<()> {
+        match self {
+            AnyTun::Device(d) => d.send_batch(queue, packets).await,
+            AnyTun::Memory(m) => m.send_batch(queue, packets).await,
         }
     }
 }

@@ -495,6 +495,7 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
         sessions,
         rx,
         Vec::new(),
+        1,
     )
     .expect("data plane starts");
     dataplane.engine.set_vpgs(&[arcd::store::vpgs::RunningVpg {

@@ -2,15 +2,15 @@
 # dataplane.sh — data-plane throughput of arcd against two other userspace WireGuard servers, on
 # the same two-namespace path as the baseline in docs/BENCHMARKS.md (run as root).
 #
-#   dataplane.sh [-r ROUNDS] [-t SECONDS] [-T TESTS] [-P PROFILE_TESTS] [-s SERVERS] [-o DIR] [-L LOAD]
+#   dataplane.sh [-r ROUNDS] [-t SECONDS] [-T TESTS] [-P PROFILE_TESTS] [-s SERVERS] [-c CLIENT] [-o DIR] [-L LOAD]
 #   dataplane.sh summary DIR [MAX_OTHERS]  print the markdown summary of a results directory again;
 #                                  with MAX_OTHERS, only runs with "others" <= MAX_OTHERS % of a core
 #   dataplane.sh cleanup           remove namespaces left by a run that was killed with SIGKILL
 #
-# For every server implementation S in SERVERS (default: arcd,wireguard-go,gotatun):
+# For every server implementation S in SERVERS (default: arcd,arcd-1core,wireguard-go,gotatun):
 #
 #   ┌──── netns arcdp-<pid>-<S>-srv ────┐   one veth   ┌──── netns arcdp-<pid>-<S>-cli ────┐
-#   │ server S on UDP 51820, TUN        │──────────────│ Debian wireguard-go (the device)   │
+#   │ server S on UDP 51820, TUN        │──────────────│ CLIENT (the device; wireguard-go)  │
 #   │   10.64.0.1/16, MTU 1420          │ 10.215.n.1/30│   10.64.0.x/32, MTU 1420           │
 #   │ iperf3 -s                         │ 10.215.n.2/30│ iperf3 -c 10.64.0.1, ping          │
 #   └───────────────────────────────────┘              └────────────────────────────────────┘
@@ -19,7 +19,13 @@
 #       one rendezvous point ap-northeast-1 on 0.0.0.0:51820 with pool 10.64.0.0/16 (arcd's TUN
 #       carries 10.64.0.1/16, the pool's first host); one virtual SIM made through the API
 #       (POST /v1/auth with root-credentials.json, POST /v1/sims) gives the device its private key,
-#       the server key, the endpoint and its address.
+#       the server key, the endpoint and its address. `dataplane.workers` is left at its default
+#       (one packet worker per core).
+#   (a1) arcd-1core: the same, with `dataplane.workers = 1` and pinned to one CPU (`taskset -c 0`):
+#       arcd as it ran before workers, on one core, so arcd's rows against arcd-1core's show how
+#       it scales with the cores of the machine the script runs on.
+#   (a2) arcd-w1 (not in the default list): `dataplane.workers = 1` on all CPUs, which separates
+#       the workers' effect from the threads tokio runs anyway.
 #   (b) wireguard-go (Debian package): configured with `wg set`, as in the baseline.
 #   (c) gotatun (crate gotatun-cli 0.10.2): configured with `wg set`. Installed with
 #       `cargo install gotatun-cli --version 0.10.2 --locked --root $DP_CARGO_ROOT` when missing.
@@ -31,6 +37,8 @@
 #   tcp1-up, tcp1-down (-R), tcp4-up (-P 4), tcp4-down (-P 4 -R),
 #   udp-up, udp-down (-u -b 0 -l 1392, -R): received goodput and loss,
 #   ping: 200 x 10 ms over the veth (underlay) and then through the tunnel; added RTT = the difference.
+# The client (-c) is Debian's wireguard-go, or gotatun (faster per core, so less often the
+# bottleneck when the server scales: on a small machine client and server share the cores).
 # Per test: server CPU (utime+stime of the server process from /proc/PID/stat, all threads), client
 # CPU, machine busy (/proc/stat) and "others" (machine minus server, client and both iperf3 ends:
 # CPU used by anything else on the box, e.g. someone compiling), server CPU seconds per GB received
@@ -55,7 +63,8 @@
 #   -r N      rounds (default 3)          -t S   seconds per iperf3 run (default 10)
 #   -T LIST   tests (default tcp1-up,tcp1-down,tcp4-up,tcp4-down,udp-up,udp-down,ping)
 #   -P LIST   tests of the profiling pass (default the four TCP tests; "none" to skip)
-#   -s LIST   servers (default arcd,wireguard-go,gotatun)
+#   -s LIST   servers (default arcd,arcd-1core,wireguard-go,gotatun; also arcd-w1)
+#   -c NAME   client device: wireguard-go (default) or gotatun
 #   -o DIR    results directory
 #   -L LOAD   before starting, wait (up to 15 min) until the 1-minute load average is below LOAD
 # Environment (deliberately not ARCD_*, which arcd reads as configuration):
@@ -90,7 +99,8 @@ ROUNDS=3
 DURATION=10
 TESTS=tcp1-up,tcp1-down,tcp4-up,tcp4-down,udp-up,udp-down,ping
 PROFILE_TESTS=tcp1-up,tcp1-down,tcp4-up,tcp4-down
-SERVERS=arcd,wireguard-go,gotatun
+SERVERS=arcd,arcd-1core,wireguard-go,gotatun
+CLIENT=wireguard-go
 OUT=""
 MAX_LOAD=""
 CARGO_ROOT=${DP_CARGO_ROOT:-/opt/wgbench/cargo}
@@ -230,7 +240,7 @@ cleanup_stale() {
 }
 
 # ------------------------------------------------------------------ setup --
-impl_tag() { case $1 in arcd) echo a ;; wireguard-go) echo w ;; gotatun) echo g ;; esac; }
+impl_tag() { case $1 in arcd) echo a ;; arcd-1core) echo o ;; arcd-w1) echo x ;; wireguard-go) echo w ;; gotatun) echo g ;; esac; }
 
 setup_namespaces() { # one server + one client namespace per implementation, one veth between
     local impl n=0 tag
@@ -256,11 +266,18 @@ setup_namespaces() { # one server + one client namespace per implementation, one
     done
 }
 
-start_device() { # start_device IMPL: the wireguard-go client of a pair
-    local impl=$1 ifc=${IF_C[$1]}
-    spawn "${NS_C[$impl]}" "$WORK/logs/client-$impl.log" wireguard-go env LOG_LEVEL=error wireguard-go -f "$ifc"
+start_device() { # start_device IMPL: the client (CLIENT) of a pair
+    local impl=$1 ifc=${IF_C[$1]} comm
+    case $CLIENT in
+        wireguard-go)
+            comm=wireguard-go
+            spawn "${NS_C[$impl]}" "$WORK/logs/client-$impl.log" "$comm" env LOG_LEVEL=error wireguard-go -f "$ifc" ;;
+        gotatun)
+            comm=$(basename "$GOTATUN")
+            spawn "${NS_C[$impl]}" "$WORK/logs/client-$impl.log" "$comm" "$GOTATUN" -f -v error --disable-drop-privileges "$ifc" ;;
+    esac
     CLI_PID[$impl]=$SPAWNED_PID
-    wait_comm "${CLI_PID[$impl]}" wireguard-go || die "$impl client: wireguard-go did not start"
+    wait_comm "${CLI_PID[$impl]}" "$comm" || die "$impl client: $CLIENT did not start"
     wait_for 10 in_mnt test -S "$UAPI_DIR/$ifc.sock" || die "$impl client: no socket $UAPI_DIR/$ifc.sock"
     wait_for 5 ip -n "${NS_C[$impl]}" link show "$ifc" || die "$impl client: no interface $ifc"
 }
@@ -278,6 +295,7 @@ configure_device() { # configure_device IMPL KEYFILE SERVER_PUBKEY CLIENT_IP
 }
 
 API_URL=""
+API_IMPL=arcd
 API_KEY=""
 API_TOKEN=""
 api() { # api METHOD PATH [BODY]: arcd's API from the server namespace; body on stdout
@@ -286,20 +304,27 @@ api() { # api METHOD PATH [BODY]: arcd's API from the server namespace; body on 
     local args=(-sS -m 10 -X "$method" -o "$out" -w '%{http_code}' -H 'Accept: application/json')
     [[ -n $body ]] && args+=(-H 'Content-Type: application/json' --data-binary "$body")
     [[ -n $API_KEY ]] && args+=(-H "X-Soracom-API-Key: $API_KEY" -H "X-Soracom-Token: $API_TOKEN")
-    code=$(nsx "${NS_S[arcd]}" timeout 15 curl "${args[@]}" "$API_URL$path" 2>"$out.err") || code=${code:-000}
+    code=$(nsx "${NS_S[$API_IMPL]}" timeout 15 curl "${args[@]}" "$API_URL$path" 2>"$out.err") || code=${code:-000}
     [[ $code == 2?? ]] || { log "API $method $path -> HTTP $code: $(head -c 400 "$out") $(head -c 200 "$out.err")"; return 1; }
     cat "$out"
 }
 
-setup_arcd() {
-    local impl=arcd ns=${NS_S[arcd]} ifs=${IF_S[arcd]} data=$WORK/arcd-data
+setup_arcd() { # setup_arcd IMPL: arcd, arcd-1core or arcd-w1
+    local impl=$1 ns=${NS_S[$1]} ifs=${IF_S[$1]} data=$WORK/$1-data workers="" pin=()
+    case $impl in
+        arcd-1core) workers="workers = 1"; pin=(taskset -c 0) ;;
+        arcd-w1) workers="workers = 1" ;;
+    esac
     mkdir -p "$data"
-    API_URL="http://${VETH_S_IP[arcd]}:$API_PORT"
-    cat >"$WORK/arcd.toml" <<EOF
+    API_IMPL=$impl
+    API_KEY=""
+    API_TOKEN=""
+    API_URL="http://${VETH_S_IP[$impl]}:$API_PORT"
+    cat >"$WORK/$impl.toml" <<EOF
 data_dir = "$data"
 
 [api]
-listen = "${VETH_S_IP[arcd]}:$API_PORT"
+listen = "${VETH_S_IP[$impl]}:$API_PORT"
 tls = false
 
 [tun]
@@ -307,10 +332,13 @@ enabled = true
 name = "$ifs"
 mtu = $MTU
 
+[dataplane]
+$workers
+
 [[rendezvous_points]]
 id = "ap-northeast-1"
 listen = "0.0.0.0:$WG_PORT"
-endpoint = "${VETH_S_IP[arcd]}:$WG_PORT"
+endpoint = "${VETH_S_IP[$impl]}:$WG_PORT"
 pool = "$POOL"
 allowed_ips = ["10.64.0.0/16", "100.127.0.0/16"]
 
@@ -319,11 +347,11 @@ level = "warn"
 EOF
     local unset_env=() v
     while read -r v; do unset_env+=(-u "$v"); done < <(compgen -e | grep '^ARCD_' || true)
-    spawn "$ns" "$WORK/logs/server-arcd.log" arcd env "${unset_env[@]}" "$ARCD" --config "$WORK/arcd.toml" serve
-    SRV_PID[arcd]=$SPAWNED_PID
+    spawn "$ns" "$WORK/logs/server-$impl.log" arcd "${pin[@]}" env "${unset_env[@]}" "$ARCD" --config "$WORK/$impl.toml" serve
+    SRV_PID[$impl]=$SPAWNED_PID
     local i up=0
     for ((i = 0; i < 300; i++)); do
-        kill -0 "${SRV_PID[arcd]}" 2>/dev/null || die "arcd exited at start: $(tail -5 "$WORK/logs/server-arcd.log")"
+        kill -0 "${SRV_PID[$impl]}" 2>/dev/null || die "$impl exited at start: $(tail -5 "$WORK/logs/server-$impl.log")"
         if [[ -s $data/root-credentials.json ]] &&
             nsx "$ns" timeout 3 curl -s -o /dev/null -m 2 "$API_URL/openapi.yaml"; then
             up=1
@@ -331,27 +359,29 @@ EOF
         fi
         sleep 0.1
     done
-    ((up)) || die "arcd: no API at $API_URL after 30 s: $(tail -5 "$WORK/logs/server-arcd.log")"
-    wait_comm "${SRV_PID[arcd]}" arcd || die "arcd: /proc/${SRV_PID[arcd]}/comm is not arcd"
-    wait_for 10 ip -n "$ns" link show "$ifs" || die "arcd: no TUN $ifs"
-    wait_for 10 in_mnt test -S "$UAPI_DIR/arc-apne1.sock" || die "arcd: no control socket arc-apne1.sock"
+    ((up)) || die "$impl: no API at $API_URL after 30 s: $(tail -5 "$WORK/logs/server-$impl.log")"
+    wait_comm "${SRV_PID[$impl]}" arcd || die "$impl: /proc/${SRV_PID[$impl]}/comm is not arcd"
+    wait_for 10 ip -n "$ns" link show "$ifs" || die "$impl: no TUN $ifs"
+    # The control socket dir is shared by this run's namespaces: the first arcd holds
+    # arc-apne1.sock, the others log that `wg show` will not list them (nothing here needs it).
+    wait_for 10 in_mnt test -S "$UAPI_DIR/arc-apne1.sock" || die "$impl: no control socket arc-apne1.sock"
 
     local auth sim sim_id key srv_pub addr
     auth=$(api POST /v1/auth "$(jq -c '{authKeyId, authKey}' "$data/root-credentials.json")") || die "POST /v1/auth failed"
     API_KEY=$(jq -r '.apiKey // empty' <<<"$auth")
     API_TOKEN=$(jq -r '.token // empty' <<<"$auth")
     [[ -n $API_KEY && -n $API_TOKEN ]] || die "POST /v1/auth: no apiKey/token"
-    start_device arcd
+    start_device "$impl"
     sim=$( (umask 077 && api POST /v1/sims '{"type":"virtual","subscription":"planArc01"}' | tee "$WORK/sim.json")) ||
         die "POST /v1/sims failed"
     sim_id=$(jq -r '.simId // empty' <<<"$sim")
-    (umask 077 && jq -r --arg id "$sim_id" '.profiles[$id].arcClientPeerPrivateKey // empty' <<<"$sim" >"$WORK/arcd-cli.key")
+    (umask 077 && jq -r --arg id "$sim_id" '.profiles[$id].arcClientPeerPrivateKey // empty' <<<"$sim" >"$WORK/$impl-cli.key")
     srv_pub=$(jq -r '.arcSessionStatus.arcServerPeerPublicKey // empty' <<<"$sim")
     addr=$(jq -r '.arcSessionStatus.arcClientPeerIpAddress // empty' <<<"$sim")
     addr=${addr%%/*}
-    [[ -s $WORK/arcd-cli.key && -n $srv_pub && -n $addr ]] || die "createSim answer lacks key/server key/address: $(head -c 300 <<<"$sim")"
-    log "arcd: SIM $sim_id, client $addr, endpoint $(jq -r '.arcSessionStatus.arcServerEndpoint' <<<"$sim")"
-    configure_device arcd "$WORK/arcd-cli.key" "$srv_pub" "$addr"
+    [[ -s $WORK/$impl-cli.key && -n $srv_pub && -n $addr ]] || die "createSim answer lacks key/server key/address: $(head -c 300 <<<"$sim")"
+    log "$impl: SIM $sim_id, client $addr, endpoint $(jq -r '.arcSessionStatus.arcServerEndpoint' <<<"$sim")"
+    configure_device "$impl" "$WORK/$impl-cli.key" "$srv_pub" "$addr"
 }
 
 setup_wg_server() { # wireguard-go or gotatun, configured with wg set (as in the baseline)
@@ -387,7 +417,7 @@ setup_wg_server() { # wireguard-go or gotatun, configured with wg set (as in the
 setup_pair() {
     local impl=$1
     case $impl in
-        arcd) setup_arcd ;;
+        arcd | arcd-*) setup_arcd "$impl" ;;
         *) setup_wg_server "$impl" ;;
     esac
     wait_for 10 nsx "${NS_C[$impl]}" ping -n -c 1 -W 1 "${DST[$impl]}" ||
@@ -591,8 +621,9 @@ summary() {
       def r(n): if . == null then null else (. * pow(10; n) | round) / pow(10; n) end;
       def s: if . == null then "–" else tostring end;
       def order: ["tcp1-up","tcp1-down","tcp4-up","tcp4-down","udp-up","udp-down","ping"];
-      def servers: ["wireguard-go","arcd","gotatun"];
-      def lbl: {"arcd":"(a) arcd","wireguard-go":"(b) wireguard-go","gotatun":"(c) gotatun"}[.];
+      def servers: ["wireguard-go","arcd","arcd-1core","arcd-w1","gotatun"];
+      def lbl: {"arcd":"(a) arcd","arcd-1core":"(a1) arcd 1 worker, 1 CPU","arcd-w1":"(a2) arcd 1 worker",
+                "wireguard-go":"(b) wireguard-go","gotatun":"(c) gotatun"}[.];
       [split("\n")[] | select(length > 0) | split("\t") | select(.[0] != "time")
         | {impl: .[1], round: .[2], test: .[3], v: (.[4] | num), x: .[5], bytes: (.[6] | num),
            srv_pct: (.[9] | num), cli_pct: (.[10] | num), mach_pct: (.[12] | num), other_pct: (.[13] | num),
@@ -633,13 +664,25 @@ summary() {
         ($T[] | select(. != "ping") as $t | "| " + $t + " | " + ([$S[] as $s | cell($s; $t) as $c |
             if $c == null then "–" else "**\($c.sgb | r(2) | s) s/GB** · \($c.us | r(1) | s) µs/pkt · srv \($c.srv | r(0) | s) % · cli \($c.cli | r(0) | s) %" end] | join(" | ")) + " |"),
         "",
-        "Machine busy / others (CPU % over \($ncpu) cores; \"others\" = everything but the server, the client wireguard-go and iperf3; high values mean outside load) and drops in a run (medians; server UDP rcvbuf / client UDP rcvbuf / server TUN queue / client TUN queue):",
+        "Machine busy / others (CPU % over \($ncpu) cores; \"others\" = everything but the server, the client and iperf3; high values mean outside load) and drops in a run (medians; server UDP rcvbuf / client UDP rcvbuf / server TUN queue / client TUN queue):",
         "",
         "| test | " + ($S | map(lbl) | join(" | ")) + " |",
         "| --- |" + ($S | map(" --- |") | join("")),
         ($T[] as $t | "| " + $t + " | " + ([$S[] as $s | cell($s; $t) as $c |
             if $c == null then "–" else "\($c.mach | r(0) | s) / \($c.other | r(0) | s) · \($c.drops)" end] | join(" | ")) + " |"),
         "",
+        (if cell("arcd-1core"; "tcp4-up") != null or cell("arcd-w1"; "tcp4-up") != null then
+          "### Scaling: (a) arcd on all \($ncpu) CPUs with its default workers against one worker",
+          "",
+          "| test | (a) arcd | (a1) 1 worker, 1 CPU | (a) / (a1) | (a2) 1 worker | (a) / (a2) |",
+          "| --- | ---: | ---: | ---: | ---: | ---: |",
+          ($T[] | select(. != "ping") as $t | cell("arcd"; $t) as $a | cell("arcd-1core"; $t) as $o | cell("arcd-w1"; $t) as $w
+            | select($a != null)
+            | "| \($t) | \($a.v | r(3) | s) | \($o.v | r(3) | s) | "
+              + (if $o != null and $o.v > 0 then "**\($a.v / $o.v | r(2))×**" else "–" end)
+              + " | \($w.v | r(3) | s) | " + (if $w != null and $w.v > 0 then "**\($a.v / $w.v | r(2))×**" else "–" end) + " |"),
+          ""
+        else empty end),
         "### Targets: (a) arcd against (c) gotatun and (b) wireguard-go",
         "",
         "| target | row | arcd | reference | result |",
@@ -683,13 +726,14 @@ case ${1:-} in
     cleanup) [[ $EUID -eq 0 ]] || die "needs root"; cleanup_stale; exit 0 ;;
 esac
 
-while getopts "r:t:T:P:s:o:L:h" opt; do
+while getopts "r:t:T:P:s:c:o:L:h" opt; do
     case $opt in
         r) ROUNDS=$OPTARG ;;
         t) DURATION=$OPTARG ;;
         T) TESTS=$OPTARG ;;
         P) PROFILE_TESTS=$OPTARG ;;
         s) SERVERS=$OPTARG ;;
+        c) CLIENT=$OPTARG ;;
         o) OUT=$OPTARG ;;
         L) MAX_LOAD=$OPTARG ;;
         h | *) sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -700,12 +744,13 @@ shift $((OPTIND - 1))
 [[ $PROFILE_TESTS == none ]] && PROFILE_TESTS=""
 IFS=, read -r -a IMPLS <<<"$SERVERS"
 for impl in "${IMPLS[@]}"; do
-    [[ -n $(impl_tag "$impl") ]] || die "unknown server '$impl' (arcd, wireguard-go, gotatun)"
+    [[ -n $(impl_tag "$impl") ]] || die "unknown server '$impl' (arcd, arcd-1core, arcd-w1, wireguard-go, gotatun)"
 done
+[[ $CLIENT == wireguard-go || $CLIENT == gotatun ]] || die "unknown client '$CLIENT' (wireguard-go, gotatun)"
 
 [[ $EUID -eq 0 ]] || die "needs root (network namespaces, TUN devices)"
 [[ -c /dev/net/tun ]] || die "/dev/net/tun is missing"
-for tool in ip wg wireguard-go iperf3 jq curl ping ss unshare nsenter timeout awk; do
+for tool in ip wg wireguard-go iperf3 jq curl ping ss unshare nsenter timeout awk taskset; do
     command -v "$tool" >/dev/null || die "missing $tool (apt-get install -y --no-install-recommends iproute2 wireguard-tools wireguard-go iperf3 jq curl iputils-ping)"
 done
 [[ -z $PROFILE_TESTS ]] || command -v perf >/dev/null || die "the profiling pass needs perf (apt-get install linux-perf), or -P none"
@@ -725,7 +770,7 @@ ln -sfn "$OUT/logs" "$WORK/logs"
 # arcd: a copy of the release binary, so a rebuild by someone else cannot swap it mid-run.
 ARCD=""
 ARCD_REV=""
-if [[ " ${IMPLS[*]} " == *" arcd "* ]]; then
+if [[ " ${IMPLS[*]} " == *" arcd"* ]]; then
     src=${DP_ARCD_BIN:-}
     if [[ -z $src ]]; then
         log "cargo build --release (in $REPO_DIR)"
@@ -741,7 +786,7 @@ if [[ " ${IMPLS[*]} " == *" arcd "* ]]; then
 fi
 # gotatun: on PATH, in DP_CARGO_ROOT, or installed there now (several minutes).
 GOTATUN=""
-if [[ " ${IMPLS[*]} " == *" gotatun "* ]]; then
+if [[ " ${IMPLS[*]} " == *" gotatun "* || $CLIENT == gotatun ]]; then
     GOTATUN=${DP_GOTATUN:-$(command -v gotatun || true)}
     [[ -n $GOTATUN ]] || GOTATUN=$CARGO_ROOT/bin/gotatun
     if [[ ! -x $GOTATUN ]]; then
@@ -763,12 +808,13 @@ if [[ -n $MAX_LOAD ]]; then
 fi
 
 {
-    echo "# $(date -Is) host=$(hostname) kernel=$(uname -r) cpus=$NCPU rounds=$ROUNDS duration=${DURATION}s tests=$TESTS servers=$SERVERS"
+    echo "# $(date -Is) host=$(hostname) kernel=$(uname -r) cpus=$NCPU rounds=$ROUNDS duration=${DURATION}s tests=$TESTS servers=$SERVERS client=$CLIENT"
     echo "# command: $0 $ORIG_ARGS"
     echo "# uptime at start: $(uptime)"
     echo "# cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "# arcd: ${ARCD_REV:-not run}"
     echo "# wireguard-go: $(wireguard-go --version 2>&1 | head -1)"
+    command -v taskset >/dev/null && echo "# arcd-1core: taskset -c 0, dataplane.workers = 1; arcd: workers = default (cores)"
     [[ -n $GOTATUN ]] && echo "# gotatun: $("$GOTATUN" --version 2>&1 | head -1) ($GOTATUN)"
     echo "# iperf3: $(iperf3 --version | head -1)"
     echo "# net.core.rmem_max=$(sysctl -n net.core.rmem_max) wmem_max=$(sysctl -n net.core.wmem_max) rmem_default=$(sysctl -n net.core.rmem_default)"

@@ -485,11 +485,13 @@ impl Engine {
     /// The peer a packet is for: an initiation names its sender's static key (found by a partial
     /// handshake with the listener's key); every other message names our receiver index.
     fn peer_of_packet(&self, rp: &Listener, packet: Packet<'_>) -> Option<Arc<Peer>> {
-        let peer_index = self.peer_index.read();
         let receiver_idx = match packet {
             Packet::HandshakeInit(init) => {
+                // The key agreement before the index is read: a writer (a peer change) must not
+                // wait for it, nor every worker behind that writer.
                 let half =
                     parse_handshake_anon(&rp.static_private, &rp.static_public, &init).ok()?;
+                let peer_index = self.peer_index.read();
                 return peer_index.by_key.get(&half.peer_static_public).cloned();
             }
             Packet::HandshakeResponse(p) => p.receiver_idx,
@@ -497,7 +499,11 @@ impl Engine {
             Packet::PacketData(p) => p.receiver_idx,
         };
         // boringtun keeps the session number in the low 8 bits of the index.
-        peer_index.by_index.get(&(receiver_idx >> 8)).cloned()
+        self.peer_index
+            .read()
+            .by_index
+            .get(&(receiver_idx >> 8))
+            .cloned()
     }
 
     /// Runs the datagram through the peer's `Tunn`, sending what it answers (handshake responses,

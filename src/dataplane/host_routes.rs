@@ -112,7 +112,7 @@ mod tests {
         require_root("routes_a_subnet_to_the_device_and_removes_it");
         let name = unique_name("arcrt");
         let gateway: Ipv4Net = "10.251.0.1/24".parse().expect("net");
-        let device = tun_device::open(&name, 1420, &[gateway]).expect("open TUN");
+        let device = tun_device::open(&name, 1420, &[gateway], 1).expect("open TUN");
         let ifindex = device.device().if_index().expect("ifindex");
         // A TEST-NET-2 range nothing else on a test machine routes.
         let subnet: Ipv4Net = "198.51.100.0/24".parse().expect("net");

@@ -94,17 +94,32 @@ impl TunWrites {
 }
 
 /// A layer-3 device: whole IP packets in and out, in batches so a burst costs few system calls.
+/// A device may have several queues (a multi-queue TUN): the kernel spreads the packets it sends
+/// over them by flow, and each data-plane worker reads and writes its own queue.
 pub trait TunIo: Send + Sync + 'static {
     /// Largest packet the device carries (receive buffers are this big).
     fn mtu(&self) -> usize;
-    /// Waits for packets from the kernel (or the test) and reads one batch into `batch`.
-    fn recv_batch(&self, batch: &mut RecvBatch) -> impl Future<Output = io::Result<()>> + Send;
-    /// Reads one more batch if packets are already waiting, else fails with `WouldBlock`.
-    fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()>;
-    /// Hands `packets` (each with `TUN_HEADROOM` bytes in front) to the kernel (or the test);
-    /// a device with offloads merges packets of one TCP or UDP flow into one write (and may
-    /// reorder and resize the buffers to do so).
-    fn send_batch(&self, packets: &mut [Vec<u8>]) -> impl Future<Output = io::Result<()>> + Send;
+    /// Queues the device was opened with (at least 1); `queue` arguments are below this.
+    fn queues(&self) -> usize {
+        1
+    }
+    /// Waits for packets from the kernel (or the test) on `queue` and reads one batch.
+    fn recv_batch(
+        &self,
+        queue: usize,
+        batch: &mut RecvBatch,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+    /// Reads one more batch from `queue` if packets are already waiting, else fails with
+    /// `WouldBlock`.
+    fn try_recv_batch(&self, queue: usize, batch: &mut RecvBatch) -> io::Result<()>;
+    /// Hands `packets` (each with `TUN_HEADROOM` bytes in front) to the kernel (or the test)
+    /// through `queue`; a device with offloads merges packets of one TCP or UDP flow into one
+    /// write (and may reorder and resize the buffers to do so).
+    fn send_batch(
+        &self,
+        queue: usize,
+        packets: &mut [Vec<u8>],
+    ) -> impl Future<Output = io::Result<()>> + Send;
 }
 
 /// A TUN stand-in for tests: what the data plane writes comes out of `MemoryTunPeer::from_dataplane`,
@@ -153,7 +168,7 @@ impl TunIo for MemoryTun {
         65_535
     }
 
-    async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+    async fn recv_batch(&self, _queue: usize, batch: &mut RecvBatch) -> io::Result<()> {
         let packet = self
             .inbound
             .lock()
@@ -165,7 +180,7 @@ impl TunIo for MemoryTun {
         Ok(())
     }
 
-    fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+    fn try_recv_batch(&self, _queue: usize, batch: &mut RecvBatch) -> io::Result<()> {
         let would_block = || io::Error::from(io::ErrorKind::WouldBlock);
         let mut inbound = self.inbound.try_lock().map_err(|_| would_block())?;
         let packet = inbound.try_recv().map_err(|e| match e {
@@ -178,7 +193,7 @@ impl TunIo for MemoryTun {
         Ok(())
     }
 
-    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> io::Result<()> {
+    async fn send_batch(&self, _queue: usize, packets: &mut [Vec<u8>]) -> io::Result<()> {
         for packet in packets.iter() {
             let packet = packet.get(TUN_HEADROOM..).unwrap_or_default().to_vec();
             // A full queue drops, like a kernel TUN queue would; the test reads what it needs.

@@ -1,7 +1,7 @@
 //! The userspace WireGuard data plane. The engine's peer index holds the store's set of active
 //! sessions this node serves, loaded from the store at start and changed by the `PeerChange`s the
-//! outbox follower (`server::follower`) sends for each committed change; the engine (boringtun `Tunn` per peer) serves them over one UDP socket per rendezvous
-//! point and the TUN device.
+//! outbox follower (`server::follower`) sends for each committed change; the engine (boringtun `Tunn` per peer) serves them through `dataplane.workers`
+//! packet workers, each with its own UDP socket per rendezvous point and its own TUN queue.
 
 pub mod egress;
 pub mod engine;
@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod stats;
 pub mod tun_device;
 pub mod uapi;
+mod udp_io;
 pub mod vpg_plane;
 
 pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};

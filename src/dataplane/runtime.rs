@@ -1,26 +1,24 @@
-//! Runs the engine: one task per rendezvous point socket, one for the TUN device, one for timers
-//! and one applying peer changes. Tasks only move bytes; decisions are the engine's.
+//! Runs the engine on `workers` packet workers. Each worker has its own UDP socket per rendezvous
+//! point (the kernel spreads devices over them by flow), its own handshake task (handshake
+//! messages are queued there, so their key agreement never delays the worker's data packets) and,
+//! when the TUN device is multi-queue, its own queue reader. One task more runs timers, one
+//! applies peer changes. Tasks only move bytes; decisions are the engine's, which locks per peer.
 
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::engine::{Engine, Listener, Outbox, Outgoing, Resumed, BUFFER_SIZE};
+use super::engine::{Counters, Engine, Listener, Outbox, Resumed, BUFFER_SIZE};
 use super::peer_index::Applied;
+use super::udp_io::{bind_group, Io, WorkerSockets};
 use super::{RecvBatch, TunIo, TunWrites};
 use crate::ids::RendezvousPointId;
 use crate::store::endpoints::SavedEndpoint;
 use crate::store::{ActiveSession, PeerChange};
-
-/// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
-/// retransmits in the baseline measurements, docs/BENCHMARKS.md "Data-plane baseline").
-const SOCKET_BUFFER_BYTES: usize = 7 * 1024 * 1024;
 
 /// A rendezvous point to listen for.
 pub struct ListenerConfig {
@@ -33,6 +31,8 @@ pub struct Dataplane {
     pub engine: Arc<Engine>,
     /// Bound UDP address of each rendezvous point (useful when configured with port 0).
     pub udp_addrs: Vec<(RendezvousPointId, SocketAddr)>,
+    /// Packet workers running (sockets per rendezvous point, handshake tasks).
+    pub workers: usize,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -58,30 +58,24 @@ impl Drop for Dataplane {
     }
 }
 
-fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // Best effort: without CAP_NET_ADMIN the kernel caps these at net.core.*mem_max.
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER_BYTES);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES);
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
-}
-
 impl Dataplane {
-    /// Binds every listener, installs `sessions` (the store's active ones), and starts the tasks; then
-    /// starts the handshake toward each `resume` endpoint (saved by the previous run), paced.
+    /// Binds every listener (`workers` sockets each), installs `sessions` (the store's active
+    /// ones), and starts the tasks; then starts the handshake toward each `resume` endpoint (saved
+    /// by the previous run), paced.
     pub fn start<T: TunIo>(
         listeners: Vec<ListenerConfig>,
         tun: T,
         sessions: Vec<ActiveSession>,
         changes: mpsc::UnboundedReceiver<PeerChange>,
         resume: Vec<SavedEndpoint>,
+        workers: usize,
     ) -> io::Result<Dataplane> {
-        let mut sockets = Vec::new();
+        let workers = workers.max(1);
+        let mut per_worker: Vec<Vec<tokio::net::UdpSocket>> =
+            (0..workers).map(|_| Vec::new()).collect();
         let mut udp_addrs = Vec::new();
         for listener in &listeners {
-            let socket = bind_udp(listener.bind).map_err(|e| {
+            let group = bind_group(listener.bind, workers).map_err(|e| {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -90,8 +84,10 @@ impl Dataplane {
                     ),
                 )
             })?;
-            udp_addrs.push((listener.rp_id.clone(), socket.local_addr()?));
-            sockets.push(socket);
+            udp_addrs.push((listener.rp_id.clone(), group[0].local_addr()?));
+            for (worker, socket) in group.into_iter().enumerate() {
+                per_worker[worker].push(socket);
+            }
         }
         let engine = Arc::new(Engine::new(
             listeners
@@ -106,20 +102,42 @@ impl Dataplane {
         }
         tracing::info!(peers = engine.peer_count(), "data plane peers loaded");
 
-        let states = sockets
-            .iter()
-            .map(|socket| quinn_udp::UdpSocketState::new(socket.into()))
+        let worker_sockets = per_worker
+            .into_iter()
+            .map(|sockets| {
+                let states = sockets
+                    .iter()
+                    .map(|socket| quinn_udp::UdpSocketState::new(socket.into()))
+                    .collect::<io::Result<Vec<_>>>()?;
+                Ok(WorkerSockets { sockets, states })
+            })
             .collect::<io::Result<Vec<_>>>()?;
         let io = Arc::new(Io {
-            sockets,
-            states,
+            workers: worker_sockets,
             tun,
         });
         let mut tasks = Vec::new();
-        for index in 0..io.sockets.len() {
-            tasks.push(tokio::spawn(udp_loop(engine.clone(), io.clone(), index)));
+        for worker in 0..workers {
+            let (handshakes, queued) = mpsc::channel(HANDSHAKE_QUEUE);
+            for listener in 0..listeners.len() {
+                tasks.push(tokio::spawn(udp_loop(
+                    engine.clone(),
+                    io.clone(),
+                    Receiver { worker, listener },
+                    handshakes.clone(),
+                )));
+            }
+            tasks.push(tokio::spawn(handshake_loop(
+                engine.clone(),
+                io.clone(),
+                worker,
+                queued,
+            )));
         }
-        tasks.push(tokio::spawn(tun_loop(engine.clone(), io.clone())));
+        // A TUN with fewer queues than workers (the in-memory one has one) is read by as many.
+        for queue in 0..io.tun.queues().min(workers) {
+            tasks.push(tokio::spawn(tun_loop(engine.clone(), io.clone(), queue)));
+        }
         tasks.push(tokio::spawn(timer_loop(engine.clone(), io.clone())));
         tasks.push(tokio::spawn(change_loop(
             engine.clone(),
@@ -132,141 +150,64 @@ impl Dataplane {
             resume,
         )));
         for (rp, addr) in &udp_addrs {
-            tracing::info!(rendezvous_point = %rp, %addr, "WireGuard listening");
+            tracing::info!(rendezvous_point = %rp, %addr, workers, "WireGuard listening");
         }
         Ok(Dataplane {
             engine,
             udp_addrs,
+            workers,
             tasks,
         })
     }
 }
 
-struct Io<T> {
-    sockets: Vec<UdpSocket>,
-    /// quinn-udp's per-socket state (GRO/GSO support found at setup), one per socket.
-    states: Vec<quinn_udp::UdpSocketState>,
-    tun: T,
+/// The worker that runs tasks not tied to a socket or TUN queue (timers, peer changes, resume):
+/// they send through its sockets, which share each rendezvous point's address and port.
+const CONTROL_WORKER: usize = 0;
+
+/// Handshake messages waiting per worker. A full queue drops further ones (counted as
+/// `queue_full`; the device retries after WireGuard's REKEY_TIMEOUT), so a storm of handshakes
+/// costs memory and CPU bounded by this, never the data packets' turn.
+const HANDSHAKE_QUEUE: usize = 4096;
+
+/// Handshake messages handled before their answers are sent.
+const HANDSHAKE_BATCH: usize = 32;
+
+/// A handshake message taken off a worker's data path.
+struct QueuedHandshake {
+    listener: usize,
+    from: SocketAddr,
+    datagram: Vec<u8>,
 }
 
-/// Largest GSO send: the kernel's limit for one UDP datagram train.
-const MAX_GSO_BYTES: usize = 64_000;
-
-/// Consecutive datagrams to one peer, sent with one system call (UDP GSO): equal-size segments,
-/// only the last one may be shorter.
-#[derive(Default)]
-struct GsoTrain {
-    target: Option<(usize, SocketAddr)>,
-    segment: usize,
-    count: usize,
-    contents: Vec<u8>,
-    /// A shorter segment ended the train.
-    closed: bool,
+/// Which socket a receive loop reads: `listener`'s socket of `worker`.
+#[derive(Clone, Copy)]
+struct Receiver {
+    worker: usize,
+    listener: usize,
 }
 
-impl GsoTrain {
-    fn accepts(&self, listener: usize, to: SocketAddr, len: usize, max_segments: usize) -> bool {
-        match self.target {
-            None => true,
-            Some(target) => {
-                target == (listener, to)
-                    && !self.closed
-                    && len <= self.segment
-                    && self.count < max_segments
-                    && self.contents.len() + len <= MAX_GSO_BYTES
-            }
-        }
-    }
-
-    fn push(&mut self, listener: usize, to: SocketAddr, data: &[u8]) {
-        if self.target.is_none() {
-            self.target = Some((listener, to));
-            self.segment = data.len();
-        } else if data.len() < self.segment {
-            self.closed = true;
-        }
-        self.contents.extend_from_slice(data);
-        self.count += 1;
-    }
-}
-
-impl<T: TunIo> Io<T> {
-    /// Sends everything the engine produced: UDP datagrams to the same peer in GSO trains, packets
-    /// for the TUN in one batch (merged per flow by a device with offloads).
-    async fn flush(&self, out: &mut Outbox, to_tun: &mut TunWrites) {
-        let mut train = GsoTrain::default();
-        to_tun.clear();
-        for outgoing in out.drain(..) {
-            match outgoing {
-                Outgoing::Udp { listener, to, data } => {
-                    let max_segments = self
-                        .states
-                        .get(listener)
-                        .map_or(1, |s| s.max_gso_segments());
-                    if !train.accepts(listener, to, data.len(), max_segments) {
-                        self.send_train(&mut train).await;
-                    }
-                    train.push(listener, to, &data);
-                }
-                Outgoing::Tun(packet) => to_tun.push(&packet),
-            }
-        }
-        self.send_train(&mut train).await;
-        if let Err(e) = self.tun.send_batch(to_tun.pending()).await {
-            tracing::debug!(error = %e, "TUN write failed");
-        }
-    }
-
-    async fn send_train(&self, train: &mut GsoTrain) {
-        let taken = std::mem::take(train);
-        let Some((listener, to)) = taken.target else {
-            return;
-        };
-        let (Some(socket), Some(state)) = (self.sockets.get(listener), self.states.get(listener))
-        else {
-            return;
-        };
-        let transmit = quinn_udp::Transmit {
-            destination: to,
-            ecn: None,
-            contents: &taken.contents,
-            segment_size: (taken.count > 1).then_some(taken.segment),
-            src_ip: None,
-        };
-        loop {
-            if let Err(e) = socket.writable().await {
-                tracing::debug!(%to, error = %e, "UDP socket not writable");
-                return;
-            }
-            match socket.try_io(tokio::io::Interest::WRITABLE, || {
-                state.try_send(socket.into(), &transmit)
-            }) {
-                Ok(()) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) if taken.count > 1 && matches!(e.raw_os_error(), Some(5 | 22)) => {
-                    // EIO/EINVAL: the path cannot segment (quinn-udp stops offering GSO for the
-                    // socket); this train goes out one datagram at a time instead of being lost.
-                    for datagram in taken.contents.chunks(taken.segment) {
-                        if let Err(e) = socket.send_to(datagram, to).await {
-                            tracing::debug!(%to, error = %e, "UDP send failed");
-                        }
-                    }
-                    return;
-                }
-                Err(e) => {
-                    tracing::debug!(%to, datagrams = taken.count, error = %e, "UDP send failed");
-                    return;
-                }
-            }
-        }
-    }
+/// WireGuard handshake initiations (type 1, 148 bytes) and responses (type 2, 92 bytes): the
+/// messages whose processing costs key agreements. Anything else, whatever its first byte, stays
+/// on the data path (where a malformed one is dropped cheaply).
+fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.first(), datagram.len()),
+        (Some(1), 148) | (Some(2), 92)
+    )
 }
 
 /// Datagrams taken from the kernel per receive call (recvmmsg).
 const RECV_BATCH: usize = 32;
 
-async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
-    let (socket, state) = (&io.sockets[index], &io.states[index]);
+async fn udp_loop<T: TunIo>(
+    engine: Arc<Engine>,
+    io: Arc<Io<T>>,
+    Receiver { worker, listener }: Receiver,
+    handshakes: mpsc::Sender<QueuedHandshake>,
+) {
+    let sockets = &io.workers[worker];
+    let (socket, state) = (&sockets.sockets[listener], &sockets.states[listener]);
     // With UDP GRO the kernel may hand over up to `gro_segments` coalesced datagrams per buffer.
     let buffer_size = BUFFER_SIZE.max(state.gro_segments() * 1500);
     let mut buffers: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buffer_size]).collect();
@@ -299,10 +240,69 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
         for (buffer, meta) in buffers.iter().zip(&meta).take(count) {
             let stride = meta.stride.max(1);
             for datagram in buffer[..meta.len].chunks(stride) {
-                engine.handle_datagram(index, meta.addr, datagram, now, &mut scratch, &mut out);
+                if is_handshake(datagram) {
+                    queue_handshake(&engine, &handshakes, listener, meta.addr, datagram);
+                } else {
+                    engine.handle_datagram(
+                        listener,
+                        meta.addr,
+                        datagram,
+                        now,
+                        &mut scratch,
+                        &mut out,
+                    );
+                }
             }
         }
-        io.flush(&mut out, &mut to_tun).await;
+        io.flush(worker, &mut out, &mut to_tun).await;
+    }
+}
+
+fn queue_handshake(
+    engine: &Engine,
+    handshakes: &mpsc::Sender<QueuedHandshake>,
+    listener: usize,
+    from: SocketAddr,
+    datagram: &[u8],
+) {
+    let queued = QueuedHandshake {
+        listener,
+        from,
+        datagram: datagram.to_vec(),
+    };
+    if handshakes.try_send(queued).is_err() {
+        if let Some(rp) = engine.listeners().nth(listener) {
+            Counters::bump(&rp.counters.handshakes.queue_full);
+        }
+    }
+}
+
+/// Handles one worker's queued handshake messages, in batches, and sends their answers through
+/// the worker's sockets. It runs beside the worker's receive loops, so the runtime can run it on
+/// another thread while they go on with data packets.
+async fn handshake_loop<T: TunIo>(
+    engine: Arc<Engine>,
+    io: Arc<Io<T>>,
+    worker: usize,
+    mut queued: mpsc::Receiver<QueuedHandshake>,
+) {
+    let mut batch = Vec::with_capacity(HANDSHAKE_BATCH);
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let mut to_tun = TunWrites::default();
+    while queued.recv_many(&mut batch, HANDSHAKE_BATCH).await > 0 {
+        let now = Instant::now();
+        for handshake in batch.drain(..) {
+            engine.handle_datagram(
+                handshake.listener,
+                handshake.from,
+                &handshake.datagram,
+                now,
+                &mut scratch,
+                &mut out,
+            );
+        }
+        io.flush(worker, &mut out, &mut to_tun).await;
     }
 }
 
@@ -310,13 +310,14 @@ async fn udp_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, index: usize) {
 /// leaves in a few GSO sends instead of one system call per packet.
 const TUN_BATCH: usize = 64;
 
-async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
+/// Reads TUN queue `queue` and sends what it encrypts through the sockets of worker `queue`.
+async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, queue: usize) {
     let mut batch = RecvBatch::new(io.tun.mtu());
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     let mut to_tun = TunWrites::default();
     loop {
-        if let Err(e) = io.tun.recv_batch(&mut batch).await {
+        if let Err(e) = io.tun.recv_batch(queue, &mut batch).await {
             tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
             return;
         }
@@ -330,7 +331,7 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
             if taken >= TUN_BATCH {
                 break;
             }
-            match io.tun.try_recv_batch(&mut batch) {
+            match io.tun.try_recv_batch(queue, &mut batch) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => {
@@ -339,7 +340,7 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
                 }
             }
         }
-        io.flush(&mut out, &mut to_tun).await;
+        io.flush(queue, &mut out, &mut to_tun).await;
     }
 }
 
@@ -359,7 +360,7 @@ async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
             next_rate_reset = now + Duration::from_secs(1);
         }
         engine.run_timers(now, &mut scratch, &mut out);
-        io.flush(&mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
     }
 }
 
@@ -373,7 +374,7 @@ async fn change_loop<T: TunIo>(
     while let Some(change) = changes.recv().await {
         let applied = engine.apply_change(change, Instant::now(), &mut out);
         super::log_applied(&applied);
-        io.flush(&mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
     }
 }
 
@@ -403,7 +404,7 @@ async fn resume_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, saved: Vec<S
                 Resumed::NoSession => gone += 1,
             }
         }
-        io.flush(&mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
     }
     tracing::info!(
         saved = saved.len(),
@@ -413,49 +414,4 @@ async fn resume_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, saved: Vec<S
         elapsed_ms = started.elapsed().as_millis() as u64,
         "handshakes started toward the devices' last known endpoints"
     );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    #[test]
-    fn a_gso_train_holds_equal_segments_to_one_peer_and_ends_after_a_short_one() {
-        let mut train = GsoTrain::default();
-        assert!(train.accepts(0, addr(1), 100, 64));
-        train.push(0, addr(1), &[1; 100]);
-        assert!(train.accepts(0, addr(1), 100, 64));
-        assert!(!train.accepts(0, addr(2), 100, 64), "another peer");
-        assert!(!train.accepts(1, addr(1), 100, 64), "another socket");
-        assert!(!train.accepts(0, addr(1), 101, 64), "a longer segment");
-        train.push(0, addr(1), &[2; 100]);
-        assert!(!train.accepts(0, addr(1), 100, 2), "segment limit");
-        assert!(train.accepts(0, addr(1), 40, 64));
-        train.push(0, addr(1), &[3; 40]);
-        assert!(
-            !train.accepts(0, addr(1), 40, 64),
-            "a short segment ends the train"
-        );
-        assert_eq!(
-            (train.count, train.segment, train.contents.len()),
-            (3, 100, 240)
-        );
-    }
-
-    #[test]
-    fn a_gso_train_stays_under_the_datagram_train_limit() {
-        let mut train = GsoTrain::default();
-        let segment = vec![0u8; 1452];
-        let mut pushed = 0;
-        while train.accepts(0, addr(1), segment.len(), 64) {
-            train.push(0, addr(1), &segment);
-            pushed += 1;
-        }
-        assert_eq!(pushed, MAX_GSO_BYTES / 1452);
-        assert!(train.contents.len() <= MAX_GSO_BYTES);
-    }
 }

@@ -53,6 +53,8 @@ pub struct HandshakeCounters {
     pub rejected: AtomicU64,
     /// Answered with a cookie because the rendezvous point is over its handshake rate.
     pub cookie_required: AtomicU64,
+    /// Dropped unread because a worker's handshake queue was full (the device tries again).
+    pub queue_full: AtomicU64,
 }
 
 /// One rendezvous point's traffic: plain atomics so the packet path pays one relaxed add per

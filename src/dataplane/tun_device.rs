@@ -6,10 +6,11 @@
 //! reads the interface's addresses back afterwards and fails if one is missing instead of
 //! running with half a configuration.
 //!
-//! Packets are whole IP packets: no packet-information header and (for now) no virtio-net offload
-//! header. tun-rs can do both offloads (TSO/GSO on read, GRO on write via `recv_multiple` /
-//! `send_multiple`) and multiple queues (`try_clone`) once the packet path is ready for them; see
-//! [`TunDevice::device`].
+//! Packets are whole IP packets with a virtio-net header (offloads: TSO/GSO on read, GRO on
+//! write via tun-rs's `recv_multiple` / `send_multiple`). With more than one data-plane worker the
+//! device is multi-queue (IFF_MULTI_QUEUE): one file descriptor per worker, opened with tun-rs's
+//! `try_clone`; the kernel picks the queue of each packet it sends by flow hash, so one flow stays
+//! on one queue (no reordering) and the flows of many devices spread over the workers.
 
 use std::collections::HashSet;
 use std::io;
@@ -74,12 +75,28 @@ const _: () = assert!(crate::dataplane::TUN_HEADROOM == tun_rs::VIRTIO_NET_HDR_L
 /// The data plane's TUN device. Dropping it closes the only file descriptor of the
 /// non-persistent device, and the kernel removes the interface with its addresses and routes.
 pub struct TunDevice {
-    device: tun_rs::AsyncDevice,
-    /// Merges written packets of one flow (GRO); reused so a write allocates nothing.
-    gro: tokio::sync::Mutex<Box<tun_rs::GROTable>>,
+    /// At least one; the first is the device itself, the others more queues of it.
+    queues: Vec<TunQueue>,
     name: String,
     mtu: u16,
     addresses: Vec<Ipv4Net>,
+}
+
+/// One queue (file descriptor) of the device, used by one worker.
+struct TunQueue {
+    device: tun_rs::AsyncDevice,
+    /// Merges written packets of one flow (GRO); reused so a write allocates nothing. Only its
+    /// worker writes, so the lock is uncontended; it is there because writes are `&self`.
+    gro: tokio::sync::Mutex<Box<tun_rs::GROTable>>,
+}
+
+impl TunQueue {
+    fn new(device: tun_rs::AsyncDevice) -> TunQueue {
+        TunQueue {
+            device,
+            gro: tokio::sync::Mutex::new(Box::default()),
+        }
+    }
 }
 
 impl std::fmt::Debug for TunDevice {
@@ -88,16 +105,22 @@ impl std::fmt::Debug for TunDevice {
             .field("name", &self.name)
             .field("mtu", &self.mtu)
             .field("addresses", &self.addresses)
+            .field("queues", &self.queues.len())
             .finish_non_exhaustive()
     }
 }
 
 /// Creates the layer-3 TUN device `name`, sets its MTU, assigns every address in `addresses`
 /// (each with its prefix, so `10.64.0.1/16` also makes the kernel route 10.64.0.0/16 to the
-/// device) and brings it up.
+/// device) and brings it up, with `queues` queues (1: a single-queue device, as before workers).
 ///
 /// Must be called from within a Tokio runtime (the device is registered with its reactor).
-pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, TunError> {
+pub fn open(
+    name: &str,
+    mtu: u16,
+    addresses: &[Ipv4Net],
+    queues: usize,
+) -> Result<TunDevice, TunError> {
     let io_err = |action: &str, source: io::Error| classify(name, action, source);
     interface_name::validate(name).map_err(|invalid| {
         io_err(
@@ -133,7 +156,7 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
         // Offloads: reads may carry TCP super-segments (split by tun-rs), and writes of one flow
         // are merged, so the kernel runs its TCP receive path once per batch, not per packet.
         .offload(true)
-        .multi_queue(false)
+        .multi_queue(queues > 1)
         // Configured below, step by step, so a failure names the step.
         .enable(false)
         .build_async()
@@ -165,6 +188,15 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
             io::Error::other("the kernel did not assign it (conflicting address on another interface, or no permission)"),
         ));
     }
+    // The other queues before the link comes up: once it is up the kernel sends to every queue
+    // attached, and a queue is only attached once it exists.
+    let mut more_queues = Vec::new();
+    for queue in 1..queues {
+        let clone = device
+            .try_clone()
+            .map_err(|source| io_err(&format!("opening queue {queue} of {queues}"), source))?;
+        more_queues.push(clone);
+    }
     device
         .enabled(true)
         .map_err(|source| io_err("bringing the link up", source))?;
@@ -180,11 +212,15 @@ pub fn open(name: &str, mtu: u16, addresses: &[Ipv4Net]) -> Result<TunDevice, Tu
         addresses = %listed,
         tcp_offload = device.tcp_gso(),
         udp_offload = device.udp_gso(),
+        queues,
         "TUN device up"
     );
+    let queues = std::iter::once(device)
+        .chain(more_queues)
+        .map(TunQueue::new)
+        .collect();
     Ok(TunDevice {
-        device,
-        gro: tokio::sync::Mutex::new(Box::default()),
+        queues,
         name: name.to_owned(),
         mtu,
         addresses,
@@ -205,10 +241,15 @@ impl TunDevice {
         &self.addresses
     }
 
-    /// The tun-rs device, for batched or offloaded I/O later (`recv_multiple`, `send_multiple`,
-    /// `try_clone` for multiple queues need a device opened with those options).
+    /// The tun-rs device (its first queue): interface index, offload flags.
     pub fn device(&self) -> &tun_rs::AsyncDevice {
-        &self.device
+        &self.queues[0].device
+    }
+
+    /// The queue `index` names; an index past the last wraps round, so a caller with more
+    /// workers than queues still gets a valid one.
+    fn queue(&self, index: usize) -> &TunQueue {
+        &self.queues[index % self.queues.len()]
     }
 }
 
@@ -217,16 +258,21 @@ impl TunIo for TunDevice {
         usize::from(self.mtu)
     }
 
-    async fn recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
+    fn queues(&self) -> usize {
+        self.queues.len()
+    }
+
+    async fn recv_batch(&self, queue: usize, batch: &mut RecvBatch) -> io::Result<()> {
         batch.count = self
+            .queue(queue)
             .device
             .recv_multiple(&mut batch.original, &mut batch.bufs, &mut batch.sizes, 0)
             .await?;
         Ok(())
     }
 
-    fn try_recv_batch(&self, batch: &mut RecvBatch) -> io::Result<()> {
-        batch.count = self.device.try_recv_multiple(
+    fn try_recv_batch(&self, queue: usize, batch: &mut RecvBatch) -> io::Result<()> {
+        batch.count = self.queue(queue).device.try_recv_multiple(
             &mut batch.original,
             &mut batch.bufs,
             &mut batch.sizes,
@@ -235,12 +281,14 @@ impl TunIo for TunDevice {
         Ok(())
     }
 
-    async fn send_batch(&self, packets: &mut [Vec<u8>]) -> io::Result<()> {
+    async fn send_batch(&self, queue: usize, packets: &mut [Vec<u8>]) -> io::Result<()> {
         if packets.is_empty() {
             return Ok(());
         }
-        let mut gro = self.gro.lock().await;
-        self.device
+        let queue = self.queue(queue);
+        let mut gro = queue.gro.lock().await;
+        queue
+            .device
             .send_multiple(&mut gro, packets, TUN_HEADROOM)
             .await
             .map(|_| ())
@@ -323,236 +371,5 @@ pub(crate) mod test_support {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::test_support::{require_root, unique_name};
-    use super::*;
-    use std::net::Ipv4Addr;
-    use std::process::Command;
-    use std::time::{Duration, Instant};
-
-    fn ip_json(args: &[&str]) -> serde_json::Value {
-        let out = Command::new("ip")
-            .arg("-j")
-            .args(args)
-            .output()
-            .expect("run `ip`");
-        assert!(
-            out.status.success(),
-            "ip -j {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("ip -j prints JSON")
-    }
-
-    fn interface_exists(name: &str) -> bool {
-        Path::new("/sys/class/net").join(name).exists()
-    }
-
-    fn checksum(bytes: &[u8]) -> u16 {
-        let mut sum = 0u32;
-        for chunk in bytes.chunks(2) {
-            let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
-            sum += u32::from(word);
-        }
-        while sum > 0xffff {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
-
-    /// An IPv4 ICMP echo request from `src` to `dst`.
-    fn echo_request(src: Ipv4Addr, dst: Ipv4Addr, id: u16, seq: u16) -> Vec<u8> {
-        let payload = b"arcd tun test";
-        let icmp_len = 8 + payload.len();
-        let total = 20 + icmp_len;
-        let mut packet = vec![0u8; total];
-        packet[0] = 0x45;
-        packet[2..4].copy_from_slice(&(total as u16).to_be_bytes());
-        packet[8] = 64; // TTL
-        packet[9] = 1; // ICMP
-        packet[12..16].copy_from_slice(&src.octets());
-        packet[16..20].copy_from_slice(&dst.octets());
-        let ip_sum = checksum(&packet[..20]);
-        packet[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-        let icmp = &mut packet[20..];
-        icmp[0] = 8; // echo request
-        icmp[4..6].copy_from_slice(&id.to_be_bytes());
-        icmp[6..8].copy_from_slice(&seq.to_be_bytes());
-        icmp[8..].copy_from_slice(payload);
-        let icmp_sum = checksum(icmp);
-        icmp[2..4].copy_from_slice(&icmp_sum.to_be_bytes());
-        packet
-    }
-
-    #[tokio::test]
-    #[ignore = "needs root: TUN device"]
-    async fn creates_addresses_answers_and_vanishes() {
-        require_root("creates_addresses_answers_and_vanishes");
-        let name = unique_name("arct");
-        let octet = (rand::random::<u8>() % 200) + 20;
-        let pool_host: Ipv4Net = format!("10.{octet}.0.1/16").parse().unwrap();
-        let service: Ipv4Net = "100.127.100.127/32".parse().unwrap();
-        let device = open(&name, 1380, &[pool_host, service]).expect("open the TUN device");
-        assert_eq!(device.name(), name);
-        assert_eq!(device.mtu(), 1380);
-        assert_eq!(device.addresses(), &[pool_host, service]);
-
-        // Addresses, MTU and link state as the kernel reports them.
-        let shown = ip_json(&["addr", "show", "dev", &name]);
-        let link = &shown[0];
-        assert_eq!(link["ifname"], name.as_str(), "{shown}");
-        assert_eq!(link["mtu"], 1380, "{shown}");
-        assert_eq!(link["txqlen"], TX_QUEUE_LEN, "{shown}");
-        let flags: Vec<&str> = link["flags"]
-            .as_array()
-            .expect("flags")
-            .iter()
-            .filter_map(|f| f.as_str())
-            .collect();
-        assert!(flags.contains(&"UP"), "link not up: {shown}");
-        assert!(flags.contains(&"LOWER_UP"), "no carrier: {shown}");
-        let inet: Vec<(String, u64)> = link["addr_info"]
-            .as_array()
-            .expect("addr_info")
-            .iter()
-            .filter(|a| a["family"] == "inet")
-            .map(|a| {
-                (
-                    a["local"].as_str().unwrap().to_owned(),
-                    a["prefixlen"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        for net in [pool_host, service] {
-            assert!(
-                inet.contains(&(net.addr().to_string(), u64::from(net.prefix_len()))),
-                "{net} missing from {inet:?}"
-            );
-        }
-        // The pool address makes the kernel route the whole pool to the device.
-        let routes = ip_json(&["route", "show", "dev", &name]);
-        let pool = pool_host.trunc().to_string();
-        assert!(
-            routes
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|r| r["dst"] == pool.as_str()),
-            "no route for {pool}: {routes}"
-        );
-
-        // ICMP echo through the device: a "device" in the pool pings the service address; the
-        // kernel answers back into the TUN.
-        let device_ip = Ipv4Addr::from(u32::from(pool_host.network()) + 2);
-        let id = rand::random::<u16>();
-        let request = echo_request(device_ip, service.addr(), id, 1);
-        assert!(
-            device.device().tcp_gso(),
-            "TCP offload on (IFF_VNET_HDR + TUNSETOFFLOAD)"
-        );
-        let mut out = crate::dataplane::TunWrites::default();
-        out.push(&request);
-        device.send_batch(out.pending()).await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut batch = RecvBatch::new(1380);
-        'wait: loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::timeout(left, device.recv_batch(&mut batch))
-                .await
-                .expect("echo reply within 5 s")
-                .unwrap();
-            for packet in batch.packets() {
-                let is_reply = packet.len() >= 28
-                    && packet[0] >> 4 == 4
-                    && packet[9] == 1
-                    && packet[20] == 0
-                    && packet[24..26] == id.to_be_bytes();
-                if is_reply {
-                    assert_eq!(&packet[12..16], &service.addr().octets());
-                    assert_eq!(&packet[16..20], &device_ip.octets());
-                    break 'wait;
-                }
-            }
-        }
-
-        drop(device);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while interface_exists(&name) && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        assert!(!interface_exists(&name), "{name} still exists after drop");
-    }
-
-    #[tokio::test]
-    #[ignore = "needs root: TUN device"]
-    async fn refuses_an_existing_interface() {
-        require_root("refuses_an_existing_interface");
-        let name = unique_name("arct");
-        let first = open(&name, 1420, &[]).expect("open the TUN device");
-        let err = open(&name, 1420, &[]).expect_err("a second device of the same name");
-        assert!(
-            matches!(err, TunError::AlreadyExists { .. }),
-            "unexpected error: {err}"
-        );
-        drop(first);
-    }
-
-    #[test]
-    fn permission_errors_say_what_to_do() {
-        let expected_start = "creating TUN device `arc0` needs root or CAP_NET_ADMIN: run arcd as root, or `setcap cap_net_admin+ep ";
-        for source in [
-            io::Error::from_raw_os_error(EPERM),
-            io::Error::from_raw_os_error(EACCES),
-            io::Error::from(io::ErrorKind::PermissionDenied),
-        ] {
-            for err in [
-                classify_create("arc0", io::Error::new(source.kind(), source.to_string())),
-                classify("arc0", "setting MTU 1420", source),
-            ] {
-                let message = err.to_string();
-                assert!(
-                    matches!(err, TunError::PermissionDenied { .. }),
-                    "{message}"
-                );
-                assert!(message.starts_with(expected_start), "{message}");
-                assert!(message.ends_with('`'), "{message}");
-            }
-        }
-        // The raw errno path, exactly as TUNSETIFF reports it.
-        let err = classify_create("arc0", io::Error::from_raw_os_error(EPERM));
-        let TunError::PermissionDenied { exe, .. } = &err else {
-            panic!("{err}")
-        };
-        assert_eq!(
-            err.to_string(),
-            format!("creating TUN device `arc0` needs root or CAP_NET_ADMIN: run arcd as root, or `setcap cap_net_admin+ep {exe}`")
-        );
-    }
-
-    #[test]
-    fn other_creation_errors() {
-        let err = classify_create("arc0", io::Error::from_raw_os_error(ENOENT));
-        assert!(matches!(err, TunError::NoTunDriver { .. }), "{err}");
-        assert!(err.to_string().contains("/dev/net/tun"), "{err}");
-        let err = classify_create("arc0", io::Error::from_raw_os_error(ENODEV));
-        assert!(matches!(err, TunError::NoTunDriver { .. }), "{err}");
-        let err = classify_create("arc0", io::Error::from_raw_os_error(EBUSY));
-        assert!(matches!(err, TunError::AlreadyExists { .. }), "{err}");
-        let err = classify("arc0", "setting MTU 99999", io::Error::other("boom"));
-        assert_eq!(
-            err.to_string(),
-            "TUN device `arc0`: setting MTU 99999: boom"
-        );
-    }
-
-    #[tokio::test]
-    async fn rejects_bad_names_before_touching_the_kernel() {
-        for name in ["", "a-name-that-is-too-long", "arc 0", "arc/0", ".."] {
-            let err = open(name, 1420, &[]).expect_err(name);
-            assert!(
-                matches!(&err, TunError::Io { action, .. } if action == "invalid device name"),
-                "{name:?}: {err}"
-            );
-        }
-    }
-}
+#[path = "tun_device_tests.rs"]
+mod tests;

@@ -167,7 +167,7 @@ mod tests {
         let name = unique_name("arcvp");
         let pool: Ipv4Net = "10.252.0.0/16".parse().expect("net");
         let gateway: Ipv4Net = "10.252.0.1/16".parse().expect("net");
-        let device = tun_device::open(&name, 1420, &[gateway]).expect("open TUN");
+        let device = tun_device::open(&name, 1420, &[gateway], 1).expect("open TUN");
         let ifindex = device.device().if_index().expect("ifindex");
         let engine = Arc::new(Engine::new(Vec::new()));
         let plane = VpgPlane::new(

@@ -116,6 +116,7 @@ impl Collector for ArcdCollector {
                 ("unknown_peer", &h.unknown_peer),
                 ("rejected", &h.rejected),
                 ("cookie_required", &h.cookie_required),
+                ("queue_full", &h.queue_full),
             ]
             .map(|(result, c)| {
                 (
