@@ -11,8 +11,7 @@ use axum::Router;
 
 use super::{
     auth, auth_limit, credentials, data, endorse, groups, iot_sims, rendezvous_points, sim_counts,
-    sims, vpgs,
-    SharedState,
+    sims, vpgs, SharedState,
 };
 
 /// The HTTP methods the API routes.

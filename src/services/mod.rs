@@ -42,8 +42,15 @@ pub const ENDORSE: Ipv4Addr = Ipv4Addr::new(100, 127, 120, 120);
 pub const FUNNEL: Ipv4Addr = Ipv4Addr::new(100, 127, 65, 43);
 
 /// Carried by the TUN device as local addresses so the kernel (and arcd's services) answer.
-pub const PLATFORM_ADDRESSES: [Ipv4Addr; 7] =
-    [PONG_AND_METADATA, DNS, HARVEST, BEAM, UNIFIED, ENDORSE, FUNNEL];
+pub const PLATFORM_ADDRESSES: [Ipv4Addr; 7] = [
+    PONG_AND_METADATA,
+    DNS,
+    HARVEST,
+    BEAM,
+    UNIFIED,
+    ENDORSE,
+    FUNNEL,
+];
 
 pub const HTTP_PORT: u16 = 80;
 pub const HARVEST_RAW_PORT: u16 = 8514;
