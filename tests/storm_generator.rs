@@ -3,7 +3,13 @@
 //! memory here; the test answers the devices' ICMP echoes on it as the kernel would. So the tool
 //! the storm benchmark depends on is exercised by every `cargo test` and cannot rot unnoticed.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::print_stdout,
+    clippy::print_stderr
+)]
 
 mod support;
 
