@@ -49,9 +49,8 @@ pub async fn create_sim(
     let created = state
         .write_notifying_at(
             WriteIsolation::ReadCommitted,
-            move |db| match sims::check_sim_quota(db, &operator, 1, limit)? {
-                Ok(()) => sims::create_virtual(db, &operator, coverage, &prefix, &policy).map(Ok),
-                Err(exceeded) => Ok(Err(exceeded)),
+            move |db| {
+                sims::create_virtual_within_quota(db, &operator, coverage, &prefix, &policy, limit)
             },
             |created| match created {
                 Ok(created) => vec![PeerChange::Upsert(created.session.clone())],

@@ -78,9 +78,8 @@ fn create_sim(
     limit: u64,
     policy: &SessionPolicy,
 ) -> Result<Option<sims::CreatedSim>> {
-    store.write_db_read_committed(|db| match sims::check_sim_quota(db, op, 1, limit)? {
-        Ok(()) => sims::create_virtual(db, op, Coverage::Jp, "8942", policy).map(Some),
-        Err(_) => Ok(None),
+    store.write_db_read_committed(|db| {
+        Ok(sims::create_virtual_within_quota(db, op, Coverage::Jp, "8942", policy, limit)?.ok())
     })
 }
 

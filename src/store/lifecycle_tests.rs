@@ -361,6 +361,27 @@ fn live_sim_counts_follow_creates_imports_and_terminations(store: &impl Backend)
             .expect("check"),
         Ok(())
     );
+    // createSim checks the quota in the SIM's insert: at the limit it is refused with the same
+    // figures and writes nothing; below it, it creates.
+    let create_within = |operator: &OperatorId, limit: u64| {
+        store
+            .write_db_read_committed(|db| {
+                Ok(sims::create_virtual_within_quota(
+                    db,
+                    operator,
+                    Coverage::Jp,
+                    "8942",
+                    &policy(0),
+                    limit,
+                )?
+                .map(|created| created.sim.sim_id))
+            })
+            .expect("create within quota")
+    };
+    assert_eq!(create_within(&op, 4), Err(refused.expect_err("refused")));
+    assert_eq!(counted(&op), (4, 4), "the refused create wrote nothing");
+    assert!(create_within(&op, 5).is_ok());
+    assert_eq!(counted(&op), (5, 5));
 }
 
 /// A database made before migration 7 gets its counts from the rows it already holds (SQLite's

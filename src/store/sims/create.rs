@@ -7,7 +7,7 @@ use crate::ids;
 use crate::ids::{Imsi, OperatorId, SimId};
 use crate::store::db::Db;
 use crate::store::sessions::{self, ActiveSession, ArcSubscriber, SessionPolicy};
-use crate::store::{now_ms, Result, Rule};
+use crate::store::{now_ms, Result, Rule, StoreError};
 use crate::wgkey;
 
 /// Creating SIMs would take an operator past `sims.max_per_operator`; nothing was written.
@@ -54,6 +54,26 @@ pub struct CreatedSim {
     pub session: ActiveSession,
 }
 
+/// createSim: a standalone virtual SIM with its first session, unless one more SIM would take the
+/// operator past `limit` SIMs that are not terminated (then nothing is written). The quota is
+/// checked by the SIM's insert itself: one statement less on the hot write (see
+/// `insert_virtual_sim`); on PostgreSQL it is as soft as `check_sim_quota`'s under READ COMMITTED.
+pub fn create_virtual_within_quota(
+    db: &mut dyn Db,
+    operator_id: &OperatorId,
+    coverage: Coverage,
+    iccid_prefix: &str,
+    policy: &SessionPolicy,
+    limit: u64,
+) -> Result<std::result::Result<CreatedSim, SimQuotaExceeded>> {
+    let inserted = match insert_virtual_sim(db, operator_id, coverage, iccid_prefix, Some(limit))? {
+        Ok(inserted) => inserted,
+        Err(exceeded) => return Ok(Err(exceeded)),
+    };
+    complete_virtual(db, operator_id, coverage, policy, inserted).map(Ok)
+}
+
+/// A standalone virtual SIM with its first session, with no quota.
 pub fn create_virtual(
     db: &mut dyn Db,
     operator_id: &OperatorId,
@@ -61,7 +81,18 @@ pub fn create_virtual(
     iccid_prefix: &str,
     policy: &SessionPolicy,
 ) -> Result<CreatedSim> {
-    let inserted = insert_virtual_sim(db, operator_id, coverage, iccid_prefix)?;
+    let inserted = insert_virtual_sim_unlimited(db, operator_id, coverage, iccid_prefix)?;
+    complete_virtual(db, operator_id, coverage, policy, inserted)
+}
+
+/// The first session of a just-inserted virtual SIM, and the SIM as the API answers it.
+fn complete_virtual(
+    db: &mut dyn Db,
+    operator_id: &OperatorId,
+    coverage: Coverage,
+    policy: &SessionPolicy,
+    inserted: InsertedVirtualSim,
+) -> Result<CreatedSim> {
     let subscriber = ArcSubscriber {
         sim_id: inserted.sim_id.clone(),
         operator_id: operator_id.clone(),
@@ -120,16 +151,34 @@ pub(super) struct InsertedVirtualSim {
     pub created_at: i64,
 }
 
-/// The SIM and its primary virtual subscriber, without a session yet.
-pub(super) fn insert_virtual_sim(
+/// `insert_virtual_sim` with no quota.
+pub(super) fn insert_virtual_sim_unlimited(
     db: &mut dyn Db,
     operator_id: &OperatorId,
     coverage: Coverage,
     iccid_prefix: &str,
 ) -> Result<InsertedVirtualSim> {
+    match insert_virtual_sim(db, operator_id, coverage, iccid_prefix, None)? {
+        Ok(inserted) => Ok(inserted),
+        // Without a limit the insert never refuses for the quota.
+        Err(exceeded) => Err(StoreError::Corrupt(format!("no quota, yet {exceeded}"))),
+    }
+}
+
+/// The SIM and its primary virtual subscriber, without a session yet; with `limit`, only while
+/// the operator holds fewer than `limit` SIMs that are not terminated.
+pub(super) fn insert_virtual_sim(
+    db: &mut dyn Db,
+    operator_id: &OperatorId,
+    coverage: Coverage,
+    iccid_prefix: &str,
+    limit: Option<u64>,
+) -> Result<std::result::Result<InsertedVirtualSim, SimQuotaExceeded>> {
     // A virtual SIM's id is its ICCID. A number an imported SIM already holds is skipped: the
     // insert that finds it taken writes nothing and the next number is tried (no lookup first:
-    // this is createSim's hot path).
+    // this is createSim's hot path). The insert also writes nothing when the quota is reached;
+    // only then is the quota read on its own, to tell the two apart.
+    let held_below = limit.map_or(i64::MAX, |limit| i64::try_from(limit).unwrap_or(i64::MAX));
     let now = now_ms();
     // Both numbers in one draw (one round trip on PostgreSQL); a number found taken below is
     // replaced by the next one alone.
@@ -147,12 +196,20 @@ pub(super) fn insert_virtual_sim(
         let inserted = db.execute(
             "INSERT INTO sims(sim_id, operator_id, sim_type, module_type, status, coverage, group_id,
                               termination_enabled, created_at, last_modified_at)
-             VALUES ($1, $2, 'virtual', 'virtual', 'active', $3, NULL, FALSE, $4, $4)
+             SELECT $1, $2, 'virtual', 'virtual', 'active', $3, NULL, FALSE,
+                    CAST($4 AS BIGINT), CAST($4 AS BIGINT)
+             WHERE (SELECT COALESCE(SUM(live_sims), 0) FROM operator_sim_counts
+                    WHERE operator_id = $2) < CAST($5 AS BIGINT)
              ON CONFLICT (sim_id) DO NOTHING",
-            &[&sim_id, operator_id, &coverage.as_str(), &now],
+            &[&sim_id, operator_id, &coverage.as_str(), &now, &held_below],
         )?;
         if inserted == 1 {
             break sim_id;
+        }
+        if let Some(limit) = limit {
+            if let Err(exceeded) = check_sim_quota(db, operator_id, 1, limit)? {
+                return Ok(Err(exceeded));
+            }
         }
     };
     let pair = wgkey::generate();
@@ -180,13 +237,13 @@ pub(super) fn insert_virtual_sim(
             break imsi;
         }
     };
-    Ok(InsertedVirtualSim {
+    Ok(Ok(InsertedVirtualSim {
         sim_id,
         imsi,
         public_key: pair.public_key.clone(),
         private_key: pair.private_key.clone(),
         created_at: now,
-    })
+    }))
 }
 
 pub(crate) struct NewSubscriber<'a> {

@@ -13,7 +13,9 @@ mod tests;
 pub use super::sim_search::{search, SimQuery};
 use crate::config::Coverage;
 use crate::ids::{GroupId, Imsi, OperatorId, RendezvousPointId, SimId, VpgId};
-pub use create::{check_sim_quota, create_virtual, CreatedSim, SimQuotaExceeded};
+pub use create::{
+    check_sim_quota, create_virtual, create_virtual_within_quota, CreatedSim, SimQuotaExceeded,
+};
 pub(crate) use create::{insert_subscriber, next_virtual_imsi, NewSubscriber};
 pub use lifecycle::{
     change_status, delete_tag, put_tags, set_group, set_termination_enabled, terminate,

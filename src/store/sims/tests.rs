@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::create::insert_virtual_sim;
+use super::create::insert_virtual_sim_unlimited as insert_virtual_sim;
 use super::*;
 use crate::store::db::testing::temp_pg_store;
 use crate::store::db::Backend;
