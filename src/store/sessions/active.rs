@@ -54,15 +54,10 @@ pub fn active_sessions_by_imsis(
 ) -> Result<HashMap<Imsi, ActiveSession>> {
     let mut found = HashMap::with_capacity(imsis.len());
     for chunk in imsis.chunks(IMSIS_PER_STATEMENT) {
-        // Padded to a power of two by repeating the last IMSI (harmless in `IN`): at most 7
-        // statement texts in the caches, and still one statement per chunk.
-        let width = chunk.len().next_power_of_two();
-        let params: Vec<&dyn Param> = (0..width)
-            .map(|i| &chunk[i.min(chunk.len() - 1)] as &dyn Param)
-            .collect();
+        let params: Vec<&dyn Param> = chunk.iter().map(|imsi| imsi as &dyn Param).collect();
         let sql = format!(
             "{LISTED_SESSIONS} WHERE a.imsi IN ({})",
-            parameter_list(width)
+            parameter_list(chunk.len())
         );
         // Planned with each call's IMSIs (`query_once`), never from a cached generic plan: a plan
         // cached while the tables were small (a fresh install, a node's first minutes) joins by
