@@ -18,17 +18,10 @@
 //! 3. The boringtun steps the engine's handshake path is made of, timed alone on the same
 //!    initiations, to show where the time goes, with one X25519 DH as a calibration.
 //!
-//! The rate limiter. Each rendezvous point has one boringtun `RateLimiter` (100 handshake
-//! messages per second before cookies are required). `Engine::reset_rate_limits()` calls
-//! `RateLimiter::reset_count()`, which only resets when at least one second has passed since the
-//! previous reset, so calling it before every initiation does NOT keep the counter at 0; the
-//! bench checks this and prints what it saw. A handshake initiation is also counted twice: once
-//! by the engine's `verify_packet` and once more inside `Tunn::decapsulate`, which verifies it
-//! again with the same limiter; so one window admits 50 initiations, not 100 (also checked).
-//! To time handshakes with the limiter not engaged, (A1)/(A2) give the engine one listener per
-//! 40 handshakes, all with the same server key (so one initiation is valid on every listener),
-//! and each peer's initiation goes to the listener of its session: no limiter reaches its limit.
-//! The per-handshake path is the same as with one listener (the listener is an index).
+//! Every handshake message goes through `Engine::screen_handshake` first, as a packet worker
+//! does: not under load for (A1)/(A2), under load (a worker's handshake queue half full, see
+//! `src/dataplane/handshake_load.rs`) for (B) to (D). Only messages it lets through reach
+//! `Engine::handle_datagram`.
 //!
 //! Times: wall clock and this thread's CPU time (`clock_gettime(CLOCK_THREAD_CPUTIME_ID)`),
 //! so that other processes on the machine show up as wall > CPU rather than as a slower figure.
@@ -48,7 +41,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arcd::dataplane::engine::{
-    Engine, Listener, Outbox, Outgoing, BUFFER_SIZE, IDLE_AFTER, TIMER_PERIOD,
+    Engine, Listener, Outbox, Outgoing, Screened, BUFFER_SIZE, IDLE_AFTER, TIMER_PERIOD,
 };
 use arcd::dataplane::Applied;
 use arcd::store::ActiveSession;
@@ -59,11 +52,6 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use rand::RngCore;
 
 const RP: &str = "ap-northeast-1";
-/// Handshakes sent to one listener in (A1)/(A2): below the 100 a window admits.
-const PER_LISTENER: usize = 40;
-/// The engine's limit (engine.rs `HANDSHAKE_RATE_LIMIT`), for the messages printed.
-const ENGINE_LIMIT: usize = 100;
-
 /// WireGuard message types (first byte).
 const HANDSHAKE_RESPONSE: u8 = 2;
 const COOKIE_REPLY: u8 = 3;
@@ -248,27 +236,26 @@ impl Answers {
     }
 }
 
-/// Feeds `datagrams[i]` from `clients[i]` to `listener_of(i)`, one at a time, as the UDP loop
-/// does (a fresh `Instant::now()` per datagram, the outbox drained after each).
+/// Feeds `datagrams[i]` from `clients[i]`, one at a time, as a packet worker and its handshake
+/// task do: screened (`under_load` as given), then handled when let through (a fresh
+/// `Instant::now()` per datagram, the outbox drained after each).
 fn feed(
     engine: &Engine,
     datagrams: &[Vec<u8>],
     clients: &[Client],
-    listener_of: impl Fn(usize) -> usize,
+    under_load: bool,
 ) -> (Answers, Duration, Duration) {
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     let mut answers = Answers::default();
     let ((), wall, cpu) = timed(|| {
         for (i, datagram) in datagrams.iter().enumerate() {
-            engine.handle_datagram(
-                listener_of(i),
-                clients[i].from,
-                datagram,
-                Instant::now(),
-                &mut scratch,
-                &mut out,
-            );
+            let from = clients[i].from;
+            if engine.screen_handshake(0, from, datagram, under_load, &mut scratch, &mut out)
+                == Screened::Queue
+            {
+                engine.handle_datagram(0, from, datagram, Instant::now(), &mut scratch, &mut out);
+            }
             answers.count(&out);
             out.clear();
         }
@@ -457,62 +444,19 @@ fn main() {
     // The engines below are built afresh; keep one peer index's worth of memory at a time.
     drop(engine);
 
-    // ---- The rate limiter, checked (see the module comment). --------------------------------
-    let probe = Engine::new(vec![Listener::new(&RP.into(), server_private)]);
-    let mut out = Outbox::new();
-    for s in sessions.iter().take(ENGINE_LIMIT * 2) {
-        probe.apply(&Applied::Added(s.clone()), Instant::now(), &mut out);
-    }
-    let probe_n = (ENGINE_LIMIT * 2).min(n_handshakes);
-    let mut window = Answers::default();
-    let mut scratch = vec![0u8; BUFFER_SIZE];
-    for i in 0..probe_n {
-        probe.reset_rate_limits();
-        probe.handle_datagram(
-            0,
-            clients[i].from,
-            &initiations[i],
-            Instant::now(),
-            &mut scratch,
-            &mut out,
-        );
-        window.count(&out);
-        out.clear();
-    }
-    println!(
-        "\nrate limiter check: {} initiations on one listener (limit {}), reset_rate_limits() \
-         before each: {}.",
-        probe_n,
-        ENGINE_LIMIT,
-        window.describe()
-    );
-    println!(
-        "  -> reset_count() resets only when >= 1 s has passed since the previous reset, and \
-         each served initiation counts twice (engine verify_packet + Tunn::decapsulate), so a \
-         window admits {} initiations before cookies, not {}.",
-        window.responses, ENGINE_LIMIT
-    );
-    drop(probe);
-
     // ---- 2. Handshakes. ---------------------------------------------------------------------
     let mut rows = Vec::new();
 
-    // (A1)/(A2): one listener per PER_LISTENER handshakes, all with the same key; session i on
-    // listener i % k. Sessions without a handshake stay on listener 0.
-    let k = n_handshakes.div_ceil(PER_LISTENER).max(1);
-    let spread = Engine::new(
-        (0..k)
-            .map(|l| Listener::new(&format!("rp-{l}").into(), server_private))
-            .collect(),
-    );
-    let listener_of = |i: usize| i % k;
-    for (i, s) in sessions.iter().enumerate() {
-        let mut s = s.clone();
-        s.rp_id = format!("rp-{}", if i < n_handshakes { listener_of(i) } else { 0 }).into();
-        spread.apply(&Applied::Added(s), Instant::now(), &mut out);
+    // (A1)/(A2): one listener, not under load.
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let spread = Engine::new(vec![Listener::new(&RP.into(), server_private)]);
+    let mut out = Outbox::new();
+    for s in &sessions {
+        spread.apply(&Applied::Added(s.clone()), Instant::now(), &mut out);
     }
+    out.clear();
     assert_eq!(spread.peer_count(), n_sessions);
-    let (a1, wall, cpu) = feed(&spread, &initiations, &clients, listener_of);
+    let (a1, wall, cpu) = feed(&spread, &initiations, &clients, false);
     assert_eq!(
         a1.responses,
         n_handshakes,
@@ -531,17 +475,14 @@ fn main() {
         verdict: verdict(per_sec(cpu, n_handshakes) >= 4000.0),
     });
 
-    // (A2): the same peers handshake again (rekey); their Tunn exists now. The limiters need a
-    // new window: reset_count() works once a second has passed since the last reset.
+    // (A2): the same peers handshake again (rekey); their Tunn exists now.
     let (rekeys, _, _) = timed(|| {
         clients
             .iter_mut()
             .map(|c| initiation(&mut c.tunn, &mut buf))
             .collect::<Vec<_>>()
     });
-    std::thread::sleep(Duration::from_millis(1_100));
-    spread.reset_rate_limits();
-    let (a2, wall, cpu) = feed(&spread, &rekeys, &clients, listener_of);
+    let (a2, wall, cpu) = feed(&spread, &rekeys, &clients, false);
     assert_eq!(
         a2.responses,
         n_handshakes,
@@ -596,28 +537,8 @@ fn main() {
     for s in &sessions {
         engine.apply(&Applied::Added(s.clone()), Instant::now(), &mut out);
     }
-    let mut exhausted = 0;
-    loop {
-        let i = exhausted % n_handshakes;
-        engine.handle_datagram(
-            0,
-            clients[i].from,
-            &initiations[i],
-            Instant::now(),
-            &mut scratch,
-            &mut out,
-        );
-        let cookie = out
-            .iter()
-            .any(|o| matches!(o, Outgoing::Udp { data, .. } if data[0] == COOKIE_REPLY));
-        out.clear();
-        exhausted += 1;
-        if cookie {
-            break;
-        }
-        assert!(exhausted < 10 * ENGINE_LIMIT, "the limiter never engaged");
-    }
-    let (b, wall, cpu) = feed(&engine, &initiations, &clients, |_| 0);
+    out.clear();
+    let (b, wall, cpu) = feed(&engine, &initiations, &clients, true);
     assert_eq!(
         b.cookies,
         n_handshakes,
@@ -642,7 +563,7 @@ fn main() {
             p
         })
         .collect();
-    let (c, wall, cpu) = feed(&engine, &bad_mac1, &clients, |_| 0);
+    let (c, wall, cpu) = feed(&engine, &bad_mac1, &clients, true);
     assert_eq!(
         c.silent,
         n_handshakes,
@@ -664,14 +585,9 @@ fn main() {
     let mut with_cookie = Vec::with_capacity(n_handshakes);
     for (i, client) in clients.iter_mut().enumerate() {
         let first = initiation(&mut client.tunn, &mut buf);
-        engine.handle_datagram(
-            0,
-            client.from,
-            &first,
-            Instant::now(),
-            &mut scratch,
-            &mut out,
-        );
+        let screened =
+            engine.screen_handshake(0, client.from, &first, true, &mut scratch, &mut out);
+        assert_eq!(screened, Screened::Answered);
         let reply = match out.pop() {
             Some(Outgoing::Udp { data, .. }) if data[0] == COOKIE_REPLY => data,
             other => panic!("(D) setup: expected a cookie reply for client {i}: {other:?}"),
@@ -686,7 +602,7 @@ fn main() {
         }
         with_cookie.push(initiation(&mut client.tunn, &mut buf));
     }
-    let (d, wall, cpu) = feed(&engine, &with_cookie, &clients, |_| 0);
+    let (d, wall, cpu) = feed(&engine, &with_cookie, &clients, true);
     assert_eq!(
         d.responses,
         n_handshakes,
@@ -709,10 +625,7 @@ fn main() {
         &rows,
     );
     println!(
-        "   (A1)/(A2): limiter not engaged ({} listeners with the same key, <= {} handshakes \
-         each). Answers: A1 {}; A2 {}.",
-        k,
-        PER_LISTENER,
+        "   (A1)/(A2): not under load. Answers: A1 {}; A2 {}.",
         a1.describe(),
         a2.describe()
     );

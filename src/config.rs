@@ -95,7 +95,15 @@ pub struct DataplaneConfig {
     /// task. Absent: one per core (`DataplaneConfig::worker_count`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// Handshake messages each worker queues at most; from half of it the rendezvous point is
+    /// under load and demands cookies. Absent: `DEFAULT_HANDSHAKE_QUEUE`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handshake_queue: Option<usize>,
 }
+
+/// Bounds of `dataplane.handshake_queue`: a queue of 2 has a threshold of 1; a million queued
+/// initiations would be minutes of key agreements, answered long after their devices gave up.
+pub const HANDSHAKE_QUEUE_RANGE: std::ops::RangeInclusive<usize> = 2..=1_048_576;
 
 /// Most packet workers accepted: far above any core count arcd is run on, low enough that a typo
 /// does not open thousands of sockets and TUN queues.
@@ -109,6 +117,16 @@ impl DataplaneConfig {
                 .map_or(1, |n| n.get())
                 .min(MAX_DATAPLANE_WORKERS)
         })
+    }
+
+    /// Workers and handshake queue as the data plane takes them.
+    pub fn worker_options(&self) -> crate::dataplane::WorkerOptions {
+        crate::dataplane::WorkerOptions {
+            workers: self.worker_count(),
+            handshake_queue: self
+                .handshake_queue
+                .unwrap_or(crate::dataplane::handshake_load::DEFAULT_HANDSHAKE_QUEUE),
+        }
     }
 }
 
@@ -438,6 +456,18 @@ impl Config {
                 ));
             }
         }
+        if let Some(queue) = self.dataplane.handshake_queue {
+            if !HANDSHAKE_QUEUE_RANGE.contains(&queue) {
+                return Err(invalid(
+                    "dataplane.handshake_queue",
+                    format!(
+                        "must be between {} and {}",
+                        HANDSHAKE_QUEUE_RANGE.start(),
+                        HANDSHAKE_QUEUE_RANGE.end()
+                    ),
+                ));
+            }
+        }
         if self.services.harvest_retention_days == 0 {
             return Err(invalid(
                 "services.harvest_retention_days",
@@ -642,6 +672,27 @@ mod tests {
             let err = Config::load_with_env(None, env_from(&[("DATAPLANE__WORKERS", bad)]))
                 .expect_err(bad);
             assert!(err.to_string().contains("dataplane.workers"), "{err}");
+        }
+    }
+
+    #[test]
+    fn handshake_queue_has_a_default_and_bounds() {
+        use crate::dataplane::handshake_load::DEFAULT_HANDSHAKE_QUEUE;
+        let default = Config::load_with_env(None, env_from(&[])).expect("valid");
+        assert_eq!(
+            default.dataplane.worker_options().handshake_queue,
+            DEFAULT_HANDSHAKE_QUEUE
+        );
+        let small = Config::load_with_env(None, env_from(&[("DATAPLANE__HANDSHAKE_QUEUE", "64")]))
+            .expect("valid");
+        assert_eq!(small.dataplane.worker_options().handshake_queue, 64);
+        for bad in ["0", "1", "1048577"] {
+            let err = Config::load_with_env(None, env_from(&[("DATAPLANE__HANDSHAKE_QUEUE", bad)]))
+                .expect_err(bad);
+            assert!(
+                err.to_string().contains("dataplane.handshake_queue"),
+                "{err}"
+            );
         }
     }
 

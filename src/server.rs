@@ -181,7 +181,7 @@ pub async fn start_with(config: Config, reinitialize: Reinitialize) -> Result<Ru
         sessions,
         rx,
         resume,
-        config.dataplane.worker_count(),
+        config.dataplane.worker_options(),
     )
     .map_err(ServeError::Dataplane)?;
     let endpoint_saves = tokio::spawn(endpoint_save_loop(store.clone(), dataplane.engine.clone()));

@@ -350,7 +350,8 @@ fn rejected(counters: &arcd::dataplane::engine::Counters) -> u64 {
 /// engine itself are the reference-model property test's job (src/dataplane/engine_model_tests.rs).
 #[tokio::test]
 async fn malformed_and_replayed_datagrams_never_break_the_listener() {
-    let mut server = TestServer::start().await;
+    // A small handshake queue, so that a few hundred replays put the worker under load.
+    let mut server = TestServer::start_with(|c| c.dataplane.handshake_queue = Some(32)).await;
     let api = server.login().await;
     let mut device = new_device(&server, &api).await;
     assert!(
@@ -413,8 +414,9 @@ async fn malformed_and_replayed_datagrams_never_break_the_listener() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // A burst of replayed (mac1-valid) initiations puts the listener under load: it must answer
-    // with cookies instead of doing handshakes.
+    // A burst of replayed (mac1-valid) initiations fills the handshake queue past half (each
+    // costs a key agreement to reject, reading one costs a MAC): the listener is under load and
+    // must answer with cookies instead of queueing more handshakes.
     for _ in 0..300 {
         attacker
             .send_to(&valid[0], server_udp(&server))
@@ -438,7 +440,7 @@ async fn malformed_and_replayed_datagrams_never_break_the_listener() {
         .await;
     let inbound = from_tun(&mut server).await.expect("session survives");
     assert_eq!(payload_of(&inbound), b"after fuzz");
-    // Under the flood the rate limiter demanded cookies; a new device still gets through.
+    // Under the flood the listener demanded cookies; a new device still gets through.
     let mut second = new_device(&server, &api).await;
     assert!(
         second
@@ -460,7 +462,7 @@ async fn malformed_and_replayed_datagrams_never_break_the_listener() {
 
 #[tokio::test]
 async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
-    use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges};
+    use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges, WorkerOptions};
     use arcd::store::ActiveSession;
 
     let server_pair = arcd::wgkey::generate();
@@ -495,7 +497,7 @@ async fn two_clients_in_an_allowing_vpg_talk_over_loopback() {
         sessions,
         rx,
         Vec::new(),
-        1,
+        WorkerOptions::workers(1),
     )
     .expect("data plane starts");
     dataplane.engine.set_vpgs(&[arcd::store::vpgs::RunningVpg {

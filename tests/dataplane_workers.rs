@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges};
+use arcd::dataplane::{Dataplane, ListenerConfig, MemoryTun, PeerChanges, WorkerOptions};
 use arcd::store::{ActiveSession, PeerChange};
 use arcd::wgkey::KeyPair;
 use support::wgclient::{payload_of, source_of, udp_packet, WgClient};
@@ -75,7 +75,7 @@ fn start(devices: usize) -> Plane {
         devices.iter().map(|(_, s)| s.clone()).collect(),
         rx,
         Vec::new(),
-        WORKERS,
+        WorkerOptions::workers(WORKERS),
     )
     .expect("data plane starts");
     assert_eq!(dataplane.workers, WORKERS);

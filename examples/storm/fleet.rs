@@ -434,6 +434,7 @@ pub fn checksum(bytes: &[u8]) -> u16 {
 }
 
 /// Summary figures of a storm.
+#[derive(Debug)]
 pub struct Summary {
     pub devices: usize,
     pub sessions: usize,

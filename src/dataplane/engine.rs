@@ -28,9 +28,6 @@ use crate::store::{ActiveSession, PeerChange};
 /// Largest datagram or packet handled, plus WireGuard's overhead.
 pub const BUFFER_SIZE: usize = 65_536 + 64;
 
-/// Handshakes per second per rendezvous point before cookies are required (boringtun's default).
-const HANDSHAKE_RATE_LIMIT: u64 = 100;
-
 /// How often an active peer's WireGuard timers run (keepalive, rekey, expiry). boringtun rounds
 /// its timers to whole seconds, so ticking faster only costs CPU per connected device.
 pub const TIMER_PERIOD: Duration = Duration::from_secs(1);
@@ -62,10 +59,13 @@ pub struct Listener {
     pub rp_id: RendezvousPointId,
     static_private: StaticSecret,
     static_public: PublicKey,
-    /// The one handshake rate limit of the rendezvous point, checked before any peer lookup.
-    rate_limiter: Arc<RateLimiter>,
-    /// Given to each peer's `Tunn`, which checks mac1 again on its own: a limit that never
-    /// engages, so handshakes are not counted twice and only `rate_limiter` decides on cookies.
+    /// Checks mac1 and demands a valid mac2 (a cookie) of every handshake message: used only
+    /// while the rendezvous point is under load (`Engine::screen_handshake`). A limit of 0 makes
+    /// boringtun's limiter consider every message over it.
+    cookie_gate: Arc<RateLimiter>,
+    /// Checks mac1 only, never demanding a cookie: the check when not under load, and the limiter
+    /// given to each peer's `Tunn` (which checks mac1 again on its own), so cookies are decided in
+    /// one place.
     unlimited: Arc<RateLimiter>,
     /// This rendezvous point's traffic, handshakes and drops (read by the metrics scrape).
     pub counters: RpCounters,
@@ -77,7 +77,7 @@ impl Listener {
         let static_public = PublicKey::from(&static_private);
         Listener {
             rp_id: rp_id.clone(),
-            rate_limiter: Arc::new(RateLimiter::new(&static_public, HANDSHAKE_RATE_LIMIT)),
+            cookie_gate: Arc::new(RateLimiter::new(&static_public, 0)),
             unlimited: Arc::new(RateLimiter::new(&static_public, u64::MAX)),
             counters: RpCounters::default(),
             static_private,
@@ -91,6 +91,17 @@ impl Listener {
 struct VpgRules {
     device_to_device: bool,
     internet_gateway: bool,
+}
+
+/// What `Engine::screen_handshake` made of a handshake message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Screened {
+    /// Worth a handshake: queue it for `Engine::handle_datagram`.
+    Queue,
+    /// Answered with a cookie reply (in the outbox): the rendezvous point is under load.
+    Answered,
+    /// Malformed or a bad mac1: dropped and counted.
+    Dropped,
 }
 
 /// What a datagram turned out to be once its peer's `Tunn` had it.
@@ -381,9 +392,9 @@ impl Engine {
         self.peer_index.read().by_imsi.len()
     }
 
-    /// A datagram that arrived on `listener` from `from`: checked against the rate limit (a
-    /// cookie reply when engaged), matched to its peer, decrypted by the peer's `Tunn`; what it
-    /// carried goes on to another device or the TUN (`route_from_device`).
+    /// A datagram that arrived on `listener` from `from` (a handshake message only after
+    /// `screen_handshake` let it through): mac1 checked, matched to its peer, decrypted by the
+    /// peer's `Tunn`; what it carried goes on to another device or the TUN (`route_from_device`).
     pub fn handle_datagram(
         &self,
         listener: usize,
@@ -396,7 +407,7 @@ impl Engine {
         let Some(rp) = self.listeners.get(listener) else {
             return;
         };
-        let Some(packet) = self.admit(listener, from, datagram, buf, out) else {
+        let Some(packet) = self.admit(listener, from, datagram, buf) else {
             return;
         };
         let handshake = matches!(
@@ -448,33 +459,59 @@ impl Engine {
         }
     }
 
-    /// The rate-limit and mac1 check of a rendezvous point, before any peer lookup: the parsed
-    /// packet, or `None` when it was answered with a cookie (limit engaged) or dropped.
-    fn admit<'d>(
+    /// Decides, before it is queued, what becomes of a handshake message (initiation or
+    /// response) that arrived on `listener` from `from`: a bad mac1 is dropped; under load
+    /// (`under_load`, see `handshake_load.rs`) a message without a valid cookie MAC (mac2) for
+    /// its source address is answered with a cookie reply, costing microseconds instead of a key
+    /// agreement. Only `Screened::Queue` messages are worth `handle_datagram`'s work.
+    pub fn screen_handshake(
         &self,
         listener: usize,
         from: SocketAddr,
-        datagram: &'d [u8],
+        datagram: &[u8],
+        under_load: bool,
         buf: &mut [u8],
         out: &mut Outbox,
-    ) -> Option<Packet<'d>> {
-        let rp = self.listeners.get(listener)?;
-        match rp
-            .rate_limiter
-            .verify_packet(Some(from.ip()), datagram, buf)
-        {
-            Ok(packet) => Some(packet),
+    ) -> Screened {
+        let Some(rp) = self.listeners.get(listener) else {
+            return Screened::Dropped;
+        };
+        let gate = if under_load {
+            &rp.cookie_gate
+        } else {
+            &rp.unlimited
+        };
+        match gate.verify_packet(Some(from.ip()), datagram, buf) {
+            Ok(_) => Screened::Queue,
             Err(TunnResult::WriteToNetwork(cookie)) => {
                 Counters::bump(&self.counters.cookie_replies);
-                // Only handshake messages are answered with a cookie (the limit is engaged).
                 Counters::bump(&rp.counters.handshakes.cookie_required);
                 out.push(Outgoing::Udp {
                     listener,
                     to: from,
                     data: cookie.to_vec(),
                 });
-                None
+                Screened::Answered
             }
+            Err(_) => {
+                self.dropped(listener, |c| &c.malformed);
+                Screened::Dropped
+            }
+        }
+    }
+
+    /// The mac1 check of a rendezvous point (handshake messages only; cookies were decided by
+    /// `screen_handshake`), before any peer lookup: the parsed packet, or `None` when dropped.
+    fn admit<'d>(
+        &self,
+        listener: usize,
+        from: SocketAddr,
+        datagram: &'d [u8],
+        buf: &mut [u8],
+    ) -> Option<Packet<'d>> {
+        let rp = self.listeners.get(listener)?;
+        match rp.unlimited.verify_packet(Some(from.ip()), datagram, buf) {
+            Ok(packet) => Some(packet),
             Err(_) => {
                 self.dropped(listener, |c| &c.malformed);
                 None
@@ -700,13 +737,6 @@ impl Engine {
             if active {
                 self.schedule(&peer, now);
             }
-        }
-    }
-
-    /// Starts a new rate-limiter window; call once a second.
-    pub fn reset_rate_limits(&self) {
-        for listener in &self.listeners {
-            listener.rate_limiter.reset_count();
         }
     }
 

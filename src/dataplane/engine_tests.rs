@@ -447,16 +447,82 @@ fn replayed_initiation_never_moves_the_endpoint() {
     // Not under load: the replay fails the timestamp check.
     engine.handle_datagram(0, attacker, &captured, Instant::now(), &mut buf, &mut out);
     assert_eq!(endpoint(&engine), Some(a.addr));
-    // Under load (many mac1-valid initiations in this window): cookies, still no move.
+    // Under load: screened with a cookie reply, never queued, still no move.
     for _ in 0..150 {
-        engine.handle_datagram(0, attacker, &captured, Instant::now(), &mut buf, &mut out);
+        let screened = engine.screen_handshake(0, attacker, &captured, true, &mut buf, &mut out);
+        assert_eq!(screened, Screened::Answered);
     }
-    assert!(engine.counters.cookie_replies.load(Ordering::Relaxed) > 0);
+    assert_eq!(engine.counters.cookie_replies.load(Ordering::Relaxed), 150);
     assert_eq!(endpoint(&engine), Some(a.addr));
     assert!(
         udp_payloads(&mut out, attacker).iter().all(|p| p[0] == 3),
         "the attacker only ever gets cookie replies"
     );
+}
+
+#[test]
+fn under_load_a_handshake_needs_the_cookie_of_its_source_address() {
+    let mut a = device(5, None);
+    let engine = engine_with(&[&a]);
+    let mut buf = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let mut initiation = |d: &mut Device| match d.tunn.format_handshake_initiation(&mut buf, true) {
+        TunnResult::WriteToNetwork(p) => p.to_vec(),
+        other => panic!("{other:?}"),
+    };
+    let first = initiation(&mut a);
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    // Not under load: let through as it is.
+    assert_eq!(
+        engine.screen_handshake(0, a.addr, &first, false, &mut scratch, &mut out),
+        Screened::Queue
+    );
+    assert!(out.is_empty(), "screening alone answers nothing");
+    // Under load: a cookie reply, which the device takes.
+    assert_eq!(
+        engine.screen_handshake(0, a.addr, &first, true, &mut scratch, &mut out),
+        Screened::Answered
+    );
+    let replies = udp_payloads(&mut out, a.addr);
+    assert_eq!(replies.len(), 1);
+    assert_eq!(replies[0][0], COOKIE_REPLY_TYPE);
+    let (packets, answers) = deliver(&mut a, replies);
+    assert!(packets.is_empty() && answers.is_empty());
+    // Its next initiation carries the cookie (mac2): let through under load, and served.
+    let with_cookie = initiation(&mut a);
+    assert_eq!(
+        engine.screen_handshake(0, a.addr, &with_cookie, true, &mut scratch, &mut out),
+        Screened::Queue
+    );
+    engine.handle_datagram(
+        0,
+        a.addr,
+        &with_cookie,
+        Instant::now(),
+        &mut scratch,
+        &mut out,
+    );
+    let responses = udp_payloads(&mut out, a.addr);
+    assert_eq!(responses.len(), 1, "one handshake response");
+    assert_eq!(responses[0][0], 2, "a handshake response");
+    // The cookie is bound to the source address: the same message from elsewhere is refused.
+    let elsewhere = SocketAddr::from(([192, 0, 2, 200], 50_000));
+    assert_eq!(
+        engine.screen_handshake(0, elsewhere, &with_cookie, true, &mut scratch, &mut out),
+        Screened::Answered
+    );
+    // A bad mac1 is dropped whatever the load, and counted as malformed.
+    let mut bad_mac1 = initiation(&mut a);
+    bad_mac1[116] ^= 1;
+    for under_load in [false, true] {
+        assert_eq!(
+            engine.screen_handshake(0, a.addr, &bad_mac1, under_load, &mut scratch, &mut out),
+            Screened::Dropped
+        );
+    }
+    assert_eq!(engine.counters.malformed.load(Ordering::Relaxed), 2);
+    let cookies = &engine.listeners[0].counters.handshakes.cookie_required;
+    assert_eq!(cookies.load(Ordering::Relaxed), 2);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 pub mod egress;
 pub mod engine;
+pub mod handshake_load;
 pub mod host_routes;
 pub mod interface_name;
 mod io;
@@ -18,7 +19,7 @@ pub mod vpg_plane;
 
 pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};
 pub use peer_index::Applied;
-pub use runtime::{Dataplane, ListenerConfig};
+pub use runtime::{Dataplane, ListenerConfig, WorkerOptions};
 
 use tokio::sync::mpsc;
 

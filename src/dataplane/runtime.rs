@@ -1,8 +1,9 @@
 //! Runs the engine on `workers` packet workers. Each worker has its own UDP socket per rendezvous
 //! point (the kernel spreads devices over them by flow), its own handshake task (handshake
-//! messages are queued there, so their key agreement never delays the worker's data packets) and,
-//! when the TUN device is multi-queue, its own queue reader. One task more runs timers, one
-//! applies peer changes. Tasks only move bytes; decisions are the engine's, which locks per peer.
+//! messages are queued there, so their key agreement never delays the worker's data packets;
+//! the queue's backlog decides when cookies are demanded, see `handshake_load.rs`) and, when the
+//! TUN device is multi-queue, its own queue reader. One task more runs timers, one applies peer
+//! changes. Tasks only move bytes; decisions are the engine's, which locks per peer.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::engine::{Counters, Engine, Listener, Outbox, Resumed, BUFFER_SIZE};
+use super::engine::{
+    Counters, Engine, Listener, Outbox, Resumed, Screened, BUFFER_SIZE, TIMER_PERIOD,
+};
+use super::handshake_load::{HandshakeLoad, DEFAULT_HANDSHAKE_QUEUE, STALE_AFTER};
 use super::peer_index::Applied;
 use super::udp_io::{bind_group, Io, WorkerSockets};
 use super::{RecvBatch, TunIo, TunWrites};
@@ -25,6 +29,26 @@ pub struct ListenerConfig {
     pub rp_id: RendezvousPointId,
     pub bind: SocketAddr,
     pub private_key: [u8; 32],
+}
+
+/// How the data plane spreads its work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerOptions {
+    /// Packet workers (at least 1).
+    pub workers: usize,
+    /// Handshake messages each worker queues at most (at least 1); cookies are demanded from half
+    /// of it (`HandshakeLoad`).
+    pub handshake_queue: usize,
+}
+
+impl WorkerOptions {
+    /// `workers` workers with the default handshake queue.
+    pub fn workers(workers: usize) -> WorkerOptions {
+        WorkerOptions {
+            workers,
+            handshake_queue: DEFAULT_HANDSHAKE_QUEUE,
+        }
+    }
 }
 
 pub struct Dataplane {
@@ -68,9 +92,10 @@ impl Dataplane {
         sessions: Vec<ActiveSession>,
         changes: mpsc::UnboundedReceiver<PeerChange>,
         resume: Vec<SavedEndpoint>,
-        workers: usize,
+        options: WorkerOptions,
     ) -> io::Result<Dataplane> {
-        let workers = workers.max(1);
+        let workers = options.workers.max(1);
+        let handshake_queue = options.handshake_queue.max(1);
         let mut per_worker: Vec<Vec<tokio::net::UdpSocket>> =
             (0..workers).map(|_| Vec::new()).collect();
         let mut udp_addrs = Vec::new();
@@ -118,7 +143,11 @@ impl Dataplane {
         });
         let mut tasks = Vec::new();
         for worker in 0..workers {
-            let (handshakes, queued) = mpsc::channel(HANDSHAKE_QUEUE);
+            let (sender, queued) = mpsc::channel(handshake_queue);
+            let handshakes = HandshakeQueue {
+                sender,
+                load: Arc::new(HandshakeLoad::new(handshake_queue, now)),
+            };
             for listener in 0..listeners.len() {
                 tasks.push(tokio::spawn(udp_loop(
                     engine.clone(),
@@ -165,11 +194,6 @@ impl Dataplane {
 /// they send through its sockets, which share each rendezvous point's address and port.
 const CONTROL_WORKER: usize = 0;
 
-/// Handshake messages waiting per worker. A full queue drops further ones (counted as
-/// `queue_full`; the device retries after WireGuard's REKEY_TIMEOUT), so a storm of handshakes
-/// costs memory and CPU bounded by this, never the data packets' turn.
-const HANDSHAKE_QUEUE: usize = 4096;
-
 /// Handshake messages handled before their answers are sent.
 const HANDSHAKE_BATCH: usize = 32;
 
@@ -178,6 +202,29 @@ struct QueuedHandshake {
     listener: usize,
     from: SocketAddr,
     datagram: Vec<u8>,
+    received: Instant,
+}
+
+impl QueuedHandshake {
+    /// Whether its device has given up on it by `now` (`STALE_AFTER`).
+    fn is_stale(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.received) >= STALE_AFTER
+    }
+}
+
+/// A worker's handshake queue and the load rule that guards it. A full queue drops further
+/// messages (counted as `queue_full`; the device retries after WireGuard's REKEY_TIMEOUT), so a
+/// storm of handshakes costs memory and CPU bounded by its size, never the data packets' turn.
+#[derive(Clone)]
+struct HandshakeQueue {
+    sender: mpsc::Sender<QueuedHandshake>,
+    load: Arc<HandshakeLoad>,
+}
+
+impl HandshakeQueue {
+    fn backlog(&self) -> usize {
+        self.sender.max_capacity() - self.sender.capacity()
+    }
 }
 
 /// Which socket a receive loop reads: `listener`'s socket of `worker`.
@@ -204,7 +251,7 @@ async fn udp_loop<T: TunIo>(
     engine: Arc<Engine>,
     io: Arc<Io<T>>,
     Receiver { worker, listener }: Receiver,
-    handshakes: mpsc::Sender<QueuedHandshake>,
+    handshakes: HandshakeQueue,
 ) {
     let sockets = &io.workers[worker];
     let (socket, state) = (&sockets.sockets[listener], &sockets.states[listener]);
@@ -241,7 +288,19 @@ async fn udp_loop<T: TunIo>(
             let stride = meta.stride.max(1);
             for datagram in buffer[..meta.len].chunks(stride) {
                 if is_handshake(datagram) {
-                    queue_handshake(&engine, &handshakes, listener, meta.addr, datagram);
+                    let arrival = Arrival {
+                        listener,
+                        from: meta.addr,
+                        received: now,
+                    };
+                    queue_handshake(
+                        &engine,
+                        &handshakes,
+                        arrival,
+                        datagram,
+                        &mut scratch,
+                        &mut out,
+                    );
                 } else {
                     engine.handle_datagram(
                         listener,
@@ -258,19 +317,42 @@ async fn udp_loop<T: TunIo>(
     }
 }
 
-fn queue_handshake(
-    engine: &Engine,
-    handshakes: &mpsc::Sender<QueuedHandshake>,
+/// Where and when a datagram arrived.
+#[derive(Clone, Copy)]
+struct Arrival {
     listener: usize,
     from: SocketAddr,
+    received: Instant,
+}
+
+/// Screens a handshake message (a cookie reply into `out` when the worker is under load and the
+/// message has no valid cookie) and queues it when it is worth a handshake.
+fn queue_handshake(
+    engine: &Engine,
+    handshakes: &HandshakeQueue,
+    arrival: Arrival,
     datagram: &[u8],
+    scratch: &mut [u8],
+    out: &mut Outbox,
 ) {
+    let Arrival {
+        listener,
+        from,
+        received,
+    } = arrival;
+    let under_load = handshakes.load.under_load(handshakes.backlog(), received);
+    if engine.screen_handshake(listener, from, datagram, under_load, scratch, out)
+        != Screened::Queue
+    {
+        return;
+    }
     let queued = QueuedHandshake {
         listener,
         from,
         datagram: datagram.to_vec(),
+        received,
     };
-    if handshakes.try_send(queued).is_err() {
+    if handshakes.sender.try_send(queued).is_err() {
         if let Some(rp) = engine.listeners().nth(listener) {
             Counters::bump(&rp.counters.handshakes.queue_full);
         }
@@ -293,6 +375,12 @@ async fn handshake_loop<T: TunIo>(
     while queued.recv_many(&mut batch, HANDSHAKE_BATCH).await > 0 {
         let now = Instant::now();
         for handshake in batch.drain(..) {
+            if handshake.is_stale(now) {
+                if let Some(rp) = engine.listeners().nth(handshake.listener) {
+                    Counters::bump(&rp.counters.handshakes.stale);
+                }
+                continue;
+            }
             engine.handle_datagram(
                 handshake.listener,
                 handshake.from,
@@ -348,17 +436,13 @@ async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     let mut to_tun = TunWrites::default();
-    let mut next_rate_reset = Instant::now() + Duration::from_secs(1);
     loop {
-        let wake = engine
-            .next_deadline()
-            .map_or(next_rate_reset, |at| at.min(next_rate_reset));
+        // At most a second: peers scheduled meanwhile (a handshake, a peer change) do not wake
+        // this loop, and their timers must not wait longer than one period.
+        let latest = Instant::now() + TIMER_PERIOD;
+        let wake = engine.next_deadline().map_or(latest, |at| at.min(latest));
         tokio::time::sleep_until(wake.into()).await;
         let now = Instant::now();
-        if now >= next_rate_reset {
-            engine.reset_rate_limits();
-            next_rate_reset = now + Duration::from_secs(1);
-        }
         engine.run_timers(now, &mut scratch, &mut out);
         io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
     }
@@ -378,9 +462,9 @@ async fn change_loop<T: TunIo>(
     }
 }
 
-/// Handshake initiations sent per tick when resuming the sessions of a previous run. 80 a second
-/// stays under a rendezvous point's handshake rate limit (100 a second, which the devices'
-/// responses count against), leaving room for devices that handshake on their own.
+/// Handshake initiations sent per tick when resuming the sessions of a previous run: 80 a second,
+/// a trickle beside what a worker handles, leaving its handshake queue to devices that handshake
+/// on their own.
 const RESUME_PER_TICK: usize = 8;
 const RESUME_TICK: Duration = Duration::from_millis(100);
 

@@ -51,10 +51,13 @@ pub struct HandshakeCounters {
     pub unknown_peer: AtomicU64,
     /// A known peer whose message failed the noise checks (stale, replayed, wrong key).
     pub rejected: AtomicU64,
-    /// Answered with a cookie because the rendezvous point is over its handshake rate.
+    /// Answered with a cookie: the worker was under load (its handshake queue at least half full
+    /// within the last second) and the message carried no valid cookie for its source address.
     pub cookie_required: AtomicU64,
     /// Dropped unread because a worker's handshake queue was full (the device tries again).
     pub queue_full: AtomicU64,
+    /// Dropped unread because it waited in the queue until its device had given up on it.
+    pub stale: AtomicU64,
 }
 
 /// One rendezvous point's traffic: plain atomics so the packet path pays one relaxed add per

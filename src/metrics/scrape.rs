@@ -117,6 +117,7 @@ impl Collector for ArcdCollector {
                 ("rejected", &h.rejected),
                 ("cookie_required", &h.cookie_required),
                 ("queue_full", &h.queue_full),
+                ("stale", &h.stale),
             ]
             .map(|(result, c)| {
                 (
