@@ -391,6 +391,12 @@ async fn handshake_loop<T: TunIo>(
             );
         }
         io.flush(worker, &mut out, &mut to_tun).await;
+        // A batch is up to ~10 ms of key agreements, and while handshakes are queued `recv_many`
+        // never waits, so only tokio's cooperative budget (128 operations) would make this task
+        // give its thread back: hundreds of milliseconds in which the receive loops sharing the
+        // thread do not read and their sockets overflow (a reconnect storm then loses its own
+        // retries). Let them run between batches.
+        tokio::task::yield_now().await;
     }
 }
 
