@@ -6,6 +6,7 @@
 pub mod egress;
 pub mod engine;
 pub mod handshake_load;
+mod handshake_queue;
 pub mod host_routes;
 pub mod interface_name;
 mod io;

@@ -17,6 +17,7 @@ use super::engine::{
     Counters, Engine, Listener, Outbox, Resumed, Screened, BUFFER_SIZE, TIMER_PERIOD,
 };
 use super::handshake_load::{HandshakeLoad, DEFAULT_HANDSHAKE_QUEUE, STALE_AFTER};
+use super::handshake_queue::{HandshakeQueue, Pushed, QueuedHandshake};
 use super::peer_index::Applied;
 use super::udp_io::{bind_group, Io, WorkerSockets};
 use super::{RecvBatch, TunIo, TunWrites};
@@ -143,9 +144,8 @@ impl Dataplane {
         });
         let mut tasks = Vec::new();
         for worker in 0..workers {
-            let (sender, queued) = mpsc::channel(handshake_queue);
-            let handshakes = HandshakeQueue {
-                sender,
+            let handshakes = WorkerHandshakes {
+                queue: Arc::new(HandshakeQueue::new(handshake_queue, STALE_AFTER)),
                 load: Arc::new(HandshakeLoad::new(handshake_queue, now)),
             };
             for listener in 0..listeners.len() {
@@ -160,7 +160,7 @@ impl Dataplane {
                 engine.clone(),
                 io.clone(),
                 worker,
-                queued,
+                handshakes.queue,
             )));
         }
         // A TUN with fewer queues than workers (the in-memory one has one) is read by as many.
@@ -197,34 +197,14 @@ const CONTROL_WORKER: usize = 0;
 /// Handshake messages handled before their answers are sent.
 const HANDSHAKE_BATCH: usize = 32;
 
-/// A handshake message taken off a worker's data path.
-struct QueuedHandshake {
-    listener: usize,
-    from: SocketAddr,
-    datagram: Vec<u8>,
-    received: Instant,
-}
-
-impl QueuedHandshake {
-    /// Whether its device has given up on it by `now` (`STALE_AFTER`).
-    fn is_stale(&self, now: Instant) -> bool {
-        now.saturating_duration_since(self.received) >= STALE_AFTER
-    }
-}
-
-/// A worker's handshake queue and the load rule that guards it. A full queue drops further
-/// messages (counted as `queue_full`; the device retries after WireGuard's REKEY_TIMEOUT), so a
-/// storm of handshakes costs memory and CPU bounded by its size, never the data packets' turn.
+/// A worker's handshake queue (newest first) and the load rule that guards it. A full queue
+/// drops its oldest message (counted as `queue_full`; the device retries after WireGuard's
+/// REKEY_TIMEOUT), so a storm of handshakes costs memory and CPU bounded by its size, never the
+/// data packets' turn.
 #[derive(Clone)]
-struct HandshakeQueue {
-    sender: mpsc::Sender<QueuedHandshake>,
+struct WorkerHandshakes {
+    queue: Arc<HandshakeQueue>,
     load: Arc<HandshakeLoad>,
-}
-
-impl HandshakeQueue {
-    fn backlog(&self) -> usize {
-        self.sender.max_capacity() - self.sender.capacity()
-    }
 }
 
 /// Which socket a receive loop reads: `listener`'s socket of `worker`.
@@ -251,7 +231,7 @@ async fn udp_loop<T: TunIo>(
     engine: Arc<Engine>,
     io: Arc<Io<T>>,
     Receiver { worker, listener }: Receiver,
-    handshakes: HandshakeQueue,
+    handshakes: WorkerHandshakes,
 ) {
     let sockets = &io.workers[worker];
     let (socket, state) = (&sockets.sockets[listener], &sockets.states[listener]);
@@ -329,7 +309,7 @@ struct Arrival {
 /// message has no valid cookie) and queues it when it is worth a handshake.
 fn queue_handshake(
     engine: &Engine,
-    handshakes: &HandshakeQueue,
+    handshakes: &WorkerHandshakes,
     arrival: Arrival,
     datagram: &[u8],
     scratch: &mut [u8],
@@ -340,7 +320,9 @@ fn queue_handshake(
         from,
         received,
     } = arrival;
-    let under_load = handshakes.load.under_load(handshakes.backlog(), received);
+    let under_load = handshakes
+        .load
+        .under_load(handshakes.queue.backlog(), received);
     if engine.screen_handshake(listener, from, datagram, under_load, scratch, out)
         != Screened::Queue
     {
@@ -352,7 +334,7 @@ fn queue_handshake(
         datagram: datagram.to_vec(),
         received,
     };
-    if handshakes.sender.try_send(queued).is_err() {
+    if let Pushed::QueuedDroppingOldest { listener } = handshakes.queue.push(queued) {
         if let Some(rp) = engine.listeners().nth(listener) {
             Counters::bump(&rp.counters.handshakes.queue_full);
         }
@@ -366,21 +348,20 @@ async fn handshake_loop<T: TunIo>(
     engine: Arc<Engine>,
     io: Arc<Io<T>>,
     worker: usize,
-    mut queued: mpsc::Receiver<QueuedHandshake>,
+    queue: Arc<HandshakeQueue>,
 ) {
-    let mut batch = Vec::with_capacity(HANDSHAKE_BATCH);
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
     let mut to_tun = TunWrites::default();
-    while queued.recv_many(&mut batch, HANDSHAKE_BATCH).await > 0 {
-        let now = Instant::now();
-        for handshake in batch.drain(..) {
-            if handshake.is_stale(now) {
-                if let Some(rp) = engine.listeners().nth(handshake.listener) {
-                    Counters::bump(&rp.counters.handshakes.stale);
-                }
-                continue;
+    loop {
+        let taken = queue.take(HANDSHAKE_BATCH, Instant::now).await;
+        for listener in taken.stale {
+            if let Some(rp) = engine.listeners().nth(listener) {
+                Counters::bump(&rp.counters.handshakes.stale);
             }
+        }
+        let now = Instant::now();
+        for handshake in taken.batch {
             engine.handle_datagram(
                 handshake.listener,
                 handshake.from,
@@ -391,11 +372,10 @@ async fn handshake_loop<T: TunIo>(
             );
         }
         io.flush(worker, &mut out, &mut to_tun).await;
-        // A batch is up to ~10 ms of key agreements, and while handshakes are queued `recv_many`
-        // never waits, so only tokio's cooperative budget (128 operations) would make this task
-        // give its thread back: hundreds of milliseconds in which the receive loops sharing the
-        // thread do not read and their sockets overflow (a reconnect storm then loses its own
-        // retries). Let them run between batches.
+        // A batch is up to ~10 ms of key agreements, and while handshakes are queued `take` never
+        // waits: without this the task would keep its thread for as long as the backlog lasts,
+        // and the receive loops sharing the thread would not read (their sockets overflow, and a
+        // reconnect storm loses its own retries). Let them run between batches.
         tokio::task::yield_now().await;
     }
 }
