@@ -18,8 +18,9 @@ pub const UNDER_LOAD_HOLD: Duration = Duration::from_secs(1);
 
 /// Handshake messages a worker queues by default. A first handshake costs the server about
 /// 300 µs (docs/BENCHMARKS.md), so a full queue is about 5 s of one core: what can still be
-/// answered before the devices' REKEY_TIMEOUT on a core shared with other work. Messages carrying
-/// a cookie are queued up to this; messages without one only up to half of it.
+/// answered before the devices' REKEY_TIMEOUT on a core shared with other work. Messages without
+/// a cookie are queued only while the queue is under half full; messages carrying one always are
+/// (a full queue then drops its oldest, see `handshake_queue.rs`).
 pub const DEFAULT_HANDSHAKE_QUEUE: usize = 16_384;
 
 /// A queued handshake older than this is dropped unhandled: its device has given up on it
