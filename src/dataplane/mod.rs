@@ -8,6 +8,7 @@ pub mod engine;
 pub mod host_routes;
 pub mod interface_name;
 mod io;
+mod packet_buffers;
 mod peer_index;
 pub mod runtime;
 pub mod stats;
