@@ -16,7 +16,6 @@ pub mod tun_device;
 pub mod uapi;
 mod udp_io;
 pub mod vpg_plane;
-mod worker;
 
 pub use io::{MemoryTun, MemoryTunPeer, RecvBatch, TunIo, TunWrites, TUN_HEADROOM};
 pub use peer_index::Applied;

@@ -1,9 +1,8 @@
 //! Runs the engine on `workers` packet workers. Each worker has its own UDP socket per rendezvous
-//! point (the kernel spreads devices over them by flow) and, when the TUN device is multi-queue,
-//! its own queue, all read by one task (worker.rs), and its own handshake task (handshake
-//! messages are queued there, so their key agreement never delays the worker's data packets).
-//! One task more runs timers, one applies peer changes. Tasks only move bytes; decisions are the
-//! engine's, which locks per peer.
+//! point (the kernel spreads devices over them by flow), its own handshake task (handshake
+//! messages are queued there, so their key agreement never delays the worker's data packets) and,
+//! when the TUN device is multi-queue, its own queue reader. One task more runs timers, one
+//! applies peer changes. Tasks only move bytes; decisions are the engine's, which locks per peer.
 
 use std::io;
 use std::net::SocketAddr;
@@ -13,11 +12,10 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use super::engine::{Engine, Listener, Outbox, Resumed, BUFFER_SIZE};
+use super::engine::{Counters, Engine, Listener, Outbox, Resumed, BUFFER_SIZE};
 use super::peer_index::Applied;
 use super::udp_io::{bind_group, Io, SendBuffers, WorkerSockets};
-use super::worker::worker_loop;
-use super::TunIo;
+use super::{RecvBatch, TunIo};
 use crate::ids::RendezvousPointId;
 use crate::store::endpoints::SavedEndpoint;
 use crate::store::{ActiveSession, PeerChange};
@@ -121,21 +119,24 @@ impl Dataplane {
         let mut tasks = Vec::new();
         for worker in 0..workers {
             let (handshakes, queued) = mpsc::channel(HANDSHAKE_QUEUE);
-            // A TUN with fewer queues than workers (the in-memory one has one) is read by as many.
-            let reads_tun = worker < io.tun.queues();
-            tasks.push(tokio::spawn(worker_loop(
-                engine.clone(),
-                io.clone(),
-                worker,
-                reads_tun,
-                handshakes,
-            )));
+            for listener in 0..listeners.len() {
+                tasks.push(tokio::spawn(udp_loop(
+                    engine.clone(),
+                    io.clone(),
+                    Receiver { worker, listener },
+                    handshakes.clone(),
+                )));
+            }
             tasks.push(tokio::spawn(handshake_loop(
                 engine.clone(),
                 io.clone(),
                 worker,
                 queued,
             )));
+        }
+        // A TUN with fewer queues than workers (the in-memory one has one) is read by as many.
+        for queue in 0..io.tun.queues().min(workers) {
+            tasks.push(tokio::spawn(tun_loop(engine.clone(), io.clone(), queue)));
         }
         tasks.push(tokio::spawn(timer_loop(engine.clone(), io.clone())));
         tasks.push(tokio::spawn(change_loop(
@@ -173,10 +174,108 @@ const HANDSHAKE_QUEUE: usize = 4096;
 const HANDSHAKE_BATCH: usize = 32;
 
 /// A handshake message taken off a worker's data path.
-pub(super) struct QueuedHandshake {
-    pub(super) listener: usize,
-    pub(super) from: SocketAddr,
-    pub(super) datagram: Vec<u8>,
+struct QueuedHandshake {
+    listener: usize,
+    from: SocketAddr,
+    datagram: Vec<u8>,
+}
+
+/// Which socket a receive loop reads: `listener`'s socket of `worker`.
+#[derive(Clone, Copy)]
+struct Receiver {
+    worker: usize,
+    listener: usize,
+}
+
+/// WireGuard handshake initiations (type 1, 148 bytes) and responses (type 2, 92 bytes): the
+/// messages whose processing costs key agreements. Anything else, whatever its first byte, stays
+/// on the data path (where a malformed one is dropped cheaply).
+fn is_handshake(datagram: &[u8]) -> bool {
+    matches!(
+        (datagram.first(), datagram.len()),
+        (Some(1), 148) | (Some(2), 92)
+    )
+}
+
+/// Datagrams taken from the kernel per receive call (recvmmsg).
+const RECV_BATCH: usize = 32;
+
+async fn udp_loop<T: TunIo>(
+    engine: Arc<Engine>,
+    io: Arc<Io<T>>,
+    Receiver { worker, listener }: Receiver,
+    handshakes: mpsc::Sender<QueuedHandshake>,
+) {
+    let sockets = &io.workers[worker];
+    let (socket, state) = (&sockets.sockets[listener], &sockets.states[listener]);
+    // With UDP GRO the kernel may hand over up to `gro_segments` coalesced datagrams per buffer.
+    let buffer_size = BUFFER_SIZE.max(state.gro_segments() * 1500);
+    let mut buffers: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buffer_size]).collect();
+    // Made once: the receive call writes through them and the datagrams are read back through them.
+    let mut slices: Vec<std::io::IoSliceMut> = buffers
+        .iter_mut()
+        .map(|b| std::io::IoSliceMut::new(b))
+        .collect();
+    let mut meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let mut sends = SendBuffers::default();
+    loop {
+        if let Err(e) = socket.readable().await {
+            tracing::warn!(error = %e, "UDP socket failed; rendezvous point stops receiving");
+            return;
+        }
+        let received = socket.try_io(tokio::io::Interest::READABLE, || {
+            state.recv(socket.into(), &mut slices, &mut meta)
+        });
+        let count = match received {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => {
+                // ICMP errors surface here (ECONNREFUSED); they are not fatal for a server socket.
+                tracing::debug!(error = %e, "UDP receive error");
+                continue;
+            }
+        };
+        let now = Instant::now();
+        for (buffer, meta) in slices.iter().zip(&meta).take(count) {
+            let stride = meta.stride.max(1);
+            for datagram in buffer[..meta.len].chunks(stride) {
+                if is_handshake(datagram) {
+                    queue_handshake(&engine, &handshakes, listener, meta.addr, datagram);
+                } else {
+                    engine.handle_datagram(
+                        listener,
+                        meta.addr,
+                        datagram,
+                        now,
+                        &mut scratch,
+                        &mut out,
+                    );
+                }
+            }
+        }
+        io.flush(worker, &mut out, &mut sends).await;
+    }
+}
+
+fn queue_handshake(
+    engine: &Engine,
+    handshakes: &mpsc::Sender<QueuedHandshake>,
+    listener: usize,
+    from: SocketAddr,
+    datagram: &[u8],
+) {
+    let queued = QueuedHandshake {
+        listener,
+        from,
+        datagram: datagram.to_vec(),
+    };
+    if handshakes.try_send(queued).is_err() {
+        if let Some(rp) = engine.listeners().nth(listener) {
+            Counters::bump(&rp.counters.handshakes.queue_full);
+        }
+    }
 }
 
 /// Handles one worker's queued handshake messages, in batches, and sends their answers through
@@ -205,6 +304,44 @@ async fn handshake_loop<T: TunIo>(
             );
         }
         io.flush(worker, &mut out, &mut sends).await;
+    }
+}
+
+/// Packets taken from the TUN device before their datagrams are sent: a burst to one device
+/// leaves in a few GSO sends instead of one system call per packet.
+const TUN_BATCH: usize = 64;
+
+/// Reads TUN queue `queue` and sends what it encrypts through the sockets of worker `queue`.
+async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, queue: usize) {
+    let mut batch = RecvBatch::new(io.tun.mtu());
+    let mut scratch = vec![0u8; BUFFER_SIZE];
+    let mut out = Outbox::new();
+    let mut sends = SendBuffers::default();
+    loop {
+        if let Err(e) = io.tun.recv_batch(queue, &mut batch).await {
+            tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
+            return;
+        }
+        let now = Instant::now();
+        let mut taken = 0;
+        loop {
+            for packet in batch.packets() {
+                engine.handle_tun_packet(packet, now, &mut scratch, &mut out);
+            }
+            taken += batch.len();
+            if taken >= TUN_BATCH {
+                break;
+            }
+            match io.tun.try_recv_batch(queue, &mut batch) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "TUN read failed");
+                    break;
+                }
+            }
+        }
+        io.flush(queue, &mut out, &mut sends).await;
     }
 }
 
