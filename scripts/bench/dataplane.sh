@@ -26,6 +26,8 @@
 #       it scales with the cores of the machine the script runs on.
 #   (a2) arcd-w1 (not in the default list): `dataplane.workers = 1` on all CPUs, which separates
 #       the workers' effect from the threads tokio runs anyway.
+#   (a0) arcd-base (not in the default list): arcd exactly as (a), but another binary
+#       (DP_ARCD_BASE_BIN), so an older build and a newer one are measured interleaved in one run.
 #   (b) wireguard-go (Debian package): configured with `wg set`, as in the baseline.
 #   (c) gotatun (crate gotatun-cli 0.10.2): configured with `wg set`. Installed with
 #       `cargo install gotatun-cli --version 0.10.2 --locked --root $DP_CARGO_ROOT` when missing.
@@ -63,12 +65,13 @@
 #   -r N      rounds (default 3)          -t S   seconds per iperf3 run (default 10)
 #   -T LIST   tests (default tcp1-up,tcp1-down,tcp4-up,tcp4-down,udp-up,udp-down,ping)
 #   -P LIST   tests of the profiling pass (default the four TCP tests; "none" to skip)
-#   -s LIST   servers (default arcd,arcd-1core,wireguard-go,gotatun; also arcd-w1)
+#   -s LIST   servers (default arcd,arcd-1core,wireguard-go,gotatun; also arcd-w1, arcd-base)
 #   -c NAME   client device: wireguard-go (default) or gotatun
 #   -o DIR    results directory
 #   -L LOAD   before starting, wait (up to 15 min) until the 1-minute load average is below LOAD
 # Environment (deliberately not ARCD_*, which arcd reads as configuration):
 #   DP_ARCD_BIN=PATH   use this arcd binary instead of `cargo build --release` in the repository
+#   DP_ARCD_BASE_BIN=PATH  the arcd binary of the arcd-base server (required when it is listed)
 #   DP_GOTATUN=PATH    gotatun binary (default: `gotatun` on PATH, else $DP_CARGO_ROOT/bin/gotatun)
 #   DP_CARGO_ROOT=DIR  where to cargo-install gotatun-cli when missing (default /opt/wgbench/cargo)
 #   DP_KEEP=1          keep the scratch directory (configs, keys, arcd data dir)
@@ -240,7 +243,7 @@ cleanup_stale() {
 }
 
 # ------------------------------------------------------------------ setup --
-impl_tag() { case $1 in arcd) echo a ;; arcd-1core) echo o ;; arcd-w1) echo x ;; wireguard-go) echo w ;; gotatun) echo g ;; esac; }
+impl_tag() { case $1 in arcd) echo a ;; arcd-1core) echo o ;; arcd-w1) echo x ;; arcd-base) echo b ;; wireguard-go) echo w ;; gotatun) echo g ;; esac; }
 
 setup_namespaces() { # one server + one client namespace per implementation, one veth between
     local impl n=0 tag
@@ -309,8 +312,9 @@ api() { # api METHOD PATH [BODY]: arcd's API from the server namespace; body on 
     cat "$out"
 }
 
-setup_arcd() { # setup_arcd IMPL: arcd, arcd-1core or arcd-w1
-    local impl=$1 ns=${NS_S[$1]} ifs=${IF_S[$1]} data=$WORK/$1-data workers="" pin=()
+setup_arcd() { # setup_arcd IMPL: arcd, arcd-1core, arcd-w1 or arcd-base
+    local impl=$1 ns=${NS_S[$1]} ifs=${IF_S[$1]} data=$WORK/$1-data workers="" pin=() bin=$ARCD
+    [[ $impl == arcd-base ]] && bin=$ARCD_BASE
     case $impl in
         arcd-1core) workers="workers = 1"; pin=(taskset -c 0) ;;
         arcd-w1) workers="workers = 1" ;;
@@ -347,7 +351,7 @@ level = "warn"
 EOF
     local unset_env=() v
     while read -r v; do unset_env+=(-u "$v"); done < <(compgen -e | grep '^ARCD_' || true)
-    spawn "$ns" "$WORK/logs/server-$impl.log" arcd "${pin[@]}" env "${unset_env[@]}" "$ARCD" --config "$WORK/$impl.toml" serve
+    spawn "$ns" "$WORK/logs/server-$impl.log" arcd "${pin[@]}" env "${unset_env[@]}" "$bin" --config "$WORK/$impl.toml" serve
     SRV_PID[$impl]=$SPAWNED_PID
     local i up=0
     for ((i = 0; i < 300; i++)); do
@@ -621,8 +625,9 @@ summary() {
       def r(n): if . == null then null else (. * pow(10; n) | round) / pow(10; n) end;
       def s: if . == null then "–" else tostring end;
       def order: ["tcp1-up","tcp1-down","tcp4-up","tcp4-down","udp-up","udp-down","ping"];
-      def servers: ["wireguard-go","arcd","arcd-1core","arcd-w1","gotatun"];
+      def servers: ["wireguard-go","arcd-base","arcd","arcd-1core","arcd-w1","gotatun"];
       def lbl: {"arcd":"(a) arcd","arcd-1core":"(a1) arcd 1 worker, 1 CPU","arcd-w1":"(a2) arcd 1 worker",
+                "arcd-base":"(a0) arcd-base",
                 "wireguard-go":"(b) wireguard-go","gotatun":"(c) gotatun"}[.];
       [split("\n")[] | select(length > 0) | split("\t") | select(.[0] != "time")
         | {impl: .[1], round: .[2], test: .[3], v: (.[4] | num), x: .[5], bytes: (.[6] | num),
@@ -744,7 +749,7 @@ shift $((OPTIND - 1))
 [[ $PROFILE_TESTS == none ]] && PROFILE_TESTS=""
 IFS=, read -r -a IMPLS <<<"$SERVERS"
 for impl in "${IMPLS[@]}"; do
-    [[ -n $(impl_tag "$impl") ]] || die "unknown server '$impl' (arcd, arcd-1core, arcd-w1, wireguard-go, gotatun)"
+    [[ -n $(impl_tag "$impl") ]] || die "unknown server '$impl' (arcd, arcd-1core, arcd-w1, arcd-base, wireguard-go, gotatun)"
 done
 [[ $CLIENT == wireguard-go || $CLIENT == gotatun ]] || die "unknown client '$CLIENT' (wireguard-go, gotatun)"
 
@@ -783,6 +788,15 @@ if [[ " ${IMPLS[*]} " == *" arcd"* ]]; then
     ARCD_REV="$(git -C "$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo ?)"
     dirty=$(git -C "$REPO_DIR" status --porcelain --untracked-files=no -- src Cargo.toml Cargo.lock 2>/dev/null | wc -l)
     ((dirty == 0)) || ARCD_REV+=" + $dirty modified file(s) in src/Cargo.*"
+fi
+ARCD_BASE=""
+if [[ " ${IMPLS[*]} " == *" arcd-base "* ]]; then
+    [[ -x ${DP_ARCD_BASE_BIN:-} ]] || die "arcd-base needs DP_ARCD_BASE_BIN=PATH to an arcd binary"
+    # Named arcd too: the process is checked by its name (/proc/PID/comm) before it is stopped.
+    mkdir "$WORK/base"
+    cp "$DP_ARCD_BASE_BIN" "$WORK/base/arcd"
+    ARCD_BASE=$WORK/base/arcd
+    ARCD_REV+="; arcd-base: $DP_ARCD_BASE_BIN (sha256 $(sha256sum "$ARCD_BASE" | cut -c1-12))"
 fi
 # gotatun: on PATH, in DP_CARGO_ROOT, or installed there now (several minutes).
 GOTATUN=""

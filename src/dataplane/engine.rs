@@ -17,6 +17,7 @@ use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use parking_lot::{Mutex, RwLock};
 
+use super::packet_buffers;
 pub use super::peer_index::Applied;
 use super::peer_index::{Peer, PeerIndex, PeerState};
 use super::stats::PeerSnapshot;
@@ -431,9 +432,12 @@ impl Engine {
                 state.endpoint = Some(from);
                 state.last_activity = now;
                 state.last_received = Some(now);
+                let unscheduled = Self::claim_timer(&mut state);
                 drop(state);
                 self.route_from_device(&peer, packet, now, buf, out);
-                self.schedule(&peer, now);
+                if unscheduled {
+                    self.push_timer(&peer, now);
+                }
                 return;
             }
             Decapsulated::Authenticated => true,
@@ -447,15 +451,16 @@ impl Engine {
                 &handshakes.rejected
             });
         }
-        if authenticated {
+        let unscheduled = authenticated && {
             // Roaming: the endpoint follows the latest authenticated packet.
             state.endpoint = Some(from);
             state.last_activity = now;
             state.last_received = Some(now);
-        }
+            Self::claim_timer(&mut state)
+        };
         drop(state);
-        if authenticated {
-            self.schedule(&peer, now);
+        if unscheduled {
+            self.push_timer(&peer, now);
         }
     }
 
@@ -587,7 +592,7 @@ impl Engine {
                         if let Some(rp) = self.listeners.get(listener) {
                             rp.counters.received(packet.len());
                         }
-                        return Decapsulated::ForDevice(packet.to_vec());
+                        return Decapsulated::ForDevice(packet_buffers::copy_of(packet));
                     }
                     self.dropped(listener, |c| &c.spoofed_source);
                     warn_spoofed(peer, state, source, now);
@@ -623,6 +628,7 @@ impl Engine {
         match target {
             Some(target) if self.peer_to_peer_allowed(from, &target) => {
                 self.send_to_peer(&target, &packet, now, buf, out);
+                packet_buffers::recycle(packet);
             }
             Some(_) => self.dropped(from.listener, |c| &c.peer_to_peer_denied),
             None if self.egress_allowed(from, destination) => out.push(Outgoing::Tun(packet)),
@@ -664,24 +670,35 @@ impl Engine {
                 out.push(Outgoing::Udp {
                     listener: peer.listener,
                     to: endpoint,
-                    data: data.to_vec(),
+                    data: packet_buffers::copy_of(data),
                 });
                 state.last_activity = now;
             }
             TunnResult::Err(_) => self.dropped(peer.listener, |c| &c.wireguard_errors),
             _ => {}
         }
+        let unscheduled = Self::claim_timer(&mut state);
         drop(state);
-        self.schedule(peer, now);
+        if unscheduled {
+            self.push_timer(peer, now);
+        }
     }
 
     fn schedule(&self, peer: &Peer, now: Instant) {
-        let mut state = peer.state.lock();
-        if state.timer_scheduled {
-            return;
+        let unscheduled = Self::claim_timer(&mut peer.state.lock());
+        if unscheduled {
+            self.push_timer(peer, now);
         }
-        state.timer_scheduled = true;
-        drop(state);
+    }
+
+    /// Marks the peer's timer as scheduled; true when it was not, and the caller must then
+    /// `push_timer` (after releasing the peer's lock). Per packet this is one flag read under the
+    /// lock the packet already holds, not a second lock of the peer.
+    fn claim_timer(state: &mut PeerState) -> bool {
+        !std::mem::replace(&mut state.timer_scheduled, true)
+    }
+
+    fn push_timer(&self, peer: &Peer, now: Instant) {
         self.timers
             .lock()
             .push(Reverse((now + TIMER_PERIOD, peer.index)));

@@ -10,6 +10,7 @@ mod handshake_queue;
 pub mod host_routes;
 pub mod interface_name;
 mod io;
+mod packet_buffers;
 mod peer_index;
 pub mod runtime;
 pub mod stats;

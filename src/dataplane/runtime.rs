@@ -19,8 +19,8 @@ use super::engine::{
 use super::handshake_load::{HandshakeLoad, DEFAULT_HANDSHAKE_QUEUE, STALE_AFTER};
 use super::handshake_queue::{HandshakeQueue, Pushed, QueuedHandshake};
 use super::peer_index::Applied;
-use super::udp_io::{bind_group, Io, WorkerSockets};
-use super::{RecvBatch, TunIo, TunWrites};
+use super::udp_io::{bind_group, Io, SendBuffers, WorkerSockets};
+use super::{RecvBatch, TunIo};
 use crate::ids::RendezvousPointId;
 use crate::store::endpoints::SavedEndpoint;
 use crate::store::{ActiveSession, PeerChange};
@@ -238,20 +238,21 @@ async fn udp_loop<T: TunIo>(
     // With UDP GRO the kernel may hand over up to `gro_segments` coalesced datagrams per buffer.
     let buffer_size = BUFFER_SIZE.max(state.gro_segments() * 1500);
     let mut buffers: Vec<Vec<u8>> = (0..RECV_BATCH).map(|_| vec![0u8; buffer_size]).collect();
+    // Made once: the receive call writes through them and the datagrams are read back through them.
+    let mut slices: Vec<std::io::IoSliceMut> = buffers
+        .iter_mut()
+        .map(|b| std::io::IoSliceMut::new(b))
+        .collect();
     let mut meta = vec![quinn_udp::RecvMeta::default(); RECV_BATCH];
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     loop {
         if let Err(e) = socket.readable().await {
             tracing::warn!(error = %e, "UDP socket failed; rendezvous point stops receiving");
             return;
         }
         let received = socket.try_io(tokio::io::Interest::READABLE, || {
-            let mut slices: Vec<std::io::IoSliceMut> = buffers
-                .iter_mut()
-                .map(|b| std::io::IoSliceMut::new(b))
-                .collect();
             state.recv(socket.into(), &mut slices, &mut meta)
         });
         let count = match received {
@@ -264,7 +265,7 @@ async fn udp_loop<T: TunIo>(
             }
         };
         let now = Instant::now();
-        for (buffer, meta) in buffers.iter().zip(&meta).take(count) {
+        for (buffer, meta) in slices.iter().zip(&meta).take(count) {
             let stride = meta.stride.max(1);
             for datagram in buffer[..meta.len].chunks(stride) {
                 if is_handshake(datagram) {
@@ -293,7 +294,7 @@ async fn udp_loop<T: TunIo>(
                 }
             }
         }
-        io.flush(worker, &mut out, &mut to_tun).await;
+        io.flush(worker, &mut out, &mut sends).await;
     }
 }
 
@@ -352,7 +353,7 @@ async fn handshake_loop<T: TunIo>(
 ) {
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     loop {
         let taken = queue.take(HANDSHAKE_BATCH, Instant::now).await;
         for listener in taken.stale {
@@ -371,7 +372,7 @@ async fn handshake_loop<T: TunIo>(
                 &mut out,
             );
         }
-        io.flush(worker, &mut out, &mut to_tun).await;
+        io.flush(worker, &mut out, &mut sends).await;
         // A batch is up to ~10 ms of key agreements, and while handshakes are queued `take` never
         // waits: without this the task would keep its thread for as long as the backlog lasts,
         // and the receive loops sharing the thread would not read (their sockets overflow, and a
@@ -389,7 +390,7 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, queue: usize) {
     let mut batch = RecvBatch::new(io.tun.mtu());
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     loop {
         if let Err(e) = io.tun.recv_batch(queue, &mut batch).await {
             tracing::warn!(error = %e, "TUN read failed; data plane stops reading the device");
@@ -414,14 +415,14 @@ async fn tun_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, queue: usize) {
                 }
             }
         }
-        io.flush(queue, &mut out, &mut to_tun).await;
+        io.flush(queue, &mut out, &mut sends).await;
     }
 }
 
 async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
     let mut scratch = vec![0u8; BUFFER_SIZE];
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     loop {
         // At most a second: peers scheduled meanwhile (a handshake, a peer change) do not wake
         // this loop, and their timers must not wait longer than one period.
@@ -430,7 +431,7 @@ async fn timer_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>) {
         tokio::time::sleep_until(wake.into()).await;
         let now = Instant::now();
         engine.run_timers(now, &mut scratch, &mut out);
-        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut sends).await;
     }
 }
 
@@ -440,11 +441,11 @@ async fn change_loop<T: TunIo>(
     mut changes: mpsc::UnboundedReceiver<PeerChange>,
 ) {
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     while let Some(change) = changes.recv().await {
         let applied = engine.apply_change(change, Instant::now(), &mut out);
         super::log_applied(&applied);
-        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut sends).await;
     }
 }
 
@@ -462,7 +463,7 @@ async fn resume_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, saved: Vec<S
     let started = Instant::now();
     let (mut initiated, mut already_back, mut gone) = (0usize, 0usize, 0usize);
     let mut out = Outbox::new();
-    let mut to_tun = TunWrites::default();
+    let mut sends = SendBuffers::default();
     let mut tick = tokio::time::interval(RESUME_TICK);
     for chunk in saved.chunks(RESUME_PER_TICK) {
         tick.tick().await;
@@ -474,7 +475,7 @@ async fn resume_loop<T: TunIo>(engine: Arc<Engine>, io: Arc<Io<T>>, saved: Vec<S
                 Resumed::NoSession => gone += 1,
             }
         }
-        io.flush(CONTROL_WORKER, &mut out, &mut to_tun).await;
+        io.flush(CONTROL_WORKER, &mut out, &mut sends).await;
     }
     tracing::info!(
         saved = saved.len(),

@@ -9,6 +9,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::engine::{Outbox, Outgoing};
+use super::packet_buffers;
 use super::{TunIo, TunWrites};
 
 /// Socket buffers large enough that bursts are not dropped in the kernel (the main cause of
@@ -64,6 +65,14 @@ pub(super) struct WorkerSockets {
 /// Largest GSO send: the kernel's limit for one UDP datagram train.
 const MAX_GSO_BYTES: usize = 64_000;
 
+/// What a task keeps from one flush to the next so that sending allocates nothing per packet:
+/// the GSO train's buffer (64 KB, grown once) and the TUN write buffers.
+#[derive(Default)]
+pub(super) struct SendBuffers {
+    train: GsoTrain,
+    to_tun: TunWrites,
+}
+
 /// Consecutive datagrams to one peer, sent with one system call (UDP GSO): equal-size segments,
 /// only the last one may be shorter.
 #[derive(Default)]
@@ -94,11 +103,25 @@ impl GsoTrain {
         if self.target.is_none() {
             self.target = Some((listener, to));
             self.segment = data.len();
+            // Full size at once: growing by doubling would copy the train several times, and a
+            // buffer freed per train makes the allocator hand its pages back (madvise, and TLB
+            // shootdowns on the other cores) only to fault them in again for the next train.
+            self.contents
+                .reserve(MAX_GSO_BYTES.saturating_sub(self.contents.len()));
         } else if data.len() < self.segment {
             self.closed = true;
         }
         self.contents.extend_from_slice(data);
         self.count += 1;
+    }
+
+    /// Empty again, keeping the buffer.
+    fn clear(&mut self) {
+        self.target = None;
+        self.segment = 0;
+        self.count = 0;
+        self.contents.clear();
+        self.closed = false;
     }
 }
 
@@ -106,9 +129,10 @@ impl<T: TunIo> Io<T> {
     /// Sends everything the engine produced for `worker` through that worker's sockets and TUN
     /// queue: UDP datagrams to the same peer in GSO trains, packets for the TUN in one batch
     /// (merged per flow by a device with offloads).
-    pub(super) async fn flush(&self, worker: usize, out: &mut Outbox, to_tun: &mut TunWrites) {
+    pub(super) async fn flush(&self, worker: usize, out: &mut Outbox, buffers: &mut SendBuffers) {
         let sockets = &self.workers[worker];
-        let mut train = GsoTrain::default();
+        let SendBuffers { train, to_tun } = buffers;
+        train.clear();
         to_tun.clear();
         for outgoing in out.drain(..) {
             match outgoing {
@@ -118,14 +142,18 @@ impl<T: TunIo> Io<T> {
                         .get(listener)
                         .map_or(1, |s| s.max_gso_segments());
                     if !train.accepts(listener, to, data.len(), max_segments) {
-                        sockets.send_train(&mut train).await;
+                        sockets.send_train(train).await;
                     }
                     train.push(listener, to, &data);
+                    packet_buffers::recycle(data);
                 }
-                Outgoing::Tun(packet) => to_tun.push(&packet),
+                Outgoing::Tun(packet) => {
+                    to_tun.push(&packet);
+                    packet_buffers::recycle(packet);
+                }
             }
         }
-        sockets.send_train(&mut train).await;
+        sockets.send_train(train).await;
         if let Err(e) = self.tun.send_batch(worker, to_tun.pending()).await {
             tracing::debug!(error = %e, "TUN write failed");
         }
@@ -133,8 +161,13 @@ impl<T: TunIo> Io<T> {
 }
 
 impl WorkerSockets {
+    /// Sends the train (if any) and empties it.
     async fn send_train(&self, train: &mut GsoTrain) {
-        let taken = std::mem::take(train);
+        self.send_train_once(train).await;
+        train.clear();
+    }
+
+    async fn send_train_once(&self, taken: &GsoTrain) {
         let Some((listener, to)) = taken.target else {
             return;
         };
