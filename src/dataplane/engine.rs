@@ -8,10 +8,9 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use boringtun::noise::errors::WireGuardError;
-use boringtun::noise::handshake::parse_handshake_anon;
 use boringtun::noise::rate_limiter::RateLimiter;
 use boringtun::noise::{Packet, Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
@@ -464,90 +463,6 @@ impl Engine {
         }
     }
 
-    /// Decides, before it is queued, what becomes of a handshake message (initiation or
-    /// response) that arrived on `listener` from `from`: a bad mac1 is dropped; under load
-    /// (`under_load`, see `handshake_load.rs`) a message without a valid cookie MAC (mac2) for
-    /// its source address is answered with a cookie reply, costing microseconds instead of a key
-    /// agreement. Only `Screened::Queue` messages are worth `handle_datagram`'s work.
-    pub fn screen_handshake(
-        &self,
-        listener: usize,
-        from: SocketAddr,
-        datagram: &[u8],
-        under_load: bool,
-        buf: &mut [u8],
-        out: &mut Outbox,
-    ) -> Screened {
-        let Some(rp) = self.listeners.get(listener) else {
-            return Screened::Dropped;
-        };
-        let gate = if under_load {
-            &rp.cookie_gate
-        } else {
-            &rp.unlimited
-        };
-        match gate.verify_packet(Some(from.ip()), datagram, buf) {
-            Ok(_) => Screened::Queue,
-            Err(TunnResult::WriteToNetwork(cookie)) => {
-                Counters::bump(&self.counters.cookie_replies);
-                Counters::bump(&rp.counters.handshakes.cookie_required);
-                out.push(Outgoing::Udp {
-                    listener,
-                    to: from,
-                    data: cookie.to_vec(),
-                });
-                Screened::Answered
-            }
-            Err(_) => {
-                self.dropped(listener, |c| &c.malformed);
-                Screened::Dropped
-            }
-        }
-    }
-
-    /// The mac1 check of a rendezvous point (handshake messages only; cookies were decided by
-    /// `screen_handshake`), before any peer lookup: the parsed packet, or `None` when dropped.
-    fn admit<'d>(
-        &self,
-        listener: usize,
-        from: SocketAddr,
-        datagram: &'d [u8],
-        buf: &mut [u8],
-    ) -> Option<Packet<'d>> {
-        let rp = self.listeners.get(listener)?;
-        match rp.unlimited.verify_packet(Some(from.ip()), datagram, buf) {
-            Ok(packet) => Some(packet),
-            Err(_) => {
-                self.dropped(listener, |c| &c.malformed);
-                None
-            }
-        }
-    }
-
-    /// The peer a packet is for: an initiation names its sender's static key (found by a partial
-    /// handshake with the listener's key); every other message names our receiver index.
-    fn peer_of_packet(&self, rp: &Listener, packet: Packet<'_>) -> Option<Arc<Peer>> {
-        let receiver_idx = match packet {
-            Packet::HandshakeInit(init) => {
-                // The key agreement before the index is read: a writer (a peer change) must not
-                // wait for it, nor every worker behind that writer.
-                let half =
-                    parse_handshake_anon(&rp.static_private, &rp.static_public, &init).ok()?;
-                let peer_index = self.peer_index.read();
-                return peer_index.by_key.get(&half.peer_static_public).cloned();
-            }
-            Packet::HandshakeResponse(p) => p.receiver_idx,
-            Packet::PacketCookieReply(p) => p.receiver_idx,
-            Packet::PacketData(p) => p.receiver_idx,
-        };
-        // boringtun keeps the session number in the low 8 bits of the index.
-        self.peer_index
-            .read()
-            .by_index
-            .get(&(receiver_idx >> 8))
-            .cloned()
-    }
-
     /// Runs the datagram through the peer's `Tunn`, sending what it answers (handshake responses,
     /// queued packets) back to `from`.
     #[allow(clippy::too_many_arguments)]
@@ -683,126 +598,6 @@ impl Engine {
             self.push_timer(peer, now);
         }
     }
-
-    fn schedule(&self, peer: &Peer, now: Instant) {
-        let unscheduled = Self::claim_timer(&mut peer.state.lock());
-        if unscheduled {
-            self.push_timer(peer, now);
-        }
-    }
-
-    /// Marks the peer's timer as scheduled; true when it was not, and the caller must then
-    /// `push_timer` (after releasing the peer's lock). Per packet this is one flag read under the
-    /// lock the packet already holds, not a second lock of the peer.
-    fn claim_timer(state: &mut PeerState) -> bool {
-        !std::mem::replace(&mut state.timer_scheduled, true)
-    }
-
-    fn push_timer(&self, peer: &Peer, now: Instant) {
-        self.timers
-            .lock()
-            .push(Reverse((now + TIMER_PERIOD, peer.index)));
-    }
-
-    /// When the next timer is due, if any peer is active.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.timers.lock().peek().map(|Reverse((at, _))| *at)
-    }
-
-    /// Runs WireGuard timers of the peers that are due. Only active peers are ever scheduled, so
-    /// the cost follows traffic, not the number of sessions.
-    pub fn run_timers(&self, now: Instant, buf: &mut [u8], out: &mut Outbox) {
-        loop {
-            let due = {
-                let mut timers = self.timers.lock();
-                match timers.peek() {
-                    Some(Reverse((at, index))) if *at <= now => {
-                        let index = *index;
-                        timers.pop();
-                        index
-                    }
-                    _ => break,
-                }
-            };
-            let Some(peer) = self.peer_index.read().by_index.get(&due).cloned() else {
-                continue;
-            };
-            let mut state = peer.state.lock();
-            state.timer_scheduled = false;
-            let endpoint = state.endpoint;
-            let Some(tunn) = state.tunn.as_mut() else {
-                continue;
-            };
-            match tunn.update_timers(buf) {
-                TunnResult::WriteToNetwork(packet) => match endpoint {
-                    Some(to) => out.push(Outgoing::Udp {
-                        listener: peer.listener,
-                        to,
-                        data: packet.to_vec(),
-                    }),
-                    None => self.dropped(peer.listener, |c| &c.no_endpoint),
-                },
-                // Routine: the device stopped handshaking (gone, or asleep). boringtun's own ERROR
-                // line for this is filtered out (see crate::logging).
-                TunnResult::Err(WireGuardError::ConnectionExpired) => {
-                    tracing::debug!(imsi = %peer.imsi, "session keys expired; waiting for the device to handshake again")
-                }
-                _ => {}
-            }
-            let active = now.duration_since(state.last_activity) < IDLE_AFTER;
-            drop(state);
-            if active {
-                self.schedule(&peer, now);
-            }
-        }
-    }
-
-    /// Live state of one session's peer; `now` (the wall clock) dates its last handshake.
-    pub fn snapshot(&self, imsi: &Imsi, now: SystemTime) -> Option<PeerSnapshot> {
-        let peer = self.peer_index.read().by_imsi.get(imsi).cloned()?;
-        Some(self.snapshot_of(&peer, now))
-    }
-
-    /// Live state of every peer of one rendezvous point; `now` as for [`Engine::snapshot`].
-    pub fn snapshots(&self, rp_id: &RendezvousPointId, now: SystemTime) -> Vec<PeerSnapshot> {
-        let of_rp: Vec<Arc<Peer>> = self
-            .peer_index
-            .read()
-            .by_imsi
-            .values()
-            .filter(|p| self.listeners[p.listener].rp_id == *rp_id)
-            .cloned()
-            .collect();
-        of_rp.iter().map(|p| self.snapshot_of(p, now)).collect()
-    }
-
-    /// boringtun reports the time since the last handshake (its own monotonic clock); the
-    /// snapshot dates it, and the latest packet's age on the same clock, from the caller's wall
-    /// clock `now`.
-    fn snapshot_of(&self, peer: &Peer, now: SystemTime) -> PeerSnapshot {
-        let state = peer.state.lock();
-        let (since_handshake, tx_bytes, rx_bytes) = state
-            .tunn
-            .as_ref()
-            .map(|t| {
-                let (since, tx, rx, _, _) = t.stats();
-                (since, tx, rx)
-            })
-            .unwrap_or((None, 0, 0));
-        PeerSnapshot {
-            imsi: peer.imsi.clone(),
-            rp_id: self.listeners[peer.listener].rp_id.clone(),
-            public_key: peer.public_key,
-            client_ip: peer.client_ip,
-            endpoint: state.endpoint,
-            last_handshake: since_handshake.and_then(|d| now.checked_sub(d)),
-            last_received: state
-                .last_received
-                .and_then(|at| now.checked_sub(Instant::now().saturating_duration_since(at))),
-            rx_bytes: rx_bytes as u64,
-            tx_bytes: tx_bytes as u64,
-        }
-    }
 }
 
 /// Logs a device packet whose inner source is not the device's address, at most once per
@@ -838,6 +633,15 @@ pub use resume::Resumed;
 
 #[path = "engine_live.rs"]
 mod live;
+
+#[path = "engine_admission.rs"]
+mod admission;
+
+#[path = "engine_timers.rs"]
+mod timers;
+
+#[path = "engine_snapshots.rs"]
+mod snapshots;
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]
