@@ -66,6 +66,24 @@ fn tun_counters(pid: u32, interface: &str) -> Option<(u64, u64)> {
     Some((bytes, packets))
 }
 
+/// Busy and total CPU ticks of the whole machine (/proc/stat's `cpu` line: busy is user, nice,
+/// system, irq, softirq and steal).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((busy, busy + idle + iowait))
+}
+
 pub fn run(args: FloodArgs) -> Result<(), String> {
     let mut specs = crate::devices::read(&args.devices).map_err(|e| e.to_string())?;
     if let Some(count) = args.count {
@@ -118,6 +136,8 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
     let before = read_counters();
     let server_before = args.server_pid.and_then(crate::cpu_seconds_of);
     let self_before = crate::cpu_seconds_of_self();
+    let machine_before = machine_ticks();
+    let measure_start = Instant::now();
     // Delivered packets: the TUN's received bytes over the packet size (when the server writes
     // several packets of a flow as one offloaded write, the kernel counts one packet but all
     // their bytes, less the merged headers: the estimate errs by under 2 %, on the safe side).
@@ -138,7 +158,14 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
         .and_then(crate::cpu_seconds_of)
         .zip(server_before)
         .map(|(a, b)| a - b);
+    let machine_after = machine_ticks();
+    let measured = measure_start.elapsed().as_secs_f64();
     let after = read_counters();
+    // Cores busy on the whole machine while this was measured: with the server's and the
+    // generator's CPU, what everything else (other work on the box) took.
+    let busy_cores = machine_after
+        .zip(machine_before)
+        .map(|(a, b)| (a.0 - b.0) as f64 / crate::USER_HZ / measured);
     let elapsed = end.saturating_duration_since(start).max(sent.elapsed);
     let tun = after.zip(before).map(|(a, b)| (a.0 - b.0, a.1 - b.1));
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
@@ -159,7 +186,8 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
     println!(
         "FLOOD_RESULT devices={} packets_per_device={} packet_len={} sent={} send_s={:.3} \
          elapsed_s={:.3} tun_rx_bytes={} tun_rx_packets={} server_cpu_s={} generator_cpu_s={} \
-         window={} window_full={} presumed_lost={}",
+         window={} window_full={} presumed_lost={} measured_s={measured:.3} \
+         machine_busy_cores={}",
         devices.len(),
         args.packets,
         args.packet_len,
@@ -172,7 +200,8 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
         opt(self_cpu),
         args.window,
         sent.full,
-        sent.presumed_lost
+        sent.presumed_lost,
+        opt(busy_cores)
     );
     Ok(())
 }
