@@ -22,6 +22,9 @@ mod fleet;
 #[path = "../examples/storm/flood.rs"]
 mod flood;
 
+#[path = "../examples/storm/flood_packet.rs"]
+mod flood_packet;
+
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -87,7 +90,7 @@ async fn every_flood_packet_arcd_accepted_comes_out_of_the_tun() {
         let tun_side = tun_side.clone();
         tokio::spawn(async move {
             while let Some(packet) = tun.from_dataplane.recv().await {
-                match flood::parse_flood_packet(&packet, TARGET, PACKET_LEN) {
+                match flood_packet::parse_flood_packet(&packet, TARGET, PACKET_LEN) {
                     Some(id) => {
                         if !tun_side.seen.lock().unwrap().insert(id) {
                             tun_side.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -18,24 +18,19 @@
 //! how many the server has delivered (for the benchmark, the TUN interface's receive counter; for
 //! the test, the memory TUN) and, when the window is full, sleeps until half of it has drained.
 //!
-//! Every inner packet carries `MAGIC`, its device number and its sequence number, and a payload
-//! derived from both, so what comes out of the server's TUN can be checked packet by packet.
+//! The inner packets (flood_packet.rs) carry their device's and sequence numbers, so what comes
+//! out of the server's TUN can be checked packet by packet.
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::{SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use boringtun::noise::{Tunn, TunnResult};
 use boringtun::x25519::{PublicKey, StaticSecret};
 use quinn_udp::{Transmit, UdpSocketState};
 
-use crate::fleet::{checksum, DeviceSpec, StormConfig};
+use crate::fleet::{DeviceSpec, StormConfig};
+use crate::flood_packet::{flood_packet, set_sequence, IP_HEADER, TAG, UDP_HEADER};
 
-/// Marks a flood packet's payload.
-pub const MAGIC: [u8; 4] = *b"FLD1";
-const IP_HEADER: usize = 20;
-const UDP_HEADER: usize = 8;
-/// MAGIC, device number, sequence number.
-const TAG: usize = 12;
 /// The largest UDP payload of one GSO send (the IP packet carrying it is at most 64 KiB).
 const GSO_BYTES: usize = 65_000;
 /// Handshake attempts per device before the flood gives up.
@@ -267,94 +262,6 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
-/// An IPv4/UDP packet of `len` bytes from `source` to `target`, for device `index`; its
-/// sequence number is set by `set_sequence`.
-pub fn flood_packet(
-    source: Ipv4Addr,
-    target: SocketAddrV4,
-    len: usize,
-    index: usize,
-    seq: u32,
-) -> Vec<u8> {
-    let mut p = vec![0u8; len];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    p[8] = 64;
-    p[9] = 17;
-    p[12..16].copy_from_slice(&source.octets());
-    p[16..20].copy_from_slice(&target.ip().octets());
-    let source_port = 10_000 + (index % 50_000) as u16;
-    p[20..22].copy_from_slice(&source_port.to_be_bytes());
-    p[22..24].copy_from_slice(&target.port().to_be_bytes());
-    p[24..26].copy_from_slice(&((len - IP_HEADER) as u16).to_be_bytes());
-    let payload = IP_HEADER + UDP_HEADER;
-    p[payload..payload + 4].copy_from_slice(&MAGIC);
-    p[payload + 4..payload + 8].copy_from_slice(&(index as u32).to_be_bytes());
-    set_sequence(&mut p, seq);
-    p
-}
-
-/// Writes the sequence number, the payload bytes derived from it, the IP identification and
-/// both checksums.
-fn set_sequence(p: &mut [u8], seq: u32) {
-    let payload = IP_HEADER + UDP_HEADER;
-    p[payload + 8..payload + TAG].copy_from_slice(&seq.to_be_bytes());
-    let fill = filler(p, seq);
-    for (i, byte) in p[payload + TAG..].iter_mut().enumerate() {
-        *byte = fill.wrapping_add(i as u8);
-    }
-    p[4..6].copy_from_slice(&(seq as u16).to_be_bytes());
-    p[10..12].fill(0);
-    let header = checksum(&p[..IP_HEADER]);
-    p[10..12].copy_from_slice(&header.to_be_bytes());
-    p[26..28].fill(0);
-    let udp = udp_checksum(p);
-    p[26..28].copy_from_slice(&udp.to_be_bytes());
-}
-
-/// The first payload byte after the tag: device number and sequence number mixed.
-fn filler(p: &[u8], seq: u32) -> u8 {
-    let payload = IP_HEADER + UDP_HEADER;
-    let index = u32::from_be_bytes([
-        p[payload + 4],
-        p[payload + 5],
-        p[payload + 6],
-        p[payload + 7],
-    ]);
-    (index.wrapping_mul(31) ^ seq) as u8
-}
-
-fn udp_checksum(p: &[u8]) -> u16 {
-    let udp_len = p.len() - IP_HEADER;
-    let mut pseudo = Vec::with_capacity(12 + udp_len);
-    pseudo.extend_from_slice(&p[12..20]);
-    pseudo.extend_from_slice(&[0, 17]);
-    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    pseudo.extend_from_slice(&p[IP_HEADER..]);
-    match checksum(&pseudo) {
-        0 => 0xffff, // 0 means "no checksum" in UDP over IPv4
-        sum => sum,
-    }
-}
-
-#[allow(dead_code)] // for tests/storm_flood.rs
-/// The device number and sequence number of an intact flood packet of `len` bytes to `target`:
-/// `None` for anything else, or a flood packet whose payload or checksums do not match.
-pub fn parse_flood_packet(p: &[u8], target: SocketAddrV4, len: usize) -> Option<(u32, u32)> {
-    let payload = IP_HEADER + UDP_HEADER;
-    if p.len() != len || p[0] != 0x45 || p[9] != 17 || p[16..20] != target.ip().octets() {
-        return None;
-    }
-    if p[payload..payload + 4] != MAGIC || p[22..24] != target.port().to_be_bytes() {
-        return None;
-    }
-    let index = u32::from_be_bytes(p[payload + 4..payload + 8].try_into().ok()?);
-    let seq = u32::from_be_bytes(p[payload + 8..payload + TAG].try_into().ok()?);
-    let source = Ipv4Addr::new(p[12], p[13], p[14], p[15]);
-    let expected = flood_packet(source, target, len, index as usize, seq);
-    (expected == p).then_some((index, seq))
-}
-
 /// What the timed region did.
 #[derive(Debug, Default)]
 pub struct SendOutcome {
@@ -375,84 +282,119 @@ pub fn send(
     config: &FloodConfig,
     delivered: &mut dyn FnMut() -> Option<u64>,
 ) -> Result<SendOutcome, FloodError> {
-    let endpoint: SocketAddr = config.storm.endpoint;
     let window = config.window as u64;
     let mut outcome = SendOutcome::default();
+    let mut pacing = Pacing {
+        delivered: 0,
+        progress_at: Instant::now(),
+    };
     let start = Instant::now();
     let stop_at = start + config.duration;
-    let mut last_delivered = 0u64;
-    let mut last_progress = start;
-    loop {
-        let mut left = false;
-        let mut progressed = false;
-        for device in devices.iter_mut() {
-            if device.sent == device.count {
-                continue;
-            }
-            left = true;
-            let segment = device.datagram_len;
-            let per_call = device
-                .state
-                .max_gso_segments()
-                .clamp(1, GSO_BYTES / segment);
-            let n = per_call.min(device.count - device.sent);
-            let contents = &device.datagrams[device.sent * segment..(device.sent + n) * segment];
-            let transmit = Transmit {
-                destination: endpoint,
-                ecn: None,
-                contents,
-                segment_size: (n > 1).then_some(segment),
-                src_ip: None,
-            };
-            match device.state.try_send((&device.socket).into(), &transmit) {
-                Ok(()) => {
-                    device.sent += n;
-                    outcome.sent += n as u64;
-                    progressed = true;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                // quinn-udp turned GSO off after the kernel refused it: the same datagrams go
-                // again, one at a time.
-                Err(_) if n > 1 && device.state.max_gso_segments() == 1 => {}
-                Err(error) => {
-                    return Err(FloodError::Io {
-                        index: device.index,
-                        context: "sending",
-                        error,
-                    })
-                }
-            }
-        }
-        let now = Instant::now();
-        outcome.elapsed = now - start;
-        if !left || now >= stop_at {
-            break;
-        }
-        if window > 0 && outcome.sent - outcome.presumed_lost >= last_delivered + window {
+    let mut left: usize = devices.iter().map(|d| d.count - d.sent).sum();
+    let fleet = devices.len();
+    let mut next = 0;
+    let mut idle = 0;
+    while left > 0 && Instant::now() < stop_at {
+        if window > 0 && outcome.sent - outcome.presumed_lost >= pacing.delivered + window {
             outcome.full += 1;
-            // Wait until half the window has drained, or the server has stopped delivering.
-            while let Some(now_delivered) = delivered() {
-                let now = Instant::now();
-                if now_delivered > last_delivered {
-                    last_delivered = now_delivered;
-                    last_progress = now;
-                } else if now - last_progress > LOST_AFTER {
-                    outcome.presumed_lost = outcome.sent.saturating_sub(last_delivered);
-                    last_progress = now;
-                    break;
-                }
-                if outcome.sent - outcome.presumed_lost <= last_delivered + window / 2
-                    || now >= stop_at
-                {
-                    break;
-                }
-                std::thread::sleep(FULL_WAIT);
+            pacing.wait_for_room(&mut outcome, window, delivered, stop_at);
+            continue;
+        }
+        let device = &mut devices[next];
+        next = (next + 1) % fleet;
+        if device.sent == device.count {
+            continue;
+        }
+        match send_batch(device, config.storm.endpoint) {
+            Ok(0) => idle += 1,
+            Ok(n) => {
+                outcome.sent += n as u64;
+                left -= n;
+                idle = 0;
             }
-        } else if !progressed {
+            Err(error) => {
+                return Err(FloodError::Io {
+                    index: device.index,
+                    context: "sending",
+                    error,
+                })
+            }
+        }
+        // Every socket would block: let the kernel drain them.
+        if idle >= fleet {
             std::thread::sleep(Duration::from_micros(50));
+            idle = 0;
         }
     }
+    outcome.elapsed = start.elapsed();
     Ok(outcome)
+}
+
+/// Sends the device's next GSO batch; how many datagrams went (0: the socket would block).
+fn send_batch(device: &mut FloodDevice, endpoint: SocketAddr) -> std::io::Result<usize> {
+    let segment = device.datagram_len;
+    let per_call = device
+        .state
+        .max_gso_segments()
+        .clamp(1, GSO_BYTES / segment);
+    let n = per_call.min(device.count - device.sent);
+    let contents = &device.datagrams[device.sent * segment..(device.sent + n) * segment];
+    let transmit = Transmit {
+        destination: endpoint,
+        ecn: None,
+        contents,
+        segment_size: (n > 1).then_some(segment),
+        src_ip: None,
+    };
+    match device.state.try_send((&device.socket).into(), &transmit) {
+        Ok(()) => {
+            device.sent += n;
+            Ok(n)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        // quinn-udp turned GSO off after the kernel refused it: the same datagrams go again,
+        // one at a time.
+        Err(_) if n > 1 && device.state.max_gso_segments() == 1 => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// What the server is known to have delivered, and since when it has not delivered more.
+struct Pacing {
+    delivered: u64,
+    progress_at: Instant,
+}
+
+impl Pacing {
+    /// Waits until half the window has drained, or the server has stopped delivering (then
+    /// what is still in flight is counted as lost), or the flood's time is up.
+    fn wait_for_room(
+        &mut self,
+        outcome: &mut SendOutcome,
+        window: u64,
+        delivered: &mut dyn FnMut() -> Option<u64>,
+        stop_at: Instant,
+    ) {
+        while let Some(now_delivered) = delivered() {
+            let now = Instant::now();
+            if now_delivered > self.delivered {
+                self.delivered = now_delivered;
+                self.progress_at = now;
+            } else if now - self.progress_at > LOST_AFTER {
+                outcome.presumed_lost = outcome.sent.saturating_sub(self.delivered);
+                self.progress_at = now;
+                return;
+            }
+            if outcome.sent - outcome.presumed_lost <= self.delivered + window / 2 || now >= stop_at
+            {
+                return;
+            }
+            std::thread::sleep(FULL_WAIT);
+        }
+        // No count of what was delivered: no pacing.
+        outcome.presumed_lost = outcome.sent;
+        self.delivered = 0;
+    }
 }
 
 /// Polls `delivered` until it has not changed for `quiet`; returns the last count and when it

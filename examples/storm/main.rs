@@ -33,6 +33,7 @@
 mod devices;
 mod fleet;
 mod flood;
+mod flood_packet;
 mod flood_run;
 mod report;
 
