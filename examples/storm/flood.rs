@@ -35,8 +35,9 @@ use crate::flood_packet::{flood_packet, set_sequence, IP_HEADER, TAG, UDP_HEADER
 const GSO_BYTES: usize = 65_000;
 /// Handshake attempts per device before the flood gives up.
 const HANDSHAKE_TRIES: u32 = 10;
-/// A window that has not drained at all for this long holds packets the server lost.
-const LOST_AFTER: Duration = Duration::from_millis(20);
+/// A window that has not drained at all for this long holds packets the server lost (long
+/// enough that a server descheduled on a busy machine is not taken for one that dropped).
+const LOST_AFTER: Duration = Duration::from_millis(250);
 /// How long to sleep while the window is full.
 const FULL_WAIT: Duration = Duration::from_micros(500);
 
