@@ -20,7 +20,7 @@
 # Per run (results.tsv, one row): arcd's decrypted packets and their bytes (arcd_packets/
 # arcd_bytes, direction rx, from /metrics before and after), the timed region's length (from the
 # first send to the TUN counter's last change), packets/s and Gbit/s of inner IP packets, arcd's
-# CPU seconds (utime+stime of all its threads) and CPU seconds per GB, the generator's CPU
+# CPU seconds (utime+stime of all its threads), the cores that is, and CPU seconds per GB, the generator's CPU
 # seconds, the CPU used by everything else on the machine in the timed region ("others",
 # cores), UDP receive-buffer drops and NoPorts in arcd's namespace, the 1-minute load average.
 #
@@ -97,8 +97,8 @@ summary() {
     echo
     echo "Medians over the rounds (pps and Gbit/s of inner IP packets arcd decrypted and wrote to its TUN):"
     echo
-    echo "| arcd | rounds | devices | packets sent | arcd decrypted | seconds | packets/s | Gbit/s | arcd CPU s | arcd CPU s/GB | generator CPU s | others (cores) | rcvbuf drops |"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    echo "| arcd | rounds | devices | packets sent | arcd decrypted | seconds | packets/s | Gbit/s | arcd CPU s | arcd cores | arcd CPU s/GB | generator CPU s | others (cores) | rcvbuf drops |"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     awk -F'\t' '
         function median(list,   a, n, i, j, t) { n = split(list, a, " ")
             for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] + 0 < a[i] + 0) { t = a[i]; a[i] = a[j]; a[j] = t }
@@ -107,16 +107,20 @@ summary() {
         !/^#/ && $2 != "config" { k = $2; if (!(k in seen)) { seen[k] = 1; order[++n] = k } rounds[k]++; dev[k] = $4
             s = $6; add(k, "sent", $5); add(k, "pkts", $14); add(k, "secs", s)
             add(k, "pps", $14 / s); add(k, "gbit", $15 * 8 / s / 1e9); add(k, "cpu", $7)
+            add(k, "cores", $7 / $10)
             add(k, "cpugb", ($15 > 0 ? $7 / ($15 / 1e9) : 0)); add(k, "gcpu", $8)
-            add(k, "others", $9 - ($7 + $8) / $10); add(k, "drops", $16) }
+            add(k, "others", $9 - ($7 + $8) / $10); add(k, "drops", $16)
+            rate[k, $3] = $14 / s; if ($3 > last) last = $3 }
         END { for (i = 1; i <= n; i++) { k = order[i]
-            printf "| %s | %d | %s | %.0f | %.0f | %.2f | %.0f | %.3f | %.2f | %.2f | %.2f | %.2f | %.0f |\n", k, rounds[k], dev[k],
+            printf "| %s | %d | %s | %.0f | %.0f | %.2f | %.0f | %.3f | %.2f | %.2f | %.2f | %.2f | %.2f | %.0f |\n", k, rounds[k], dev[k],
                 median(vals[k, "sent"]), median(vals[k, "pkts"]), median(vals[k, "secs"]), median(vals[k, "pps"]),
-                median(vals[k, "gbit"]), median(vals[k, "cpu"]), median(vals[k, "cpugb"]), median(vals[k, "gcpu"]),
+                median(vals[k, "gbit"]), median(vals[k, "cpu"]), median(vals[k, "cores"]), median(vals[k, "cpugb"]), median(vals[k, "gcpu"]),
                 median(vals[k, "others"]), median(vals[k, "drops"]) }
             if (("w1", "pps") in vals && ("default", "pps") in vals) {
                 r = median(vals["default", "pps"]) / median(vals["w1", "pps"])
-                printf "\ndefault workers / 1 worker, packets/s (medians): %.2f\n", r } }
+                printf "\ndefault workers / 1 worker, packets/s (medians): %.2f; per round:", r
+                for (j = 1; j <= last; j++) if (("w1", j) in rate && ("default", j) in rate) printf " %.2f", rate["default", j] / rate["w1", j]
+                print "" } }
     ' "$dir/results.tsv"
 }
 
