@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use crate::fleet::StormConfig;
 use crate::flood::{self, FloodConfig};
+use crate::flood_packet::{IP_HEADER, UDP_HEADER};
 
 #[derive(clap::Args)]
 pub struct FloodArgs {
@@ -138,11 +139,20 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
     let self_before = crate::cpu_seconds_of_self();
     let machine_before = machine_ticks();
     let measure_start = Instant::now();
-    // Delivered packets: the TUN's received bytes over the packet size (when the server writes
-    // several packets of a flow as one offloaded write, the kernel counts one packet but all
-    // their bytes, less the merged headers: the estimate errs by under 2 %, on the safe side).
+    // Delivered packets, from the TUN's receive counters: the server may write several packets
+    // of a flow as one offloaded write (UDP GSO), which the kernel counts as one packet of all
+    // their bytes but one IP and UDP header. So the UDP payload delivered is the bytes less one
+    // header per write, and each flood packet carries `packet_len - 28` bytes of it. (Counting
+    // bytes / packet_len instead lags by a merged header per packet: the window then seems full
+    // while the server sits idle.)
+    let headers = (IP_HEADER + UDP_HEADER) as u64;
+    let payload = args.packet_len as u64 - headers;
     let packet_len = args.packet_len as u64;
-    let mut delivered = || Some((read_counters()?.0 - before?.0) / packet_len);
+    let mut delivered = || {
+        let (now, then) = (read_counters()?, before?);
+        let (bytes, writes) = (now.0 - then.0, now.1 - then.1);
+        Some(bytes.saturating_sub(writes * headers) / payload)
+    };
     let start = Instant::now();
     let sent = flood::send(&mut devices, &config, &mut delivered).map_err(|e| e.to_string())?;
     let (_, end) = flood::settle(
@@ -169,16 +179,17 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
     let elapsed = end.saturating_duration_since(start).max(sent.elapsed);
     let tun = after.zip(before).map(|(a, b)| (a.0 - b.0, a.1 - b.1));
     let opt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
-    if let Some((tun_bytes, _)) = tun {
+    if let Some((tun_bytes, writes)) = tun {
         let seconds = elapsed.as_secs_f64();
+        let packets = tun_bytes.saturating_sub(writes * headers) / payload;
         println!(
             "{} devices sent {} packets in {:.3} s; the server's TUN received {:.0} packets/s, \
              {:.3} Gbit/s of inner packets; server CPU {} s, generator CPU {} s",
             devices.len(),
             sent.sent,
             sent.elapsed.as_secs_f64(),
-            tun_bytes as f64 / packet_len as f64 / seconds,
-            tun_bytes as f64 * 8.0 / seconds / 1e9,
+            packets as f64 / seconds,
+            (packets * packet_len) as f64 * 8.0 / seconds / 1e9,
             opt(server_cpu),
             opt(self_cpu)
         );
