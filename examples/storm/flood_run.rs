@@ -85,6 +85,43 @@ fn machine_ticks() -> Option<(u64, u64)> {
     Some((busy, busy + idle + iowait))
 }
 
+/// CPU seconds of each thread of `pid` (thread id, name, seconds).
+fn thread_cpu(pid: u32) -> Vec<(u32, String, f64)> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid: u32 = task.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let name = stat.split_once(" (")?.1.rsplit_once(") ")?.0.to_string();
+            let seconds = crate::cpu_seconds(&task.path().join("stat").to_string_lossy())?;
+            Some((tid, name, seconds))
+        })
+        .collect()
+}
+
+/// The server's threads that used at least 10 ms of CPU between the two samples, busiest first:
+/// `name:seconds,...` (whether the work spread over threads, i.e. over cores).
+fn busy_threads(before: &[(u32, String, f64)], after: &[(u32, String, f64)]) -> String {
+    let mut busy: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, name, cpu)| {
+            let earlier = before.iter().find(|t| t.0 == *tid).map_or(0.0, |t| t.2);
+            (name.replace(',', "_"), cpu - earlier)
+        })
+        .filter(|(_, cpu)| *cpu >= 0.01)
+        .collect();
+    busy.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let listed: Vec<String> = busy.iter().map(|(n, c)| format!("{n}:{c:.2}")).collect();
+    if listed.is_empty() {
+        "-".to_string()
+    } else {
+        listed.join(",").replace(' ', "_")
+    }
+}
+
 pub fn run(args: FloodArgs) -> Result<(), String> {
     let mut specs = crate::devices::read(&args.devices).map_err(|e| e.to_string())?;
     if let Some(count) = args.count {
@@ -136,6 +173,7 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
     );
     let before = read_counters();
     let server_before = args.server_pid.and_then(crate::cpu_seconds_of);
+    let threads_before = args.server_pid.map(thread_cpu).unwrap_or_default();
     let self_before = crate::cpu_seconds_of_self();
     let machine_before = machine_ticks();
     let measure_start = Instant::now();
@@ -168,6 +206,7 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
         .and_then(crate::cpu_seconds_of)
         .zip(server_before)
         .map(|(a, b)| a - b);
+    let threads_after = args.server_pid.map(thread_cpu).unwrap_or_default();
     let machine_after = machine_ticks();
     let measured = measure_start.elapsed().as_secs_f64();
     let after = read_counters();
@@ -198,7 +237,7 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
         "FLOOD_RESULT devices={} packets_per_device={} packet_len={} sent={} send_s={:.3} \
          elapsed_s={:.3} tun_rx_bytes={} tun_rx_packets={} server_cpu_s={} generator_cpu_s={} \
          window={} window_full={} presumed_lost={} measured_s={measured:.3} \
-         machine_busy_cores={}",
+         machine_busy_cores={} server_threads={}",
         devices.len(),
         args.packets,
         args.packet_len,
@@ -212,7 +251,8 @@ pub fn run(args: FloodArgs) -> Result<(), String> {
         args.window,
         sent.full,
         sent.presumed_lost,
-        opt(busy_cores)
+        opt(busy_cores),
+        busy_threads(&threads_before, &threads_after)
     );
     Ok(())
 }

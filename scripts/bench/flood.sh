@@ -22,7 +22,8 @@
 # first send to the TUN counter's last change), packets/s and Gbit/s of inner IP packets, arcd's
 # CPU seconds (utime+stime of all its threads), the cores that is, and CPU seconds per GB, the generator's CPU
 # seconds, the CPU used by everything else on the machine in the timed region ("others",
-# cores), UDP receive-buffer drops and NoPorts in arcd's namespace, the 1-minute load average.
+# cores), UDP receive-buffer drops and NoPorts in arcd's namespace, the 1-minute load average,
+# and the CPU seconds of each of arcd's busy threads (whether the work spread over cores).
 #
 # Options:
 #   -n N  devices (default 64)           -k N  packets per device (default 15000: 1.4 GB in all)
@@ -86,7 +87,8 @@ flood() { # flood CONFIG ROUND
         for key in devices sent elapsed_s server_cpu_s generator_cpu_s machine_busy_cores measured_s tun_rx_bytes window_full presumed_lost; do
             printf '\t%s' "$(sed -nE "s/.* $key=([^ ]+).*/\1/p" <<<" ${line#FLOOD_RESULT}")"
         done
-        printf '\t%s\t%s\t%s\t%s\t%s\n' "$((p1 - p0))" "$((b1 - b0))" "$((d1 - d0))" "$((n1 - n0))" "$load"
+        printf '\t%s\t%s\t%s\t%s\t%s' "$((p1 - p0))" "$((b1 - b0))" "$((d1 - d0))" "$((n1 - n0))" "$load"
+        printf '\t%s\n' "$(sed -nE 's/.* server_threads=([^ ]+).*/\1/p' <<<"$line")"
     } >>"$OUT/results.tsv"
     log "$cfg round $round: $(grep -v '^FLOOD_RESULT' "$rlog" | tail -1)"
 }
@@ -191,7 +193,7 @@ fi
     echo "# uptime at start: $(uptime)"
     echo "# cpu: $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
     echo "# arcd: $ARCD_REV; configurations: w1 = [dataplane] workers = 1, default = no workers key (one per core: $(nproc))"
-    printf 'time\tconfig\tround\tdevices\tsent\telapsed_s\tserver_cpu_s\tgenerator_cpu_s\tmachine_busy_cores\tmeasured_s\ttun_rx_bytes\twindow_full\tpresumed_lost\tarcd_rx_packets\tarcd_rx_bytes\tsrv_rcvbuf_drops\tsrv_udp_noports\tload1\n'
+    printf 'time\tconfig\tround\tdevices\tsent\telapsed_s\tserver_cpu_s\tgenerator_cpu_s\tmachine_busy_cores\tmeasured_s\ttun_rx_bytes\twindow_full\tpresumed_lost\tarcd_rx_packets\tarcd_rx_bytes\tsrv_rcvbuf_drops\tsrv_udp_noports\tload1\tarcd_threads_cpu_s\n'
 } >"$OUT/results.tsv"
 grep '^#' "$OUT/results.tsv" >&2
 
