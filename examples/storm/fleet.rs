@@ -82,7 +82,7 @@ impl StormConfig {
         }
     }
 
-    fn source_of(&self, index: usize) -> Option<SocketAddr> {
+    pub fn source_of(&self, index: usize) -> Option<SocketAddr> {
         let ip = *self.sources.get(index / self.ports_per_source.max(1))?;
         let port = if self.first_port == 0 {
             0

@@ -4,6 +4,7 @@
 //!   storm keys --count N --network 10.64.0.0/14 --server-key FILE --devices OUT --wg-conf OUT
 //!   storm provision --api http://HOST:PORT --credentials root-credentials.json --count N --devices OUT
 //!   storm run --devices FILE --endpoint IP:PORT --sources IP|NET,... --target IP [--server-pid PID]
+//!   storm flood --devices FILE --endpoint IP:PORT --sources IP|NET,... [--server-pid PID --tun IF]
 //!
 //! `run` prepares every device (its own UDP socket, so its own source port; a boringtun `Tunn`;
 //! a first initiation), starts them at the same instant, and reports the time until 50/90/99/100 %
@@ -12,6 +13,10 @@
 //! `--server-pid`, all threads, from /proc/PID/stat), the generator's own CPU time, and the cookie
 //! replies received. The last line, `STORM_RESULT key=value ...`, is for scripts
 //! (scripts/bench/storm.sh). fleet.rs says how a device behaves.
+//!
+//! `flood` measures the server's data plane rather than its handshakes: each device handshakes,
+//! encrypts all its data packets before the timed region, then the fleet sends them as fast as
+//! the server takes them (flood.rs; scripts/bench/flood.sh).
 //!
 //! Why an example and not a `[[bench]]`: it is a tool a script runs with arguments, as root in a
 //! network namespace; `cargo build --release --example storm` gives it a fixed path
@@ -27,6 +32,9 @@
 
 mod devices;
 mod fleet;
+mod flood;
+mod flood_packet;
+mod flood_run;
 mod report;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -125,6 +133,8 @@ enum Command {
         #[arg(long)]
         outcomes: Option<PathBuf>,
     },
+    /// Data packets encrypted beforehand, sent as fast as the server takes them.
+    Flood(flood_run::FloodArgs),
     /// One report for a fleet run by several processes (their --outcomes files).
     Merge {
         #[arg(required = true)]
@@ -206,6 +216,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
                 .and_then(|rt| rt.block_on(run(&devices, config, options)))
         }
+        Command::Flood(args) => flood_run::run(args),
         Command::Merge { files } => report::merge(&files),
     };
     match result {

@@ -65,9 +65,10 @@ source "$REPO_DIR/scripts/lib/procs.sh" # proc_is_ours, stop_pids
 source "$REPO_DIR/scripts/lib/links.sh" # wait_for, private_wireguard_dir
 
 # ---------------------------------------------------------------- settings --
-RUN_ID=$$
-NS_S=arcst-${RUN_ID}-srv
-NS_C=arcst-${RUN_ID}-cli
+BENCH_NAME=storm.sh
+NS_TAG=arcst
+# shellcheck source=scripts/bench/storm-common.sh
+source "$SCRIPT_DIR/storm-common.sh" # namespaces, arcd, spawn, cleanup, counters
 DEVICES=10000
 ROUNDS=3
 SERVERS=arcd,wireguard-go,gotatun
@@ -76,177 +77,17 @@ OUT=""
 MAX_LOAD=""
 CARGO_ROOT=${DP_CARGO_ROOT:-/opt/wgbench/cargo}
 GOTATUN_VERSION=0.10.2
-
-WG_PORT=51820
-API_PORT=8443
-MTU=1420
-POOL=10.64.0.0/14
-TUN_IP=10.64.0.1
-SRV_IP=10.216.0.1
-CLI_IP=10.216.0.2
-SOURCE_NET=10.220.0.0/14
 PER_SOURCE=1
 GEN_THREADS=2
-UAPI_DIR=/var/run/wireguard
-
-WORK=""
-MNT_HOLDER=""
-PIDS=()
-SRV_PID=""
-
-log() { printf '[storm.sh %(%T)T] %s\n' -1 "$*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
-
-cleanup() {
-    local rc=$?
-    set +eu
-    trap - EXIT INT TERM
-    stop_pids "${PIDS[@]}"
-    wait 2>/dev/null
-    local ns pid left
-    for ns in "$NS_S" "$NS_C"; do
-        [[ -e /run/netns/$ns ]] || continue
-        left=""
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do
-            left+="$pid($(cat "/proc/$pid/comm" 2>/dev/null)) "
-        done
-        [[ -n $left ]] && log "warning: processes not started by this script in $ns: $left"
-        ip netns del "$ns" 2>/dev/null || log "warning: could not delete namespace $ns"
-    done
-    if [[ -n $WORK && -d $WORK ]]; then
-        if [[ ${DP_KEEP:-0} == 1 ]]; then log "kept $WORK"; else rm -rf "$WORK"; fi
-    fi
-    ((rc == 0)) || log "exit status $rc"
-    exit "$rc"
-}
-
-cleanup_stale() {
-    local ns pid owner
-    for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^arcst-[0-9]*-' || true); do
-        owner=${ns#arcst-}
-        owner=${owner%%-*}
-        if [[ $(cat "/proc/$owner/comm" 2>/dev/null) == storm.sh ]]; then
-            log "$ns belongs to the running storm.sh $owner; left alone"
-            continue
-        fi
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do
-            case $(cat "/proc/$pid/comm" 2>/dev/null) in
-                arcd | wireguard-go | gotatun | storm) log "killing $pid ($(cat "/proc/$pid/comm")) in $ns"; kill -TERM "$pid" ;;
-            esac
-        done
-        sleep 0.5
-        ip netns del "$ns" && log "deleted $ns"
-    done
-}
-
-in_mnt() { nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" "$@"; }
-nsx() { local ns=$1; shift; nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@"; }
-
-# spawn NS LOGFILE COMM cmd...: a long-running program in namespace NS (and our mount namespace),
-# recorded as "PID:COMM"; nsenter and `ip netns exec` exec() it, so $! is the program itself.
-spawn() {
-    local ns=$1 logf=$2 comm=$3
-    shift 3
-    (exec nsenter --mount="/proc/$MNT_HOLDER/ns/mnt" ip netns exec "$ns" "$@" >"$logf" 2>&1 </dev/null) &
-    SPAWNED_PID=$!
-    PIDS+=("$SPAWNED_PID:${comm:0:15}")
-}
-
-wait_comm() { # wait_comm PID COMM: until the spawned process has exec()ed into COMM
-    local i
-    for ((i = 0; i < 50; i++)); do
-        [[ $(cat "/proc/$1/comm" 2>/dev/null) == "${2:0:15}" ]] && return 0
-        kill -0 "$1" 2>/dev/null || return 1
-        sleep 0.1
-    done
-    return 1
-}
-
-sys_ticks() { awk '/^cpu /{ print $2+$3+$4+$7+$8, $2+$3+$4+$5+$6+$7+$8+$9; exit }' /proc/stat; }
-loadavg1() { cut -d' ' -f1 /proc/loadavg; }
-rcvbuf_errors() { # UDP RcvbufErrors of the server's namespace
-    # shellcheck disable=SC2016 # awk's own $fields
-    ip netns exec "$NS_S" awk '/^Udp:/{ if (!h) { for (i = 1; i <= NF; i++) c[$i] = i; h = 1 } else { print $c["RcvbufErrors"]; exit } }' /proc/net/snmp 2>/dev/null || echo 0
-}
-
-setup_namespaces() {
-    local srv_mac cli_mac
-    ip netns add "$NS_S"
-    ip netns add "$NS_C"
-    ip -n "$NS_S" link set lo up
-    ip -n "$NS_C" link set lo up
-    ip -n "$NS_S" link add stvs type veth peer name stvc netns "$NS_C"
-    ip -n "$NS_S" addr add "$SRV_IP/30" dev stvs
-    ip -n "$NS_C" addr add "$CLI_IP/30" dev stvc
-    ip -n "$NS_S" link set stvs up
-    ip -n "$NS_C" link set stvc up
-    # Every address of the source network is local in the client namespace (a local route: the
-    # generator binds any of them) and routed there from the server's.
-    ip -n "$NS_C" route add local "$SOURCE_NET" dev lo
-    ip -n "$NS_S" route add "$SOURCE_NET" via "$CLI_IP"
-    srv_mac=$(ip -n "$NS_S" -j link show stvs | jq -r '.[0].address')
-    cli_mac=$(ip -n "$NS_C" -j link show stvc | jq -r '.[0].address')
-    ip -n "$NS_C" neigh replace "$SRV_IP" lladdr "$srv_mac" dev stvc nud permanent
-    ip -n "$NS_S" neigh replace "$CLI_IP" lladdr "$cli_mac" dev stvs nud permanent
-}
 
 # ------------------------------------------------------------------ arcd --
 ARCD_DATA=""
-start_arcd() {
-    local unset_env=() v i
-    while read -r v; do unset_env+=(-u "$v"); done < <(compgen -e | grep '^ARCD_' || true)
-    spawn "$NS_S" "$WORK/logs/server-arcd.log" arcd env "${unset_env[@]}" "$ARCD" --config "$WORK/arcd.toml" serve
-    SRV_PID=$SPAWNED_PID
-    # The API answers once the data plane has loaded every session (server::start's order).
-    for ((i = 0; i < 1200; i++)); do
-        kill -0 "$SRV_PID" 2>/dev/null || die "arcd exited at start: $(tail -5 "$WORK/logs/server-arcd.log")"
-        if [[ -s $ARCD_DATA/root-credentials.json ]] &&
-            nsx "$NS_S" timeout 3 curl -s -o /dev/null -m 2 "http://$SRV_IP:$API_PORT/openapi.yaml"; then
-            break
-        fi
-        sleep 0.1
-    done
-    ((i < 1200)) || die "arcd: no API after 120 s"
-    wait_comm "$SRV_PID" arcd || die "arcd: /proc/$SRV_PID/comm is not arcd"
-    wait_for 10 ip -n "$NS_S" link show sta || die "arcd: no TUN sta"
-}
-
 setup_arcd() {
     ARCD_DATA=$WORK/arcd-data
     mkdir -p "$ARCD_DATA"
-    cat >"$WORK/arcd.toml" <<EOF
-data_dir = "$ARCD_DATA"
-
-[api]
-listen = "$SRV_IP:$API_PORT"
-tls = false
-
-[tun]
-enabled = true
-name = "sta"
-mtu = $MTU
-
-[[rendezvous_points]]
-id = "ap-northeast-1"
-listen = "0.0.0.0:$WG_PORT"
-endpoint = "$SRV_IP:$WG_PORT"
-pool = "$POOL"
-allowed_ips = ["$POOL", "100.127.0.0/16"]
-
-[sims]
-max_per_operator = 1000000000
-
-[log]
-level = "warn"
-EOF
-    start_arcd
-    log "arcd: creating $DEVICES SIMs through the API (storm provision)"
-    local t0=$EPOCHREALTIME
-    nsx "$NS_C" "$STORM" provision --api "http://$SRV_IP:$API_PORT" \
-        --credentials "$ARCD_DATA/root-credentials.json" --count "$DEVICES" \
-        --devices "$WORK/arcd-devices" >"$WORK/logs/provision.log" 2>&1 ||
-        die "storm provision failed: $(tail -3 "$WORK/logs/provision.log")"
-    log "arcd: $(wc -l <"$WORK/arcd-devices") SIMs in $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.0f", b - a }') s"
+    write_arcd_config "$WORK/arcd.toml"
+    start_arcd "$WORK/arcd.toml"
+    provision_sims "$DEVICES" "$WORK/arcd-devices"
     stop_server
 }
 
@@ -279,16 +120,9 @@ start_wg_server() { # start_wg_server IMPL
 
 start_server() {
     case $1 in
-        arcd) start_arcd ;;
+        arcd) start_arcd "$WORK/arcd.toml" ;;
         *) start_wg_server "$1" ;;
     esac
-}
-
-stop_server() {
-    [[ -n $SRV_PID ]] || return 0
-    stop_pids "$SRV_PID:$(cat "/proc/$SRV_PID/comm" 2>/dev/null || echo gone)"
-    wait "$SRV_PID" 2>/dev/null || true
-    SRV_PID=""
 }
 
 # ------------------------------------------------------------------ storm --
