@@ -156,8 +156,22 @@ pub fn prepare(
             per,
         });
     }
+    on_threads(specs, threads, |index, spec| {
+        prepare_one(index, spec, config)
+    })
+}
+
+/// `prepare(index, spec)` for every device, the fleet split into `threads` contiguous parts
+/// prepared side by side (key agreements and socket set-up take seconds for a large fleet); the
+/// results in the devices' order, or the first error.
+pub fn on_threads<T: Send, E: Send>(
+    specs: &[DeviceSpec],
+    threads: usize,
+    prepare: impl Fn(usize, &DeviceSpec) -> Result<T, E> + Sync,
+) -> Result<Vec<T>, E> {
     let chunk = specs.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<Result<Vec<PreparedDevice>, StormError>> = std::thread::scope(|scope| {
+    let prepare = &prepare;
+    let parts: Vec<Result<Vec<T>, E>> = std::thread::scope(|scope| {
         let handles: Vec<_> = specs
             .chunks(chunk)
             .enumerate()
@@ -165,7 +179,7 @@ pub fn prepare(
                 scope.spawn(move || {
                     part.iter()
                         .enumerate()
-                        .map(|(i, spec)| prepare_one(n * chunk + i, spec, config))
+                        .map(|(i, spec)| prepare(n * chunk + i, spec))
                         .collect()
                 })
             })

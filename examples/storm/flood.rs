@@ -119,30 +119,9 @@ pub fn prepare(
     if !(IP_HEADER + UDP_HEADER + TAG..=1420).contains(&config.packet_len) {
         return Err(FloodError::PacketLen(config.packet_len));
     }
-    let chunk = specs.len().div_ceil(threads.max(1)).max(1);
-    let parts: Vec<Result<Vec<FloodDevice>, FloodError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = specs
-            .chunks(chunk)
-            .enumerate()
-            .map(|(n, part)| {
-                scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, spec)| prepare_one(n * chunk + i, spec, config))
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
-    let mut devices = Vec::with_capacity(specs.len());
-    for part in parts {
-        devices.extend(part?);
-    }
-    Ok(devices)
+    crate::fleet::on_threads(specs, threads, |index, spec| {
+        prepare_one(index, spec, config)
+    })
 }
 
 fn prepare_one(
