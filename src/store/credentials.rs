@@ -151,28 +151,11 @@ pub fn delete(db: &mut dyn Db, operator_id: &OperatorId, credentials_id: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::db::testing::temp_pg_store;
+
     use crate::store::db::Backend;
     use crate::store::operators;
 
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[test]
-                fn sqlite() {
-                    let (_dir, store) = crate::store::testing::temp_store();
-                    super::$name(&store);
-                }
-
-                #[test]
-                fn postgres() {
-                    if let Some(store) = super::temp_pg_store() {
-                        super::$name(&store);
-                    }
-                }
-            }
-        )*};
-    }
+    use crate::store::testing::on_both_engines;
 
     on_both_engines!(
         credentials_are_created_updated_listed_and_deleted,

@@ -29,27 +29,11 @@ pub fn keep_first_signing_key(db: &mut dyn Db, key: &str) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::db::testing::temp_pg_store;
+
     use crate::store::db::Backend;
 
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[test]
-                fn sqlite() {
-                    let (_dir, store) = crate::store::testing::temp_store();
-                    super::$name(&store);
-                }
+    use crate::store::testing::on_both_engines;
 
-                #[test]
-                fn postgres() {
-                    if let Some(store) = super::temp_pg_store() {
-                        super::$name(&store);
-                    }
-                }
-            }
-        )*};
-    }
     on_both_engines!(the_first_stored_key_wins);
 
     fn the_first_stored_key_wins(store: &impl Backend) {

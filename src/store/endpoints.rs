@@ -76,28 +76,11 @@ pub fn saved(db: &mut dyn Db) -> Result<Vec<SavedEndpoint>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::db::testing::temp_pg_store;
+
     use crate::store::db::Backend;
     use crate::store::operators;
 
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[test]
-                fn sqlite() {
-                    let (_dir, store) = crate::store::testing::temp_store();
-                    super::$name(&store);
-                }
-
-                #[test]
-                fn postgres() {
-                    if let Some(store) = super::temp_pg_store() {
-                        super::$name(&store);
-                    }
-                }
-            }
-        )*};
-    }
+    use crate::store::testing::on_both_engines;
 
     on_both_engines!(
         endpoints_are_saved_per_session_and_read_back,

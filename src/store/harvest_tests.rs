@@ -4,29 +4,11 @@
 
 use super::*;
 use crate::ids::{Imsi, OperatorId, SimId};
-use crate::store::db::testing::temp_pg_store;
 use crate::store::db::Backend;
 use crate::store::operators;
 use crate::store::testing::temp_store;
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = crate::store::testing::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     lists_in_both_orders_within_bounds,

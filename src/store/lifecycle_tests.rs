@@ -2,7 +2,6 @@
 //! SQLite and, when ARCD_TEST_POSTGRES_URL names a server (scripts/test-postgres.sh), on
 //! PostgreSQL; given but unreachable, the `postgres` test fails. The migration test is SQLite's.
 
-use super::db::testing::temp_pg_store;
 use super::db::Backend;
 use super::sessions::{self, PeerChange, SessionPolicy};
 use super::subscriptions::{self, IotSimImport};
@@ -11,25 +10,7 @@ use super::{operators, rendezvous, sims, Rule, Store, StoreError};
 use crate::config::{Config, Coverage};
 use crate::ids::OperatorId;
 
-/// Each test takes a fresh store of either engine and the rendezvous point pool it is set up with.
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = super::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     created_sims_have_unique_valid_identities,

@@ -3,28 +3,10 @@
 
 use super::*;
 use crate::ids::OperatorId;
-use crate::store::db::testing::temp_pg_store;
 use crate::store::db::Backend;
 use crate::store::operators;
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = crate::store::testing::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     published_figures_read_back_with_their_heartbeat,

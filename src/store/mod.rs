@@ -166,6 +166,29 @@ pub(crate) mod testing {
         let store = Store::open(&dir.path().join("arcd.sqlite")).expect("open store");
         (dir, store)
     }
+
+    /// The same test body on both engines: for each name, a module with the tests `sqlite` (a
+    /// temp-dir store) and `postgres` (a fresh schema of the server named by
+    /// `ARCD_TEST_POSTGRES_URL`, see `scripts/test-postgres.sh`), each calling `name(&store)`.
+    macro_rules! on_both_engines {
+        ($($name:ident),* $(,)?) => {$(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    let (_dir, store) = $crate::store::testing::temp_store();
+                    super::$name(&store);
+                }
+
+                #[test]
+                fn postgres() {
+                    if let Some(store) = $crate::store::db::testing::temp_pg_store() {
+                        super::$name(&store);
+                    }
+                }
+            }
+        )*};
+    }
+    pub(crate) use on_both_engines;
 }
 
 #[cfg(test)]

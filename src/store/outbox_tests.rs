@@ -7,30 +7,12 @@ use std::time::Duration;
 
 use super::*;
 use crate::config::{Config, Coverage};
-use crate::store::db::testing::{temp_pg_store, temp_pg_target};
+use crate::store::db::testing::temp_pg_target;
 use crate::store::db::{Backend, PgStore};
 use crate::store::sessions::{PeerChange, SessionPolicy};
-use crate::store::testing::temp_store;
 use crate::store::{operators, rendezvous, sims};
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = super::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     rows_are_read_once_in_order_after_the_cursor,

@@ -110,24 +110,7 @@ mod tests {
     use crate::store::db::testing::temp_pg_store;
     use crate::store::db::Backend;
 
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[test]
-                fn sqlite() {
-                    let (_dir, store) = crate::store::testing::temp_store();
-                    super::$name(&store);
-                }
-
-                #[test]
-                fn postgres() {
-                    if let Some(store) = super::temp_pg_store() {
-                        super::$name(&store);
-                    }
-                }
-            }
-        )*};
-    }
+    use crate::store::testing::on_both_engines;
 
     on_both_engines!(key_pair_survives_resync_and_endpoint_follows_config);
 

@@ -288,25 +288,7 @@ mod tests {
     use super::testing::temp_pg_store;
     use super::*;
 
-    /// The same test body on SQLite and, with `ARCD_TEST_POSTGRES_URL`, on PostgreSQL.
-    macro_rules! on_both_engines {
-        ($($name:ident),* $(,)?) => {$(
-            mod $name {
-                #[test]
-                fn sqlite() {
-                    let (_dir, store) = crate::store::testing::temp_store();
-                    super::$name(&store);
-                }
-
-                #[test]
-                fn postgres() {
-                    if let Some(store) = super::temp_pg_store() {
-                        super::$name(&store);
-                    }
-                }
-            }
-        )*};
-    }
+    use crate::store::testing::on_both_engines;
 
     on_both_engines!(
         numbers_start_at_one_and_grow_per_name,

@@ -14,24 +14,7 @@ use crate::store::groups::{self, Configuration};
 use crate::store::vpgs::{self, NewVpg};
 use crate::store::{Entity, Store};
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = crate::store::testing::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     sessions_open_list_and_close,

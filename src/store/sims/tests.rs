@@ -7,29 +7,11 @@ use std::collections::BTreeMap;
 
 use super::create::insert_virtual_sim_unlimited as insert_virtual_sim;
 use super::*;
-use crate::store::db::testing::temp_pg_store;
 use crate::store::db::Backend;
 use crate::store::subscriptions::{import_iot_sims, IotSimImport};
 use crate::store::{groups, now_ms, Entity, Rule, StoreError};
 
-macro_rules! on_both_engines {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn sqlite() {
-                let (_dir, store) = crate::store::testing::temp_store();
-                super::$name(&store);
-            }
-
-            #[test]
-            fn postgres() {
-                if let Some(store) = super::temp_pg_store() {
-                    super::$name(&store);
-                }
-            }
-        }
-    )*};
-}
+use crate::store::testing::on_both_engines;
 
 on_both_engines!(
     imported_sims_read_back_and_list_in_pages,
