@@ -25,6 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use ring::signature::{RsaPublicKeyComponents, RSA_PKCS1_2048_8192_SHA256};
 use serde_json::{json, Value};
+use support::devices::{join_group, secondary_virtual_subscriber};
 use support::server::{Api, TestServer};
 use support::wgclient::{destination_of, source_of, udp_packet, WgClient};
 use tower::ServiceExt;
@@ -101,22 +102,6 @@ async fn tunnel_up(server: &mut TestServer, sim: &Value) -> Ipv4Addr {
         (ip, ENDORSE)
     );
     ip
-}
-
-async fn join_group(api: &Api, sim_id: &str, configuration: Value) -> String {
-    let (status, group) = api
-        .post("/v1/groups", json!({"configuration": configuration}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{group}");
-    let group_id = group["groupId"].as_str().expect("groupId").to_string();
-    let (status, body) = api
-        .post(
-            &format!("/v1/sims/{sim_id}/set_group"),
-            json!({"groupId": group_id}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    group_id
 }
 
 /// The published key set, fetched without an API key as a backend would.
@@ -282,42 +267,11 @@ async fn a_device_gets_a_token_that_verifies_with_the_published_key() {
 async fn a_virtual_subscriber_is_endorsed_as_its_iot_sims_imsi_and_redirects_are_checked() {
     let server = TestServer::start().await;
     let api = server.login().await;
-    let (iccid, iot_imsi) = ("8981100000000000058", "440101234567892");
-    let (status, body) = api
-        .post(
-            "/v1/arcd/iot_sims",
-            json!([{"iccid": iccid, "imsi": iot_imsi, "subscription": "plan-D"}]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, profile) = api
-        .post(
-            &format!("/v1/sims/{iccid}/profiles/{iccid}/add_subscription"),
-            json!({"subscription": "planArc01", "type": "virtual"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{profile}");
-    let (_, sim) = api.get(&format!("/v1/sims/{iccid}")).await;
-    let ip: Ipv4Addr = sim["arcSessionStatus"]["arcClientPeerIpAddress"]
-        .as_str()
-        .expect("client address")
-        .parse()
-        .expect("IPv4");
-    for _ in 0..200 {
-        if server
-            .running
-            .dataplane
-            .engine
-            .session_by_client_ip(ip)
-            .is_some()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (device, _) = secondary_virtual_subscriber(&server, &api).await;
+    let (ip, iot_imsi) = (device.ip, device.imsi.as_str());
     join_group(
         &api,
-        iccid,
+        &device.sim_id,
         json!({"SoracomEndorse": {
             "enabled": true,
             "authorizedRedirectUrls": ["https://app.example.com/login"],

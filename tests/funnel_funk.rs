@@ -25,90 +25,9 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
-use support::server::{Api, TestServer};
+use support::devices::{join_group, secondary_virtual_subscriber};
+use support::server::TestServer;
 use tower::ServiceExt;
-
-struct Device {
-    sim_id: String,
-    imsi: String,
-    ip: Ipv4Addr,
-}
-
-async fn wait_for_peer(server: &TestServer, ip: Ipv4Addr) {
-    for _ in 0..200 {
-        if server
-            .running
-            .dataplane
-            .engine
-            .session_by_client_ip(ip)
-            .is_some()
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("peer {ip} never appeared in the peer table");
-}
-
-fn client_ip(sim: &Value) -> Ipv4Addr {
-    sim["arcSessionStatus"]["arcClientPeerIpAddress"]
-        .as_str()
-        .expect("client address")
-        .parse()
-        .expect("IPv4")
-}
-
-/// An imported IoT SIM with a virtual subscriber: the device's tunnel is the virtual
-/// subscriber's, the services must name the IoT SIM's (primary) IMSI.
-async fn secondary_virtual_subscriber(server: &TestServer, api: &Api) -> (Device, String) {
-    let (iccid, iot_imsi) = ("8981100000000000058", "440101234567892");
-    let (status, body) = api
-        .post(
-            "/v1/arcd/iot_sims",
-            json!([{"iccid": iccid, "imsi": iot_imsi, "subscription": "plan-D"}]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, profile) = api
-        .post(
-            &format!("/v1/sims/{iccid}/profiles/{iccid}/add_subscription"),
-            json!({"subscription": "planArc01", "type": "virtual"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{profile}");
-    let virtual_imsi = profile["subscribers"]
-        .as_object()
-        .expect("subscribers")
-        .keys()
-        .find(|imsi| imsi.as_str() != iot_imsi)
-        .expect("virtual subscriber")
-        .clone();
-    let (_, sim) = api.get(&format!("/v1/sims/{iccid}")).await;
-    let ip = client_ip(&sim);
-    wait_for_peer(server, ip).await;
-    let device = Device {
-        sim_id: iccid.to_string(),
-        imsi: iot_imsi.to_string(),
-        ip,
-    };
-    (device, virtual_imsi)
-}
-
-async fn join_group(api: &Api, device: &Device, configuration: Value) -> String {
-    let (status, group) = api
-        .post("/v1/groups", json!({"configuration": configuration}))
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{group}");
-    let group_id = group["groupId"].as_str().expect("groupId").to_string();
-    let (status, body) = api
-        .post(
-            &format!("/v1/sims/{}/set_group", device.sim_id),
-            json!({"groupId": group_id}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    group_id
-}
 
 struct Answer {
     status: StatusCode,
@@ -222,7 +141,7 @@ async fn funnel_wraps_messages_with_the_primary_imsi_and_delivers_them_to_a_webh
     assert_eq!(status, StatusCode::CREATED);
     join_group(
         &api,
-        &device,
+        &device.sim_id,
         json!({"SoracomFunnel": {"enabled": true, "credentialsId": "hook",
         "contentType": "json",
         "destination": {"provider": "http", "resourceUrl": format!("http://{addr}/funnel")}}}),
@@ -298,7 +217,7 @@ async fn funnel_is_refused_when_off_and_never_keeps_a_device_waiting_for_a_bad_d
     let (refusing, _) = sink(StatusCode::INTERNAL_SERVER_ERROR, "{}", Duration::ZERO).await;
     let group_id = join_group(
         &api,
-        &device,
+        &device.sim_id,
         json!({"SoracomFunnel": {"enabled": true,
         "destination": {"provider": "http", "resourceUrl": format!("http://{refusing}/")}}}),
     )
@@ -363,7 +282,7 @@ async fn funnel_publishes_to_a_real_mosquitto_with_the_stored_login() {
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
-    join_group(&api, &device, json!({"SoracomFunnel": {"enabled": true, "credentialsId": "mosquitto",
+    join_group(&api, &device.sim_id, json!({"SoracomFunnel": {"enabled": true, "credentialsId": "mosquitto",
         "destination": {"provider": "mqtt", "resourceUrl": format!("mqtt://127.0.0.1:{}/devices/data", broker.port)}}}))
     .await;
 
@@ -440,7 +359,7 @@ async fn funk_returns_the_functions_answer_and_refuses_when_off() {
     );
 
     let (function, seen) = sink(StatusCode::OK, r#"{"command":"reboot"}"#, Duration::ZERO).await;
-    let group_id = join_group(&api, &device, json!({"SoracomFunk": {"enabled": true,
+    let group_id = join_group(&api, &device.sim_id, json!({"SoracomFunk": {"enabled": true,
         "destination": {"provider": "http", "resourceUrl": format!("http://{function}/function/f")}}}))
     .await;
     let answer = call(

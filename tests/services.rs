@@ -23,109 +23,9 @@ use axum::extract::connect_info::MockConnectInfo;
 use axum::http::{HeaderMap, Request, StatusCode};
 use axum::Router;
 use serde_json::{json, Value};
+use support::devices::{join_group, secondary_virtual_subscriber, virtual_sim};
 use support::server::{Api, TestServer};
 use tower::ServiceExt;
-
-struct Device {
-    sim_id: String,
-    imsi: String,
-    ip: Ipv4Addr,
-}
-
-/// Waits until the data plane's peer index knows `ip` (peer changes apply after commit).
-async fn wait_for_peer(server: &TestServer, ip: Ipv4Addr) {
-    for _ in 0..200 {
-        let known = server
-            .running
-            .dataplane
-            .engine
-            .session_by_client_ip(ip)
-            .is_some();
-        if known {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("peer {ip} never appeared in the peer table");
-}
-
-fn client_ip(sim: &Value) -> Ipv4Addr {
-    sim["arcSessionStatus"]["arcClientPeerIpAddress"]
-        .as_str()
-        .expect("client address")
-        .parse()
-        .expect("IPv4")
-}
-
-async fn virtual_sim(server: &TestServer, api: &Api) -> Device {
-    let sim = api.create_sim().await;
-    let ip = client_ip(&sim);
-    wait_for_peer(server, ip).await;
-    let sim_id = sim["simId"].as_str().expect("simId").to_string();
-    let imsi = sim["profiles"][&sim_id]["primaryImsi"]
-        .as_str()
-        .expect("imsi")
-        .to_string();
-    Device { sim_id, imsi, ip }
-}
-
-/// An imported plan-D IoT SIM with a virtual subscriber added: the device talks through the
-/// virtual subscriber's tunnel, the services must see the IoT SIM's IMSI.
-async fn secondary_virtual_subscriber(server: &TestServer, api: &Api) -> (Device, String) {
-    let (iccid, iot_imsi) = ("8981100000000000058", "440101234567892");
-    let (status, body) = api
-        .post(
-            "/v1/arcd/iot_sims",
-            json!([{"iccid": iccid, "imsi": iot_imsi, "subscription": "plan-D"}]),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{body}");
-    let (status, profile) = api
-        .post(
-            &format!("/v1/sims/{iccid}/profiles/{iccid}/add_subscription"),
-            json!({"subscription": "planArc01", "type": "virtual"}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{profile}");
-    let virtual_imsi = profile["subscribers"]
-        .as_object()
-        .expect("subscribers")
-        .keys()
-        .find(|imsi| imsi.as_str() != iot_imsi)
-        .expect("virtual subscriber")
-        .clone();
-    let (_, sim) = api.get(&format!("/v1/sims/{iccid}")).await;
-    let ip = client_ip(&sim);
-    wait_for_peer(server, ip).await;
-    (
-        Device {
-            sim_id: iccid.to_string(),
-            imsi: iot_imsi.to_string(),
-            ip,
-        },
-        virtual_imsi,
-    )
-}
-
-/// Creates a group with `configuration` and puts the device's SIM in it.
-async fn join_group(api: &Api, device: &Device, configuration: Value) -> String {
-    let (status, group) = api
-        .post(
-            "/v1/groups",
-            json!({"tags": {"name": "services"}, "configuration": configuration}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED, "{group}");
-    let group_id = group["groupId"].as_str().expect("groupId").to_string();
-    let (status, body) = api
-        .post(
-            &format!("/v1/sims/{}/set_group", device.sim_id),
-            json!({"groupId": group_id}),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    group_id
-}
 
 async fn put_config(api: &Api, group_id: &str, namespace: &str, items: Value) {
     let (status, body) = api
@@ -224,7 +124,7 @@ async fn metadata_is_off_without_a_group_and_serves_the_callers_own_record_when_
 
     let group_id = join_group(
         &api,
-        &device,
+        &device.sim_id,
         json!({"SoracomAir": {"metadata": {"enabled": true}, "userdata": "{\"interval\":60}"}}),
     )
     .await;
@@ -307,7 +207,7 @@ async fn metadata_tag_writes_need_a_writable_group() {
     let router = || metadata::router(server.running.services.clone());
     let group_id = join_group(
         &api,
-        &device,
+        &device.sim_id,
         json!({"SoracomAir": {"metadata": {"enabled": true}}}),
     )
     .await;
@@ -369,7 +269,12 @@ async fn harvest_stores_posts_under_the_primary_imsi_only_when_enabled() {
     assert_eq!(off.text(), harvest::DISABLED);
     assert_eq!(count_entries(&server, &device.imsi), 0);
 
-    join_group(&api, &device, json!({"SoracomHarvest": {"enabled": true}})).await;
+    join_group(
+        &api,
+        &device.sim_id,
+        json!({"SoracomHarvest": {"enabled": true}}),
+    )
+    .await;
     let before = arcd::store::now_ms();
     let stored = call(
         router(),
@@ -450,7 +355,12 @@ async fn harvest_raw_messages_are_stored_like_posts() {
         b"400\n",
         "off"
     );
-    join_group(&api, &device, json!({"SoracomHarvest": {"enabled": true}})).await;
+    join_group(
+        &api,
+        &device.sim_id,
+        json!({"SoracomHarvest": {"enabled": true}}),
+    )
+    .await;
     assert_eq!(
         harvest::store_raw(&ctx, from, b"{\"a\":1}\n").await,
         b"201\n"
@@ -490,7 +400,12 @@ async fn harvest_keeps_every_post_of_a_burst() {
     let server = TestServer::start().await;
     let api = server.login().await;
     let device = virtual_sim(&server, &api).await;
-    join_group(&api, &device, json!({"SoracomHarvest": {"enabled": true}})).await;
+    join_group(
+        &api,
+        &device.sim_id,
+        json!({"SoracomHarvest": {"enabled": true}}),
+    )
+    .await;
     let ctx = server.running.services.clone();
     let mut posts = Vec::new();
     for i in 0..400 {
@@ -594,8 +509,8 @@ async fn beam_forwards_with_identity_headers_and_a_verifiable_signature() {
     assert_eq!(off.status, StatusCode::BAD_REQUEST);
     assert_eq!(off.text(), beam::NOT_CONFIGURED);
 
-    join_group(&api, &standalone, beam_config.clone()).await;
-    join_group(&api, &secondary, beam_config).await;
+    join_group(&api, &standalone.sim_id, beam_config.clone()).await;
+    join_group(&api, &secondary.sim_id, beam_config).await;
     for (device, want_imsi) in [
         (&standalone, standalone.imsi.clone()),
         (&secondary, secondary.imsi.clone()),
@@ -666,7 +581,7 @@ async fn beam_destination_failures_answer_502_and_504_without_hanging() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.local_addr().expect("addr")
     };
-    join_group(&api, &device, json!({"SoracomBeam": {
+    join_group(&api, &device.sim_id, json!({"SoracomBeam": {
         "http://beam.soracom.io:8888/slow": {"destination": format!("http://{slow}/")},
         "http://beam.soracom.io:8888/closed": {"destination": format!("http://{closed}/")},
         "http://beam.soracom.io:8888/off": {"enabled": false, "destination": format!("http://{slow}/")}
@@ -706,7 +621,12 @@ async fn unified_endpoint_fans_out_to_the_enabled_services() {
     assert_eq!(none.status, StatusCode::BAD_REQUEST);
     assert_eq!(none.text(), unified::NOTHING_ENABLED);
 
-    let group_id = join_group(&api, &device, json!({"SoracomHarvest": {"enabled": true}})).await;
+    let group_id = join_group(
+        &api,
+        &device.sim_id,
+        json!({"SoracomHarvest": {"enabled": true}}),
+    )
+    .await;
     let only_harvest = call(
         router(),
         device.ip,
@@ -750,8 +670,8 @@ async fn a_secondary_virtual_subscriber_is_the_iot_sims_imsi_everywhere() {
         "SoracomAir": {"metadata": {"enabled": true}},
         "SoracomHarvest": {"enabled": true}
     });
-    join_group(&api, &device, everything.clone()).await;
-    join_group(&api, &standalone, everything).await;
+    join_group(&api, &device.sim_id, everything.clone()).await;
+    join_group(&api, &standalone.sim_id, everything).await;
     let ctx = server.running.services.clone();
 
     for (caller, want) in [

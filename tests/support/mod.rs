@@ -4,6 +4,7 @@
 pub mod checked;
 pub mod child_arcd;
 pub mod conformance;
+pub mod devices;
 pub mod mosquitto;
 pub mod paging;
 pub mod server;
