@@ -44,18 +44,7 @@ const TARGET: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(100, 127, 100, 127)
 const ALTERED: (u32, u32) = (1, 123);
 
 fn device_of(sim: &serde_json::Value) -> DeviceSpec {
-    let sim_id = sim["simId"].as_str().unwrap();
-    let key = |text: &serde_json::Value| arcd::wgkey::parse_key(text.as_str().unwrap()).unwrap();
-    let session = &sim["arcSessionStatus"];
-    DeviceSpec {
-        private_key: key(&sim["profiles"][sim_id]["arcClientPeerPrivateKey"]),
-        server_public: key(&session["arcServerPeerPublicKey"]),
-        address: session["arcClientPeerIpAddress"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .unwrap(),
-    }
+    DeviceSpec::of_created_sim(sim).expect("createSim answers with keys and an address")
 }
 
 /// What came out of the memory TUN.

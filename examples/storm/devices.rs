@@ -177,17 +177,19 @@ pub async fn provision(
     }
     let mut devices = create_private(devices_path)?;
     for task in tasks {
-        let (private_key, server_public, address) =
-            task.await.map_err(|e| DevicesError::Api(e.to_string()))??;
-        write_line(&mut devices, &private_key, &server_public, address)
-            .map_err(io_error(devices_path))?;
+        let device = task.await.map_err(|e| DevicesError::Api(e.to_string()))??;
+        write_line(
+            &mut devices,
+            &wgkey::encode(&device.private_key),
+            &wgkey::encode(&device.server_public),
+            device.address,
+        )
+        .map_err(io_error(devices_path))?;
     }
     devices.flush().map_err(io_error(devices_path))
 }
 
-async fn create_sim(
-    request: reqwest::RequestBuilder,
-) -> Result<(String, String, Ipv4Addr), DevicesError> {
+async fn create_sim(request: reqwest::RequestBuilder) -> Result<DeviceSpec, DevicesError> {
     let response = request
         .send()
         .await
@@ -200,23 +202,10 @@ async fn create_sim(
     if !status.is_success() {
         return Err(DevicesError::Api(format!("POST /v1/sims: {status} {sim}")));
     }
-    let field = |value: &serde_json::Value| value.as_str().map(str::to_string);
-    let sim_id = sim["simId"].as_str().unwrap_or_default();
-    let session = &sim["arcSessionStatus"];
-    let answer = (
-        field(&sim["profiles"][sim_id]["arcClientPeerPrivateKey"]),
-        field(&session["arcServerPeerPublicKey"]),
-        session["arcClientPeerIpAddress"]
-            .as_str()
-            .and_then(|a| a.split('/').next())
-            .and_then(|a| a.parse().ok()),
-    );
-    match answer {
-        (Some(private_key), Some(server_public), Some(address)) => {
-            Ok((private_key, server_public, address))
-        }
-        _ => Err(DevicesError::Api(format!(
-            "POST /v1/sims: the answer lacks a key or an address (SIM {sim_id})"
-        ))),
-    }
+    DeviceSpec::of_created_sim(&sim).ok_or_else(|| {
+        DevicesError::Api(format!(
+            "POST /v1/sims: the answer lacks a key or an address (SIM {})",
+            sim["simId"].as_str().unwrap_or_default()
+        ))
+    })
 }

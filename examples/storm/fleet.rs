@@ -43,6 +43,27 @@ pub struct DeviceSpec {
     pub address: Ipv4Addr,
 }
 
+impl DeviceSpec {
+    /// The device of a SIM as createSim answers it (its private key, the rendezvous point's
+    /// public key, its tunnel address); `None` when the answer lacks one of them.
+    pub fn of_created_sim(sim: &serde_json::Value) -> Option<DeviceSpec> {
+        let key = |text: &serde_json::Value| arcd::wgkey::parse_key(text.as_str()?);
+        let sim_id = sim["simId"].as_str()?;
+        let session = &sim["arcSessionStatus"];
+        Some(DeviceSpec {
+            private_key: key(&sim["profiles"][sim_id]["arcClientPeerPrivateKey"])?,
+            server_public: key(&session["arcServerPeerPublicKey"])?,
+            // An address with a prefix length ("10.64.0.2/32") names the same device.
+            address: session["arcClientPeerIpAddress"]
+                .as_str()?
+                .split('/')
+                .next()?
+                .parse()
+                .ok()?,
+        })
+    }
+}
+
 /// How the fleet behaves (see the module comment).
 #[derive(Clone, Debug)]
 pub struct StormConfig {
